@@ -1,0 +1,234 @@
+"""``SignOptimizer``: the ``torch.optim.Optimizer`` shell shared by every signopt rule.
+
+It validates options (a failing call changes nothing), resolves each group's backend once,
+initialises state, computes the per-step scalars in one place (:mod:`signopt.scalars`) and
+hands each group to its backend. State dicts carry a schema version, hold only tensors and
+plain Python values (``torch.load(..., weights_only=True)`` loads them) and keep each state
+tensor's storage format instead of casting it to the parameter dtype.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, ClassVar, Iterable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import backends as backend_registry
+from . import state_format
+from .backends.slot import ParamSlot
+from .philox import derive_key
+from .rule import UpdateRule, rule_from_group, validate_group
+from .scalars import bias_corrections, group_scalars
+
+SCHEMA_VERSION = 1
+SCHEMA_KEY = "signopt_schema"
+CALLABLE_MARKER = "callable"
+# Group keys that describe storage, not hyperparameters: a loaded checkpoint does not override
+# them; its state is converted into the format the optimizer was built with.
+LAYOUT_KEYS = ("state_dtype",)
+
+log = logging.getLogger("signopt")
+
+
+def _default_seed() -> int:
+    """A seed drawn from torch's default generator (so ``torch.manual_seed`` fixes it)."""
+    return int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
+
+
+def _initial_lr(lr: Any) -> float:
+    """The group's initial lr as a float (``wd_mode='independent'`` divides by it)."""
+    if isinstance(lr, Tensor):
+        if lr.numel() != 1:
+            raise ValueError(f"lr as a tensor must have one element, got shape {tuple(lr.shape)}")
+        return float(lr.item())
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise ValueError(f"lr must be a float or a 1-element tensor, got {lr!r}")
+    return float(lr)
+
+
+def _group_tensors(params: Any) -> list:
+    if isinstance(params, Tensor):
+        return [params]
+    if isinstance(params, (set,)):
+        raise TypeError("params must be an ordered collection of tensors; got a set")
+    return list(params)
+
+
+class SignOptimizer(Optimizer):
+    """Base class; subclasses set :attr:`family` and their defaults."""
+
+    family: ClassVar[str]
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params: Iterable, defaults: dict[str, Any], backend: str = "auto") -> None:
+        if backend not in backend_registry.CHOICES:
+            raise ValueError(f"backend must be one of {backend_registry.CHOICES}, got {backend!r}")
+        self._requested_backend = backend
+        self._group_backends: list = []
+        self._last_nonfinite: list[Tensor] = []
+        self.last_step_backends: list[str] = []
+        defaults = dict(defaults)
+        if self.family == "stochastic" and defaults.get("seed") is None:
+            defaults["seed"] = _default_seed()
+        validate_group(self.family, {**defaults, "lr0": _initial_lr(defaults["lr"])})
+        super().__init__(params, defaults)
+
+    # ----------------------------------------------------------------- groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        group = dict(param_group)
+        group["params"] = _group_tensors(group["params"])
+        merged = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}}
+        validate_group(self.family, {**merged, "lr0": _initial_lr(merged["lr"])})
+        for i, p in enumerate(group["params"]):
+            t = p[1] if isinstance(p, tuple) else p
+            if not isinstance(t, Tensor):
+                raise TypeError(f"params[{i}] must be a Tensor, got {type(t).__name__}")
+            if not (t.is_floating_point() or t.is_complex()):
+                raise ValueError(f"params[{i}] must be floating point or complex, got dtype {t.dtype}")
+            if t.is_sparse:
+                raise ValueError(f"params[{i}] is sparse; signopt optimizers need dense parameters")
+        tensors = [p[1] if isinstance(p, tuple) else p for p in group["params"]]
+        rule = rule_from_group(self.family, merged)
+        backend = backend_registry.resolve(self._requested_backend, rule, tensors)
+        group["lr0"] = _initial_lr(merged["lr"])
+        super().add_param_group(group)
+        self._group_backends.append(backend)
+
+    @property
+    def backends(self) -> list[str]:
+        """Name of the backend resolved for each param group."""
+        return [b.name for b in self._group_backends]
+
+    def rule(self, group_index: int = 0) -> UpdateRule:
+        """The :class:`UpdateRule` of a param group."""
+        return rule_from_group(self.family, self.param_groups[group_index])
+
+    # ------------------------------------------------------------------ state
+    def _init_state(self, rule: UpdateRule, p: Tensor) -> dict:
+        st = self.state[p]
+        if st:
+            return st
+        shape = torch.view_as_real(p).shape if p.is_complex() else p.shape
+        for name in rule.state_names():
+            if name == "G" and rule.envelope != "element":
+                st[name] = torch.zeros(rule.envelope_shape(shape), dtype=torch.float32, device=p.device)
+            else:
+                st[name] = state_format.zeros(tuple(shape), rule.state_dtype, p.device)
+        if rule.keeps_step():
+            st["step"] = torch.tensor(0, dtype=torch.int64)
+        return st
+
+    def nonfinite_count(self) -> int:
+        """Gradient elements that were not finite in the last step (their update was skipped)."""
+        return int(sum(int(c.item()) for c in self._last_nonfinite))
+
+    # ------------------------------------------------------------------- step
+    def _plan(self) -> list[tuple[dict, Any, UpdateRule, list[tuple[Tensor, int]]]]:
+        """Validate everything a step needs before any tensor is touched."""
+        plans = []
+        index = 0
+        for gi, (group, backend) in enumerate(zip(self.param_groups, self._group_backends)):
+            validate_group(self.family, group)
+            rule = rule_from_group(self.family, group)
+            work = []
+            for p in group["params"]:
+                if p.grad is not None:
+                    if p.grad.is_sparse:
+                        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients "
+                                           f"(param_groups[{gi}]); use dense gradients")
+                    if p.grad.shape != p.shape:
+                        raise RuntimeError(f"gradient shape {tuple(p.grad.shape)} does not match "
+                                           f"parameter shape {tuple(p.shape)} (param_groups[{gi}])")
+                    work.append((p, index))
+                index += 1
+            reason = backend.unsupported(rule, [p for p, _ in work])
+            if reason is not None:
+                raise ValueError(f"backend {backend.name!r} cannot run param_groups[{gi}]: {reason}")
+            plans.append((group, backend, rule, work))
+        return plans
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One optimizer step; honours GradScaler's ``grad_scale``/``found_inf`` attributes."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        plans = self._plan()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
+        self._last_nonfinite = []
+        self.last_step_backends = []
+        for group, backend, rule, work in plans:
+            scalars = group_scalars(rule, group, grad_scale, found_inf)
+            slots = []
+            for p, index in work:
+                st = self._init_state(rule, p)
+                slot = ParamSlot(param=p, grad=p.grad, state=st, index=index,
+                                 index_offset=0)
+                if rule.keeps_step():
+                    st["step"] += 1
+                    t = int(st["step"].item())
+                    slot.key = derive_key(group["seed"], t, index)
+                    if rule.uses_bias_correction:
+                        slot.bias = bias_corrections(group, t)
+                slots.append(slot)
+            if slots:
+                count = backend.step(rule, slots, scalars)
+                if count is not None:
+                    self._last_nonfinite.append(count)
+            self.last_step_backends.append(backend.name)
+        return loss
+
+    # ------------------------------------------------------------- state dict
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        for g in sd["param_groups"]:
+            if callable(g.get("kappa")):
+                g["kappa"] = CALLABLE_MARKER
+        sd[SCHEMA_KEY] = SCHEMA_VERSION
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version = state_dict.get(SCHEMA_KEY)
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"state_dict has {SCHEMA_KEY}={version!r}; this signopt reads "
+                             f"schema {SCHEMA_VERSION} (was it saved by another optimizer?)")
+        saved_groups = state_dict["param_groups"]
+        if len(saved_groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(saved_groups)} param groups, optimizer has "
+                             f"{len(self.param_groups)}")
+        current = [{k: g[k] for k in LAYOUT_KEYS + ("kappa",) if k in g} for g in self.param_groups]
+        for i, (sg, cur) in enumerate(zip(saved_groups, current)):
+            check = {**sg, **{k: cur[k] for k in LAYOUT_KEYS if k in cur}}
+            if check.get("kappa") == CALLABLE_MARKER:
+                if not callable(cur.get("kappa")):
+                    raise ValueError(f"param_groups[{i}] was saved with a callable kappa; build the "
+                                     "optimizer with that callable before loading")
+                check["kappa"] = cur["kappa"]
+            validate_group(self.family, check)
+        saved_state = state_dict["state"]
+        body = {k: v for k, v in state_dict.items() if k != SCHEMA_KEY}
+        super().load_state_dict(body)
+        for group, cur in zip(self.param_groups, current):
+            group.update(cur)
+        id_to_param = {}
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                id_to_param[index] = (p, group)
+                index += 1
+        for key, saved in saved_state.items():
+            p, group = id_to_param[int(key)]
+            rule = rule_from_group(self.family, group)
+            restored = {}
+            for name, value in saved.items():
+                if name == "step":
+                    restored[name] = value.detach().to(device="cpu", dtype=torch.int64).clone()
+                elif name == "G" and rule.envelope != "element":
+                    restored[name] = value.detach().to(device=p.device, dtype=torch.float32).clone()
+                else:
+                    restored[name] = state_format.convert(value.detach().to(p.device), rule.state_dtype).clone()
+            self.state[p] = restored

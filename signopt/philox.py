@@ -1,0 +1,94 @@
+"""Philox4x32-10 counter-based random bits, computed exactly as Triton's ``tl.philox``.
+
+Every backend draws its random bits from this stream so that stochastic rules are bitwise
+reproducible across the torch reference, the C++/CUDA kernels and the Triton kernels:
+
+* per (step, tensor) key: ``derive_key(seed, step, tensor_index)`` runs one Philox4x32-10 call
+  with key ``(seed & 0xffffffff, seed >> 32)`` and counter
+  ``(step & 0xffffffff, step >> 32, tensor_index, 0x5349474E)`` and takes output words 0 and 1
+  as the new key ``(k0, k1)``; the 64-bit Triton seed is ``k0 | k1 << 32``.
+* per element ``i`` of the full (unsharded, flattened) tensor: counter ``(i mod 2**32, i >> 32, 0, 0)``.
+  Word 0 drives the stochastic sign, word 1 the rounding of state writes, word 2 the rounding
+  of the parameter write.
+* uniform in [0, 1): ``u = (word >> 8) * 2**-24`` (exact in fp32).
+
+Values are held in int64 tensors in ``[0, 2**32)``; 32x32-bit products are split in 16-bit
+halves so nothing overflows int64.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+MASK32 = 0xFFFFFFFF
+PHILOX_KEY_A = 0x9E3779B9
+PHILOX_KEY_B = 0xBB67AE85
+PHILOX_ROUND_A = 0xD2511F53
+PHILOX_ROUND_B = 0xCD9E8D57
+KEY_DOMAIN = 0x5349474E  # "SIGN": fourth counter word of the key derivation
+N_ROUNDS = 10
+
+WORD_SIGN = 0
+WORD_STATE_ROUNDING = 1
+WORD_PARAM_ROUNDING = 2
+
+
+def _mul_hi_lo(a: int, b: Tensor) -> tuple[Tensor, Tensor]:
+    """High and low 32-bit words of ``a * b`` for a 32-bit constant ``a`` and uint32 values ``b``."""
+    t_lo = (b & 0xFFFF) * a  # < 2**48
+    t_hi = (b >> 16) * a  # < 2**48
+    mid = ((t_hi & 0xFFFF) << 16) + t_lo  # < 2**49
+    hi = (t_hi >> 16) + (mid >> 32)
+    return hi & MASK32, mid & MASK32
+
+
+def philox4x32(k0: int, k1: int, c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor,
+               n_rounds: int = N_ROUNDS) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Philox4x32 with ``n_rounds`` rounds on int64 tensors holding uint32 values."""
+    for _ in range(n_rounds):
+        hi_b, lo_b = _mul_hi_lo(PHILOX_ROUND_B, c2)
+        hi_a, lo_a = _mul_hi_lo(PHILOX_ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + PHILOX_KEY_A) & MASK32
+        k1 = (k1 + PHILOX_KEY_B) & MASK32
+    return c0, c1, c2, c3
+
+
+def philox4x32_ints(k0: int, k1: int, c0: int, c1: int, c2: int, c3: int,
+                    n_rounds: int = N_ROUNDS) -> tuple[int, int, int, int]:
+    """Philox4x32 on Python ints (host-side key derivation; no tensor launches)."""
+    for _ in range(n_rounds):
+        prod_b = PHILOX_ROUND_B * c2
+        prod_a = PHILOX_ROUND_A * c0
+        c0, c1, c2, c3 = ((prod_b >> 32) ^ c1 ^ k0, prod_b & MASK32,
+                          (prod_a >> 32) ^ c3 ^ k1, prod_a & MASK32)
+        k0 = (k0 + PHILOX_KEY_A) & MASK32
+        k1 = (k1 + PHILOX_KEY_B) & MASK32
+    return c0, c1, c2, c3
+
+
+def derive_key(seed: int, step: int, tensor_index: int) -> tuple[int, int]:
+    """Per-(step, tensor) Philox key: words 0 and 1 of one Philox call keyed by ``seed``."""
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    w0, w1, _, _ = philox4x32_ints(seed & MASK32, (seed >> 32) & MASK32, step & MASK32,
+                                   (step >> 32) & MASK32, tensor_index & MASK32, KEY_DOMAIN)
+    return w0, w1
+
+
+def triton_seed(key: tuple[int, int]) -> int:
+    """The 64-bit seed that ``tl.philox`` splits back into ``key``."""
+    return key[0] | (key[1] << 32)
+
+
+def element_words(key: tuple[int, int], indices: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four Philox output words for element indices ``indices`` (int64, full-tensor indices)."""
+    lo = indices & MASK32
+    hi = (indices >> 32) & MASK32
+    zero = torch.zeros_like(lo)
+    return philox4x32(key[0], key[1], lo, hi, zero, zero)
+
+
+def uniform_from_word(word: Tensor) -> Tensor:
+    """``u = (word >> 8) * 2**-24`` in fp32, exactly."""
+    return (word >> 8).to(torch.float32) * (2.0 ** -24)

@@ -1,0 +1,156 @@
+"""The static description of an update rule, built once per param group from its options.
+
+A :class:`UpdateRule` names everything a backend must know to pick a kernel (family,
+kappa, stochastic base, envelope, weight-decay mode, flags, storage format). The numbers that
+change from step to step live in :mod:`signopt.scalars`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Any, Callable
+
+import torch
+
+from . import kappa as kappa_registry
+
+FAMILIES = ("sign", "signum", "lion", "stochastic")
+WD_MODES = ("decoupled", "independent", "l2")
+STATE_DTYPES = ("fp32", "bf16")
+STOCHASTIC_BASES = ("sgd", "momentum", "adamw", "lion")
+ENVELOPES = ("element", "row", "block", "tensor")
+ENVELOPE_SOURCES = ("direction", "grad")
+
+
+@dataclass(frozen=True)
+class UpdateRule:
+    """What a group's step computes; see ``signopt.reference`` for the math of each field."""
+
+    family: str
+    wd_mode: str = "decoupled"
+    maximize: bool = False
+    cautious: bool = False
+    state_dtype: str = "fp32"
+    kappa: str = "l1"
+    kappa_fn: Callable | None = field(default=None, compare=False)
+    base: str = "momentum"
+    envelope: str = "element"
+    envelope_source: str = "direction"
+    envelope_block: int = 256
+
+    @property
+    def stochastic(self) -> bool:
+        return self.family == "stochastic"
+
+    @property
+    def uses_bias_correction(self) -> bool:
+        return self.stochastic and self.base == "adamw"
+
+    def state_names(self) -> tuple[str, ...]:
+        """Names of the state tensors this rule keeps (besides ``step``)."""
+        if self.family == "sign":
+            return ()
+        if self.family in ("signum", "lion"):
+            return ("m",)
+        return {"sgd": ("G",), "momentum": ("m", "G"), "adamw": ("m", "v", "G"),
+                "lion": ("m", "G")}[self.base]
+
+    def envelope_shape(self, shape: torch.Size) -> tuple[int, ...]:
+        """Shape of the envelope state ``G`` for a tensor of ``shape``."""
+        numel = math.prod(shape)
+        if self.envelope == "element":
+            return tuple(shape)
+        if self.envelope == "row":
+            return (shape[0] if len(shape) >= 2 else 1,)
+        if self.envelope == "block":
+            return (-(-numel // self.envelope_block),)
+        return (1,)
+
+    def keeps_step(self) -> bool:
+        """Rules that draw random bits or bias-correct keep a step counter."""
+        return self.stochastic
+
+
+def _choice(name: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _real(name: str, value: Any, lo: float | None = None, hi: float | None = None,
+          lo_open: bool = False, hi_open: bool = False) -> None:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError(f"{name} as a tensor must be a 1-element floating tensor, got "
+                             f"shape {tuple(value.shape)} and dtype {value.dtype}")
+        if value.device.type != "cpu":
+            return  # checking a device tensor would synchronise
+        value = float(value.item())
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {value}")
+    if hi is not None and (value > hi or (hi_open and value == hi)):
+        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {value}")
+
+
+def _beta(name: str, value: Any) -> None:
+    _real(name, value, 0.0, 1.0, hi_open=True)
+
+
+def validate_group(family: str, group: dict) -> None:
+    """Raise ``ValueError`` naming the option and its allowed values; changes nothing."""
+    _real("lr", group["lr"], 0.0)
+    _real("weight_decay", group["weight_decay"], 0.0)
+    _choice("wd_mode", group["wd_mode"], WD_MODES)
+    _choice("state_dtype", group["state_dtype"], STATE_DTYPES)
+    for flag in ("maximize", "cautious"):
+        if not isinstance(group[flag], bool):
+            raise ValueError(f"{flag} must be True or False, got {group[flag]!r}")
+    if group["wd_mode"] == "independent":
+        _real("initial lr (for wd_mode='independent')", group["lr0"], 0.0, lo_open=True)
+    if "momentum" in group:
+        _beta("momentum", group["momentum"])
+    if "beta" in group:
+        _beta("beta", group["beta"])
+    if "betas" in group:
+        betas = group["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        _beta("betas[0]", betas[0])
+        _beta("betas[1]", betas[1])
+    if "kappa" in group and not callable(group["kappa"]):
+        _choice("kappa", group["kappa"], kappa_registry.NAMES)
+    if "huber_delta" in group:
+        _real("huber_delta", group["huber_delta"], 0.0, lo_open=True)
+    if "p" in group:
+        _real("p", group["p"], 1.0, lo_open=True)
+    if "eps" in group:
+        _real("eps", group["eps"], 0.0, lo_open=True)
+    if family == "stochastic":
+        _choice("base", group["base"], STOCHASTIC_BASES)
+        _choice("envelope", group["envelope"], ENVELOPES)
+        _choice("envelope_source", group["envelope_source"], ENVELOPE_SOURCES)
+        _real("envelope_decay", group["envelope_decay"], 0.0, 1.0, lo_open=True)
+        block = group["envelope_block"]
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            raise ValueError(f"envelope_block must be a positive int, got {block!r}")
+        seed = group["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+
+
+def rule_from_group(family: str, group: dict) -> UpdateRule:
+    """The :class:`UpdateRule` of a validated group."""
+    kappa = group.get("kappa", "l1")
+    kw: dict[str, Any] = dict(
+        family=family, wd_mode=group["wd_mode"], maximize=group["maximize"],
+        cautious=group["cautious"], state_dtype=group["state_dtype"],
+        kappa="callable" if callable(kappa) else kappa,
+        kappa_fn=kappa if callable(kappa) else None,
+    )
+    if family == "stochastic":
+        kw.update(base=group["base"], envelope=group["envelope"],
+                  envelope_source=group["envelope_source"],
+                  envelope_block=group["envelope_block"])
+    return UpdateRule(**kw)

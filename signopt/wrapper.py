@@ -1,0 +1,120 @@
+"""Stochastic-sign conversion of any ``torch.optim.Optimizer`` (arXiv 2604.15416).
+
+Each step the base optimizer proposes a displacement, which becomes the base direction
+``d = (p_before - p_after) / lr_base``; the wrapper then steps ``p <- p_before - lr*S_B(d)``
+with the running envelope ``B <- max(B*envelope_decay, |d|)`` (per element, row, block or
+tensor), so ``E[dp] = -lr*d/B``. The base keeps its own state and weight decay.
+
+Cost: one copy of every stepped parameter during ``step`` (freed after it), plus the envelope
+(fp32; one value per element for ``envelope="element"``) and a step counter per parameter;
+time is the base step plus one copy, one subtraction and the stochastic sign.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from . import reference
+from .optimizer import SCHEMA_KEY, SCHEMA_VERSION, _default_seed
+from .philox import WORD_SIGN, derive_key, element_words, uniform_from_word
+from .rule import ENVELOPES, UpdateRule, _real
+from .scalars import f32
+
+
+class SignConversionWrapper(Optimizer):
+    """Wrap ``optimizer``; ``lr`` is the sign step (default: each base group's lr)."""
+
+    def __init__(self, optimizer: Optimizer, lr: float | None = None, *, envelope: str = "element",
+                 envelope_decay: float = 1.0, envelope_block: int = 256,
+                 seed: int | None = None) -> None:
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if envelope not in ENVELOPES:
+            raise ValueError(f"envelope must be one of {ENVELOPES}, got {envelope!r}")
+        _real("envelope_decay", envelope_decay, 0.0, 1.0, lo_open=True)
+        if lr is not None:
+            _real("lr", lr, 0.0)
+        if isinstance(envelope_block, bool) or not isinstance(envelope_block, int) or envelope_block < 1:
+            raise ValueError(f"envelope_block must be a positive int, got {envelope_block!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+            raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+        self.base = optimizer
+        groups = [{"params": list(g["params"]), "lr": g["lr"] if lr is None else lr}
+                  for g in optimizer.param_groups]
+        defaults = dict(lr=lr if lr is not None else optimizer.defaults.get("lr", 1e-3),
+                        envelope=envelope, envelope_decay=envelope_decay,
+                        envelope_block=envelope_block,
+                        seed=_default_seed() if seed is None else seed)
+        super().__init__(groups, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Run the base step, then replace its displacement by the stochastic sign step."""
+        work = []
+        for wg, bg in zip(self.param_groups, self.base.param_groups):
+            base_lr = float(bg["lr"])
+            if base_lr <= 0:
+                raise ValueError(f"the base optimizer's lr must be > 0 to recover its direction, got {base_lr}")
+            work.append([(p, p.detach().clone()) for p in wg["params"] if p.grad is not None])
+        loss = self.base.step(closure)
+        index = 0
+        for wg, bg, stepped in zip(self.param_groups, self.base.param_groups, work):
+            rule = UpdateRule(family="stochastic", base="sgd", envelope=wg["envelope"],
+                              envelope_block=wg["envelope_block"])
+            before = {id(p): p0 for p, p0 in stepped}
+            for p in wg["params"]:
+                if id(p) in before:
+                    self._sign_step(rule, wg, float(bg["lr"]), p, before[id(p)], index)
+                index += 1
+        return loss
+
+    def _sign_step(self, rule: UpdateRule, group: dict, base_lr: float, p: Tensor, p0: Tensor,
+                   index: int) -> None:
+        st = self.state[p]
+        real = torch.view_as_real if p.is_complex() else (lambda t: t)
+        pr, p0r = real(p), real(p0)
+        if pr.numel() == 0:
+            return
+        if not st:
+            st["G"] = torch.zeros(rule.envelope_shape(pr.shape), dtype=torch.float32, device=p.device)
+            st["step"] = torch.tensor(0, dtype=torch.int64)
+        st["step"] += 1
+        key = derive_key(group["seed"], int(st["step"].item()), index)
+        d = (p0r.to(torch.float32) - pr.to(torch.float32)) / f32(base_lr)
+        bad = ~torch.isfinite(d) | ~torch.isfinite(real(p.grad))
+        d = torch.where(bad, torch.zeros_like(d), d)
+        env = torch.fmax(st["G"] * f32(group["envelope_decay"]), reference.reduce_envelope(rule, d.abs()))
+        if rule.envelope == "element":
+            env = torch.where(bad, st["G"], env)
+        st["G"].copy_(env)
+        idx = torch.arange(pr.numel(), device=p.device, dtype=torch.int64)
+        uniform = uniform_from_word(element_words(key, idx)[WORD_SIGN]).reshape(pr.shape)
+        s = reference.stochastic_sign(d, reference.expand_envelope(rule, env, pr.shape), uniform)
+        lr = group["lr"]
+        lr32 = lr.to(torch.float32) if isinstance(lr, Tensor) else f32(lr)
+        new = p0r.to(torch.float32) - lr32 * s
+        pr.copy_(torch.where(bad, p0r.to(torch.float32), new).to(pr.dtype))
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["base"] = self.base.state_dict()
+        sd[SCHEMA_KEY] = SCHEMA_VERSION
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get(SCHEMA_KEY) != SCHEMA_VERSION:
+            raise ValueError(f"state_dict has {SCHEMA_KEY}={state_dict.get(SCHEMA_KEY)!r}; "
+                             f"expected {SCHEMA_VERSION}")
+        if "base" not in state_dict:
+            raise ValueError("state_dict has no 'base' entry (the wrapped optimizer's state)")
+        own = {k: v for k, v in state_dict.items() if k not in ("base", SCHEMA_KEY)}
+        self.base.load_state_dict(state_dict["base"])
+        super().load_state_dict(own)
+        for st in self.state.values():
+            if "step" in st:
+                st["step"] = st["step"].to(device="cpu", dtype=torch.int64)
+            if "G" in st:
+                st["G"] = st["G"].to(torch.float32)
