@@ -5,6 +5,13 @@ repeatable; ``HYPOTHESIS_PROFILE=long`` explores many more examples on demand.
 """
 import os
 
+# Triton kernels run on the CPU in the interpreter when there is no GPU; the variable must be
+# set before anything imports triton.
+if os.environ.get("CUDA_VISIBLE_DEVICES", None) != "" and os.path.exists("/dev/nvidia0"):
+    pass
+else:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
