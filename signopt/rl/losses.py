@@ -1,0 +1,232 @@
+"""GRPO-family policy losses, selectable by name through ``LOSSES``.
+
+Each loss is ``fn(x: LossInputs, **knobs) -> Tensor`` (a scalar to minimise), with
+``r = exp(logp − old_logp)`` per token (log-ratio masked and clamped before exp), ``A`` the
+advantage, ``mm`` the per-sequence masked token mean and ``sg`` stop-gradient. Sequence-level
+terms are summed and divided by step-wide counts from ``x.norms``, so the gradient of a step does
+not depend on how it is split into micro-batches (groups are never split).
+Experimental reconstructions live in :mod:`signopt.rl.experimental_losses` and are included in
+``LOSSES``; ``EXPERIMENTAL`` lists their names.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .aggregation import check_choice, check_knobs, masked_seq_mean
+from .experimental_losses import EXPERIMENTAL_LOSSES
+from .kl import kl_k3, kl_penalty
+from .loss_inputs import LossInputs
+from .surrogate import agg_tokens, clipped_surrogate, grouped, require, seq_sum
+
+
+def grpo(
+    x: LossInputs,
+    clip_eps: float = 0.2,
+    clip_eps_high: float | None = None,
+    beta: float = 0.0,
+    kl: str = "k3",
+    agg: str = "seq-mean-token-mean",
+) -> Tensor:
+    """GRPO: −min(rA, clip(r, 1±ε)A) + β·KL(π‖π_ref) per token, then ``agg``."""
+    per_token = clipped_surrogate(x.log_ratio.exp(), x.adv, clip_eps, clip_eps if clip_eps_high is None else clip_eps_high)
+    if beta:
+        require(x, "grpo", "ref_logp")
+        per_token = per_token + beta * kl_penalty(x.logp, x.ref_logp, kl)
+    return agg_tokens(x, per_token, agg)
+
+
+def dr_grpo(x: LossInputs, clip_eps: float = 0.2, agg: str = "seq-mean-token-sum-norm") -> Tensor:
+    """Dr. GRPO: the clipped surrogate with A = r − mean, no KL, Σ/(B·L_max)."""
+    return agg_tokens(x, clipped_surrogate(x.log_ratio.exp(), x.adv, clip_eps, clip_eps), agg)
+
+
+def dapo(x: LossInputs, clip_eps_low: float = 0.2, clip_eps_high: float = 0.28, agg: str = "token-mean") -> Tensor:
+    """DAPO: clip-higher surrogate (ε_low, ε_high), token-mean over the whole step. Dynamic
+    sampling and the overlong filter/penalty act on the data (:mod:`signopt.rl.shaping`)."""
+    return agg_tokens(x, clipped_surrogate(x.log_ratio.exp(), x.adv, clip_eps_low, clip_eps_high), agg)
+
+
+def gspo(x: LossInputs, clip_eps_low: float = 3e-4, clip_eps_high: float = 4e-4) -> Tensor:
+    """GSPO: s = exp(mm(log r)); −min(sA, clip(s, 1−ε_l, 1+ε_h)A) per sequence, mean over sequences."""
+    s = masked_seq_mean(x.log_ratio, x.mask).exp()
+    return seq_sum(x, clipped_surrogate(s, x.advantages, clip_eps_low, clip_eps_high))
+
+
+def gspo_token(
+    x: LossInputs, clip_eps_low: float = 3e-4, clip_eps_high: float = 4e-4, agg: str = "seq-mean-token-mean"
+) -> Tensor:
+    """GSPO-token: log s_t = min(sg(mm(log r)) + logp − sg(logp), 10); clipped surrogate per token."""
+    log_s = masked_seq_mean(x.log_ratio, x.mask).detach().unsqueeze(-1) + x.logp - x.logp.detach()
+    log_s = torch.where(x.mask.bool(), log_s.clamp(max=10.0), torch.zeros((), dtype=log_s.dtype))
+    return agg_tokens(x, clipped_surrogate(log_s.exp(), x.adv, clip_eps_low, clip_eps_high), agg)
+
+
+def gmpo(x: LossInputs, clip_log: float = 0.4) -> Tensor:
+    """GMPO: ρ = exp(mm(sgn(A)·min(sgn(A)·log r, clip(sgn(A)·log r, ±c)))) ; −A·ρ, mean over sequences."""
+    sgn = torch.sign(x.adv)
+    signed = sgn * x.log_ratio
+    clipped = sgn * torch.minimum(signed, signed.clamp(-clip_log, clip_log))
+    rho = masked_seq_mean(clipped, x.mask).exp()
+    return seq_sum(x, -x.advantages * rho)
+
+
+CISPO_CLIP_MODES = ("max", "symmetric")
+
+
+def cispo(
+    x: LossInputs,
+    clip_mode: str = "max",
+    eps_max: float = 5.0,
+    clip_eps_low: float = 0.2,
+    clip_eps_high: float = 0.2,
+    agg: str = "token-mean",
+) -> Tensor:
+    """CISPO: −sg(w)·A·logp, w = min(r, ε_max) (``clip_mode='max'``) or clamp(r, 1−ε_l, 1+ε_h)
+    (``clip_mode='symmetric'``)."""
+    check_choice("clip_mode", clip_mode, CISPO_CLIP_MODES)
+    r = x.log_ratio.exp()
+    w = r.clamp(max=eps_max) if clip_mode == "max" else r.clamp(1 - clip_eps_low, 1 + clip_eps_high)
+    return agg_tokens(x, -w.detach() * x.adv * x.logp, agg)
+
+
+def sapo(x: LossInputs, tau_pos: float = 1.0, tau_neg: float = 1.05, agg: str = "seq-mean-token-mean") -> Tensor:
+    """SAPO: −σ(τ(r − 1))·(4/τ)·A with τ = τ₊ for A > 0 and τ₋ otherwise (a soft clip)."""
+    tau = torch.where(x.adv > 0, tau_pos, tau_neg).to(x.logp.dtype)
+    gate = torch.sigmoid(tau * (x.log_ratio.exp() - 1)) * (4.0 / tau)
+    return agg_tokens(x, -gate * x.adv, agg)
+
+
+def vanilla_dual_clip(x: LossInputs, clip_eps: float = 0.2, clip_ratio_c: float = 3.0, agg: str = "token-mean") -> Tensor:
+    """Dual-clip PPO: the PPO-clip loss, capped at −A·c for A < 0."""
+    if clip_ratio_c <= 1:
+        raise ValueError(f"clip_ratio_c={clip_ratio_c} must be > 1")
+    ppo = clipped_surrogate(x.log_ratio.exp(), x.adv, clip_eps, clip_eps)
+    per_token = torch.where(x.adv < 0, torch.minimum(ppo, -x.adv * clip_ratio_c), ppo)
+    return agg_tokens(x, per_token, agg)
+
+
+def real(x: LossInputs, tau: float = 0.5) -> Tensor:
+    """REAL: s = mm(log r)/τ; Σ_q [log(1 + Σ_neg e^s) + log(1 + Σ_pos e^{−s})] / #q over groups
+    holding rollouts both above (pos) and below (neg) their group's mean reward."""
+    require(x, "real", "rewards")
+    s = grouped(x, masked_seq_mean(x.log_ratio, x.mask) / tau)
+    r = grouped(x, x.rewards.to(s.dtype))
+    pos, neg = r > r.mean(-1, keepdim=True), r < r.mean(-1, keepdim=True)
+    mixed = pos.any(-1) & neg.any(-1)
+    ninf = torch.tensor(float("-inf"), dtype=s.dtype)
+    zero = torch.zeros(s.shape[0], 1, dtype=s.dtype)
+    term_neg = torch.logsumexp(torch.cat([zero, torch.where(neg, s, ninf)], -1), -1)
+    term_pos = torch.logsumexp(torch.cat([zero, torch.where(pos, -s, ninf)], -1), -1)
+    per_group = torch.where(mixed, term_neg + term_pos, torch.zeros((), dtype=s.dtype))
+    return per_group.sum() / max(x.norm("num_mixed_groups"), 1.0)
+
+
+def gtpo(
+    x: LossInputs, conflict_boost: float = 2.0, entropy_threshold: float = 0.7, entropy_coef: float = 0.1
+) -> Tensor:
+    """GTPO: on-policy surrogate −A'·w·r per token, seq-mean-token-mean. Conflict tokens (same
+    position and id in both an A > 0 and an A < 0 rollout of the group) get w = ``conflict_boost``
+    in positive and w = 0 in negative rollouts. Entropy filter on rollouts with A ≠ 0:
+    A' = A − c·H̄ if H̄ ≤ threshold else 0 (H̄ = mean token entropy of the rollout)."""
+    require(x, "gtpo", "tokens", "entropy")
+    m = x.mask.bool()
+    tok = grouped(x, torch.where(m, x.tokens, -1))
+    a = grouped(x, x.advantages)
+    same = tok.unsqueeze(2) == tok.unsqueeze(1)  # [n, G, G, T]: rollout i and j share token at t
+    valid = tok.unsqueeze(1) >= 0
+    in_pos = (same & valid & (a > 0)[:, None, :, None]).any(2)
+    in_neg = (same & valid & (a < 0)[:, None, :, None]).any(2)
+    conflict = (in_pos & in_neg).reshape(x.mask.shape) & m
+    adv_sign = x.adv.expand_as(x.logp)
+    w = torch.ones_like(x.logp)
+    w = torch.where(conflict & (adv_sign > 0), conflict_boost, w)
+    w = torch.where(conflict & (adv_sign < 0), 0.0, w)
+    h_bar = masked_seq_mean(x.entropy.to(x.logp.dtype), x.mask)
+    filtered = torch.where(h_bar <= entropy_threshold, x.advantages - entropy_coef * h_bar, torch.zeros_like(h_bar))
+    adv = torch.where(x.advantages != 0, filtered, x.advantages).unsqueeze(-1)
+    return agg_tokens(x, -adv * w * x.log_ratio.exp(), "seq-mean-token-mean")
+
+
+def nft(x: LossInputs, scale: float = 1000.0, eps: float = 1e-6) -> Tensor:
+    """NFT with binary rewards and r̂ = group accuracy, token ratio R, weight (1 − r̂):
+    correct −log R; wrong −log((1 − r̂R)/(1 − r̂)) with a straight-through clamp of 1 − r̂R ≥ ε;
+    Σ over tokens / ``scale``."""
+    require(x, "nft", "rewards")
+    rw = x.rewards.to(x.logp.dtype)
+    if ((rw != 0) & (rw != 1)).any():
+        raise ValueError("loss='nft' needs binary rewards (0 or 1)")
+    r_hat = grouped(x, rw).mean(-1, keepdim=True).expand(-1, x.group_size).reshape(-1, 1)
+    log_r = x.log_ratio
+    inner = 1 - r_hat * log_r.exp()
+    inner = inner.clamp(min=eps).detach() + (inner - inner.detach())
+    wrong_loss = -(torch.log(inner) - torch.log((1 - r_hat).clamp(min=eps)))
+    per_token = (1 - r_hat) * torch.where(rw.unsqueeze(-1) > 0, -log_r, wrong_loss)
+    return torch.where(x.mask.bool(), per_token, torch.zeros((), dtype=per_token.dtype)).sum() / scale
+
+
+def trpa(x: LossInputs, beta: float = 0.1, top_weight: float = 2.5, kl_coef: float = 1e-3) -> Tensor:
+    """TRPA: x_i = mm(logp − ref_logp); Σ over in-group pairs r_w > r_l of −log σ(β(x_w − x_l)),
+    × ``top_weight`` when r_w is the group's best reward, / #pairs; + ``kl_coef``·token-mean k3(π‖π_old)."""
+    require(x, "trpa", "ref_logp", "rewards")
+    d = torch.where(x.mask.bool(), x.logp - x.ref_logp, torch.zeros((), dtype=x.logp.dtype))
+    s = grouped(x, masked_seq_mean(d, x.mask))
+    r = grouped(x, x.rewards.to(s.dtype))
+    win = r.unsqueeze(-1) > r.unsqueeze(-2)  # [n, w, l]
+    weight = torch.where(r == r.max(-1, keepdim=True).values, top_weight, 1.0).unsqueeze(-1)
+    pair = -F.logsigmoid(beta * (s.unsqueeze(-1) - s.unsqueeze(-2)))
+    pair_loss = torch.where(win, weight * pair, torch.zeros((), dtype=s.dtype)).sum() / max(x.norm("num_pairs"), 1.0)
+    return pair_loss + kl_coef * agg_tokens(x, kl_k3(x.logp, x.old_logp), "token-mean")
+
+
+def riskpo(x: LossInputs, clip_eps: float = 0.2, agg: str = "token-mean") -> Tensor:
+    """RiskPO: the PPO-clip token loss on mixed-VaR bundle advantages (advantage ``riskpo``)."""
+    return agg_tokens(x, clipped_surrogate(x.log_ratio.exp(), x.adv, clip_eps, clip_eps), agg)
+
+
+def hapo(
+    x: LossInputs, clip_eps_low: float = 0.2, clip_eps_high: float = 0.28, alpha: float = 1.0, agg: str = "token-mean"
+) -> Tensor:
+    """HAPO: per-token clip bounds from ĥ = (log H − μ)/σ (step-wide log-entropy statistics):
+    ε_low·(1 − αĥ) when ĥ ≤ 0, ε_high·(1 + αĥ) when ĥ > 0, the other bound unchanged."""
+    require(x, "hapo", "entropy")
+    log_h = torch.log(x.entropy.to(x.logp.dtype).clamp(min=1e-12))
+    has_stats = "log_entropy_std" in x.norms or bool(x.mask.any())
+    sd = x.norm("log_entropy_std") if has_stats else 0.0
+    h = (log_h - x.norm("log_entropy_mean")) / sd if sd > 0 else torch.zeros_like(log_h)
+    eps_low = torch.where(h <= 0, clip_eps_low * (1 - alpha * h), clip_eps_low).detach()
+    eps_high = torch.where(h > 0, clip_eps_high * (1 + alpha * h), clip_eps_high).detach()
+    return agg_tokens(x, clipped_surrogate(x.log_ratio.exp(), x.adv, eps_low, eps_high), agg)
+
+
+LOSSES = {
+    "grpo": grpo,
+    "dr_grpo": dr_grpo,
+    "dapo": dapo,
+    "gspo": gspo,
+    "gspo_token": gspo_token,
+    "gmpo": gmpo,
+    "cispo": cispo,
+    "sapo": sapo,
+    "vanilla_dual_clip": vanilla_dual_clip,
+    "real": real,
+    "gtpo": gtpo,
+    "nft": nft,
+    "trpa": trpa,
+    "riskpo": riskpo,
+    "hapo": hapo,
+    **EXPERIMENTAL_LOSSES,
+}
+EXPERIMENTAL = tuple(EXPERIMENTAL_LOSSES)
+
+# Advantage estimator each loss is meant to be paired with (``grpo`` otherwise).
+DEFAULT_ADVANTAGE = {"dr_grpo": "dr_grpo", "riskpo": "riskpo"}
+
+
+def compute_loss(name: str, x: LossInputs, **knobs) -> Tensor:
+    """Loss ``name`` (one of ``LOSSES``) on ``x`` with keyword ``knobs``."""
+    check_choice("loss", name, LOSSES)
+    check_knobs(f"loss={name!r}", LOSSES[name], knobs)
+    return LOSSES[name](x, **knobs)
