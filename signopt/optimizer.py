@@ -27,7 +27,7 @@ SCHEMA_KEY = "signopt_schema"
 CALLABLE_MARKER = "callable"
 # Group keys that describe storage, not hyperparameters: a loaded checkpoint does not override
 # them; its state is converted into the format the optimizer was built with.
-LAYOUT_KEYS = ("state_dtype",)
+LAYOUT_KEYS = ("state_dtype", "state_block", "fp8_min_numel")
 
 log = logging.getLogger("signopt")
 
@@ -70,7 +70,7 @@ class SignOptimizer(Optimizer):
         self._last_nonfinite: list[Tensor] = []
         self.last_step_backends: list[str] = []
         defaults = dict(defaults)
-        if self.family == "stochastic" and defaults.get("seed") is None:
+        if defaults.get("seed") is None:
             defaults["seed"] = _default_seed()
         validate_group(self.family, {**defaults, "lr0": _initial_lr(defaults["lr"])})
         super().__init__(params, defaults)
@@ -110,15 +110,26 @@ class SignOptimizer(Optimizer):
         st = self.state[p]
         if st:
             return st
-        shape = torch.view_as_real(p).shape if p.is_complex() else p.shape
+        shape = tuple(torch.view_as_real(p).shape if p.is_complex() else p.shape)
+        numel = 1
+        for s in shape:
+            numel *= s
+        fmt = state_format.effective_format(rule.state_dtype, numel, rule.fp8_min_numel)
         for name in rule.state_names():
             if name == "G" and rule.envelope != "element":
                 st[name] = torch.zeros(rule.envelope_shape(shape), dtype=torch.float32, device=p.device)
             else:
-                st[name] = state_format.zeros(tuple(shape), rule.state_dtype, p.device)
+                state_format.allocate(st, name, shape, fmt, rule.state_block, p.device)
         if rule.keeps_step():
             st["step"] = torch.tensor(0, dtype=torch.int64)
         return st
+
+    def state_bytes(self) -> dict[str, float]:
+        """Optimizer-state bytes: ``total`` and ``per_param`` (over all parameters' elements)."""
+        total = sum(state_format.nbytes(st) for st in self.state.values())
+        numel = sum(p.numel() * (2 if p.is_complex() else 1)
+                    for g in self.param_groups for p in g["params"])
+        return {"total": float(total), "per_param": total / max(numel, 1)}
 
     def nonfinite_count(self) -> int:
         """Gradient elements that were not finite in the last step (their update was skipped)."""
@@ -214,21 +225,26 @@ class SignOptimizer(Optimizer):
         super().load_state_dict(body)
         for group, cur in zip(self.param_groups, current):
             group.update(cur)
-        id_to_param = {}
+        id_to_param, group_of = {}, {}
         index = 0
-        for group in self.param_groups:
+        for gi, group in enumerate(self.param_groups):
             for p in group["params"]:
                 id_to_param[index] = (p, group)
+                group_of[index] = gi
                 index += 1
         for key, saved in saved_state.items():
             p, group = id_to_param[int(key)]
+            saved_block = saved_groups[group_of[int(key)]]["state_block"]
             rule = rule_from_group(self.family, group)
+            fmt = state_format.effective_format(rule.state_dtype, p.numel() * (2 if p.is_complex() else 1),
+                                                rule.fp8_min_numel)
             restored = {}
             for name, value in saved.items():
                 if name == "step":
                     restored[name] = value.detach().to(device="cpu", dtype=torch.int64).clone()
                 elif name == "G" and rule.envelope != "element":
                     restored[name] = value.detach().to(device=p.device, dtype=torch.float32).clone()
-                else:
-                    restored[name] = state_format.convert(value.detach().to(p.device), rule.state_dtype).clone()
+                elif not name.endswith(state_format.SCALE_SUFFIX):
+                    restored.update(state_format.convert(saved, name, saved_block, fmt,
+                                                         rule.state_block, p.device))
             self.state[p] = restored

@@ -5,14 +5,18 @@
   before the update), ``"independent"`` (``p <- p*(1 - wd*lr/lr0)``, lr0 = the group's initial
   lr; lion-pytorch's ``decoupled_weight_decay=True``), ``"l2"`` (``g <- g + wd*p``).
 * ``maximize``; ``cautious`` (keep coordinates whose update agrees in sign with ``g``,
-  rescaled by ``numel/(kept+1)``); ``state_dtype`` (``"fp32"`` or ``"bf16"``);
-  ``backend`` (``"auto"``, ``"torch"``, ``"cpp"``, ``"triton"``).
+  rescaled by ``numel/(kept+1)``); ``backend`` (``"auto"``, ``"torch"``, ``"cpp"``, ``"triton"``).
+* ``state_dtype``: ``"fp32"``, ``"bf16"``, ``"fp8_e4m3"``, ``"fp8_e5m2"`` (block-scaled with
+  ``state_block`` elements per fp32 scale; tensors under ``fp8_min_numel`` elements keep fp32),
+  see :mod:`signopt.state_format`; ``state_rounding`` and ``param_rounding``: ``"nearest"`` or
+  ``"stochastic"`` (the latter keeps the expected update of bf16/fp16 parameters when the step
+  is below half an ulp); ``seed`` keys every random bit (default: drawn from torch's generator).
 * Non-finite gradients: an element whose gradient is NaN/inf keeps its parameter and state
   for that step; ``opt.nonfinite_count()`` reports how many there were.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from torch import Tensor
 
@@ -20,11 +24,23 @@ from .optimizer import SignOptimizer
 
 LR = float | Tensor
 
+SHARED_DEFAULTS: dict[str, Any] = dict(
+    weight_decay=0.0, wd_mode="decoupled", maximize=False, cautious=False, state_dtype="fp32",
+    state_rounding="nearest", param_rounding="nearest", state_block=256, fp8_min_numel=4096,
+    seed=None,
+)
 
-def _shared(lr: LR, weight_decay: float, wd_mode: str, maximize: bool, cautious: bool,
-            state_dtype: str) -> dict:
-    return dict(lr=lr, weight_decay=weight_decay, wd_mode=wd_mode, maximize=maximize,
-                cautious=cautious, state_dtype=state_dtype)
+
+def _defaults(lr: LR, options: dict[str, Any], **rule_options: Any) -> dict[str, Any]:
+    """Group defaults: ``lr``, the shared options (unknown names rejected) and the rule's own."""
+    unknown = sorted(set(options) - set(SHARED_DEFAULTS) - {"backend"})
+    if unknown:
+        raise TypeError(f"unexpected option(s) {unknown}; shared options are "
+                        f"{sorted(SHARED_DEFAULTS) + ['backend']}")
+    d = {**SHARED_DEFAULTS, **{k: v for k, v in options.items() if k != "backend"}}
+    d["lr"] = lr
+    d.update(rule_options)
+    return d
 
 
 class SignSGD(SignOptimizer):
@@ -32,11 +48,8 @@ class SignSGD(SignOptimizer):
 
     family = "sign"
 
-    def __init__(self, params: Iterable, lr: LR = 1e-4, *, weight_decay: float = 0.0,
-                 wd_mode: str = "decoupled", maximize: bool = False, cautious: bool = False,
-                 state_dtype: str = "fp32", backend: str = "auto") -> None:
-        super().__init__(params, _shared(lr, weight_decay, wd_mode, maximize, cautious, state_dtype),
-                         backend)
+    def __init__(self, params: Iterable, lr: LR = 1e-4, **options: Any) -> None:
+        super().__init__(params, _defaults(lr, options), options.get("backend", "auto"))
 
 
 class Signum(SignOptimizer):
@@ -44,12 +57,9 @@ class Signum(SignOptimizer):
 
     family = "signum"
 
-    def __init__(self, params: Iterable, lr: LR = 1e-4, momentum: float = 0.9, *,
-                 weight_decay: float = 0.0, wd_mode: str = "decoupled", maximize: bool = False,
-                 cautious: bool = False, state_dtype: str = "fp32", backend: str = "auto") -> None:
-        d = _shared(lr, weight_decay, wd_mode, maximize, cautious, state_dtype)
-        d["momentum"] = momentum
-        super().__init__(params, d, backend)
+    def __init__(self, params: Iterable, lr: LR = 1e-4, momentum: float = 0.9, **options: Any) -> None:
+        super().__init__(params, _defaults(lr, options, momentum=momentum),
+                         options.get("backend", "auto"))
 
 
 class LionKappa(SignOptimizer):
@@ -65,12 +75,11 @@ class LionKappa(SignOptimizer):
 
     def __init__(self, params: Iterable, lr: LR = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
                  weight_decay: float = 0.0, kappa: str | Callable[[Tensor], Tensor] = "l1", *,
-                 huber_delta: float = 1.0, p: float = 2.0, wd_mode: str = "decoupled",
-                 maximize: bool = False, cautious: bool = False, state_dtype: str = "fp32",
-                 backend: str = "auto") -> None:
-        d = _shared(lr, weight_decay, wd_mode, maximize, cautious, state_dtype)
-        d.update(betas=tuple(betas), kappa=kappa, huber_delta=huber_delta, p=p)
-        super().__init__(params, d, backend)
+                 huber_delta: float = 1.0, p: float = 2.0, **options: Any) -> None:
+        super().__init__(params, _defaults(lr, {**options, "weight_decay": weight_decay},
+                                           betas=tuple(betas), kappa=kappa,
+                                           huber_delta=huber_delta, p=p),
+                         options.get("backend", "auto"))
 
 
 class Lion(LionKappa):
@@ -78,10 +87,8 @@ class Lion(LionKappa):
     m <- beta2*m + (1-beta2)*g``. Defaults lr=1e-4, betas=(0.9, 0.99), weight_decay=0."""
 
     def __init__(self, params: Iterable, lr: LR = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0, *, wd_mode: str = "decoupled", maximize: bool = False,
-                 cautious: bool = False, state_dtype: str = "fp32", backend: str = "auto") -> None:
-        super().__init__(params, lr, betas, weight_decay, "l1", wd_mode=wd_mode, maximize=maximize,
-                         cautious=cautious, state_dtype=state_dtype, backend=backend)
+                 weight_decay: float = 0.0, **options: Any) -> None:
+        super().__init__(params, lr, betas, weight_decay, "l1", **options)
 
 
 class SignConversion(SignOptimizer):
@@ -94,22 +101,20 @@ class SignConversion(SignOptimizer):
     ``-1``, so ``E[dp] = -lr*d/B``. Bases: ``"sgd"`` (d = g), ``"momentum"`` (EMA with
     ``betas[0]``), ``"adamw"`` (bias-corrected ``m/(sqrt(v)+eps)``), ``"lion"`` (Lion's c).
     Random bits: Philox keyed by ``seed``, the step and the tensor index (bitwise reproducible).
+    Row/block/tensor envelopes are stored in fp32 whatever ``state_dtype`` is.
     """
 
     family = "stochastic"
 
     def __init__(self, params: Iterable, lr: LR = 1e-4, base: str = "adamw",
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, *,
-                 weight_decay: float = 0.0, envelope: str = "element",
-                 envelope_source: str = "direction", envelope_decay: float = 1.0,
-                 envelope_block: int = 256, seed: int | None = None, wd_mode: str = "decoupled",
-                 maximize: bool = False, cautious: bool = False, state_dtype: str = "fp32",
-                 backend: str = "auto") -> None:
-        d = _shared(lr, weight_decay, wd_mode, maximize, cautious, state_dtype)
-        d.update(base=base, betas=tuple(betas), eps=eps, envelope=envelope,
-                 envelope_source=envelope_source, envelope_decay=envelope_decay,
-                 envelope_block=envelope_block, seed=seed)
-        super().__init__(params, d, backend)
+                 envelope: str = "element", envelope_source: str = "direction",
+                 envelope_decay: float = 1.0, envelope_block: int = 256, **options: Any) -> None:
+        super().__init__(params, _defaults(lr, options, base=base, betas=tuple(betas), eps=eps,
+                                           envelope=envelope, envelope_source=envelope_source,
+                                           envelope_decay=envelope_decay,
+                                           envelope_block=envelope_block),
+                         options.get("backend", "auto"))
 
 
 class StoSignSGD(SignConversion):
@@ -121,13 +126,8 @@ class StoSignSGD(SignConversion):
     """
 
     def __init__(self, params: Iterable, lr: LR = 1e-4, beta: float = 0.9, *,
-                 weight_decay: float = 0.0, envelope: str = "element",
-                 envelope_source: str = "direction", envelope_decay: float = 1.0,
-                 envelope_block: int = 256, seed: int | None = None, wd_mode: str = "decoupled",
-                 maximize: bool = False, cautious: bool = False, state_dtype: str = "fp32",
-                 backend: str = "auto") -> None:
-        super().__init__(params, lr, "momentum", (beta, beta), weight_decay=weight_decay,
-                         envelope=envelope, envelope_source=envelope_source,
-                         envelope_decay=envelope_decay, envelope_block=envelope_block, seed=seed,
-                         wd_mode=wd_mode, maximize=maximize, cautious=cautious,
-                         state_dtype=state_dtype, backend=backend)
+                 envelope: str = "element", envelope_source: str = "direction",
+                 envelope_decay: float = 1.0, envelope_block: int = 256, **options: Any) -> None:
+        super().__init__(params, lr, "momentum", (beta, beta), envelope=envelope,
+                         envelope_source=envelope_source, envelope_decay=envelope_decay,
+                         envelope_block=envelope_block, **options)

@@ -17,7 +17,8 @@ from . import kappa as kappa_registry
 
 FAMILIES = ("sign", "signum", "lion", "stochastic")
 WD_MODES = ("decoupled", "independent", "l2")
-STATE_DTYPES = ("fp32", "bf16")
+STATE_DTYPES = ("fp32", "bf16", "fp8_e4m3", "fp8_e5m2")
+ROUNDINGS = ("nearest", "stochastic")
 STOCHASTIC_BASES = ("sgd", "momentum", "adamw", "lion")
 ENVELOPES = ("element", "row", "block", "tensor")
 ENVELOPE_SOURCES = ("direction", "grad")
@@ -38,6 +39,10 @@ class UpdateRule:
     envelope: str = "element"
     envelope_source: str = "direction"
     envelope_block: int = 256
+    state_rounding: str = "nearest"
+    param_rounding: str = "nearest"
+    state_block: int = 256
+    fp8_min_numel: int = 4096
 
     @property
     def stochastic(self) -> bool:
@@ -67,9 +72,14 @@ class UpdateRule:
             return (-(-numel // self.envelope_block),)
         return (1,)
 
+    @property
+    def draws_random_bits(self) -> bool:
+        return (self.stochastic or self.state_rounding == "stochastic"
+                or self.param_rounding == "stochastic")
+
     def keeps_step(self) -> bool:
         """Rules that draw random bits or bias-correct keep a step counter."""
-        return self.stochastic
+        return self.draws_random_bits
 
 
 def _choice(name: str, value: Any, allowed: tuple) -> None:
@@ -104,6 +114,16 @@ def validate_group(family: str, group: dict) -> None:
     _real("weight_decay", group["weight_decay"], 0.0)
     _choice("wd_mode", group["wd_mode"], WD_MODES)
     _choice("state_dtype", group["state_dtype"], STATE_DTYPES)
+    _choice("state_rounding", group["state_rounding"], ROUNDINGS)
+    _choice("param_rounding", group["param_rounding"], ROUNDINGS)
+    for name in ("state_block", "fp8_min_numel"):
+        value = group[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "state_block" else 0):
+            raise ValueError(f"{name} must be a {'positive' if name == 'state_block' else 'non-negative'} "
+                             f"int, got {value!r}")
+    seed = group["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
     for flag in ("maximize", "cautious"):
         if not isinstance(group[flag], bool):
             raise ValueError(f"{flag} must be True or False, got {group[flag]!r}")
@@ -135,9 +155,6 @@ def validate_group(family: str, group: dict) -> None:
         block = group["envelope_block"]
         if isinstance(block, bool) or not isinstance(block, int) or block < 1:
             raise ValueError(f"envelope_block must be a positive int, got {block!r}")
-        seed = group["seed"]
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-            raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
 
 
 def rule_from_group(family: str, group: dict) -> UpdateRule:
@@ -146,6 +163,8 @@ def rule_from_group(family: str, group: dict) -> UpdateRule:
     kw: dict[str, Any] = dict(
         family=family, wd_mode=group["wd_mode"], maximize=group["maximize"],
         cautious=group["cautious"], state_dtype=group["state_dtype"],
+        state_rounding=group["state_rounding"], param_rounding=group["param_rounding"],
+        state_block=group["state_block"], fp8_min_numel=group["fp8_min_numel"],
         kappa="callable" if callable(kappa) else kappa,
         kappa_fn=kappa if callable(kappa) else None,
     )

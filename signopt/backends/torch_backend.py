@@ -6,6 +6,7 @@ from torch import Tensor
 
 from .. import reference, state_format
 from ..casting import round_to_dtype
+from ..philox import WORD_PARAM_ROUNDING, WORD_STATE_ROUNDING, element_words
 from ..rule import UpdateRule
 from ..scalars import GroupScalars
 from .slot import ParamSlot
@@ -26,21 +27,27 @@ class TorchBackend:
 
     def step(self, rule: UpdateRule, slots: list[ParamSlot], scalars: GroupScalars) -> Tensor | None:
         counts = []
+        skip = None if scalars.found_inf is None else scalars.found_inf > 0
         for slot in slots:
             p = real_view(slot.param)
             if p.numel() == 0:
                 continue
             g = real_view(slot.grad)
-            st = {k: state_format.decode(slot.state[k]) for k in rule.state_names()}
-            indices = None
-            if rule.stochastic:
+            st = {k: state_format.read(slot.state, k, rule.state_block) for k in rule.state_names()}
+            indices = words = None
+            if rule.draws_random_bits:
                 indices = torch.arange(p.numel(), device=p.device, dtype=torch.int64) + slot.index_offset
+                words = element_words(slot.key, indices)
             p_new, new_state, bad = reference.update(
                 rule, p.to(torch.float32), g, st, scalars, slot.bias, slot.key, indices)
-            p.copy_(round_to_dtype(p_new, p.dtype))
+            param_word = words[WORD_PARAM_ROUNDING] if rule.param_rounding == "stochastic" else None
+            p.copy_(round_to_dtype(p_new, p.dtype, param_word))
+            state_word = words[WORD_STATE_ROUNDING] if rule.state_rounding == "stochastic" else None
             for k, v in new_state.items():
-                stored = slot.state[k]
-                stored.copy_(state_format.encode(v, state_format.format_of(stored)))
+                if k == "G" and rule.envelope != "element":
+                    slot.state[k].copy_(v)
+                else:
+                    state_format.write(slot.state, k, v, rule.state_block, state_word, skip)
             counts.append(bad.sum())
         return torch.stack(counts).sum() if counts else None
 

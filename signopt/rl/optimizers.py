@@ -1,0 +1,54 @@
+"""Optimizers by name, resolved when the optimizer is built (signopt's own classes are looked up
+on the ``signopt`` package then), or any ``torch.optim.Optimizer`` subclass by dotted path."""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+import signopt
+
+# name → (signopt attribute | torch.optim class, default learning rate for RL fine-tuning)
+OPTIMIZERS = {
+    "lion": ("Lion", 3e-5),
+    "lionkappa": ("LionKappa", 3e-5),
+    "signum": ("Signum", 3e-5),
+    "signsgd": ("SignSGD", 3e-5),
+    "stosignsgd": ("StoSignSGD", 3e-5),
+    "adamw": (torch.optim.AdamW, 1e-4),
+    "adam": (torch.optim.Adam, 1e-4),
+    "sgd": (torch.optim.SGD, 1e-2),
+}
+
+
+def resolve_optimizer(name: str) -> type:
+    """The optimizer class for ``name``: a key of ``OPTIMIZERS`` or a dotted path ``pkg.mod.Class``."""
+    if name in OPTIMIZERS:
+        target = OPTIMIZERS[name][0]
+        if isinstance(target, str):
+            if not hasattr(signopt, target):
+                raise ValueError(f"optimizer={name!r}: signopt.{target} is not available in this installation")
+            return getattr(signopt, target)
+        return target
+    if "." in name:
+        module, _, attr = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            raise ValueError(f"optimizer={name!r} cannot be imported") from None
+        if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer):
+            return cls
+        raise ValueError(f"optimizer={name!r} is not a torch.optim.Optimizer subclass")
+    raise ValueError(f"optimizer={name!r} is not supported; allowed values: {', '.join(OPTIMIZERS)} or a dotted path")
+
+
+def default_lr(name: str) -> float:
+    """The default RL learning rate for ``name`` (1e-4 for dotted paths)."""
+    return OPTIMIZERS[name][1] if name in OPTIMIZERS else 1e-4
+
+
+def build_optimizer(name: str, params, lr: float | None = None, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Instantiate optimizer ``name`` on ``params``."""
+    cls = resolve_optimizer(name)
+    return cls(params, lr=default_lr(name) if lr is None else lr, weight_decay=weight_decay)
