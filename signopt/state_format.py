@@ -13,13 +13,15 @@ fp8_e5m2   same with torch.float8_e5m2                                1 + 4/bloc
 
 Block scaling (per block ``b``)::
 
-    s   = max(absmax_b * (1/Qmax), 2**-126)      (absmax ignores NaN; 1/Qmax is an fp32 constant)
+    s   = max(absmax_b * (1/Qmax), 2**-126)      (absmax ignores NaN and inf; 1/Qmax is fp32)
     inv = 1 / s                                  (correctly rounded)
     q   = round(clamp(x * inv, -Qmax, Qmax))     (nearest-even, or stochastic with word 1)
     x^  = q * s
 
 Every step decodes to fp32, computes in fp32 and encodes once at the write; this step's update
-uses the fresh fp32 value, so quantisation only affects later steps. A tensor with fewer than
+uses the fresh fp32 value, so quantisation only affects later steps. Non-finite values (which
+the non-finite-gradient policy keeps out of state) do not spoil their block: NaN stays NaN and
+±inf saturates to ±Qmax*s. A tensor with fewer than
 ``fp8_min_numel`` elements keeps fp32 state in an FP8 group. With ``found_inf`` the stored
 codes and scales are kept bit for bit. An element skipped for a non-finite gradient keeps its
 value, re-encoded with its block's new scale (exact in fp32/bf16, within FP8 rounding).
@@ -76,7 +78,7 @@ def _blocks(flat: Tensor, block: int) -> Tensor:
 def fp8_scales(x: Tensor, fmt: FloatFormat, block: int) -> Tensor:
     """Per-block scales ``max(absmax * (1/Qmax), 2**-126)`` of the flattened ``x``."""
     mag = x.reshape(-1).abs()
-    mag = torch.where(torch.isnan(mag), torch.zeros_like(mag), mag)
+    mag = torch.where(torch.isfinite(mag), mag, torch.zeros_like(mag))
     absmax = _blocks(mag, block).amax(dim=1)
     return torch.clamp(absmax * _inv_qmax(fmt), min=MIN_SCALE)
 
