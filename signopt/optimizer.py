@@ -190,6 +190,11 @@ class SignOptimizer(Optimizer):
                 count = backend.step(rule, slots, scalars)
                 if count is not None:
                     self._last_nonfinite.append(count)
+                if found_inf is not None and rule.keeps_step():
+                    # As fused AdamW: a step GradScaler skips (inf/NaN) does not advance the counter.
+                    skipped = (found_inf > 0).reshape(()).to(device="cpu", dtype=torch.int64)
+                    for slot in slots:
+                        slot.state["step"] -= skipped
             self.last_step_backends.append(backend.name)
         return loss
 

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 from torch import Tensor
 
 from .optimizer import SignOptimizer
+from .rule import _beta
 
 LR = float | Tensor
 
@@ -128,6 +129,7 @@ class StoSignSGD(SignConversion):
     def __init__(self, params: Iterable, lr: LR = 1e-4, beta: float = 0.9, *,
                  envelope: str = "element", envelope_source: str = "direction",
                  envelope_decay: float = 1.0, envelope_block: int = 256, **options: Any) -> None:
+        _beta("beta", beta)  # name the caller's option, not the betas pair it becomes
         super().__init__(params, lr, "momentum", (beta, beta), envelope=envelope,
                          envelope_source=envelope_source, envelope_decay=envelope_decay,
                          envelope_block=envelope_block, **options)

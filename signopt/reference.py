@@ -80,7 +80,7 @@ def expand_envelope(rule: UpdateRule, env: Tensor, shape: torch.Size) -> Tensor:
         rows = kappa_registry.rows_view(torch.empty(shape, device="meta"))
         return env.reshape(-1, 1).expand(rows.shape).reshape(shape)
     if rule.envelope == "tensor":
-        return env.expand(shape)
+        return env.reshape(()).expand(shape)  # also for 0-dim tensors
     n = 1
     for s in shape:
         n *= s

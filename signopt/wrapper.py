@@ -24,6 +24,13 @@ from .rule import ENVELOPES, UpdateRule, _real
 from .scalars import f32
 
 
+def _check_params(params: list) -> None:
+    """The sign step needs floating (or complex) dense parameters."""
+    for i, p in enumerate(params):
+        if isinstance(p, Tensor) and not (p.is_floating_point() or p.is_complex()):
+            raise ValueError(f"params[{i}] must be floating point or complex, got dtype {p.dtype}")
+
+
 class SignConversionWrapper(Optimizer):
     """Wrap ``optimizer``; ``lr`` is the sign step (default: each base group's lr)."""
 
@@ -41,7 +48,11 @@ class SignConversionWrapper(Optimizer):
             raise ValueError(f"envelope_block must be a positive int, got {envelope_block!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+        for g in optimizer.param_groups:
+            _check_params(g["params"])
         self.base = optimizer
+        self._sign_lr = lr
+        self._forward_groups = False
         groups = [{"params": list(g["params"]), "lr": g["lr"] if lr is None else lr}
                   for g in optimizer.param_groups]
         defaults = dict(lr=lr if lr is not None else optimizer.defaults.get("lr", 1e-3),
@@ -49,17 +60,41 @@ class SignConversionWrapper(Optimizer):
                         envelope_block=envelope_block,
                         seed=_default_seed() if seed is None else seed)
         super().__init__(groups, defaults)
+        self._forward_groups = True
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer (its keys are the base's hyperparameters) and to
+        the wrapper (sign lr: the constructor's ``lr`` or the base group's lr)."""
+        if not getattr(self, "_forward_groups", False):
+            super().add_param_group(param_group)
+            return
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        _check_params(params)
+        self.base.add_param_group({**param_group, "params": params})
+        bg = self.base.param_groups[-1]
+        super().add_param_group({"params": list(bg["params"]),
+                                 "lr": bg["lr"] if self._sign_lr is None else self._sign_lr})
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Run the base step, then replace its displacement by the stochastic sign step."""
+        loss = None
+        if closure is not None:  # gradients first: which params step depends on them
+            with torch.enable_grad():
+                loss = closure()
+        for gi, wg in enumerate(self.param_groups):  # fail before the base touches anything
+            for p in wg["params"]:
+                if p.grad is not None and p.grad.is_sparse:
+                    raise RuntimeError(f"SignConversionWrapper does not support sparse gradients "
+                                       f"(param_groups[{gi}]); use dense gradients")
         work = []
         for wg, bg in zip(self.param_groups, self.base.param_groups):
             base_lr = float(bg["lr"])
             if base_lr <= 0:
                 raise ValueError(f"the base optimizer's lr must be > 0 to recover its direction, got {base_lr}")
             work.append([(p, p.detach().clone()) for p in wg["params"] if p.grad is not None])
-        loss = self.base.step(closure)
+        self.base.step()
         index = 0
         for wg, bg, stepped in zip(self.param_groups, self.base.param_groups, work):
             rule = UpdateRule(family="stochastic", base="sgd", envelope=wg["envelope"],
@@ -113,8 +148,12 @@ class SignConversionWrapper(Optimizer):
         own = {k: v for k, v in state_dict.items() if k not in ("base", SCHEMA_KEY)}
         self.base.load_state_dict(state_dict["base"])
         super().load_state_dict(own)
-        for st in self.state.values():
-            if "step" in st:
-                st["step"] = st["step"].to(device="cpu", dtype=torch.int64)
-            if "G" in st:
-                st["G"] = st["G"].to(torch.float32)
+        # torch's default load casts state to the param dtype (lossy for bf16/fp16 params):
+        # restore from the saved tensors instead.
+        params = [p for g in self.param_groups for p in g["params"]]
+        for key, saved in own["state"].items():
+            p = params[int(key)]
+            self.state[p] = {
+                "G": saved["G"].detach().to(device=p.device, dtype=torch.float32).clone(),
+                "step": saved["step"].detach().to(device="cpu", dtype=torch.int64).clone(),
+            }
