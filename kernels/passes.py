@@ -1,0 +1,275 @@
+"""The multi-tensor kernels: one launch per pass updates every tensor of a (group, dtype) set.
+
+Passes of one step (host side: :mod:`signopt.kernels.launch`):
+
+1. ``reduce_chunks_kernel`` + ``reduce_finalize_kernel`` with ``WANT_STAGE_A`` — only for
+   rules that reduce: Lion-kappa ``l2`` / ``row_l2`` / ``lp`` norms (fp64 sums rounded once to
+   fp32, into a segment buffer) and row / block / tensor envelopes (``G <- fmax(G*decay,
+   max |src|)`` written to the state ``G`` in place, unless ``found_inf``);
+2. the same two kernels with ``WANT_CAUTIOUS_COUNT`` — only for cautious rules: the per-tensor
+   ``numel / (kept + 1)`` rescale;
+3. ``update_kernel`` — every element: prologue, rule, cautious mask, ``p*decay - lr*u``,
+   rounding of the parameter and state writes, non-finite count.
+
+Reductions run in a fixed order that does not depend on the launch: a segment (tensor, row or
+block) is cut into chunks of the fixed ``RBLOCK``; each chunk program writes one partial, and
+one finalize program per segment combines its partials sequentially in ``FBLOCK`` steps.
+"""
+import triton
+import triton.language as tl
+
+from .layout import (C_ENV, C_ENV_SCALE, C_FIRST_BLOCK, C_GRAD, C_INDEX_OFFSET, C_M, C_M_SCALE,
+                     C_NUMEL, C_PARAM, C_SEED, C_SEG_BASE, C_SEG_LEN, C_V, C_V_SCALE, D_NORM_EXP,
+                     D_P, F_BIAS1, F_BIAS2, F_NUMEL, N_COLS, N_FCOLS, N_RCOLS, R_CHUNKS,
+                     R_SEG_BASE, R_SEG_LEN, R_UNIT_BASE, S_BETA1, S_BETA2, S_DECAY, S_ENV_DECAY,
+                     S_EPS, S_HUBER_DELTA, S_INV_QMAX, S_L2, S_LR, S_OMB1, S_OMB2, S_P_MINUS_1)
+from .numerics import fmax, philox_words, pow_f64, sign, uniform_from_word
+from .rules import (ENVELOPE_ELEMENT, ENVELOPE_TENSOR, FAMILY_LION, FAMILY_SIGN, FAMILY_SIGNUM,
+                    FAMILY_STOCHASTIC, KAPPA_L2, KAPPA_LP, KAPPA_ROW_L2, BASE_ADAMW, BASE_SGD,
+                    cautious, kappa_direction, kappa_norm_term, lion_rule, prologue,
+                    signum_rule, stochastic_base, stochastic_sign)
+from .state_io import load_state, load_values, store_state, store_values
+
+WANT_STAGE_A = tl.constexpr(0)        # the kappa-norm summand or the envelope source
+WANT_CAUTIOUS_COUNT = tl.constexpr(1)  # 1.0 where u*g > 0
+WANT_UPDATE = tl.constexpr(2)          # the direction u and the new state
+
+
+@triton.jit
+def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr, t, offs, mask,
+                 FAMILY: tl.constexpr, KAPPA: tl.constexpr, BASE: tl.constexpr,
+                 ENVELOPE: tl.constexpr, ENV_FROM_GRAD: tl.constexpr, CAUTIOUS: tl.constexpr,
+                 MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr, HAS_INV_SCALE: tl.constexpr,
+                 P_KIND: tl.constexpr, G_KIND: tl.constexpr, S_KIND: tl.constexpr,
+                 NEED_WORDS: tl.constexpr, SBLK: tl.constexpr, WANT: tl.constexpr):
+    """Everything a pass needs about the elements ``offs`` of tensor ``t``.
+
+    Returns ``(p, g, bad, q, u, m_new, v_new, env_new, word1, word2)``: fp32 parameter,
+    prologue-processed gradient, non-finite mask, the reduction quantity ``q`` (``WANT`` <
+    ``WANT_UPDATE``), the direction ``u`` (after the cautious mask) and the new fp32 state.
+    """
+    p = load_values(tl.load(row + C_PARAM), offs, mask, P_KIND)
+    graw = load_values(tl.load(row + C_GRAD), offs, mask, G_KIND)
+    inv_scale = 1.0
+    if HAS_INV_SCALE:
+        inv_scale = tl.load(inv_scale_ptr)
+    g, bad = prologue(graw, p, inv_scale, tl.load(sc_ptr + S_L2), MAXIMIZE, HAS_INV_SCALE, HAS_L2)
+    zero = tl.zeros_like(g)
+    w0 = zero.to(tl.uint32)
+    w1 = w0
+    w2 = w0
+    if NEED_WORDS:
+        w0, w1, w2, _w3 = philox_words(tl.load(row + C_SEED), tl.load(row + C_INDEX_OFFSET) + offs)
+    block = offs // SBLK
+    m = zero
+    v = zero
+    env_el = zero
+    if FAMILY != FAMILY_SIGN:
+        if FAMILY != FAMILY_STOCHASTIC or BASE != BASE_SGD:
+            m = load_state(tl.load(row + C_M), tl.load(row + C_M_SCALE), offs, mask, block, S_KIND)
+    if FAMILY == FAMILY_STOCHASTIC:
+        if BASE == BASE_ADAMW:
+            v = load_state(tl.load(row + C_V), tl.load(row + C_V_SCALE), offs, mask, block, S_KIND)
+        if ENVELOPE == ENVELOPE_ELEMENT:
+            env_el = load_state(tl.load(row + C_ENV), tl.load(row + C_ENV_SCALE), offs, mask,
+                                block, S_KIND)
+    beta1 = tl.load(sc_ptr + S_BETA1)
+    omb1 = tl.load(sc_ptr + S_OMB1)
+    beta2 = tl.load(sc_ptr + S_BETA2)
+    omb2 = tl.load(sc_ptr + S_OMB2)
+    m_new = m
+    v_new = v
+    env_new = env_el
+    # the signed quantity x of each family
+    if FAMILY == FAMILY_SIGN:
+        x = g
+    elif FAMILY == FAMILY_SIGNUM:
+        m_new = signum_rule(m, g, bad, beta1, omb1)
+        x = m_new
+    elif FAMILY == FAMILY_LION:
+        x, m_new = lion_rule(m, g, bad, beta1, omb1, beta2, omb2)
+    else:
+        x, m_new, v_new = stochastic_base(m, v, g, bad, beta1, omb1, beta2, omb2,
+                                          tl.load(sc_ptr + S_EPS), tl.load(frow + F_BIAS1),
+                                          tl.load(frow + F_BIAS2), BASE)
+    q = zero.to(tl.float64)
+    u = zero
+    if WANT == WANT_STAGE_A:
+        if FAMILY == FAMILY_LION:
+            q = kappa_norm_term(x, tl.load(sc64_ptr + D_P), KAPPA)
+        else:
+            if ENV_FROM_GRAD:
+                q = tl.abs(g).to(tl.float64)
+            else:
+                q = tl.abs(x).to(tl.float64)
+    else:
+        if FAMILY == FAMILY_SIGN or FAMILY == FAMILY_SIGNUM:
+            u = sign(x)
+        elif FAMILY == FAMILY_LION:
+            norm = zero
+            if KAPPA == KAPPA_L2 or KAPPA == KAPPA_LP:
+                norm = zero + tl.load(sega_ptr + tl.load(row + C_SEG_BASE))
+            elif KAPPA == KAPPA_ROW_L2:
+                seg = tl.load(row + C_SEG_BASE) + offs // tl.load(row + C_SEG_LEN)
+                norm = tl.load(sega_ptr + seg, mask=mask, other=0.0)
+            u = kappa_direction(x, norm, tl.load(sc_ptr + S_HUBER_DELTA),
+                                tl.load(sc_ptr + S_P_MINUS_1), KAPPA)
+        else:
+            env_ptr = tl.load(row + C_ENV).to(tl.pointer_type(tl.float32))
+            if ENVELOPE == ENVELOPE_ELEMENT:
+                if ENV_FROM_GRAD:
+                    src = tl.abs(g)
+                else:
+                    src = tl.abs(x)
+                env_new = tl.where(bad, env_el, fmax(env_el * tl.load(sc_ptr + S_ENV_DECAY), src))
+                env = env_new
+            elif ENVELOPE == ENVELOPE_TENSOR:
+                env = zero + tl.load(env_ptr)
+            else:
+                env = tl.load(env_ptr + offs // tl.load(row + C_SEG_LEN), mask=mask, other=0.0)
+            u = stochastic_sign(x, env, uniform_from_word(w0))
+        if WANT == WANT_CAUTIOUS_COUNT:
+            q = (u * g > 0.0).to(tl.float64)
+        elif CAUTIOUS:
+            u = cautious(u, g, tl.load(segb_ptr + t))
+    return p, g, bad, q, u, m_new, v_new, env_new, w1, w2
+
+
+@triton.jit
+def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, found_inf_ptr,
+                  sega_ptr, segb_ptr, count_ptr,
+                  FAMILY: tl.constexpr, KAPPA: tl.constexpr, BASE: tl.constexpr,
+                  ENVELOPE: tl.constexpr, ENV_FROM_GRAD: tl.constexpr, CAUTIOUS: tl.constexpr,
+                  MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr, HAS_INV_SCALE: tl.constexpr,
+                  HAS_FOUND_INF: tl.constexpr, P_KIND: tl.constexpr, G_KIND: tl.constexpr,
+                  S_KIND: tl.constexpr, STATE_SR: tl.constexpr, PARAM_SR: tl.constexpr,
+                  NEED_WORDS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+                  SB: tl.constexpr):
+    """Pass 3: the update of ``ROWS*SB`` consecutive elements of one tensor per program.
+
+    The tile is ``[ROWS, COLS]`` with row stride ``SB``: for FP8 state ``SB`` is the FP8 block
+    (``COLS`` its next power of two), so each row is one block and its absmax is a row max;
+    otherwise ``ROWS = 1`` and ``SB = COLS``. ``blk_ptr[pid]`` names the tensor.
+    """
+    pid = tl.program_id(0)
+    t = tl.load(blk_ptr + pid).to(tl.int64)
+    row = tab_ptr + t * N_COLS
+    frow = ftab_ptr + t * N_FCOLS
+    numel = tl.load(row + C_NUMEL)
+    start = (pid - tl.load(row + C_FIRST_BLOCK)) * (ROWS * SB)
+    r = tl.arange(0, ROWS).to(tl.int64)
+    c = tl.arange(0, COLS)
+    offs = start + r[:, None] * SB + c[None, :]
+    mask = (c[None, :] < SB) & (offs < numel)
+    p, g, bad, q, u, m_new, v_new, env_new, w1, w2 = element_rule(
+        row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr, t, offs, mask,
+        FAMILY, KAPPA, BASE, ENVELOPE, ENV_FROM_GRAD, CAUTIOUS, MAXIMIZE, HAS_L2, HAS_INV_SCALE,
+        P_KIND, G_KIND, S_KIND, NEED_WORDS, SB, WANT_UPDATE)
+    p_new = p * tl.load(sc_ptr + S_DECAY) - tl.load(sc_ptr + S_LR) * u
+    p_new = tl.where(bad, p, p_new)
+    row_start = start + r * SB
+    row_mask = row_start < numel
+    if HAS_FOUND_INF:
+        keep_going = tl.where(tl.load(found_inf_ptr) > 0.0, 0, 1) != 0  # not (found_inf > 0)
+        row_mask = row_mask & keep_going
+        store_mask = mask & keep_going
+    else:
+        store_mask = mask
+    block_row = row_start // SB
+    inv_qmax = tl.load(sc_ptr + S_INV_QMAX)
+    store_values(tl.load(row + C_PARAM), offs, p_new, store_mask, w2, P_KIND, PARAM_SR)
+    if FAMILY != FAMILY_SIGN:
+        if FAMILY != FAMILY_STOCHASTIC or BASE != BASE_SGD:
+            store_state(tl.load(row + C_M), tl.load(row + C_M_SCALE), offs, m_new, store_mask,
+                        block_row, row_mask, w1, inv_qmax, S_KIND, STATE_SR)
+    if FAMILY == FAMILY_STOCHASTIC:
+        if BASE == BASE_ADAMW:
+            store_state(tl.load(row + C_V), tl.load(row + C_V_SCALE), offs, v_new, store_mask,
+                        block_row, row_mask, w1, inv_qmax, S_KIND, STATE_SR)
+        if ENVELOPE == ENVELOPE_ELEMENT:
+            store_state(tl.load(row + C_ENV), tl.load(row + C_ENV_SCALE), offs, env_new,
+                        store_mask, block_row, row_mask, w1, inv_qmax, S_KIND, STATE_SR)
+    n_bad = tl.sum((bad & mask).to(tl.int32))
+    tl.atomic_add(count_ptr, n_bad.to(tl.int64))
+
+
+@triton.jit
+def reduce_chunks_kernel(tab_ptr, ftab_ptr, unit_ptr, rtab_ptr, sc_ptr, sc64_ptr, inv_scale_ptr,
+                         sega_ptr, partial_ptr,
+                         FAMILY: tl.constexpr, KAPPA: tl.constexpr, BASE: tl.constexpr,
+                         ENVELOPE: tl.constexpr, ENV_FROM_GRAD: tl.constexpr,
+                         MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr,
+                         HAS_INV_SCALE: tl.constexpr, P_KIND: tl.constexpr,
+                         G_KIND: tl.constexpr, S_KIND: tl.constexpr, NEED_WORDS: tl.constexpr,
+                         SBLK: tl.constexpr, WANT: tl.constexpr, RBLOCK: tl.constexpr):
+    """Passes 1a/2a: one partial per chunk of ``RBLOCK`` elements of one segment (fp64 sum,
+    or fp64 max for envelopes), written to ``partial_ptr[pid]``."""
+    pid = tl.program_id(0)
+    t = tl.load(unit_ptr + pid).to(tl.int64)
+    row = tab_ptr + t * N_COLS
+    rrow = rtab_ptr + t * N_RCOLS
+    local = pid - tl.load(rrow + R_UNIT_BASE)
+    chunks = tl.load(rrow + R_CHUNKS)
+    seg_len = tl.load(rrow + R_SEG_LEN)
+    seg = local // chunks
+    seg_start = seg * seg_len
+    offs = seg_start + (local - seg * chunks) * RBLOCK + tl.arange(0, RBLOCK)[None, :].to(tl.int64)
+    end = tl.minimum(seg_start + seg_len, tl.load(row + C_NUMEL))
+    mask = offs < end
+    p, g, bad, q, u, m_new, v_new, env_new, w1, w2 = element_rule(
+        row, ftab_ptr + t * N_FCOLS, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, sega_ptr, t, offs,
+        mask, FAMILY, KAPPA, BASE, ENVELOPE, ENV_FROM_GRAD, False, MAXIMIZE, HAS_L2,
+        HAS_INV_SCALE, P_KIND, G_KIND, S_KIND, NEED_WORDS, SBLK, WANT)
+    q = tl.where(mask, q, 0.0)
+    if WANT == WANT_STAGE_A and FAMILY == FAMILY_STOCHASTIC:
+        partial = tl.max(q)
+    else:
+        partial = tl.sum(q)
+    tl.store(partial_ptr + pid, partial)
+
+
+@triton.jit
+def reduce_finalize_kernel(tab_ptr, ftab_ptr, seg_ptr, rtab_ptr, sc_ptr, sc64_ptr, found_inf_ptr,
+                           partial_ptr, out_ptr,
+                           FAMILY: tl.constexpr, KAPPA: tl.constexpr,
+                           HAS_FOUND_INF: tl.constexpr, WANT: tl.constexpr,
+                           FBLOCK: tl.constexpr):
+    """Passes 1b/2b: one program per segment combines its chunk partials in order, then
+
+    * kappa norms: ``out[s] = fp32(sqrt(sum))`` (l2, row_l2) or ``fp32(sum**((p-1)/p))`` (lp);
+    * envelopes: ``G[s] <- fmax(G[s]*envelope_decay, fp32(max))`` in the state, unless found_inf;
+    * cautious: ``out[s] = numel / fp32(kept + 1)`` (correctly rounded).
+    """
+    s = tl.program_id(0)
+    t = tl.load(seg_ptr + s).to(tl.int64)
+    row = tab_ptr + t * N_COLS
+    rrow = rtab_ptr + t * N_RCOLS
+    local = s - tl.load(rrow + R_SEG_BASE)
+    chunks = tl.load(rrow + R_CHUNKS)
+    first = tl.load(rrow + R_UNIT_BASE) + local * chunks
+    j = tl.arange(0, FBLOCK)
+    acc = tl.sum(tl.zeros([FBLOCK], tl.float64))
+    for k in range(0, chunks, FBLOCK):
+        vals = tl.load(partial_ptr + first + k + j, mask=(k + j) < chunks, other=0.0)
+        if WANT == WANT_STAGE_A and FAMILY == FAMILY_STOCHASTIC:
+            acc = tl.maximum(acc, tl.max(vals))
+        else:
+            acc = acc + tl.sum(vals)
+    if WANT == WANT_STAGE_A:
+        if FAMILY == FAMILY_LION:
+            if KAPPA == KAPPA_LP:
+                norm = pow_f64(acc, tl.load(sc64_ptr + D_NORM_EXP))
+            else:
+                norm = tl.sqrt(acc)
+            tl.store(out_ptr + s, norm.to(tl.float32))
+        else:
+            env_ptr = tl.load(row + C_ENV).to(tl.pointer_type(tl.float32))
+            g_old = tl.load(env_ptr + local)
+            g_new = fmax(g_old * tl.load(sc_ptr + S_ENV_DECAY), acc.to(tl.float32))
+            if HAS_FOUND_INF:
+                g_new = tl.where(tl.load(found_inf_ptr) > 0.0, g_old, g_new)
+            tl.store(env_ptr + local, g_new)
+    else:
+        kept = (acc + 1.0).to(tl.float32)
+        numel = tl.load(ftab_ptr + t * N_FCOLS + F_NUMEL)
+        tl.store(out_ptr + s, tl.math.div_rn(numel, kept))

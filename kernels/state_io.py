@@ -1,0 +1,108 @@
+"""Loads and stores of parameters, gradients and optimizer state in every storage kind.
+
+The load/store layer is what lets one rule body serve all formats: a kernel loads fp32
+values, computes, and stores through :func:`store_values` (fp32 / bf16 / fp16, nearest or
+stochastic) or :func:`store_fp8_blocks` (block-scaled FP8, :mod:`signopt.state_format`)::
+
+    s   = max(absmax_b * (1/Qmax), 2**-126)     absmax over finite |x| of the block
+    inv = 1 / s                                 correctly rounded
+    q   = round(clamp(x * inv, -Qmax, Qmax))    nearest-even or stochastic (Philox word 1)
+
+Addresses arrive as int64 values from the tensor table and are cast to typed pointers here;
+bf16 is accessed as int16 bit patterns and FP8 as uint8 codes so that no float cast is used.
+"""
+import triton
+import triton.language as tl
+
+from .numerics import (KIND_BF16, KIND_E4M3, KIND_E5M2, KIND_FP16, KIND_FP32, MIN_SCALE,
+                       bf16_decode, bf16_nearest, bf16_stochastic, fp8_code, fp8_value,
+                       fp16_round, is_finite, is_nan, round_to_format)
+
+E4M3_MAX = tl.constexpr(448.0)
+E5M2_MAX = tl.constexpr(57344.0)
+
+
+@triton.jit
+def load_values(addr, offs, mask, KIND: tl.constexpr):
+    """fp32 values of an fp32 / bf16 / fp16 tensor at integer address ``addr``."""
+    if KIND == KIND_FP32:
+        return tl.load(addr.to(tl.pointer_type(tl.float32)) + offs, mask=mask, other=0.0)
+    elif KIND == KIND_BF16:
+        raw = tl.load(addr.to(tl.pointer_type(tl.int16)) + offs, mask=mask, other=0)
+        return bf16_decode(raw)
+    else:
+        tl.static_assert(KIND == KIND_FP16, "load_values: kind must be fp32, bf16 or fp16")
+        return tl.load(addr.to(tl.pointer_type(tl.float16)) + offs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def load_state(addr, scale_addr, offs, mask, block, KIND: tl.constexpr):
+    """fp32 value of a state tensor; FP8 codes are decoded and multiplied by the scale of
+    their block (``block`` = flat index // state_block, elementwise)."""
+    if KIND == KIND_E4M3:
+        code = tl.load(addr.to(tl.pointer_type(tl.uint8)) + offs, mask=mask, other=0)
+        s = tl.load(scale_addr.to(tl.pointer_type(tl.float32)) + block, mask=mask, other=0.0)
+        return fp8_value(code, 3, -6, 7, False) * s
+    elif KIND == KIND_E5M2:
+        code = tl.load(addr.to(tl.pointer_type(tl.uint8)) + offs, mask=mask, other=0)
+        s = tl.load(scale_addr.to(tl.pointer_type(tl.float32)) + block, mask=mask, other=0.0)
+        return fp8_value(code, 2, -14, 15, True) * s
+    else:
+        return load_values(addr, offs, mask, KIND)
+
+
+@triton.jit
+def store_values(addr, offs, x, mask, word, KIND: tl.constexpr, STOCHASTIC: tl.constexpr):
+    """Store fp32 ``x`` rounded once to the tensor's kind (``casting.round_to_dtype``);
+    ``STOCHASTIC`` rounds with Philox ``word`` (fp32 is stored as is)."""
+    if KIND == KIND_FP32:
+        tl.store(addr.to(tl.pointer_type(tl.float32)) + offs, x, mask=mask)
+    elif KIND == KIND_BF16:
+        if STOCHASTIC:
+            bits = bf16_stochastic(x, word)
+        else:
+            bits = bf16_nearest(x)
+        tl.store(addr.to(tl.pointer_type(tl.int16)) + offs, bits, mask=mask)
+    else:
+        tl.static_assert(KIND == KIND_FP16, "store_values: kind must be fp32, bf16 or fp16")
+        tl.store(addr.to(tl.pointer_type(tl.float16)) + offs, fp16_round(x, word, STOCHASTIC), mask=mask)
+
+
+@triton.jit
+def _fp8_encode(x, mask, word, inv_qmax, QMAX: tl.constexpr, M: tl.constexpr, EMIN: tl.constexpr,
+                BIAS: tl.constexpr, STOCHASTIC: tl.constexpr):
+    """Codes and per-row scales of a ``[rows, cols]`` tile holding one FP8 block per row."""
+    mag = tl.where(mask & is_finite(x), tl.abs(x), 0.0)
+    absmax = tl.max(mag, axis=1)
+    scale = absmax * inv_qmax
+    scale = tl.where(scale < MIN_SCALE, MIN_SCALE, scale)
+    inv = tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
+    y = x * inv[:, None]
+    y = tl.where(is_nan(y), y, tl.minimum(tl.maximum(y, -QMAX), QMAX))
+    q = round_to_format(y, word, M, EMIN, QMAX, STOCHASTIC)
+    return fp8_code(q, M, EMIN, BIAS), scale
+
+
+@triton.jit
+def store_fp8_blocks(addr, scale_addr, offs, x, mask, block_row, row_mask, word, inv_qmax,
+                     KIND: tl.constexpr, STOCHASTIC: tl.constexpr):
+    """Encode a ``[rows, cols]`` tile (row r = FP8 block ``block_row[r]``) and store codes
+    and scales; lanes outside ``mask`` do not enter the absmax."""
+    if KIND == KIND_E4M3:
+        code, scale = _fp8_encode(x, mask, word, inv_qmax, E4M3_MAX, 3, -6, 7, STOCHASTIC)
+    else:
+        tl.static_assert(KIND == KIND_E5M2, "store_fp8_blocks: kind must be E4M3 or E5M2")
+        code, scale = _fp8_encode(x, mask, word, inv_qmax, E5M2_MAX, 2, -14, 15, STOCHASTIC)
+    tl.store(addr.to(tl.pointer_type(tl.uint8)) + offs, code, mask=mask)
+    tl.store(scale_addr.to(tl.pointer_type(tl.float32)) + block_row, scale, mask=row_mask)
+
+
+@triton.jit
+def store_state(addr, scale_addr, offs, x, mask, block_row, row_mask, word, inv_qmax,
+                KIND: tl.constexpr, STOCHASTIC: tl.constexpr):
+    """Store a state tile in its format (see the module docstring)."""
+    if KIND >= KIND_E4M3:
+        store_fp8_blocks(addr, scale_addr, offs, x, mask, block_row, row_mask, word, inv_qmax,
+                         KIND, STOCHASTIC)
+    else:
+        store_values(addr, offs, x, mask, word, KIND, STOCHASTIC)

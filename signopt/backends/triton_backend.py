@@ -1,0 +1,74 @@
+"""The ``"triton"`` backend: multi-tensor Triton kernels (:mod:`signopt.kernels`).
+
+Available where Triton imports and either a CUDA device exists or ``TRITON_INTERPRET=1`` is
+set (the interpreter runs the same kernels on CPU tensors; slow, meant for tests). Triton is
+imported here, lazily, when the backend is first resolved — never by ``import signopt``.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from ..rule import UpdateRule
+from ..scalars import GroupScalars
+from . import BackendUnavailable
+from .slot import ParamSlot
+
+KERNELS = "signopt.kernels"
+
+
+def _kernels_launch() -> ModuleType:
+    """``signopt.kernels.launch``. An installed signopt maps ``kernels/`` to
+    ``signopt.kernels`` (pyproject ``package-dir``); in an uninstalled source checkout the
+    package is registered from ``<checkout>/kernels`` under that same name."""
+    try:
+        return importlib.import_module(KERNELS + ".launch")
+    except ModuleNotFoundError as exc:
+        if exc.name not in (KERNELS, KERNELS + ".launch"):
+            raise
+    root = Path(__file__).resolve().parents[2] / "kernels"
+    init = root / "__init__.py"
+    if not init.is_file():
+        raise BackendUnavailable(f"{KERNELS} is not installed and {root} does not exist")
+    spec = importlib.util.spec_from_file_location(KERNELS, init, submodule_search_locations=[str(root)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[KERNELS] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(KERNELS, None)
+        raise
+    return importlib.import_module(KERNELS + ".launch")
+
+
+class TritonBackend:
+    """Runs every rule except a callable kappa, on CUDA (or CPU tensors in the interpreter)."""
+
+    name = "triton"
+
+    def __init__(self, launch: ModuleType) -> None:
+        self._launch = launch
+
+    def unsupported(self, rule: UpdateRule, params: list[Tensor]) -> str | None:
+        return self._launch.unsupported(rule, params)
+
+    def step(self, rule: UpdateRule, slots: list[ParamSlot], scalars: GroupScalars) -> Tensor | None:
+        return self._launch.step(rule, slots, scalars)
+
+
+def load() -> TritonBackend:
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        raise BackendUnavailable(f"triton cannot be imported: {exc}") from exc
+    launch = _kernels_launch()
+    if not torch.cuda.is_available() and not launch.interpreting():
+        raise BackendUnavailable("no CUDA device; set TRITON_INTERPRET=1 to run the Triton kernels "
+                                 "on CPU tensors in the interpreter (slow; for testing)")
+    return TritonBackend(launch)
