@@ -1,0 +1,166 @@
+// Storage formats as integer bit operations, identical to signopt/casting.py and
+// signopt/state_format.py.  One "format" struct per storage type: raw type, load (-> fp32) and
+// stores with round-to-nearest-even (rn) or stochastic rounding from one Philox word (sr).
+//   bf16 rn:  (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16,  NaN -> 0x7FC0
+//   bf16 sr:  (bits + (word >> 16)) >> 16, finite never rounds to inf (saturates), NaN -> 0x7FC0
+//   grid (fp16 sr, E4M3, E5M2; M mantissa bits, minimum normal exponent emin):
+//       e = max(exponent bits of x, emin), ulp = 2^(e-M), k = |x|/ulp (exact),
+//       rn: rint(k);  sr: floor(k) + (U < k - floor(k));  result min(k*ulp, max) with x's sign
+//   FP8 block (state_format.py):  s = max(absmax*(1/Qmax), 2^-126), inv = 1/s,
+//       code = grid(clamp(x*inv, -Qmax, Qmax)), value = code*s
+#pragma once
+#include <math.h>
+#include "config.h"
+#include "philox.h"
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>
+#endif
+
+namespace signopt {
+
+SIGNOPT_HD bool isnan32(float x) { return (f2u(x) & 0x7FFFFFFFu) > 0x7F800000u; }
+
+// ---------------------------------------------------------------- bf16
+SIGNOPT_HD float bf16_to_f32(uint16_t b) { return u2f((uint32_t)b << 16); }
+
+SIGNOPT_HD uint16_t f32_to_bf16_rn(float x) {
+  const uint32_t b = f2u(x);
+  const uint32_t r = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
+  return isnan32(x) ? (uint16_t)0x7FC0 : (uint16_t)r;
+}
+
+SIGNOPT_HD uint16_t f32_to_bf16_sr(float x, uint32_t word) {
+  const uint32_t b = f2u(x);
+  uint32_t r = ((b + (word >> 16)) >> 16) & 0xFFFFu;
+  r = (finite32(x) && (r & 0x7FFFu) == 0x7F80u) ? ((r & 0x8000u) | 0x7F7Fu) : r;
+  return isnan32(x) ? (uint16_t)0x7FC0 : (uint16_t)r;
+}
+
+// ---------------------------------------------------------------- fp16 (IEEE rn)
+#if defined(__CUDACC__)
+SIGNOPT_HD uint16_t f32_to_f16_rn(float x) { return __half_raw(__float2half_rn(x)).x; }
+SIGNOPT_HD float f16_to_f32(uint16_t b) {
+  __half_raw r;
+  r.x = b;
+  return __half2float(__half(r));
+}
+#else
+SIGNOPT_HD uint16_t f32_to_f16_rn(float x) {
+  const _Float16 h = (_Float16)x;
+  uint16_t b;
+  __builtin_memcpy(&b, &h, 2);
+  return b;
+}
+SIGNOPT_HD float f16_to_f32(uint16_t b) {
+  _Float16 h;
+  __builtin_memcpy(&h, &b, 2);
+  return (float)h;
+}
+#endif
+
+// ---------------------------------------------------------------- grid rounding
+// x rounded onto the grid of a format with M mantissa bits and minimum normal exponent EMIN,
+// clamped to maxf; NaN stays NaN.  (casting.round_to_format)
+template <int M, int EMIN>
+SIGNOPT_HD float round_to_grid(float x, float maxf, bool stochastic, uint32_t word) {
+  const float mag = fabsf(x);
+  int e = (int)((f2u(x) >> 23) & 0xFFu) - 127;
+  e = e < EMIN ? EMIN : e;
+  const float ulp = u2f((uint32_t)(e - M + 127) << 23);
+  const float inv_ulp = u2f((uint32_t)(127 - (e - M) + 0) << 23);  // 2^-(e-M), exact
+  float k = mag * inv_ulp;                                           // == mag / ulp exactly
+  if (stochastic) {
+    const float lo = floorf(k);
+    k = (uniform_from_word(word) < k - lo) ? lo + 1.0f : lo;
+  } else {
+    k = rintf(k);
+  }
+  float out = k * ulp;
+  out = out > maxf ? maxf : out;
+  return isnan32(x) ? x : copysignf(out, x);
+}
+
+// Bits of an fp32 value that the FP8 format represents exactly (NaN -> 0x7F | sign).
+template <int M, int EMIN, int BIAS>
+SIGNOPT_HD uint8_t fp8_code(float q) {
+  const uint32_t b = f2u(q);
+  const uint32_t sign = (b >> 24) & 0x80u;
+  const uint32_t a = b & 0x7FFFFFFFu;
+  const int e = (int)(a >> 23) - 127;
+  const uint32_t normal = ((uint32_t)(e + BIAS) << M) | ((a >> (23 - M)) & ((1u << M) - 1u));
+  const uint32_t sub = (uint32_t)(u2f(a) * u2f((uint32_t)(127 - (EMIN - M)) << 23));
+  uint32_t code = e >= EMIN ? normal : sub;
+  code = a > 0x7F800000u ? 0x7Fu : code;
+  return (uint8_t)(sign | code);
+}
+
+// fp32 value of an FP8 code (exact).  HAS_INF: E5M2 (exponent field all ones = inf/NaN);
+// otherwise E4M3fn (0x7F = NaN, no inf).
+template <int M, int EMIN, int BIAS, bool HAS_INF>
+SIGNOPT_HD float fp8_value(uint8_t c) {
+  const uint32_t sign = ((uint32_t)c & 0x80u) << 24;
+  const uint32_t ef = ((uint32_t)c >> M) & ((1u << (7 - M)) - 1u);
+  const uint32_t mf = (uint32_t)c & ((1u << M) - 1u);
+  const float sub = (float)mf * u2f((uint32_t)(EMIN - M + 127) << 23);
+  const float nrm = u2f(((ef - BIAS + 127u) << 23) | (mf << (23 - M)));
+  float mag = ef == 0 ? sub : nrm;
+  if (HAS_INF) {
+    mag = ef == (1u << (7 - M)) - 1u ? (mf == 0 ? u2f(0x7F800000u) : u2f(0x7FC00000u)) : mag;
+  } else {
+    mag = ((uint32_t)c & 0x7Fu) == 0x7Fu ? u2f(0x7FC00000u) : mag;
+  }
+  return u2f(f2u(mag) | sign);
+}
+
+// ---------------------------------------------------------------- storage formats
+// Element formats: load(raw) -> fp32; store(x, sr, word) -> raw.
+struct FmtF32 {
+  using raw = float;
+  static constexpr bool blocked = false;
+  static SIGNOPT_HD float load(raw x) { return x; }
+  static SIGNOPT_HD raw store(float x, bool, uint32_t) { return x; }
+};
+
+struct FmtBF16 {
+  using raw = uint16_t;
+  static constexpr bool blocked = false;
+  static SIGNOPT_HD float load(raw x) { return bf16_to_f32(x); }
+  static SIGNOPT_HD raw store(float x, bool sr, uint32_t w) {
+    return sr ? f32_to_bf16_sr(x, w) : f32_to_bf16_rn(x);
+  }
+};
+
+struct FmtF16 {
+  using raw = uint16_t;
+  static constexpr bool blocked = false;
+  static SIGNOPT_HD float load(raw x) { return f16_to_f32(x); }
+  static SIGNOPT_HD raw store(float x, bool sr, uint32_t w) {
+    // sr: grid rounding (saturating at 65504), then an exact conversion
+    return sr ? f32_to_f16_rn(round_to_grid<10, -14>(x, 65504.0f, true, w)) : f32_to_f16_rn(x);
+  }
+};
+
+// Block-scaled FP8 codes: value = code * scale[block].
+template <int M, int EMIN, int BIAS, bool HAS_INF, int QMAX>
+struct FmtFP8 {
+  using raw = uint8_t;
+  static constexpr bool blocked = true;
+  static constexpr float qmax = (float)QMAX;
+  // fp32(1/Qmax), as state_format._inv_qmax computes it
+  static SIGNOPT_HD float inv_qmax() { return (float)(1.0 / (double)QMAX); }
+  static SIGNOPT_HD float load(raw c, float scale) { return fp8_value<M, EMIN, BIAS, HAS_INF>(c) * scale; }
+  // scale from the block's absmax (non-finite values already excluded)
+  static SIGNOPT_HD float scale_of(float absmax) {
+    const float s = absmax * inv_qmax();
+    return s < 1.17549435e-38f ? 1.17549435e-38f : s;  // max(s, 2^-126)
+  }
+  static SIGNOPT_HD raw store(float x, float inv, bool sr, uint32_t w) {
+    float y = x * inv;
+    y = y < -qmax ? -qmax : (y > qmax ? qmax : y);  // clamp (NaN stays NaN)
+    return fp8_code<M, EMIN, BIAS>(round_to_grid<M, EMIN>(y, qmax, sr, w));
+  }
+};
+using FmtE4M3 = FmtFP8<3, -6, 7, false, 448>;
+using FmtE5M2 = FmtFP8<2, -14, 15, true, 57344>;
+
+}  // namespace signopt

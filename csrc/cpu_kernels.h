@@ -1,0 +1,343 @@
+// CPU kernels: one call runs a rule over a whole list of tensors of one (param dtype, state
+// format) combination, multi-threaded with at::parallel_for over fixed work items.
+//
+// Passes (each over every tensor of the call):
+//   reduce  (lion l2/row_l2/lp norms, row/block/tensor envelopes): fixed chunks of each segment,
+//           fp64 sums in the lane order of rules.h (or NaN-propagating max), folded in chunk order
+//   count   (cautious): exact integer count of kept coordinates per tensor
+//   apply   : tiles of decoded fp32 values -> rule core -> encoded stores (FP8: one block a tile)
+// Work items and chunks depend only on the tensor sizes, so results do not depend on the
+// thread count.  With found_inf > 0 only the non-finite count runs (nothing is written).
+#pragma once
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "casts.h"
+#include "group.h"
+#include "rules.h"
+
+namespace signopt {
+namespace cpu {
+
+constexpr int64_t ITEM = 16384;  // elements per work item
+constexpr int64_t TILE = 512;    // elements per tile (element formats)
+
+struct Call {
+  std::vector<TensorRef> t;
+  Scalars s;
+  int64_t block;  // FP8 state block
+  bool skip;      // found_inf > 0
+};
+
+// Storage formats shared with the Python side (params use the first three).
+enum Fmt : int { FMT_F32 = 0, FMT_BF16 = 1, FMT_F16 = 2, FMT_E4M3 = 3, FMT_E5M2 = 4 };
+inline bool fmt_blocked(int f) { return f == FMT_E4M3 || f == FMT_E5M2; }
+
+// Decoded fp32 values of elements [a, a+n) (fp32 storage: the tensor memory itself, so the
+// rule computes in place).  Blocked formats: scale[i / block] multiplies each code.
+float* load_range(int fmt, void* raw, const float* scale, int64_t block, int64_t a, int64_t n, float* out);
+
+// Store fp32 values of [a, a+n) (nothing for fp32, computed in place); for FP8, [a, a+n) is
+// exactly one block and its new scale is written too.  sr: stochastic rounding with `words`.
+void store_range(int fmt, void* raw, float* scale, int64_t block, int64_t a, int64_t n, const float* vals,
+                 bool sr, const uint32_t* words);
+
+struct Item {
+  int64_t t, a, b;
+};
+
+struct Buffers {
+  std::vector<float> p, g, m, v, e, seg;
+  std::vector<uint32_t> w0, w1, w2;
+  explicit Buffers(int64_t n)
+      : p(n), g(n), m(n), v(n), e(n), seg(n), w0(n, 0u), w1(n, 0u), w2(n, 0u) {}
+};
+
+// Effective segment length of a tensor (a segment never exceeds the tensor).
+inline int64_t seg_len(const TensorRef& t) { return std::min(t.seglen, t.numel); }
+inline int64_t seg_count(const TensorRef& t) { return (t.numel + seg_len(t) - 1) / seg_len(t); }
+
+template <int K>
+struct GroupKernel {
+  static constexpr bool HAS_M = kind_has_m(K);
+  static constexpr bool HAS_V = kind_has_v(K);
+  static constexpr bool STO = kind_stochastic(K);
+
+  const Call& c;
+  const Scalars& s;
+  int pf, sf;          // param and state formats
+  bool needs_seg;      // per-element segment value (norm or cell envelope)
+  bool elem_env;       // element envelope state
+  bool words;          // Philox words needed
+  int64_t tile;
+  std::vector<Item> items;
+  std::vector<int64_t> seg_base;  // first segment of each tensor in segv
+  std::vector<float> segv;        // per segment: fp32 norm, or new envelope value
+  std::vector<float> cscale;      // per tensor: cautious scale
+
+  GroupKernel(const Call& call, int pfmt, int sfmt) : c(call), s(call.s), pf(pfmt), sf(sfmt) {
+    needs_seg = kind_kappa_norm(K) || (STO && s.envelope == ENV_SEGMENT);
+    elem_env = STO && s.envelope == ENV_ELEMENT;
+    words = STO || s.state_sr || s.param_sr;
+    tile = fmt_blocked(sf) ? c.block : TILE;
+    const int64_t step = fmt_blocked(sf) ? std::max<int64_t>(c.block, (ITEM / c.block) * c.block) : ITEM;
+    for (int64_t i = 0; i < (int64_t)c.t.size(); ++i)
+      for (int64_t a = 0; a < c.t[i].numel; a += step)
+        items.push_back(Item{i, a, std::min(a + step, c.t[i].numel)});
+  }
+
+  // ---------------------------------------------------------------- tile evaluation
+  // Decodes the tile, evaluates the rule and (STORE) writes the results, or (COUNT) returns
+  // the number of kept cautious coordinates.  Returns the non-finite count when STORE.
+  template <bool STORE>
+  int64_t tile_eval(const TensorRef& t, int64_t tix, int64_t a, int64_t n, Buffers& B) const {
+    float* seg = B.seg.data();
+    if (needs_seg) {
+      const int64_t L = seg_len(t);
+      const float* sv = segv.data() + seg_base[tix];
+      int64_t i = a;
+      while (i < a + n) {
+        const int64_t sidx = i / L;
+        const int64_t e = std::min((sidx + 1) * L, a + n);
+        const float val = sv[sidx];
+        for (int64_t k = i; k < e; ++k) seg[k - a] = val;
+        i = e;
+      }
+    }
+    uint32_t* W0 = B.w0.data();
+    uint32_t* W1 = B.w1.data();
+    uint32_t* W2 = B.w2.data();
+    if (words) {
+      const uint64_t base = t.offset + (uint64_t)a;
+      for (int64_t j = 0; j < n; ++j) {
+        const PhiloxWords w = element_words(t.k0, t.k1, base + (uint64_t)j);
+        W0[j] = w.w0;
+        W1[j] = w.w1;
+        W2[j] = w.w2;
+      }
+    }
+    float* p = load_range(pf, t.p, nullptr, 0, a, n, B.p.data());
+    const float* g = load_range(pf, const_cast<void*>(t.g), nullptr, 0, a, n, B.g.data());
+    float* m = B.m.data();
+    float* v = B.v.data();
+    float* E = B.e.data();
+    if (HAS_M) m = load_range(sf, t.m, t.m_scale, c.block, a, n, B.m.data());
+    if (HAS_V) v = load_range(sf, t.v, t.v_scale, c.block, a, n, B.v.data());
+    if (elem_env) E = load_range(sf, t.G, t.G_scale, c.block, a, n, B.e.data());
+    const float cs = s.cautious ? cscale[tix] : 1.0f;
+    const float lr = s.lr, decay = s.decay, bc1 = t.bc1, bc2 = t.bc2;
+    int64_t acc = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      ElemIn in;
+      in.p = p[j];
+      in.g = g[j];
+      in.m = m[j];
+      in.v = v[j];
+      in.G = E[j];
+      const ElemOut o = element_direction<K>(s, in, seg[j], W0[j], bc1, bc2);
+      if (!STORE) {
+        acc += cautious_keep(o.u, o.g) ? 1 : 0;
+        continue;
+      }
+      const float u = s.cautious ? cautious_apply(o.u, o.g, cs) : o.u;
+      p[j] = epilogue(in.p, u, lr, decay, o.bad);
+      m[j] = o.m;
+      v[j] = o.v;
+      E[j] = o.G;
+      acc += o.bad ? 1 : 0;
+    }
+    if (STORE) {
+      store_range(pf, t.p, nullptr, 0, a, n, p, s.param_sr != 0, W2);
+      if (HAS_M) store_range(sf, t.m, t.m_scale, c.block, a, n, m, s.state_sr != 0, W1);
+      if (HAS_V) store_range(sf, t.v, t.v_scale, c.block, a, n, v, s.state_sr != 0, W1);
+      if (elem_env) store_range(sf, t.G, t.G_scale, c.block, a, n, E, s.state_sr != 0, W1);
+    }
+    return acc;
+  }
+
+  template <bool STORE>
+  std::vector<int64_t> run_items() const {
+    std::vector<int64_t> out(items.size(), 0);
+    at::parallel_for(0, (int64_t)items.size(), 1, [&](int64_t ib, int64_t ie) {
+      Buffers B(tile);
+      for (int64_t k = ib; k < ie; ++k) {
+        const Item& it = items[k];
+        int64_t acc = 0;
+        for (int64_t a = it.a; a < it.b; a += tile)
+          acc += tile_eval<STORE>(c.t[it.t], it.t, a, std::min(tile, it.b - a), B);
+        out[k] = acc;
+      }
+    });
+    return out;
+  }
+
+  // ---------------------------------------------------------------- reduce pass
+  // One partial per fixed chunk (RED_CHUNK elements of one segment); see rules.h for the order.
+  void reduce() {
+    struct Chunked {
+      int64_t first, cps, count;
+    };
+    std::vector<Chunked> ch(c.t.size());
+    seg_base.assign(c.t.size() + 1, 0);
+    int64_t total = 0;
+    for (size_t i = 0; i < c.t.size(); ++i) {
+      const TensorRef& t = c.t[i];
+      const int64_t L = seg_len(t), nseg = seg_count(t);
+      const int64_t cps = (L + RED_CHUNK - 1) / RED_CHUNK;
+      const int64_t last = t.numel - (nseg - 1) * L;
+      ch[i] = Chunked{total, cps, (nseg - 1) * cps + (last + RED_CHUNK - 1) / RED_CHUNK};
+      total += ch[i].count;
+      seg_base[i + 1] = seg_base[i] + nseg;
+    }
+    std::vector<double> part(total);
+    struct RItem {
+      int64_t t, c0, c1;
+    };
+    std::vector<RItem> ritems;
+    for (size_t i = 0; i < c.t.size(); ++i) {
+      const int64_t csize = std::min<int64_t>(seg_len(c.t[i]), RED_CHUNK);
+      const int64_t per = std::max<int64_t>(1, ITEM / csize);
+      for (int64_t k = 0; k < ch[i].count; k += per)
+        ritems.push_back(RItem{(int64_t)i, k, std::min(k + per, ch[i].count)});
+    }
+    at::parallel_for(0, (int64_t)ritems.size(), 1, [&](int64_t ib, int64_t ie) {
+      Buffers B(RED_CHUNK);
+      std::vector<float> red(RED_CHUNK);
+      for (int64_t r = ib; r < ie; ++r) {
+        const RItem& ri = ritems[r];
+        const TensorRef& t = c.t[ri.t];
+        const int64_t L = seg_len(t), cps = ch[ri.t].cps;
+        for (int64_t k = ri.c0; k < ri.c1; ++k) {
+          const int64_t sidx = k / cps, kk = k % cps;
+          const int64_t a = sidx * L + kk * RED_CHUNK;
+          const int64_t n = std::min(std::min<int64_t>(RED_CHUNK, (sidx + 1) * L - a), t.numel - a);
+          chunk_values(t, a, n, B, red.data());
+          part[ch[ri.t].first + k] = STO ? chunk_max(red.data(), n) : chunk_sum(red.data(), n);
+        }
+      }
+    });
+    segv.assign(seg_base.back(), 0.0f);
+    at::parallel_for(0, (int64_t)c.t.size(), 1, [&](int64_t ib, int64_t ie) {
+      for (int64_t i = ib; i < ie; ++i) {
+        const TensorRef& t = c.t[i];
+        const int64_t nseg = seg_count(t), cps = ch[i].cps;
+        for (int64_t sidx = 0; sidx < nseg; ++sidx) {
+          const int64_t k0 = sidx * cps, k1 = std::min(k0 + cps, ch[i].count);
+          const double* pp = part.data() + ch[i].first;
+          if (STO) {
+            float mx = 0.0f;
+            for (int64_t k = k0; k < k1; ++k) mx = nanmax(mx, (float)pp[k]);
+            segv[seg_base[i] + sidx] = fmaxf(((const float*)t.G)[sidx] * s.env_decay, mx);
+          } else {
+            double sum = 0.0;
+            for (int64_t k = k0; k < k1; ++k) sum += pp[k];
+            segv[seg_base[i] + sidx] = norm_from_sum<K>(sum, s.lp_root);
+          }
+        }
+      }
+    });
+  }
+
+  // The value each element contributes: c (lion norms) or the envelope source |d| / |g|.
+  void chunk_values(const TensorRef& t, int64_t a, int64_t n, Buffers& B, float* red) const {
+    const float* p = load_range(pf, t.p, nullptr, 0, a, n, B.p.data());
+    const float* g = load_range(pf, const_cast<void*>(t.g), nullptr, 0, a, n, B.g.data());
+    const float* m = B.m.data();
+    const float* v = B.v.data();
+    if (HAS_M) m = load_range(sf, t.m, t.m_scale, c.block, a, n, B.m.data());
+    if (HAS_V) v = load_range(sf, t.v, t.v_scale, c.block, a, n, B.v.data());
+    for (int64_t j = 0; j < n; ++j) {
+      ElemIn in;
+      in.p = p[j];
+      in.g = g[j];
+      in.m = m[j];
+      in.v = v[j];
+      in.G = 0.0f;
+      red[j] = element_direction<K>(s, in, 1.0f, 0u, t.bc1, t.bc2).red;
+    }
+  }
+
+  double chunk_sum(const float* red, int64_t n) const {
+    double lanes[RED_LANES];
+    for (int j = 0; j < RED_LANES; ++j) lanes[j] = 0.0;
+    for (int64_t r = 0; r * RED_LANES < n; ++r) {
+      const int64_t m = std::min<int64_t>(RED_LANES, n - r * RED_LANES);
+      const float* x = red + r * RED_LANES;
+      for (int64_t j = 0; j < m; ++j) lanes[j] += norm_term<K>(x[j], s.lp_p);
+    }
+    for (int stride = RED_LANES / 2; stride >= 1; stride /= 2)
+      for (int j = 0; j < stride; ++j) lanes[j] += lanes[j + stride];
+    return lanes[0];
+  }
+
+  double chunk_max(const float* red, int64_t n) const {
+    float mx = 0.0f;
+    for (int64_t j = 0; j < n; ++j) mx = nanmax(mx, red[j]);
+    return (double)mx;
+  }
+
+  // ---------------------------------------------------------------- driver
+  int64_t run() {
+    if (c.skip) return count_nonfinite();
+    if (needs_seg) reduce();
+    if (s.cautious) {
+      const std::vector<int64_t> kept = run_items<false>();
+      std::vector<int64_t> per(c.t.size(), 0);
+      for (size_t k = 0; k < items.size(); ++k) per[items[k].t] += kept[k];
+      cscale.resize(c.t.size());
+      for (size_t i = 0; i < c.t.size(); ++i)
+        cscale[i] = (float)c.t[i].numel / (float)(per[i] + 1);
+    }
+    const std::vector<int64_t> bad = run_items<true>();
+    if (STO && s.envelope == ENV_SEGMENT) {
+      for (size_t i = 0; i < c.t.size(); ++i)
+        std::memcpy(c.t[i].G, segv.data() + seg_base[i], sizeof(float) * seg_count(c.t[i]));
+    }
+    int64_t total = 0;
+    for (int64_t b : bad) total += b;
+    return total;
+  }
+
+  int64_t count_nonfinite() const {
+    std::vector<int64_t> out(items.size(), 0);
+    at::parallel_for(0, (int64_t)items.size(), 1, [&](int64_t ib, int64_t ie) {
+      std::vector<float> gb(TILE);
+      for (int64_t k = ib; k < ie; ++k) {
+        const Item& it = items[k];
+        int64_t acc = 0;
+        for (int64_t a = it.a; a < it.b; a += TILE) {
+          const int64_t n = std::min(TILE, it.b - a);
+          const float* g = load_range(pf, const_cast<void*>(c.t[it.t].g), nullptr, 0, a, n, gb.data());
+          for (int64_t j = 0; j < n; ++j) {
+            bool bad;
+            prologue(s, 0.0f, g[j], bad);
+            acc += bad ? 1 : 0;
+          }
+        }
+        out[k] = acc;
+      }
+    });
+    int64_t total = 0;
+    for (int64_t b : out) total += b;
+    return total;
+  }
+};
+
+template <int K>
+int64_t run_group(int pfmt, int sfmt, const Call& call) {
+  GroupKernel<K> k(call, pfmt, sfmt);
+  return k.run();
+}
+
+// Entry points, one per translation unit of kinds (cpu_*.cpp).
+int64_t run_sign(int kind, int pfmt, int sfmt, const Call& call);
+int64_t run_lion(int kind, int pfmt, int sfmt, const Call& call);
+int64_t run_lion_norm(int kind, int pfmt, int sfmt, const Call& call);
+int64_t run_stochastic(int kind, int pfmt, int sfmt, const Call& call);
+
+}  // namespace cpu
+}  // namespace signopt

@@ -1,0 +1,167 @@
+"""Build and load the fused C++ (CPU) / CUDA extension ``torch.ops.signopt.*``.
+
+The kernels in ``csrc/`` (package data ``signopt.csrc``) are compiled just in time with
+``torch.utils.cpp_extension`` (ninja) into a cache directory keyed by a hash of the sources, the
+flags, torch, Python and the CPU; a cached build loads without invoking the compiler.
+Prebuild with ``python -m signopt.build``.
+
+* ``SIGNOPT_BUILD_DIR``: cache root (default ``~/.cache/signopt``).
+* ``SIGNOPT_CUDA=0``: skip the CUDA kernels even when torch has CUDA.
+
+C++ is compiled with ``-O3 -ffp-contract=off`` (no FMA contraction: the kernels must round
+exactly like the torch reference) and CUDA with ``--fmad=false``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import logging
+import os
+import platform
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("signopt")
+
+NAME = "signopt_ext"
+CPU_SOURCES = ("ops.cpp", "cpu_formats.cpp", "cpu_sign.cpp", "cpu_lion.cpp", "cpu_lion_norm.cpp",
+               "cpu_stochastic.cpp")
+CUDA_SOURCES = ("cuda_ops.cpp", "cuda_kernels.cu")
+CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-march=native", "-fopenmp", "-std=c++17"]
+NVCC_FLAGS = ["-O3", "--fmad=false", "-std=c++17", "-DSIGNOPT_CUDA"]
+
+_lock = threading.Lock()
+_loaded: str | None = None
+
+
+class BuildUnavailable(RuntimeError):
+    """The extension cannot be built or loaded here (no compiler, no ninja, build error)."""
+
+
+def csrc_dir() -> Path:
+    """Directory holding the kernel sources (installed package data, or the repo's csrc/)."""
+    try:
+        path = Path(str(importlib.resources.files("signopt.csrc")))
+        if (path / "ops.cpp").is_file():
+            return path
+    except (ModuleNotFoundError, TypeError):
+        pass
+    path = Path(__file__).resolve().parent.parent / "csrc"
+    if (path / "ops.cpp").is_file():
+        return path
+    raise BuildUnavailable("the kernel sources (signopt.csrc) are not installed with this signopt")
+
+
+def with_cuda() -> bool:
+    """Whether this build includes the CUDA kernels."""
+    from torch.utils.cpp_extension import CUDA_HOME
+    return (os.environ.get("SIGNOPT_CUDA", "1") != "0" and torch.version.cuda is not None
+            and torch.cuda.is_available() and CUDA_HOME is not None)
+
+
+def _cpu_tag() -> str:
+    """The CPU's feature flags (-march=native binaries are only valid on the same CPU kind)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _sources(cuda: bool) -> list[Path]:
+    root = csrc_dir()
+    return [root / s for s in CPU_SOURCES + (CUDA_SOURCES if cuda else ())]
+
+
+def build_dir(cuda: bool | None = None) -> Path:
+    """The cache directory of the build matching the current sources, flags and machine."""
+    cuda = with_cuda() if cuda is None else cuda
+    h = hashlib.sha256()
+    root = csrc_dir()
+    for f in sorted(root.iterdir()):
+        if f.suffix in (".h", ".cuh", ".cpp", ".cu"):
+            h.update(f.name.encode() + f.read_bytes())
+    for part in (CXX_FLAGS, NVCC_FLAGS if cuda else [], [torch.__version__, sys.version, _cpu_tag(),
+                                                         str(cuda)]):
+        h.update(repr(part).encode())
+    base = Path(os.environ.get("SIGNOPT_BUILD_DIR", Path.home() / ".cache" / "signopt"))
+    return base / f"{NAME}_{h.hexdigest()[:16]}"
+
+
+def _library(directory: Path) -> Path:
+    return directory / f"{NAME}.so"
+
+
+def is_built() -> bool:
+    return _library(build_dir()).is_file()
+
+
+def _check_toolchain(cuda: bool) -> None:
+    from torch.utils.cpp_extension import is_ninja_available
+    cxx = os.environ.get("CXX", "c++")
+    if shutil.which(cxx) is None:
+        raise BuildUnavailable(f"no C++ compiler ({cxx!r} not found on PATH); install g++ or set CXX")
+    if not is_ninja_available():
+        raise BuildUnavailable("ninja is not installed (pip install ninja)")
+    if cuda:
+        from torch.utils.cpp_extension import CUDA_HOME
+        if not (Path(CUDA_HOME) / "bin" / "nvcc").exists():
+            raise BuildUnavailable(f"nvcc not found under CUDA_HOME={CUDA_HOME}")
+
+
+def load(verbose: bool = False) -> str:
+    """Build (if needed) and load the extension; returns the library path.
+
+    Raises :class:`BuildUnavailable` with the reason when it cannot be built or loaded.
+    """
+    global _loaded
+    with _lock:
+        if _loaded is not None:
+            return _loaded
+        cuda = with_cuda()
+        directory = build_dir(cuda)
+        lib = _library(directory)
+        if not lib.is_file():
+            _check_toolchain(cuda)
+            log.warning("signopt: building the C++%s extension once (cached in %s)",
+                        "/CUDA" if cuda else "", directory)
+            directory.mkdir(parents=True, exist_ok=True)
+            from torch.utils.cpp_extension import load as jit_load
+            root = csrc_dir()
+            try:
+                jit_load(name=NAME, sources=[str(s) for s in _sources(cuda)],
+                         extra_cflags=CXX_FLAGS + (["-DSIGNOPT_CUDA"] if cuda else []),
+                         extra_cuda_cflags=NVCC_FLAGS, extra_ldflags=["-fopenmp"],
+                         extra_include_paths=[str(root)], build_directory=str(directory),
+                         is_python_module=False, verbose=verbose)
+            except Exception as exc:  # compiler errors arrive as RuntimeError/CalledProcessError
+                raise BuildUnavailable(f"building the signopt extension failed: {exc}") from exc
+        if not lib.is_file():
+            raise BuildUnavailable(f"the build produced no {lib}")
+        torch.ops.load_library(str(lib))
+        from . import fake_ops  # noqa: F401  (meta implementations for torch.compile)
+        _loaded = str(lib)
+        return _loaded
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m signopt.build [--verbose]``: prebuild the extension and print where it is."""
+    args = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        path = load(verbose="--verbose" in args)
+    except BuildUnavailable as exc:
+        print(f"signopt: {exc}", file=sys.stderr)
+        return 1
+    print(f"signopt extension ready: {path} (CUDA kernels: {'yes' if with_cuda() else 'no'})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
