@@ -1,0 +1,147 @@
+"""What each rank runs (imported by :mod:`dist_workers`; the tests import the shared model and
+data helpers from here for their single-process replays)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+IN, HID, OUT = 6, 16, 3
+LR = 0.05
+
+
+def make_mlp(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(IN, HID), nn.Tanh(), nn.Linear(HID, OUT)).to(dtype)
+
+
+def batch(rank: int, step: int, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(1000 * rank + step)
+    return (torch.randn(8, IN, generator=gen, dtype=dtype),
+            torch.randn(8, OUT, generator=gen, dtype=dtype))
+
+
+def local_grads(model: nn.Module, rank: int, step: int) -> list[Tensor]:
+    """Gradients of this rank's loss at the model's current parameters (no communication)."""
+    model.zero_grad(set_to_none=True)
+    x, y = batch(rank, step, next(model.parameters()).dtype)
+    nn.functional.mse_loss(model(x), y).backward()
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def flat(tensors) -> Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+# ---------------------------------------------------------------- DDP + hook
+def _ddp(mode: str, momentum: float, bucket_cap_mb: float, dtype: torch.dtype = torch.float32,
+         granularity: str = "bucket"):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from signopt.distributed import SignCompressionState, sign_compress_hook
+    model = make_mlp(dtype=dtype)
+    ddp = DDP(model, bucket_cap_mb=bucket_cap_mb)
+    state = SignCompressionState(None, model, mode=mode, momentum=momentum,
+                                 granularity=granularity)
+    ddp.register_comm_hook(state, sign_compress_hook)
+    return model, ddp, state
+
+
+def _train(ddp, opt, rank: int, steps: range, crash_at: int | None = None) -> None:
+    dtype = next(ddp.parameters()).dtype
+    for t in steps:
+        x, y = batch(rank, t, dtype)
+        opt.zero_grad(set_to_none=True)
+        if crash_at == t:
+            raise RuntimeError(f"rank {rank} crashes on purpose at step {t}")
+        nn.functional.mse_loss(ddp(x), y).backward()
+        opt.step()
+
+
+def ddp_trajectory(rank: int, world: int, out: Path, mode: str, momentum: float = 0.0,
+                   steps: int = 6, dtype: str = "float32", granularity: str = "bucket") -> dict:
+    """Plain SGD on the hook's output, one bucket; record x_t, e_t and the local gradients."""
+    dt = getattr(torch, dtype)
+    model, ddp, state = _ddp(mode, momentum, bucket_cap_mb=100.0, dtype=dt, granularity=granularity)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    names = [n for n, _ in model.named_parameters()]
+    rec = {"x": [], "e": [], "g": []}
+    for t in range(steps):
+        rec["x"].append(flat(model.parameters()))
+        rec["e"].append(flat(state.errors[n] if n in state.errors else torch.zeros_like(p)
+                             for n, p in model.named_parameters()))
+        probe = make_mlp(dtype=dt)
+        probe.load_state_dict(model.state_dict())
+        rec["g"].append(flat(local_grads(probe, rank, t)))
+        _train(ddp, opt, rank, range(t, t + 1))
+    rec["x"].append(flat(model.parameters()))
+    rec["e"].append(flat(state.errors[n] if n in state.errors else torch.zeros_like(p)
+                         for n, p in model.named_parameters()))
+    return {"names": names, **{k: torch.stack(v) for k, v in rec.items()},
+            "bytes_sent": state.bytes_sent, "iter": state.iter}
+
+
+def _optimizer(kind: str, params):
+    import signopt
+    if kind == "lion":
+        return signopt.Lion(params, lr=1e-3, weight_decay=0.1, seed=3)
+    if kind == "sgd_momentum":
+        return torch.optim.SGD(params, lr=LR, momentum=0.9)
+    raise ValueError(kind)
+
+
+def ddp_resume(rank: int, world: int, out: Path, mode: str, optimizer: str, momentum: float = 0.0,
+               steps: int = 6, split: int = 3, granularity: str = "tensor") -> dict:
+    """Uninterrupted run vs save at ``split`` + fresh objects + load (weights_only) + continue.
+    Per-tensor scales: tiny buckets, so DDP rebuilds them and the resumed run starts from the
+    initial layout; per-bucket scales: one bucket (results depend on the bucket layout)."""
+    cap = 0.0002 if granularity == "tensor" else 100.0
+    model, ddp, state = _ddp(mode, momentum, cap, granularity=granularity)
+    opt = _optimizer(optimizer, model.parameters())
+    _train(ddp, opt, rank, range(steps))
+    straight = flat(model.parameters())
+
+    model, ddp, state = _ddp(mode, momentum, cap, granularity=granularity)
+    opt = _optimizer(optimizer, model.parameters())
+    _train(ddp, opt, rank, range(split))
+    path = out / f"ckpt{rank}.pt"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict()}, path)
+    saved_keys = sorted(state.errors) + sorted(state.momenta)
+    model, ddp, state = _ddp(mode, momentum, cap, granularity=granularity)
+    opt = _optimizer(optimizer, model.parameters())
+    ckpt = torch.load(path, weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    state.load_state_dict(ckpt["hook"])
+    _train(ddp, opt, rank, range(split, steps))
+    resumed = flat(model.parameters())
+
+    model, ddp, state = _ddp(mode, momentum, cap, granularity=granularity)  # resume without the hook state: differs
+    opt = _optimizer(optimizer, model.parameters())
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    _train(ddp, opt, rank, range(split, steps))
+    forgot = flat(model.parameters())
+    return {"straight": straight, "resumed": resumed, "forgot": forgot, "keys": saved_keys}
+
+
+def ddp_crash(rank: int, world: int, out: Path, crash_rank: int = 1, crash_at: int = 2) -> dict:
+    """``crash_rank`` raises before its backward at step ``crash_at``; the others block in the
+    hook's all-gather until the harness kills them."""
+    model, ddp, state = _ddp("error_feedback", 0.0, 100.0)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    _train(ddp, opt, rank, range(4), crash_at=crash_at if rank == crash_rank else None)
+    return {"finished": True}
+
+
+def suite(rank: int, world: int, out: Path, runs: list[list]) -> list:
+    """Several scenarios in one process group (process start-up dominates test time):
+    ``runs`` is a list of ``[scenario_name, kwargs]``."""
+    results = []
+    for name, kwargs in runs:
+        results.append(globals()[name](rank, world, out, **kwargs))
+        dist.barrier()
+    return results
