@@ -285,17 +285,62 @@ def step(rule: UpdateRule, slots: list, sc: GroupScalars) -> Tensor | None:
     return total.reshape(())
 
 
+def update_tile(rule: UpdateRule, state_kind: str, cfg: LaunchConfig) -> tuple[int, int, int]:
+    """``(ROWS, COLS, SB)`` of the update tile: one FP8 block per row for FP8 state
+    (``COLS`` = its next power of two), else one row of ``update_block`` elements."""
+    if state_kind in state_format.FP8:
+        cols = _pow2_at_least(rule.state_block)
+        return max(1, cfg.update_block // cols), cols, rule.state_block
+    return 1, cfg.update_block, cfg.update_block
+
+
+def rule_flags(rule: UpdateRule, p_dtype: torch.dtype, g_dtype: torch.dtype, state_kind: str, *,
+               has_l2: bool, has_inv_scale: bool) -> dict:
+    """The constexprs shared by every pass: which rule, which storage kinds."""
+    s_kind = STATE_KINDS[state_kind]
+    p_kind = PARAM_KINDS[p_dtype]
+    return dict(
+        FAMILY=FAMILIES[rule.family], KAPPA=KAPPAS.get(rule.kappa, 0), BASE=BASES[rule.base],
+        ENVELOPE=ENVELOPES[rule.envelope], ENV_FROM_GRAD=rule.envelope_source == "grad",
+        MAXIMIZE=rule.maximize, HAS_L2=has_l2, HAS_INV_SCALE=has_inv_scale,
+        P_KIND=p_kind, G_KIND=PARAM_KINDS[g_dtype], S_KIND=s_kind,
+        NEED_WORDS=rule.stochastic or _param_sr(rule, p_kind) or _state_sr(rule, s_kind),
+    )
+
+
+def _param_sr(rule: UpdateRule, p_kind: int) -> bool:
+    return rule.param_rounding == "stochastic" and p_kind != int(KIND_FP32)
+
+
+def _state_sr(rule: UpdateRule, s_kind: int) -> bool:
+    return rule.state_rounding == "stochastic" and s_kind != int(KIND_FP32)
+
+
+def update_constexprs(rule: UpdateRule, flags: dict, state_kind: str, has_found_inf: bool,
+                      cfg: LaunchConfig) -> dict:
+    """All constexprs of ``update_kernel``."""
+    rows, cols, sb = update_tile(rule, state_kind, cfg)
+    return dict(flags, CAUTIOUS=rule.cautious, HAS_FOUND_INF=has_found_inf,
+                STATE_SR=_state_sr(rule, flags["S_KIND"]), PARAM_SR=_param_sr(rule, flags["P_KIND"]),
+                ROWS=rows, COLS=cols, SB=sb)
+
+
+def reduce_constexprs(flags: dict, want: int, sblk: int, rblock: int) -> dict:
+    """All constexprs of ``reduce_chunks_kernel``."""
+    return dict(flags, WANT=want, SBLK=sblk, RBLOCK=rblock)
+
+
+def finalize_constexprs(flags: dict, want: int, has_found_inf: bool, cfg: LaunchConfig) -> dict:
+    """All constexprs of ``reduce_finalize_kernel``."""
+    return dict(FAMILY=flags["FAMILY"], KAPPA=flags["KAPPA"], HAS_FOUND_INF=has_found_inf,
+                WANT=want, FBLOCK=cfg.finalize_block)
+
+
 def _step_partition(rule: UpdateRule, items: list[Item], sc: GroupScalars, device: torch.device,
                     p_dtype: torch.dtype, g_dtype: torch.dtype, state_kind: str) -> Tensor:
     cfg = CONFIG
     fp8 = state_kind in state_format.FP8
-    if fp8:
-        sb = rule.state_block
-        cols = _pow2_at_least(sb)
-        rows_per_prog = max(1, cfg.update_block // cols)
-    else:
-        sb = cols = cfg.update_block
-        rows_per_prog = 1
+    rows_per_prog, cols, sb = update_tile(rule, state_kind, cfg)
     per_prog = rows_per_prog * sb
     n_blocks = [-(-it.numel // per_prog) for it in items]
 
@@ -346,17 +391,8 @@ def _step_partition(rule: UpdateRule, items: list[Item], sc: GroupScalars, devic
     inv_scale = scal if sc.inv_scale is None else sc.inv_scale.to(device=device, dtype=torch.float32)
     found_inf = scal if sc.found_inf is None else sc.found_inf.to(device=device, dtype=torch.float32)
 
-    s_kind = STATE_KINDS[state_kind]
-    p_kind = PARAM_KINDS[p_dtype]
-    param_sr = rule.param_rounding == "stochastic" and p_kind != int(KIND_FP32)
-    state_sr = rule.state_rounding == "stochastic" and s_kind != int(KIND_FP32)
-    need_words = rule.stochastic or param_sr or state_sr
-    flags = dict(
-        FAMILY=FAMILIES[rule.family], KAPPA=KAPPAS.get(rule.kappa, 0), BASE=BASES[rule.base],
-        ENVELOPE=ENVELOPES[rule.envelope], ENV_FROM_GRAD=rule.envelope_source == "grad",
-        MAXIMIZE=rule.maximize, HAS_L2=sc.l2 != 0.0, HAS_INV_SCALE=sc.inv_scale is not None,
-        P_KIND=p_kind, G_KIND=PARAM_KINDS[g_dtype], S_KIND=s_kind, NEED_WORDS=need_words,
-    )
+    flags = rule_flags(rule, p_dtype, g_dtype, state_kind, has_l2=sc.l2 != 0.0,
+                       has_inv_scale=sc.inv_scale is not None)
     sblk = rule.state_block if fp8 else 1
 
     sega = scal
@@ -376,9 +412,8 @@ def _step_partition(rule: UpdateRule, items: list[Item], sc: GroupScalars, devic
     blk = _repeat_ids(n_blocks, device)
     passes.update_kernel[(total_blocks,)](
         tab, ftab, blk, scal, scal64, inv_scale, found_inf, sega, segb, count,
-        CAUTIOUS=rule.cautious, HAS_FOUND_INF=sc.found_inf is not None,
-        STATE_SR=state_sr, PARAM_SR=param_sr, ROWS=rows_per_prog, COLS=cols, SB=sb,
-        num_warps=cfg.update_warps, enable_fp_fusion=False, **flags)
+        **update_constexprs(rule, flags, state_kind, sc.found_inf is not None, cfg),
+        num_warps=cfg.update_warps, enable_fp_fusion=False)
     return count
 
 
@@ -403,10 +438,10 @@ def _reduce_stage(items, segments, seg_base, want, rule, flags, tab, ftab, scal,
     out = torch.empty(max(n_segs, 1), dtype=torch.float32, device=device)
     passes.reduce_chunks_kernel[(n_units,)](
         tab, ftab, units, rtab, scal, scal64, inv_scale, sega, partial,
-        WANT=want, SBLK=sblk, RBLOCK=rblock, num_warps=cfg.reduce_warps,
-        enable_fp_fusion=False, **{k: v for k, v in flags.items()})
+        **reduce_constexprs(flags, want, sblk, rblock), num_warps=cfg.reduce_warps,
+        enable_fp_fusion=False)
     passes.reduce_finalize_kernel[(n_segs,)](
         tab, ftab, seg_ids, rtab, scal, scal64, found_inf, partial, out,
-        FAMILY=flags["FAMILY"], KAPPA=flags["KAPPA"], HAS_FOUND_INF=has_found_inf, WANT=want,
-        FBLOCK=cfg.finalize_block, num_warps=1, enable_fp_fusion=False)
+        **finalize_constexprs(flags, want, has_found_inf, cfg), num_warps=1,
+        enable_fp_fusion=False)
     return out
