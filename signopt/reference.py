@@ -51,6 +51,16 @@ def ema(x: Tensor, new: Tensor, beta: float, one_minus_beta: float) -> Tensor:
     return x * beta + new * one_minus_beta
 
 
+def sqrt_rn(x: Tensor) -> Tensor:
+    """Correctly rounded fp32 square root (IEEE ``sqrtf``, CUDA ``sqrt.rn``, Triton ``sqrt_rn``).
+
+    ``torch.sqrt`` on fp32 CPU tensors may go through MKL VML and miss the correctly rounded
+    result by 1 ulp in a fraction of elements; the fp64 square root rounded once to fp32 is
+    correctly rounded (53 >= 2*24 + 2 bits, so the double rounding is innocuous).
+    """
+    return torch.sqrt(x.double()).float()
+
+
 def stochastic_sign(v: Tensor, envelope: Tensor, uniform: Tensor) -> Tensor:
     """``S_G(v)``: +1 where ``U < (1 + v/G)/2``, else -1; 0 where ``v == G == 0``."""
     threshold = (1.0 + v / envelope) * 0.5
@@ -103,7 +113,7 @@ def _base_direction(rule: UpdateRule, g: Tensor, st: dict[str, Tensor], sc: Grou
     assert bias is not None
     new["m"] = torch.where(bad, st["m"], ema(st["m"], g, sc.beta1, sc.omb1))
     new["v"] = torch.where(bad, st["v"], ema(st["v"], g * g, sc.beta2, sc.omb2))
-    d = (new["m"] / bias[0]) / (torch.sqrt(new["v"] / bias[1]) + sc.eps)
+    d = (new["m"] / bias[0]) / (sqrt_rn(new["v"] / bias[1]) + sc.eps)
     return torch.where(bad, torch.zeros_like(d), d), new
 
 
