@@ -26,6 +26,7 @@ STOCHASTIC_KINDS = {"sgd": 7, "momentum": 8, "lion": 9, "adamw": 10}
 PARAM_FMT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 STATE_FMT = {"fp32": 0, "bf16": 1, "fp8_e4m3": 3, "fp8_e5m2": 4}
 SUPPORTED_DEVICES = ("cpu", "cuda")
+MAX_CUDA_FP8_BLOCK = 2048  # csrc/cuda_launch.h: FP8 blocks are staged in shared memory
 
 
 def kind_of(rule: UpdateRule) -> int:
@@ -86,6 +87,9 @@ class CppBackend:
                 return f"params[{i}] is on {p.device}; the cpp backend runs on CPU and CUDA"
             if p.device.type == "cuda" and not self.has_cuda:
                 return "the signopt extension was built without CUDA kernels"
+            if (p.device.type == "cuda" and rule.state_dtype.startswith("fp8")
+                    and rule.state_block > MAX_CUDA_FP8_BLOCK):
+                return f"FP8 state on CUDA needs state_block <= {MAX_CUDA_FP8_BLOCK}"
             if _real_dtype(p) not in PARAM_FMT:
                 return (f"params[{i}] has dtype {p.dtype}; the cpp backend supports float32, bfloat16, "
                         "float16 (and complex64/complex32 through their real views)")

@@ -1,0 +1,371 @@
+// CUDA kernels of signopt::step (multi-tensor apply).  No torch headers: raw pointers and a
+// device-side table of TensorRefs; cuda_ops.cpp builds the tables and calls launch_step.
+//
+// One launch per pass for the whole tensor list:
+//   reduce_kernel   one CUDA block per fixed reduction chunk (same lane order as the CPU)
+//   finalize_kernel one thread per segment: folds chunk partials in order -> norm / envelope
+//   count_kernel    cautious: exact per-tensor counts (integer atomics)
+//   apply_kernel    one CUDA block per tile; 8 consecutive elements per thread with 128-bit
+//                   loads when aligned; FP8 state is staged in shared memory per tile for the
+//                   block absmax.
+// found_inf, lr, decay and inv_scale are read from device memory inside the kernels (no host
+// synchronisation; capturable).  Compile with --fmad=false.
+#include <cuda_runtime.h>
+
+#include "casts.h"
+#include "cuda_launch.h"
+#include "philox.h"
+#include "rules.h"
+
+namespace signopt {
+namespace cuda {
+
+namespace {
+
+__device__ __forceinline__ int find_tensor(const int64_t* start, int n, int64_t x) {
+  int lo = 0, hi = n - 1;  // largest t with start[t] <= x
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (start[mid] <= x) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// Scalars with the device-resident values substituted (tensor lr, GradScaler).
+__device__ __forceinline__ Scalars live_scalars(const Launch& L) {
+  Scalars s = L.s;
+  if (L.sp.lr) s.lr = *L.sp.lr;
+  if (L.sp.decay) s.decay = *L.sp.decay;
+  if (L.sp.inv_scale) {
+    s.inv_scale = *L.sp.inv_scale;
+    s.has_inv_scale = 1;
+  }
+  return s;
+}
+
+__device__ __forceinline__ bool skipped(const Launch& L) { return L.sp.found_inf && *L.sp.found_inf > 0.0f; }
+
+__device__ __forceinline__ float load_elem(int fmt, const void* raw, int64_t i, const float* scale, int64_t block) {
+  switch (fmt) {
+    case 0: return ((const float*)raw)[i];
+    case 1: return bf16_to_f32(((const uint16_t*)raw)[i]);
+    case 2: return f16_to_f32(((const uint16_t*)raw)[i]);
+    case 3: return FmtE4M3::load(((const uint8_t*)raw)[i], scale[i / block]);
+    default: return FmtE5M2::load(((const uint8_t*)raw)[i], scale[i / block]);
+  }
+}
+
+// Eight consecutive elements [i, i+8): one or two 128-bit loads when aligned (vec).
+__device__ __forceinline__ void load8(int fmt, const void* raw, int64_t i, int cnt, bool vec, const float* scale,
+                                      int64_t block, float* out) {
+  if (vec && cnt == VEC) {
+    if (fmt == 0) {
+      const float4* q = (const float4*)((const float*)raw + i);
+      const float4 x = q[0], y = q[1];
+      out[0] = x.x; out[1] = x.y; out[2] = x.z; out[3] = x.w;
+      out[4] = y.x; out[5] = y.y; out[6] = y.z; out[7] = y.w;
+      return;
+    }
+    if (fmt == 1 || fmt == 2) {
+      const uint4 x = *(const uint4*)((const uint16_t*)raw + i);
+      const uint32_t w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const uint16_t lo = (uint16_t)(w[k] & 0xFFFFu), hi = (uint16_t)(w[k] >> 16);
+        out[2 * k] = fmt == 1 ? bf16_to_f32(lo) : f16_to_f32(lo);
+        out[2 * k + 1] = fmt == 1 ? bf16_to_f32(hi) : f16_to_f32(hi);
+      }
+      return;
+    }
+  }
+  for (int k = 0; k < cnt; ++k) out[k] = load_elem(fmt, raw, i + k, scale, block);
+}
+
+// Element formats only (FP8 goes through shared memory).
+__device__ __forceinline__ void store8(int fmt, void* raw, int64_t i, int cnt, bool vec, const float* x, bool sr,
+                                       const uint32_t* w) {
+  if (vec && cnt == VEC) {
+    if (fmt == 0) {
+      float4* q = (float4*)((float*)raw + i);
+      q[0] = make_float4(x[0], x[1], x[2], x[3]);
+      q[1] = make_float4(x[4], x[5], x[6], x[7]);
+      return;
+    }
+    uint32_t packed[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const uint32_t lo = fmt == 1 ? FmtBF16::store(x[2 * k], sr, w[2 * k]) : FmtF16::store(x[2 * k], sr, w[2 * k]);
+      const uint32_t hi = fmt == 1 ? FmtBF16::store(x[2 * k + 1], sr, w[2 * k + 1])
+                                   : FmtF16::store(x[2 * k + 1], sr, w[2 * k + 1]);
+      packed[k] = lo | (hi << 16);
+    }
+    *(uint4*)((uint16_t*)raw + i) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    return;
+  }
+  for (int k = 0; k < cnt; ++k) {
+    if (fmt == 0) ((float*)raw)[i + k] = x[k];
+    else if (fmt == 1) ((uint16_t*)raw)[i + k] = FmtBF16::store(x[k], sr, w[k]);
+    else ((uint16_t*)raw)[i + k] = FmtF16::store(x[k], sr, w[k]);
+  }
+}
+
+__device__ __forceinline__ bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
+
+__device__ __forceinline__ float seg_value(const Launch& L, const TensorRef& r, int t, int64_t i) {
+  const int64_t len = r.seglen < r.numel ? r.seglen : r.numel;
+  return L.segv[L.seg_base[t] + i / len];
+}
+
+template <int K>
+__device__ __forceinline__ ElemOut eval_elem(const Launch& L, const Scalars& s, const TensorRef& r, int t, int64_t i,
+                                             bool needs_seg, bool elem_env, uint32_t w0) {
+  ElemIn in;
+  in.p = load_elem(L.pfmt, r.p, i, nullptr, 1);
+  in.g = load_elem(L.pfmt, r.g, i, nullptr, 1);
+  in.m = kind_has_m(K) ? load_elem(L.sfmt, r.m, i, r.m_scale, L.block) : 0.0f;
+  in.v = kind_has_v(K) ? load_elem(L.sfmt, r.v, i, r.v_scale, L.block) : 0.0f;
+  in.G = elem_env ? load_elem(L.sfmt, r.G, i, r.G_scale, L.block) : 0.0f;
+  const float seg = needs_seg ? seg_value(L, r, t, i) : 1.0f;
+  return element_direction<K>(s, in, seg, w0, r.bc1, r.bc2);
+}
+
+// ------------------------------------------------------------------ reduce / finalize
+template <int K>
+__global__ void __launch_bounds__(THREADS) reduce_kernel(Launch L) {
+  __shared__ double sh[RED_LANES];
+  if (skipped(L)) return;
+  const Scalars s = live_scalars(L);
+  const int t = find_tensor(L.red_start, L.ntensors, blockIdx.x);
+  const TensorRef r = L.refs[t];
+  const int64_t len = r.seglen < r.numel ? r.seglen : r.numel;
+  const int64_t cps = (len + RED_CHUNK - 1) / RED_CHUNK;
+  const int64_t c = blockIdx.x - L.red_start[t];
+  const int64_t sidx = c / cps, kk = c % cps;
+  const int64_t a = sidx * len + kk * RED_CHUNK;
+  int64_t n = (sidx + 1) * len - a;
+  n = n < RED_CHUNK ? n : RED_CHUNK;
+  n = n < r.numel - a ? n : r.numel - a;
+  const int lane = threadIdx.x;  // RED_LANES == THREADS
+  double acc = 0.0;
+  float mx = 0.0f;
+  for (int64_t j = lane; j < n; j += RED_LANES) {
+    const float x = eval_elem<K>(L, s, r, t, a + j, false, false, 0u).red;
+    if (kind_stochastic(K)) mx = nanmax(mx, x);
+    else acc += norm_term<K>(x, s.lp_p);
+  }
+  sh[lane] = kind_stochastic(K) ? (double)mx : acc;
+  __syncthreads();
+  for (int stride = RED_LANES / 2; stride >= 1; stride /= 2) {
+    if (lane < stride) {
+      sh[lane] = kind_stochastic(K) ? (double)nanmax((float)sh[lane], (float)sh[lane + stride])
+                                    : sh[lane] + sh[lane + stride];
+    }
+    __syncthreads();
+  }
+  if (lane == 0) L.partials[blockIdx.x] = sh[0];
+}
+
+template <int K>
+__global__ void finalize_kernel(Launch L) {
+  const int64_t gs = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (gs >= L.nseg || skipped(L)) return;
+  const Scalars s = live_scalars(L);
+  const int t = find_tensor(L.seg_base, L.ntensors, gs);
+  const TensorRef r = L.refs[t];
+  const int64_t sidx = gs - L.seg_base[t];
+  const int64_t len = r.seglen < r.numel ? r.seglen : r.numel;
+  const int64_t cps = (len + RED_CHUNK - 1) / RED_CHUNK;
+  const int64_t total = L.red_start[t + 1] - L.red_start[t];
+  const int64_t k0 = sidx * cps, k1 = (k0 + cps < total) ? k0 + cps : total;
+  const double* pp = L.partials + L.red_start[t];
+  if (kind_stochastic(K)) {
+    float mx = 0.0f;
+    for (int64_t k = k0; k < k1; ++k) mx = nanmax(mx, (float)pp[k]);
+    const float G = fmaxf(((const float*)r.G)[sidx] * s.env_decay, mx);
+    L.segv[gs] = G;
+    ((float*)r.G)[sidx] = G;  // the apply pass reads segv, never the cells
+  } else {
+    double sum = 0.0;
+    for (int64_t k = k0; k < k1; ++k) sum += pp[k];
+    L.segv[gs] = norm_from_sum<K>(sum, s.lp_root);
+  }
+}
+
+// ------------------------------------------------------------------ cautious count
+template <int K>
+__global__ void __launch_bounds__(THREADS) count_kernel(Launch L) {
+  __shared__ unsigned long long sh[THREADS];
+  if (skipped(L)) return;
+  const Scalars s = live_scalars(L);
+  const int t = find_tensor(L.tile_start, L.ntensors, blockIdx.x);
+  const TensorRef r = L.refs[t];
+  const int64_t a = (blockIdx.x - L.tile_start[t]) * L.tile;
+  const int64_t n = (r.numel - a) < L.tile ? (r.numel - a) : L.tile;
+  const bool needs_seg = kind_kappa_norm(K) || (kind_stochastic(K) && s.envelope == ENV_SEGMENT);
+  const bool elem_env = kind_stochastic(K) && s.envelope == ENV_ELEMENT;
+  unsigned long long kept = 0;
+  for (int64_t j = threadIdx.x; j < n; j += THREADS) {
+    const uint64_t idx = r.offset + (uint64_t)(a + j);
+    const uint32_t w0 = kind_stochastic(K) ? element_words(r.k0, r.k1, idx).w0 : 0u;
+    const ElemOut o = eval_elem<K>(L, s, r, t, a + j, needs_seg, elem_env, w0);
+    kept += cautious_keep(o.u, o.g) ? 1ull : 0ull;
+  }
+  sh[threadIdx.x] = kept;
+  __syncthreads();
+  for (int stride = THREADS / 2; stride >= 1; stride /= 2) {
+    if (threadIdx.x < stride) sh[threadIdx.x] += sh[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0 && sh[0]) atomicAdd(L.kept + t, sh[0]);
+}
+
+// ------------------------------------------------------------------ apply
+template <int K>
+__global__ void __launch_bounds__(THREADS) apply_kernel(Launch L) {
+  __shared__ float st_m[MAX_FP8_BLOCK], st_v[MAX_FP8_BLOCK], st_G[MAX_FP8_BLOCK];
+  __shared__ uint32_t st_w[MAX_FP8_BLOCK];
+  __shared__ unsigned long long sh_bad[THREADS];
+  const Scalars s = live_scalars(L);
+  const bool skip = skipped(L);
+  const int t = find_tensor(L.tile_start, L.ntensors, blockIdx.x);
+  const TensorRef r = L.refs[t];
+  const int64_t a = (blockIdx.x - L.tile_start[t]) * L.tile;
+  const int64_t n = (r.numel - a) < L.tile ? (r.numel - a) : L.tile;
+  const bool sto = kind_stochastic(K);
+  const bool needs_seg = kind_kappa_norm(K) || (sto && s.envelope == ENV_SEGMENT);
+  const bool elem_env = sto && s.envelope == ENV_ELEMENT;
+  const bool words = sto || s.state_sr || s.param_sr;
+  const bool blocked = L.sfmt >= 3;
+  const float cs = s.cautious ? (float)r.numel / (float)(L.kept[t] + 1ull) : 1.0f;
+  const bool pvec = ((a & (VEC - 1)) == 0) && aligned16(r.p) && aligned16(r.g);
+  const bool svec = ((a & (VEC - 1)) == 0) && (!kind_has_m(K) || aligned16(r.m)) &&
+                    (!kind_has_v(K) || aligned16(r.v)) && (!elem_env || aligned16(r.G));
+  unsigned long long bad = 0;
+  for (int64_t e = (int64_t)threadIdx.x * VEC; e < n; e += (int64_t)THREADS * VEC) {
+    const int cnt = (n - e) < VEC ? (int)(n - e) : VEC;
+    const int64_t i = a + e;
+    float p[VEC], g[VEC], m[VEC], v[VEC], G[VEC];
+    uint32_t w0[VEC], w1[VEC], w2[VEC];
+    load8(L.pfmt, r.g, i, cnt, pvec, nullptr, 1, g);
+    if (skip) {
+      for (int k = 0; k < cnt; ++k) {
+        bool b;
+        prologue(s, 0.0f, g[k], b);
+        bad += b ? 1ull : 0ull;
+      }
+      continue;
+    }
+    load8(L.pfmt, r.p, i, cnt, pvec, nullptr, 1, p);
+    if (kind_has_m(K)) load8(L.sfmt, r.m, i, cnt, svec, r.m_scale, L.block, m);
+    if (kind_has_v(K)) load8(L.sfmt, r.v, i, cnt, svec, r.v_scale, L.block, v);
+    if (elem_env) load8(L.sfmt, r.G, i, cnt, svec, r.G_scale, L.block, G);
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      if (k >= cnt) break;
+      if (words) {
+        const PhiloxWords w = element_words(r.k0, r.k1, r.offset + (uint64_t)(i + k));
+        w0[k] = w.w0; w1[k] = w.w1; w2[k] = w.w2;
+      } else {
+        w0[k] = w1[k] = w2[k] = 0u;
+      }
+      ElemIn in;
+      in.p = p[k];
+      in.g = g[k];
+      in.m = kind_has_m(K) ? m[k] : 0.0f;
+      in.v = kind_has_v(K) ? v[k] : 0.0f;
+      in.G = elem_env ? G[k] : 0.0f;
+      const float seg = needs_seg ? seg_value(L, r, t, i + k) : 1.0f;
+      const ElemOut o = element_direction<K>(s, in, seg, w0[k], r.bc1, r.bc2);
+      const float u = s.cautious ? cautious_apply(o.u, o.g, cs) : o.u;
+      p[k] = epilogue(in.p, u, s.lr, s.decay, o.bad);
+      m[k] = o.m;
+      v[k] = o.v;
+      G[k] = o.G;
+      bad += o.bad ? 1ull : 0ull;
+    }
+    store8(L.pfmt, r.p, i, cnt, pvec, p, s.param_sr != 0, w2);
+    if (!blocked) {
+      if (kind_has_m(K)) store8(L.sfmt, r.m, i, cnt, svec, m, s.state_sr != 0, w1);
+      if (kind_has_v(K)) store8(L.sfmt, r.v, i, cnt, svec, v, s.state_sr != 0, w1);
+      if (elem_env) store8(L.sfmt, r.G, i, cnt, svec, G, s.state_sr != 0, w1);
+    } else {
+      for (int k = 0; k < cnt; ++k) {
+        st_m[e + k] = m[k];
+        st_v[e + k] = v[k];
+        st_G[e + k] = G[k];
+        st_w[e + k] = w1[k];
+      }
+    }
+  }
+  sh_bad[threadIdx.x] = bad;
+  __syncthreads();
+  for (int stride = THREADS / 2; stride >= 1; stride /= 2) {
+    if (threadIdx.x < stride) sh_bad[threadIdx.x] += sh_bad[threadIdx.x + stride];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0 && sh_bad[0]) atomicAdd(L.bad, sh_bad[0]);
+  if (!blocked || skip) return;
+  // FP8: one warp per state block: absmax of the finite new values -> scale -> codes.
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t nblk = (n + L.block - 1) / L.block;
+  for (int which = 0; which < 3; ++which) {
+    if (which == 0 && !kind_has_m(K)) continue;
+    if (which == 1 && !kind_has_v(K)) continue;
+    if (which == 2 && !elem_env) continue;
+    const float* vals = which == 0 ? st_m : (which == 1 ? st_v : st_G);
+    uint8_t* codes = (uint8_t*)(which == 0 ? r.m : (which == 1 ? r.v : r.G));
+    float* scale = which == 0 ? r.m_scale : (which == 1 ? r.v_scale : r.G_scale);
+    for (int64_t b = warp; b < nblk; b += THREADS / 32) {
+      const int64_t b0 = b * L.block;
+      const int64_t b1 = (b0 + L.block) < n ? b0 + L.block : n;
+      float amax = 0.0f;
+      for (int64_t j = b0 + lane; j < b1; j += 32) {
+        const float x = finite32(vals[j]) ? fabsf(vals[j]) : 0.0f;
+        amax = x > amax ? x : amax;
+      }
+      for (int off = 16; off >= 1; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
+      const float sc = L.sfmt == 3 ? FmtE4M3::scale_of(amax) : FmtE5M2::scale_of(amax);
+      const float inv = 1.0f / sc;
+      for (int64_t j = b0 + lane; j < b1; j += 32) {
+        codes[a + j] = L.sfmt == 3 ? FmtE4M3::store(vals[j], inv, s.state_sr != 0, st_w[j])
+                                   : FmtE5M2::store(vals[j], inv, s.state_sr != 0, st_w[j]);
+      }
+      if (lane == 0) scale[(a + b0) / L.block] = sc;
+    }
+  }
+}
+
+template <int K>
+cudaError_t launch_kind(const Launch& L, cudaStream_t stream) {
+  const bool sto = kind_stochastic(K);
+  const bool needs_seg = kind_kappa_norm(K) || (sto && L.s.envelope == ENV_SEGMENT);
+  if (needs_seg && L.nred > 0) {
+    reduce_kernel<K><<<(unsigned)L.nred, THREADS, 0, stream>>>(L);
+    finalize_kernel<K><<<(unsigned)((L.nseg + THREADS - 1) / THREADS), THREADS, 0, stream>>>(L);
+  }
+  if (L.s.cautious) count_kernel<K><<<(unsigned)L.ntiles, THREADS, 0, stream>>>(L);
+  apply_kernel<K><<<(unsigned)L.ntiles, THREADS, 0, stream>>>(L);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_step(const Launch& L, cudaStream_t stream) {
+  if (L.ntiles == 0) return cudaSuccess;
+  switch (L.kind) {
+    case K_SIGN: return launch_kind<K_SIGN>(L, stream);
+    case K_SIGNUM: return launch_kind<K_SIGNUM>(L, stream);
+    case K_LION_L1: return launch_kind<K_LION_L1>(L, stream);
+    case K_LION_L2SQ: return launch_kind<K_LION_L2SQ>(L, stream);
+    case K_LION_HUBER: return launch_kind<K_LION_HUBER>(L, stream);
+    case K_LION_NORM: return launch_kind<K_LION_NORM>(L, stream);
+    case K_LION_LP: return launch_kind<K_LION_LP>(L, stream);
+    case K_STO_SGD: return launch_kind<K_STO_SGD>(L, stream);
+    case K_STO_MOMENTUM: return launch_kind<K_STO_MOMENTUM>(L, stream);
+    case K_STO_LION: return launch_kind<K_STO_LION>(L, stream);
+    default: return launch_kind<K_STO_ADAMW>(L, stream);
+  }
+}
+
+}  // namespace cuda
+}  // namespace signopt

@@ -1,0 +1,39 @@
+// Torch-free interface between the CUDA binding (cuda_ops.cpp) and the kernels
+// (cuda_kernels.cu).  Every pointer is device memory; tables are built on the host by the binding.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "group.h"
+#include "rules.h"
+
+namespace signopt {
+namespace cuda {
+
+constexpr int THREADS = 256;
+constexpr int VEC = 8;                        // elements per thread per step (128-bit loads)
+constexpr int64_t TILE = THREADS * VEC;       // elements per CUDA block (element formats)
+constexpr int64_t MAX_FP8_BLOCK = 2048;       // FP8 state_block limit (shared-memory staging)
+
+struct Launch {
+  const TensorRef* refs;        // [ntensors]
+  const int64_t* tile_start;    // [ntensors + 1] first apply tile of each tensor (prefix)
+  const int64_t* red_start;     // [ntensors + 1] first reduction chunk of each tensor
+  const int64_t* seg_base;      // [ntensors + 1] first segment of each tensor
+  int ntensors;
+  int64_t ntiles, nred, nseg;
+  int64_t tile;                 // elements per apply tile (multiple of the FP8 block)
+  int64_t block;                // FP8 state block
+  int kind, pfmt, sfmt;
+  Scalars s;
+  ScalarPtrs sp;
+  double* partials;             // [nred]
+  float* segv;                  // [nseg]
+  unsigned long long* kept;     // [ntensors] cautious counts
+  unsigned long long* bad;      // [1] non-finite count
+};
+
+// Enqueues every pass of one fused step on `stream` (no host synchronisation).
+cudaError_t launch_step(const Launch& L, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace signopt

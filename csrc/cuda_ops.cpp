@@ -1,0 +1,120 @@
+// CUDA implementation of signopt::step (compiled only when torch has CUDA): checks the
+// arguments, builds the TensorRef and tiling tables on the host, uploads them with one
+// non-blocking copy from pinned memory and enqueues the kernels of cuda_kernels.cu.
+// No host synchronisation: lr/decay/inv_scale/found_inf stay device pointers.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include "cuda_launch.h"
+#include "step_args.h"
+
+namespace signopt {
+
+namespace {
+
+const float* dev_ptr(const c10::optional<at::Tensor>& t, const at::Device& d, std::vector<at::Tensor>& keep) {
+  if (!t.has_value()) return nullptr;
+  at::Tensor x = t->to(d, at::kFloat).contiguous();
+  keep.push_back(x);
+  return x.data_ptr<float>();
+}
+
+// Host buffers of metadata copied during CUDA-graph capture must outlive the graph.
+std::mutex g_keep_mutex;
+std::vector<at::Tensor> g_captured_meta;
+
+at::Tensor step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m, at::TensorList v,
+                     at::TensorList env, at::TensorList m_scale, at::TensorList v_scale, at::TensorList env_scale,
+                     at::IntArrayRef config, at::ArrayRef<double> hyper, at::IntArrayRef keys,
+                     at::IntArrayRef offsets, at::IntArrayRef seglens, at::ArrayRef<double> bias,
+                     const c10::optional<at::Tensor>& lr, const c10::optional<at::Tensor>& decay,
+                     const c10::optional<at::Tensor>& inv_scale, const c10::optional<at::Tensor>& found_inf) {
+  const StepConfig cfg = check_step_args(params, grads, m, v, env, m_scale, v_scale, env_scale, config, hyper, keys,
+                                         offsets, seglens, bias, at::kCUDA);
+  TORCH_CHECK(cfg.sfmt < 3 || cfg.block <= cuda::MAX_FP8_BLOCK,
+              "signopt::step: FP8 state on CUDA needs state_block <= ", cuda::MAX_FP8_BLOCK, ", got ", cfg.block);
+  const at::Device device = params[0].device();
+  c10::cuda::CUDAGuard guard(device);
+  const std::vector<TensorRef> refs =
+      tensor_refs(params, grads, m, v, env, m_scale, v_scale, env_scale, keys, offsets, seglens, bias);
+  at::Tensor bad = at::zeros({}, params[0].options().dtype(at::kLong));
+  if (refs.empty()) return bad;
+  const int64_t nt = (int64_t)refs.size();
+
+  cuda::Launch L{};
+  L.kind = cfg.kind;
+  L.pfmt = cfg.pfmt;
+  L.sfmt = cfg.sfmt;
+  L.block = cfg.block;
+  L.s = scalars_from(cfg, hyper);
+  L.tile = cfg.sfmt >= 3 ? cfg.block * std::max<int64_t>(1, cuda::TILE / cfg.block) : cuda::TILE;
+  L.ntensors = (int)nt;
+
+  // Host tables: tile / reduction-chunk / segment prefixes.
+  std::vector<int64_t> tiles(nt + 1, 0), red(nt + 1, 0), seg(nt + 1, 0);
+  for (int64_t i = 0; i < nt; ++i) {
+    const TensorRef& r = refs[i];
+    const int64_t len = std::min(r.seglen, r.numel);
+    const int64_t nseg = (r.numel + len - 1) / len;
+    const int64_t cps = (len + RED_CHUNK - 1) / RED_CHUNK;
+    const int64_t last = r.numel - (nseg - 1) * len;
+    tiles[i + 1] = tiles[i] + (r.numel + L.tile - 1) / L.tile;
+    red[i + 1] = red[i] + (nseg - 1) * cps + (last + RED_CHUNK - 1) / RED_CHUNK;
+    seg[i + 1] = seg[i] + nseg;
+  }
+  L.ntiles = tiles[nt];
+  L.nred = red[nt];
+  L.nseg = seg[nt];
+  const bool sto = kind_stochastic(cfg.kind);
+  const bool needs_seg = kind_kappa_norm(cfg.kind) || (sto && cfg.envelope == ENV_SEGMENT);
+
+  const size_t ref_bytes = sizeof(TensorRef) * nt, tab_bytes = sizeof(int64_t) * (nt + 1);
+  const size_t total = ref_bytes + 3 * tab_bytes;
+  at::Tensor host = at::empty({(int64_t)total}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  uint8_t* h = host.data_ptr<uint8_t>();
+  std::memcpy(h, refs.data(), ref_bytes);
+  std::memcpy(h + ref_bytes, tiles.data(), tab_bytes);
+  std::memcpy(h + ref_bytes + tab_bytes, red.data(), tab_bytes);
+  std::memcpy(h + ref_bytes + 2 * tab_bytes, seg.data(), tab_bytes);
+  at::Tensor meta = host.to(device, /*non_blocking=*/true);
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device.index()).stream();
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
+  if (capturing != cudaStreamCaptureStatusNone) {
+    std::lock_guard<std::mutex> lock(g_keep_mutex);
+    g_captured_meta.push_back(host);
+  }
+  const uint8_t* d = meta.data_ptr<uint8_t>();
+  L.refs = (const TensorRef*)d;
+  L.tile_start = (const int64_t*)(d + ref_bytes);
+  L.red_start = (const int64_t*)(d + ref_bytes + tab_bytes);
+  L.seg_base = (const int64_t*)(d + ref_bytes + 2 * tab_bytes);
+
+  std::vector<at::Tensor> keep;
+  L.sp.lr = dev_ptr(lr, device, keep);
+  L.sp.decay = dev_ptr(decay, device, keep);
+  L.sp.inv_scale = dev_ptr(inv_scale, device, keep);
+  L.sp.found_inf = dev_ptr(found_inf, device, keep);
+  at::Tensor partials = at::empty({needs_seg ? L.nred : 0}, params[0].options().dtype(at::kDouble));
+  at::Tensor segv = at::empty({needs_seg ? L.nseg : 0}, params[0].options().dtype(at::kFloat));
+  at::Tensor kept = at::zeros({nt}, params[0].options().dtype(at::kLong));
+  L.partials = partials.data_ptr<double>();
+  L.segv = segv.data_ptr<float>();
+  L.kept = (unsigned long long*)kept.data_ptr<int64_t>();
+  L.bad = (unsigned long long*)bad.data_ptr<int64_t>();
+  C10_CUDA_CHECK(cuda::launch_step(L, stream));
+  return bad;
+}
+
+}  // namespace
+
+}  // namespace signopt
+
+TORCH_LIBRARY_IMPL(signopt, CUDA, m) { m.impl("step", &signopt::step_cuda); }
