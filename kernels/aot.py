@@ -26,10 +26,10 @@ UPDATE_SIG = {"tab_ptr": "*i64", "ftab_ptr": "*fp32", "blk_ptr": "*i32", "sc_ptr
               "sega_ptr": "*fp32", "segb_ptr": "*fp32", "count_ptr": "*i64"}
 CHUNKS_SIG = {"tab_ptr": "*i64", "ftab_ptr": "*fp32", "unit_ptr": "*i32", "rtab_ptr": "*i64",
               "sc_ptr": "*fp32", "sc64_ptr": "*fp64", "inv_scale_ptr": "*fp32", "sega_ptr": "*fp32",
-              "partial_ptr": "*fp64"}
+              "partial_ptr": "*fp64", "n_units": "i64"}
 FINALIZE_SIG = {"tab_ptr": "*i64", "ftab_ptr": "*fp32", "seg_ptr": "*i32", "rtab_ptr": "*i64",
                 "sc_ptr": "*fp32", "sc64_ptr": "*fp64", "found_inf_ptr": "*fp32",
-                "partial_ptr": "*fp64", "out_ptr": "*fp32"}
+                "partial_ptr": "*fp64", "out_ptr": "*fp32", "n_segs": "i64"}
 
 # PTX that an exact rule must not contain: contracted multiply-adds, approximate division /
 # reciprocal / square root of fp32, and fp32 arithmetic flushing subnormals to zero.
@@ -80,7 +80,7 @@ def variants() -> list[Variant]:
                 passes=("update", "chunks_a", "finalize_a")),
         Variant("stochastic-lion-block-grad", R("stochastic", base="lion", envelope="block",
                                                 envelope_source="grad"),
-                passes=("update", "chunks_a", "finalize_a")),
+                passes=("update", "chunks_a", "finalize_a"), extra=dict(segment=256)),
         Variant("stochastic-sgd-tensor", R("stochastic", base="sgd", envelope="tensor")),
     ]
 
@@ -115,12 +115,13 @@ def compile_variant(v: Variant, target=None) -> dict[str, str]:
             out[p] = _compile(passes.update_kernel, UPDATE_SIG, ce, target, cfg.update_warps)
         elif p.startswith("chunks"):
             want = int(passes.WANT_STAGE_A) if p.endswith("_a") else int(passes.WANT_CAUTIOUS_COUNT)
-            ce = launch.reduce_constexprs(flags, want, sblk, cfg.reduce_block)
+            units, rblock = launch.reduce_tile(v.extra.get("segment", cfg.reduce_block), cfg)
+            ce = launch.reduce_constexprs(flags, want, sblk, units, rblock)
             out[p] = _compile(passes.reduce_chunks_kernel, CHUNKS_SIG, ce, target, cfg.reduce_warps)
         else:
             want = int(passes.WANT_STAGE_A) if p.endswith("_a") else int(passes.WANT_CAUTIOUS_COUNT)
             ce = launch.finalize_constexprs(flags, want, found_inf, cfg)
-            out[p] = _compile(passes.reduce_finalize_kernel, FINALIZE_SIG, ce, target, 1)
+            out[p] = _compile(passes.reduce_finalize_kernel, FINALIZE_SIG, ce, target, cfg.reduce_warps)
     return out
 
 

@@ -60,7 +60,7 @@ class LaunchConfig:
     update_warps: int = 4
     reduce_block: int = 1024
     reduce_warps: int = 4
-    finalize_block: int = 64
+    finalize_segments: int = 128
 
 
 CONFIG = LaunchConfig()
@@ -325,15 +325,22 @@ def update_constexprs(rule: UpdateRule, flags: dict, state_kind: str, has_found_
                 ROWS=rows, COLS=cols, SB=sb)
 
 
-def reduce_constexprs(flags: dict, want: int, sblk: int, rblock: int) -> dict:
+def reduce_tile(longest_segment: int, cfg: LaunchConfig) -> tuple[int, int]:
+    """``(UNITS, RBLOCK)`` of a chunk program: chunks of ``RBLOCK`` (the longest segment's
+    next power of two, at most ``reduce_block``), ``UNITS`` of them per program."""
+    rblock = min(cfg.reduce_block, max(16, _pow2_at_least(longest_segment)))
+    return max(1, cfg.reduce_block // rblock), rblock
+
+
+def reduce_constexprs(flags: dict, want: int, sblk: int, units: int, rblock: int) -> dict:
     """All constexprs of ``reduce_chunks_kernel``."""
-    return dict(flags, WANT=want, SBLK=sblk, RBLOCK=rblock)
+    return dict(flags, WANT=want, SBLK=sblk, UNITS=units, RBLOCK=rblock)
 
 
 def finalize_constexprs(flags: dict, want: int, has_found_inf: bool, cfg: LaunchConfig) -> dict:
     """All constexprs of ``reduce_finalize_kernel``."""
     return dict(FAMILY=flags["FAMILY"], KAPPA=flags["KAPPA"], HAS_FOUND_INF=has_found_inf,
-                WANT=want, FBLOCK=cfg.finalize_block)
+                WANT=want, FSEGS=cfg.finalize_segments)
 
 
 def _step_partition(rule: UpdateRule, items: list[Item], sc: GroupScalars, device: torch.device,
@@ -422,7 +429,7 @@ def _reduce_stage(items, segments, seg_base, want, rule, flags, tab, ftab, scal,
     """Chunk partials then per-segment finalize; returns the fp32 segment buffer."""
     cfg = CONFIG
     longest = max(s[0] for s in segments)
-    rblock = min(cfg.reduce_block, max(16, _pow2_at_least(longest)))
+    units_per_prog, rblock = reduce_tile(longest, cfg)
     unit_counts, rrows, base = [], [], 0
     for (seg_len, n_seg), sbase in zip(segments, seg_base):
         chunks = max(1, -(-seg_len // rblock))
@@ -436,12 +443,12 @@ def _reduce_stage(items, segments, seg_base, want, rule, flags, tab, ftab, scal,
     seg_ids = _repeat_ids([s[1] for s in segments], device)
     partial = torch.empty(n_units, dtype=torch.float64, device=device)
     out = torch.empty(max(n_segs, 1), dtype=torch.float32, device=device)
-    passes.reduce_chunks_kernel[(n_units,)](
-        tab, ftab, units, rtab, scal, scal64, inv_scale, sega, partial,
-        **reduce_constexprs(flags, want, sblk, rblock), num_warps=cfg.reduce_warps,
+    passes.reduce_chunks_kernel[(-(-n_units // units_per_prog),)](
+        tab, ftab, units, rtab, scal, scal64, inv_scale, sega, partial, n_units,
+        **reduce_constexprs(flags, want, sblk, units_per_prog, rblock), num_warps=cfg.reduce_warps,
         enable_fp_fusion=False)
-    passes.reduce_finalize_kernel[(n_segs,)](
-        tab, ftab, seg_ids, rtab, scal, scal64, found_inf, partial, out,
-        **finalize_constexprs(flags, want, has_found_inf, cfg), num_warps=1,
+    passes.reduce_finalize_kernel[(-(-n_segs // cfg.finalize_segments),)](
+        tab, ftab, seg_ids, rtab, scal, scal64, found_inf, partial, out, n_segs,
+        **finalize_constexprs(flags, want, has_found_inf, cfg), num_warps=cfg.reduce_warps,
         enable_fp_fusion=False)
     return out

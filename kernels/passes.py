@@ -13,7 +13,7 @@ Passes of one step (host side: :mod:`signopt.kernels.launch`):
 
 Reductions run in a fixed order that does not depend on the launch: a segment (tensor, row or
 block) is cut into chunks of the fixed ``RBLOCK``; each chunk program writes one partial, and
-one finalize program per segment combines its partials sequentially in ``FBLOCK`` steps.
+one finalize lane per segment combines its partials sequentially, in chunk order.
 """
 import triton
 import triton.language as tl
@@ -195,81 +195,88 @@ def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, f
 
 @triton.jit
 def reduce_chunks_kernel(tab_ptr, ftab_ptr, unit_ptr, rtab_ptr, sc_ptr, sc64_ptr, inv_scale_ptr,
-                         sega_ptr, partial_ptr,
+                         sega_ptr, partial_ptr, n_units,
                          FAMILY: tl.constexpr, KAPPA: tl.constexpr, BASE: tl.constexpr,
                          ENVELOPE: tl.constexpr, ENV_FROM_GRAD: tl.constexpr,
                          MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr,
                          HAS_INV_SCALE: tl.constexpr, P_KIND: tl.constexpr,
                          G_KIND: tl.constexpr, S_KIND: tl.constexpr, NEED_WORDS: tl.constexpr,
-                         SBLK: tl.constexpr, WANT: tl.constexpr, RBLOCK: tl.constexpr):
-    """Passes 1a/2a: one partial per chunk of ``RBLOCK`` elements of one segment (fp64 sum,
-    or fp64 max for envelopes), written to ``partial_ptr[pid]``."""
-    pid = tl.program_id(0)
-    t = tl.load(unit_ptr + pid).to(tl.int64)
+                         SBLK: tl.constexpr, WANT: tl.constexpr, UNITS: tl.constexpr,
+                         RBLOCK: tl.constexpr):
+    """Passes 1a/2a: one partial per chunk (``RBLOCK`` elements of one segment): an fp64 sum,
+    or an fp64 max for envelopes, written to ``partial_ptr[unit]``. A program takes ``UNITS``
+    consecutive chunks as the rows of its tile, so short segments (blocks, short rows) share
+    a program; every row still reduces its own chunk."""
+    unit = tl.program_id(0) * UNITS + tl.arange(0, UNITS)[:, None].to(tl.int64)
+    live = unit < n_units
+    t = tl.load(unit_ptr + unit, mask=live, other=0).to(tl.int64)
     row = tab_ptr + t * N_COLS
     rrow = rtab_ptr + t * N_RCOLS
-    local = pid - tl.load(rrow + R_UNIT_BASE)
+    local = unit - tl.load(rrow + R_UNIT_BASE)
     chunks = tl.load(rrow + R_CHUNKS)
     seg_len = tl.load(rrow + R_SEG_LEN)
     seg = local // chunks
     seg_start = seg * seg_len
     offs = seg_start + (local - seg * chunks) * RBLOCK + tl.arange(0, RBLOCK)[None, :].to(tl.int64)
     end = tl.minimum(seg_start + seg_len, tl.load(row + C_NUMEL))
-    mask = offs < end
+    mask = (offs < end) & live
     p, g, bad, q, u, m_new, v_new, env_new, w1, w2 = element_rule(
         row, ftab_ptr + t * N_FCOLS, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, sega_ptr, t, offs,
         mask, FAMILY, KAPPA, BASE, ENVELOPE, ENV_FROM_GRAD, False, MAXIMIZE, HAS_L2,
         HAS_INV_SCALE, P_KIND, G_KIND, S_KIND, NEED_WORDS, SBLK, WANT)
     q = tl.where(mask, q, 0.0)
     if WANT == WANT_STAGE_A and FAMILY == FAMILY_STOCHASTIC:
-        partial = tl.max(q)
+        partial = tl.max(q, axis=1)
     else:
-        partial = tl.sum(q)
-    tl.store(partial_ptr + pid, partial)
+        partial = tl.sum(q, axis=1)
+    unit1 = tl.program_id(0) * UNITS + tl.arange(0, UNITS).to(tl.int64)
+    tl.store(partial_ptr + unit1, partial, mask=unit1 < n_units)
 
 
 @triton.jit
 def reduce_finalize_kernel(tab_ptr, ftab_ptr, seg_ptr, rtab_ptr, sc_ptr, sc64_ptr, found_inf_ptr,
-                           partial_ptr, out_ptr,
+                           partial_ptr, out_ptr, n_segs,
                            FAMILY: tl.constexpr, KAPPA: tl.constexpr,
                            HAS_FOUND_INF: tl.constexpr, WANT: tl.constexpr,
-                           FBLOCK: tl.constexpr):
-    """Passes 1b/2b: one program per segment combines its chunk partials in order, then
+                           FSEGS: tl.constexpr):
+    """Passes 1b/2b: each of ``FSEGS`` lanes finalizes one segment, adding (or max-ing) its
+    chunk partials one at a time in chunk order, then
 
     * kappa norms: ``out[s] = fp32(sqrt(sum))`` (l2, row_l2) or ``fp32(sum**((p-1)/p))`` (lp);
     * envelopes: ``G[s] <- fmax(G[s]*envelope_decay, fp32(max))`` in the state, unless found_inf;
     * cautious: ``out[s] = numel / fp32(kept + 1)`` (correctly rounded).
     """
-    s = tl.program_id(0)
-    t = tl.load(seg_ptr + s).to(tl.int64)
+    s = tl.program_id(0) * FSEGS + tl.arange(0, FSEGS).to(tl.int64)
+    live = s < n_segs
+    t = tl.load(seg_ptr + s, mask=live, other=0).to(tl.int64)
     row = tab_ptr + t * N_COLS
     rrow = rtab_ptr + t * N_RCOLS
     local = s - tl.load(rrow + R_SEG_BASE)
     chunks = tl.load(rrow + R_CHUNKS)
     first = tl.load(rrow + R_UNIT_BASE) + local * chunks
-    j = tl.arange(0, FBLOCK)
-    acc = tl.sum(tl.zeros([FBLOCK], tl.float64))
-    for k in range(0, chunks, FBLOCK):
-        vals = tl.load(partial_ptr + first + k + j, mask=(k + j) < chunks, other=0.0)
+    acc = tl.zeros([FSEGS], tl.float64)
+    for k in range(0, tl.max(tl.where(live, chunks, 0))):
+        vals = tl.load(partial_ptr + first + k, mask=live & (k < chunks), other=0.0)
         if WANT == WANT_STAGE_A and FAMILY == FAMILY_STOCHASTIC:
-            acc = tl.maximum(acc, tl.max(vals))
+            acc = tl.maximum(acc, vals)
         else:
-            acc = acc + tl.sum(vals)
+            acc = acc + vals
     if WANT == WANT_STAGE_A:
         if FAMILY == FAMILY_LION:
             if KAPPA == KAPPA_LP:
                 norm = pow_f64(acc, tl.load(sc64_ptr + D_NORM_EXP))
             else:
                 norm = tl.sqrt(acc)
-            tl.store(out_ptr + s, norm.to(tl.float32))
+            tl.store(out_ptr + s, norm.to(tl.float32), mask=live)
         else:
-            env_ptr = tl.load(row + C_ENV).to(tl.pointer_type(tl.float32))
-            g_old = tl.load(env_ptr + local)
+            env_ptr = tl.load(row + C_ENV).to(tl.pointer_type(tl.float32)) + local
+            g_old = tl.load(env_ptr, mask=live, other=0.0)
             g_new = fmax(g_old * tl.load(sc_ptr + S_ENV_DECAY), acc.to(tl.float32))
+            store = live
             if HAS_FOUND_INF:
-                g_new = tl.where(tl.load(found_inf_ptr) > 0.0, g_old, g_new)
-            tl.store(env_ptr + local, g_new)
+                store = live & (tl.where(tl.load(found_inf_ptr) > 0.0, 0, 1) != 0)
+            tl.store(env_ptr, g_new, mask=store)
     else:
         kept = (acc + 1.0).to(tl.float32)
         numel = tl.load(ftab_ptr + t * N_FCOLS + F_NUMEL)
-        tl.store(out_ptr + s, tl.math.div_rn(numel, kept))
+        tl.store(out_ptr + s, tl.math.div_rn(numel, kept), mask=live)
