@@ -1,0 +1,93 @@
+"""The shared parity harness (``tests/test_parity.py``) run for ``backend="triton"``.
+
+Same rules, comparisons and helpers as the harness (bitwise for exact rules, 2 ulp for
+sqrt/pow rules, every state tensor after every step, no silent fallback). Without a GPU the
+kernels run in the Triton interpreter (``TRITON_INTERPRET=1``, set by ``conftest.py``), which
+costs about a second per three-step run, so instead of the harness's hypothesis budget (25
+draws per rule and dtype) each rule runs deterministic scenarios that rotate through every
+option — state formats (fp32, bf16, E4M3, E5M2 with power-of-two and odd blocks), rounding
+modes, weight-decay modes, maximize, cautious, tensor lr, GradScaler scale and ``found_inf``,
+non-finite gradients — and every parameter dtype, on small tensors cut into many programs,
+chunks and segments by a small launch configuration. On a GPU, the full harness runs with
+``BACKENDS`` including ``"triton"`` (``bench/gpu_check.sh``).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+tp = pytest.importorskip("test_parity")
+
+# the interpreter evaluates log(0) and 0/0 in numpy (then masked, as on the GPU)
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+BACKEND = "triton"
+SHAPES = [(7, 31), (257,), ()]
+
+SCENARIOS = [
+    (dict(weight_decay=0.1, wd_mode="decoupled", maximize=False, cautious=False, state_dtype="fp32",
+          state_block=256, fp8_min_numel=0, state_rounding="nearest", param_rounding="nearest"),
+     dict(tensor_lr=False, scaler=None, nonfinite=True, seed=1)),
+    (dict(weight_decay=0.1, wd_mode="l2", maximize=True, cautious=True, state_dtype="bf16",
+          state_block=256, fp8_min_numel=0, state_rounding="stochastic", param_rounding="stochastic"),
+     dict(tensor_lr=True, scaler=(1024.0, 0.0), nonfinite=True, seed=2)),
+    (dict(weight_decay=0.1, wd_mode="independent", maximize=False, cautious=False,
+          state_dtype="fp8_e4m3", state_block=32, fp8_min_numel=200, state_rounding="nearest",
+          param_rounding="nearest"),
+     dict(tensor_lr=False, scaler=(8.0, 1.0), nonfinite=True, seed=3)),
+    (dict(weight_decay=0.0, wd_mode="decoupled", maximize=True, cautious=True,
+          state_dtype="fp8_e5m2", state_block=3, fp8_min_numel=0, state_rounding="stochastic",
+          param_rounding="stochastic"),
+     dict(tensor_lr=True, scaler=None, nonfinite=False, seed=4)),
+]
+COMPLEX_RULES = ("lion", "stosign_row", "lion_row_l2")
+
+
+def _cases():
+    """Each rule once, rotating scenarios and parameter dtypes."""
+    dtypes = ["fp32", "bf16", "fp16", "bf16"]
+    out = []
+    for i, rule in enumerate(tp.RULES):
+        dtype = "complex64" if rule in COMPLEX_RULES and i % 2 else dtypes[i % len(dtypes)]
+        out.append(pytest.param(rule, dtype, i % len(SCENARIOS), id=f"{rule}-{dtype}-s{i % len(SCENARIOS)}"))
+    # every scenario at least once on Lion in fp32 (the most used rule)
+    for k in range(len(SCENARIOS)):
+        out.append(pytest.param("lion", "fp32", k, id=f"lion-fp32-s{k}"))
+    return out
+
+
+@pytest.fixture(autouse=True)
+def small_tiles(monkeypatch):
+    """Small tiles so tiny tensors still span several programs, chunks and segments."""
+    tp.backend_or_skip(BACKEND)
+    from signopt.kernels import launch
+
+    monkeypatch.setattr(launch, "CONFIG", launch.LaunchConfig(
+        update_block=64, update_warps=4, reduce_block=32, reduce_warps=4, finalize_segments=4))
+
+
+@pytest.mark.parametrize("rule,dtype_name,scenario", _cases())
+def test_parity_triton(rule, dtype_name, scenario):
+    opts, ex = SCENARIOS[scenario]
+    tp.run_and_compare(BACKEND, rule, tp.DTYPES[dtype_name], SHAPES, dict(opts), dict(ex))
+
+
+@pytest.mark.parametrize("rule", ["lion_row_l2", "stosign_block", "conv_adamw_tensor"])
+def test_parity_triton_large(rule, monkeypatch):
+    """Tensors of thousands of elements at the shipped launch configuration."""
+    from signopt.kernels import launch
+
+    monkeypatch.setattr(launch, "CONFIG", launch.LaunchConfig())
+    opts = dict(weight_decay=0.1, wd_mode="decoupled", maximize=False, cautious=True,
+                state_dtype="bf16", state_block=256, fp8_min_numel=0, state_rounding="stochastic",
+                param_rounding="nearest")
+    ex = dict(tensor_lr=False, scaler=None, nonfinite=True, seed=7)
+    tp.run_and_compare(BACKEND, rule, torch.float32, [(3, 1500), (2500,), (5, 4, 7)], opts, ex)
+
+
+def test_zero_size_and_no_grad():
+    tp.test_zero_size_and_no_grad(BACKEND)
+
+
+def test_explicit_backend_rejects_unsupported():
+    tp.test_explicit_backend_rejects_unsupported(BACKEND)
