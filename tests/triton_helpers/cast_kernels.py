@@ -1,0 +1,79 @@
+"""One-program Triton kernels exposing the backend's cast helpers to the tests."""
+import torch
+import triton
+import triton.language as tl
+
+from signopt.kernels import numerics as nm
+
+N = 1024
+
+
+@triton.jit
+def _bf16_kernel(x_ptr, w_ptr, out_ptr, n, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    w = tl.load(w_ptr + offs, mask=mask, other=0).to(tl.uint32)
+    if STOCHASTIC:
+        bits = nm.bf16_stochastic(x, w)
+    else:
+        bits = nm.bf16_nearest(x)
+    tl.store(out_ptr + offs, bits, mask=mask)
+
+
+@triton.jit
+def _round_kernel(x_ptr, w_ptr, out_ptr, n, M: tl.constexpr, EMIN: tl.constexpr,
+                  MAXF: tl.constexpr, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    w = tl.load(w_ptr + offs, mask=mask, other=0).to(tl.uint32)
+    tl.store(out_ptr + offs, nm.round_to_format(x, w, M, EMIN, MAXF, STOCHASTIC), mask=mask)
+
+
+@triton.jit
+def _code_kernel(x_ptr, out_ptr, n, M: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, nm.fp8_code(x, M, EMIN, BIAS), mask=mask)
+
+
+@triton.jit
+def _value_kernel(c_ptr, out_ptr, n, M: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr,
+                  HAS_INF: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n
+    c = tl.load(c_ptr + offs, mask=mask, other=0)
+    tl.store(out_ptr + offs, nm.fp8_value(c, M, EMIN, BIAS, HAS_INF), mask=mask)
+
+
+def _fp8_params(spec):
+    return dict(M=spec.mantissa_bits, EMIN=spec.emin, BIAS=1 - spec.emin)
+
+
+def bf16(x, words, stochastic):
+    out = torch.empty(x.numel(), dtype=torch.int16)
+    _bf16_kernel[(1,)](x, words.to(torch.int64), out, x.numel(), STOCHASTIC=stochastic, BLOCK=N)
+    return out.view(torch.bfloat16)
+
+
+def round_format(x, words, spec, stochastic):
+    out = torch.empty_like(x)
+    _round_kernel[(1,)](x, words.to(torch.int64), out, x.numel(), M=spec.mantissa_bits,
+                        EMIN=spec.emin, MAXF=spec.max_finite, STOCHASTIC=stochastic, BLOCK=N)
+    return out
+
+
+def fp8_codes(y, spec):
+    out = torch.empty(y.numel(), dtype=torch.uint8)
+    _code_kernel[(1,)](y, out, y.numel(), BLOCK=N, **_fp8_params(spec))
+    return out
+
+
+def fp8_values(codes, spec):
+    out = torch.empty(codes.numel(), dtype=torch.float32)
+    _value_kernel[(1,)](codes, out, codes.numel(), HAS_INF=spec.name == "fp8_e5m2", BLOCK=N,
+                        **_fp8_params(spec))
+    return out
