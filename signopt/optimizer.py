@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import backends as backend_registry
-from . import state_format
+from . import sharding, state_format
 from .backends.slot import ParamSlot
 from .philox import derive_key
 from .rule import UpdateRule, rule_from_group, validate_group
@@ -91,7 +91,12 @@ class SignOptimizer(Optimizer):
                 raise ValueError(f"params[{i}] is sparse; signopt optimizers need dense parameters")
         tensors = [p[1] if isinstance(p, tuple) else p for p in group["params"]]
         rule = rule_from_group(self.family, merged)
-        backend = backend_registry.resolve(self._requested_backend, rule, tensors)
+        for i, t in enumerate(tensors):
+            reason = sharding.unsupported(rule, t)
+            if reason is not None:
+                raise ValueError(f"params[{i}]: {reason}")
+        backend = backend_registry.resolve(self._requested_backend, rule,
+                                           [sharding.local(t) for t in tensors])
         group["lr0"] = _initial_lr(merged["lr"])
         super().add_param_group(group)
         self._group_backends.append(backend)
@@ -106,14 +111,14 @@ class SignOptimizer(Optimizer):
         return rule_from_group(self.family, self.param_groups[group_index])
 
     # ------------------------------------------------------------------ state
-    def _init_state(self, rule: UpdateRule, p: Tensor) -> dict:
+    def _init_state(self, rule: UpdateRule, param: Tensor) -> dict:
+        p = param
         st = self.state[p]
         if st:
             return st
+        numel = p.numel() * (2 if p.is_complex() else 1)  # of the full tensor for a DTensor
+        p = sharding.local(p)  # state is allocated for the local shard (sharding.wrap_state)
         shape = tuple(torch.view_as_real(p).shape if p.is_complex() else p.shape)
-        numel = 1
-        for s in shape:
-            numel *= s
         fmt = state_format.effective_format(rule.state_dtype, numel, rule.fp8_min_numel)
         for name in rule.state_names():
             if name == "G" and rule.envelope != "element":
@@ -122,12 +127,13 @@ class SignOptimizer(Optimizer):
                 state_format.allocate(st, name, shape, fmt, rule.state_block, p.device)
         if rule.keeps_step():
             st["step"] = torch.tensor(0, dtype=torch.int64)
+        sharding.wrap_state(param, rule, st)
         return st
 
     def state_bytes(self) -> dict[str, float]:
         """Optimizer-state bytes: ``total`` and ``per_param`` (over all parameters' elements)."""
-        total = sum(state_format.nbytes(st) for st in self.state.values())
-        numel = sum(p.numel() * (2 if p.is_complex() else 1)
+        total = sum(state_format.nbytes(sharding.local_state(st)) for st in self.state.values())
+        numel = sum(sharding.local(p).numel() * (2 if p.is_complex() else 1)
                     for g in self.param_groups for p in g["params"])
         return {"total": float(total), "per_param": total / max(numel, 1)}
 
@@ -152,9 +158,13 @@ class SignOptimizer(Optimizer):
                     if p.grad.shape != p.shape:
                         raise RuntimeError(f"gradient shape {tuple(p.grad.shape)} does not match "
                                            f"parameter shape {tuple(p.shape)} (param_groups[{gi}])")
+                    sharding.check_grad(p, f"param_groups[{gi}]")
+                    reason = sharding.unsupported(rule, p)
+                    if reason is not None:
+                        raise ValueError(f"param_groups[{gi}]: {reason}")
                     work.append((p, index))
                 index += 1
-            reason = backend.unsupported(rule, [p for p, _ in work])
+            reason = backend.unsupported(rule, [sharding.local(p) for p, _ in work])
             if reason is not None:
                 raise ValueError(f"backend {backend.name!r} cannot run param_groups[{gi}]: {reason}")
             plans.append((group, backend, rule, work))
@@ -177,8 +187,9 @@ class SignOptimizer(Optimizer):
             slots = []
             for p, index in work:
                 st = self._init_state(rule, p)
-                slot = ParamSlot(param=p, grad=p.grad, state=st, index=index,
-                                 index_offset=0)
+                slot = ParamSlot(param=sharding.local(p), grad=sharding.local(p.grad),
+                                 state=sharding.local_state(st), index=index,
+                                 index_offset=sharding.index_offset(p))
                 if rule.keeps_step():
                     st["step"] += 1
                     t = int(st["step"].item())
@@ -200,19 +211,32 @@ class SignOptimizer(Optimizer):
 
     # ------------------------------------------------------------- state dict
     def state_dict(self) -> dict[str, Any]:
+        """torch's layout plus the schema, at the top and in every group (DCP's
+        ``get_optimizer_state_dict`` keeps only ``state`` and ``param_groups``). With DTensor
+        parameters per-block vectors are gathered (collective: call it on every rank)."""
         sd = super().state_dict()
         for g in sd["param_groups"]:
             if callable(g.get("kappa")):
                 g["kappa"] = CALLABLE_MARKER
+            g[SCHEMA_KEY] = SCHEMA_VERSION
+        owners = [(p, group) for group in self.param_groups for p in group["params"]]
+        for key in sorted(sd["state"]):
+            p, group = owners[key]
+            sd["state"][key] = sharding.export_state(p, rule_from_group(self.family, group),
+                                                     sd["state"][key])
         sd[SCHEMA_KEY] = SCHEMA_VERSION
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         version = state_dict.get(SCHEMA_KEY)
+        if version is None:  # e.g. through DCP's set_optimizer_state_dict: the groups carry it
+            found = {g.get(SCHEMA_KEY) for g in state_dict.get("param_groups", [])}
+            version = found.pop() if len(found) == 1 else None
         if version != SCHEMA_VERSION:
             raise ValueError(f"state_dict has {SCHEMA_KEY}={version!r}; this signopt reads "
                              f"schema {SCHEMA_VERSION} (was it saved by another optimizer?)")
-        saved_groups = state_dict["param_groups"]
+        saved_groups = [{k: v for k, v in g.items() if k != SCHEMA_KEY}
+                        for g in state_dict["param_groups"]]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(saved_groups)} param groups, optimizer has "
                              f"{len(self.param_groups)}")
@@ -226,20 +250,24 @@ class SignOptimizer(Optimizer):
                 check["kappa"] = cur["kappa"]
             validate_group(self.family, check)
         saved_state = state_dict["state"]
-        body = {k: v for k, v in state_dict.items() if k != SCHEMA_KEY}
+        body = {**{k: v for k, v in state_dict.items() if k != SCHEMA_KEY},
+                "param_groups": saved_groups}
         super().load_state_dict(body)
         for group, cur in zip(self.param_groups, current):
             group.update(cur)
+        # Saved ids map to params by position in the groups, as in torch (ints, or FQNs from
+        # DCP's set_optimizer_state_dict).
         id_to_param, group_of = {}, {}
-        index = 0
-        for gi, group in enumerate(self.param_groups):
-            for p in group["params"]:
-                id_to_param[index] = (p, group)
-                group_of[index] = gi
-                index += 1
+        for gi, (sg, group) in enumerate(zip(saved_groups, self.param_groups)):
+            for saved_id, p in zip(sg["params"], group["params"]):
+                id_to_param[saved_id] = (p, group)
+                group_of[saved_id] = gi
         for key, saved in saved_state.items():
-            p, group = id_to_param[int(key)]
-            saved_block = saved_groups[group_of[int(key)]]["state_block"]
+            if key not in id_to_param and isinstance(key, str) and key.isdigit():
+                key = int(key)
+            p, group = id_to_param[key]
+            saved = {k: sharding.full(v) for k, v in saved.items()}  # DTensors: gathered
+            saved_block = saved_groups[group_of[key]]["state_block"]
             rule = rule_from_group(self.family, group)
             fmt = state_format.effective_format(rule.state_dtype, p.numel() * (2 if p.is_complex() else 1),
                                                 rule.fp8_min_numel)
@@ -252,4 +280,4 @@ class SignOptimizer(Optimizer):
                 elif not name.endswith(state_format.SCALE_SUFFIX):
                     restored.update(state_format.convert(saved, name, saved_block, fmt,
                                                          rule.state_block, p.device))
-            self.state[p] = restored
+            self.state[p] = sharding.shard_state(p, rule, restored)  # plain p: unchanged

@@ -17,18 +17,26 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import reference
+from . import reference, sharding
 from .optimizer import SCHEMA_KEY, SCHEMA_VERSION, _default_seed
 from .philox import WORD_SIGN, derive_key, element_words, uniform_from_word
 from .rule import ENVELOPES, UpdateRule, _real
 from .scalars import f32
 
 
-def _check_params(params: list) -> None:
-    """The sign step needs floating (or complex) dense parameters."""
+def _rule(envelope: str, envelope_block: int) -> UpdateRule:
+    return UpdateRule(family="stochastic", base="sgd", envelope=envelope, envelope_block=envelope_block)
+
+
+def _check_params(params: list, rule: UpdateRule) -> None:
+    """The sign step needs floating (or complex) dense parameters; DTensor parameters a
+    sharding the rule can step shard by shard (:mod:`signopt.sharding`)."""
     for i, p in enumerate(params):
         if isinstance(p, Tensor) and not (p.is_floating_point() or p.is_complex()):
             raise ValueError(f"params[{i}] must be floating point or complex, got dtype {p.dtype}")
+        reason = sharding.unsupported(rule, p) if isinstance(p, Tensor) else None
+        if reason is not None:
+            raise ValueError(f"params[{i}]: {reason}")
 
 
 class SignConversionWrapper(Optimizer):
@@ -49,7 +57,7 @@ class SignConversionWrapper(Optimizer):
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         for g in optimizer.param_groups:
-            _check_params(g["params"])
+            _check_params(g["params"], _rule(envelope, envelope_block))
         self.base = optimizer
         self._sign_lr = lr
         self._forward_groups = False
@@ -70,7 +78,7 @@ class SignConversionWrapper(Optimizer):
             return
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
-        _check_params(params)
+        _check_params(params, _rule(self.defaults["envelope"], self.defaults["envelope_block"]))
         self.base.add_param_group({**param_group, "params": params})
         bg = self.base.param_groups[-1]
         super().add_param_group({"params": list(bg["params"]),
@@ -110,22 +118,27 @@ class SignConversionWrapper(Optimizer):
                    index: int) -> None:
         st = self.state[p]
         real = torch.view_as_real if p.is_complex() else (lambda t: t)
-        pr, p0r = real(p), real(p0)
-        if pr.numel() == 0:
+        offset = sharding.index_offset(p)  # DTensor: step the local shard (signopt.sharding)
+        pr, p0r, gr = real(sharding.local(p)), real(sharding.local(p0)), real(sharding.local(p.grad))
+        if pr.numel() == 0 and not sharding.is_dtensor(p):
             return
         if not st:
             st["G"] = torch.zeros(rule.envelope_shape(pr.shape), dtype=torch.float32, device=p.device)
             st["step"] = torch.tensor(0, dtype=torch.int64)
+            sharding.wrap_state(p, rule, st)
         st["step"] += 1
+        if pr.numel() == 0:  # an empty shard still counts the step, like its peers
+            return
+        G = sharding.local(st["G"])
         key = derive_key(group["seed"], int(st["step"].item()), index)
         d = (p0r.to(torch.float32) - pr.to(torch.float32)) / f32(base_lr)
-        bad = ~torch.isfinite(d) | ~torch.isfinite(real(p.grad))
+        bad = ~torch.isfinite(d) | ~torch.isfinite(gr)
         d = torch.where(bad, torch.zeros_like(d), d)
-        env = torch.fmax(st["G"] * f32(group["envelope_decay"]), reference.reduce_envelope(rule, d.abs()))
+        env = torch.fmax(G * f32(group["envelope_decay"]), reference.reduce_envelope(rule, d.abs()))
         if rule.envelope == "element":
-            env = torch.where(bad, st["G"], env)
-        st["G"].copy_(env)
-        idx = torch.arange(pr.numel(), device=p.device, dtype=torch.int64)
+            env = torch.where(bad, G, env)
+        G.copy_(env)
+        idx = torch.arange(pr.numel(), device=p.device, dtype=torch.int64) + offset
         uniform = uniform_from_word(element_words(key, idx)[WORD_SIGN]).reshape(pr.shape)
         s = reference.stochastic_sign(d, reference.expand_envelope(rule, env, pr.shape), uniform)
         lr = group["lr"]
@@ -135,6 +148,12 @@ class SignConversionWrapper(Optimizer):
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
+        groups = [g for g in self.param_groups for _ in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for key in sorted(sd["state"]):  # DTensor block envelopes: the full vector (collective)
+            g = groups[key]
+            sd["state"][key] = sharding.export_state(params[key], _rule(g["envelope"], g["envelope_block"]),
+                                                     sd["state"][key])
         sd["base"] = self.base.state_dict()
         sd[SCHEMA_KEY] = SCHEMA_VERSION
         return sd
@@ -150,10 +169,11 @@ class SignConversionWrapper(Optimizer):
         super().load_state_dict(own)
         # torch's default load casts state to the param dtype (lossy for bf16/fp16 params):
         # restore from the saved tensors instead.
-        params = [p for g in self.param_groups for p in g["params"]]
+        params = [(p, g) for g in self.param_groups for p in g["params"]]
         for key, saved in own["state"].items():
-            p = params[int(key)]
-            self.state[p] = {
-                "G": saved["G"].detach().to(device=p.device, dtype=torch.float32).clone(),
+            p, g = params[int(key)]
+            restored = {
+                "G": sharding.full(saved["G"]).detach().to(device=p.device, dtype=torch.float32).clone(),
                 "step": saved["step"].detach().to(device="cpu", dtype=torch.int64).clone(),
             }
+            self.state[p] = sharding.shard_state(p, _rule(g["envelope"], g["envelope_block"]), restored)

@@ -145,3 +145,164 @@ def suite(rank: int, world: int, out: Path, runs: list[list]) -> list:
         results.append(globals()[name](rank, world, out, **kwargs))
         dist.barrier()
     return results
+
+
+# ---------------------------------------------------------------------- FSDP2
+FIN, FHID, FOUT = 16, 64, 7
+
+
+def make_fsdp_model(bias: bool = True, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(FIN, FHID, bias=bias), nn.Tanh(), nn.Linear(FHID, FOUT, bias=bias))
+
+
+def fsdp_batch(step: int) -> tuple[Tensor, Tensor]:
+    """The same batch on every rank, so the reduce-scattered mean gradient is exact."""
+    gen = torch.Generator().manual_seed(77 + step)
+    return torch.randn(8, FIN, generator=gen), torch.randn(8, FOUT, generator=gen)
+
+
+def shard(model: nn.Module, world: int) -> nn.Module:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def build_optimizer(spec: dict, params):
+    import signopt
+    spec = dict(spec)
+    name = spec.pop("optimizer")
+    if name == "wrapper":
+        return signopt.SignConversionWrapper(torch.optim.AdamW(params, lr=1e-2), seed=5, **spec)
+    if str(spec.get("kappa", "")).startswith("callable"):
+        def sign(c: Tensor) -> Tensor:
+            return torch.sign(c)
+        sign.elementwise = spec["kappa"].endswith(":elementwise")
+        spec["kappa"] = sign
+    return getattr(signopt, name)(params, **spec)
+
+
+def train_steps(model: nn.Module, opt, steps) -> None:
+    for t in steps:
+        x, y = fsdp_batch(t)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def full_value(v):
+    from signopt import sharding
+    v = sharding.full(v)
+    return v.detach().clone() if isinstance(v, Tensor) else v
+
+
+def full_state(opt) -> dict:
+    """Every state tensor at full size (through state_dict(), collective)."""
+    sd = opt.state_dict()
+    return {int(k): {n: full_value(v) for n, v in st.items()} for k, st in sd["state"].items()}
+
+
+def fsdp_equal(rank: int, world: int, out: Path, specs: list[dict], steps: int = 3) -> list[dict]:
+    """Each spec: FSDP2-sharded run vs an unsharded run of the same optimizer on every rank."""
+    results = []
+    for spec in specs:
+        spec = dict(spec)
+        bias = spec.pop("bias", True)
+        ref_model = make_fsdp_model(bias)
+        model = shard(make_fsdp_model(bias), world)
+        try:
+            opt = build_optimizer(spec, model.parameters())
+        except ValueError as exc:
+            results.append({"refused": str(exc)})
+            continue
+        ref = build_optimizer(spec, ref_model.parameters())
+        train_steps(model, opt, range(steps))
+        train_steps(ref_model, ref, range(steps))
+        params = [full_value(p) for p in model.parameters()]
+        ref_params = [p.detach().clone() for p in ref_model.parameters()]
+        state, ref_state = full_state(opt), full_state(ref)
+        results.append({"params": params, "ref_params": ref_params, "state": state,
+                        "ref_state": ref_state, "backends": getattr(opt, "backends", [])})
+    return results
+
+
+def fsdp_step_refusal(rank: int, world: int, out: Path) -> dict:
+    """Switching a group to a reducing option after construction fails at step, touching nothing."""
+    import signopt
+    model = shard(make_fsdp_model(), world)
+    opt = signopt.Lion(model.parameters(), lr=1e-2, seed=1, backend="torch")
+    train_steps(model, opt, range(1))
+    before = [full_value(p) for p in model.parameters()]
+    opt.param_groups[0]["cautious"] = True
+    x, y = fsdp_batch(5)
+    nn.functional.mse_loss(model(x), y).backward()
+    try:
+        opt.step()
+        message = ""
+    except ValueError as exc:
+        message = str(exc)
+    after = [full_value(p) for p in model.parameters()]
+    return {"message": message, "unchanged": all(torch.equal(a, b) for a, b in zip(before, after))}
+
+
+# ----------------------------------------------------------------------- DCP
+DCP_SPECS = {
+    "lion_fp8": {"optimizer": "Lion", "lr": 1e-2, "weight_decay": 0.1, "seed": 1,
+                 "state_dtype": "fp8_e4m3", "state_block": 64, "fp8_min_numel": 256},
+    "stosign_e5m2": {"optimizer": "StoSignSGD", "lr": 1e-2, "seed": 2, "state_dtype": "fp8_e5m2",
+                     "state_block": 64, "fp8_min_numel": 256, "state_rounding": "stochastic"},
+    "conversion_block": {"optimizer": "SignConversion", "lr": 1e-2, "seed": 3, "base": "adamw",
+                         "envelope": "block", "envelope_block": 64, "bias": False},
+}
+
+
+def _dcp_setup(name: str, world: int, sharded: bool, backend: str):
+    spec = dict(DCP_SPECS[name])
+    bias = spec.pop("bias", True)
+    model = make_fsdp_model(bias)
+    if sharded:
+        model = shard(model, world)
+    opt = build_optimizer({**spec, "backend": backend}, model.parameters())
+    return model, opt
+
+
+def dcp_save(rank: int, world: int, out: Path, ckpt: str, names: list[str], before: int = 2,
+             after: int = 2, backend: str = "torch") -> dict:
+    """Train ``before`` steps sharded, save model + optimizer with DCP, train ``after`` more:
+    the uninterrupted result every load is compared with."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+    finals = {}
+    for name in names:
+        model, opt = _dcp_setup(name, world, True, backend)
+        train_steps(model, opt, range(before))
+        dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)},
+                 checkpoint_id=f"{ckpt}/{name}")
+        at_save = full_state(opt)
+        train_steps(model, opt, range(before, before + after))
+        finals[name] = {"params": [full_value(p) for p in model.parameters()], "state": at_save}
+    return finals
+
+
+def dcp_load(rank: int, world: int, out: Path, ckpt: str, names: list[str], before: int = 2,
+             after: int = 2, sharded: bool = True, backend: str = "torch") -> dict:
+    """Fresh model + optimizer on ``world`` ranks (FSDP2, or plain), DCP load, train ``after``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+    finals = {}
+    for name in names:
+        model, opt = _dcp_setup(name, world, sharded, backend)
+        state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, opt)}
+        dcp.load(state, checkpoint_id=f"{ckpt}/{name}")
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, opt, state["optim"])
+        loaded = full_state(opt)
+        train_steps(model, opt, range(before, before + after))
+        finals[name] = {"params": [full_value(p) for p in model.parameters()], "state": loaded}
+    return finals
