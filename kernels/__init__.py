@@ -13,7 +13,8 @@ Modules:
 * :mod:`.rules` — one jitted function per rule family;
 * :mod:`.passes` — the multi-tensor kernels (update, reduction chunks, reduction finalize);
 * :mod:`.layout` — the columns of the device-side tensor tables;
-* :mod:`.launch` — host side: partitions, tables, launches (no host sync).
+* :mod:`.launch` — host side: partitions, tables, launches (no host sync);
+* :mod:`.aot` — ahead-of-time compilation for sm_90 and the PTX exactness checks.
 
 Importing this package imports Triton; ``import signopt`` does not import it.
 """
