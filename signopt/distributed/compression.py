@@ -55,8 +55,16 @@ def segment_scales(v: Tensor, sizes: list[int]) -> Tensor:
 
 
 def expand(scales: Tensor, sizes: list[int]) -> Tensor:
-    """One scale per element: segment ``k``'s scale repeated ``sizes[k]`` times."""
-    return scales.repeat_interleave(torch.tensor(sizes, device=scales.device))
+    """One scale per element: segment ``k``'s scale repeated ``sizes[k]`` times (a 0-d tensor
+    that broadcasts, for a single segment)."""
+    if len(sizes) == 1:
+        return scales.reshape(())
+    return scales.repeat_interleave(torch.tensor(sizes, device=scales.device), output_size=sum(sizes))
+
+
+def signed(bits: Tensor, magnitude: Tensor) -> Tensor:
+    """``magnitude * (+1 where bits else -1)``, exactly (a sign flip, no multiplication)."""
+    return torch.where(bits, magnitude, -magnitude)
 
 
 def vote_bits(m: Tensor, rank: int) -> Tensor:
@@ -77,12 +85,13 @@ def payload_nbytes(numel: int, n_scales: int, dtype: torch.dtype) -> int:
 
 def decode(payloads: Tensor, world_size: int, numel: int, n_scales: int,
            dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Scales ``[W, k]`` and signs ``[W, d]`` (+-1 in ``dtype``) of the gathered payloads."""
+    """Scales ``[W, k]`` (``dtype``) and sign bits ``[W, d]`` (bool, True = +1) of the
+    gathered payloads."""
     rows = payloads.reshape(world_size, -1)
     width = n_scales * torch.empty((), dtype=dtype).element_size()
     scales = rows[:, :width].contiguous().view(dtype).reshape(world_size, n_scales)
-    signs = torch.stack([torch.where(unpack_bits(r[width:], numel), 1.0, -1.0).to(dtype) for r in rows])
-    return scales, signs
+    bits = unpack_bits(rows[:, width:].reshape(-1), rows[:, width:].numel() * 8)
+    return scales, bits.reshape(world_size, -1)[:, :numel]
 
 
 def ef_local(g: Tensor, e: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor, Tensor]:
@@ -90,22 +99,23 @@ def ef_local(g: Tensor, e: Tensor, sizes: list[int]) -> tuple[Tensor, Tensor, Te
     q = g + e
     scales = segment_scales(q, sizes)
     bits = q >= 0
-    delta = expand(scales, sizes) * torch.where(bits, 1.0, -1.0).to(q.dtype)
+    delta = signed(bits, expand(scales, sizes))
     return scales, bits, q - delta
 
 
-def ef_combine(scales: Tensor, signs: Tensor, sizes: list[int]) -> Tensor:
+def ef_combine(scales: Tensor, bits: Tensor, sizes: list[int]) -> Tensor:
     """``(s_0*b_0 + ... + s_{W-1}*b_{W-1}) / W``, summed in rank order."""
-    out = expand(scales[0], sizes) * signs[0]
+    out = signed(bits[0], expand(scales[0], sizes))
     for w in range(1, scales.shape[0]):
-        out = out + expand(scales[w], sizes) * signs[w]
+        out = out + signed(bits[w], expand(scales[w], sizes))
     return out / scales.shape[0]
 
 
-def vote_combine(scales: Tensor, signs: Tensor, sizes: list[int]) -> Tensor:
-    """``sign(sum of signs) * mean scale``, summed in rank order (ties give 0)."""
-    votes, total = signs[0], scales[0]
-    for w in range(1, scales.shape[0]):
-        votes = votes + signs[w]
+def vote_combine(scales: Tensor, bits: Tensor, sizes: list[int]) -> Tensor:
+    """``sign(sum of signs) * mean scale``, scales summed in rank order (ties give 0)."""
+    world = scales.shape[0]
+    votes = bits.sum(dim=0, dtype=torch.int32) * 2 - world  # sum of the +-1 votes, exactly
+    total = scales[0]
+    for w in range(1, world):
         total = total + scales[w]
-    return torch.sign(votes) * expand(total / scales.shape[0], sizes)
+    return torch.sign(votes).to(scales.dtype) * expand(total / world, sizes)

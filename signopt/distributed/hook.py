@@ -184,11 +184,11 @@ def sign_compress_hook(state: SignCompressionState,
     keeps_buffer = state.mode == "error_feedback" or state.momentum != 0.0
 
     def decode(_: torch.futures.Future) -> Tensor:
-        all_scales, signs = C.decode(gathered, world, buf.numel(), len(sizes), dtype)
+        all_scales, all_bits = C.decode(gathered, world, buf.numel(), len(sizes), dtype)
         if state.mode == "error_feedback":
-            out = C.ef_combine(all_scales, signs, sizes)
+            out = C.ef_combine(all_scales, all_bits, sizes)
         else:
-            out = C.vote_combine(all_scales, signs, sizes)
+            out = C.vote_combine(all_scales, all_bits, sizes)
         if keeps_buffer:  # a non-finite scale anywhere: every rank keeps its old buffer
             ok = torch.isfinite(all_scales).all()
             state._scatter(store, layout, torch.where(ok, new_buffer, old_buffer))

@@ -306,3 +306,21 @@ def dcp_load(rank: int, world: int, out: Path, ckpt: str, names: list[str], befo
         train_steps(model, opt, range(before, before + after))
         finals[name] = {"params": [full_value(p) for p in model.parameters()], "state": loaded}
     return finals
+
+
+def ddp_nonfinite(rank: int, world: int, out: Path, mode: str = "error_feedback") -> dict:
+    """Rank 0's batch holds an inf at step 1: every rank must decode a non-finite gradient (so
+    GradScaler would skip) and keep its error buffer."""
+    model, ddp, state = _ddp(mode, 0.5 if mode == "majority_vote" else 0.0, 100.0)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    _train(ddp, opt, rank, range(1))
+    store = state.errors if mode == "error_feedback" else state.momenta
+    before = {n: t.clone() for n, t in store.items()}
+    x, y = batch(rank, 1)
+    if rank == 0:
+        x[0, 0] = float("inf")
+    opt.zero_grad(set_to_none=True)
+    nn.functional.mse_loss(ddp(x), y).backward()
+    finite = all(bool(torch.isfinite(p.grad).all()) for p in model.parameters())
+    kept = before.keys() == store.keys() and all(torch.equal(before[n], store[n]) for n in before)
+    return {"finite": finite, "kept": kept}

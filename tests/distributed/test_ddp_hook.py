@@ -153,15 +153,19 @@ def test_resume_restores_hook_buffers(two_ranks, run):
     assert torch.equal(ranks[0]["straight"], ranks[1]["straight"])
 
 
-def test_three_ranks_vote_and_ef(tmp_path):
+def test_three_ranks_vote_ef_and_nonfinite(tmp_path):
     runs = [["ddp_trajectory", {"mode": "majority_vote", "steps": 3}],
-            ["ddp_trajectory", {"mode": "error_feedback", "steps": 3}]]
+            ["ddp_trajectory", {"mode": "error_feedback", "steps": 3}],
+            ["ddp_nonfinite", {"mode": "error_feedback"}],
+            ["ddp_nonfinite", {"mode": "majority_vote"}]]
     res = harness.run("suite", 3, tmp_path, timeout=150, runs=runs)
     x_vote, _ = _replay("majority_vote", 3, 3)
     x_ef, _ = _replay("error_feedback", 3, 3)
     for r in res:
         assert torch.equal(r[0]["x"][-1], x_vote)
         assert torch.equal(r[1]["x"][-1], x_ef)
+        for nonfinite in r[2:]:  # one rank's inf reaches every rank; nobody's buffer moves
+            assert not nonfinite["finite"] and nonfinite["kept"]
 
 
 def test_crashing_rank_fails_fast_and_leaves_nothing(tmp_path):
