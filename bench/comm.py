@@ -153,6 +153,7 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue) ->
                          "losses": losses}
         if rank == 0:
             queue.put(out)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -23,11 +23,10 @@ def main() -> None:
     store = dist.TCPStore("127.0.0.1", int(os.environ["SIGNOPT_STORE_PORT"]), world + 1,
                           is_master=False, timeout=timeout)
     dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
-    try:
-        result = getattr(scenarios, scenario)(rank, world, out, **kwargs)
-        torch.save(result, out / f"result{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    result = getattr(scenarios, scenario)(rank, world, out, **kwargs)
+    torch.save(result, out / f"result{rank}.pt")
+    dist.barrier()  # nobody tears down while a peer still talks to it
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -55,14 +55,17 @@ def _specs() -> list[dict]:
     return specs
 
 
+SPECS = _specs()  # once: the C++ build can change under a concurrent edit of csrc/
+
+
 @pytest.fixture(scope="module")
 def fsdp_results(tmp_path_factory):
-    runs = [["fsdp_equal", {"specs": _specs(), "steps": 3}], ["fsdp_step_refusal", {}]]
+    runs = [["fsdp_equal", {"specs": SPECS, "steps": 3}], ["fsdp_step_refusal", {}]]
     return harness.run("suite", 2, tmp_path_factory.mktemp("fsdp"), timeout=170, runs=runs)
 
 
 def _exact_cases():
-    n_cpp = len(_specs()) - len(EXACT) - len(REFUSED)
+    n_cpp = len(SPECS) - len(EXACT) - len(REFUSED)
     cases = [(i, EXACT[i]["optimizer"] + "-" + str(i) + "-torch") for i in range(len(EXACT))]
     cases += [(len(EXACT) + len(REFUSED) + j, f"cpp-{j}") for j in range(n_cpp)]
     return cases
@@ -81,6 +84,8 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
 def test_sharded_equals_unsharded(fsdp_results, index):
     for rank_results in fsdp_results:
         r = rank_results[0][index]
+        if "skipped" in r:
+            pytest.skip(r["skipped"])
         assert "refused" not in r, r.get("refused")
         for p, q in zip(r["params"], r["ref_params"]):
             assert torch.equal(p, q)
