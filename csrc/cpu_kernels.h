@@ -51,10 +51,11 @@ struct Item {
 };
 
 struct Buffers {
-  std::vector<float> p, g, m, v, e, seg;
+  std::vector<float> p, g, gp, m, v, e, seg;
   std::vector<uint32_t> w0, w1, w2;
+  std::vector<uint32_t> bad;
   explicit Buffers(int64_t n)
-      : p(n), g(n), m(n), v(n), e(n), seg(n), w0(n, 0u), w1(n, 0u), w2(n, 0u) {}
+      : p(n), g(n), gp(n), m(n), v(n), e(n), seg(n), w0(n, 0u), w1(n, 0u), w2(n, 0u), bad(n, 0) {}
 };
 
 // Effective segment length of a tensor (a segment never exceeds the tensor).
@@ -88,6 +89,98 @@ struct GroupKernel {
     for (int64_t i = 0; i < (int64_t)c.t.size(); ++i)
       for (int64_t a = 0; a < c.t[i].numel; a += step)
         items.push_back(Item{i, a, std::min(a + step, c.t[i].numel)});
+  }
+
+  // ---------------------------------------------------------------- fp32 tile loops
+  // Separate functions with restrict pointers and scalars by value; the prologue runs as its
+  // own loop with the optional steps as exact multiplications (g*1 = g, g*-1 = -g), so the
+  // rule loops carry no per-flag control flow and vectorise.
+  static void prologue_loop(const Scalars sc, const int64_t n, const float* __restrict p,
+                            const float* __restrict g, float* __restrict gout, uint32_t* __restrict bad) {
+    const float mul = sc.has_inv_scale ? sc.inv_scale : 1.0f;
+    const float sgn = sc.maximize ? -1.0f : 1.0f;
+    const float l2 = sc.l2;
+    if (l2 != 0.0f) {
+      for (int64_t j = 0; j < n; ++j) {
+        const float x = (g[j] * mul) * sgn;
+        const bool b = !finite32(x);
+        bad[j] = b;
+        gout[j] = (b ? 0.0f : x) + l2 * p[j];
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        const float x = (g[j] * mul) * sgn;
+        const bool b = !finite32(x);
+        bad[j] = b;
+        gout[j] = b ? 0.0f : x;
+      }
+    }
+  }
+
+  __attribute__((noinline)) static int64_t apply_loop(const Scalars sc, const float cs, const float bc1,
+                                                      const float bc2, const int64_t n, float* __restrict p,
+                                                      const float* __restrict g, float* __restrict m,
+                                                      float* __restrict v, float* __restrict E,
+                                                      const float* __restrict seg, const uint32_t* __restrict W0,
+                                                      const uint32_t* __restrict badv) {
+    const float lr = sc.lr, decay = sc.decay;
+    int64_t nbad = 0;
+    if (sc.cautious) {
+      for (int64_t j = 0; j < n; ++j) {
+        ElemIn in;
+        in.p = p[j];
+        in.g = g[j];
+        in.m = HAS_M ? m[j] : 0.0f;
+        in.v = HAS_V ? v[j] : 0.0f;
+        in.G = STO ? E[j] : 0.0f;
+        const bool bad = badv[j] != 0;
+        const ElemOut o = direction_after_prologue<K>(sc, in, g[j], bad, seg[j], W0[j], bc1, bc2);
+        const float scaled = o.u * cs;
+        const float u = o.u * o.g > 0.0f ? scaled : 0.0f;  // cautious_apply
+        p[j] = epilogue(in.p, u, lr, decay, bad);
+        if (HAS_M) m[j] = o.m;
+        if (HAS_V) v[j] = o.v;
+        if (STO) E[j] = o.G;
+        nbad += bad ? 1 : 0;
+      }
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        ElemIn in;
+        in.p = p[j];
+        in.g = g[j];
+        in.m = HAS_M ? m[j] : 0.0f;
+        in.v = HAS_V ? v[j] : 0.0f;
+        in.G = STO ? E[j] : 0.0f;
+        const bool bad = badv[j] != 0;
+        const ElemOut o = direction_after_prologue<K>(sc, in, g[j], bad, seg[j], W0[j], bc1, bc2);
+        p[j] = epilogue(in.p, o.u, lr, decay, bad);
+        if (HAS_M) m[j] = o.m;
+        if (HAS_V) v[j] = o.v;
+        if (STO) E[j] = o.G;
+        nbad += bad ? 1 : 0;
+      }
+    }
+    return nbad;
+  }
+
+  __attribute__((noinline)) static int64_t count_loop(const Scalars sc, const float bc1, const float bc2,
+                                                      const int64_t n, const float* __restrict p,
+                                                      const float* __restrict g, const float* __restrict m,
+                                                      const float* __restrict v, const float* __restrict E,
+                                                      const float* __restrict seg, const uint32_t* __restrict W0,
+                                                      const uint32_t* __restrict badv) {
+    int64_t kept = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      ElemIn in;
+      in.p = p[j];
+      in.g = g[j];
+      in.m = HAS_M ? m[j] : 0.0f;
+      in.v = HAS_V ? v[j] : 0.0f;
+      in.G = STO ? E[j] : 0.0f;
+      const ElemOut o = direction_after_prologue<K>(sc, in, g[j], badv[j] != 0, seg[j], W0[j], bc1, bc2);
+      kept += cautious_keep(o.u, o.g) ? 1 : 0;
+    }
+    return kept;
   }
 
   // ---------------------------------------------------------------- tile evaluation
@@ -128,28 +221,12 @@ struct GroupKernel {
     if (HAS_M) m = load_range(sf, t.m, t.m_scale, c.block, a, n, B.m.data());
     if (HAS_V) v = load_range(sf, t.v, t.v_scale, c.block, a, n, B.v.data());
     if (elem_env) E = load_range(sf, t.G, t.G_scale, c.block, a, n, B.e.data());
+    float* gp = B.gp.data();
+    uint32_t* badv = B.bad.data();
+    prologue_loop(s, n, p, g, gp, badv);
     const float cs = s.cautious ? cscale[tix] : 1.0f;
-    const float lr = s.lr, decay = s.decay, bc1 = t.bc1, bc2 = t.bc2;
-    int64_t acc = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      ElemIn in;
-      in.p = p[j];
-      in.g = g[j];
-      in.m = m[j];
-      in.v = v[j];
-      in.G = E[j];
-      const ElemOut o = element_direction<K>(s, in, seg[j], W0[j], bc1, bc2);
-      if (!STORE) {
-        acc += cautious_keep(o.u, o.g) ? 1 : 0;
-        continue;
-      }
-      const float u = s.cautious ? cautious_apply(o.u, o.g, cs) : o.u;
-      p[j] = epilogue(in.p, u, lr, decay, o.bad);
-      m[j] = o.m;
-      v[j] = o.v;
-      E[j] = o.G;
-      acc += o.bad ? 1 : 0;
-    }
+    const int64_t acc = STORE ? apply_loop(s, cs, t.bc1, t.bc2, n, p, gp, m, v, E, seg, W0, badv)
+                              : count_loop(s, t.bc1, t.bc2, n, p, gp, m, v, E, seg, W0, badv);
     if (STORE) {
       store_range(pf, t.p, nullptr, 0, a, n, p, s.param_sr != 0, W2);
       if (HAS_M) store_range(sf, t.m, t.m_scale, c.block, a, n, m, s.state_sr != 0, W1);

@@ -134,16 +134,16 @@ SIGNOPT_HD float stochastic_sign(float d, float G, float u) {
 // Everything but the reduction-dependent part.  `seg` is the element's segment value:
 // the fp32 norm (lion l2/row_l2/lp) or the new envelope of its cell (segment envelopes).
 // `word0` is Philox word 0 of the element (stochastic kinds).
+// The direction from a gradient that already went through the prologue (g, bad).
 template <int K>
-SIGNOPT_HD ElemOut element_direction(const Scalars& s, const ElemIn& in, float seg, uint32_t word0,
-                                     float bc1, float bc2) {
+SIGNOPT_HD ElemOut direction_after_prologue(const Scalars& s, const ElemIn& in, float g, bool bad, float seg,
+                                            uint32_t word0, float bc1, float bc2) {
   ElemOut o;
   o.m = in.m;
   o.v = in.v;
   o.G = in.G;
-  o.g = prologue(s, in.p, in.g, o.bad);
-  const float g = o.g;
-  const bool bad = o.bad;
+  o.g = g;
+  o.bad = bad;
   if (K == K_SIGN) {
     o.u = sgn(g);
     o.red = 0.0f;
@@ -181,6 +181,14 @@ SIGNOPT_HD ElemOut element_direction(const Scalars& s, const ElemIn& in, float s
     o.u = stochastic_sign(d, G, uniform_from_word(word0));
   }
   return o;
+}
+
+template <int K>
+SIGNOPT_HD ElemOut element_direction(const Scalars& s, const ElemIn& in, float seg, uint32_t word0,
+                                     float bc1, float bc2) {
+  bool bad;
+  const float g = prologue(s, in.p, in.g, bad);
+  return direction_after_prologue<K>(s, in, g, bad, seg, word0, bc1, bc2);
 }
 
 // Cautious masking with the tensor's scale numel/(kept+1) (fp32).
