@@ -1,0 +1,184 @@
+"""The C++ rule core through the CPU build: Philox words, storage-format casts (bf16, fp16,
+E4M3/E5M2 block scaling, nearest and stochastic) against the torch reference, argument checks,
+fake implementations (torch.compile), and the build's behaviour without a compiler."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from signopt import backends as backend_registry
+from signopt import casting, state_format
+from signopt.philox import element_words
+
+try:
+    backend_registry.load("cpp")
+    HAVE_CPP = True
+except backend_registry.BackendUnavailable:
+    HAVE_CPP = False
+pytestmark = pytest.mark.skipif(not HAVE_CPP, reason="the cpp backend cannot be built here")
+
+FMT = {"fp32": 0, "bf16": 1, "fp16": 2, "fp8_e4m3": 3, "fp8_e5m2": 4}
+
+
+def edge_values() -> torch.Tensor:
+    """Zeros, subnormals of every format, ties, near-max, huge, inf and random values."""
+    special = [0.0, -0.0, 1.0, -1.0, 2.0 ** -126, 2.0 ** -149, 2.0 ** -9, 2.0 ** -10, 2.0 ** -16,
+               2.0 ** -17, 2.0 ** -24, 2.0 ** -25, 448.0, 464.0, 480.0, 57344.0, 61440.0, 65504.0,
+               65520.0, 3.0e38, -3.0e38, 1.00390625, 1.01171875, 255.99998, 1e-30]
+    x = torch.tensor(special, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    r = torch.randn(4000, generator=gen) * torch.exp2(torch.randint(-30, 30, (4000,), generator=gen).float())
+    return torch.cat([x, -x, r])
+
+
+def test_philox_matches_reference():
+    idx = torch.tensor([0, 1, 2, 255, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**32 + 5, 2**40 + 3,
+                        2**62], dtype=torch.int64)
+    idx = torch.cat([idx, torch.arange(1000, dtype=torch.int64) * 7919])
+    for key in [(0, 0), (1, 2), (0xFFFFFFFF, 0x12345678), (0xDEADBEEF, 0xFFFFFFFF)]:
+        got = torch.ops.signopt.philox(key[0], key[1], idx)
+        ref = element_words(key, idx)
+        for w in range(4):
+            assert torch.equal(got[:, w], ref[w]), f"word {w} differs for key {key}"
+
+
+def test_bf16_nearest_and_stochastic():
+    x = torch.cat([edge_values(), torch.tensor([float("inf"), float("-inf"), float("nan")])])
+    codes, _, dec = torch.ops.signopt.encode(x, FMT["bf16"], 1, None)
+    ref = casting.fp32_to_bf16_nearest(x)
+    assert torch.equal(codes.view(torch.int16), ref.view(torch.int16))
+    assert torch.equal(dec[:-1], ref.float()[:-1])
+    words = element_words((7, 9), torch.arange(x.numel()))[1]
+    codes, _, _ = torch.ops.signopt.encode(x, FMT["bf16"], 1, words)
+    assert torch.equal(codes.view(torch.int16), casting.fp32_to_bf16_stochastic(x, words).view(torch.int16))
+
+
+def test_fp16_nearest_and_stochastic():
+    x = edge_values()
+    codes, _, dec = torch.ops.signopt.encode(x, FMT["fp16"], 1, None)
+    ref = x.to(torch.float16)
+    assert torch.equal(codes.view(torch.int16), ref.view(torch.int16))
+    words = element_words((3, 4), torch.arange(x.numel()))[1]
+    codes, _, _ = torch.ops.signopt.encode(x, FMT["fp16"], 1, words)
+    ref = casting.round_to_dtype(x, torch.float16, words)
+    assert torch.equal(codes.float(), ref.float())
+
+
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp8_e5m2"])
+@pytest.mark.parametrize("block", [1, 3, 32, 256])
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_fp8_block_encode_decode(fmt, block, stochastic):
+    x = edge_values()
+    x = torch.cat([x, torch.zeros(block), torch.tensor([float("inf"), 1.0, float("-inf")])])
+    words = element_words((11, 13), torch.arange(x.numel()))[1] if stochastic else None
+    codes, scales, dec = torch.ops.signopt.encode(x, FMT[fmt], block, words)
+    ref_codes, ref_scales = state_format.fp8_encode(x, state_format.FP8[fmt], block, words)
+    assert torch.equal(scales, ref_scales)
+    assert torch.equal(codes.view(torch.uint8), ref_codes.view(torch.uint8))
+    assert torch.equal(dec, state_format.fp8_decode(ref_codes, ref_scales, block))
+
+
+def test_fp8_every_code_decodes_like_torch():
+    codes = torch.arange(256, dtype=torch.uint8)
+    for fmt, dtype in [(3, torch.float8_e4m3fn), (4, torch.float8_e5m2)]:
+        # encode(decode) through the kernels' layer: scale 1 blocks of one element each
+        vals = codes.view(dtype).float()
+        finite = torch.isfinite(vals)
+        c, s, dec = torch.ops.signopt.encode(vals[finite], fmt, 1, None)
+        ref_c, ref_s = state_format.fp8_encode(vals[finite], state_format.FP8[
+            "fp8_e4m3" if fmt == 3 else "fp8_e5m2"], 1)
+        assert torch.equal(c.view(torch.uint8), ref_c.view(torch.uint8))
+        assert torch.equal(dec, state_format.fp8_decode(ref_c, ref_s, 1))
+
+
+def _step_args(n=5, **over):
+    p, g, m = torch.zeros(n), torch.ones(n), torch.zeros(n)
+    args = dict(params=[p], grads=[g], m=[m], v=[], env=[], m_scale=[], v_scale=[], env_scale=[],
+                config=[2, 0, 0, 256, 0, 0, 0, 0, 0, 0],
+                hyper=[0.1, 1.0, 0.0, 0.9, 0.1, 0.99, 0.01, 1e-8, 1.0, 1.0, 1.0, 2.0, 0.5],
+                keys=[0, 0], offsets=[0], seglens=[0], bias=[1.0, 1.0], lr=None, decay=None,
+                inv_scale=None, found_inf=None)
+    args.update(over)
+    return args
+
+
+def _call(a):
+    return torch.ops.signopt.step(a["params"], a["grads"], a["m"], a["v"], a["env"], a["m_scale"],
+                                  a["v_scale"], a["env_scale"], a["config"], a["hyper"], a["keys"],
+                                  a["offsets"], a["seglens"], a["bias"], a["lr"], a["decay"],
+                                  a["inv_scale"], a["found_inf"])
+
+
+@pytest.mark.parametrize("override,message", [
+    (dict(grads=[]), "grads must hold 1 tensors"),
+    (dict(m=[]), "m must hold 1 tensors"),
+    (dict(keys=[0]), "keys must hold 2 entries"),
+    (dict(config=[2, 0, 0]), "config must have 10 entries"),
+    (dict(config=[99, 0, 0, 256, 0, 0, 0, 0, 0, 0]), "unknown rule kind"),
+    (dict(grads=[torch.ones(4)]), r"grads\[0\] has 4 elements"),
+    (dict(m=[torch.zeros(5, dtype=torch.bfloat16)]), r"m\[0\] has dtype BFloat16"),
+    (dict(params=[torch.zeros(10)[::2]]), r"params\[0\] must be contiguous"),
+])
+def test_step_checks_arguments_before_touching_tensors(override, message):
+    a = _step_args(**override)
+    before = [t.clone() for t in a["params"]]
+    with pytest.raises(RuntimeError, match=message):
+        _call(a)
+    assert all(torch.equal(x, y) for x, y in zip(before, a["params"]))
+
+
+def test_found_inf_skips_everything_but_counts():
+    g = torch.tensor([1.0, float("nan"), -2.0, float("inf"), 0.5])
+    a = _step_args(grads=[g], found_inf=torch.tensor(1.0))
+    count = _call(a)
+    assert int(count) == 2
+    assert torch.equal(a["params"][0], torch.zeros(5)) and torch.equal(a["m"][0], torch.zeros(5))
+
+
+def test_fake_impl_opcheck():
+    a = _step_args(n=37)
+    torch.library.opcheck(torch.ops.signopt.step.default,
+                          (a["params"], a["grads"], a["m"], a["v"], a["env"], a["m_scale"], a["v_scale"],
+                           a["env_scale"], a["config"], a["hyper"], a["keys"], a["offsets"], a["seglens"],
+                           a["bias"], a["lr"], a["decay"], a["inv_scale"], a["found_inf"]),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_traces_without_graph_breaks():
+    a = _step_args(n=33)
+    ref = _step_args(n=33)
+
+    def f(p, g, m):
+        return torch.ops.signopt.step([p], [g], [m], [], [], [], [], [], a["config"], a["hyper"], [0, 0], [0],
+                                      [0], [1.0, 1.0], None, None, None, None)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    compiled(a["params"][0], a["grads"][0], a["m"][0])
+    f(ref["params"][0], ref["grads"][0], ref["m"][0])
+    assert torch.equal(a["params"][0], ref["params"][0]) and torch.equal(a["m"][0], ref["m"][0])
+
+
+NO_COMPILER = r"""
+import logging, torch, signopt
+logging.basicConfig(level=logging.WARNING)
+opt = signopt.Lion([torch.zeros(3)], lr=0.1)
+print("AUTO", opt.backends)
+try:
+    signopt.Lion([torch.zeros(3)], lr=0.1, backend="cpp")
+except ValueError as exc:
+    print("EXPLICIT", exc)
+"""
+
+
+def test_without_a_compiler(tmp_path):
+    env = dict(os.environ, CXX=str(tmp_path / "no-such-compiler"), SIGNOPT_BUILD_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", NO_COMPILER], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "AUTO ['torch']" in out.stdout
+    assert "EXPLICIT backend='cpp' is not available: no C++ compiler" in out.stdout
+    assert "the cpp backend is unavailable" in out.stderr
