@@ -1,0 +1,137 @@
+"""CUDA kernels of the cpp backend (need a GPU; skipped elsewhere, see conftest.py).
+
+CPU-vs-GPU bit identity for the exact rules, one kernel launch per pass for a whole param
+group, no host synchronisation inside step, and CUDA-graph capture with a tensor lr.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import signopt
+from signopt import backends as backend_registry
+
+import test_parity as tp
+
+pytestmark = pytest.mark.cuda
+
+
+def cpp_cuda_or_skip():
+    try:
+        backend = backend_registry.load("cpp")
+    except backend_registry.BackendUnavailable as exc:
+        pytest.skip(f"cpp backend unavailable: {exc}")
+    if not backend.has_cuda:
+        pytest.skip("the signopt extension was built without CUDA kernels")
+
+
+EXACT_RULES = [name for name, (_, _, tol) in tp.RULES.items() if tol == tp.EXACT]
+OPTION_SETS = [
+    dict(weight_decay=0.1, wd_mode="decoupled", maximize=False, cautious=False, state_dtype="fp32",
+         state_block=256, fp8_min_numel=0, state_rounding="nearest", param_rounding="nearest"),
+    dict(weight_decay=0.1, wd_mode="l2", maximize=True, cautious=True, state_dtype="bf16",
+         state_block=256, fp8_min_numel=0, state_rounding="stochastic", param_rounding="stochastic"),
+    dict(weight_decay=0.0, wd_mode="independent", maximize=False, cautious=True, state_dtype="fp8_e4m3",
+         state_block=32, fp8_min_numel=0, state_rounding="stochastic", param_rounding="nearest"),
+    dict(weight_decay=0.1, wd_mode="decoupled", maximize=False, cautious=False, state_dtype="fp8_e5m2",
+         state_block=3, fp8_min_numel=100, state_rounding="nearest", param_rounding="stochastic"),
+]
+SHAPES = [(7, 31), (1031,), (), (3, 4099), (0, 5)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("opts", range(len(OPTION_SETS)))
+@pytest.mark.parametrize("rule", EXACT_RULES)
+def test_cuda_bit_identical_to_cpu(rule, opts, dtype):
+    cpp_cuda_or_skip()
+    cls, kw, _ = tp.RULES[rule]
+    gen = torch.Generator().manual_seed(1)
+    cpu = [torch.randn(s, generator=gen).to(dtype) for s in SHAPES]
+    gpu = [p.clone().cuda() for p in cpu]
+    o_cpu = cls(cpu, lr=1e-2, backend="cpp", seed=5, **kw, **OPTION_SETS[opts])
+    o_gpu = cls(gpu, lr=1e-2, backend="cpp", seed=5, **kw, **OPTION_SETS[opts])
+    for step in range(3):
+        grads = tp.make_grads(cpu, gen, 1.0, nonfinite=step == 0)
+        for p, q, g in zip(cpu, gpu, grads):
+            p.grad = g.clone()
+            q.grad = g.cuda()
+        o_cpu.step()
+        o_gpu.step()
+        assert o_gpu.last_step_backends == ["cpp"]
+        assert o_cpu.nonfinite_count() == o_gpu.nonfinite_count()
+        for i, (p, q) in enumerate(zip(cpu, gpu)):
+            tp.assert_same(q.cpu(), p, f"{rule} step {step} param {i}")
+            for name, value in o_cpu.state[p].items():
+                if name != "step":
+                    tp.assert_same(o_gpu.state[q][name].cpu(), value, f"{rule} step {step} state {name}")
+
+
+def gpt2_like(device="cuda"):
+    d, layers, vocab = 768, 12, 50257
+    shapes = [(vocab, d), (1024, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (4 * d, d), (4 * d,),
+                   (d, 4 * d), (d,)]
+    shapes += [(d,), (d,)]
+    return [torch.randn(s, device=device) * 0.02 for s in shapes]
+
+
+def test_one_launch_per_group():
+    cpp_cuda_or_skip()
+    params = gpt2_like()
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = signopt.Lion(params, lr=1e-4, backend="cpp")
+    opt.step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        opt.step()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    applies = [n for n in names if "apply_kernel" in n]
+    assert len(applies) == 1, names
+
+
+def test_no_host_sync_in_step():
+    cpp_cuda_or_skip()
+    params = [torch.randn(1000, device="cuda"), torch.randn(31, 7, device="cuda")]
+    opt = signopt.Lion(params, lr=torch.tensor(1e-3, device="cuda"), backend="cpp", weight_decay=0.1)
+    opt.grad_scale = torch.tensor(1024.0, device="cuda")
+    opt.found_inf = torch.tensor(0.0, device="cuda")
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_cuda_graph_capture():
+    cpp_cuda_or_skip()
+    params = [torch.randn(4099, device="cuda"), torch.randn(64, 33, device="cuda")]
+    ref = [p.clone() for p in params]
+    grads = [torch.randn_like(p) for p in params]
+    for p, g in zip(params, grads):
+        p.grad = g
+    for q, g in zip(ref, grads):
+        q.grad = g.clone()
+    lr = torch.tensor(1e-2, device="cuda")
+    opt = signopt.Lion(params, lr=lr, backend="cpp", weight_decay=0.1)
+    opt_ref = signopt.Lion(ref, lr=torch.tensor(1e-2, device="cuda"), backend="cpp", weight_decay=0.1)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        opt.step()  # warm-up allocates the state outside the graph
+    torch.cuda.current_stream().wait_stream(s)
+    opt_ref.step()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        opt.step()
+    for _ in range(3):
+        graph.replay()
+        opt_ref.step()
+    torch.cuda.synchronize()
+    for p, q in zip(params, ref):
+        assert torch.equal(p, q)
