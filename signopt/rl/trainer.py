@@ -162,7 +162,11 @@ class Trainer:
         m["kept_frac"] = float(keep.double().mean())
         ro, shaped, advantages = ro.select(keep), shaped[keep], adv.values[keep]
         mask = ro.completion_mask & ~ro.truncated.unsqueeze(1) if cfg.overlong_filter else ro.completion_mask
-        if ro.sequences.shape[0] == 0 or not mask.any():
+        signal = bool(informative_groups(shaped, G).any()) or self._loss_uses_reference()
+        if ro.sequences.shape[0] == 0 or not mask.any() or not signal:
+            # Nothing to learn from (every group's rewards are equal): skip the update, since
+            # momentum optimizers would otherwise keep moving without a gradient.
+            m["skipped"] = True
             m.update({f"time_{k}": v for k, v in t.items()})
             return m
 
