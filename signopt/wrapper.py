@@ -7,7 +7,9 @@ tensor), so ``E[dp] = -lr*d/B``. The base keeps its own state and weight decay.
 
 Cost: one copy of every stepped parameter during ``step`` (freed after it), plus the envelope
 (fp32; one value per element for ``envelope="element"``) and a step counter per parameter;
-time is the base step plus one copy, one subtraction and the stochastic sign.
+time is the base step plus one copy, one subtraction and the stochastic-sign step, which runs
+on the group's backend (the shared ``SignConversion(base="sgd")`` rule with ``g = d``, so the
+fused kernels serve it). For bf16/fp16 parameters ``d`` is rounded to the parameter dtype.
 """
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import reference, sharding
+from . import backends as backend_registry
+from . import sharding
+from .backends.slot import ParamSlot
 from .optimizer import SCHEMA_KEY, SCHEMA_VERSION, _default_seed
-from .philox import WORD_SIGN, derive_key, element_words, uniform_from_word
+from .philox import derive_key
 from .rule import ENVELOPES, UpdateRule, _real
-from .scalars import f32
+from .scalars import f32, group_scalars
 
 
 def _rule(envelope: str, envelope_block: int) -> UpdateRule:
@@ -44,7 +48,7 @@ class SignConversionWrapper(Optimizer):
 
     def __init__(self, optimizer: Optimizer, lr: float | None = None, *, envelope: str = "element",
                  envelope_decay: float = 1.0, envelope_block: int = 256,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, backend: str = "auto") -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if envelope not in ENVELOPES:
@@ -58,7 +62,12 @@ class SignConversionWrapper(Optimizer):
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         for g in optimizer.param_groups:
             _check_params(g["params"], _rule(envelope, envelope_block))
+        if backend not in backend_registry.CHOICES:
+            raise ValueError(f"backend must be one of {backend_registry.CHOICES}, got {backend!r}")
         self.base = optimizer
+        self._requested_backend = backend
+        self._group_backends: list = []
+        self.last_step_backends: list[str] = []
         self._sign_lr = lr
         self._forward_groups = False
         groups = [{"params": list(g["params"]), "lr": g["lr"] if lr is None else lr}
@@ -72,17 +81,32 @@ class SignConversionWrapper(Optimizer):
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the base optimizer (its keys are the base's hyperparameters) and to
-        the wrapper (sign lr: the constructor's ``lr`` or the base group's lr)."""
+        the wrapper (sign lr: the constructor's ``lr`` or the base group's lr); the group's
+        sign-step backend is resolved here."""
         if not getattr(self, "_forward_groups", False):
+            backend = self._resolve(param_group["params"], param_group.get("envelope", self.defaults["envelope"]),
+                                    param_group.get("envelope_block", self.defaults["envelope_block"]))
             super().add_param_group(param_group)
+            self._group_backends.append(backend)
             return
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         _check_params(params, _rule(self.defaults["envelope"], self.defaults["envelope_block"]))
+        backend = self._resolve(params, self.defaults["envelope"], self.defaults["envelope_block"])
         self.base.add_param_group({**param_group, "params": params})
         bg = self.base.param_groups[-1]
         super().add_param_group({"params": list(bg["params"]),
                                  "lr": bg["lr"] if self._sign_lr is None else self._sign_lr})
+        self._group_backends.append(backend)
+
+    def _resolve(self, params: list[Tensor], envelope: str, envelope_block: int) -> Any:
+        return backend_registry.resolve(self._requested_backend, _rule(envelope, envelope_block),
+                                        [sharding.local(p) for p in params])
+
+    @property
+    def backends(self) -> list[str]:
+        """Name of the backend resolved for each param group's sign step."""
+        return [b.name for b in self._group_backends]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -104,47 +128,49 @@ class SignConversionWrapper(Optimizer):
             work.append([(p, p.detach().clone()) for p in wg["params"] if p.grad is not None])
         self.base.step()
         index = 0
-        for wg, bg, stepped in zip(self.param_groups, self.base.param_groups, work):
-            rule = UpdateRule(family="stochastic", base="sgd", envelope=wg["envelope"],
-                              envelope_block=wg["envelope_block"])
+        self.last_step_backends = []
+        for wg, bg, stepped, backend in zip(self.param_groups, self.base.param_groups, work,
+                                            self._group_backends):
+            rule = _rule(wg["envelope"], wg["envelope_block"])
             before = {id(p): p0 for p, p0 in stepped}
+            slots = []
             for p in wg["params"]:
                 if id(p) in before:
-                    self._sign_step(rule, wg, float(bg["lr"]), p, before[id(p)], index)
+                    slot = self._slot(rule, wg, float(bg["lr"]), p, before[id(p)], index)
+                    if slot is not None:
+                        slots.append(slot)
                 index += 1
+            if slots:
+                scalars = group_scalars(rule, {"lr": wg["lr"], "weight_decay": 0.0, "lr0": 1.0,
+                                               "envelope_decay": wg["envelope_decay"]}, None, None)
+                backend.step(rule, slots, scalars)
+            self.last_step_backends.append(backend.name)
         return loss
 
-    def _sign_step(self, rule: UpdateRule, group: dict, base_lr: float, p: Tensor, p0: Tensor,
-                   index: int) -> None:
+    def _slot(self, rule: UpdateRule, group: dict, base_lr: float, p: Tensor, p0: Tensor,
+              index: int) -> ParamSlot | None:
+        """Turn the base's displacement into the slot of a ``base="sgd"`` stochastic-sign step:
+        ``d = (p0 - p)/lr_base`` (NaN where the gradient is not finite, which the shared
+        non-finite policy then skips), ``p`` restored to ``p0``."""
         st = self.state[p]
         real = torch.view_as_real if p.is_complex() else (lambda t: t)
-        offset = sharding.index_offset(p)  # DTensor: step the local shard (signopt.sharding)
-        pr, p0r, gr = real(sharding.local(p)), real(sharding.local(p0)), real(sharding.local(p.grad))
-        if pr.numel() == 0 and not sharding.is_dtensor(p):
-            return
         if not st:
-            st["G"] = torch.zeros(rule.envelope_shape(pr.shape), dtype=torch.float32, device=p.device)
+            shape = real(sharding.local(p)).shape
+            st["G"] = torch.zeros(rule.envelope_shape(shape), dtype=torch.float32, device=p.device)
             st["step"] = torch.tensor(0, dtype=torch.int64)
             sharding.wrap_state(p, rule, st)
-        st["step"] += 1
-        if pr.numel() == 0:  # an empty shard still counts the step, like its peers
-            return
-        G = sharding.local(st["G"])
-        key = derive_key(group["seed"], int(st["step"].item()), index)
-        d = (p0r.to(torch.float32) - pr.to(torch.float32)) / f32(base_lr)
-        bad = ~torch.isfinite(d) | ~torch.isfinite(gr)
-        d = torch.where(bad, torch.zeros_like(d), d)
-        env = torch.fmax(G * f32(group["envelope_decay"]), reference.reduce_envelope(rule, d.abs()))
-        if rule.envelope == "element":
-            env = torch.where(bad, G, env)
-        G.copy_(env)
-        idx = torch.arange(pr.numel(), device=p.device, dtype=torch.int64) + offset
-        uniform = uniform_from_word(element_words(key, idx)[WORD_SIGN]).reshape(pr.shape)
-        s = reference.stochastic_sign(d, reference.expand_envelope(rule, env, pr.shape), uniform)
-        lr = group["lr"]
-        lr32 = lr.to(torch.float32) if isinstance(lr, Tensor) else f32(lr)
-        new = p0r.to(torch.float32) - lr32 * s
-        pr.copy_(torch.where(bad, p0r.to(torch.float32), new).to(pr.dtype))
+        st["step"] += 1  # an empty shard still counts the step, like its peers
+        local, local0 = sharding.local(p), sharding.local(p0)
+        if local.numel() == 0:
+            return None
+        d = (real(local0).to(torch.float32) - real(local).to(torch.float32)) / f32(base_lr)
+        finite = torch.isfinite(real(sharding.local(p.grad)))
+        d = torch.where(finite, d, torch.full_like(d, float("nan"))).to(real(local).dtype)
+        local.copy_(local0)
+        grad = torch.view_as_complex(d) if p.is_complex() else d
+        return ParamSlot(param=local, grad=grad, state=sharding.local_state(st),
+                         index=index, index_offset=sharding.index_offset(p),
+                         key=derive_key(group["seed"], int(st["step"].item()), index))
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
