@@ -105,6 +105,8 @@ def train(name: str, factory, args, paths: FP8Paths, train_data, evals) -> dict:
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        if (step + 1) % 50 == 0:
+            print(f"    {name} step {step + 1}: loss {losses[-1]:.4f} ({time.time() - t0:.0f}s)", flush=True)
     final = evaluate(model, evals) if math.isfinite(losses[-1]) else float("nan")
     return {"name": name, "losses": losses, "heldout": final, "wall_s": time.time() - t0,
             "bpp": state_bytes_per_param(opt, n_params(model)), "n_params": n_params(model)}
@@ -122,9 +124,9 @@ def smooth(xs: list[float], beta: float = 0.9) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=64)
     ap.add_argument("--lr-sign", type=float, default=1e-3)
     ap.add_argument("--lr-adamw", type=float, default=3e-3)
     ap.add_argument("--wd", type=float, default=0.1)
@@ -137,9 +139,9 @@ def main() -> None:
         args.steps, args.batch, args.seq = 80, 8, 64
         args.model = dict(d_model=64, n_layers=2, n_heads=4, d_ff=192)
     else:
-        args.model = dict(d_model=128, n_layers=4, n_heads=4, d_ff=384)
+        args.model = dict(d_model=96, n_layers=3, n_heads=4, d_ff=256)
     if args.target is None:
-        args.target = 3.0 if args.quick else 2.4
+        args.target = 3.0 if args.quick else 2.6
     args.warmup = max(args.steps // 20, 1)
     lines = ["# FP8 pretraining: FP8 linear layers, bf16 params (no fp32 master), byte-level Llama on the stdlib",
              machine_banner()]
