@@ -91,6 +91,17 @@ struct GroupKernel {
         items.push_back(Item{i, a, std::min(a + step, c.t[i].numel)});
   }
 
+  // Philox words 0..2 of elements base .. base+n-1 (counter (i mod 2^32, i >> 32, 0, 0)).
+  static void philox_loop(const uint32_t k0, const uint32_t k1, const uint64_t base, const int64_t n,
+                          uint32_t* __restrict W0, uint32_t* __restrict W1, uint32_t* __restrict W2) {
+    for (int64_t j = 0; j < n; ++j) {
+      const PhiloxWords w = element_words(k0, k1, base + (uint64_t)j);
+      W0[j] = w.w0;
+      W1[j] = w.w1;
+      W2[j] = w.w2;
+    }
+  }
+
   // ---------------------------------------------------------------- fp32 tile loops
   // Separate functions with restrict pointers and scalars by value; the prologue runs as its
   // own loop with the optional steps as exact multiplications (g*1 = g, g*-1 = -g), so the
@@ -117,7 +128,7 @@ struct GroupKernel {
     }
   }
 
-  __attribute__((noinline)) static int64_t apply_loop(const Scalars sc, const float cs, const float bc1,
+  __attribute__((noipa)) static int64_t apply_loop(const Scalars sc, const float cs, const float bc1,
                                                       const float bc2, const int64_t n, float* __restrict p,
                                                       const float* __restrict g, float* __restrict m,
                                                       float* __restrict v, float* __restrict E,
@@ -163,7 +174,7 @@ struct GroupKernel {
     return nbad;
   }
 
-  __attribute__((noinline)) static int64_t count_loop(const Scalars sc, const float bc1, const float bc2,
+  __attribute__((noipa)) static int64_t count_loop(const Scalars sc, const float bc1, const float bc2,
                                                       const int64_t n, const float* __restrict p,
                                                       const float* __restrict g, const float* __restrict m,
                                                       const float* __restrict v, const float* __restrict E,
@@ -204,15 +215,7 @@ struct GroupKernel {
     uint32_t* W0 = B.w0.data();
     uint32_t* W1 = B.w1.data();
     uint32_t* W2 = B.w2.data();
-    if (words) {
-      const uint64_t base = t.offset + (uint64_t)a;
-      for (int64_t j = 0; j < n; ++j) {
-        const PhiloxWords w = element_words(t.k0, t.k1, base + (uint64_t)j);
-        W0[j] = w.w0;
-        W1[j] = w.w1;
-        W2[j] = w.w2;
-      }
-    }
+    if (words) philox_loop(t.k0, t.k1, t.offset + (uint64_t)a, n, W0, W1, W2);
     float* p = load_range(pf, t.p, nullptr, 0, a, n, B.p.data());
     const float* g = load_range(pf, const_cast<void*>(t.g), nullptr, 0, a, n, B.g.data());
     float* m = B.m.data();
@@ -308,7 +311,7 @@ struct GroupKernel {
           if (STO) {
             float mx = 0.0f;
             for (int64_t k = k0; k < k1; ++k) mx = nanmax(mx, (float)pp[k]);
-            segv[seg_base[i] + sidx] = fmaxf(((const float*)t.G)[sidx] * s.env_decay, mx);
+            segv[seg_base[i] + sidx] = fmax_ign(((const float*)t.G)[sidx] * s.env_decay, mx);
           } else {
             double sum = 0.0;
             for (int64_t k = k0; k < k1; ++k) sum += pp[k];

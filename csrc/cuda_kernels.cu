@@ -181,7 +181,7 @@ __global__ void finalize_kernel(Launch L) {
   if (kind_stochastic(K)) {
     float mx = 0.0f;
     for (int64_t k = k0; k < k1; ++k) mx = nanmax(mx, (float)pp[k]);
-    const float G = fmaxf(((const float*)r.G)[sidx] * s.env_decay, mx);
+    const float G = fmax_ign(((const float*)r.G)[sidx] * s.env_decay, mx);
     L.segv[gs] = G;
     ((float*)r.G)[sidx] = G;  // the apply pass reads segv, never the cells
   } else {

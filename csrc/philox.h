@@ -14,7 +14,11 @@ struct PhiloxWords {
 
 SIGNOPT_HD PhiloxWords philox4x32_10(uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1,
                                      uint32_t c2, uint32_t c3) {
+#if defined(__CUDACC__)
 #pragma unroll
+#else
+#pragma GCC unroll 10
+#endif
   for (int r = 0; r < 10; ++r) {
     const uint64_t pb = (uint64_t)0xCD9E8D57u * (uint64_t)c2;
     const uint64_t pa = (uint64_t)0xD2511F53u * (uint64_t)c0;

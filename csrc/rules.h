@@ -76,6 +76,12 @@ SIGNOPT_HD double pow_aten(double x, double e) {
   return pow(x, e);
 }
 
+// fmax (torch.fmax): NaN-ignoring max, written out so that it inlines and vectorises (both
+// operands are >= 0 or NaN wherever it is used, so signed zeros do not arise).
+SIGNOPT_HD float fmax_ign(float a, float b) {
+  return (a != a) ? b : ((b != b) ? a : (a > b ? a : b));
+}
+
 // NaN-propagating max (torch.amax), order-independent.
 SIGNOPT_HD float nanmax(float a, float b) {
   return (a != a) ? a : ((b != b) ? b : (b > a ? b : a));
@@ -170,14 +176,10 @@ SIGNOPT_HD ElemOut direction_after_prologue(const Scalars& s, const ElemIn& in, 
     const float d = base_direction<K>(s, in, g, bad, bc1, bc2, o);
     const float src = s.env_from_grad ? fabsf(g) : fabsf(d);
     o.red = src;
-    float G;
-    if (s.envelope == ENV_ELEMENT) {
-      G = fmaxf(in.G * s.env_decay, src);
-      G = bad ? in.G : G;
-      o.G = G;
-    } else {
-      G = seg;
-    }
+    // element envelope: G <- bad ? G : fmax(G*gamma, src); a segment envelope comes as seg
+    const float Ge = bad ? in.G : fmax_ign(in.G * s.env_decay, src);
+    o.G = Ge;  // stored for element envelopes only
+    const float G = s.envelope == ENV_ELEMENT ? Ge : seg;
     o.u = stochastic_sign(d, G, uniform_from_word(word0));
   }
   return o;
