@@ -1,5 +1,5 @@
 """Seconds per RL step and completion tokens per second for signopt.rl's default step
-(8 prompts × 8 completions of ≤ 4 tokens, the built-in ~0.9M-parameter Qwen2, Lion), split into
+(8 prompts × 8 completions of ≤ 4 tokens, the built-in ~0.9M-parameter Qwen2, Lion at its default lr), split into
 generation, log-probs, loss + backward and optimizer step, beside TRL's GRPOTrainer on the same
 model, tokenizer, batch, optimizer and reward when ``trl`` is installed.
 
@@ -21,6 +21,7 @@ import torch
 
 from signopt.rl.config import config_from
 from signopt.rl.modeling import tiny_model
+from signopt.rl.optimizers import default_lr
 from signopt.rl.tasks import AdditionTask
 from signopt.rl.tokenizer import char_tokenizer
 from signopt.rl.trainer import Trainer
@@ -87,10 +88,10 @@ def trl_contender(path: str, tmp: str):
     cfg = trl.GRPOConfig(
         output_dir=tmp, per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
         max_completion_length=MAX_NEW, gradient_accumulation_steps=1, beta=0.0, temperature=1.0, use_cpu=True,
-        report_to="none", save_strategy="no", logging_steps=10**6, max_steps=10**6, learning_rate=3e-5,
+        report_to="none", save_strategy="no", logging_steps=10**6, max_steps=10**6, learning_rate=default_lr("lion"),
         gradient_checkpointing=False, disable_tqdm=True, seed=0, dataloader_num_workers=0,
     )
-    opt = signopt.Lion(model.parameters(), lr=3e-5)
+    opt = signopt.Lion(model.parameters(), lr=default_lr("lion"))
     trainer = trl.GRPOTrainer(model=model, reward_funcs=reward, args=cfg, processing_class=tok,
                               train_dataset=Dataset.from_dict({"prompt": prompts}), optimizers=(opt, None),
                               callbacks=[StepTimer()])
@@ -121,7 +122,7 @@ def main() -> None:
         trl_run = trl_contender(f"{tmp}/model", f"{tmp}/trl")
         torch.set_num_threads(args.threads)
         print(f"model: Qwen2 {n_params / 1e6:.2f}M params; batch {PROMPTS} prompts × {GROUP} completions of ≤ {MAX_NEW} "
-              f"tokens; optimizer Lion lr 3e-5; torch threads = {torch.get_num_threads()}")
+              f"tokens; optimizer Lion lr {default_lr('lion'):g}; torch threads = {torch.get_num_threads()}")
         ours(args.warmup)
         if trl_run:
             trl_run[0](args.warmup)

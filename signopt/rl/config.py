@@ -36,7 +36,7 @@ class RLConfig:
     warmstart_batch: int = 64
     warmstart_eval_every: int = 10
     # RL
-    steps: int = 600
+    steps: int = 1500
     prompts_per_step: int = 8
     group_size: int = 8
     max_new_tokens: int = 4
@@ -47,7 +47,7 @@ class RLConfig:
     inner_epochs: int = 1
     micro_batch_prompts: int = 8
     optimizer: str = "lion"
-    lr: float | None = None  # None: the optimizer's default (Lion 3e-5, AdamW 1e-4)
+    lr: float | None = None  # None: the optimizer's default (Lion 1e-5, AdamW 1e-4)
     weight_decay: float = 0.0
     max_grad_norm: float = 0.0  # 0 disables clipping
     reference_model: bool = True  # keep a frozen copy to report (and penalise) KL
@@ -60,7 +60,7 @@ class RLConfig:
     chunked_logprobs: bool = True
     # output
     out: str | None = None
-    eval_every: int = 100
+    eval_every: int = 250
     save_every: int = 0  # 0: checkpoint only at the end
     resume: str | None = None
     progress: bool = True

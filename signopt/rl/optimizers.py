@@ -11,8 +11,8 @@ import signopt
 
 # name → (signopt attribute | torch.optim class, default learning rate for RL fine-tuning)
 OPTIMIZERS = {
-    "lion": ("Lion", 3e-5),
-    "lionkappa": ("LionKappa", 3e-5),
+    "lion": ("Lion", 1e-5),
+    "lionkappa": ("LionKappa", 1e-5),
     "signum": ("Signum", 3e-5),
     "signsgd": ("SignSGD", 3e-5),
     "stosignsgd": ("StoSignSGD", 3e-5),

@@ -108,3 +108,16 @@ def test_config_errors(tmp_path):
         config_from(str(tmp_path / "c.yaml"))
     with pytest.raises(SystemExit, match="loss='x'"):
         main(["train", "--loss", "x"])
+
+
+@pytest.mark.parametrize("extra", [
+    {"advantage": "mc_grpo"}, {"advantage": "opo", "loss": "gtpo"}, {"loss": "hapo"}, {"loss": "trpa"},
+    {"loss": "r2vpo", "r2vpo_eta": 1.0, "r2vpo_delta": 0.0, "inner_epochs": 2},
+    {"loss": "dapo", "overlong_filter": True, "overlong_cache": 2}, {"loss": "nft", "chunked_logprobs": False},
+])
+def test_trainer_runs_every_pathway(tiny_path, extra):
+    tr = Trainer(small_config(tiny_path, steps=3, optimizer="adamw", **extra))
+    tr.train()
+    assert len(tr.metrics) == 3 and all(m["reward_mean"] >= 0 for m in tr.metrics)
+    trained = [m for m in tr.metrics if not m.get("skipped")]
+    assert trained and all(torch.isfinite(torch.tensor(m["loss"])) for m in trained)
