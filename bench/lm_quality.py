@@ -59,7 +59,8 @@ def run(cfg: dict) -> dict:
     model = build_llama(**MODEL, seq_len=cfg["seq"], seed=seed)
     params = [p for p in model.parameters()]
     opt = signopt.Lion(params, lr=cfg["lr"], betas=BETAS, weight_decay=cfg["wd"],
-                       state_dtype=state_dtype, state_block=cfg["block"], seed=seed, backend="torch")
+                       state_dtype=state_dtype, state_block=cfg["block"], seed=seed, backend="torch",
+                       state_rounding=cfg["state_rounding"])
     block = cfg["block"]
     b1, b2 = BETAS
     gen = torch.Generator().manual_seed(10_000 + seed)
@@ -118,6 +119,21 @@ def run(cfg: dict) -> dict:
             "state_bytes": opt.state_bytes(), "n_params": n_params(model), "finite": math.isfinite(final)}
 
 
+def compare(by: dict[str, list[float]]) -> list[str]:
+    """E4M3 vs fp32 held-out: difference, paired differences and the tolerance verdict."""
+    out: list[str] = []
+    m32, m8 = statistics.mean(by["fp32"]), statistics.mean(by["fp8_e4m3"])
+    spread = max(by["fp32"]) - min(by["fp32"])
+    tol = max(spread, 0.01 * m32)
+    diff = m8 - m32
+    paired = [b - a for a, b in zip(by["fp32"], by["fp8_e4m3"])]
+    out.append(f"E4M3 - fp32 mean held-out: {diff:+.4f} ({100 * diff / m32:+.2f}%); paired per-seed "
+               f"differences {', '.join(f'{d:+.4f}' for d in paired)}")
+    out.append(f"tolerance = max(fp32 seed range {spread:.4f}, 1% of fp32 mean {0.01 * m32:.4f}) = {tol:.4f} "
+               f"-> E4M3 {'WITHIN' if abs(diff) <= tol else 'OUTSIDE'} tolerance")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: 1 seed per format, 40 steps")
@@ -129,6 +145,9 @@ def main() -> None:
     ap.add_argument("--wd", type=float, default=0.1)
     ap.add_argument("--block", type=int, default=256)
     ap.add_argument("--jobs", type=int, default=2, help="parallel runs (1 thread each)")
+    ap.add_argument("--state-rounding", default="nearest", choices=("nearest", "stochastic"),
+                    help="rounding of the E4M3 state writes")
+    ap.add_argument("--formats", default="fp32,fp8_e4m3", help="comma list of state formats to run")
     ap.add_argument("--out", default=None, help="also write the report here")
     args = ap.parse_args()
     if args.quick:
@@ -136,8 +155,10 @@ def main() -> None:
     torch.set_num_threads(1)
     base = dict(steps=args.steps, batch=args.batch, seq=args.seq, lr=args.lr, wd=args.wd,
                 block=args.block, warmup=max(args.steps // 20, 1), eval_batches=4 if args.quick else 16,
-                flip_every=10 if args.quick else 25, log_every=max(args.steps // 10, 1))
-    cfgs = [dict(base, seed=s, state_dtype=f) for s in range(args.seeds) for f in ("fp32", "fp8_e4m3")]
+                flip_every=10 if args.quick else 25, log_every=max(args.steps // 10, 1),
+                state_rounding=args.state_rounding)
+    formats = tuple(args.formats.split(","))
+    cfgs = [dict(base, seed=s, state_dtype=f) for s in range(args.seeds) for f in formats]
     _, _, info = stdlib_corpus()
     lines = ["# Lion fp32 state vs E4M3 state: small byte-level Llama on the Python stdlib source",
              machine_banner() + f" | parallel runs {args.jobs} (1 thread each)",
@@ -147,7 +168,7 @@ def main() -> None:
              f"model: LlamaForCausalLM {MODEL}, untied, seq {args.seq}",
              f"budget: {args.steps} steps x {args.batch} x {args.seq} = {args.steps * args.batch * args.seq} "
              f"train tokens per run; Lion lr {args.lr} (warmup {base['warmup']}, cosine to 10%), betas {BETAS}, "
-             f"wd {args.wd}; E4M3 block {args.block}, nearest rounding, fp8_min_numel 4096",
+             f"wd {args.wd}; E4M3 block {args.block}, {args.state_rounding} state rounding, fp8_min_numel 4096",
              f"held-out loss: mean over {base['eval_batches']} fixed batches of {args.batch}x{args.seq} (nats/byte)",
              ""]
     print("\n".join(lines), flush=True)
@@ -163,21 +184,14 @@ def main() -> None:
     for r in results:
         out.append(f"{r['seed']:>4} {r['state_dtype']:>9} {r['n_params']:>8} {r['state_bytes']['per_param']:>8.4f} "
                    f"{r['curve'][-1][1]:>18.4f} {r['final_heldout']:>9.4f} {r['wall_s']:>7.0f}")
-    by = {f: [r["final_heldout"] for r in results if r["state_dtype"] == f] for f in ("fp32", "fp8_e4m3")}
+    by = {f: [r["final_heldout"] for r in results if r["state_dtype"] == f] for f in formats}
     out.append("")
     for f, v in by.items():
         sd = statistics.stdev(v) if len(v) > 1 else float("nan")
         out.append(f"{f:>9}: mean {statistics.mean(v):.4f}  std {sd:.4f}  min {min(v):.4f}  max {max(v):.4f}  "
                    f"range {max(v) - min(v):.4f}")
-    m32, m8 = statistics.mean(by["fp32"]), statistics.mean(by["fp8_e4m3"])
-    spread = max(by["fp32"]) - min(by["fp32"])
-    tol = max(spread, 0.01 * m32)
-    diff = m8 - m32
-    paired = [b - a for a, b in zip(by["fp32"], by["fp8_e4m3"])]
-    out.append(f"E4M3 - fp32 mean held-out: {diff:+.4f} ({100 * diff / m32:+.2f}%); paired per-seed "
-               f"differences {', '.join(f'{d:+.4f}' for d in paired)}")
-    out.append(f"tolerance = max(fp32 seed range {spread:.4f}, 1% of fp32 mean {0.01 * m32:.4f}) = {tol:.4f} "
-               f"-> E4M3 {'WITHIN' if abs(diff) <= tol else 'OUTSIDE'} tolerance")
+    if set(formats) >= {"fp32", "fp8_e4m3"}:
+        out += compare(by)
     fl = [r["flips"] for r in results if r["state_dtype"] == "fp8_e4m3"]
     el = sum(f["elements"] for f in fl)
     if el:
