@@ -1,0 +1,288 @@
+"""Optimizer step time on a model-like parameter list, beside the in-place streaming bandwidth.
+
+    python bench/step.py [--quick] [--repeats N] [--cases large,small] [--out FILE]
+
+Cases: ``large`` = 64M parameters in 150 tensors (25 transformer-like layers of 6 tensors),
+``small`` = 1M parameters in 300 tensors.  Every signopt optimizer x backend x state dtype, and
+peers from PyPI when installed (torch AdamW foreach/fused, lion-pytorch, pytorch-optimizer
+Lion/SignSGD, bitsandbytes Lion8bit); a missing peer prints a line.
+
+Each contender is timed in rounds that interleave all contenders with the streaming reference
+``a.add_(b)`` (12 bytes/element in place); a round builds the optimizer, runs one warm-up step
+(which allocates the state), then times one step.  Reported: min and median step time over the
+rounds, bytes the step must move per parameter (params read+write, grads read, each state
+read+write, FP8 scales), bandwidth = bytes*numel/time, its ratio to the streaming bandwidth, and
+the extra peak resident memory of one step() (Linux VmHWM after resetting it).
+Parameters and gradients are shared by every contender (values drift; sign-step timing does not
+depend on them).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import signopt  # noqa: E402
+from signopt import backends as backend_registry  # noqa: E402
+
+
+# ------------------------------------------------------------------ parameter lists
+def layer_shapes(d: int, layers: int) -> list[tuple[int, ...]]:
+    """6 tensors a layer: qkv (3d x d), proj (d x d), fc1 (4d x d), fc2 (d x 4d), 2 norms (d)."""
+    shapes = []
+    for _ in range(layers):
+        shapes += [(3 * d, d), (d, d), (4 * d, d), (d, 4 * d), (d,), (d,)]
+    return shapes
+
+
+CASES = {"large": (464, 25), "small": (41, 50)}  # 64.6M / 150 tensors, 1.0M / 300 tensors
+QUICK_CASES = {"large": (232, 25), "small": (41, 50)}
+
+
+def make_list(d: int, layers: int, dtype: torch.dtype) -> tuple[list[torch.Tensor], int]:
+    gen = torch.Generator().manual_seed(0)
+    params = []
+    for s in layer_shapes(d, layers):
+        p = (torch.randn(s, generator=gen) * 0.02).to(dtype)
+        p.grad = (torch.randn(s, generator=gen) * 0.01).to(dtype)
+        params.append(p)
+    return params, sum(p.numel() for p in params)
+
+
+# ------------------------------------------------------------------ contenders
+def state_bytes_per_param(fmt: str, n_states: int, block: int = 256) -> float:
+    """Read + write bytes of the state per parameter."""
+    per = {"fp32": 4.0, "bf16": 2.0, "fp8_e4m3": 1.0 + 4.0 / block}[fmt]
+    return 2 * per * n_states
+
+
+def signopt_rows(quick: bool) -> list[dict]:
+    rows = []
+    specs = [
+        ("SignSGD", signopt.SignSGD, {}, 0),
+        ("Signum", signopt.Signum, {}, 1),
+        ("Lion", signopt.Lion, {}, 1),
+        ("LionKappa-l2", signopt.LionKappa, {"kappa": "l2"}, 1),
+        ("StoSignSGD", signopt.StoSignSGD, {}, 2),          # m and the element envelope G
+        ("SignConversion-adamw", signopt.SignConversion, {"base": "adamw"}, 3),
+    ]
+    for name, cls, kw, n_states in specs:
+        for backend in ("cpp", "torch"):
+            fmts = ["fp32"] if n_states == 0 else ["fp32", "bf16", "fp8_e4m3"]
+            for fmt in fmts:
+                for pdt in (("fp32", "bf16") if name == "Lion" else ("fp32",)):
+                    rows.append(dict(kind="signopt", name=name, cls=cls, kw=kw, backend=backend,
+                                     state=fmt, pdtype=pdt, n_states=n_states))
+    return rows
+
+
+def bytes_per_param(row: dict) -> float:
+    pb = 4.0 if row["pdtype"] == "fp32" else 2.0
+    return 3 * pb + state_bytes_per_param(row["state"], row["n_states"])
+
+
+def peer_rows() -> tuple[list[dict], list[str]]:
+    rows, missing = [], []
+    rows.append(dict(kind="peer", name="torch AdamW foreach",
+                     make=lambda ps: torch.optim.AdamW(ps, lr=1e-3, foreach=True), state="fp32", n_states=2))
+    rows.append(dict(kind="peer", name="torch AdamW fused",
+                     make=lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True), state="fp32", n_states=2))
+    try:
+        from lion_pytorch import Lion as LionPT
+        rows.append(dict(kind="peer", name="lion-pytorch Lion",
+                         make=lambda ps: LionPT(ps, lr=1e-4), state="fp32", n_states=1))
+    except Exception as exc:  # noqa: BLE001
+        missing.append(f"lion-pytorch: not installed ({exc.__class__.__name__}: {exc})")
+    try:
+        import pytorch_optimizer as po
+        rows.append(dict(kind="peer", name="pytorch-optimizer Lion",
+                         make=lambda ps: po.Lion(ps, lr=1e-4), state="fp32", n_states=1))
+        rows.append(dict(kind="peer", name="pytorch-optimizer SignSGD",
+                         make=lambda ps: po.SignSGD(ps, lr=1e-4, momentum=0.9), state="fp32", n_states=1))
+    except Exception as exc:  # noqa: BLE001
+        missing.append(f"pytorch-optimizer: not installed ({exc.__class__.__name__}: {exc})")
+    try:
+        import bitsandbytes as bnb
+        probe = [torch.zeros(4096, requires_grad=True)]
+        probe[0].grad = torch.ones(4096)
+        bnb.optim.Lion8bit(probe, lr=1e-4).step()
+        rows.append(dict(kind="peer", name="bitsandbytes Lion8bit",
+                         make=lambda ps: bnb.optim.Lion8bit(ps, lr=1e-4), state="int8", n_states=1))
+    except Exception as exc:  # noqa: BLE001
+        missing.append(f"bitsandbytes Lion8bit: does not run here ({exc.__class__.__name__}: "
+                       f"{str(exc).splitlines()[0][:120] if str(exc) else ''})")
+    for r in rows:
+        r.update(pdtype="fp32", backend="-")
+    return rows, missing
+
+
+def peer_bytes(row: dict) -> float:
+    if row["state"] == "int8":
+        return 12.0 + 2 * (1.0 + 4.0 / 256)
+    return 12.0 + state_bytes_per_param("fp32", row["n_states"])
+
+
+# ------------------------------------------------------------------ measurement
+def _vm(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_step_memory(step) -> int | None:
+    """Extra peak resident bytes during one call of ``step`` (VmHWM reset via clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    gc.collect()
+    before = _vm("VmRSS")
+    step()
+    return max(0, _vm("VmHWM") - before)
+
+
+def stream_time(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Best of three in-place ``a.add_(b)`` (12 bytes/element)."""
+    a.add_(b)  # warm
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        a.add_(b)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def time_contender(row: dict, params: list[torch.Tensor], measure_mem: bool) -> tuple[float, int | None]:
+    if row["kind"] == "signopt":
+        kw = dict(row["kw"])
+        if row["n_states"]:
+            kw["state_dtype"] = row["state"]
+        opt = row["cls"](params, lr=1e-4, backend=row["backend"], **kw)
+        assert opt.backends == [row["backend"]]
+    else:
+        opt = row["make"](params)
+    opt.step()  # warm-up: allocates the state (and builds nothing: backends resolve at construction)
+    t0 = time.perf_counter()
+    opt.step()
+    dt = time.perf_counter() - t0
+    mem = peak_step_memory(opt.step) if measure_mem else None
+    del opt
+    gc.collect()
+    return dt, mem
+
+
+def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, out) -> None:
+    d, layers = dims
+    lists = {"fp32": make_list(d, layers, torch.float32), "bf16": make_list(d, layers, torch.bfloat16)}
+    n = lists["fp32"][1]
+    param_bytes = n * 4
+    a = torch.randn(n)
+    b = torch.randn(n)
+    times: dict[int, list[float]] = {i: [] for i in range(len(rows))}
+    mems: dict[int, int | None] = {}
+    streams = []
+    skip_slow = case == "large"
+    for r in range(repeats):
+        for i, row in enumerate(rows):
+            if row.get("slow") and (skip_slow or r > 0):
+                continue  # slow rows: small case, first round only
+            print(f"[{case} round {r}] {row['name']} {row['backend']} {row['pdtype']} {row['state']}",
+                  file=sys.stderr, flush=True)
+            streams.append(stream_time(a, b))
+            dt, mem = time_contender(row, lists[row["pdtype"]][0], measure_mem=(r == 0))
+            times[i].append(dt)
+            if r == 0:
+                mems[i] = mem
+    stream_bw = 12.0 * n / min(streams)
+    stream_med = 12.0 * n / statistics.median(streams)
+    print(f"\n== {case}: {n / 1e6:.2f}M parameters in {len(lists['fp32'][0])} tensors; "
+          f"streaming a.add_(b): {stream_bw / 1e9:.2f} GB/s best, {stream_med / 1e9:.2f} GB/s median "
+          f"({len(streams)} samples) ==", file=out)
+    print(f"{'optimizer':26s} {'backend':7s} {'param':5s} {'state':8s} {'B/param':>7s} "
+          f"{'min ms':>9s} {'med ms':>9s} {'GB/s':>7s} {'%stream':>7s} {'peak MB':>8s} {'peak/params':>11s}",
+          file=out)
+    results = {}
+    for i, row in enumerate(rows):
+        if not times[i]:
+            continue
+        bpp = bytes_per_param(row) if row["kind"] == "signopt" else peer_bytes(row)
+        tmin, tmed = min(times[i]), statistics.median(times[i])
+        bw = bpp * n / tmin
+        mem = mems.get(i)
+        mem_s = f"{mem / 2**20:8.1f}" if mem is not None else "       -"
+        rel = f"{mem / param_bytes:11.3f}" if mem is not None else "          -"
+        print(f"{row['name']:26s} {row['backend']:7s} {row['pdtype']:5s} {row['state']:8s} {bpp:7.2f} "
+              f"{tmin * 1e3:9.2f} {tmed * 1e3:9.2f} {bw / 1e9:7.2f} {100 * bw / stream_bw:6.1f}% {mem_s} {rel}",
+              file=out)
+        results[(row["name"], row["backend"], row["pdtype"], row["state"])] = tmin
+    ratios = [
+        ("cpp Lion fp32 vs lion-pytorch", ("Lion", "cpp", "fp32", "fp32"), ("lion-pytorch Lion", "-", "fp32", "fp32")),
+        ("cpp Lion fp32 vs torch AdamW fused", ("Lion", "cpp", "fp32", "fp32"), ("torch AdamW fused", "-", "fp32", "fp32")),
+        ("cpp Lion bf16+E4M3 vs fp32 AdamW fused", ("Lion", "cpp", "bf16", "fp8_e4m3"),
+         ("torch AdamW fused", "-", "fp32", "fp32")),
+        ("cpp Lion fp32 vs torch-backend Lion", ("Lion", "cpp", "fp32", "fp32"), ("Lion", "torch", "fp32", "fp32")),
+    ]
+    for label, mine, peer in ratios:
+        if mine in results and peer in results:
+            print(f"speed-up {label}: {results[peer] / results[mine]:.2f}x (min times)", file=out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller large case (16M), 2 repeats")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--cases", default="large,small")
+    ap.add_argument("--out", default=None, help="also write the report to this file")
+    args = ap.parse_args()
+    repeats = args.repeats or (2 if args.quick else 3)
+
+    class Tee:
+        def __init__(self, *files):
+            self.files = files
+
+        def write(self, s):
+            for f in self.files:
+                f.write(s)
+
+        def flush(self):
+            for f in self.files:
+                f.flush()
+
+    fh = open(args.out, "w") if args.out else None
+    out = Tee(sys.stdout, fh) if fh else sys.stdout
+    try:
+        backend_registry.load("cpp")
+    except backend_registry.BackendUnavailable as exc:
+        print(f"cpp backend unavailable: {exc}", file=out)
+    rows = signopt_rows(args.quick)
+    for r in rows:  # the torch reference of stochastic rules / FP8 state takes minutes per 64M step
+        r["slow"] = r["backend"] == "torch" and (r["cls"] in (signopt.StoSignSGD, signopt.SignConversion)
+                                                 or r["state"] != "fp32" or r["pdtype"] != "fp32")
+    peers, missing = peer_rows()
+    for r in peers:
+        r["slow"] = r["name"] == "bitsandbytes Lion8bit"  # ~5 s per 1M-parameter step on this CPU
+    print(f"signopt step benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start, {repeats} rounds", file=out)
+    for line in missing:
+        print(f"peer missing: {line}", file=out)
+    print("slow rows (torch-backend rows with stochastic rules or non-fp32 params/state: the reference "
+          "rounds with int64 bit operations; bitsandbytes Lion8bit) run in the small case only, "
+          "one round (min = median)", file=out)
+    cases = QUICK_CASES if args.quick else CASES
+    for case in args.cases.split(","):
+        run_case(case, cases[case], rows + peers, repeats, out)
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end", file=out)
+    if fh:
+        fh.close()
+
+
+if __name__ == "__main__":
+    main()
