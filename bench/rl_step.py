@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from signopt.rl.config import config_from
+from signopt.rl.config import RLConfig, config_from
 from signopt.rl.modeling import tiny_model
 from signopt.rl.optimizers import default_lr
 from signopt.rl.tasks import AdditionTask
@@ -87,7 +87,7 @@ def trl_contender(path: str, tmp: str):
 
     cfg = trl.GRPOConfig(
         output_dir=tmp, per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
-        max_completion_length=MAX_NEW, gradient_accumulation_steps=1, beta=0.0, temperature=1.0, use_cpu=True,
+        max_completion_length=MAX_NEW, gradient_accumulation_steps=1, beta=0.0, temperature=RLConfig().temperature, use_cpu=True,
         report_to="none", save_strategy="no", logging_steps=10**6, max_steps=10**6, learning_rate=default_lr("lion"),
         gradient_checkpointing=False, disable_tqdm=True, seed=0, dataloader_num_workers=0,
     )
@@ -122,7 +122,8 @@ def main() -> None:
         trl_run = trl_contender(f"{tmp}/model", f"{tmp}/trl")
         torch.set_num_threads(args.threads)
         print(f"model: Qwen2 {n_params / 1e6:.2f}M params; batch {PROMPTS} prompts × {GROUP} completions of ≤ {MAX_NEW} "
-              f"tokens; optimizer Lion lr {default_lr('lion'):g}; torch threads = {torch.get_num_threads()}")
+              f"tokens; sampling temperature {RLConfig().temperature:g}; optimizer Lion lr {default_lr('lion'):g}; "
+              f"torch threads = {torch.get_num_threads()}")
         ours(args.warmup)
         if trl_run:
             trl_run[0](args.warmup)

@@ -53,9 +53,13 @@ def generate(model, tokenizer, prompts: list[str], *, num_return: int, max_new_t
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     ids = enc["input_ids"].repeat_interleave(num_return, 0)
     attn = enc["attention_mask"].repeat_interleave(num_return, 0)
+    # top_k=0 / top_p=1.0 switch the truncation warpers off: ``None`` would fall back to
+    # transformers' global default top_k=50, so sampling would not follow the policy whose
+    # log-probs the loss uses (and would pay a top-k per token).
     gen_cfg = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature if do_sample else None,
-        top_k=None, top_p=None, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        top_k=0 if do_sample else None, top_p=1.0 if do_sample else None, use_cache=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )
     was_training = model.training
     model.eval()

@@ -74,3 +74,17 @@ def test_char_tokenizer_roundtrip(tmp_path):
     assert len(ids) == 6 and loaded.decode(ids) == "12+34=" and loaded.padding_side == "left"
     batch = loaded(["1+1=", "12+34="], padding=True)["input_ids"]
     assert batch[0][:2] == [loaded.pad_token_id] * 2
+
+
+def test_sampling_is_not_truncated_to_top_k():
+    """Rollouts sample from the full tempered policy (the distribution the loss's log-probs use):
+    transformers' default top_k=50 must not apply. An untrained model is near-uniform over its
+    ~97 tokens, so many first-token samples of one prompt reach well over 50 distinct tokens."""
+    from signopt.rl.modeling import tiny_model
+    from signopt.rl.rollout import generate
+
+    tok = char_tokenizer()
+    model = tiny_model(tok, seed=0)
+    torch.manual_seed(0)
+    ro = generate(model, tok, ["1+1="], num_return=1024, max_new_tokens=1, do_sample=True)
+    assert len(set(ro.completion_ids[:, 0].tolist())) > 60
