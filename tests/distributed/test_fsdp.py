@@ -47,15 +47,26 @@ def _spec(d: dict, backend: str = "torch") -> dict:
     return out
 
 
-def _specs() -> list[dict]:
-    specs = [_spec(d) for d in EXACT] + [_spec(d) for d, _ in REFUSED]
-    if build.is_built():  # the C++ kernels get the same local slots (never compiled here)
-        specs += [_spec(d, "cpp") for d in EXACT[:10] if d["optimizer"] != "wrapper"
-                  and d.get("kappa") != "callable:elementwise"]
-    return specs
+def _triton_runs_here() -> bool:
+    """Triton runs on these CPU shards only in its interpreter (set by tests/conftest.py)."""
+    import importlib.util
+    import os
+    return importlib.util.find_spec("triton") is not None and os.environ.get("TRITON_INTERPRET") == "1"
 
 
-SPECS = _specs()  # once: the C++ build can change under a concurrent edit of csrc/
+def _kernel_specs() -> list[tuple[str, dict]]:
+    """(label, spec) of the kernel-backend runs: they get the same local slots as torch."""
+    out = []
+    if build.is_built():  # the C++ kernels (never compiled here)
+        out += [(f"cpp-{j}", _spec(d, "cpp")) for j, d in enumerate(EXACT[:10])
+                if d["optimizer"] != "wrapper" and d.get("kappa") != "callable:elementwise"]
+    if _triton_runs_here():  # a few rules: the interpreter is slow
+        out += [(f"triton-{j}", _spec(EXACT[j], "triton")) for j in (2, 3, 7, 8)]
+    return out
+
+
+KERNEL_SPECS = _kernel_specs()
+SPECS = [_spec(d) for d in EXACT] + [_spec(d) for d, _ in REFUSED] + [s for _, s in KERNEL_SPECS]
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +76,8 @@ def fsdp_results(tmp_path_factory):
 
 
 def _exact_cases():
-    n_cpp = len(SPECS) - len(EXACT) - len(REFUSED)
     cases = [(i, EXACT[i]["optimizer"] + "-" + str(i) + "-torch") for i in range(len(EXACT))]
-    cases += [(len(EXACT) + len(REFUSED) + j, f"cpp-{j}") for j in range(n_cpp)]
+    cases += [(len(EXACT) + len(REFUSED) + j, label) for j, (label, _) in enumerate(KERNEL_SPECS)]
     return cases
 
 
