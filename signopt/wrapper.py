@@ -28,6 +28,9 @@ from .rule import ENVELOPES, UpdateRule, _real
 from .scalars import f32, group_scalars
 
 
+BASE_PREFIX = "base."  # base-optimizer entries inside the wrapper's flattened state_dict
+
+
 def _rule(envelope: str, envelope_block: int) -> UpdateRule:
     return UpdateRule(family="stochastic", base="sgd", envelope=envelope, envelope_block=envelope_block)
 
@@ -173,6 +176,9 @@ class SignConversionWrapper(Optimizer):
                          key=derive_key(group["seed"], int(st["step"].item()), index))
 
     def state_dict(self) -> dict[str, Any]:
+        """The wrapper's state (envelope, step) and the base optimizer's, flattened into one
+        ``state``/``param_groups`` pair (base entries prefixed ``base.``), so that DCP's
+        ``get_optimizer_state_dict`` — which keeps only those two keys — carries both."""
         sd = super().state_dict()
         groups = [g for g in self.param_groups for _ in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
@@ -180,24 +186,40 @@ class SignConversionWrapper(Optimizer):
             g = groups[key]
             sd["state"][key] = sharding.export_state(params[key], _rule(g["envelope"], g["envelope_block"]),
                                                      sd["state"][key])
-        sd["base"] = self.base.state_dict()
+        base = self.base.state_dict()
+        for key, st in base["state"].items():
+            sd["state"].setdefault(key, {}).update({BASE_PREFIX + k: v for k, v in st.items()})
+        for group, base_group in zip(sd["param_groups"], base["param_groups"]):
+            group.update({BASE_PREFIX + k: v for k, v in base_group.items() if k != "params"})
+            group[SCHEMA_KEY] = SCHEMA_VERSION
         sd[SCHEMA_KEY] = SCHEMA_VERSION
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if state_dict.get(SCHEMA_KEY) != SCHEMA_VERSION:
-            raise ValueError(f"state_dict has {SCHEMA_KEY}={state_dict.get(SCHEMA_KEY)!r}; "
-                             f"expected {SCHEMA_VERSION}")
-        if "base" not in state_dict:
-            raise ValueError("state_dict has no 'base' entry (the wrapped optimizer's state)")
-        own = {k: v for k, v in state_dict.items() if k not in ("base", SCHEMA_KEY)}
-        self.base.load_state_dict(state_dict["base"])
+        groups = state_dict.get("param_groups", [])
+        version = state_dict.get(SCHEMA_KEY, groups[0].get(SCHEMA_KEY) if groups else None)
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"state_dict has {SCHEMA_KEY}={version!r}; expected {SCHEMA_VERSION}")
+
+        def split(entry: dict, base: bool) -> dict:
+            return {(k[len(BASE_PREFIX):] if base else k): v for k, v in entry.items()
+                    if k.startswith(BASE_PREFIX) == base and k != SCHEMA_KEY}
+
+        base_sd = {"state": {k: split(st, True) for k, st in state_dict["state"].items() if split(st, True)},
+                   "param_groups": [{**split(g, True), "params": g["params"]} for g in groups]}
+        own = {"state": {k: split(st, False) for k, st in state_dict["state"].items() if split(st, False)},
+               "param_groups": [{**split(g, False), "params": g["params"]} for g in groups]}
+        if any(not split(g, True) for g in groups):
+            raise ValueError("state_dict has no base-optimizer entries ('base.'-prefixed group keys); "
+                             "was it saved by SignConversionWrapper?")
+        self.base.load_state_dict(base_sd)
         super().load_state_dict(own)
         # torch's default load casts state to the param dtype (lossy for bf16/fp16 params):
         # restore from the saved tensors instead.
-        params = [(p, g) for g in self.param_groups for p in g["params"]]
+        saved_ids = [pid for g in groups for pid in g["params"]]  # ints, or FQNs under DCP
+        by_id = dict(zip(saved_ids, [(p, g) for g in self.param_groups for p in g["params"]]))
         for key, saved in own["state"].items():
-            p, g = params[int(key)]
+            p, g = by_id[key]
             restored = {
                 "G": sharding.full(saved["G"]).detach().to(device=p.device, dtype=torch.float32).clone(),
                 "step": saved["step"].detach().to(device="cpu", dtype=torch.int64).clone(),

@@ -262,6 +262,7 @@ DCP_SPECS = {
                      "state_block": 64, "fp8_min_numel": 256, "state_rounding": "stochastic"},
     "conversion_block": {"optimizer": "SignConversion", "lr": 1e-2, "seed": 3, "base": "adamw",
                          "envelope": "block", "envelope_block": 64, "bias": False},
+    "wrapper_adamw": {"optimizer": "wrapper", "envelope": "block", "envelope_block": 64, "bias": False},
 }
 
 
