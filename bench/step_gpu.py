@@ -20,6 +20,11 @@ import signopt  # noqa: E402
 
 
 def cuda_time(fn, repeats: int = 10) -> tuple[float, float]:
+    """Min and median seconds of ``fn`` over ``repeats`` CUDA-event-timed calls (after 3
+    warm-ups)."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -14,7 +14,6 @@ script says so and exits 0. Rows for ``bench/step.py``-style tables: :func:`trit
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import signopt  # noqa: E402
 from signopt import backends as backend_registry  # noqa: E402
+from step_gpu import cuda_time  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def gpt2_shapes(vocab: int = 50257, ctx: int = 1024, d: int = 768, layers: int = 12) -> list[tuple[int, ...]]:
@@ -44,25 +44,9 @@ def make_params(shapes, dtype=torch.float32) -> list[torch.Tensor]:
     return params
 
 
-def cuda_time(fn, repeats: int) -> float:
-    """Median seconds of ``fn`` over ``repeats`` CUDA-event-timed calls (after 3 warm-ups)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(times)
-
-
 def step_time(make_opt, params, repeats: int) -> float:
     opt = make_opt(params)
-    return cuda_time(opt.step, repeats)
+    return cuda_time(opt.step, repeats)[1]
 
 
 def available(name: str) -> str | None:
@@ -140,7 +124,7 @@ def main() -> int:
         big = make_params(shapes)
         nb = big[0].numel()
         dst = torch.empty_like(big[0])
-        t_copy = cuda_time(lambda: dst.copy_(big[0]), args.repeats)
+        t_copy = cuda_time(lambda: dst.copy_(big[0]), args.repeats)[1]
         del dst
         copy_bw = 8 * nb / t_copy
         t_lion = step_time(lambda ps: signopt.Lion(ps, lr=1e-4, backend="triton"), big, args.repeats)

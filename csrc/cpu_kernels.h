@@ -128,7 +128,8 @@ struct GroupKernel {
     }
   }
 
-  __attribute__((noipa)) static int64_t apply_loop(const Scalars sc, const float cs, const float bc1,
+  template <bool CAUTIOUS>
+  __attribute__((noipa)) static int64_t apply_tile(const Scalars sc, const float cs, const float bc1,
                                                       const float bc2, const int64_t n, float* __restrict p,
                                                       const float* __restrict g, float* __restrict m,
                                                       float* __restrict v, float* __restrict E,
@@ -136,42 +137,34 @@ struct GroupKernel {
                                                       const uint32_t* __restrict badv) {
     const float lr = sc.lr, decay = sc.decay;
     int64_t nbad = 0;
-    if (sc.cautious) {
-      for (int64_t j = 0; j < n; ++j) {
-        ElemIn in;
-        in.p = p[j];
-        in.g = g[j];
-        in.m = HAS_M ? m[j] : 0.0f;
-        in.v = HAS_V ? v[j] : 0.0f;
-        in.G = STO ? E[j] : 0.0f;
-        const bool bad = badv[j] != 0;
-        const ElemOut o = direction_after_prologue<K>(sc, in, g[j], bad, seg[j], W0[j], bc1, bc2);
-        const float scaled = o.u * cs;
-        const float u = o.u * o.g > 0.0f ? scaled : 0.0f;  // cautious_apply
-        p[j] = epilogue(in.p, u, lr, decay, bad);
-        if (HAS_M) m[j] = o.m;
-        if (HAS_V) v[j] = o.v;
-        if (STO) E[j] = o.G;
-        nbad += bad ? 1 : 0;
-      }
-    } else {
-      for (int64_t j = 0; j < n; ++j) {
-        ElemIn in;
-        in.p = p[j];
-        in.g = g[j];
-        in.m = HAS_M ? m[j] : 0.0f;
-        in.v = HAS_V ? v[j] : 0.0f;
-        in.G = STO ? E[j] : 0.0f;
-        const bool bad = badv[j] != 0;
-        const ElemOut o = direction_after_prologue<K>(sc, in, g[j], bad, seg[j], W0[j], bc1, bc2);
-        p[j] = epilogue(in.p, o.u, lr, decay, bad);
-        if (HAS_M) m[j] = o.m;
-        if (HAS_V) v[j] = o.v;
-        if (STO) E[j] = o.G;
-        nbad += bad ? 1 : 0;
-      }
+    for (int64_t j = 0; j < n; ++j) {
+      ElemIn in;
+      in.p = p[j];
+      in.g = g[j];
+      in.m = HAS_M ? m[j] : 0.0f;
+      in.v = HAS_V ? v[j] : 0.0f;
+      in.G = STO ? E[j] : 0.0f;
+      const bool bad = badv[j] != 0;
+      const ElemOut o = direction_after_prologue<K>(sc, in, g[j], bad, seg[j], W0[j], bc1, bc2);
+      float u = o.u;
+      if (CAUTIOUS) u = o.u * o.g > 0.0f ? o.u * cs : 0.0f;  // cautious_apply
+      p[j] = epilogue(in.p, u, lr, decay, bad);
+      if (HAS_M) m[j] = o.m;
+      if (HAS_V) v[j] = o.v;
+      if (STO) E[j] = o.G;
+      nbad += bad ? 1 : 0;
     }
     return nbad;
+  }
+
+  static int64_t apply_loop(const Scalars sc, const float cs, const float bc1, const float bc2,
+                            const int64_t n, float* __restrict p, const float* __restrict g,
+                            float* __restrict m, float* __restrict v, float* __restrict E,
+                            const float* __restrict seg, const uint32_t* __restrict W0,
+                            const uint32_t* __restrict badv) {
+    // The cautious flag is hoisted out of the loop (one instantiation each) so both vectorise.
+    return sc.cautious ? apply_tile<true>(sc, cs, bc1, bc2, n, p, g, m, v, E, seg, W0, badv)
+                       : apply_tile<false>(sc, cs, bc1, bc2, n, p, g, m, v, E, seg, W0, badv);
   }
 
   __attribute__((noipa)) static int64_t count_loop(const Scalars sc, const float bc1, const float bc2,
