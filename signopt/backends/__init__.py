@@ -1,10 +1,15 @@
 """Backend registry: which implementation runs a group's update rule.
 
 A backend is resolved once per param group, at construction (or ``add_param_group``), never
-inside ``step``. ``backend="auto"`` takes the first backend in :data:`AUTO_ORDER` that is
-available for the group's device and supports its rule; ``"torch"`` (the reference) supports
-everything. Kernel backends live in modules listed in :data:`MODULES`; each module exposes
-``load() -> Backend`` raising :class:`BackendUnavailable` with a reason when it cannot run here.
+inside ``step``. ``backend="auto"``: on a device listed in :data:`MEASURED` (CUDA), when more
+than one of its kernel backends is available and supports the group's rule, the measured auto
+table decides (:mod:`signopt.backends.autotune`: a step-time table keyed by device, rule,
+dtypes and size, filled by a short measurement on synthetic tensors at construction, cached in
+JSON); otherwise, and with ``SIGNOPT_AUTO_MEASURE=0``, the first backend in :data:`AUTO_ORDER`
+that is available for the group's device and supports its rule. On CPU ``auto`` takes ``cpp``
+without measuring. ``"torch"`` (the reference) supports everything. Kernel backends live in
+modules listed in :data:`MODULES`; each module exposes ``load() -> Backend`` raising
+:class:`BackendUnavailable` with a reason when it cannot run here.
 """
 from __future__ import annotations
 
@@ -28,6 +33,9 @@ MODULES = {
 }
 CHOICES = ("auto",) + tuple(MODULES)
 AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("cpp", "triton", "torch")}
+# Devices where ``auto`` chooses among these backends by measured step time (the auto table) when
+# more than one can run the group; their order breaks near-ties (autotune.MARGIN).
+MEASURED = {"cuda": ("cpp", "triton")}
 
 
 class BackendUnavailable(RuntimeError):
@@ -74,12 +82,31 @@ def resolve(requested: str, rule: UpdateRule, params: list[Tensor]) -> Backend:
             raise ValueError(f"backend={requested!r} cannot run this group: {reason}")
         return backend
     device = params[0].device.type if params else "cpu"
+    measured = MEASURED.get(device, ())
+    if len(measured) > 1:
+        from . import autotune  # imported only where auto measures
+        if autotune.measure_mode() != "off":
+            candidates = {}
+            for name in measured:
+                backend = _runnable(name, rule, params)
+                if backend is not None:
+                    candidates[name] = backend
+            if len(candidates) > 1:
+                choice = autotune.choose(candidates, rule, params)
+                if choice is not None:
+                    return candidates[choice]
     for name in AUTO_ORDER.get(device, ("torch",)):
-        try:
-            backend = load(name)
-        except BackendUnavailable as exc:
-            log.debug("signopt: backend %s skipped: %s", name, exc)
-            continue
-        if backend.unsupported(rule, params) is None:
+        backend = _runnable(name, rule, params)
+        if backend is not None:
             return backend
     return load("torch")
+
+
+def _runnable(name: str, rule: UpdateRule, params: list[Tensor]) -> Backend | None:
+    """Backend ``name`` if it is available and supports the group, else None."""
+    try:
+        backend = load(name)
+    except BackendUnavailable as exc:
+        log.debug("signopt: backend %s skipped: %s", name, exc)
+        return None
+    return backend if backend.unsupported(rule, params) is None else None
