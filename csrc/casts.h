@@ -159,6 +159,36 @@ struct FmtFP8 {
     y = y < -qmax ? -qmax : (y > qmax ? qmax : y);  // clamp (NaN stays NaN)
     return fp8_code<M, EMIN, BIAS>(round_to_grid<M, EMIN>(y, qmax, sr, w));
   }
+  // The same code as store(), as straight-line integer/fp32 operations that vectorise (CPU
+  // loops): with e = max(exponent of y, EMIN) and k = |y|/2^(e-M) rounded (an integer <= 2^(M+1)),
+  // the magnitude code is ((e - EMIN) << M) + k (BIAS = 1 - EMIN): k = 2^(M+1) carries into the
+  // exponent field, and e = EMIN covers subnormals and the smallest normal alike.  |y| <= Qmax
+  // (the largest finite code) after the clamp, so the result never exceeds it.
+  static SIGNOPT_HD raw encode(float x, float inv, bool sr, uint32_t w) {
+    float y = x * inv;
+    y = y < -qmax ? -qmax : (y > qmax ? qmax : y);  // clamp (NaN stays NaN)
+    const uint32_t b = f2u(y);
+    const uint32_t a = b & 0x7FFFFFFFu;
+    int e = (int)(a >> 23) - 127;
+    e = e < EMIN ? EMIN : e;
+    const float k = u2f(a) * u2f((uint32_t)(127 - e + M) << 23);  // |y| / ulp, exact
+    int ki;
+    if (sr) {
+      const float lo = floorf(k);
+      ki = (int)lo + ((uniform_from_word(w) < k - lo) ? 1 : 0);
+    } else {
+      ki = (int)rintf(k);
+    }
+    uint32_t code = ((uint32_t)(e - EMIN) << M) + (uint32_t)ki;
+    code = a > 0x7F800000u ? 0x7Fu : code;  // NaN
+    return (raw)(((b >> 24) & 0x80u) | code);
+  }
+  // |x| as integer bits where x is finite, else 0: the unsigned max of these is the bits of the
+  // finite absmax (an integer reduction, which vectorises).
+  static SIGNOPT_HD uint32_t abs_bits(float x) {
+    const uint32_t a = f2u(x) & 0x7FFFFFFFu;
+    return a & (uint32_t)((int32_t)(a - 0x7F800000u) >> 31);  // a < 0x7F800000 ? a : 0 (mask form)
+  }
 };
 using FmtE4M3 = FmtFP8<3, -6, 7, false, 448>;
 using FmtE5M2 = FmtFP8<2, -14, 15, true, 57344>;

@@ -16,12 +16,10 @@ void load_elems(const void* raw, int64_t a, int64_t n, float* out) {
 template <class F>
 void load_blocks(const void* raw, const float* scale, int64_t block, int64_t a, int64_t n, float* out) {
   const typename F::raw* r = (const typename F::raw*)raw;
-  int64_t i = a;
-  while (i < a + n) {
+  for (int64_t i = a; i < a + n;) {
     const int64_t b = i / block;
     const int64_t e = std::min((b + 1) * block, a + n);
-    const float sc = scale[b];
-    for (int64_t k = i; k < e; ++k) out[k - a] = F::load(r[k], sc);
+    load_block<F>(r + i, scale[b], e - i, out + (i - a));
     i = e;
   }
 }
@@ -40,20 +38,7 @@ void store_elems(void* raw, int64_t a, int64_t n, const float* vals, bool sr, co
 template <class F>
 void store_block(void* raw, float* scale, int64_t block, int64_t a, int64_t n, const float* vals, bool sr,
                  const uint32_t* words) {
-  float amax = 0.0f;
-  for (int64_t j = 0; j < n; ++j) {
-    const float x = finite32(vals[j]) ? fabsf(vals[j]) : 0.0f;
-    amax = x > amax ? x : amax;
-  }
-  const float sc = F::scale_of(amax);
-  const float inv = 1.0f / sc;
-  typename F::raw* r = (typename F::raw*)raw + a;
-  if (sr) {
-    for (int64_t j = 0; j < n; ++j) r[j] = F::store(vals[j], inv, true, words[j]);
-  } else {
-    for (int64_t j = 0; j < n; ++j) r[j] = F::store(vals[j], inv, false, 0u);
-  }
-  scale[a / block] = sc;
+  scale[a / block] = encode_block<F>((typename F::raw*)raw + a, n, vals, sr, words);
 }
 
 }  // namespace

@@ -46,6 +46,33 @@ float* load_range(int fmt, void* raw, const float* scale, int64_t block, int64_t
 void store_range(int fmt, void* raw, float* scale, int64_t block, int64_t a, int64_t n, const float* vals,
                  bool sr, const uint32_t* words);
 
+// ---------------------------------------------------------------- FP8 block kernels
+// Decode n codes of one block with its scale (vectorisable: bit operations of casts.h).
+template <class F>
+inline void load_block(const typename F::raw* __restrict r, const float sc, const int64_t n, float* __restrict out) {
+  for (int64_t k = 0; k < n; ++k) out[k] = F::load(r[k], sc);
+}
+
+// Encode n values of one block: scale from the absmax of the finite values (an integer max
+// over the bits of |x|), codes by F::encode; returns the scale.
+template <class F>
+inline float encode_block(typename F::raw* __restrict r, const int64_t n, const float* __restrict vals,
+                          const bool sr, const uint32_t* __restrict words) {
+  uint32_t amax = 0u;
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t x = F::abs_bits(vals[j]);
+    amax = x > amax ? x : amax;
+  }
+  const float sc = F::scale_of(u2f(amax));
+  const float inv = 1.0f / sc;
+  if (sr) {
+    for (int64_t j = 0; j < n; ++j) r[j] = F::encode(vals[j], inv, true, words[j]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) r[j] = F::encode(vals[j], inv, false, 0u);
+  }
+  return sc;
+}
+
 struct Item {
   int64_t t, a, b;
 };
@@ -185,6 +212,133 @@ struct GroupKernel {
       kept += cautious_keep(o.u, o.g) ? 1 : 0;
     }
     return kept;
+  }
+
+  // ---------------------------------------------------------------- fused path
+  // Deterministic kinds (no Philox words) without cautious masking, with fp32/bf16 parameters
+  // and fp32/bf16/FP8 state: one loop per range reads the stored values, runs the whole rule
+  // (prologue included) and writes the stored results, with no tile buffers in between.  FP8
+  // state: the loop writes the new fp32 m of one block to a buffer, then encode_block.
+  // The prologue's optional steps are exact multiplications (g*1 = g, g*-1 = -g) and a select,
+  // so the loop has no per-flag control flow and vectorises.
+  template <class PF, class SF>
+  __attribute__((noipa)) static int64_t fused_loop(const Scalars sc, const float seg, const float mscale,
+                                                   const int64_t n, typename PF::raw* __restrict p,
+                                                   const typename PF::raw* __restrict g,
+                                                   typename SF::raw* __restrict m, float* __restrict mout) {
+    const float mul = sc.has_inv_scale ? sc.inv_scale : 1.0f;
+    const float sg = sc.maximize ? -1.0f : 1.0f;
+    const float l2 = sc.l2, lr = sc.lr, decay = sc.decay;
+    int64_t nbad = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      ElemIn in;
+      in.p = PF::load(p[j]);
+      in.g = PF::load(g[j]);
+      if constexpr (!HAS_M) {
+        in.m = 0.0f;
+      } else if constexpr (SF::blocked) {
+        in.m = SF::load(m[j], mscale);
+      } else {
+        in.m = SF::load(m[j]);
+      }
+      in.v = 0.0f;
+      in.G = 0.0f;
+      const float x = (in.g * mul) * sg;
+      const bool bad = !finite32(x);
+      float gg = bad ? 0.0f : x;
+      gg = l2 != 0.0f ? gg + l2 * in.p : gg;
+      const ElemOut o = direction_after_prologue<K>(sc, in, gg, bad, seg, 0u, 1.0f, 1.0f);
+      p[j] = PF::store(epilogue(in.p, o.u, lr, decay, bad), false, 0u);
+      if constexpr (HAS_M) {
+        if constexpr (SF::blocked) {
+          mout[j] = o.m;
+        } else {
+          m[j] = SF::store(o.m, false, 0u);
+        }
+      }
+      nbad += bad ? 1 : 0;
+    }
+    return nbad;
+  }
+
+  bool fused_ok() const {
+    return !STO && !HAS_V && !s.cautious && !s.state_sr && !s.param_sr && (pf == FMT_F32 || pf == FMT_BF16) &&
+           sf != FMT_F16;
+  }
+
+  // Calls fn(a0, a1, seg value) over the pieces of [a, e) of constant segment.
+  template <class Fn>
+  void seg_pieces(const TensorRef& t, int64_t tix, int64_t a, int64_t e, Fn&& fn) const {
+    if (!needs_seg) {
+      fn(a, e, 0.0f);
+      return;
+    }
+    const int64_t L = seg_len(t);
+    const float* sv = segv.data() + seg_base[tix];
+    for (int64_t i = a; i < e;) {
+      const int64_t sidx = i / L;
+      const int64_t j = std::min((sidx + 1) * L, e);
+      fn(i, j, sv[sidx]);
+      i = j;
+    }
+  }
+
+  template <class PF, class SF>
+  int64_t fused_item(const Item& it, float* buf) const {
+    const TensorRef& t = c.t[it.t];
+    using PR = typename PF::raw;
+    using SR = typename SF::raw;
+    PR* p = (PR*)t.p;
+    const PR* g = (const PR*)t.g;
+    SR* m = (SR*)t.m;
+    int64_t nbad = 0;
+    if constexpr (!SF::blocked) {
+      seg_pieces(t, it.t, it.a, it.b, [&](int64_t a0, int64_t a1, float sv) {
+        nbad += fused_loop<PF, SF>(s, sv, 0.0f, a1 - a0, p + a0, g + a0, HAS_M ? m + a0 : m, nullptr);
+      });
+    } else {
+      const int64_t B = c.block;
+      for (int64_t a = it.a; a < it.b; a += B) {
+        const int64_t e = std::min(a + B, it.b);
+        const float msc = t.m_scale[a / B];
+        seg_pieces(t, it.t, a, e, [&](int64_t a0, int64_t a1, float sv) {
+          nbad += fused_loop<PF, SF>(s, sv, msc, a1 - a0, p + a0, g + a0, m + a0, buf + (a0 - a));
+        });
+        t.m_scale[a / B] = encode_block<SF>(m + a, e - a, buf, false, nullptr);
+      }
+    }
+    return nbad;
+  }
+
+  template <class PF, class SF>
+  std::vector<int64_t> fused_items() const {
+    std::vector<int64_t> out(items.size(), 0);
+    at::parallel_for(0, (int64_t)items.size(), 1, [&](int64_t ib, int64_t ie) {
+      std::vector<float> buf(SF::blocked ? c.block : 1);
+      for (int64_t k = ib; k < ie; ++k) out[k] = fused_item<PF, SF>(items[k], buf.data());
+    });
+    return out;
+  }
+
+  template <class PF>
+  std::vector<int64_t> fused_items_p() const {
+    if constexpr (!HAS_M) return fused_items<PF, FmtF32>();
+    else {
+      switch (sf) {
+        case FMT_F32: return fused_items<PF, FmtF32>();
+        case FMT_BF16: return fused_items<PF, FmtBF16>();
+        case FMT_E4M3: return fused_items<PF, FmtE4M3>();
+        default: return fused_items<PF, FmtE5M2>();
+      }
+    }
+  }
+
+  std::vector<int64_t> run_fused() const {
+    if constexpr (STO || HAS_V) {
+      return {};
+    } else {
+      return pf == FMT_F32 ? fused_items_p<FmtF32>() : fused_items_p<FmtBF16>();
+    }
   }
 
   // ---------------------------------------------------------------- tile evaluation
@@ -365,7 +519,7 @@ struct GroupKernel {
       for (size_t i = 0; i < c.t.size(); ++i)
         cscale[i] = (float)c.t[i].numel / (float)(per[i] + 1);
     }
-    const std::vector<int64_t> bad = run_items<true>();
+    const std::vector<int64_t> bad = fused_ok() ? run_fused() : run_items<true>();
     if (STO && s.envelope == ENV_SEGMENT) {
       for (size_t i = 0; i < c.t.size(); ++i)
         std::memcpy(c.t[i].G, segv.data() + seg_base[i], sizeof(float) * seg_count(c.t[i]));
