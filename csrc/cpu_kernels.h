@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "casts.h"
+#include "cpu_philox.h"
 #include "group.h"
 #include "rules.h"
 
@@ -121,12 +122,7 @@ struct GroupKernel {
   // Philox words 0..2 of elements base .. base+n-1 (counter (i mod 2^32, i >> 32, 0, 0)).
   static void philox_loop(const uint32_t k0, const uint32_t k1, const uint64_t base, const int64_t n,
                           uint32_t* __restrict W0, uint32_t* __restrict W1, uint32_t* __restrict W2) {
-    for (int64_t j = 0; j < n; ++j) {
-      const PhiloxWords w = element_words(k0, k1, base + (uint64_t)j);
-      W0[j] = w.w0;
-      W1[j] = w.w1;
-      W2[j] = w.w2;
-    }
+    philox_range(k0, k1, base, n, W0, W1, W2);
   }
 
   // ---------------------------------------------------------------- fp32 tile loops

@@ -68,13 +68,7 @@ at::Tensor philox_cpu(int64_t k0, int64_t k1, const at::Tensor& idx) {
   at::Tensor out = at::empty({ic.numel(), 4}, ic.options());
   const int64_t* ip = ic.data_ptr<int64_t>();
   int64_t* op = out.data_ptr<int64_t>();
-  for (int64_t i = 0; i < ic.numel(); ++i) {
-    const PhiloxWords w = element_words((uint32_t)k0, (uint32_t)k1, (uint64_t)ip[i]);
-    op[4 * i] = w.w0;
-    op[4 * i + 1] = w.w1;
-    op[4 * i + 2] = w.w2;
-    op[4 * i + 3] = w.w3;
-  }
+  cpu::philox_indices((uint32_t)k0, (uint32_t)k1, ip, ic.numel(), op);  // vector path + scalar tail
   return out;
 }
 
