@@ -1,16 +1,103 @@
 #!/usr/bin/env bash
-# GPU check of the cpp and triton backends in one command (< 8 min on an H100): install, build
-# the CUDA extension, run the CUDA-marked tests, then the GPU bench rows (1B-parameter bandwidth
-# vs device-to-device copy, launches per group on a GPT-2-size list, CPU-vs-GPU bit identity,
-# Triton vs the CUDA backend and vs lion-pytorch's Triton Lion).
-# Peers missing on the GPU machine travel as wheels: pip install --no-deps bench/wheels/*.whl
-set -euo pipefail
+# GPU check of the cpp and triton backends in one command, inside a time budget:
+#
+#     bash bench/gpu_check.sh            # GPU_CHECK_BUDGET_S=390 by default (6.5 min)
+#
+# A GPU session has 15 min of device time in all, machine start included, so the whole script
+# stays well under 8 min: each stage runs under `timeout` with min(its own limit, what is left of
+# the budget), in priority order; a stage that cannot get MIN_STAGE_S seconds is skipped with a
+# line, and a stage that fails or times out does not stop the next one.
+#
+#   build      python -m signopt.build: the C++/CUDA extension, built here, inside the budget
+#   tests      the CUDA-marked tests (cpp CUDA kernels; backend='auto' measuring on CUDA)
+#   step_gpu   bench/step_gpu.py: cpp CPU-vs-GPU bit identity, launches per group, 1B bandwidth
+#   triton_gpu bench/triton_gpu.py: Triton-vs-reference bit identity, GPT-2 list vs lion-pytorch's
+#              Triton Lion and vs cpp, what backend='auto' picks, 1B bandwidth
+#   autotune   python -m signopt.backends.autotune --quick: the measured auto table
+#   step       bench/step.py --device cuda --quick: every optimizer x backend x state, peers
+#
+# Outputs: bench/results/gpu_<device>/<stage>.txt, auto_table.json (the table every stage that
+# measures writes to) and summary.txt (stage, status, seconds); copied to $OUT too when the
+# device runner sets it (only $OUT comes back from the device machine: copy it into
+# bench/results/ and commit it there).
+#
+# No network: it runs from this checkout (PYTHONPATH; nothing is pip-installed into the image),
+# and the peers the GPU image lacks (lion-pytorch, pytorch-optimizer) come from bench/wheels/,
+# unpacked into a temporary directory only when their module is missing.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
-pip install -q --no-deps --no-build-isolation -e .
-if compgen -G "bench/wheels/*.whl" > /dev/null; then pip install -q --no-deps bench/wheels/*.whl; fi
-time python -m signopt.build
-python -m pytest -q -m cuda -x tests/test_cpp_cuda.py
-python -m pytest -q -m cuda
-python bench/step_gpu.py "$@"
-python bench/triton_gpu.py
+PY=${PYTHON:-python3}
+BUDGET=${GPU_CHECK_BUDGET_S:-390}
+MIN_STAGE_S=${MIN_STAGE_S:-20}
+START=$SECONDS
+export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+unset TRITON_INTERPRET
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+DEVICE=$($PY -c "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else '')" 2>/dev/null)
+if [ -z "$DEVICE" ]; then
+  echo "gpu_check: no CUDA device visible to $PY (torch: $($PY -c 'import torch; print(torch.__version__)' 2>&1)); nothing run"
+  exit 1
+fi
+SLUG=$(echo "$DEVICE" | tr -c 'A-Za-z0-9\n' '-' | tr -s '-' | sed 's/-$//')
+RES="bench/results/gpu_${SLUG}"
+mkdir -p "$RES"
+SUMMARY="$RES/summary.txt"
+export SIGNOPT_AUTO_TABLE="$PWD/$RES/auto_table.json"
+{
+  echo "gpu_check on $DEVICE, $(date -u +%Y-%m-%dT%H:%M:%SZ), budget ${BUDGET}s"
+  if rev=$(git rev-parse --short HEAD 2>/dev/null); then
+    echo "commit $rev$(git diff --quiet HEAD -- 2>/dev/null || echo ' (+ uncommitted changes)')"
+  fi
+  $PY -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda)"
+  $PY -c "import triton; print('triton', triton.__version__)" 2>&1 | tail -1
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+} | tee "$SUMMARY"
+
+SITE=$(mktemp -d /tmp/signopt-wheels.XXXXXX)
+for whl in bench/wheels/*.whl; do
+  [ -e "$whl" ] || continue
+  mod=$(basename "$whl" | cut -d- -f1)
+  if ! $PY -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$mod') is None)" 2>/dev/null; then
+    if $PY -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$whl"; then
+      echo "peer wheel: $(basename "$whl") -> $SITE" | tee -a "$SUMMARY"
+    else
+      echo "peer wheel: $(basename "$whl") did not install" | tee -a "$SUMMARY"
+    fi
+  fi
+done
+export PYTHONPATH="$PYTHONPATH:$SITE"
+
+FAILED=0
+stage() {  # stage NAME LIMIT_S CMD...
+  local name=$1 limit=$2
+  shift 2
+  local left=$(( BUDGET - (SECONDS - START) ))
+  (( limit > left )) && limit=$left
+  if (( left < MIN_STAGE_S )); then
+    printf '%-11s %-16s %5s   (%ds of the budget left)\n' "$name" "SKIPPED" "-" "$left" | tee -a "$SUMMARY"
+    FAILED=1
+    return
+  fi
+  echo "== $name (limit ${limit}s): $*"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$RES/$name.txt"
+  local rc=${PIPESTATUS[0]} status=ok
+  if (( rc == 124 || rc == 137 )); then status="TIMED OUT"; elif (( rc != 0 )); then status="FAILED rc=$rc"; fi
+  (( rc == 0 )) || FAILED=1
+  printf '%-11s %-16s %4ds\n' "$name" "$status" $(( SECONDS - t0 )) | tee -a "$SUMMARY"
+}
+
+stage build      240 $PY -m signopt.build
+stage tests      150 $PY -m pytest -q -p no:cacheprovider -m cuda tests/test_cpp_cuda.py tests/test_backend_auto.py
+stage step_gpu    90 $PY bench/step_gpu.py
+stage triton_gpu 150 $PY bench/triton_gpu.py
+stage autotune    75 $PY -m signopt.backends.autotune --quick --budget-s 45 --table "$SIGNOPT_AUTO_TABLE"
+stage step       180 $PY bench/step.py --device cuda --quick --out "$RES/step_cuda.txt"
+
+printf 'total %ds of %ds\n' $(( SECONDS - START )) "$BUDGET" | tee -a "$SUMMARY"
+rm -rf "$SITE"
+if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
+  cp -r "$RES" "$OUT/" && echo "copied $RES to \$OUT"
+fi
+exit $FAILED

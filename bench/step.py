@@ -1,6 +1,6 @@
 """Optimizer step time on a model-like parameter list, beside the in-place streaming bandwidth.
 
-    python bench/step.py [--quick] [--repeats N] [--cases large,small] [--out FILE]
+    python bench/step.py [--quick] [--repeats N] [--cases large,small] [--out FILE] [--device cuda]
 
 Cases: ``large`` = 64M parameters in 150 tensors (25 transformer-like layers of 6 tensors),
 ``small`` = 1M parameters in 300 tensors.  Every signopt optimizer x backend x state dtype, and
@@ -241,6 +241,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--cases", default="large,small")
     ap.add_argument("--out", default=None, help="also write the report to this file")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda: the table on the GPU with triton rows and GPU peers (bench/step_cuda.py)")
     args = ap.parse_args()
     repeats = args.repeats or (2 if args.quick else 3)
 
@@ -258,6 +260,14 @@ def main() -> None:
 
     fh = open(args.out, "w") if args.out else None
     out = Tee(sys.stdout, fh) if fh else sys.stdout
+    if args.device == "cuda":  # CUDA events, triton rows, GPU peers: bench/step_cuda.py
+        import step_cuda
+        try:
+            step_cuda.run(args, out, sys.modules[__name__])
+        finally:
+            if fh:
+                fh.close()
+        return
     try:
         backend_registry.load("cpp")
     except backend_registry.BackendUnavailable as exc:
@@ -273,6 +283,9 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start, {repeats} rounds", file=out)
     for line in missing:
         print(f"peer missing: {line}", file=out)
+    print("triton rows (and lion-pytorch's Triton Lion) are GPU-only: on CPU the triton backend runs only "
+          "in the Triton interpreter, whose timings mean nothing; see python bench/step.py --device cuda",
+          file=out)
     print("slow rows (torch-backend rows with stochastic rules or non-fp32 params/state: the reference "
           "rounds with int64 bit operations; bitsandbytes Lion8bit) run in the small case only, "
           "one round (min = median)", file=out)

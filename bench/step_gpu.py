@@ -74,7 +74,7 @@ def launches() -> None:
           f"{len(names)} GPU activities in one Lion step, {sum('apply_kernel' in n for n in names)} apply launch(es)")
 
 
-def identity() -> None:
+def identity() -> int:
     import test_parity as tp
     bad = 0
     for rule, (cls, kw, tol) in tp.RULES.items():
@@ -95,17 +95,29 @@ def identity() -> None:
         bad += not same
         print(f"CPU vs GPU {rule}: {'bit-identical' if same else 'DIFFERENT'}")
     print(f"exact rules differing: {bad}")
+    return bad
 
 
-def main() -> None:
+def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: the GPU rows need one (bench/gpu_check.sh)")
-        return
+        return 0
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    identity()
+    from signopt import backends as backend_registry
+    try:
+        backend = backend_registry.load("cpp")  # builds the extension here if it is not built yet
+    except backend_registry.BackendUnavailable as exc:
+        print(f"cpp backend unavailable: {exc}")
+        return 1
+    if not backend.has_cuda:
+        print("the signopt extension was built without CUDA kernels (SIGNOPT_CUDA=0, no nvcc, or no "
+              "CUDA torch): nothing to measure")
+        return 1
+    bad = identity()
     launches()
     bandwidth(10**9 if "--quick" not in sys.argv else 10**8)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,24 +2,32 @@
 
     python bench/triton_gpu.py [--repeats N] [--skip-1b]
 
+0. Bit identity: every rule of the parity harness (``tests/test_parity.py``), fp32 parameters
+   (bf16 too for a few), E4M3 state, cautious, weight decay, three steps with the same seed,
+   Triton on CUDA against the torch reference on CPU: bitwise for the rules the contract marks
+   exact, the max difference for the others.
 1. Bandwidth at 1B fp32 parameters: a Lion step moves 20 bytes/parameter (read p, g, m; write p,
    m); its effective bandwidth against ``dst.copy_(src)`` (8 bytes/element). Target >= 90%.
 2. Triton vs the CUDA build of the cpp backend (same rule, same list). Target: within 10%.
 3. GPT-2-size parameter list (148 tensors, 124M parameters): step time of signopt's Triton
-   Lion against lion-pytorch's Triton Lion (one launch per parameter). Target >= 3x.
+   Lion against lion-pytorch's Triton Lion (one launch per parameter). Target >= 3x. Also what
+   ``backend="auto"`` picks for that list (the measured auto table; its one log line is shown).
 
 Every number printed is measured in this run; nothing is assumed. Without a CUDA device the
-script says so and exits 0. Rows for ``bench/step.py``-style tables: :func:`triton_rows`.
+script says so and exits 0. Every family x state dtype on the Triton backend, beside cpp and
+the peers: ``python bench/step.py --device cuda``.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import signopt  # noqa: E402
 from signopt import backends as backend_registry  # noqa: E402
 from step_gpu import cuda_time  # noqa: E402  (bench/ is on sys.path when run as a script)
@@ -58,24 +66,62 @@ def available(name: str) -> str | None:
     return backend.unsupported(signopt.Lion(probe, backend="torch").rule(), probe)
 
 
-def triton_rows() -> list[dict]:
-    """Rows for a step-time table: every family on the Triton backend, fp32 and FP8 state."""
-    rows = []
-    for name, cls, kw, n_states in [("SignSGD", signopt.SignSGD, {}, 0), ("Signum", signopt.Signum, {}, 1),
-                                    ("Lion", signopt.Lion, {}, 1),
-                                    ("LionKappa-l2", signopt.LionKappa, {"kappa": "l2"}, 1),
-                                    ("StoSignSGD", signopt.StoSignSGD, {}, 2),
-                                    ("SignConversion-adamw", signopt.SignConversion, {"base": "adamw"}, 3)]:
-        for fmt in (["fp32"] if n_states == 0 else ["fp32", "bf16", "fp8_e4m3"]):
-            rows.append(dict(kind="signopt", name=name, cls=cls, kw=kw, backend="triton", state=fmt,
-                             pdtype="fp32", n_states=n_states))
-    return rows
+BF16_IDENTITY = ("signum", "lion", "stosign_element")
+
+
+def identity() -> int:
+    """Triton on CUDA vs the torch reference on CPU for every parity-harness rule; returns the
+    number of exact rules that differ."""
+    import test_parity as tp
+    bad = 0
+    for rule, (cls, kw, tol) in tp.RULES.items():
+        # bf16 parameters for a few rules only: each (rule, dtype) compiles its own kernels
+        for pdt in (torch.float32,) + ((torch.bfloat16,) if rule in BF16_IDENTITY else ()):
+            gen = torch.Generator().manual_seed(0)
+            cpu = [torch.randn(s, generator=gen).to(pdt) for s in [(7, 31), (4099,), (3, 1000), (0, 4)]]
+            gpu = [p.cuda() for p in cpu]
+            opts = dict(lr=1e-2, seed=1, cautious=True, weight_decay=0.1, state_dtype="fp8_e4m3",
+                        fp8_min_numel=0, state_block=32, **kw)
+            try:
+                o_ref = cls(cpu, backend="torch", **opts)
+                o_tri = cls(gpu, backend="triton", **opts)
+                for _ in range(3):
+                    for p, q in zip(cpu, gpu):
+                        p.grad = torch.randn(p.shape, generator=gen).to(pdt)
+                        q.grad = p.grad.cuda()
+                    o_ref.step()
+                    o_tri.step()
+                torch.cuda.synchronize()
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                print(f"Triton(CUDA) vs torch(CPU) {rule} {pdt}: FAILED {type(exc).__name__}: {exc}")
+                bad += tol == tp.EXACT
+                continue
+            same = all(torch.equal(p, q.cpu()) for p, q in zip(cpu, gpu))
+            worst = max((float((p.float() - q.cpu().float()).abs().max()) if p.numel() else 0.0)
+                        for p, q in zip(cpu, gpu))
+            if tol == tp.EXACT:
+                bad += not same
+                verdict = "bit-identical" if same else f"DIFFERENT (max |diff| {worst:.3g})"
+            else:
+                verdict = "bit-identical" if same else f"max |diff| {worst:.3g} (ulp rule)"
+            print(f"Triton(CUDA) vs torch(CPU) {rule} {str(pdt)[6:]} E4M3 state, cautious: {verdict}")
+    print(f"exact rules differing: {bad}")
+    return bad
+
+
+def auto_choice(params: list[torch.Tensor]) -> None:
+    """What backend='auto' picks for ``params`` (measured at construction, or from the table)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("signopt").setLevel(logging.INFO)
+    opt = signopt.Lion(params, lr=1e-4)
+    print(f"  backend='auto' on this list: {opt.backends}")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--skip-1b", action="store_true", help="skip the 1B-parameter bandwidth case")
+    ap.add_argument("--skip-identity", action="store_true", help="skip the Triton-vs-reference bit check")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("triton_gpu: no CUDA device on this machine; the Triton GPU targets (bandwidth at 1B "
@@ -91,6 +137,9 @@ def main() -> int:
     if cpp_why:
         print(f"cpp backend on CUDA unavailable ({cpp_why}): Triton-vs-CUDA rows skipped")
 
+    # 0. bit identity against the reference
+    bad = 0 if args.skip_identity else identity()
+
     # 3. GPT-2-size list
     gpt2 = make_params(gpt2_shapes())
     n = sum(p.numel() for p in gpt2)
@@ -101,7 +150,7 @@ def main() -> int:
         from lion_pytorch import Lion as LionPT
         t_peer = step_time(lambda ps: LionPT(ps, lr=1e-4, weight_decay=0.1, use_triton=True), gpt2, args.repeats)
         print(f"  lion-pytorch Triton Lion {t_peer * 1e3:.3f} ms -> speed-up {t_peer / t_tri:.2f}x (target >= 3x)")
-    except Exception as exc:  # noqa: BLE001
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - lion_pytorch.triton calls exit() without triton
         print(f"  lion-pytorch Triton Lion not measured: {exc.__class__.__name__}: {exc}")
     if not cpp_why:
         t_cpp = step_time(lambda ps: signopt.Lion(ps, lr=1e-4, weight_decay=0.1, backend="cpp"), gpt2, args.repeats)
@@ -109,12 +158,7 @@ def main() -> int:
     for fmt in ("bf16", "fp8_e4m3"):
         t = step_time(lambda ps: signopt.Lion(ps, lr=1e-4, state_dtype=fmt, backend="triton"), gpt2, args.repeats)
         print(f"  signopt Triton Lion, {fmt} state: {t * 1e3:.3f} ms")
-    for row in triton_rows():
-        kw = dict(row["kw"])
-        if row["n_states"]:
-            kw["state_dtype"] = row["state"]
-        t = step_time(lambda ps: row["cls"](ps, lr=1e-4, backend="triton", **kw), gpt2, args.repeats)
-        print(f"  {row['name']:22s} triton state {row['state']:8s} {t * 1e3:9.3f} ms")
+    auto_choice(gpt2)
     del gpt2
     torch.cuda.empty_cache()
 
@@ -134,7 +178,7 @@ def main() -> int:
         if not cpp_why:
             t_cpp = step_time(lambda ps: signopt.Lion(ps, lr=1e-4, backend="cpp"), big, args.repeats)
             print(f"  cpp (CUDA) Lion {t_cpp * 1e3:.2f} ms -> Triton/CUDA {t_lion / t_cpp:.3f}")
-    return 0
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -343,9 +343,11 @@ def test_real_measurement_cpp_vs_torch(table, rule, dtype):
 def test_triton_candidate_in_the_interpreter(table, monkeypatch):
     """The Triton candidate goes through the same synthetic path (interpreter on CPU)."""
     try:
-        backend_registry.load("triton")
+        triton_backend = backend_registry.load("triton")
     except backend_registry.BackendUnavailable as exc:
         pytest.skip(f"triton unavailable: {exc}")
+    if triton_backend.unsupported(UpdateRule(family="lion"), [torch.zeros(2)]) is not None:
+        pytest.skip("the Triton kernels do not take CPU tensors here (TRITON_INTERPRET unset)")
     monkeypatch.setattr(backend_registry, "MEASURED", {"cpu": ("cpp", "triton")})
     monkeypatch.setattr(autotune, "ROUNDS", 1)
     monkeypatch.setattr(autotune, "WARMUPS", 1)
@@ -357,3 +359,55 @@ def test_triton_candidate_in_the_interpreter(table, monkeypatch):
     assert opt.backends == ["triton"] and sorted(timer.calls) == ["cpp", "triton"]
     entry, = json.loads(table.read_text())["entries"].values()
     assert "errors" not in entry and entry["versions"]["triton"].startswith("triton ")
+
+
+# ------------------------------------------------------------------ on a GPU (bench/gpu_check.sh)
+@pytest.mark.cuda
+def test_cuda_auto_measures_cpp_vs_triton(monkeypatch, tmp_path, caplog):
+    """The real thing: CUDA params, both kernel backends, the default timer."""
+    path = tmp_path / "auto_table.json"
+    monkeypatch.setenv(autotune.TABLE_ENV, str(path))
+    monkeypatch.delenv(autotune.MEASURE_ENV, raising=False)
+    ps = [torch.nn.Parameter(torch.randn(256, 1024, device="cuda")) for _ in range(8)]
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    before = [p.detach().clone() for p in ps]
+    runnable = [n for n in backend_registry.MEASURED["cuda"]
+                if backend_registry._runnable(n, UpdateRule(family="lion"), ps) is not None]
+    with caplog.at_level(logging.INFO, logger="signopt"):
+        opt = signopt.Lion(ps, lr=1e-4, weight_decay=0.1)
+    assert opt.backends[0] in runnable
+    assert all(torch.equal(p, b) for p, b in zip(ps, before)) and len(opt.state) == 0
+    if len(runnable) < 2:
+        pytest.skip(f"only {runnable} can run on this GPU: nothing to measure")
+    entry, = json.loads(path.read_text())["entries"].values()
+    assert entry["choice"] == opt.backends[0] and "errors" not in entry, entry
+    assert all(t is not None and t > 0 for t in entry["times_s"].values())
+    assert entry["device"] == torch.cuda.get_device_name()
+    print(f"auto on {entry['device']}: {entry['times_s']} -> {entry['choice']}")
+    opt.step()
+    assert opt.last_step_backends == opt.backends
+
+
+def test_measuring_error_falls_back_to_static_order(table, monkeypatch, caplog):
+    def broken(*a, **k):
+        raise RuntimeError("no luck")
+
+    monkeypatch.setattr(autotune, "measure_entry", broken)
+    with caplog.at_level(logging.WARNING, logger="signopt"):
+        assert signopt.Lion(make_params(), lr=1e-3).backends == ["cpp"]
+    assert any("could not measure" in r.getMessage() for r in caplog.records)
+
+
+def test_backend_that_fails_to_load_is_skipped_by_auto(table, monkeypatch, caplog):
+    real_load = backend_registry.load
+
+    def load(name):
+        if name == "cpp":
+            raise AttributeError("module 'triton.language' has no attribute 'something'")
+        return real_load(name)
+
+    monkeypatch.setattr(backend_registry, "load", load)
+    with caplog.at_level(logging.WARNING, logger="signopt"):
+        assert signopt.Lion(make_params(), lr=1e-3).backends == ["torch"]
+    assert any("failed to load" in r.getMessage() for r in caplog.records)

@@ -92,7 +92,12 @@ def resolve(requested: str, rule: UpdateRule, params: list[Tensor]) -> Backend:
                 if backend is not None:
                     candidates[name] = backend
             if len(candidates) > 1:
-                choice = autotune.choose(candidates, rule, params)
+                try:
+                    choice = autotune.choose(candidates, rule, params)
+                except Exception as exc:  # noqa: BLE001 - measuring must never break construction
+                    log.warning("signopt: backend='auto' could not measure %s (%s: %s); static order",
+                                list(candidates), type(exc).__name__, exc)
+                    choice = None
                 if choice is not None:
                     return candidates[choice]
     for name in AUTO_ORDER.get(device, ("torch",)):
@@ -103,10 +108,16 @@ def resolve(requested: str, rule: UpdateRule, params: list[Tensor]) -> Backend:
 
 
 def _runnable(name: str, rule: UpdateRule, params: list[Tensor]) -> Backend | None:
-    """Backend ``name`` if it is available and supports the group, else None."""
+    """Backend ``name`` if it is available and supports the group, else None (``auto`` only:
+    an optional backend that fails to load or check is skipped with a warning, never raised)."""
     try:
         backend = load(name)
+        return backend if backend.unsupported(rule, params) is None else None
     except BackendUnavailable as exc:
         log.debug("signopt: backend %s skipped: %s", name, exc)
-        return None
-    return backend if backend.unsupported(rule, params) is None else None
+    except Exception as exc:  # noqa: BLE001 - e.g. a Triton version whose API differs
+        if name == "torch":
+            raise
+        log.warning("signopt: backend %s failed to load (%s: %s); backend='auto' skips it",
+                    name, type(exc).__name__, exc)
+    return None
