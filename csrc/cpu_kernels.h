@@ -473,14 +473,29 @@ struct GroupKernel {
     const float* v = B.v.data();
     if (HAS_M) m = load_range(sf, t.m, t.m_scale, c.block, a, n, B.m.data());
     if (HAS_V) v = load_range(sf, t.v, t.v_scale, c.block, a, n, B.v.data());
+    red_loop(s, t.bc1, t.bc2, n, p, g, m, v, red);
+  }
+
+  // Reduction values of n elements (prologue as in fused_loop: no per-flag control flow).
+  __attribute__((noipa)) static void red_loop(const Scalars sc, const float bc1, const float bc2, const int64_t n,
+                                              const float* __restrict p, const float* __restrict g,
+                                              const float* __restrict m, const float* __restrict v,
+                                              float* __restrict red) {
+    const float mul = sc.has_inv_scale ? sc.inv_scale : 1.0f;
+    const float sg = sc.maximize ? -1.0f : 1.0f;
+    const float l2 = sc.l2;
     for (int64_t j = 0; j < n; ++j) {
       ElemIn in;
       in.p = p[j];
       in.g = g[j];
-      in.m = m[j];
-      in.v = v[j];
+      in.m = HAS_M ? m[j] : 0.0f;
+      in.v = HAS_V ? v[j] : 0.0f;
       in.G = 0.0f;
-      red[j] = element_direction<K>(s, in, 1.0f, 0u, t.bc1, t.bc2).red;
+      const float x = (in.g * mul) * sg;
+      const bool bad = !finite32(x);
+      float gg = bad ? 0.0f : x;
+      gg = l2 != 0.0f ? gg + l2 * in.p : gg;
+      red[j] = direction_after_prologue<K>(sc, in, gg, bad, 1.0f, 0u, bc1, bc2).red;
     }
   }
 

@@ -134,7 +134,9 @@ SIGNOPT_HD float base_direction(const Scalars& s, const ElemIn& in, float g, boo
 SIGNOPT_HD float stochastic_sign(float d, float G, float u) {
   const float thr = (1.0f + d / G) * 0.5f;
   const float s = u < thr ? 1.0f : -1.0f;
-  return (d == 0.0f && G == 0.0f) ? 0.0f : s;
+  // d = G = 0 (either sign) as an integer test: a float compare here let gcc fold the caller's
+  // `bad ? 0 : d` into a boolean select it cannot vectorise
+  return ((f2u(d) | f2u(G)) & 0x7FFFFFFFu) == 0u ? 0.0f : s;
 }
 
 // Everything but the reduction-dependent part.  `seg` is the element's segment value:
