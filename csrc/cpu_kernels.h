@@ -18,6 +18,7 @@
 
 #include "casts.h"
 #include "cpu_philox.h"
+#include "cpu_simd.h"
 #include "group.h"
 #include "rules.h"
 
@@ -59,6 +60,9 @@ inline void load_block(const typename F::raw* __restrict r, const float sc, cons
 template <class F>
 inline float encode_block(typename F::raw* __restrict r, const int64_t n, const float* __restrict vals,
                           const bool sr, const uint32_t* __restrict words) {
+#if defined(SIGNOPT_AVX512)
+  if (!sr && simd::mxcsr_ok()) return simd::fp8_encode_block<F>(r, n, vals);
+#endif
   uint32_t amax = 0u;
   for (int64_t j = 0; j < n; ++j) {
     const uint32_t x = F::abs_bits(vals[j]);
@@ -222,6 +226,11 @@ struct GroupKernel {
                                                    const int64_t n, typename PF::raw* __restrict p,
                                                    const typename PF::raw* __restrict g,
                                                    typename SF::raw* __restrict m, float* __restrict mout) {
+#if defined(SIGNOPT_AVX512)
+    if constexpr (simd::kind_covered(K)) {
+      if (simd::simd_ok(sc)) return simd::fused_sign<K, PF, SF>(sc, mscale, n, p, g, m, mout);
+    }
+#endif
     const float mul = sc.has_inv_scale ? sc.inv_scale : 1.0f;
     const float sg = sc.maximize ? -1.0f : 1.0f;
     const float l2 = sc.l2, lr = sc.lr, decay = sc.decay;

@@ -1,0 +1,248 @@
+// AVX-512 versions of the CPU hot loops (compiled where the compiler targets AVX-512F/BW/DQ; the
+// portable loops of cpu_kernels.h / casts.h run everywhere else and for whatever is not covered):
+//   * fused_sign<K, PF, SF>: SignSGD, Signum and Lion (l1) over fp32/bf16 parameters and
+//     fp32/bf16/FP8 state, the whole rule on 16 lanes with AVX-512 masks;
+//   * fp8_encode_block<F>: FP8 block encoding (absmax, scale, nearest-even codes).
+// Every result is bit-identical to the portable code (same fp32 operations, same order):
+//   * the update p*decay - lr*u with u in {-1, 0, 1} is p*decay - lr, p*decay + lr (x - (-y) is
+//     x + y in IEEE arithmetic) or p*decay - (+0) = p*decay, as masked subtract/add of lr: this
+//     needs lr finite with a clear sign bit (sim_ok checks it, and the portable loop runs otherwise);
+//   * FP8 decode places the code's 7 magnitude bits in an fp32's exponent/mantissa fields and
+//     multiplies by 2^(127-BIAS) (exact; an fp32 subnormal in between for FP8 subnormals, so the
+//     path requires MXCSR without DAZ/FTZ and with round-to-nearest, which simd_ok checks);
+//   * bf16 and FP8 rounding are the integer forms of casts.h, FP8 codes as FmtFP8::encode.
+#pragma once
+#include <stdlib.h>
+
+#include <type_traits>
+
+#include "casts.h"
+#include "rules.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && !defined(__CUDACC__)
+#define SIGNOPT_AVX512 1
+#include <immintrin.h>
+#endif
+
+namespace signopt {
+namespace cpu {
+namespace simd {
+
+constexpr bool kind_covered(int k) { return k == K_SIGN || k == K_SIGNUM || k == K_LION_L1; }
+
+#if defined(SIGNOPT_AVX512)
+
+// SIGNOPT_CPU_SIMD=0 in the environment turns these loops off (tests run the portable ones).
+inline bool simd_enabled() {
+  static const bool on = [] {
+    const char* e = getenv("SIGNOPT_CPU_SIMD");
+    return !(e != nullptr && e[0] == '0');
+  }();
+  return on;
+}
+
+// MXCSR as at process start (round to nearest, no DAZ/FTZ).
+inline bool mxcsr_ok() { return simd_enabled() && (_mm_getcsr() & 0xE040u) == 0u; }
+
+// ... and lr finite with a clear sign bit (the masked-update form of the epilogue).
+inline bool simd_ok(const Scalars& s) { return mxcsr_ok() && f2u(s.lr) < 0x7F800000u; }
+
+inline __mmask16 tail_mask(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1u); }
+
+// ---------------------------------------------------------------- loads (16 lanes, masked)
+// FULL: all 16 lanes (plain loads/stores: masked stores are slow on some cores), else mask k.
+template <bool FULL>
+inline __m512 load16(const float* p, __mmask16 k) {
+  return FULL ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(k, p);
+}
+template <bool FULL>
+inline __m512 load16(const uint16_t* p, __mmask16 k) {
+  const __m256i r = FULL ? _mm256_loadu_si256((const __m256i*)p) : _mm256_maskz_loadu_epi16(k, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r), 16));
+}
+// FP8 code -> fp32 value (exact), then * scale (one rounding, as FmtFP8::load)
+template <class F>
+inline __m512 fp8_decode16(__m512i c, __m512 scale);
+template <>
+inline __m512 fp8_decode16<FmtE4M3>(__m512i c, __m512 scale) {
+  const __m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7F));
+  __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 20)), _mm512_set1_ps(0x1p120f));
+  const __mmask16 nan = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F));
+  v = _mm512_mask_mov_ps(v, nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
+  // sign: (c << 24) & 0x80000000 | v
+  v = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_slli_epi32(c, 24), _mm512_set1_epi32((int)0x80000000u),
+                                                    _mm512_castps_si512(v), 0xEA));
+  return _mm512_mul_ps(v, scale);
+}
+template <>
+inline __m512 fp8_decode16<FmtE5M2>(__m512i c, __m512 scale) {
+  const __m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7F));
+  __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 21)), _mm512_set1_ps(0x1p112f));
+  const __mmask16 spec = _mm512_cmpge_epi32_mask(mag, _mm512_set1_epi32(0x7C));
+  const __mmask16 inf = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7C));
+  v = _mm512_mask_mov_ps(v, spec, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
+  v = _mm512_mask_mov_ps(v, inf, _mm512_castsi512_ps(_mm512_set1_epi32(0x7F800000)));
+  v = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_slli_epi32(c, 24), _mm512_set1_epi32((int)0x80000000u),
+                                                    _mm512_castps_si512(v), 0xEA));
+  return _mm512_mul_ps(v, scale);
+}
+template <class F, bool FULL>
+inline __m512 load16_fp8(const uint8_t* p, __mmask16 k, __m512 scale) {
+  const __m128i r = FULL ? _mm_loadu_si128((const __m128i*)p) : _mm_maskz_loadu_epi8(k, p);
+  return fp8_decode16<F>(_mm512_cvtepu8_epi32(r), scale);
+}
+
+// ---------------------------------------------------------------- stores
+template <bool FULL>
+inline void store16(float* p, __m512 v, __mmask16 k) {
+  if (FULL) {
+    _mm512_storeu_ps(p, v);
+  } else {
+    _mm512_mask_storeu_ps(p, k, v);
+  }
+}
+// bf16 nearest-even: (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16, NaN -> 0x7FC0 (f32_to_bf16_rn)
+template <bool FULL>
+inline void store16(uint16_t* p, __m512 v, __mmask16 k) {
+  const __m512i b = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb), 16);
+  const __mmask16 nan =
+      _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF)), _mm512_set1_epi32(0x7F800000));
+  r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0));
+  if (FULL) {
+    _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(r));
+  } else {
+    _mm256_mask_storeu_epi16(p, k, _mm512_cvtepi32_epi16(r));
+  }
+}
+
+// ---------------------------------------------------------------- FP8 block encoding
+// FmtFP8::encode (nearest even) on 16 lanes; returns the 16 codes in the low bytes of int lanes.
+template <int M, int EMIN>
+inline __m512i fp8_codes16(__m512 x, __m512 inv, __m512 q) {
+  __m512 y = _mm512_mul_ps(x, inv);
+  y = _mm512_min_ps(q, y);  // NaN in y: vminps/vmaxps return the second operand, so NaN stays
+  y = _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), q), y);
+  const __m512i b = _mm512_castps_si512(y);
+  const __m512i a = _mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF));
+  const __m512i ef = _mm512_max_epi32(_mm512_srli_epi32(a, 23), _mm512_set1_epi32(EMIN + 127));
+  const __m512 inv_ulp = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(254 + M), ef), 23));
+  const __m512 k = _mm512_mul_ps(_mm512_castsi512_ps(a), inv_ulp);
+  const __m512i ki = _mm512_cvt_roundps_epi32(k, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512i code = _mm512_add_epi32(_mm512_slli_epi32(_mm512_sub_epi32(ef, _mm512_set1_epi32(EMIN + 127)), M), ki);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7F800000));
+  code = _mm512_mask_mov_epi32(code, nan, _mm512_set1_epi32(0x7F));
+  return _mm512_ternarylogic_epi32(_mm512_srli_epi32(b, 24), _mm512_set1_epi32(0x80), code, 0xEA);
+}
+
+template <class F>
+struct Fp8Params;
+template <>
+struct Fp8Params<FmtE4M3> {
+  static constexpr int M = 3, EMIN = -6;
+};
+template <>
+struct Fp8Params<FmtE5M2> {
+  static constexpr int M = 2, EMIN = -14;
+};
+
+// encode_block (cpu_kernels.h) for FP8 nearest: absmax of the finite values, scale, codes.
+template <class F>
+inline float fp8_encode_block(uint8_t* r, const int64_t n, const float* vals) {
+  __m512i amax = _mm512_setzero_si512();
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 k = tail_mask(n - j);
+    const __m512i a = _mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(k, vals + j)),
+                                       _mm512_set1_epi32(0x7FFFFFFF));
+    const __mmask16 fin = _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x7F800000));
+    amax = _mm512_mask_max_epu32(amax, fin, amax, a);
+  }
+  const float sc = F::scale_of(u2f(_mm512_reduce_max_epu32(amax)));
+  const __m512 inv = _mm512_set1_ps(1.0f / sc), q = _mm512_set1_ps(F::qmax);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512i c = fp8_codes16<Fp8Params<F>::M, Fp8Params<F>::EMIN>(_mm512_loadu_ps(vals + j), inv, q);
+    _mm_storeu_si128((__m128i*)(r + j), _mm512_cvtepi32_epi8(c));
+  }
+  if (j < n) {
+    const __mmask16 k = tail_mask(n - j);
+    const __m512i c = fp8_codes16<Fp8Params<F>::M, Fp8Params<F>::EMIN>(_mm512_maskz_loadu_ps(k, vals + j), inv, q);
+    _mm_mask_storeu_epi8(r + j, k, _mm512_cvtepi32_epi8(c));
+  }
+  return sc;
+}
+
+// ---------------------------------------------------------------- SignSGD / Signum / Lion
+// fused_loop of cpu_kernels.h for K in kind_covered; FP8 state (SF::blocked): m read as codes
+// with mscale, the new m written to mout (fp32).  Returns the non-finite count.
+template <int K, class PF, class SF>
+inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n, typename PF::raw* __restrict p,
+                          const typename PF::raw* __restrict g, typename SF::raw* __restrict m,
+                          float* __restrict mout) {
+  const bool prol = sc.has_inv_scale || sc.maximize || sc.l2 != 0.0f;
+  const __m512 mul = _mm512_set1_ps(sc.has_inv_scale ? sc.inv_scale : 1.0f);
+  const __m512 sg = _mm512_set1_ps(sc.maximize ? -1.0f : 1.0f);
+  const __m512 l2 = _mm512_set1_ps(sc.l2);
+  const bool has_l2 = sc.l2 != 0.0f;
+  const __m512 b1 = _mm512_set1_ps(sc.beta1), omb1 = _mm512_set1_ps(sc.omb1);
+  const __m512 b2 = _mm512_set1_ps(sc.beta2), omb2 = _mm512_set1_ps(sc.omb2);
+  const __m512 lr = _mm512_set1_ps(sc.lr), decay = _mm512_set1_ps(sc.decay);
+  const __m512 msc = _mm512_set1_ps(mscale);
+  const __m512 zero = _mm512_setzero_ps();
+  int64_t nbad = 0;
+  auto body = [&](const int64_t j, const __mmask16 k, auto full) {
+    constexpr bool FULL = decltype(full)::value;
+    const __m512 pv = load16<FULL>(p + j, k);
+    __m512 gv = load16<FULL>(g + j, k);
+    if (prol) gv = _mm512_mul_ps(_mm512_mul_ps(gv, mul), sg);
+    const __mmask16 bad = _mm512_mask_fpclass_ps_mask(k, gv, 0x99);  // QNaN, +inf, -inf, SNaN
+    const __mmask16 good = _kandn_mask16(bad, k);
+    __m512 gg = _mm512_maskz_mov_ps(good, gv);
+    if (prol && has_l2) gg = _mm512_add_ps(gg, _mm512_mul_ps(l2, pv));
+    __m512 src;  // the value whose sign is u
+    if constexpr (K == K_SIGN) {
+      src = gg;
+    } else {
+      __m512 mv;
+      if constexpr (SF::blocked) {
+        mv = load16_fp8<SF, FULL>(m + j, k, msc);
+      } else {
+        mv = load16<FULL>(m + j, k);
+      }
+      __m512 mn;
+      if constexpr (K == K_SIGNUM) {
+        mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, b1), _mm512_mul_ps(gg, omb1));
+        src = mn;
+      } else {  // Lion: c from the old m, m <- ema with beta2
+        src = _mm512_add_ps(_mm512_mul_ps(mv, b1), _mm512_mul_ps(gg, omb1));
+        mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, b2), _mm512_mul_ps(gg, omb2));
+      }
+      if constexpr (SF::blocked) {
+        store16<FULL>(mout + j, mn, k);
+      } else {
+        store16<FULL>(m + j, mn, k);
+      }
+    }
+    const __mmask16 pos = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_GT_OQ);
+    const __mmask16 neg = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_LT_OQ);
+    __m512 pn = _mm512_mask_mul_ps(pv, good, pv, decay);
+    pn = _mm512_mask_sub_ps(pn, pos, pn, lr);
+    pn = _mm512_mask_add_ps(pn, neg, pn, lr);
+    store16<FULL>(p + j, pn, k);
+    nbad += __builtin_popcount((unsigned)bad);
+  };
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) body(j, (__mmask16)0xFFFF, std::true_type{});
+  if (j < n) body(j, tail_mask(n - j), std::false_type{});
+  return nbad;
+}
+
+#else
+inline bool mxcsr_ok() { return false; }
+inline bool simd_ok(const Scalars&) { return false; }
+#endif
+
+}  // namespace simd
+}  // namespace cpu
+}  // namespace signopt
