@@ -37,8 +37,8 @@ void store_elems(void* raw, int64_t a, int64_t n, const float* vals, bool sr, co
 // One FP8 block: scale from the absmax of the finite values, then codes.
 template <class F>
 void store_block(void* raw, float* scale, int64_t block, int64_t a, int64_t n, const float* vals, bool sr,
-                 const uint32_t* words) {
-  scale[a / block] = encode_block<F>((typename F::raw*)raw + a, n, vals, sr, words);
+                 const uint32_t* words, bool simd) {
+  scale[a / block] = encode_block<F>((typename F::raw*)raw + a, n, vals, sr, words, simd);
 }
 
 }  // namespace
@@ -55,13 +55,13 @@ float* load_range(int fmt, void* raw, const float* scale, int64_t block, int64_t
 }
 
 void store_range(int fmt, void* raw, float* scale, int64_t block, int64_t a, int64_t n, const float* vals,
-                 bool sr, const uint32_t* words) {
+                 bool sr, const uint32_t* words, bool simd) {
   switch (fmt) {
     case FMT_F32: return;  // computed in place
     case FMT_BF16: store_elems<FmtBF16>(raw, a, n, vals, sr, words); return;
     case FMT_F16: store_elems<FmtF16>(raw, a, n, vals, sr, words); return;
-    case FMT_E4M3: store_block<FmtE4M3>(raw, scale, block, a, n, vals, sr, words); return;
-    default: store_block<FmtE5M2>(raw, scale, block, a, n, vals, sr, words); return;
+    case FMT_E4M3: store_block<FmtE4M3>(raw, scale, block, a, n, vals, sr, words, simd); return;
+    default: store_block<FmtE5M2>(raw, scale, block, a, n, vals, sr, words, simd); return;
   }
 }
 

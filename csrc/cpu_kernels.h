@@ -45,8 +45,9 @@ float* load_range(int fmt, void* raw, const float* scale, int64_t block, int64_t
 
 // Store fp32 values of [a, a+n) (nothing for fp32, computed in place); for FP8, [a, a+n) is
 // exactly one block and its new scale is written too.  sr: stochastic rounding with `words`.
+// simd: the caller's thread may use the AVX-512 encoder (simd::mxcsr_ok(), checked once per call).
 void store_range(int fmt, void* raw, float* scale, int64_t block, int64_t a, int64_t n, const float* vals,
-                 bool sr, const uint32_t* words);
+                 bool sr, const uint32_t* words, bool simd);
 
 // ---------------------------------------------------------------- FP8 block kernels
 // Decode n codes of one block with its scale (vectorisable: bit operations of casts.h).
@@ -59,9 +60,9 @@ inline void load_block(const typename F::raw* __restrict r, const float sc, cons
 // over the bits of |x|), codes by F::encode; returns the scale.
 template <class F>
 inline float encode_block(typename F::raw* __restrict r, const int64_t n, const float* __restrict vals,
-                          const bool sr, const uint32_t* __restrict words) {
+                          const bool sr, const uint32_t* __restrict words, const bool simd) {
 #if defined(SIGNOPT_AVX512)
-  if (!sr && simd::mxcsr_ok()) return simd::fp8_encode_block<F>(r, n, vals);
+  if (!sr && simd) return simd::fp8_encode_block<F>(r, n, vals);
 #endif
   uint32_t amax = 0u;
   for (int64_t j = 0; j < n; ++j) {
@@ -225,10 +226,11 @@ struct GroupKernel {
   __attribute__((noipa)) static int64_t fused_loop(const Scalars sc, const float seg, const float mscale,
                                                    const int64_t n, typename PF::raw* __restrict p,
                                                    const typename PF::raw* __restrict g,
-                                                   typename SF::raw* __restrict m, float* __restrict mout) {
+                                                   typename SF::raw* __restrict m, float* __restrict mout,
+                                                   const bool simd, uint32_t* amax) {
 #if defined(SIGNOPT_AVX512)
     if constexpr (simd::kind_covered(K)) {
-      if (simd::simd_ok(sc)) return simd::fused_sign<K, PF, SF>(sc, mscale, n, p, g, m, mout);
+      if (simd) return simd::fused_sign<K, PF, SF>(sc, mscale, n, p, g, m, mout, amax);
     }
 #endif
     const float mul = sc.has_inv_scale ? sc.inv_scale : 1.0f;
@@ -289,7 +291,7 @@ struct GroupKernel {
   }
 
   template <class PF, class SF>
-  int64_t fused_item(const Item& it, float* buf) const {
+  int64_t fused_item(const Item& it, float* buf, const bool simd) const {
     const TensorRef& t = c.t[it.t];
     using PR = typename PF::raw;
     using SR = typename SF::raw;
@@ -299,17 +301,24 @@ struct GroupKernel {
     int64_t nbad = 0;
     if constexpr (!SF::blocked) {
       seg_pieces(t, it.t, it.a, it.b, [&](int64_t a0, int64_t a1, float sv) {
-        nbad += fused_loop<PF, SF>(s, sv, 0.0f, a1 - a0, p + a0, g + a0, HAS_M ? m + a0 : m, nullptr);
+        nbad += fused_loop<PF, SF>(s, sv, 0.0f, a1 - a0, p + a0, g + a0, HAS_M ? m + a0 : m, nullptr, simd, nullptr);
       });
     } else {
       const int64_t B = c.block;
       for (int64_t a = it.a; a < it.b; a += B) {
         const int64_t e = std::min(a + B, it.b);
         const float msc = t.m_scale[a / B];
+        uint32_t amax = 0u;  // set by the AVX-512 loop (covered kinds)
         seg_pieces(t, it.t, a, e, [&](int64_t a0, int64_t a1, float sv) {
-          nbad += fused_loop<PF, SF>(s, sv, msc, a1 - a0, p + a0, g + a0, m + a0, buf + (a0 - a));
+          nbad += fused_loop<PF, SF>(s, sv, msc, a1 - a0, p + a0, g + a0, m + a0, buf + (a0 - a), simd, &amax);
         });
-        t.m_scale[a / B] = encode_block<SF>(m + a, e - a, buf, false, nullptr);
+#if defined(SIGNOPT_AVX512)
+        if (simd && simd::kind_covered(K)) {
+          t.m_scale[a / B] = simd::fp8_encode_amax<SF>(m + a, e - a, buf, amax);
+          continue;
+        }
+#endif
+        t.m_scale[a / B] = encode_block<SF>(m + a, e - a, buf, false, nullptr, simd);
       }
     }
     return nbad;
@@ -320,7 +329,8 @@ struct GroupKernel {
     std::vector<int64_t> out(items.size(), 0);
     at::parallel_for(0, (int64_t)items.size(), 1, [&](int64_t ib, int64_t ie) {
       std::vector<float> buf(SF::blocked ? c.block : 1);
-      for (int64_t k = ib; k < ie; ++k) out[k] = fused_item<PF, SF>(items[k], buf.data());
+      const bool simd = simd::simd_ok(s);  // MXCSR of this thread, once per chunk
+      for (int64_t k = ib; k < ie; ++k) out[k] = fused_item<PF, SF>(items[k], buf.data(), simd);
     });
     return out;
   }
@@ -350,7 +360,7 @@ struct GroupKernel {
   // Decodes the tile, evaluates the rule and (STORE) writes the results, or (COUNT) returns
   // the number of kept cautious coordinates.  Returns the non-finite count when STORE.
   template <bool STORE>
-  int64_t tile_eval(const TensorRef& t, int64_t tix, int64_t a, int64_t n, Buffers& B) const {
+  int64_t tile_eval(const TensorRef& t, int64_t tix, int64_t a, int64_t n, Buffers& B, const bool simd) const {
     float* seg = B.seg.data();
     if (needs_seg) {
       const int64_t L = seg_len(t);
@@ -383,10 +393,10 @@ struct GroupKernel {
     const int64_t acc = STORE ? apply_loop(s, cs, t.bc1, t.bc2, n, p, gp, m, v, E, seg, W0, badv)
                               : count_loop(s, t.bc1, t.bc2, n, p, gp, m, v, E, seg, W0, badv);
     if (STORE) {
-      store_range(pf, t.p, nullptr, 0, a, n, p, s.param_sr != 0, W2);
-      if (HAS_M) store_range(sf, t.m, t.m_scale, c.block, a, n, m, s.state_sr != 0, W1);
-      if (HAS_V) store_range(sf, t.v, t.v_scale, c.block, a, n, v, s.state_sr != 0, W1);
-      if (elem_env) store_range(sf, t.G, t.G_scale, c.block, a, n, E, s.state_sr != 0, W1);
+      store_range(pf, t.p, nullptr, 0, a, n, p, s.param_sr != 0, W2, simd);
+      if (HAS_M) store_range(sf, t.m, t.m_scale, c.block, a, n, m, s.state_sr != 0, W1, simd);
+      if (HAS_V) store_range(sf, t.v, t.v_scale, c.block, a, n, v, s.state_sr != 0, W1, simd);
+      if (elem_env) store_range(sf, t.G, t.G_scale, c.block, a, n, E, s.state_sr != 0, W1, simd);
     }
     return acc;
   }
@@ -396,11 +406,12 @@ struct GroupKernel {
     std::vector<int64_t> out(items.size(), 0);
     at::parallel_for(0, (int64_t)items.size(), 1, [&](int64_t ib, int64_t ie) {
       Buffers B(tile);
+      const bool simd = simd::mxcsr_ok();
       for (int64_t k = ib; k < ie; ++k) {
         const Item& it = items[k];
         int64_t acc = 0;
         for (int64_t a = it.a; a < it.b; a += tile)
-          acc += tile_eval<STORE>(c.t[it.t], it.t, a, std::min(tile, it.b - a), B);
+          acc += tile_eval<STORE>(c.t[it.t], it.t, a, std::min(tile, it.b - a), B, simd);
         out[k] = acc;
       }
     });

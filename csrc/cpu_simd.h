@@ -101,20 +101,33 @@ inline void store16(float* p, __m512 v, __mmask16 k) {
     _mm512_mask_storeu_ps(p, k, v);
   }
 }
-// bf16 nearest-even: (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16, NaN -> 0x7FC0 (f32_to_bf16_rn)
-template <bool FULL>
-inline void store16(uint16_t* p, __m512 v, __mmask16 k) {
+// bf16 nearest-even (f32_to_bf16_rn): the high halves of bits + 0x7FFF + ((bits >> 16) & 1), with
+// NaN -> 0x7FC0 (the high half of 0x7FC00000).
+inline __m512i bf16_rn_hi(__m512 v) {
   const __m512i b = _mm512_castps_si512(v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb), 16);
-  const __mmask16 nan =
-      _mm512_cmpgt_epu32_mask(_mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF)), _mm512_set1_epi32(0x7F800000));
-  r = _mm512_mask_mov_epi32(r, nan, _mm512_set1_epi32(0x7FC0));
+  const __m512i r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb);
+  return _mm512_mask_mov_epi32(r, _mm512_fpclass_ps_mask(v, 0x81), _mm512_set1_epi32(0x7FC00000));  // NaN
+}
+template <bool FULL>
+inline void store16(uint16_t* p, __m512 v, __mmask16 k) {
+  const __m256i r = _mm512_cvtepi32_epi16(_mm512_srli_epi32(bf16_rn_hi(v), 16));
   if (FULL) {
-    _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16(r));
+    _mm256_storeu_si256((__m256i*)p, r);
   } else {
-    _mm256_mask_storeu_epi16(p, k, _mm512_cvtepi32_epi16(r));
+    _mm256_mask_storeu_epi16(p, k, r);
   }
+}
+// 32 consecutive values from two vectors: bf16 through one two-source word permute of the high
+// halves (cheaper than two narrowing moves).
+inline void store32(float* p, __m512 v0, __m512 v1) {
+  _mm512_storeu_ps(p, v0);
+  _mm512_storeu_ps(p + 16, v1);
+}
+inline void store32(uint16_t* p, __m512 v0, __m512 v1) {
+  const __m512i odd = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27,
+                                       25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  _mm512_storeu_si512((void*)p, _mm512_permutex2var_epi16(bf16_rn_hi(v0), odd, bf16_rn_hi(v1)));
 }
 
 // ---------------------------------------------------------------- FP8 block encoding
@@ -147,6 +160,9 @@ struct Fp8Params<FmtE5M2> {
   static constexpr int M = 2, EMIN = -14;
 };
 
+template <class F>
+inline float fp8_encode_amax(uint8_t* r, const int64_t n, const float* vals, const uint32_t amax);
+
 // encode_block (cpu_kernels.h) for FP8 nearest: absmax of the finite values, scale, codes.
 template <class F>
 inline float fp8_encode_block(uint8_t* r, const int64_t n, const float* vals) {
@@ -158,7 +174,13 @@ inline float fp8_encode_block(uint8_t* r, const int64_t n, const float* vals) {
     const __mmask16 fin = _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x7F800000));
     amax = _mm512_mask_max_epu32(amax, fin, amax, a);
   }
-  const float sc = F::scale_of(u2f(_mm512_reduce_max_epu32(amax)));
+  return fp8_encode_amax<F>(r, n, vals, _mm512_reduce_max_epu32(amax));
+}
+
+// The same with the bits of the finite absmax already known (fused_sign computes them).
+template <class F>
+inline float fp8_encode_amax(uint8_t* r, const int64_t n, const float* vals, const uint32_t amax) {
+  const float sc = F::scale_of(u2f(amax));
   const __m512 inv = _mm512_set1_ps(1.0f / sc), q = _mm512_set1_ps(F::qmax);
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) {
@@ -179,7 +201,7 @@ inline float fp8_encode_block(uint8_t* r, const int64_t n, const float* vals) {
 template <int K, class PF, class SF>
 inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n, typename PF::raw* __restrict p,
                           const typename PF::raw* __restrict g, typename SF::raw* __restrict m,
-                          float* __restrict mout) {
+                          float* __restrict mout, uint32_t* amax_out) {
   const bool prol = sc.has_inv_scale || sc.maximize || sc.l2 != 0.0f;
   const __m512 mul = _mm512_set1_ps(sc.has_inv_scale ? sc.inv_scale : 1.0f);
   const __m512 sg = _mm512_set1_ps(sc.maximize ? -1.0f : 1.0f);
@@ -191,7 +213,11 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
   const __m512 msc = _mm512_set1_ps(mscale);
   const __m512 zero = _mm512_setzero_ps();
   int64_t nbad = 0;
-  auto body = [&](const int64_t j, const __mmask16 k, auto full) {
+  __m512i amax = _mm512_setzero_si512();  // FP8 state: bits of the finite absmax of the new m
+  struct Out {
+    __m512 pn, mn;
+  };
+  auto body = [&](const int64_t j, const __mmask16 k, auto full) -> Out {
     constexpr bool FULL = decltype(full)::value;
     const __m512 pv = load16<FULL>(p + j, k);
     __m512 gv = load16<FULL>(g + j, k);
@@ -201,6 +227,7 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
     __m512 gg = _mm512_maskz_mov_ps(good, gv);
     if (prol && has_l2) gg = _mm512_add_ps(gg, _mm512_mul_ps(l2, pv));
     __m512 src;  // the value whose sign is u
+    __m512 mn = zero;
     if constexpr (K == K_SIGN) {
       src = gg;
     } else {
@@ -210,7 +237,6 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
       } else {
         mv = load16<FULL>(m + j, k);
       }
-      __m512 mn;
       if constexpr (K == K_SIGNUM) {
         mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, b1), _mm512_mul_ps(gg, omb1));
         src = mn;
@@ -220,8 +246,9 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
       }
       if constexpr (SF::blocked) {
         store16<FULL>(mout + j, mn, k);
-      } else {
-        store16<FULL>(m + j, mn, k);
+        const __m512i a = _mm512_and_si512(_mm512_castps_si512(mn), _mm512_set1_epi32(0x7FFFFFFF));
+        const __mmask16 fin = _mm512_mask_cmplt_epu32_mask(k, a, _mm512_set1_epi32(0x7F800000));
+        amax = _mm512_mask_max_epu32(amax, fin, amax, a);
       }
     }
     const __mmask16 pos = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_GT_OQ);
@@ -229,12 +256,27 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
     __m512 pn = _mm512_mask_mul_ps(pv, good, pv, decay);
     pn = _mm512_mask_sub_ps(pn, pos, pn, lr);
     pn = _mm512_mask_add_ps(pn, neg, pn, lr);
-    store16<FULL>(p + j, pn, k);
     nbad += __builtin_popcount((unsigned)bad);
+    return Out{pn, mn};
   };
+  constexpr bool STORE_M = K != K_SIGN && !SF::blocked;
   int64_t j = 0;
-  for (; j + 16 <= n; j += 16) body(j, (__mmask16)0xFFFF, std::true_type{});
-  if (j < n) body(j, tail_mask(n - j), std::false_type{});
+  for (; j + 32 <= n; j += 32) {
+    const Out o0 = body(j, (__mmask16)0xFFFF, std::true_type{});
+    const Out o1 = body(j + 16, (__mmask16)0xFFFF, std::true_type{});
+    store32(p + j, o0.pn, o1.pn);
+    if constexpr (STORE_M) store32(m + j, o0.mn, o1.mn);
+  }
+  for (; j < n; j += 16) {
+    const __mmask16 k = tail_mask(n - j);
+    const Out o = body(j, k, std::false_type{});
+    store16<false>(p + j, o.pn, k);
+    if constexpr (STORE_M) store16<false>(m + j, o.mn, k);
+  }
+  if constexpr (SF::blocked) {
+    const uint32_t am = _mm512_reduce_max_epu32(amax);
+    *amax_out = am > *amax_out ? am : *amax_out;
+  }
   return nbad;
 }
 

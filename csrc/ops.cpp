@@ -93,10 +93,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> encode_cpu(const at::Tensor& x, i
     for (int64_t i = 0; i < n; ++i) w[i] = (uint32_t)wc.data_ptr<int64_t>()[i];
   }
   const int64_t step = cpu::fmt_blocked(fmt) ? block : std::max<int64_t>(n, 1);
+  const bool simd = cpu::simd::mxcsr_ok();
   for (int64_t a = 0; a < n; a += step) {
     const int64_t len = std::min(step, n - a);
     cpu::store_range((int)fmt, out.data_ptr(), scales.data_ptr<float>(), block, a, len, xc.data_ptr<float>() + a,
-                     sr, w.data() + a);
+                     sr, w.data() + a, simd);
   }
   at::Tensor dec = at::empty_like(xc);
   if (n > 0) {
