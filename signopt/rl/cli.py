@@ -14,6 +14,8 @@ from dataclasses import fields
 
 from .config import RLConfig, config_from
 
+JSON_FIELDS = ("loss_knobs", "optimizer_kwargs")
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="signopt-rl", description="GRPO-family RL fine-tuning with signopt optimizers")
@@ -22,8 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="a .json or .toml file of RLConfig fields")
     for f in fields(RLConfig):
         train.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar=f.name.upper(),
-                           help=f"(default: {f.default if f.default is not None else 'none'})" if f.name != "loss_knobs"
-                           else "JSON object of loss knobs")
+                           help="a JSON object" if f.name in JSON_FIELDS
+                           else f"(default: {f.default if f.default is not None else 'none'})")
     return p
 
 
@@ -31,11 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(_parser().parse_args(argv))
     args.pop("command")
     config_file = args.pop("config")
-    if args.get("loss_knobs") is not None:
-        try:
-            args["loss_knobs"] = json.loads(args["loss_knobs"])
-        except json.JSONDecodeError as e:
-            raise SystemExit(f"--loss-knobs must be a JSON object: {e.msg}") from None
+    for name in JSON_FIELDS:
+        if args.get(name) is not None:
+            try:
+                args[name] = json.loads(args[name])
+            except json.JSONDecodeError as e:
+                raise SystemExit(f"--{name.replace('_', '-')} must be a JSON object: {e.msg}") from None
     try:
         cfg = config_from(config_file, args)
     except ValueError as e:

@@ -35,6 +35,7 @@ class RLConfig:
     warmstart_lr: float = 1e-3
     warmstart_batch: int = 64
     warmstart_eval_every: int = 10
+    warmstart_ema: float = 0.99  # measure (and keep) an EMA of the weights; 0 = the raw weights
     # RL
     steps: int = 2500
     prompts_per_step: int = 8
@@ -49,6 +50,7 @@ class RLConfig:
     optimizer: str = "lion"
     lr: float | None = None  # None: the optimizer's default (Lion 1e-5, AdamW 1e-4)
     weight_decay: float = 0.0
+    optimizer_kwargs: dict = field(default_factory=dict)  # more constructor arguments, e.g. {"betas": [0.95, 0.98]}
     max_grad_norm: float = 0.0  # 0 disables clipping
     reference_model: bool = True  # keep a frozen copy to report (and penalise) KL
     kl_every: int = 10  # report KL to the reference every k steps (every step when the loss uses it)
@@ -78,10 +80,15 @@ class RLConfig:
         if self.optimizer not in OPTIMIZERS and "." not in self.optimizer:
             raise ValueError(f"optimizer={self.optimizer!r} is not supported; allowed values: "
                              f"{', '.join(OPTIMIZERS)} or a dotted path to a torch.optim.Optimizer subclass")
+        if not 0.0 <= self.warmstart_ema < 1.0:
+            raise ValueError(f"warmstart_ema={self.warmstart_ema} must be in [0, 1)")
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be > 0")
         if not isinstance(self.loss_knobs, dict):
             raise ValueError("loss_knobs must be a mapping of knob name to value")
+        if not isinstance(self.optimizer_kwargs, dict) or {"lr", "weight_decay", "params"} & set(self.optimizer_kwargs):
+            raise ValueError("optimizer_kwargs must be a mapping of constructor arguments other than params, lr "
+                             "and weight_decay (those have their own fields)")
         return self
 
     def to_dict(self) -> dict:

@@ -48,7 +48,8 @@ def default_lr(name: str) -> float:
     return OPTIMIZERS[name][1] if name in OPTIMIZERS else 1e-4
 
 
-def build_optimizer(name: str, params, lr: float | None = None, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """Instantiate optimizer ``name`` on ``params``."""
+def build_optimizer(name: str, params, lr: float | None = None, weight_decay: float = 0.0,
+                    **kwargs) -> torch.optim.Optimizer:
+    """Instantiate optimizer ``name`` on ``params`` (``kwargs``: more constructor arguments)."""
     cls = resolve_optimizer(name)
-    return cls(params, lr=default_lr(name) if lr is None else lr, weight_decay=weight_decay)
+    return cls(params, lr=default_lr(name) if lr is None else lr, weight_decay=weight_decay, **kwargs)

@@ -71,14 +71,14 @@ class Trainer:
                 self.warmstart = warm_start(
                     model, tokenizer, self.task, target=cfg.warmstart_target, max_steps=cfg.warmstart_max_steps,
                     batch_size=cfg.warmstart_batch, lr=cfg.warmstart_lr, eval_every=cfg.warmstart_eval_every,
-                    max_new_tokens=cfg.max_new_tokens, gen=self.data_gen,
+                    max_new_tokens=cfg.max_new_tokens, gen=self.data_gen, ema=cfg.warmstart_ema,
                 )
                 self.warmstart["seconds"] = time.perf_counter() - t0
         elif tokenizer is None:
             raise ValueError("a model passed to Trainer needs its tokenizer")
         self.model, self.tokenizer = model, tokenizer
         self.ref = self._frozen_copy() if self._wants_reference() else None
-        self.optimizer = build_optimizer(cfg.optimizer, model.parameters(), self.lr, cfg.weight_decay)
+        self.optimizer = build_optimizer(cfg.optimizer, model.parameters(), self.lr, cfg.weight_decay, **cfg.optimizer_kwargs)
         self.step = 0
         self.r2vpo_lam = float(cfg.loss_knobs.get("lam", 0.0))
         self.accuracy_before = evaluate(model, tokenizer, self.task, cfg.max_new_tokens)
@@ -125,7 +125,8 @@ class Trainer:
         if state["ref_model"] is not None:
             self.ref = self._frozen_copy()
             self.ref.load_state_dict(state["ref_model"])
-        self.optimizer = build_optimizer(self.cfg.optimizer, self.model.parameters(), self.lr, self.cfg.weight_decay)
+        self.optimizer = build_optimizer(self.cfg.optimizer, self.model.parameters(), self.lr, self.cfg.weight_decay,
+                                         **self.cfg.optimizer_kwargs)
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])

@@ -31,3 +31,44 @@ def test_bad_arguments():
         chunked_logprobs(h, w, t, temperature=0.0)
     with pytest.raises(ValueError, match="max_chunk_elems"):
         chunked_logprobs(h, w, t, max_chunk_elems=0)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_shared_prompt_forward_matches_full_forward(layers):
+    """Rows with one prompt share its forward (KV cache gathered to the rows): same log-probs,
+    entropies and parameter gradients as running every row whole, with left padding, masked
+    completion tails and a row whose prompt appears once."""
+    from signopt.rl.modeling import completion_logprobs, decoder_hidden
+    from signopt.rl.rollout import completion_masks
+    from signopt.rl.modeling import tiny_model
+    from signopt.rl.tokenizer import char_tokenizer
+
+    tok = char_tokenizer()
+    model = tiny_model(tok, hidden=32, layers=layers, heads=2, intermediate=64, seed=0)
+    prompts = ["7+5=", "12+34=", "7+5=", "99+1=", "12+34=", "7+5="]
+    enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    gen = torch.Generator().manual_seed(0)
+    comp = torch.randint(3, len(tok), (len(prompts), 4), generator=gen)
+    comp[1, 2] = comp[4, 1] = tok.eos_token_id
+    mask, _ = completion_masks(comp, tok.eos_token_id)
+    seqs = torch.cat([enc["input_ids"], torch.where(mask, comp, tok.pad_token_id)], 1)
+    attn = torch.cat([enc["attention_mask"], mask.long()], 1)
+    P = enc["input_ids"].shape[1]
+
+    def run(share):
+        model.zero_grad()
+        lp, ent = completion_logprobs(model, seqs, attn, P, mask, temperature=0.7, share_prompts=share)
+        (lp * torch.linspace(-1, 1, lp.numel()).view_as(lp)).sum().backward()
+        return lp.detach(), ent, [p.grad.clone() for p in model.parameters()]
+
+    full, shared = run(False), run(True)
+    torch.testing.assert_close(shared[0], full[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared[1], full[1], rtol=1e-5, atol=1e-5)
+    for a, b in zip(shared[2], full[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert full[0][~mask].eq(0).all() and full[0][mask].lt(0).all()
+    # distinct prompts only: the plain path, exactly
+    distinct = [0, 1, 3]
+    h_share = decoder_hidden(model, seqs[distinct], attn[distinct], P, share_prompts=True)
+    h_full = decoder_hidden(model, seqs[distinct], attn[distinct], P, share_prompts=False)
+    assert torch.equal(h_share, h_full)

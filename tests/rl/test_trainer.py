@@ -108,6 +108,42 @@ def test_config_errors(tmp_path):
         config_from(str(tmp_path / "c.yaml"))
     with pytest.raises(SystemExit, match="loss='x'"):
         main(["train", "--loss", "x"])
+    with pytest.raises(ValueError, match="warmstart_ema=1.0 must be in \\[0, 1\\)"):
+        config_from(None, {"warmstart_ema": "1.0"})
+    with pytest.raises(ValueError, match="optimizer_kwargs must be a mapping of constructor arguments other than"):
+        config_from(None, {"optimizer_kwargs": {"lr": 1.0}})
+    with pytest.raises(SystemExit, match="--optimizer-kwargs must be a JSON object"):
+        main(["train", "--optimizer-kwargs", "{betas"])
+
+
+def test_optimizer_kwargs_reach_the_optimizer(tiny_path):
+    tr = Trainer(small_config(tiny_path, steps=0, optimizer_kwargs={"betas": [0.95, 0.98]}))
+    assert tr.optimizer.param_groups[0]["betas"] == (0.95, 0.98)
+
+
+def test_warm_start_ema_keeps_the_average():
+    """ema=0.5 over one step leaves θ = (θ₀ + θ₁)/2, θ₁ being the raw weights after the step, and
+    reports the accuracy of exactly those weights."""
+    from signopt.rl.rollout import evaluate
+
+    tok = char_tokenizer()
+    task = AdditionTask(digits=1, eval_size=8)
+
+    def run(ema):
+        model = tiny_model(tok, hidden=32, layers=1, heads=2, intermediate=64, seed=0)
+        out = warm_start(model, tok, task, target=1.0, max_steps=1, batch_size=8, lr=1e-2, eval_every=1,
+                         max_new_tokens=4, gen=torch.Generator().manual_seed(0), ema=ema)
+        return model, out
+
+    theta0 = tiny_model(tok, hidden=32, layers=1, heads=2, intermediate=64, seed=0).state_dict()
+    raw, _ = run(0.0)
+    avg, out = run(0.5)
+    for k, v in avg.state_dict().items():
+        torch.testing.assert_close(v, (theta0[k] + raw.state_dict()[k]) / 2, rtol=0, atol=1e-7)
+    assert out["steps"] == 1 and out["accuracy"] == evaluate(avg, tok, task, 4)
+    with pytest.raises(ValueError, match="warmstart_ema=1.0 must be in"):
+        warm_start(avg, tok, task, target=1.0, max_steps=1, batch_size=8, lr=1e-2, eval_every=1, max_new_tokens=4,
+                   gen=torch.Generator(), ema=1.0)
 
 
 @pytest.mark.parametrize("extra", [
