@@ -125,6 +125,14 @@ inline void store32(float* p, __m512 v0, __m512 v1) {
   _mm512_storeu_ps(p + 16, v1);
 }
 inline void store32(uint16_t* p, __m512 v0, __m512 v1) {
+#if defined(__AVX512BF16__)
+  // vcvtne2ps2bf16 rounds to nearest even like f32_to_bf16_rn except for NaN (it keeps payload and
+  // sign) and subnormal inputs (it flushes them): vectors holding either take the integer path.
+  if ((_mm512_fpclass_ps_mask(v0, 0xA1) | _mm512_fpclass_ps_mask(v1, 0xA1)) == 0) {  // QNaN, SNaN, subnormal
+    _mm512_storeu_si512((void*)p, (__m512i)_mm512_cvtne2ps_pbh(v1, v0));
+    return;
+  }
+#endif
   const __m512i odd = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33, 31, 29, 27,
                                        25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
   _mm512_storeu_si512((void*)p, _mm512_permutex2var_epi16(bf16_rn_hi(v0), odd, bf16_rn_hi(v1)));
@@ -134,31 +142,60 @@ inline void store32(uint16_t* p, __m512 v0, __m512 v1) {
 // FmtFP8::encode (nearest even) on 16 lanes; returns the 16 codes in the low bytes of int lanes.
 template <int M, int EMIN>
 inline __m512i fp8_codes16(__m512 x, __m512 inv, __m512 q) {
-  __m512 y = _mm512_mul_ps(x, inv);
-  y = _mm512_min_ps(q, y);  // NaN in y: vminps/vmaxps return the second operand, so NaN stays
-  y = _mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), q), y);
-  const __m512i b = _mm512_castps_si512(y);
-  const __m512i a = _mm512_and_si512(b, _mm512_set1_epi32(0x7FFFFFFF));
+  const __m512 y = _mm512_mul_ps(x, inv);
+  const __m512i b = _mm512_castps_si512(y);  // the sign
+  // |clamp(y, -q, q)| = min(|y|, q) with the sign cleared (vrangeps, imm: min-abs, sign 0)
+  const __m512i a = _mm512_castps_si512(_mm512_range_ps(y, q, 0x0A));
   const __m512i ef = _mm512_max_epi32(_mm512_srli_epi32(a, 23), _mm512_set1_epi32(EMIN + 127));
   const __m512 inv_ulp = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(254 + M), ef), 23));
   const __m512 k = _mm512_mul_ps(_mm512_castsi512_ps(a), inv_ulp);
   const __m512i ki = _mm512_cvt_roundps_epi32(k, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512i code = _mm512_add_epi32(_mm512_slli_epi32(_mm512_sub_epi32(ef, _mm512_set1_epi32(EMIN + 127)), M), ki);
-  const __mmask16 nan = _mm512_cmpgt_epu32_mask(a, _mm512_set1_epi32(0x7F800000));
-  code = _mm512_mask_mov_epi32(code, nan, _mm512_set1_epi32(0x7F));
+  code = _mm512_mask_mov_epi32(code, _mm512_fpclass_ps_mask(y, 0x81), _mm512_set1_epi32(0x7F));  // NaN
   return _mm512_ternarylogic_epi32(_mm512_srli_epi32(b, 24), _mm512_set1_epi32(0x80), code, 0xEA);
 }
 
 template <class F>
 struct Fp8Params;
+// SHIFT/MASK: a sign-extended code shifted left by SHIFT and masked holds the sign and the 7
+// magnitude bits in fp32's sign, exponent and mantissa fields; its value times POW = 2^(127-BIAS)
+// is the code's value (exact; subnormal codes land on fp32 subnormals, hence mxcsr_ok).  SMAX:
+// scales below it keep scale*POW finite (then one multiply by scale*POW rounds like value*scale).
 template <>
 struct Fp8Params<FmtE4M3> {
-  static constexpr int M = 3, EMIN = -6;
+  static constexpr int M = 3, EMIN = -6, SHIFT = 20;
+  static constexpr uint32_t MASK = 0x87F00000u;
+  static constexpr float POW = 0x1p120f, SMAX = 0x1p7f;
+  static __mmask64 special(__m512i mag) { return _mm512_cmpeq_epi8_mask(mag, _mm512_set1_epi8(0x7F)); }  // NaN
 };
 template <>
 struct Fp8Params<FmtE5M2> {
-  static constexpr int M = 2, EMIN = -14;
+  static constexpr int M = 2, EMIN = -14, SHIFT = 21;
+  static constexpr uint32_t MASK = 0x8FE00000u;
+  static constexpr float POW = 0x1p112f, SMAX = 0x1p15f;
+  static __mmask64 special(__m512i mag) { return _mm512_cmpge_epu8_mask(mag, _mm512_set1_epi8(0x7C)); }  // inf, NaN
 };
+
+// Whether n codes hold a NaN (or inf) code: blocks without take the short decode.
+template <class F>
+inline bool fp8_has_special(const uint8_t* c, const int64_t n) {
+  __mmask64 any = 0;
+  for (int64_t j = 0; j < n; j += 64) {
+    const __mmask64 k = n - j >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (n - j)) - 1);
+    const __m512i mag = _mm512_and_si512(_mm512_maskz_loadu_epi8(k, c + j), _mm512_set1_epi8(0x7F));
+    any |= Fp8Params<F>::special(mag) & k;
+  }
+  return any != 0;
+}
+
+// Short decode (no NaN/inf codes, scale < SMAX): sfold = scale * POW.
+template <class F, bool FULL>
+inline __m512 load16_fp8_short(const uint8_t* p, __mmask16 k, __m512 sfold) {
+  const __m128i r = FULL ? _mm_loadu_si128((const __m128i*)p) : _mm_maskz_loadu_epi8(k, p);
+  const __m512i v = _mm512_and_si512(_mm512_slli_epi32(_mm512_cvtepi8_epi32(r), Fp8Params<F>::SHIFT),
+                                     _mm512_set1_epi32((int)Fp8Params<F>::MASK));
+  return _mm512_mul_ps(_mm512_castsi512_ps(v), sfold);
+}
 
 template <class F>
 inline float fp8_encode_amax(uint8_t* r, const int64_t n, const float* vals, const uint32_t amax);
@@ -213,7 +250,13 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
   const __m512 msc = _mm512_set1_ps(mscale);
   const __m512 zero = _mm512_setzero_ps();
   int64_t nbad = 0;
-  __m512i amax = _mm512_setzero_si512();  // FP8 state: bits of the finite absmax of the new m
+  __m512 amax = _mm512_setzero_ps();  // FP8 state: max |new m| (vrangeps; non-finite: exact redo)
+  bool short_dec = false;
+  __m512 sfold = zero;
+  if constexpr (SF::blocked) {
+    short_dec = mscale < Fp8Params<SF>::SMAX && !fp8_has_special<SF>(m, n);
+    sfold = _mm512_set1_ps(mscale * Fp8Params<SF>::POW);
+  }
   struct Out {
     __m512 pn, mn;
   };
@@ -233,7 +276,7 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
     } else {
       __m512 mv;
       if constexpr (SF::blocked) {
-        mv = load16_fp8<SF, FULL>(m + j, k, msc);
+        mv = short_dec ? load16_fp8_short<SF, FULL>(m + j, k, sfold) : load16_fp8<SF, FULL>(m + j, k, msc);
       } else {
         mv = load16<FULL>(m + j, k);
       }
@@ -246,9 +289,7 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
       }
       if constexpr (SF::blocked) {
         store16<FULL>(mout + j, mn, k);
-        const __m512i a = _mm512_and_si512(_mm512_castps_si512(mn), _mm512_set1_epi32(0x7FFFFFFF));
-        const __mmask16 fin = _mm512_mask_cmplt_epu32_mask(k, a, _mm512_set1_epi32(0x7F800000));
-        amax = _mm512_mask_max_epu32(amax, fin, amax, a);
+        amax = _mm512_mask_range_ps(amax, k, amax, mn, 0x0B);  // max-abs, sign 0
       }
     }
     const __mmask16 pos = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_GT_OQ);
@@ -274,7 +315,18 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
     if constexpr (STORE_M) store16<false>(m + j, o.mn, k);
   }
   if constexpr (SF::blocked) {
-    const uint32_t am = _mm512_reduce_max_epu32(amax);
+    const __m512i ab = _mm512_and_si512(_mm512_castps_si512(amax), _mm512_set1_epi32(0x7FFFFFFF));
+    uint32_t am = _mm512_reduce_max_epu32(ab);
+    if (am >= 0x7F800000u) {  // an inf or NaN went through vrangeps: the finite absmax exactly
+      __m512i acc = _mm512_setzero_si512();
+      for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 k = tail_mask(n - i);
+        const __m512i a = _mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(k, mout + i)),
+                                           _mm512_set1_epi32(0x7FFFFFFF));
+        acc = _mm512_mask_max_epu32(acc, _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x7F800000)), acc, a);
+      }
+      am = _mm512_reduce_max_epu32(acc);
+    }
     *amax_out = am > *amax_out ? am : *amax_out;
   }
   return nbad;
