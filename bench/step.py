@@ -7,12 +7,14 @@ Cases: ``large`` = 64M parameters in 150 tensors (25 transformer-like layers of 
 peers from PyPI when installed (torch AdamW foreach/fused, lion-pytorch, pytorch-optimizer
 Lion/SignSGD, bitsandbytes Lion8bit); a missing peer prints a line.
 
-Each contender is timed in rounds that interleave all contenders with the streaming reference
-``a.add_(b)`` (12 bytes/element in place); a round builds the optimizer, runs one warm-up step
-(which allocates the state), then times one step.  Reported: min and median step time over the
-rounds, bytes the step must move per parameter (params read+write, grads read, each state
-read+write, FP8 scales), bandwidth = bytes*numel/time, its ratio to the streaming bandwidth, and
-the extra peak resident memory of one step() (Linux VmHWM after resetting it).
+Each contender is timed in rounds that interleave all contenders; a round builds the optimizer,
+runs one warm-up step (which allocates the state), then times PAIRS steps, each right after one
+sample of the streaming reference ``a.add_(b)`` (12 bytes/element in place), so every contender
+has as many streaming samples beside it as timed steps.  Reported: min and median step time
+over all its steps, bytes the step must move per parameter (params read+write, grads read, each
+state read+write, FP8 scales), bandwidth = bytes*numel/time, its ratio to the streaming
+bandwidth of its own adjacent samples (min/min and median/median), and the extra peak resident
+memory of one step() (Linux VmHWM after resetting it).
 Parameters and gradients are shared by every contender (values drift; sign-step timing does not
 depend on them).
 """
@@ -149,18 +151,20 @@ def peak_step_memory(step) -> int | None:
     return max(0, _vm("VmHWM") - before)
 
 
+PAIRS = 2  # timed (streaming, step) pairs per contender and round
+
+
 def stream_time(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Best of three in-place ``a.add_(b)`` (12 bytes/element)."""
-    a.add_(b)  # warm
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        a.add_(b)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    """One in-place ``a.add_(b)`` (12 bytes/element)."""
+    t0 = time.perf_counter()
+    a.add_(b)
+    return time.perf_counter() - t0
 
 
-def time_contender(row: dict, params: list[torch.Tensor], measure_mem: bool) -> tuple[float, int | None]:
+def time_contender(row: dict, params: list[torch.Tensor], measure_mem: bool, a: torch.Tensor,
+                   b: torch.Tensor) -> tuple[list[float], list[float], int | None]:
+    """PAIRS step times, each right after a streaming sample (same count: the ratio to streaming
+    compares samples taken side by side, so machine load affects both alike)."""
     if row["kind"] == "signopt":
         kw = dict(row["kw"])
         if row["n_states"]:
@@ -170,13 +174,16 @@ def time_contender(row: dict, params: list[torch.Tensor], measure_mem: bool) -> 
     else:
         opt = row["make"](params)
     opt.step()  # warm-up: allocates the state (and builds nothing: backends resolve at construction)
-    t0 = time.perf_counter()
-    opt.step()
-    dt = time.perf_counter() - t0
+    streams, steps = [], []
+    for _ in range(PAIRS if not row.get("slow") else 1):
+        streams.append(stream_time(a, b))
+        t0 = time.perf_counter()
+        opt.step()
+        steps.append(time.perf_counter() - t0)
     mem = peak_step_memory(opt.step) if measure_mem else None
     del opt
     gc.collect()
-    return dt, mem
+    return streams, steps, mem
 
 
 def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, out) -> None:
@@ -186,9 +193,10 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
     param_bytes = n * 4
     a = torch.randn(n)
     b = torch.randn(n)
+    a.add_(b)  # warm
     times: dict[int, list[float]] = {i: [] for i in range(len(rows))}
+    adj: dict[int, list[float]] = {i: [] for i in range(len(rows))}  # streaming samples beside row i
     mems: dict[int, int | None] = {}
-    streams = []
     skip_slow = case == "large"
     for r in range(repeats):
         for i, row in enumerate(rows):
@@ -196,33 +204,40 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
                 continue  # slow rows: small case, first round only
             print(f"[{case} round {r}] {row['name']} {row['backend']} {row['pdtype']} {row['state']}",
                   file=sys.stderr, flush=True)
-            streams.append(stream_time(a, b))
-            dt, mem = time_contender(row, lists[row["pdtype"]][0], measure_mem=(r == 0))
-            times[i].append(dt)
+            st, dt, mem = time_contender(row, lists[row["pdtype"]][0], (r == 0), a, b)
+            adj[i] += st
+            times[i] += dt
             if r == 0:
                 mems[i] = mem
+    streams = [x for i in adj for x in adj[i]]
     stream_bw = 12.0 * n / min(streams)
     stream_med = 12.0 * n / statistics.median(streams)
     print(f"\n== {case}: {n / 1e6:.2f}M parameters in {len(lists['fp32'][0])} tensors; "
           f"streaming a.add_(b): {stream_bw / 1e9:.2f} GB/s best, {stream_med / 1e9:.2f} GB/s median "
-          f"({len(streams)} samples) ==", file=out)
-    print(f"{'optimizer':26s} {'backend':7s} {'param':5s} {'state':8s} {'B/param':>7s} "
-          f"{'min ms':>9s} {'med ms':>9s} {'GB/s':>7s} {'%stream':>7s} {'peak MB':>8s} {'peak/params':>11s}",
-          file=out)
-    results = {}
+          f"({len(streams)} samples, {PAIRS} beside each contender's {PAIRS} timed steps a round) ==", file=out)
+    print("%stream min / med: the row's bandwidth over the streaming bandwidth of the samples taken "
+          "beside its own steps (min over min, median over median)", file=out)
+    print(f"{'optimizer':26s} {'backend':7s} {'param':5s} {'state':8s} {'B/param':>7s} {'n':>3s} "
+          f"{'min ms':>9s} {'med ms':>9s} {'GB/s':>7s} {'%str min':>8s} {'%str med':>8s} {'peak MB':>8s} "
+          f"{'peak/params':>11s}", file=out)
+    results, results_med = {}, {}
     for i, row in enumerate(rows):
         if not times[i]:
             continue
         bpp = bytes_per_param(row) if row["kind"] == "signopt" else peer_bytes(row)
         tmin, tmed = min(times[i]), statistics.median(times[i])
+        smin, smed = min(adj[i]), statistics.median(adj[i])
         bw = bpp * n / tmin
+        pmin = 100 * (bpp / tmin) / (12.0 / smin)
+        pmed = 100 * (bpp / tmed) / (12.0 / smed)
         mem = mems.get(i)
         mem_s = f"{mem / 2**20:8.1f}" if mem is not None else "       -"
         rel = f"{mem / param_bytes:11.3f}" if mem is not None else "          -"
         print(f"{row['name']:26s} {row['backend']:7s} {row['pdtype']:5s} {row['state']:8s} {bpp:7.2f} "
-              f"{tmin * 1e3:9.2f} {tmed * 1e3:9.2f} {bw / 1e9:7.2f} {100 * bw / stream_bw:6.1f}% {mem_s} {rel}",
-              file=out)
+              f"{len(times[i]):3d} {tmin * 1e3:9.2f} {tmed * 1e3:9.2f} {bw / 1e9:7.2f} {pmin:7.1f}% {pmed:7.1f}% "
+              f"{mem_s} {rel}", file=out)
         results[(row["name"], row["backend"], row["pdtype"], row["state"])] = tmin
+        results_med[(row["name"], row["backend"], row["pdtype"], row["state"])] = tmed
     ratios = [
         ("cpp Lion fp32 vs lion-pytorch", ("Lion", "cpp", "fp32", "fp32"), ("lion-pytorch Lion", "-", "fp32", "fp32")),
         ("cpp Lion fp32 vs torch AdamW fused", ("Lion", "cpp", "fp32", "fp32"), ("torch AdamW fused", "-", "fp32", "fp32")),
@@ -232,7 +247,8 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
     ]
     for label, mine, peer in ratios:
         if mine in results and peer in results:
-            print(f"speed-up {label}: {results[peer] / results[mine]:.2f}x (min times)", file=out)
+            print(f"speed-up {label}: {results[peer] / results[mine]:.2f}x (min times), "
+                  f"{results_med[peer] / results_med[mine]:.2f}x (median times)", file=out)
 
 
 def main() -> None:
