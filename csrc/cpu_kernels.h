@@ -458,8 +458,12 @@ struct GroupKernel {
           const int64_t sidx = k / cps, kk = k % cps;
           const int64_t a = sidx * L + kk * RED_CHUNK;
           const int64_t n = std::min(std::min<int64_t>(RED_CHUNK, (sidx + 1) * L - a), t.numel - a);
-          chunk_values(t, a, n, B, red.data());
-          part[ch[ri.t].first + k] = STO ? chunk_max(red.data(), n) : chunk_sum(red.data(), n);
+          if constexpr (K == K_LION_NORM) {
+            part[ch[ri.t].first + k] = chunk_sum_fused(t, a, n, B);
+          } else {
+            chunk_values(t, a, n, B, red.data());
+            part[ch[ri.t].first + k] = STO ? chunk_max(red.data(), n) : chunk_sum(red.data(), n);
+          }
         }
       }
     });
@@ -487,16 +491,64 @@ struct GroupKernel {
 
   // The value each element contributes: c (lion norms) or the envelope source |d| / |g|.
   void chunk_values(const TensorRef& t, int64_t a, int64_t n, Buffers& B, float* red) const {
-    const float* p = load_range(pf, t.p, nullptr, 0, a, n, B.p.data());
+    const float* p = s.l2 != 0.0f ? load_range(pf, t.p, nullptr, 0, a, n, B.p.data()) : nullptr;
     const float* g = load_range(pf, const_cast<void*>(t.g), nullptr, 0, a, n, B.g.data());
     const float* m = B.m.data();
     const float* v = B.v.data();
     if (HAS_M) m = load_range(sf, t.m, t.m_scale, c.block, a, n, B.m.data());
     if (HAS_V) v = load_range(sf, t.v, t.v_scale, c.block, a, n, B.v.data());
-    red_loop(s, t.bc1, t.bc2, n, p, g, m, v, red);
+    // without l2 weight decay the values do not depend on p: do not stream it in
+    if (s.l2 != 0.0f) {
+      red_loop<true>(s, t.bc1, t.bc2, n, p, g, m, v, red);
+    } else {
+      red_loop<false>(s, t.bc1, t.bc2, n, nullptr, g, m, v, red);
+    }
+  }
+
+  // K_LION_NORM: chunk_values and chunk_sum in one pass (the same fp64 lane order), so the
+  // loads of g and m overlap the sums.
+  double chunk_sum_fused(const TensorRef& t, int64_t a, int64_t n, Buffers& B) const {
+    const float* p = s.l2 != 0.0f ? load_range(pf, t.p, nullptr, 0, a, n, B.p.data()) : nullptr;
+    const float* g = load_range(pf, const_cast<void*>(t.g), nullptr, 0, a, n, B.g.data());
+    const float* m = load_range(sf, t.m, t.m_scale, c.block, a, n, B.m.data());
+    return s.l2 != 0.0f ? sum_loop<true>(s, n, p, g, m) : sum_loop<false>(s, n, nullptr, g, m);
+  }
+
+  template <bool L2>
+  __attribute__((noipa)) static double sum_loop(const Scalars sc, const int64_t n, const float* __restrict p,
+                                                const float* __restrict g, const float* __restrict m) {
+    const float mul = sc.has_inv_scale ? sc.inv_scale : 1.0f;
+    const float sg = sc.maximize ? -1.0f : 1.0f;
+    const float l2 = sc.l2;
+    double lanes[RED_LANES];
+    for (int j = 0; j < RED_LANES; ++j) lanes[j] = 0.0;
+    for (int64_t r = 0; r < n; r += RED_LANES) {
+      const int64_t len = std::min<int64_t>(RED_LANES, n - r);
+      const float* gr = g + r;
+      const float* mr = m + r;
+      const float* pr = L2 ? p + r : nullptr;
+      for (int64_t j = 0; j < len; ++j) {
+        ElemIn in;
+        in.p = L2 ? pr[j] : 0.0f;
+        in.g = gr[j];
+        in.m = mr[j];
+        in.v = 0.0f;
+        in.G = 0.0f;
+        const float x = (in.g * mul) * sg;
+        const bool bad = !finite32(x);
+        float gg = bad ? 0.0f : x;
+        if (L2) gg = gg + l2 * in.p;
+        const float cval = direction_after_prologue<K>(sc, in, gg, bad, 1.0f, 0u, 1.0f, 1.0f).red;
+        lanes[j] += norm_term<K>(cval, sc.lp_p);
+      }
+    }
+    for (int stride = RED_LANES / 2; stride >= 1; stride /= 2)
+      for (int j = 0; j < stride; ++j) lanes[j] += lanes[j + stride];
+    return lanes[0];
   }
 
   // Reduction values of n elements (prologue as in fused_loop: no per-flag control flow).
+  template <bool L2>
   __attribute__((noipa)) static void red_loop(const Scalars sc, const float bc1, const float bc2, const int64_t n,
                                               const float* __restrict p, const float* __restrict g,
                                               const float* __restrict m, const float* __restrict v,
@@ -506,7 +558,7 @@ struct GroupKernel {
     const float l2 = sc.l2;
     for (int64_t j = 0; j < n; ++j) {
       ElemIn in;
-      in.p = p[j];
+      in.p = L2 ? p[j] : 0.0f;
       in.g = g[j];
       in.m = HAS_M ? m[j] : 0.0f;
       in.v = HAS_V ? v[j] : 0.0f;
@@ -514,7 +566,7 @@ struct GroupKernel {
       const float x = (in.g * mul) * sg;
       const bool bad = !finite32(x);
       float gg = bad ? 0.0f : x;
-      gg = l2 != 0.0f ? gg + l2 * in.p : gg;
+      if (L2) gg = gg + l2 * in.p;
       red[j] = direction_after_prologue<K>(sc, in, gg, bad, 1.0f, 0u, bc1, bc2).red;
     }
   }
