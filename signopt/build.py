@@ -7,6 +7,7 @@ Prebuild with ``python -m signopt.build``.
 
 * ``SIGNOPT_BUILD_DIR``: cache root (default ``~/.cache/signopt``).
 * ``SIGNOPT_CUDA=0``: skip the CUDA kernels even when torch has CUDA.
+* ``SIGNOPT_CXX_ARCH``: ``-march`` of the C++ build (default ``native``).
 
 C++ is compiled with ``-O3 -ffp-contract=off`` (no FMA contraction: the kernels must round
 exactly like the torch reference; no fast-math) and CUDA with ``--fmad=false``.
@@ -35,7 +36,16 @@ CUDA_SOURCES = ("cuda_ops.cpp", "cuda_kernels.cu")
 # the compiler if-convert and vectorise the rule loops.
 CXX_FLAGS = ["-O3", "-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math", "-fno-math-errno",
              "-march=native", "-fopenmp"]
+
 NVCC_FLAGS = ["-O3", "--fmad=false", "-std=c++17", "-DSIGNOPT_CUDA"]
+
+
+def cxx_flags() -> list[str]:
+    """CXX_FLAGS with ``-march`` from ``SIGNOPT_CXX_ARCH`` (default ``native``; e.g. ``x86-64-v3``
+    builds the portable loops without AVX-512, as the tests do)."""
+    arch = os.environ.get("SIGNOPT_CXX_ARCH", "native")
+    return [f"-march={arch}" if f == "-march=native" else f for f in CXX_FLAGS]
+
 
 _lock = threading.Lock()
 _loaded: str | None = None
@@ -90,7 +100,7 @@ def build_dir(cuda: bool | None = None) -> Path:
     for f in sorted(root.iterdir()):
         if f.suffix in (".h", ".cuh", ".cpp", ".cu"):
             h.update(f.name.encode() + f.read_bytes())
-    for part in (CXX_FLAGS, NVCC_FLAGS if cuda else [], [torch.__version__, sys.version, _cpu_tag(),
+    for part in (cxx_flags(), NVCC_FLAGS if cuda else [], [torch.__version__, sys.version, _cpu_tag(),
                                                          str(cuda)]):
         h.update(repr(part).encode())
     base = Path(os.environ.get("SIGNOPT_BUILD_DIR", Path.home() / ".cache" / "signopt"))
@@ -139,7 +149,7 @@ def load(verbose: bool = False) -> str:
             root = csrc_dir()
             try:
                 jit_load(name=NAME, sources=[str(s) for s in _sources(cuda)],
-                         extra_cflags=CXX_FLAGS + (["-DSIGNOPT_CUDA"] if cuda else []),
+                         extra_cflags=cxx_flags() + (["-DSIGNOPT_CUDA"] if cuda else []),
                          extra_cuda_cflags=NVCC_FLAGS, extra_ldflags=["-fopenmp"],
                          extra_include_paths=[str(root)], build_directory=str(directory),
                          is_python_module=False, verbose=verbose)
