@@ -10,7 +10,7 @@ from pathlib import Path
 from .advantages import ADVANTAGES
 from .aggregation import check_choice
 from .losses import LOSSES
-from .optimizers import OPTIMIZERS
+from .optimizers import LR_SCHEDULES, OPTIMIZERS
 from .tasks import TASKS
 
 
@@ -49,6 +49,8 @@ class RLConfig:
     micro_batch_prompts: int = 8
     optimizer: str = "lion"
     lr: float | None = None  # None: the optimizer's default (Lion 1e-5, AdamW 1e-4)
+    lr_schedule: str = "constant"  # constant | linear | cosine (decay to 0 at `steps`)
+    warmup_steps: int = 0
     weight_decay: float = 0.0
     optimizer_kwargs: dict = field(default_factory=dict)  # more constructor arguments, e.g. {"betas": [0.95, 0.98]}
     max_grad_norm: float = 0.0  # 0 disables clipping
@@ -69,12 +71,14 @@ class RLConfig:
 
     def validate(self) -> "RLConfig":
         check_choice("task", self.task, TASKS)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         check_choice("loss", self.loss, LOSSES)
         if self.advantage is not None:
             check_choice("advantage", self.advantage, ADVANTAGES)
         for name in ("steps", "prompts_per_step", "group_size", "max_new_tokens", "inner_epochs",
-                     "micro_batch_prompts", "threads", "kl_every", "eval_size", "warmstart_batch", "warmstart_eval_every"):
-            low = 0 if name in ("steps", "kl_every") else 1
+                     "micro_batch_prompts", "threads", "kl_every", "eval_size", "warmstart_batch", "warmstart_eval_every",
+                     "warmup_steps"):
+            low = 0 if name in ("steps", "kl_every", "warmup_steps") else 1
             if getattr(self, name) < low:
                 raise ValueError(f"{name}={getattr(self, name)} must be ≥ {low}")
         if self.optimizer not in OPTIMIZERS and "." not in self.optimizer:

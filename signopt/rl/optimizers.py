@@ -4,6 +4,7 @@ on the ``signopt`` package then), or any ``torch.optim.Optimizer`` subclass by d
 from __future__ import annotations
 
 import importlib
+import math
 
 import torch
 
@@ -53,3 +54,18 @@ def build_optimizer(name: str, params, lr: float | None = None, weight_decay: fl
     """Instantiate optimizer ``name`` on ``params`` (``kwargs``: more constructor arguments)."""
     cls = resolve_optimizer(name)
     return cls(params, lr=default_lr(name) if lr is None else lr, weight_decay=weight_decay, **kwargs)
+
+
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
+def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
+    """Multiplier of the base learning rate for optimizer step ``step`` (0-based) of ``total``:
+    linear warm-up over ``warmup`` steps, then ``constant`` 1, ``linear`` 1 → 0, or ``cosine``
+    ½(1 + cos(π·t)) with t the fraction of the post-warm-up steps done."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or total <= warmup:
+        return 1.0
+    t = min((step - warmup) / (total - warmup), 1.0)
+    return 1.0 - t if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * t))

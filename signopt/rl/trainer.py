@@ -21,7 +21,7 @@ from .kl import kl_k3
 from .loss_inputs import LossInputs, step_norms
 from .losses import DEFAULT_ADVANTAGE, compute_loss
 from .modeling import completion_logprobs, load_policy
-from .optimizers import build_optimizer, default_lr
+from .optimizers import build_optimizer, default_lr, lr_factor
 from .plotting import plot_metrics
 from .rollout import Rollouts, evaluate, generate, score
 from .shaping import informative_groups, soft_overlong_penalty
@@ -171,6 +171,10 @@ class Trainer:
             m.update({f"time_{k}": v for k, v in t.items()})
             return m
 
+        lr = self.lr * lr_factor(cfg.lr_schedule, self.step, cfg.steps, cfg.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        m["lr"] = lr
         B, mb = ro.sequences.shape[0], cfg.micro_batch_prompts * G
         batches = [slice(s, s + mb) for s in range(0, B, mb)]
         t0 = time.perf_counter()

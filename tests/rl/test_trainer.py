@@ -157,3 +157,22 @@ def test_trainer_runs_every_pathway(tiny_path, extra):
     assert len(tr.metrics) == 3 and all(m["reward_mean"] >= 0 for m in tr.metrics)
     trained = [m for m in tr.metrics if not m.get("skipped")]
     assert trained and all(torch.isfinite(torch.tensor(m["loss"])) for m in trained)
+
+
+def test_lr_schedules():
+    from signopt.rl.optimizers import lr_factor
+
+    assert [lr_factor("constant", s, 10, 2) for s in (0, 1, 2, 9)] == [0.5, 1.0, 1.0, 1.0]
+    assert [lr_factor("linear", s, 10, 2) for s in (0, 2, 6, 10)] == [0.5, 1.0, 0.5, 0.0]
+    assert lr_factor("cosine", 2, 10, 2) == 1.0 and lr_factor("cosine", 6, 10, 2) == pytest.approx(0.5)
+    assert lr_factor("cosine", 10, 10) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="lr_schedule='step' is not supported; allowed values: constant, linear, cosine"):
+        config_from(None, {"lr_schedule": "step"})
+
+
+def test_trainer_applies_the_lr_schedule(tiny_path):
+    tr = Trainer(small_config(tiny_path, steps=4, lr_schedule="linear", dynamic_sampling=False, loss_knobs={"beta": 0.1}))
+    tr.train()
+    lrs = [m["lr"] for m in tr.metrics]
+    assert lrs == pytest.approx([3e-3 * f for f in (1.0, 0.75, 0.5, 0.25)])
+    assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3 * 0.25)
