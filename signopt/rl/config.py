@@ -54,6 +54,7 @@ class RLConfig:
     weight_decay: float = 0.0
     optimizer_kwargs: dict = field(default_factory=dict)  # more constructor arguments, e.g. {"betas": [0.95, 0.98]}
     max_grad_norm: float = 0.0  # 0 disables clipping
+    policy_ema: float = 0.0  # > 0: the run's result is an EMA of the policy's weights (θ̄ ← ema·θ̄ + (1−ema)·θ)
     reference_model: bool = True  # keep a frozen copy to report (and penalise) KL
     kl_every: int = 10  # report KL to the reference every k steps (every step when the loss uses it)
     dynamic_sampling: bool = False  # DAPO: train only on groups with mixed rewards
@@ -84,8 +85,9 @@ class RLConfig:
         if self.optimizer not in OPTIMIZERS and "." not in self.optimizer:
             raise ValueError(f"optimizer={self.optimizer!r} is not supported; allowed values: "
                              f"{', '.join(OPTIMIZERS)} or a dotted path to a torch.optim.Optimizer subclass")
-        if not 0.0 <= self.warmstart_ema < 1.0:
-            raise ValueError(f"warmstart_ema={self.warmstart_ema} must be in [0, 1)")
+        for name in ("warmstart_ema", "policy_ema"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be > 0")
         if not isinstance(self.loss_knobs, dict):

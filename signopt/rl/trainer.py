@@ -78,6 +78,7 @@ class Trainer:
             raise ValueError("a model passed to Trainer needs its tokenizer")
         self.model, self.tokenizer = model, tokenizer
         self.ref = self._frozen_copy() if self._wants_reference() else None
+        self.average = self._frozen_copy() if cfg.policy_ema else None
         self.optimizer = build_optimizer(cfg.optimizer, model.parameters(), self.lr, cfg.weight_decay, **cfg.optimizer_kwargs)
         self.step = 0
         self.r2vpo_lam = float(cfg.loss_knobs.get("lam", 0.0))
@@ -98,16 +99,23 @@ class Trainer:
         ref.requires_grad_(False)
         return ref
 
+    @property
+    def result_model(self):
+        """The model a run produces: the policy, or its weight average with ``policy_ema``."""
+        return self.model if self.average is None else self.average
+
     def save(self, directory: str | Path) -> None:
-        """Checkpoint: the policy (``model/``, loadable with ``from_pretrained``) and trainer state."""
+        """Checkpoint: the result model (``model/``, loadable with ``from_pretrained``) and the
+        trainer state (the policy's own weights included)."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(d / "model")
+        self.result_model.save_pretrained(d / "model")
         self.tokenizer.save_pretrained(d / "model")
         torch.save({
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "ref_model": None if self.ref is None else self.ref.state_dict(),
+            "average": None if self.average is None else self.average.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "python_rng": random.getstate(),
@@ -125,6 +133,10 @@ class Trainer:
         if state["ref_model"] is not None:
             self.ref = self._frozen_copy()
             self.ref.load_state_dict(state["ref_model"])
+        self.average = None
+        if state.get("average") is not None:
+            self.average = self._frozen_copy()
+            self.average.load_state_dict(state["average"])
         self.optimizer = build_optimizer(self.cfg.optimizer, self.model.parameters(), self.lr, self.cfg.weight_decay,
                                          **self.cfg.optimizer_kwargs)
         self.optimizer.load_state_dict(state["optimizer"])
@@ -219,6 +231,10 @@ class Trainer:
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
             self.optimizer.step()
+            if self.average is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(list(self.average.parameters()), list(self.model.parameters()),
+                                         1.0 - cfg.policy_ema)
             t["optimizer"] += time.perf_counter() - t0
         n_tok = norms["num_tokens"]
         m.update({"loss": loss_sum, "entropy": ent_sum / n_tok, "tokens": int(ro.lengths.sum())})
@@ -251,7 +267,7 @@ class Trainer:
                 m = self.rl_step()
                 self.step += 1
                 if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                    m["eval_accuracy"] = evaluate(self.model, self.tokenizer, self.task, cfg.max_new_tokens)
+                    m["eval_accuracy"] = evaluate(self.result_model, self.tokenizer, self.task, cfg.max_new_tokens)
                 self.metrics.append(m)
                 if metrics_file:
                     metrics_file.write(json.dumps(m) + "\n")
@@ -266,7 +282,7 @@ class Trainer:
                 metrics_file.close()
         summary = {
             "accuracy_before": self.accuracy_before,
-            "accuracy_after": evaluate(self.model, self.tokenizer, self.task, cfg.max_new_tokens),
+            "accuracy_after": evaluate(self.result_model, self.tokenizer, self.task, cfg.max_new_tokens),
             "steps": self.step,
             "rl_seconds": time.perf_counter() - t_start,
             "warmstart": self.warmstart,

@@ -45,7 +45,8 @@ def comparable(rows):
 
 
 @pytest.mark.parametrize("optimizer,extra", [("lion", {}), ("adamw", {"inner_epochs": 2, "micro_batch_prompts": 1}),
-                                             ("stosignsgd", {"loss": "dapo", "dynamic_sampling": True})])
+                                             ("stosignsgd", {"loss": "dapo", "dynamic_sampling": True}),
+                                             ("lion", {"policy_ema": 0.5, "lr_schedule": "cosine"})])
 def test_resume_equals_uninterrupted(tiny_path, tmp_path, optimizer, extra):
     straight = Trainer(small_config(tiny_path, optimizer=optimizer, out=str(tmp_path / "a"), **extra))
     straight.train()
@@ -56,6 +57,8 @@ def test_resume_equals_uninterrupted(tiny_path, tmp_path, optimizer, extra):
     assert resumed.step == 2
     resumed.train()
     a, b = params(straight.model), params(resumed.model)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = params(straight.result_model), params(resumed.result_model)
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = lambda d: [json.loads(l) for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
     assert comparable(rows("a")) == comparable(rows("b")) and [r["step"] for r in rows("b")] == [1, 2, 3, 4]
@@ -176,3 +179,31 @@ def test_trainer_applies_the_lr_schedule(tiny_path):
     lrs = [m["lr"] for m in tr.metrics]
     assert lrs == pytest.approx([3e-3 * f for f in (1.0, 0.75, 0.5, 0.25)])
     assert tr.optimizer.param_groups[0]["lr"] == pytest.approx(3e-3 * 0.25)
+
+
+def test_policy_ema_is_the_result(tiny_path, tmp_path):
+    """With policy_ema the run's result (evaluated, saved as model/) is the weight average, updated
+    after every optimizer step: θ̄ = ema·θ̄ + (1−ema)·θ."""
+    from transformers import AutoModelForCausalLM
+
+    tr = Trainer(small_config(tiny_path, steps=0, policy_ema=0.75, loss_knobs={"beta": 0.1}, out=str(tmp_path / "r")))
+    expected = params(tr.model)
+    for _ in range(3):
+        tr.rl_step()
+        tr.step += 1
+        expected = {k: 0.75 * v + 0.25 * w for (k, v), w in zip(expected.items(), params(tr.model).values())}
+    got = params(tr.average)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-6, atol=1e-7)  # lerp rounds differently
+    assert any(not torch.equal(got[k], v) for k, v in params(tr.model).items())
+    tr.cfg.steps = 3
+    summary = tr.train()
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "r" / "checkpoint" / "model")
+    assert all(torch.equal(v, got[k]) for k, v in params(saved).items())
+    assert summary["accuracy_after"] == evaluate_default(tr)
+
+
+def evaluate_default(tr):
+    from signopt.rl.rollout import evaluate
+
+    return evaluate(tr.average, tr.tokenizer, tr.task, tr.cfg.max_new_tokens)
