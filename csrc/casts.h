@@ -26,14 +26,15 @@ SIGNOPT_HD float bf16_to_f32(uint16_t b) { return u2f((uint32_t)b << 16); }
 SIGNOPT_HD uint16_t f32_to_bf16_rn(float x) {
   const uint32_t b = f2u(x);
   const uint32_t r = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
-  return isnan32(x) ? (uint16_t)0x7FC0 : (uint16_t)r;
+  // select in 32 bits, narrow after (a 16-bit select on a 32-bit condition stops gcc vectorising)
+  return (uint16_t)(isnan32(x) ? 0x7FC0u : r);
 }
 
 SIGNOPT_HD uint16_t f32_to_bf16_sr(float x, uint32_t word) {
   const uint32_t b = f2u(x);
   uint32_t r = ((b + (word >> 16)) >> 16) & 0xFFFFu;
   r = (finite32(x) && (r & 0x7FFFu) == 0x7F80u) ? ((r & 0x8000u) | 0x7F7Fu) : r;
-  return isnan32(x) ? (uint16_t)0x7FC0 : (uint16_t)r;
+  return (uint16_t)(isnan32(x) ? 0x7FC0u : r);
 }
 
 // ---------------------------------------------------------------- fp16 (IEEE rn)

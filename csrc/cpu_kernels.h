@@ -223,11 +223,25 @@ struct GroupKernel {
   // The prologue's optional steps are exact multiplications (g*1 = g, g*-1 = -g) and a select,
   // so the loop has no per-flag control flow and vectorises.
   template <class PF, class SF>
-  __attribute__((noipa)) static int64_t fused_loop(const Scalars sc, const float seg, const float mscale,
+  static int64_t fused_loop(const Scalars sc, const float seg, const float mscale, const int64_t n,
+                            typename PF::raw* __restrict p, const typename PF::raw* __restrict g,
+                            typename SF::raw* __restrict m, float* __restrict mout, const bool simd,
+                            uint32_t* amax) {
+    static volatile uint32_t zero = 0u;
+    const uint32_t oz = zero;
+    if constexpr (K == K_LION_NORM) {
+      if (seg > 0.0f) return fused_loop_impl<PF, SF, true>(sc, seg, mscale, n, p, g, m, mout, simd, amax, oz);
+    }
+    return fused_loop_impl<PF, SF, false>(sc, seg, mscale, n, p, g, m, mout, simd, amax, oz);
+  }
+
+  template <class PF, class SF, bool SEGPOS>
+  __attribute__((noipa)) static int64_t fused_loop_impl(const Scalars sc, const float seg, const float mscale,
                                                    const int64_t n, typename PF::raw* __restrict p,
                                                    const typename PF::raw* __restrict g,
                                                    typename SF::raw* __restrict m, float* __restrict mout,
-                                                   const bool simd, uint32_t* amax) {
+                                                   const bool simd, uint32_t* amax,
+                                                        const uint32_t opaque_zero) {
 #if defined(SIGNOPT_AVX512)
     if constexpr (simd::kind_covered(K)) {
       if (simd) return simd::fused_sign<K, PF, SF>(sc, mscale, n, p, g, m, mout, amax);
@@ -255,12 +269,33 @@ struct GroupKernel {
       float gg = bad ? 0.0f : x;
       gg = l2 != 0.0f ? gg + l2 * in.p : gg;
       const ElemOut o = direction_after_prologue<K>(sc, in, gg, bad, seg, 0u, 1.0f, 1.0f);
-      p[j] = PF::store(epilogue(in.p, o.u, lr, decay, bad), false, 0u);
-      if constexpr (HAS_M) {
-        if constexpr (SF::blocked) {
-          mout[j] = o.m;
-        } else {
-          m[j] = SF::store(o.m, false, 0u);
+      // l2/row_l2: u = seg > 0 ? c/seg : 0 with the loop-invariant test taken outside (SEGPOS);
+      // gcc did not vectorise the select next to 16-bit loads/stores
+      const float u = K == K_LION_NORM ? (SEGPOS ? o.red / seg : 0.0f) : o.u;
+      if constexpr (std::is_same<PF, FmtF32>::value) {
+        // Where bad, p and m keep their values.  Written as "loaded value ^ opaque zero" for fp32
+        // storage, so that gcc stores unconditionally instead of masking the loads and stores by
+        // !bad (AVX-512 masked stores are several times slower than plain ones on AMD Zen 4).
+        const float p_keep = u2f(f2u(in.p) ^ opaque_zero);
+        const float q = in.p * decay - lr * u;  // epilogue()
+        p[j] = bad ? p_keep : q;
+        if constexpr (HAS_M) {
+          const float m_keep = std::is_same<SF, FmtF32>::value ? u2f(f2u(in.m) ^ opaque_zero) : in.m;
+          const float mn = bad ? m_keep : o.m;
+          if constexpr (SF::blocked) {
+            mout[j] = mn;
+          } else {
+            m[j] = SF::store(mn, false, 0u);
+          }
+        }
+      } else {  // bf16 parameters (this form vectorises with them)
+        p[j] = PF::store(epilogue(in.p, u, lr, decay, bad), false, 0u);
+        if constexpr (HAS_M) {
+          if constexpr (SF::blocked) {
+            mout[j] = o.m;
+          } else {
+            m[j] = SF::store(o.m, false, 0u);
+          }
         }
       }
       nbad += bad ? 1 : 0;
