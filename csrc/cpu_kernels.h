@@ -162,7 +162,7 @@ struct GroupKernel {
                                                       const float* __restrict g, float* __restrict m,
                                                       float* __restrict v, float* __restrict E,
                                                       const float* __restrict seg, const uint32_t* __restrict W0,
-                                                      const uint32_t* __restrict badv) {
+                                                      const uint32_t* __restrict badv, const uint32_t oz) {
     const float lr = sc.lr, decay = sc.decay;
     int64_t nbad = 0;
     for (int64_t j = 0; j < n; ++j) {
@@ -176,10 +176,13 @@ struct GroupKernel {
       const ElemOut o = direction_after_prologue<K>(sc, in, g[j], bad, seg[j], W0[j], bc1, bc2);
       float u = o.u;
       if (CAUTIOUS) u = o.u * o.g > 0.0f ? o.u * cs : 0.0f;  // cautious_apply
-      p[j] = epilogue(in.p, u, lr, decay, bad);
-      if (HAS_M) m[j] = o.m;
-      if (HAS_V) v[j] = o.v;
-      if (STO) E[j] = o.G;
+      // where bad everything keeps its value: "loaded ^ opaque zero" (oz = 0) keeps gcc from
+      // turning these into stores masked by !bad (slow on Zen 4), as in fused_loop_impl
+      const float q = in.p * decay - lr * u;  // epilogue()
+      p[j] = bad ? u2f(f2u(in.p) ^ oz) : q;
+      if (HAS_M) m[j] = bad ? u2f(f2u(in.m) ^ oz) : o.m;
+      if (HAS_V) v[j] = bad ? u2f(f2u(in.v) ^ oz) : o.v;
+      if (STO) E[j] = bad ? u2f(f2u(in.G) ^ oz) : o.G;
       nbad += bad ? 1 : 0;
     }
     return nbad;
@@ -191,8 +194,10 @@ struct GroupKernel {
                             const float* __restrict seg, const uint32_t* __restrict W0,
                             const uint32_t* __restrict badv) {
     // The cautious flag is hoisted out of the loop (one instantiation each) so both vectorise.
-    return sc.cautious ? apply_tile<true>(sc, cs, bc1, bc2, n, p, g, m, v, E, seg, W0, badv)
-                       : apply_tile<false>(sc, cs, bc1, bc2, n, p, g, m, v, E, seg, W0, badv);
+    static volatile uint32_t zero = 0u;
+    const uint32_t oz = zero;
+    return sc.cautious ? apply_tile<true>(sc, cs, bc1, bc2, n, p, g, m, v, E, seg, W0, badv, oz)
+                       : apply_tile<false>(sc, cs, bc1, bc2, n, p, g, m, v, E, seg, W0, badv, oz);
   }
 
   __attribute__((noipa)) static int64_t count_loop(const Scalars sc, const float bc1, const float bc2,
