@@ -14,6 +14,11 @@ from .optimizers import LR_SCHEDULES, OPTIMIZERS
 from .tasks import TASKS
 
 
+# Knobs a loss gets when the config names none: the KL-to-reference penalty keeps GRPO's sign-optimizer
+# runs from drifting (bench/results/rl_default.md); `--loss-knobs '{}'` turns it off.
+DEFAULT_LOSS_KNOBS = {"grpo": {"beta": 0.1}}
+
+
 @dataclass
 class RLConfig:
     """Everything a run needs. The defaults are the built-in main job: a ~0.9M-parameter Qwen2
@@ -43,7 +48,7 @@ class RLConfig:
     max_new_tokens: int = 4
     temperature: float = 0.5  # sampling (and log-prob) temperature; 1.0 learned slower on seed 1
     loss: str = "grpo"
-    loss_knobs: dict = field(default_factory=dict)
+    loss_knobs: dict | None = None  # None: DEFAULT_LOSS_KNOBS for the loss (grpo: KL β = 0.1), else exactly these
     advantage: str | None = None  # None: the loss's paired estimator
     inner_epochs: int = 1
     micro_batch_prompts: int = 8
@@ -90,19 +95,24 @@ class RLConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1)")
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be > 0")
-        if not isinstance(self.loss_knobs, dict):
+        if self.loss_knobs is not None and not isinstance(self.loss_knobs, dict):
             raise ValueError("loss_knobs must be a mapping of knob name to value")
         if not isinstance(self.optimizer_kwargs, dict) or {"lr", "weight_decay", "params"} & set(self.optimizer_kwargs):
             raise ValueError("optimizer_kwargs must be a mapping of constructor arguments other than params, lr "
                              "and weight_decay (those have their own fields)")
         return self
 
+    @property
+    def knobs(self) -> dict:
+        """The loss's knobs: ``loss_knobs``, or the loss's entry in :data:`DEFAULT_LOSS_KNOBS`."""
+        return dict(DEFAULT_LOSS_KNOBS.get(self.loss, {}) if self.loss_knobs is None else self.loss_knobs)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def _coerce(name: str, raw, kind):
-    if raw is None or kind == "dict":
+    if raw is None or kind.startswith("dict"):
         return raw
     if isinstance(raw, str) and raw.lower() in ("none", "null") and "None" in kind:
         return None

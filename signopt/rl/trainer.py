@@ -81,14 +81,14 @@ class Trainer:
         self.average = self._frozen_copy() if cfg.policy_ema else None
         self.optimizer = build_optimizer(cfg.optimizer, model.parameters(), self.lr, cfg.weight_decay, **cfg.optimizer_kwargs)
         self.step = 0
-        self.r2vpo_lam = float(cfg.loss_knobs.get("lam", 0.0))
+        self.r2vpo_lam = float(cfg.knobs.get("lam", 0.0))
         self.accuracy_before = evaluate(model, tokenizer, self.task, cfg.max_new_tokens)
 
     def _wants_reference(self) -> bool:
         return self.cfg.reference_model or self._loss_uses_reference()
 
     def _loss_uses_reference(self) -> bool:
-        return self.cfg.loss in NEEDS_REFERENCE or bool(self.cfg.loss_knobs.get("beta"))
+        return self.cfg.loss in NEEDS_REFERENCE or bool(self.cfg.knobs.get("beta"))
 
     def _reference_pass(self) -> bool:
         every = self.cfg.kl_every
@@ -198,7 +198,7 @@ class Trainer:
                 ref_logp = torch.cat([self._logprobs(self.ref, ro, mask, b)[0] for b in batches])
         t["logprobs"] += time.perf_counter() - t0
         norms = step_norms(mask, shaped, G, old_ent)
-        knobs = dict(cfg.loss_knobs)
+        knobs = cfg.knobs
         if cfg.loss == "r2vpo":
             knobs["lam"] = self.r2vpo_lam
         tokens = ro.completion_ids

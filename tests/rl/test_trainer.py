@@ -44,14 +44,29 @@ def comparable(rows):
     return [{k: v for k, v in r.items() if not k.startswith(STRIP)} for r in rows]
 
 
+class Interrupted(Exception):
+    pass
+
+
 @pytest.mark.parametrize("optimizer,extra", [("lion", {}), ("adamw", {"inner_epochs": 2, "micro_batch_prompts": 1}),
                                              ("stosignsgd", {"loss": "dapo", "dynamic_sampling": True}),
-                                             ("lion", {"policy_ema": 0.5, "lr_schedule": "cosine"})])
+                                             ("lion", {"policy_ema": 0.5, "lr_schedule": "cosine", "warmup_steps": 1})])
 def test_resume_equals_uninterrupted(tiny_path, tmp_path, optimizer, extra):
+    """A run killed after its step-2 checkpoint and resumed from it equals an uninterrupted run."""
     straight = Trainer(small_config(tiny_path, optimizer=optimizer, out=str(tmp_path / "a"), **extra))
     straight.train()
-    first = Trainer(small_config(tiny_path, optimizer=optimizer, out=str(tmp_path / "b"), steps=2, **extra))
-    first.train()
+    first = Trainer(small_config(tiny_path, optimizer=optimizer, out=str(tmp_path / "b"), save_every=2, **extra))
+    step = first.rl_step
+
+    def dies_at_step_3():
+        if first.step == 2:
+            raise Interrupted
+        return step()
+
+    first.rl_step = dies_at_step_3
+    with pytest.raises(Interrupted):
+        first.train()
+    moved = params(first.model)
     resumed = Trainer(small_config(tiny_path, optimizer=optimizer, out=str(tmp_path / "b"),
                                    resume=str(tmp_path / "b" / "checkpoint"), **extra))
     assert resumed.step == 2
@@ -63,7 +78,7 @@ def test_resume_equals_uninterrupted(tiny_path, tmp_path, optimizer, extra):
     rows = lambda d: [json.loads(l) for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
     assert comparable(rows("a")) == comparable(rows("b")) and [r["step"] for r in rows("b")] == [1, 2, 3, 4]
     assert any(r["reward_std"] > 0 for r in rows("a")[2:])  # the resumed steps had a learning signal
-    assert any(not torch.equal(a[k], v) for k, v in params(first.model).items())  # and moved the weights
+    assert any(not torch.equal(params(straight.model)[k], v) for k, v in moved.items())  # and moved the weights
 
 
 def test_micro_batch_split_does_not_change_the_update(tiny_path):
