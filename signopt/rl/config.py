@@ -42,7 +42,7 @@ class RLConfig:
     warmstart_eval_every: int = 10
     warmstart_ema: float = 0.99  # measure (and keep) an EMA of the weights; 0 = the raw weights
     # RL
-    steps: int = 2500
+    steps: int = 3000
     prompts_per_step: int = 8
     group_size: int = 8
     max_new_tokens: int = 4
@@ -53,13 +53,13 @@ class RLConfig:
     inner_epochs: int = 1
     micro_batch_prompts: int = 8
     optimizer: str = "lion"
-    lr: float | None = None  # None: the optimizer's default (Lion 1e-5, AdamW 1e-4)
-    lr_schedule: str = "constant"  # constant | linear | cosine (decay to 0 at `steps`)
+    lr: float | None = None  # None: the optimizer's default (Lion 2e-5, AdamW 1e-4)
+    lr_schedule: str = "cosine"  # constant | linear | cosine (decay to 0 at `steps`)
     warmup_steps: int = 0
     weight_decay: float = 0.0
     optimizer_kwargs: dict = field(default_factory=dict)  # more constructor arguments, e.g. {"betas": [0.95, 0.98]}
     max_grad_norm: float = 0.0  # 0 disables clipping
-    policy_ema: float = 0.0  # > 0: the run's result is an EMA of the policy's weights (θ̄ ← ema·θ̄ + (1−ema)·θ)
+    policy_ema: float = 0.99  # > 0: the run's result is an EMA of the policy's weights (θ̄ ← ema·θ̄ + (1−ema)·θ)
     reference_model: bool = True  # keep a frozen copy to report (and penalise) KL
     kl_every: int = 10  # report KL to the reference every k steps (every step when the loss uses it)
     dynamic_sampling: bool = False  # DAPO: train only on groups with mixed rewards
