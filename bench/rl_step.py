@@ -6,6 +6,8 @@ model, tokenizer, batch, optimizer and reward when ``trl`` is installed.
 Both start from the same untrained weights (a warm start does not change the step's work) and
 use a dense reward (the fraction of digits among the completion's characters) so that every step
 has a learning signal. Contenders alternate in rounds; min and median over all measured steps.
+Two comparisons: with the default's KL-to-reference penalty (β = 0.1: a reference forward every
+step, on both sides) and without (β = 0).
 
     python bench/rl_step.py [--rounds 5] [--steps-per-round 20] [--warmup 5]
 """
@@ -19,7 +21,7 @@ import time
 
 import torch
 
-from signopt.rl.config import RLConfig, config_from
+from signopt.rl.config import DEFAULT_LOSS_KNOBS, RLConfig, config_from
 from signopt.rl.modeling import tiny_model
 from signopt.rl.optimizers import default_lr
 from signopt.rl.tasks import AdditionTask
@@ -40,8 +42,8 @@ class DenseAddition(AdditionTask):
         return digit_fraction(completion)
 
 
-def signopt_contender(path: str):
-    cfg = config_from(None, dict(model=path, eval_size=8, progress=False, steps=10**9))
+def signopt_contender(path: str, beta: float):
+    cfg = config_from(None, dict(model=path, eval_size=8, progress=False, steps=10**9, loss_knobs={"beta": beta}))
     tr = Trainer(cfg)
     tr.task = DenseAddition(eval_size=8)
 
@@ -58,7 +60,7 @@ def signopt_contender(path: str):
     return run
 
 
-def trl_contender(path: str, tmp: str):
+def trl_contender(path: str, tmp: str, beta: float):
     try:
         import trl
         from datasets import Dataset
@@ -87,7 +89,7 @@ def trl_contender(path: str, tmp: str):
 
     cfg = trl.GRPOConfig(
         output_dir=tmp, per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
-        max_completion_length=MAX_NEW, gradient_accumulation_steps=1, beta=0.0, temperature=RLConfig().temperature, use_cpu=True,
+        max_completion_length=MAX_NEW, gradient_accumulation_steps=1, beta=beta, temperature=RLConfig().temperature, use_cpu=True,
         report_to="none", save_strategy="no", logging_steps=10**6, max_steps=10**6, learning_rate=default_lr("lion"),
         gradient_checkpointing=False, disable_tqdm=True, seed=0, dataloader_num_workers=0,
     )
@@ -112,18 +114,24 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    # the default's KL penalty (a reference forward every step) and none, on both sides
+    for beta in (DEFAULT_LOSS_KNOBS["grpo"]["beta"], 0.0):
+        compare(args, beta)
+
+
+def compare(args, beta: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tok = char_tokenizer()
         model = tiny_model(tok, seed=0)
         model.save_pretrained(f"{tmp}/model")
         tok.save_pretrained(f"{tmp}/model")
         n_params = sum(p.numel() for p in model.parameters())
-        ours = signopt_contender(f"{tmp}/model")
-        trl_run = trl_contender(f"{tmp}/model", f"{tmp}/trl")
+        ours = signopt_contender(f"{tmp}/model", beta)
+        trl_run = trl_contender(f"{tmp}/model", f"{tmp}/trl", beta)
         torch.set_num_threads(args.threads)
-        print(f"model: Qwen2 {n_params / 1e6:.2f}M params; batch {PROMPTS} prompts × {GROUP} completions of ≤ {MAX_NEW} "
-              f"tokens; sampling temperature {RLConfig().temperature:g}; optimizer Lion lr {default_lr('lion'):g}; "
-              f"torch threads = {torch.get_num_threads()}")
+        print(f"\n== KL beta {beta:g} on both sides ==\nmodel: Qwen2 {n_params / 1e6:.2f}M params; batch {PROMPTS} "
+              f"prompts × {GROUP} completions of ≤ {MAX_NEW} tokens; sampling temperature {RLConfig().temperature:g}; "
+              f"optimizer Lion lr {default_lr('lion'):g}; torch threads = {torch.get_num_threads()}")
         ours(args.warmup)
         if trl_run:
             trl_run[0](args.warmup)
