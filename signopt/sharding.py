@@ -90,8 +90,13 @@ class ShardLayout:
         return all(s % block == 0 for s in self.starts)
 
 
+# Exact types that are never DTensors (nn.Parameter wrapping a DTensor keeps the DTensor type), so
+# the per-tensor checks of a step cost one type() for ordinary parameters.
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+
+
 def is_dtensor(t: object) -> bool:
-    return isinstance(t, _dtensor_types()[0])
+    return type(t) not in _PLAIN_TYPES and isinstance(t, _dtensor_types()[0])
 
 
 def local(t: Tensor) -> Tensor:
