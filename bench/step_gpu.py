@@ -59,17 +59,9 @@ def bandwidth(n: int) -> None:
 
 
 def launches() -> None:
-    from test_cpp_cuda import gpt2_like
+    from test_cpp_cuda import gpt2_like, lion_step_activities
     params = gpt2_like()
-    for p in params:
-        p.grad = torch.randn_like(p)
-    opt = signopt.Lion(params, lr=1e-4, backend="cpp")
-    opt.step()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        opt.step()
-        torch.cuda.synchronize()
-    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    names = lion_step_activities(params)
     print(f"GPT-2-size list ({len(params)} tensors, {sum(p.numel() for p in params) / 1e6:.0f}M params): "
           f"{len(names)} GPU activities in one Lion step, {sum('apply_kernel' in n for n in names)} apply launch(es)")
 

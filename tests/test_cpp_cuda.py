@@ -76,9 +76,8 @@ def gpt2_like(device="cuda"):
     return [torch.randn(s, device=device) * 0.02 for s in shapes]
 
 
-def test_one_launch_per_group():
-    cpp_cuda_or_skip()
-    params = gpt2_like()
+def lion_step_activities(params: list[torch.Tensor]) -> list[str]:
+    """Names of the GPU activities of one cpp Lion step over ``params`` (after a warm-up step)."""
     for p in params:
         p.grad = torch.randn_like(p)
     opt = signopt.Lion(params, lr=1e-4, backend="cpp")
@@ -87,7 +86,12 @@ def test_one_launch_per_group():
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         opt.step()
         torch.cuda.synchronize()
-    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def test_one_launch_per_group():
+    cpp_cuda_or_skip()
+    names = lion_step_activities(gpt2_like())
     applies = [n for n in names if "apply_kernel" in n]
     assert len(applies) == 1, names
 
