@@ -156,6 +156,19 @@ struct GroupKernel {
     }
   }
 
+  // The decoded inputs of element j of a tile (absent states read as 0).
+  __attribute__((always_inline)) static inline ElemIn elem_in(const float* __restrict p, const float* __restrict g,
+                                                              const float* __restrict m, const float* __restrict v,
+                                                              const float* __restrict E, const int64_t j) {
+    ElemIn in;
+    in.p = p[j];
+    in.g = g[j];
+    in.m = HAS_M ? m[j] : 0.0f;
+    in.v = HAS_V ? v[j] : 0.0f;
+    in.G = STO ? E[j] : 0.0f;
+    return in;
+  }
+
   template <bool CAUTIOUS>
   __attribute__((noipa)) static int64_t apply_tile(const Scalars sc, const float cs, const float bc1,
                                                       const float bc2, const int64_t n, float* __restrict p,
@@ -166,12 +179,7 @@ struct GroupKernel {
     const float lr = sc.lr, decay = sc.decay;
     int64_t nbad = 0;
     for (int64_t j = 0; j < n; ++j) {
-      ElemIn in;
-      in.p = p[j];
-      in.g = g[j];
-      in.m = HAS_M ? m[j] : 0.0f;
-      in.v = HAS_V ? v[j] : 0.0f;
-      in.G = STO ? E[j] : 0.0f;
+      const ElemIn in = elem_in(p, g, m, v, E, j);
       const bool bad = badv[j] != 0;
       const ElemOut o = direction_after_prologue<K>(sc, in, g[j], bad, seg[j], W0[j], bc1, bc2);
       float u = o.u;
@@ -208,12 +216,7 @@ struct GroupKernel {
                                                       const uint32_t* __restrict badv) {
     int64_t kept = 0;
     for (int64_t j = 0; j < n; ++j) {
-      ElemIn in;
-      in.p = p[j];
-      in.g = g[j];
-      in.m = HAS_M ? m[j] : 0.0f;
-      in.v = HAS_V ? v[j] : 0.0f;
-      in.G = STO ? E[j] : 0.0f;
+      const ElemIn in = elem_in(p, g, m, v, E, j);
       const ElemOut o = direction_after_prologue<K>(sc, in, g[j], badv[j] != 0, seg[j], W0[j], bc1, bc2);
       kept += cautious_keep(o.u, o.g) ? 1 : 0;
     }
