@@ -18,8 +18,8 @@
 #
 # Outputs: bench/results/gpu_<device>/<stage>.txt, auto_table.json (the table every stage that
 # measures writes to) and summary.txt (stage, status, seconds); copied to $OUT too when the
-# device runner sets it (only $OUT comes back from the device machine: copy it into
-# bench/results/ and commit it there).
+# device runner sets it, as one tarball (only $OUT comes back from the device machine, at most
+# 8 files: unpack it into bench/results/ and commit it there).
 #
 # No network: it runs from this checkout (PYTHONPATH; nothing is pip-installed into the image),
 # and the peers the GPU image lacks (lion-pytorch, pytorch-optimizer) come from bench/wheels/,
@@ -98,6 +98,6 @@ stage step       180 $PY bench/step.py --device cuda --quick --out "$RES/step_cu
 printf 'total %ds of %ds\n' $(( SECONDS - START )) "$BUDGET" | tee -a "$SUMMARY"
 rm -rf "$SITE"
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
-  cp -r "$RES" "$OUT/" && echo "copied $RES to \$OUT"
+  tar -czf "$OUT/gpu_results.tgz" "$RES" && echo "packed $RES into \$OUT/gpu_results.tgz"
 fi
 exit $FAILED
