@@ -5,9 +5,10 @@
 //   reduce_kernel   one CUDA block per fixed reduction chunk (same lane order as the CPU)
 //   finalize_kernel one thread per segment: folds chunk partials in order -> norm / envelope
 //   count_kernel    cautious: exact per-tensor counts (integer atomics)
-//   apply_kernel    one CUDA block per tile; 8 consecutive elements per thread with 128-bit
-//                   loads when aligned; FP8 state is staged in shared memory per tile for the
-//                   block absmax.
+//   apply_kernel    one CUDA block per tile (ELEM_TILE elements, or FP8_TILE rounded down to
+//                   whole state blocks); 8 consecutive elements per thread per step with
+//                   128-bit loads when aligned (64-bit for FP8 codes); FP8 state is staged in
+//                   dynamic shared memory per tile for the block absmax.
 // found_inf, lr, decay and inv_scale are read from device memory inside the kernels (no host
 // synchronisation; capturable).  Compile with --fmad=false.
 #include <cuda_runtime.h>
@@ -55,9 +56,10 @@ __device__ __forceinline__ float load_elem(int fmt, const void* raw, int64_t i, 
   }
 }
 
-// Eight consecutive elements [i, i+8): one or two 128-bit loads when aligned (vec).
-__device__ __forceinline__ void load8(int fmt, const void* raw, int64_t i, int cnt, bool vec, const float* scale,
-                                      int64_t block, float* out) {
+// Eight consecutive elements [i, i+8) of an element format: one or two 128-bit loads when
+// aligned (vec).  Every loop over the eight is unrolled with a constant index (k < cnt as a
+// guard), so the arrays stay in registers.
+__device__ __forceinline__ void load8(int fmt, const void* raw, int64_t i, int cnt, bool vec, float* out) {
   if (vec && cnt == VEC) {
     if (fmt == 0) {
       const float4* q = (const float4*)((const float*)raw + i);
@@ -66,19 +68,62 @@ __device__ __forceinline__ void load8(int fmt, const void* raw, int64_t i, int c
       out[4] = y.x; out[5] = y.y; out[6] = y.z; out[7] = y.w;
       return;
     }
-    if (fmt == 1 || fmt == 2) {
-      const uint4 x = *(const uint4*)((const uint16_t*)raw + i);
-      const uint32_t w[4] = {x.x, x.y, x.z, x.w};
+    const uint4 x = *(const uint4*)((const uint16_t*)raw + i);
+    const uint32_t w[4] = {x.x, x.y, x.z, x.w};
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const uint16_t lo = (uint16_t)(w[k] & 0xFFFFu), hi = (uint16_t)(w[k] >> 16);
-        out[2 * k] = fmt == 1 ? bf16_to_f32(lo) : f16_to_f32(lo);
-        out[2 * k + 1] = fmt == 1 ? bf16_to_f32(hi) : f16_to_f32(hi);
-      }
-      return;
+    for (int k = 0; k < 4; ++k) {
+      const uint16_t lo = (uint16_t)(w[k] & 0xFFFFu), hi = (uint16_t)(w[k] >> 16);
+      out[2 * k] = fmt == 1 ? bf16_to_f32(lo) : f16_to_f32(lo);
+      out[2 * k + 1] = fmt == 1 ? bf16_to_f32(hi) : f16_to_f32(hi);
+    }
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    if (k < cnt) out[k] = load_elem(fmt, raw, i + k, nullptr, 1);
+  }
+}
+
+// FP8 block index of tile-local element j (the tile starts on a block boundary).
+struct BlockOf {
+  int64_t first;  // block of the tile's first element
+  int block, shift;  // shift >= 0: block is a power of two
+  __device__ __forceinline__ int64_t operator()(int j) const {
+    return first + (shift >= 0 ? (j >> shift) : j / block);
+  }
+};
+
+// Eight consecutive FP8 codes [i, i+8) (tile-local e): one 64-bit load when aligned, one scale
+// when the eight share a block.
+__device__ __forceinline__ void load8_fp8(int fmt, const void* raw, int64_t i, int e, int cnt, bool vec,
+                                          const float* scale, const BlockOf& blk, float* out) {
+  uint8_t c[VEC];
+  if (vec && cnt == VEC) {
+    const uint2 x = *(const uint2*)((const uint8_t*)raw + i);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      c[k] = (uint8_t)(x.x >> (8 * k));
+      c[k + 4] = (uint8_t)(x.y >> (8 * k));
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) c[k] = k < cnt ? ((const uint8_t*)raw)[i + k] : (uint8_t)0;
+  }
+  const bool one_scale = blk.shift >= 3;  // a power-of-two block of >= 8 holds all eight
+  const float s0 = scale[blk(e)];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    if (k < cnt) {
+      const float sc = one_scale ? s0 : scale[blk(e + k)];
+      out[k] = fmt == 3 ? FmtE4M3::load(c[k], sc) : FmtE5M2::load(c[k], sc);
     }
   }
-  for (int k = 0; k < cnt; ++k) out[k] = load_elem(fmt, raw, i + k, scale, block);
+}
+
+__device__ __forceinline__ void load8_state(int fmt, const void* raw, int64_t i, int e, int cnt, bool vec,
+                                            const float* scale, const BlockOf& blk, float* out) {
+  if (fmt >= 3) load8_fp8(fmt, raw, i, e, cnt, vec, scale, blk, out);
+  else load8(fmt, raw, i, cnt, vec, out);
 }
 
 // Element formats only (FP8 goes through shared memory).
@@ -102,11 +147,20 @@ __device__ __forceinline__ void store8(int fmt, void* raw, int64_t i, int cnt, b
     *(uint4*)((uint16_t*)raw + i) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
     return;
   }
-  for (int k = 0; k < cnt; ++k) {
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    if (k >= cnt) break;
     if (fmt == 0) ((float*)raw)[i + k] = x[k];
     else if (fmt == 1) ((uint16_t*)raw)[i + k] = FmtBF16::store(x[k], sr, w[k]);
     else ((uint16_t*)raw)[i + k] = FmtF16::store(x[k], sr, w[k]);
   }
+}
+
+// Sum of v over the warp (every lane gets it).
+__device__ __forceinline__ unsigned warp_sum(unsigned v) {
+#pragma unroll
+  for (int off = 16; off >= 1; off /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, off);
+  return v;
 }
 
 __device__ __forceinline__ bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
@@ -220,45 +274,60 @@ __global__ void __launch_bounds__(THREADS) count_kernel(Launch L) {
 }
 
 // ------------------------------------------------------------------ apply
+// Dynamic shared memory (FP8 state only): the tile's new m, v, G values and SR words.
 template <int K>
 __global__ void __launch_bounds__(THREADS) apply_kernel(Launch L) {
-  __shared__ float st_m[MAX_FP8_BLOCK], st_v[MAX_FP8_BLOCK], st_G[MAX_FP8_BLOCK];
-  __shared__ uint32_t st_w[MAX_FP8_BLOCK];
-  __shared__ unsigned long long sh_bad[THREADS];
+  extern __shared__ float stage[];
   const Scalars s = live_scalars(L);
-  const bool skip = skipped(L);
   const int t = find_tensor(L.tile_start, L.ntensors, blockIdx.x);
   const TensorRef r = L.refs[t];
   const int64_t a = (blockIdx.x - L.tile_start[t]) * L.tile;
-  const int64_t n = (r.numel - a) < L.tile ? (r.numel - a) : L.tile;
+  const int n = (int)((r.numel - a) < L.tile ? (r.numel - a) : L.tile);
+  const bool pvec = ((a & (VEC - 1)) == 0) && aligned16(r.p) && aligned16(r.g);
+  unsigned bad = 0;
+  if (skipped(L)) {  // GradScaler found inf/NaN: count the non-finite gradients, change nothing
+    for (int e = threadIdx.x * VEC; e < n; e += THREADS * VEC) {
+      const int cnt = (n - e) < VEC ? n - e : VEC;
+      float g[VEC];
+      load8(L.pfmt, r.g, a + e, cnt, pvec, g);
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        bool b = false;
+        if (k < cnt) prologue(s, 0.0f, g[k], b);
+        bad += b ? 1u : 0u;
+      }
+    }
+    bad = warp_sum(bad);
+    if ((threadIdx.x & 31) == 0 && bad) atomicAdd(L.bad, (unsigned long long)bad);
+    return;
+  }
   const bool sto = kind_stochastic(K);
   const bool needs_seg = kind_kappa_norm(K) || (sto && s.envelope == ENV_SEGMENT);
   const bool elem_env = sto && s.envelope == ENV_ELEMENT;
   const bool words = sto || s.state_sr || s.param_sr;
   const bool blocked = L.sfmt >= 3;
+  float* st_m = stage;
+  float* st_v = stage + L.tile;
+  float* st_G = stage + 2 * L.tile;
+  uint32_t* st_w = (uint32_t*)(stage + 3 * L.tile);
+  BlockOf blk{0, (int)L.block, -1};
+  if (blocked) {
+    blk.first = a / L.block;
+    blk.shift = (L.block & (L.block - 1)) == 0 ? __ffsll(L.block) - 1 : -1;
+  }
   const float cs = s.cautious ? (float)r.numel / (float)(L.kept[t] + 1ull) : 1.0f;
-  const bool pvec = ((a & (VEC - 1)) == 0) && aligned16(r.p) && aligned16(r.g);
   const bool svec = ((a & (VEC - 1)) == 0) && (!kind_has_m(K) || aligned16(r.m)) &&
                     (!kind_has_v(K) || aligned16(r.v)) && (!elem_env || aligned16(r.G));
-  unsigned long long bad = 0;
-  for (int64_t e = (int64_t)threadIdx.x * VEC; e < n; e += (int64_t)THREADS * VEC) {
-    const int cnt = (n - e) < VEC ? (int)(n - e) : VEC;
+  for (int e = threadIdx.x * VEC; e < n; e += THREADS * VEC) {
+    const int cnt = (n - e) < VEC ? n - e : VEC;
     const int64_t i = a + e;
     float p[VEC], g[VEC], m[VEC], v[VEC], G[VEC];
     uint32_t w0[VEC], w1[VEC], w2[VEC];
-    load8(L.pfmt, r.g, i, cnt, pvec, nullptr, 1, g);
-    if (skip) {
-      for (int k = 0; k < cnt; ++k) {
-        bool b;
-        prologue(s, 0.0f, g[k], b);
-        bad += b ? 1ull : 0ull;
-      }
-      continue;
-    }
-    load8(L.pfmt, r.p, i, cnt, pvec, nullptr, 1, p);
-    if (kind_has_m(K)) load8(L.sfmt, r.m, i, cnt, svec, r.m_scale, L.block, m);
-    if (kind_has_v(K)) load8(L.sfmt, r.v, i, cnt, svec, r.v_scale, L.block, v);
-    if (elem_env) load8(L.sfmt, r.G, i, cnt, svec, r.G_scale, L.block, G);
+    load8(L.pfmt, r.g, i, cnt, pvec, g);
+    load8(L.pfmt, r.p, i, cnt, pvec, p);
+    if (kind_has_m(K)) load8_state(L.sfmt, r.m, i, e, cnt, svec, r.m_scale, blk, m);
+    if (kind_has_v(K)) load8_state(L.sfmt, r.v, i, e, cnt, svec, r.v_scale, blk, v);
+    if (elem_env) load8_state(L.sfmt, r.G, i, e, cnt, svec, r.G_scale, blk, G);
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
       if (k >= cnt) break;
@@ -281,7 +350,7 @@ __global__ void __launch_bounds__(THREADS) apply_kernel(Launch L) {
       m[k] = o.m;
       v[k] = o.v;
       G[k] = o.G;
-      bad += o.bad ? 1ull : 0ull;
+      bad += o.bad ? 1u : 0u;
     }
     store8(L.pfmt, r.p, i, cnt, pvec, p, s.param_sr != 0, w2);
     if (!blocked) {
@@ -289,25 +358,23 @@ __global__ void __launch_bounds__(THREADS) apply_kernel(Launch L) {
       if (kind_has_v(K)) store8(L.sfmt, r.v, i, cnt, svec, v, s.state_sr != 0, w1);
       if (elem_env) store8(L.sfmt, r.G, i, cnt, svec, G, s.state_sr != 0, w1);
     } else {
-      for (int k = 0; k < cnt; ++k) {
-        st_m[e + k] = m[k];
-        st_v[e + k] = v[k];
-        st_G[e + k] = G[k];
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        if (k >= cnt) break;
+        if (kind_has_m(K)) st_m[e + k] = m[k];
+        if (kind_has_v(K)) st_v[e + k] = v[k];
+        if (elem_env) st_G[e + k] = G[k];
         st_w[e + k] = w1[k];
       }
     }
   }
-  sh_bad[threadIdx.x] = bad;
+  bad = warp_sum(bad);
+  if ((threadIdx.x & 31) == 0 && bad) atomicAdd(L.bad, (unsigned long long)bad);
+  if (!blocked) return;
   __syncthreads();
-  for (int stride = THREADS / 2; stride >= 1; stride /= 2) {
-    if (threadIdx.x < stride) sh_bad[threadIdx.x] += sh_bad[threadIdx.x + stride];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0 && sh_bad[0]) atomicAdd(L.bad, sh_bad[0]);
-  if (!blocked || skip) return;
   // FP8: one warp per state block: absmax of the finite new values -> scale -> codes.
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t nblk = (n + L.block - 1) / L.block;
+  const int nblk = (n + (int)L.block - 1) / (int)L.block;
   for (int which = 0; which < 3; ++which) {
     if (which == 0 && !kind_has_m(K)) continue;
     if (which == 1 && !kind_has_v(K)) continue;
@@ -315,22 +382,22 @@ __global__ void __launch_bounds__(THREADS) apply_kernel(Launch L) {
     const float* vals = which == 0 ? st_m : (which == 1 ? st_v : st_G);
     uint8_t* codes = (uint8_t*)(which == 0 ? r.m : (which == 1 ? r.v : r.G));
     float* scale = which == 0 ? r.m_scale : (which == 1 ? r.v_scale : r.G_scale);
-    for (int64_t b = warp; b < nblk; b += THREADS / 32) {
-      const int64_t b0 = b * L.block;
-      const int64_t b1 = (b0 + L.block) < n ? b0 + L.block : n;
+    for (int b = warp; b < nblk; b += THREADS / 32) {
+      const int b0 = b * (int)L.block;
+      const int b1 = (b0 + (int)L.block) < n ? b0 + (int)L.block : n;
       float amax = 0.0f;
-      for (int64_t j = b0 + lane; j < b1; j += 32) {
+      for (int j = b0 + lane; j < b1; j += 32) {
         const float x = finite32(vals[j]) ? fabsf(vals[j]) : 0.0f;
         amax = x > amax ? x : amax;
       }
       for (int off = 16; off >= 1; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
       const float sc = L.sfmt == 3 ? FmtE4M3::scale_of(amax) : FmtE5M2::scale_of(amax);
       const float inv = 1.0f / sc;
-      for (int64_t j = b0 + lane; j < b1; j += 32) {
+      for (int j = b0 + lane; j < b1; j += 32) {
         codes[a + j] = L.sfmt == 3 ? FmtE4M3::store(vals[j], inv, s.state_sr != 0, st_w[j])
                                    : FmtE5M2::store(vals[j], inv, s.state_sr != 0, st_w[j]);
       }
-      if (lane == 0) scale[(a + b0) / L.block] = sc;
+      if (lane == 0) scale[blk.first + b] = sc;
     }
   }
 }
@@ -344,7 +411,8 @@ cudaError_t launch_kind(const Launch& L, cudaStream_t stream) {
     finalize_kernel<K><<<(unsigned)((L.nseg + THREADS - 1) / THREADS), THREADS, 0, stream>>>(L);
   }
   if (L.s.cautious) count_kernel<K><<<(unsigned)L.ntiles, THREADS, 0, stream>>>(L);
-  apply_kernel<K><<<(unsigned)L.ntiles, THREADS, 0, stream>>>(L);
+  const size_t stage_bytes = L.sfmt >= 3 ? (size_t)L.tile * 4 * sizeof(float) : 0;
+  apply_kernel<K><<<(unsigned)L.ntiles, THREADS, stage_bytes, stream>>>(L);
   return cudaGetLastError();
 }
 

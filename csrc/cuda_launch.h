@@ -10,9 +10,10 @@ namespace signopt {
 namespace cuda {
 
 constexpr int THREADS = 256;
-constexpr int VEC = 8;                        // elements per thread per step (128-bit loads)
-constexpr int64_t TILE = THREADS * VEC;       // elements per CUDA block (element formats)
-constexpr int64_t MAX_FP8_BLOCK = 2048;       // FP8 state_block limit (shared-memory staging)
+constexpr int VEC = 8;                          // elements per thread per step (128-bit loads)
+constexpr int64_t ELEM_TILE = THREADS * VEC * 4;  // elements per CUDA block, element state formats
+constexpr int64_t FP8_TILE = THREADS * VEC;       // at most, FP8 state (staged in shared memory)
+constexpr int64_t MAX_FP8_BLOCK = FP8_TILE;       // FP8 state_block limit
 
 struct Launch {
   const TensorRef* refs;        // [ntensors]
