@@ -37,12 +37,12 @@ class RLConfig:
     # supervised warm start (built-in model only)
     warmstart_target: float = 0.2
     warmstart_max_steps: int = 3000
-    warmstart_lr: float = 1e-3
+    warmstart_lr: float = 3e-4
     warmstart_batch: int = 64
     warmstart_eval_every: int = 10
-    warmstart_ema: float = 0.99  # measure (and keep) an EMA of the weights; 0 = the raw weights
+    warmstart_ema: float = 0.0  # > 0: measure (and keep) an EMA of the weights instead of the raw weights
     # RL
-    steps: int = 3000
+    steps: int = 2000
     prompts_per_step: int = 8
     group_size: int = 8
     max_new_tokens: int = 4
@@ -53,7 +53,7 @@ class RLConfig:
     inner_epochs: int = 1
     micro_batch_prompts: int = 8
     optimizer: str = "lion"
-    lr: float | None = None  # None: the optimizer's default (Lion 2e-5, AdamW 1e-4)
+    lr: float | None = None  # None: the optimizer's default (Lion 1e-5, AdamW 1e-4)
     lr_schedule: str = "cosine"  # constant | linear | cosine (decay to 0 at `steps`)
     warmup_steps: int = 0
     weight_decay: float = 0.0

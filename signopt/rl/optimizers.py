@@ -12,7 +12,7 @@ import signopt
 
 # name → (signopt attribute | torch.optim class, default learning rate for RL fine-tuning)
 OPTIMIZERS = {
-    "lion": ("Lion", 2e-5),
+    "lion": ("Lion", 1e-5),
     "lionkappa": ("LionKappa", 1e-5),
     "signum": ("Signum", 3e-5),
     "signsgd": ("SignSGD", 3e-5),
