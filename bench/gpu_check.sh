@@ -15,6 +15,7 @@
 #              Triton Lion and vs cpp, what backend='auto' picks, 1B bandwidth
 #   autotune   python -m signopt.backends.autotune --quick: the measured auto table
 #   step       bench/step.py --device cuda --quick: every optimizer x backend x state, peers
+#   ncu        Nsight Compute on the Lion apply kernels (cpp fp32, cpp bf16/E4M3, triton fp32)
 #
 # Outputs: bench/results/gpu_<device>/<stage>.txt, auto_table.json (the table every stage that
 # measures writes to) and summary.txt (stage, status, seconds); copied to $OUT too when the
@@ -94,6 +95,10 @@ stage step_gpu    90 $PY bench/step_gpu.py
 stage triton_gpu 150 $PY bench/triton_gpu.py
 stage autotune    75 $PY -m signopt.backends.autotune --quick --budget-s 45 --table "$SIGNOPT_AUTO_TABLE"
 stage step       180 $PY bench/step.py --device cuda --quick --out "$RES/step_cuda.txt"
+if command -v ncu >/dev/null; then
+  stage ncu       90 ncu --kernel-name regex:'apply_kernel|update_kernel' --launch-count 6 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats $PY bench/step_gpu.py --ncu
+fi
 
 printf 'total %ds of %ds\n' $(( SECONDS - START )) "$BUDGET" | tee -a "$SUMMARY"
 rm -rf "$SITE"

@@ -90,9 +90,27 @@ def identity() -> int:
     return bad
 
 
+def ncu_target(n: int = 2**28) -> None:
+    """Two Lion steps each for cpp fp32, cpp bf16/E4M3 and triton fp32 on one ``n``-element
+    tensor: what ``ncu --kernel-name regex:apply|lion`` profiles (bench/gpu_check.sh)."""
+    for backend, pdt, state in [("cpp", torch.float32, "fp32"), ("cpp", torch.bfloat16, "fp8_e4m3"),
+                                ("triton", torch.float32, "fp32")]:
+        p = torch.zeros(n, device="cuda", dtype=pdt)
+        p.grad = torch.randn(n, device="cuda", dtype=pdt)
+        opt = signopt.Lion([p], lr=1e-4, backend=backend, state_dtype=state)
+        for _ in range(2):
+            opt.step()
+        torch.cuda.synchronize()
+        print(f"ncu target: {backend} Lion {pdt} params, {state} state, {n} elements")
+        del p, opt
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: the GPU rows need one (bench/gpu_check.sh)")
+        return 0
+    if "--ncu" in sys.argv:
+        ncu_target()
         return 0
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     from signopt import backends as backend_registry

@@ -178,7 +178,25 @@ def main() -> int:
         if not cpp_why:
             t_cpp = step_time(lambda ps: signopt.Lion(ps, lr=1e-4, backend="cpp"), big, args.repeats)
             print(f"  cpp (CUDA) Lion {t_cpp * 1e3:.2f} ms -> Triton/CUDA {t_lion / t_cpp:.3f}")
+        launch_sweep(big, copy_bw, args.repeats)
     return 1 if bad else 0
+
+
+def launch_sweep(big: list[torch.Tensor], copy_bw: float, repeats: int) -> None:
+    """Triton Lion fp32 at 1B parameters for other (elements per program, warps) of the update
+    pass than ``kernels/launch.py``'s fixed ``CONFIG`` (restored afterwards)."""
+    import dataclasses
+    launch = backend_registry.load("triton")._launch
+    fixed = launch.CONFIG
+    nb = big[0].numel()
+    try:
+        for block, warps in [(2048, 4), (4096, 8), (8192, 8), (4096, 4)]:
+            launch.CONFIG = dataclasses.replace(fixed, update_block=block, update_warps=warps)
+            t = step_time(lambda ps: signopt.Lion(ps, lr=1e-4, backend="triton"), big, repeats)
+            print(f"  launch sweep: update_block {block}, {warps} warps: Triton Lion {t * 1e3:.2f} ms = "
+                  f"{100 * 20 * nb / t / copy_bw:.1f}% of copy")
+    finally:
+        launch.CONFIG = fixed
 
 
 if __name__ == "__main__":
