@@ -2,13 +2,17 @@
 
 It validates options (a failing call changes nothing), resolves each group's backend once,
 initialises state, computes the per-step scalars in one place (:mod:`signopt.scalars`) and
-hands each group to its backend. State dicts carry a schema version, hold only tensors and
+hands each group to its backend. What a group's step needs besides the gradients and the
+scalars (slots, state, the backend's prepared call) is kept between steps as the group's plan
+(:class:`_GroupPlan`), so a step over many small tensors costs little Python per tensor. State dicts carry a schema version, hold only tensors and
 plain Python values (``torch.load(..., weights_only=True)`` loads them) and keep each state
 tensor's storage format instead of casting it to the parameter dtype.
 """
 from __future__ import annotations
 
 import logging
+import operator
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable
 
 import torch
@@ -18,7 +22,7 @@ from torch.optim import Optimizer
 from . import backends as backend_registry
 from . import sharding, state_format
 from .backends.slot import ParamSlot
-from .philox import derive_key
+from .philox import derive_keys
 from .rule import UpdateRule, rule_from_group, validate_group
 from .scalars import bias_corrections, group_scalars
 
@@ -56,6 +60,70 @@ def _group_tensors(params: Any) -> list:
     return list(params)
 
 
+@dataclass(eq=False)
+class _GroupPlan:
+    """A param group's step work, built by :meth:`SignOptimizer._build`: its slots (state
+    allocated), their step counters and the backend's prepared call. The next step reuses it
+    while the group holds the same parameters from the same start index, its rule is the same
+    and every gradient has the layout recorded in ``expect`` (see :meth:`grads`)."""
+
+    params: list  # group["params"] when built (compared by identity)
+    start: int  # index over all groups of params[0]
+    rule: UpdateRule
+    expect: list  # per param: None (no gradient) or its gradient's (dtype, shape, device)
+    slots: list[ParamSlot]
+    indices: list[int]  # per slot: tensor index over all groups (keys the random stream)
+    steps: list[Tensor]  # per slot: its step counter (rules that keep one), else empty
+    run: Callable  # (grads, keys, bias, scalars, contiguous) -> non-finite count or None
+
+    def fits(self, params: list, start: int, rule: UpdateRule) -> bool:
+        return (start == self.start and rule == self.rule and rule.kappa_fn is self.rule.kappa_fn
+                and len(params) == len(self.params) and all(map(operator.is_, params, self.params)))
+
+    def grads(self, params: list) -> list[Tensor] | None:
+        """This step's gradients of the slots, or None when any parameter's gradient presence,
+        layout (strided, contiguous), dtype, shape or device differs from the plan's."""
+        grads = []
+        append = grads.append
+        for p, want in zip(params, self.expect):
+            g = p.grad
+            if want is None:
+                if g is not None:
+                    return None
+            elif (g is None or g.layout is not _STRIDED or g.dtype is not want[0]
+                  or g.shape != want[1] or g.device != want[2] or not g.is_contiguous()):
+                return None
+            else:
+                append(g)
+        return grads
+
+
+_STRIDED = torch.strided
+
+
+def _regular(p: Tensor, g: Tensor) -> bool:
+    """A gradient a kept plan can take as it is: plain strided, contiguous, like its param."""
+    return (not sharding.is_dtensor(p) and g.layout is _STRIDED and g.dtype is p.dtype
+            and g.device == p.device and g.is_contiguous())
+
+
+def _slot_runner(backend: Any, rule: UpdateRule, slots: list[ParamSlot]) -> Callable:
+    """A plan's ``run`` for a backend without ``prepare``: fills the slots and calls ``step``."""
+    def run(grads, keys, bias, scalars, contiguous):
+        for i, slot in enumerate(slots):
+            slot.grad = grads[i]
+            if keys is not None:
+                slot.key = keys[i]
+            if bias is not None:
+                slot.bias = bias[i]
+        try:
+            return backend.step(rule, slots, scalars)
+        finally:
+            for slot in slots:
+                slot.grad = None  # a kept plan must not keep this step's gradients alive
+    return run
+
+
 class SignOptimizer(Optimizer):
     """Base class; subclasses set :attr:`family` and their defaults."""
 
@@ -69,6 +137,7 @@ class SignOptimizer(Optimizer):
         self._group_backends: list = []
         self._last_nonfinite: list[Tensor] = []
         self.last_step_backends: list[str] = []
+        self._drop_plans()
         defaults = dict(defaults)
         if defaults.get("seed") is None:
             defaults["seed"] = _default_seed()
@@ -100,6 +169,7 @@ class SignOptimizer(Optimizer):
         group["lr0"] = _initial_lr(merged["lr"])
         super().add_param_group(group)
         self._group_backends.append(backend)
+        self._drop_plans()
 
     @property
     def backends(self) -> list[str]:
@@ -142,15 +212,36 @@ class SignOptimizer(Optimizer):
         return int(sum(int(c.item()) for c in self._last_nonfinite))
 
     # ------------------------------------------------------------------- step
-    def _plan(self) -> list[tuple[dict, Any, UpdateRule, list[tuple[Tensor, int]]]]:
-        """Validate everything a step needs before any tensor is touched."""
+    def _drop_plans(self) -> None:
+        """Forget every group's kept plan (state or groups changed outside a step)."""
+        self._plans: dict[int, _GroupPlan] = {}
+        self._plans_state: tuple[Any, int] = (None, -1)  # self.state and its size after a step
+
+    def _plan(self) -> list[tuple]:
+        """Validate everything a step needs before any tensor is touched. Per group:
+        ``(group, backend, rule, plan, grads, work, start, keep)``: ``plan`` is the kept
+        :class:`_GroupPlan` when it still fits, with this step's ``grads``; otherwise ``plan``
+        is None, ``work`` lists the ``(param, index)`` pairs with gradients and ``keep`` says
+        whether the plan built from them may be kept for later steps."""
+        state, size = self._plans_state
+        if state is not self.state or size != len(self.state):
+            self._plans.clear()  # the state was replaced or entries removed outside step()
         plans = []
         index = 0
         for gi, (group, backend) in enumerate(zip(self.param_groups, self._group_backends)):
             validate_group(self.family, group)
             rule = rule_from_group(self.family, group)
-            work = []
-            for p in group["params"]:
+            params = group["params"]
+            start = index
+            plan = self._plans.get(gi)
+            if plan is not None and plan.fits(params, start, rule):
+                grads = plan.grads(params)
+                if grads is not None:
+                    plans.append((group, backend, rule, plan, grads, None, start, True))
+                    index += len(params)
+                    continue
+            work, keep = [], True
+            for p in params:
                 if p.grad is not None:
                     if p.grad.is_sparse:
                         raise RuntimeError(f"{type(self).__name__} does not support sparse gradients "
@@ -163,16 +254,43 @@ class SignOptimizer(Optimizer):
                     if reason is not None:
                         raise ValueError(f"param_groups[{gi}]: {reason}")
                     work.append((p, index))
+                    keep = keep and _regular(p, p.grad)
                 index += 1
             reason = backend.unsupported(rule, [sharding.local(p) for p, _ in work])
             if reason is not None:
                 raise ValueError(f"backend {backend.name!r} cannot run param_groups[{gi}]: {reason}")
-            plans.append((group, backend, rule, work))
+            plans.append((group, backend, rule, None, None, work, start, keep))
         return plans
+
+    def _build(self, backend: Any, rule: UpdateRule, params: list,
+               work: list[tuple[Tensor, int]], start: int) -> tuple[_GroupPlan, list[Tensor]]:
+        """Allocate missing state and build the group's plan; also returns this step's grads."""
+        slots = []
+        for p, index in work:
+            st = self._init_state(rule, p)
+            slots.append(ParamSlot(param=sharding.local(p), grad=sharding.local(p.grad),
+                                   state=sharding.local_state(st), index=index,
+                                   index_offset=sharding.index_offset(p)))
+        steps = [slot.state["step"] for slot in slots] if rule.keeps_step() else []
+        prepare = getattr(backend, "prepare", None)
+        run = prepare(rule, slots) if prepare is not None else _slot_runner(backend, rule, slots)
+        grads = [slot.grad for slot in slots]
+        for slot in slots:
+            slot.grad = None  # a kept plan must not keep this step's gradients alive
+        expect = [None if p.grad is None else (p.dtype, p.shape, p.device) for p in params]
+        plan = _GroupPlan(list(params), start, rule, expect, slots, [s.index for s in slots],
+                          steps, run)
+        return plan, grads
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One optimizer step; honours GradScaler's ``grad_scale``/``found_inf`` attributes."""
+        """One optimizer step; honours GradScaler's ``grad_scale``/``found_inf`` attributes.
+
+        Each group's plan (state, slots, the backend's prepared call) is kept between steps and
+        rebuilt when the group's parameters, its rule or the presence or layout of a gradient
+        changes; ``add_param_group`` and ``load_state_dict`` drop every plan, and so does a
+        change of the number of ``self.state`` entries. State tensors are updated in place, so
+        a plan stays valid as long as nobody assigns new tensors into ``opt.state[p]``."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -182,32 +300,43 @@ class SignOptimizer(Optimizer):
         found_inf = getattr(self, "found_inf", None)
         self._last_nonfinite = []
         self.last_step_backends = []
-        for group, backend, rule, work in plans:
+        for gi, (group, backend, rule, plan, grads, work, start, keep) in enumerate(plans):
             scalars = group_scalars(rule, group, grad_scale, found_inf)
-            slots = []
-            for p, index in work:
-                st = self._init_state(rule, p)
-                slot = ParamSlot(param=sharding.local(p), grad=sharding.local(p.grad),
-                                 state=sharding.local_state(st), index=index,
-                                 index_offset=sharding.index_offset(p))
-                if rule.keeps_step():
-                    st["step"] += 1
-                    t = int(st["step"].item())
-                    slot.key = derive_key(group["seed"], t, index)
-                    if rule.uses_bias_correction:
-                        slot.bias = bias_corrections(group, t)
-                slots.append(slot)
-            if slots:
-                count = backend.step(rule, slots, scalars)
+            if plan is None:
+                plan, grads = self._build(backend, rule, group["params"], work, start)
+                if keep:
+                    self._plans[gi] = plan
+                else:
+                    self._plans.pop(gi, None)
+            if plan.slots:
+                count = self._run(plan, group, grads, scalars, found_inf, keep)
                 if count is not None:
                     self._last_nonfinite.append(count)
-                if found_inf is not None and rule.keeps_step():
-                    # As fused AdamW: a step GradScaler skips (inf/NaN) does not advance the counter.
-                    skipped = (found_inf > 0).reshape(()).to(device="cpu", dtype=torch.int64)
-                    for slot in slots:
-                        slot.state["step"] -= skipped
             self.last_step_backends.append(backend.name)
+        self._plans_state = (self.state, len(self.state))
         return loss
+
+    @staticmethod
+    def _run(plan: _GroupPlan, group: dict, grads: list[Tensor], scalars: Any,
+             found_inf: Tensor | None, contiguous: bool) -> Tensor | None:
+        """One step of a group's plan: step counters, keys and bias corrections, the update."""
+        rule = plan.rule
+        keys = bias = None
+        if rule.keeps_step():
+            torch._foreach_add_(plan.steps, 1)
+            steps = [int(s.item()) for s in plan.steps]
+            keys = derive_keys(group["seed"], steps, plan.indices)
+            if rule.uses_bias_correction:
+                memo: dict[int, tuple[float, float]] = {}
+                bias = [memo[t] if t in memo else memo.setdefault(t, bias_corrections(group, t))
+                        for t in steps]
+        count = plan.run(grads, keys, bias, scalars, contiguous)
+        if found_inf is not None and rule.keeps_step():
+            # As fused AdamW: a step GradScaler skips (inf/NaN) does not advance the counter.
+            skipped = (found_inf > 0).reshape(()).to(device="cpu", dtype=torch.int64)
+            if skipped.item():
+                torch._foreach_sub_(plan.steps, 1)
+        return count
 
     # ------------------------------------------------------------- state dict
     def state_dict(self) -> dict[str, Any]:
@@ -228,6 +357,7 @@ class SignOptimizer(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._drop_plans()  # every state tensor is replaced below
         version = state_dict.get(SCHEMA_KEY)
         if version is None:  # e.g. through DCP's set_optimizer_state_dict: the groups carry it
             found = {g.get(SCHEMA_KEY) for g in state_dict.get("param_groups", [])}

@@ -20,6 +20,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+try:  # NumPy vectorises the per-tensor key derivation of a step (optional: loops without it)
+    import numpy as _np
+except ImportError:  # pragma: no cover - torch installs usually have it
+    _np = None
+
 MASK32 = 0xFFFFFFFF
 PHILOX_KEY_A = 0x9E3779B9
 PHILOX_KEY_B = 0xBB67AE85
@@ -74,6 +79,36 @@ def derive_key(seed: int, step: int, tensor_index: int) -> tuple[int, int]:
     w0, w1, _, _ = philox4x32_ints(seed & MASK32, (seed >> 32) & MASK32, step & MASK32,
                                    (step >> 32) & MASK32, tensor_index & MASK32, KEY_DOMAIN)
     return w0, w1
+
+
+VECTOR_MIN = 16  # below this many keys the Python loop is faster than NumPy's call overhead
+
+
+def derive_keys(seed: int, steps: list[int], indices: list[int]) -> list[tuple[int, int]]:
+    """``[derive_key(seed, t, i) for t, i in zip(steps, indices)]``; from :data:`VECTOR_MIN`
+    keys on, the same uint32 arithmetic on NumPy uint64 arrays (32x32-bit products fit
+    exactly; ``steps`` and ``indices`` are int64 values, viewed as two's complement as
+    Python's ``&``/``>>`` treat negative ints)."""
+    if _np is None or len(steps) < VECTOR_MIN:
+        return [derive_key(seed, t, i) for t, i in zip(steps, indices)]
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    u64 = _np.uint64
+    mask, s32 = u64(MASK32), u64(32)
+    t = _np.array(steps, dtype=_np.int64).view(u64)
+    c0, c1 = t & mask, t >> s32
+    c2 = _np.array(indices, dtype=_np.int64).view(u64) & mask
+    c3 = u64(KEY_DOMAIN)
+    k0, k1 = seed & MASK32, (seed >> 32) & MASK32
+    round_a, round_b = u64(PHILOX_ROUND_A), u64(PHILOX_ROUND_B)
+    for _ in range(N_ROUNDS):
+        prod_b = round_b * c2
+        prod_a = round_a * c0
+        c0, c1, c2, c3 = ((prod_b >> s32) ^ c1 ^ u64(k0), prod_b & mask,
+                          (prod_a >> s32) ^ c3 ^ u64(k1), prod_a & mask)
+        k0 = (k0 + PHILOX_KEY_A) & MASK32
+        k1 = (k1 + PHILOX_KEY_B) & MASK32
+    return list(zip(c0.tolist(), c1.tolist()))
 
 
 def triton_seed(key: tuple[int, int]) -> int:

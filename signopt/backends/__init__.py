@@ -51,6 +51,13 @@ class Backend(Protocol):
     def step(self, rule: UpdateRule, slots: list[ParamSlot], scalars: GroupScalars) -> Tensor | None:
         """Update every slot in place; return the count of non-finite gradient elements."""
 
+    # Optional: ``prepare(rule, slots)`` returns a callable
+    # ``(grads, keys, bias, scalars, contiguous) -> count`` that runs one step of those slots with
+    # this step's per-slot gradients, Philox keys and bias corrections (``keys``/``bias`` None
+    # when the rule has none; ``contiguous``: every gradient is). ``SignOptimizer`` keeps it
+    # between steps (see ``SignOptimizer.step``), so it may hold everything derived from the
+    # slots' params and state. Backends without it get their ``step`` called with the slots.
+
 
 _loaded: dict[str, Backend] = {}
 

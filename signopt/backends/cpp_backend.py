@@ -1,5 +1,7 @@
 """The fused C++/CUDA backend: ``torch.ops.signopt.step`` (``csrc/``), one call per param
 group and (device, parameter dtype, state format) combination over all its tensors.
+:meth:`CppBackend.prepare` builds those calls' tensor lists once; ``SignOptimizer`` keeps them
+between steps and passes only the gradients, keys and scalars of each step.
 
 ``load()`` builds the extension just in time (cached; see :mod:`signopt.build`), so a group
 resolved to ``"cpp"`` never compiles inside ``step``.
@@ -7,6 +9,7 @@ resolved to ``"cpp"`` never compiles inside ``step``.
 from __future__ import annotations
 
 import logging
+from itertools import chain
 
 import torch
 from torch import Tensor
@@ -100,36 +103,66 @@ class CppBackend:
         return None
 
     def step(self, rule: UpdateRule, slots: list[ParamSlot], scalars: GroupScalars) -> Tensor | None:
+        keys = None if all(s.key is None for s in slots) else [s.key or (0, 0) for s in slots]
+        bias = None if all(s.bias is None for s in slots) else [s.bias or (1.0, 1.0) for s in slots]
+        return self.prepare(rule, slots)([s.grad for s in slots], keys, bias, scalars, False)
+
+    def prepare(self, rule: UpdateRule, slots: list[ParamSlot]) -> "PreparedGroup":
+        """The group's calls with everything that stays the same from step to step (params,
+        state tensors, offsets, segment lengths, config), for ``SignOptimizer`` to reuse."""
+        return PreparedGroup(rule, slots)
+
+
+class PreparedGroup:
+    """One ``torch.ops.signopt.step`` call per (device, parameter dtype, state format) of a
+    group's slots, in the order the slots first show each combination; zero-size tensors are
+    left out. Calling it runs one step: ``grads``, ``keys`` and ``bias`` are per slot (``keys``
+    and ``bias`` ``None`` when the rule has none); ``contiguous`` promises that every gradient
+    is contiguous (otherwise non-contiguous ones are copied)."""
+
+    def __init__(self, rule: UpdateRule, slots: list[ParamSlot]) -> None:
         kind = kind_of(rule)
-        names = rule.state_names()
-        calls: dict[tuple, list[tuple[ParamSlot, Tensor, Tensor]]] = {}
-        for slot in slots:
+        elem = [n for n in rule.state_names() if not (n == "G" and rule.envelope != "element")]
+        parts: dict[tuple, list[int]] = {}
+        for i, slot in enumerate(slots):
             p = real_view(slot.param)
             if p.numel() == 0:
                 continue
-            g = real_view(slot.grad)
-            elem = [n for n in names if not (n == "G" and rule.envelope != "element")]
             sfmt = STATE_FMT[state_format.format_of(slot.state[elem[0]])] if elem else 0
-            calls.setdefault((p.device, PARAM_FMT[p.dtype], sfmt), []).append((slot, p, g))
-        counts = []
-        for (device, pfmt, sfmt), items in calls.items():
-            counts.append(self._call(rule, kind, device, pfmt, sfmt, items, scalars))
+            parts.setdefault((p.device, PARAM_FMT[p.dtype], sfmt), []).append(i)
+        whole = len(parts) == 1 and len(next(iter(parts.values()))) == len(slots)
+        self.calls = [_Call(rule, kind, key, [slots[i] for i in pos], None if whole else pos)
+                      for key, pos in parts.items()]
+
+    def __call__(self, grads: list[Tensor], keys: list[tuple[int, int]] | None,
+                 bias: list[tuple[float, float]] | None, sc: GroupScalars,
+                 contiguous: bool) -> Tensor | None:
+        counts = [call(grads, keys, bias, sc, contiguous) for call in self.calls]
         if not counts:
             return None
         return counts[0] if len(counts) == 1 else torch.stack(counts).sum()
 
-    def _call(self, rule: UpdateRule, kind: int, device: torch.device, pfmt: int, sfmt: int,
-              items: list[tuple[ParamSlot, Tensor, Tensor]], sc: GroupScalars) -> Tensor:
+
+def _pick(items: list, pos: list[int] | None) -> list:
+    return items if pos is None else [items[i] for i in pos]
+
+
+class _Call:
+    """One kernel call of a :class:`PreparedGroup`: slots ``pos`` of the group (``None``: all)."""
+
+    def __init__(self, rule: UpdateRule, kind: int, key: tuple, slots: list[ParamSlot],
+                 pos: list[int] | None) -> None:
+        self.device, pfmt, sfmt = key
+        self.pos = pos
         blocked = sfmt >= 3
         stochastic = rule.family == "stochastic"
         has_m = "m" in rule.state_names()
         has_v = "v" in rule.state_names()
         elem_env = stochastic and rule.envelope == "element"
-        params, grads, m, v, env, m_s, v_s, env_s = [], [], [], [], [], [], [], []
-        keys, offsets, seglens, bias = [], [], [], []
-        for slot, p, g in items:
-            params.append(p)
-            grads.append(g if g.is_contiguous() else g.contiguous())
+        self.complex = any(s.param.is_complex() for s in slots)  # real views taken per step
+        self.params = [s.param for s in slots]
+        m, v, env, m_s, v_s, env_s = [], [], [], [], [], []
+        for slot in slots:
             st = slot.state
             if has_m:
                 m.append(st["m"])
@@ -143,22 +176,38 @@ class CppBackend:
                 env.append(st["G"])
                 if elem_env and blocked:
                     env_s.append(st["G" + state_format.SCALE_SUFFIX])
-            keys.extend(slot.key if slot.key is not None else (0, 0))
-            offsets.append(int(slot.index_offset))
-            seglens.append(_seglen(rule, p))
-            bias.extend(slot.bias if slot.bias is not None else (1.0, 1.0))
+        self.state = (m, v, env, m_s, v_s, env_s)
+        self.offsets = [int(s.index_offset) for s in slots]
+        self.seglens = [_seglen(rule, real_view(s.param)) for s in slots]
+        self.no_keys = [0, 0] * len(slots)
+        self.no_bias = [1.0, 1.0] * len(slots)
+        self.config = [kind, pfmt, sfmt, rule.state_block, int(rule.maximize), int(rule.cautious),
+                       int(rule.envelope_source == "grad"), 0 if rule.envelope == "element" else 1,
+                       int(rule.state_rounding == "stochastic"), int(rule.param_rounding == "stochastic")]
+
+    def __call__(self, grads: list[Tensor], keys: list[tuple[int, int]] | None,
+                 bias: list[tuple[float, float]] | None, sc: GroupScalars,
+                 contiguous: bool) -> Tensor:
+        device = self.device
+        params = self.params
+        grads = _pick(grads, self.pos)
+        if self.complex:
+            params = [real_view(p) for p in params]
+            grads = [real_view(g) for g in grads]
+        if not contiguous:
+            grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
+        flat_keys = self.no_keys if keys is None else list(chain.from_iterable(_pick(keys, self.pos)))
+        flat_bias = self.no_bias if bias is None else list(chain.from_iterable(_pick(bias, self.pos)))
         lr_t = sc.lr.to(device=device, dtype=torch.float32) if isinstance(sc.lr, Tensor) else None
         decay_t = sc.decay.to(device=device, dtype=torch.float32) if isinstance(sc.decay, Tensor) else None
-        config = [kind, pfmt, sfmt, rule.state_block, int(rule.maximize), int(rule.cautious),
-                  int(rule.envelope_source == "grad"), 0 if rule.envelope == "element" else 1,
-                  int(rule.state_rounding == "stochastic"), int(rule.param_rounding == "stochastic")]
         hyper = [0.0 if lr_t is not None else float(sc.lr), 0.0 if decay_t is not None else float(sc.decay),
                  sc.l2, sc.beta1, sc.omb1, sc.beta2, sc.omb2, sc.eps, sc.huber_delta, sc.p - 1.0,
                  sc.envelope_decay, sc.p, (sc.p - 1.0) / sc.p]
         inv_scale = None if sc.inv_scale is None else sc.inv_scale.to(device=device, dtype=torch.float32)
         found_inf = None if sc.found_inf is None else sc.found_inf.to(device=device, dtype=torch.float32)
-        return torch.ops.signopt.step(params, grads, m, v, env, m_s, v_s, env_s, config, hyper, keys,
-                                      offsets, seglens, bias, lr_t, decay_t, inv_scale, found_inf)
+        return torch.ops.signopt.step(params, grads, *self.state, self.config, hyper, flat_keys,
+                                      self.offsets, self.seglens, flat_bias, lr_t, decay_t,
+                                      inv_scale, found_inf)
 
 
 def load() -> CppBackend:
