@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import operator
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Callable, ClassVar, Iterable
 
 import torch
@@ -64,8 +65,9 @@ def _group_tensors(params: Any) -> list:
 class _GroupPlan:
     """A param group's step work, built by :meth:`SignOptimizer._build`: its slots (state
     allocated), their step counters and the backend's prepared call. The next step reuses it
-    while the group holds the same parameters from the same start index, its rule is the same
-    and every gradient has the layout recorded in ``expect`` (see :meth:`grads`)."""
+    while the group holds the same parameters from the same start index, its rule is the same,
+    ``opt.state`` holds the same state tensors (see :meth:`state_intact`) and every gradient has
+    the layout recorded in ``expect`` (see :meth:`grads`)."""
 
     params: list  # group["params"] when built (compared by identity)
     start: int  # index over all groups of params[0]
@@ -75,6 +77,15 @@ class _GroupPlan:
     indices: list[int]  # per slot: tensor index over all groups (keys the random stream)
     steps: list[Tensor]  # per slot: its step counter (rules that keep one), else empty
     run: Callable  # (grads, keys, bias, scalars, contiguous) -> non-finite count or None
+    owners: list  # per slot: its parameter, as opt.state keys it
+    states: list[dict]  # per slot: opt.state[owner] when built
+    tensor_ids: list[int]  # ids of the values of ``states`` when built, in order
+
+    def state_intact(self, state: dict) -> bool:
+        """Whether ``state`` still maps every slot's parameter to the same dict holding the same
+        tensors (assigning a new tensor into ``opt.state[p]`` rebuilds the plan)."""
+        return (all(map(operator.is_, map(state.get, self.owners), self.states))
+                and list(map(id, chain.from_iterable(map(dict.values, self.states)))) == self.tensor_ids)
 
     def fits(self, params: list, start: int, rule: UpdateRule) -> bool:
         return (start == self.start and rule == self.rule and rule.kappa_fn is self.rule.kappa_fn
@@ -234,7 +245,7 @@ class SignOptimizer(Optimizer):
             params = group["params"]
             start = index
             plan = self._plans.get(gi)
-            if plan is not None and plan.fits(params, start, rule):
+            if plan is not None and plan.fits(params, start, rule) and plan.state_intact(self.state):
                 grads = plan.grads(params)
                 if grads is not None:
                     plans.append((group, backend, rule, plan, grads, None, start, True))
@@ -278,8 +289,11 @@ class SignOptimizer(Optimizer):
         for slot in slots:
             slot.grad = None  # a kept plan must not keep this step's gradients alive
         expect = [None if p.grad is None else (p.dtype, p.shape, p.device) for p in params]
+        owners = [p for p, _ in work]
+        states = [self.state[p] for p in owners]
+        tensor_ids = list(map(id, chain.from_iterable(map(dict.values, states))))
         plan = _GroupPlan(list(params), start, rule, expect, slots, [s.index for s in slots],
-                          steps, run)
+                          steps, run, owners, states, tensor_ids)
         return plan, grads
 
     @torch.no_grad()
@@ -289,8 +303,8 @@ class SignOptimizer(Optimizer):
         Each group's plan (state, slots, the backend's prepared call) is kept between steps and
         rebuilt when the group's parameters, its rule or the presence or layout of a gradient
         changes; ``add_param_group`` and ``load_state_dict`` drop every plan, and so does a
-        change of the number of ``self.state`` entries. State tensors are updated in place, so
-        a plan stays valid as long as nobody assigns new tensors into ``opt.state[p]``."""
+        change of the number of ``self.state`` entries; assigning a new dict into ``opt.state[p]``
+        or a new tensor into it rebuilds the group's plan."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -291,6 +291,25 @@ def test_state_removed_outside_step(backend):
     assert int(opt_a.state[a[0]]["step"]) == 2
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_assigned_outside_step(backend):
+    """A new tensor assigned into ``opt.state[p]``, or a new dict as ``opt.state[p]``, between
+    steps is the one the next step updates (the kept plan is rebuilt), as without kept plans."""
+    a, opt_a, b, opt_b = pair("lion", backend)
+    for t in range(5):
+        set_grads(a, t), set_grads(b, t)
+        if t == 2:  # reset one tensor's momentum by assignment
+            opt_a.state[a[0]]["m"] = torch.zeros_like(opt_a.state[a[0]]["m"])
+            opt_b.state[b[0]]["m"] = torch.zeros_like(opt_b.state[b[0]]["m"])
+        if t == 3:  # replace another tensor's whole state dict
+            opt_a.state[a[1]] = {"m": torch.full_like(opt_a.state[a[1]]["m"], 0.5)}
+            opt_b.state[b[1]] = {"m": torch.full_like(opt_b.state[b[1]]["m"], 0.5)}
+        opt_a.step()
+        uncached_step(opt_b)
+        assert_snapshot_equal(snapshot(opt_a, a), snapshot(opt_b, b))
+    assert not torch.equal(opt_a.state[a[1]]["m"], torch.full_like(opt_a.state[a[1]]["m"], 0.5))
+
+
 def test_param_dtype_changed_between_steps():
     """``p.data`` replaced by another dtype (``model.to(torch.bfloat16)`` after steps): the new
     gradients do not fit the kept plan, which is rebuilt."""
