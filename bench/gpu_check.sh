@@ -2,6 +2,7 @@
 # GPU check of the cpp and triton backends in one command, inside a time budget:
 #
 #     bash bench/gpu_check.sh            # GPU_CHECK_BUDGET_S=390 by default (6.5 min)
+#     GPU_CHECK_SKIP="autotune step" bash bench/gpu_check.sh   # leave stages out by name
 #
 # A GPU session has 15 min of device time in all, machine start included, so the whole script
 # stays well under 8 min: each stage runs under `timeout` with min(its own limit, what is left of
@@ -74,6 +75,10 @@ stage() {  # stage NAME LIMIT_S CMD...
   local name=$1 limit=$2
   shift 2
   local left=$(( BUDGET - (SECONDS - START) ))
+  if [[ " ${GPU_CHECK_SKIP:-} " == *" $name "* ]]; then
+    printf '%-11s %-16s %5s   (GPU_CHECK_SKIP)\n' "$name" "SKIPPED" "-" | tee -a "$SUMMARY"
+    return
+  fi
   (( limit > left )) && limit=$left
   if (( left < MIN_STAGE_S )); then
     printf '%-11s %-16s %5s   (%ds of the budget left)\n' "$name" "SKIPPED" "-" "$left" | tee -a "$SUMMARY"
