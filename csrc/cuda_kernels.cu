@@ -110,7 +110,7 @@ __device__ __forceinline__ void load8_fp8(int fmt, const void* raw, int64_t i, i
     for (int k = 0; k < VEC; ++k) c[k] = k < cnt ? ((const uint8_t*)raw)[i + k] : (uint8_t)0;
   }
   const bool one_scale = blk.shift >= 3;  // a power-of-two block of >= 8 holds all eight
-  const float s0 = scale[blk(e)];
+  const float s0 = cnt > 0 ? scale[blk(e)] : 0.0f;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
     if (k < cnt) {
@@ -273,9 +273,44 @@ __global__ void __launch_bounds__(THREADS) count_kernel(Launch L) {
   if (threadIdx.x == 0 && sh[0]) atomicAdd(L.kept + t, sh[0]);
 }
 
+// One thread's run of <= 8 new FP8 state values (tile-local e, global i) when an FP8 block
+// spans `lanes` consecutive lanes of a warp (8 <= block <= 256, a power of two): the block's
+// absmax by shuffles (every lane of the warp takes part, runs of cnt <= 0 too), then the codes
+// from registers and the block's scale from the lane that starts it.
+__device__ __forceinline__ void encode_run(int sfmt, const float* x, const uint32_t* w, int cnt, int lanes,
+                                           bool sr, uint8_t* codes, float* scale, int64_t i, int e, bool vec,
+                                           const BlockOf& blk) {
+  float amax = 0.0f;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    const float ax = (k < cnt && finite32(x[k])) ? fabsf(x[k]) : 0.0f;
+    amax = ax > amax ? ax : amax;
+  }
+  for (int off = 1; off < lanes; off <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
+  if (cnt <= 0) return;
+  const float sc = sfmt == 3 ? FmtE4M3::scale_of(amax) : FmtE5M2::scale_of(amax);
+  const float inv = 1.0f / sc;
+  uint32_t c[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    c[k] = k < cnt ? (sfmt == 3 ? FmtE4M3::encode(x[k], inv, sr, w[k]) : FmtE5M2::encode(x[k], inv, sr, w[k])) : 0u;
+  }
+  if (vec && cnt == VEC) {
+    *(uint2*)(codes + i) = make_uint2(c[0] | (c[1] << 8) | (c[2] << 16) | (c[3] << 24),
+                                      c[4] | (c[5] << 8) | (c[6] << 16) | (c[7] << 24));
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      if (k < cnt) codes[i + k] = (uint8_t)c[k];
+    }
+  }
+  if ((e & (blk.block - 1)) == 0) scale[blk(e)] = sc;
+}
+
 // ------------------------------------------------------------------ apply
-// Dynamic shared memory (FP8 state only): the tile's new m, v, G values and SR words.
-template <int K>
+// FP8 state: blocks of 8..256 (powers of two) are encoded from registers (encode_run); other
+// blocks are staged in dynamic shared memory (the tile's new m, v, G values and SR words).
+template <int K, bool REGS>  // REGS: FP8 state with blocks of 8..256 (powers of two)
 __global__ void __launch_bounds__(THREADS) apply_kernel(Launch L) {
   extern __shared__ float stage[];
   const Scalars s = live_scalars(L);
@@ -318,7 +353,10 @@ __global__ void __launch_bounds__(THREADS) apply_kernel(Launch L) {
   const float cs = s.cautious ? (float)r.numel / (float)(L.kept[t] + 1ull) : 1.0f;
   const bool svec = ((a & (VEC - 1)) == 0) && (!kind_has_m(K) || aligned16(r.m)) &&
                     (!kind_has_v(K) || aligned16(r.v)) && (!elem_env || aligned16(r.G));
-  for (int e = threadIdx.x * VEC; e < n; e += THREADS * VEC) {
+  // REGS: the FP8 tile is one 8-element step per thread, and every thread takes it (cnt <= 0
+  // past the tensor's end) because encode_run's shuffles need the whole warp.
+  const int end = REGS ? THREADS * VEC : n;
+  for (int e = threadIdx.x * VEC; e < end; e += THREADS * VEC) {
     const int cnt = (n - e) < VEC ? n - e : VEC;
     const int64_t i = a + e;
     float p[VEC], g[VEC], m[VEC], v[VEC], G[VEC];
@@ -357,6 +395,12 @@ __global__ void __launch_bounds__(THREADS) apply_kernel(Launch L) {
       if (kind_has_m(K)) store8(L.sfmt, r.m, i, cnt, svec, m, s.state_sr != 0, w1);
       if (kind_has_v(K)) store8(L.sfmt, r.v, i, cnt, svec, v, s.state_sr != 0, w1);
       if (elem_env) store8(L.sfmt, r.G, i, cnt, svec, G, s.state_sr != 0, w1);
+    } else if (REGS) {
+      const int lanes = (int)L.block / VEC;
+      const bool sr = s.state_sr != 0;
+      if (kind_has_m(K)) encode_run(L.sfmt, m, w1, cnt, lanes, sr, (uint8_t*)r.m, r.m_scale, i, e, svec, blk);
+      if (kind_has_v(K)) encode_run(L.sfmt, v, w1, cnt, lanes, sr, (uint8_t*)r.v, r.v_scale, i, e, svec, blk);
+      if (elem_env) encode_run(L.sfmt, G, w1, cnt, lanes, sr, (uint8_t*)r.G, r.G_scale, i, e, svec, blk);
     } else {
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
@@ -364,13 +408,13 @@ __global__ void __launch_bounds__(THREADS) apply_kernel(Launch L) {
         if (kind_has_m(K)) st_m[e + k] = m[k];
         if (kind_has_v(K)) st_v[e + k] = v[k];
         if (elem_env) st_G[e + k] = G[k];
-        st_w[e + k] = w1[k];
+        if (s.state_sr) st_w[e + k] = w1[k];
       }
     }
   }
   bad = warp_sum(bad);
   if ((threadIdx.x & 31) == 0 && bad) atomicAdd(L.bad, (unsigned long long)bad);
-  if (!blocked) return;
+  if (!blocked || REGS) return;
   __syncthreads();
   // FP8: one warp per state block: absmax of the finite new values -> scale -> codes.
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -411,8 +455,13 @@ cudaError_t launch_kind(const Launch& L, cudaStream_t stream) {
     finalize_kernel<K><<<(unsigned)((L.nseg + THREADS - 1) / THREADS), THREADS, 0, stream>>>(L);
   }
   if (L.s.cautious) count_kernel<K><<<(unsigned)L.ntiles, THREADS, 0, stream>>>(L);
-  const size_t stage_bytes = L.sfmt >= 3 ? (size_t)L.tile * 4 * sizeof(float) : 0;
-  apply_kernel<K><<<(unsigned)L.ntiles, THREADS, stage_bytes, stream>>>(L);
+  const bool regs = L.sfmt >= 3 && (L.block & (L.block - 1)) == 0 && L.block >= 8 && L.block <= 256;
+  if (regs) {
+    apply_kernel<K, true><<<(unsigned)L.ntiles, THREADS, 0, stream>>>(L);
+  } else {
+    const size_t stage_bytes = L.sfmt >= 3 ? (size_t)L.tile * 4 * sizeof(float) : 0;
+    apply_kernel<K, false><<<(unsigned)L.ntiles, THREADS, stage_bytes, stream>>>(L);
+  }
   return cudaGetLastError();
 }
 

@@ -35,7 +35,13 @@ OPTION_SETS = [
          state_block=32, fp8_min_numel=0, state_rounding="stochastic", param_rounding="nearest"),
     dict(weight_decay=0.1, wd_mode="decoupled", maximize=False, cautious=False, state_dtype="fp8_e5m2",
          state_block=3, fp8_min_numel=100, state_rounding="nearest", param_rounding="stochastic"),
+    dict(weight_decay=0.1, wd_mode="decoupled", maximize=False, cautious=False, state_dtype="fp8_e4m3",
+         state_block=256, fp8_min_numel=0, state_rounding="nearest", param_rounding="nearest"),
+    dict(weight_decay=0.0, wd_mode="decoupled", maximize=False, cautious=False, state_dtype="fp8_e4m3",
+         state_block=512, fp8_min_numel=0, state_rounding="stochastic", param_rounding="nearest"),
 ]
+# FP8 blocks of 8..256 (powers of two) are encoded from registers (32, 256 above), others
+# through shared memory (3, 512).
 SHAPES = [(7, 31), (1031,), (), (3, 4099), (0, 5)]
 
 
