@@ -48,9 +48,9 @@ SUMMARY="$RES/summary.txt"
 export SIGNOPT_AUTO_TABLE="$PWD/$RES/auto_table.json"
 {
   echo "gpu_check on $DEVICE, $(date -u +%Y-%m-%dT%H:%M:%SZ), budget ${BUDGET}s"
-  if rev=$(git rev-parse --short HEAD 2>/dev/null); then
-    echo "commit $rev$(git diff --quiet HEAD -- 2>/dev/null || echo ' (+ uncommitted changes)')"
-  fi
+  # The device runner copies the working tree but not always current git metadata: name the
+  # sources by content (bench/source_digest.sh prints the same digest for a checkout here).
+  echo "sources $(bash bench/source_digest.sh)"
   $PY -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.version.cuda)"
   $PY -c "import triton; print('triton', triton.__version__)" 2>&1 | tail -1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
