@@ -12,7 +12,8 @@ runs one warm-up step (which allocates the state), then times PAIRS steps, each 
 sample of the streaming reference ``a.add_(b)`` (12 bytes/element in place), so every contender
 has as many streaming samples beside it as timed steps.  Reported: min and median step time
 over all its steps, bytes the step must move per parameter (params read+write, grads read, each
-state read+write, FP8 scales), bandwidth = bytes*numel/time, its ratio to the streaming
+state read+write, FP8 scales; rules with a whole-tensor reduction — Lion-κ ``l2`` — read the
+gradient and the momentum once more in the reduction pass of the two-pass scheme), bandwidth = bytes*numel/time, its ratio to the streaming
 bandwidth of its own adjacent samples (min/min and median/median), and the extra peak resident
 memory of one step() (Linux VmHWM after resetting it).
 Parameters and gradients are shared by every contender (values drift; sign-step timing does not
@@ -75,19 +76,21 @@ def signopt_rows(quick: bool) -> list[dict]:
         ("StoSignSGD", signopt.StoSignSGD, {}, 2),          # m and the element envelope G
         ("SignConversion-adamw", signopt.SignConversion, {"base": "adamw"}, 3),
     ]
+    two_pass = {"LionKappa-l2"}  # a reduction pass reads g and m before the update pass
     for name, cls, kw, n_states in specs:
         for backend in ("cpp", "torch"):
             fmts = ["fp32"] if n_states == 0 else ["fp32", "bf16", "fp8_e4m3"]
             for fmt in fmts:
                 for pdt in (("fp32", "bf16") if name == "Lion" else ("fp32",)):
                     rows.append(dict(kind="signopt", name=name, cls=cls, kw=kw, backend=backend,
-                                     state=fmt, pdtype=pdt, n_states=n_states))
+                                     state=fmt, pdtype=pdt, n_states=n_states, two_pass=name in two_pass))
     return rows
 
 
 def bytes_per_param(row: dict) -> float:
     pb = 4.0 if row["pdtype"] == "fp32" else 2.0
-    return 3 * pb + state_bytes_per_param(row["state"], row["n_states"])
+    reduction = pb + state_bytes_per_param(row["state"], 1) / 2 if row.get("two_pass") else 0.0
+    return 3 * pb + state_bytes_per_param(row["state"], row["n_states"]) + reduction
 
 
 def peer_rows() -> tuple[list[dict], list[str]]:
