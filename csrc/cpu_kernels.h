@@ -5,7 +5,9 @@
 //   reduce  (lion l2/row_l2/lp norms, row/block/tensor envelopes): fixed chunks of each segment,
 //           fp64 sums in the lane order of rules.h (or NaN-propagating max), folded in chunk order
 //   count   (cautious): exact integer count of kept coordinates per tensor
-//   apply   : tiles of decoded fp32 values -> rule core -> encoded stores (FP8: one block a tile)
+//   apply   : tiles of decoded fp32 values -> rule core -> encoded stores (FP8: one block a tile);
+//             fused load-rule-store loops for the deterministic kinds (fused_loop) and, with
+//             AVX-512, the stochastic kinds with the element envelope (simd::fused_sto)
 // Work items and chunks depend only on the tensor sizes, so results do not depend on the
 // thread count.  With found_inf > 0 only the non-finite count runs (nothing is written).
 #pragma once
@@ -13,6 +15,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -399,6 +402,55 @@ struct GroupKernel {
     }
   }
 
+  // ---------------------------------------------------------------- fused stochastic path
+  // The stochastic kinds with the element envelope, without cautious masking or stochastic
+  // rounding, fp32/bf16 parameters and state: with AVX-512 (simd::fused_sto) one loop per work
+  // item computes Philox word 0, reads the stored values, runs the rule and writes back; threads
+  // whose MXCSR or lr rule the loop out run the tiles (the same values).
+  bool sto_fused_ok() const {
+    return simd::sto_covered(K) && elem_env && !s.cautious && !s.state_sr && !s.param_sr &&
+           (pf == FMT_F32 || pf == FMT_BF16) && (sf == FMT_F32 || sf == FMT_BF16);
+  }
+
+#if defined(SIGNOPT_AVX512)
+  template <class PF, class SF>
+  std::vector<int64_t> sto_items() const {
+    std::vector<int64_t> out(items.size(), 0);
+    at::parallel_for(0, (int64_t)items.size(), 1, [&](int64_t ib, int64_t ie) {
+      const bool simd = simd::simd_ok(s);  // MXCSR of this thread, once per chunk
+      std::unique_ptr<Buffers> B;
+      for (int64_t k = ib; k < ie; ++k) {
+        const Item& it = items[k];
+        const TensorRef& t = c.t[it.t];
+        if (simd) {
+          using PR = typename PF::raw;
+          using SR = typename SF::raw;
+          out[k] = simd::fused_sto<K, PF, SF>(s, t.bc1, t.bc2, t.k0, t.k1, t.offset + (uint64_t)it.a, it.b - it.a,
+                                              (PR*)t.p + it.a, (const PR*)t.g + it.a,
+                                              HAS_M ? (SR*)t.m + it.a : nullptr, HAS_V ? (SR*)t.v + it.a : nullptr,
+                                              (SR*)t.G + it.a);
+          continue;
+        }
+        if (!B) B.reset(new Buffers(tile));
+        int64_t acc = 0;
+        for (int64_t a = it.a; a < it.b; a += tile)
+          acc += tile_eval<true>(t, it.t, a, std::min(tile, it.b - a), *B, false);
+        out[k] = acc;
+      }
+    });
+    return out;
+  }
+#endif
+
+  std::vector<int64_t> run_sto() const {
+#if defined(SIGNOPT_AVX512)
+    if (pf == FMT_F32) return sf == FMT_F32 ? sto_items<FmtF32, FmtF32>() : sto_items<FmtF32, FmtBF16>();
+    return sf == FMT_F32 ? sto_items<FmtBF16, FmtF32>() : sto_items<FmtBF16, FmtBF16>();
+#else
+    return run_items<true>();
+#endif
+  }
+
   // ---------------------------------------------------------------- tile evaluation
   // Decodes the tile, evaluates the rule and (STORE) writes the results, or (COUNT) returns
   // the number of kept cautious coordinates.  Returns the non-finite count when STORE.
@@ -645,7 +697,7 @@ struct GroupKernel {
       for (size_t i = 0; i < c.t.size(); ++i)
         cscale[i] = (float)c.t[i].numel / (float)(per[i] + 1);
     }
-    const std::vector<int64_t> bad = fused_ok() ? run_fused() : run_items<true>();
+    const std::vector<int64_t> bad = fused_ok() ? run_fused() : (sto_fused_ok() ? run_sto() : run_items<true>());
     if (STO && s.envelope == ENV_SEGMENT) {
       for (size_t i = 0; i < c.t.size(); ++i)
         std::memcpy(c.t[i].G, segv.data() + seg_base[i], sizeof(float) * seg_count(c.t[i]));

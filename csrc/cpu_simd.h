@@ -2,7 +2,9 @@
 // portable loops of cpu_kernels.h / casts.h run everywhere else and for whatever is not covered):
 //   * fused_sign<K, PF, SF>: SignSGD, Signum and Lion (l1) over fp32/bf16 parameters and
 //     fp32/bf16/FP8 state, the whole rule on 16 lanes with AVX-512 masks;
-//   * fp8_encode_block<F>: FP8 block encoding (absmax, scale, nearest-even codes).
+//   * fp8_encode_block<F>: FP8 block encoding (absmax, scale, nearest-even codes);
+//   * fused_sto<K, PF, SF>: the stochastic kinds (bases sgd/momentum/lion/adamw) with the element
+//     envelope over fp32/bf16 parameters and state, Philox word 0 computed in the loop.
 // Every result is bit-identical to the portable code (same fp32 operations, same order):
 //   * the update p*decay - lr*u with u in {-1, 0, 1} is p*decay - lr, p*decay + lr (x - (-y) is
 //     x + y in IEEE arithmetic) or p*decay - (+0) = p*decay, as masked subtract/add of lr: this
@@ -344,9 +346,205 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
   return nbad;
 }
 
+// ---------------------------------------------------------------- stochastic sign (StoSignSGD, SignConversion)
+// Philox4x32-10 word 0 of the 32 counters (base + j, hi, 0, 0), j = 0..31, where all 32 share
+// hi = base >> 32 (the caller checks): four chains of eight counters in 64-bit lanes as
+// cpu_philox.h's philox8, with the multiplications whose results are known left out (the same
+// values, so the same words): round 0 has c2 = c3 = 0 (B*c2 = 0: c0 <- hi ^ k0, c1 <- 0, the same
+// for every lane), so round 1's A*c0 is one scalar product; round 9's A*c0 feeds only words 2 and
+// 3.  17 vector multiplications per 8 counters instead of 20.  out0/out1: words of j = 0..15 and
+// 16..31 in 32-bit lanes.
+inline void philox32_w0(const uint32_t k0, const uint32_t k1, const uint64_t base, __m512i& out0, __m512i& out1) {
+  const __m512i A = _mm512_set1_epi64(0xD2511F53ll), B = _mm512_set1_epi64(0xCD9E8D57ll);
+  const uint32_t hi = (uint32_t)(base >> 32);
+  const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i lo = _mm512_add_epi64(_mm512_set1_epi64((long long)(uint32_t)base), lane);
+  __m512i c0[4], c1[4], c2[4], c3[4];
+  uint32_t a = k0, b = k1;
+  // round 0: pb = 0; pa = A*lo
+  const uint32_t s0 = hi ^ a;
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; ++q) {
+    const __m512i pa = _mm512_mul_epu32(A, _mm512_add_epi64(lo, _mm512_set1_epi64(8 * q)));
+    c2[q] = _mm512_xor_si512(_mm512_srli_epi64(pa, 32), _mm512_set1_epi64(b));
+    c3[q] = pa;
+  }
+  a += 0x9E3779B9u;
+  b += 0xBB67AE85u;
+  // round 1: c0 = s0 and c1 = 0 in every lane; pa = A*s0 (scalar)
+  {
+    const uint64_t P = (uint64_t)0xD2511F53u * (uint64_t)s0;
+    const __m512i kb = _mm512_set1_epi64((long long)((uint32_t)(P >> 32) ^ b));
+    const __m512i ka = _mm512_set1_epi64(a);
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+      const __m512i pb = _mm512_mul_epu32(B, c2[q]);
+      c0[q] = _mm512_xor_si512(_mm512_srli_epi64(pb, 32), ka);
+      c2[q] = _mm512_xor_si512(c3[q], kb);
+      c1[q] = pb;
+      c3[q] = _mm512_set1_epi64((long long)(uint32_t)P);
+    }
+    a += 0x9E3779B9u;
+    b += 0xBB67AE85u;
+  }
+  // rounds 2..8
+#pragma GCC unroll 7
+  for (int r = 2; r < 9; ++r) {
+    const __m512i ka = _mm512_set1_epi64(a), kb = _mm512_set1_epi64(b);
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+      const __m512i pb = _mm512_mul_epu32(B, c2[q]);
+      const __m512i pa = _mm512_mul_epu32(A, c0[q]);
+      c0[q] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pb, 32), c1[q], ka, 0x96);
+      c2[q] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pa, 32), c3[q], kb, 0x96);
+      c1[q] = pb;
+      c3[q] = pa;
+    }
+    a += 0x9E3779B9u;
+    b += 0xBB67AE85u;
+  }
+  // round 9: word 0 only
+  const __m512i ka = _mm512_set1_epi64(a);
+#pragma GCC unroll 4
+  for (int q = 0; q < 4; ++q) {
+    const __m512i pb = _mm512_mul_epu32(B, c2[q]);
+    c0[q] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pb, 32), c1[q], ka, 0x96);
+  }
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  out0 = _mm512_permutex2var_epi32(c0[0], even, c0[1]);
+  out1 = _mm512_permutex2var_epi32(c0[2], even, c0[3]);
+}
+
+// Word 0 of counters base .. base+31, any base (the scalar philox.h where the 32 counters
+// cross a multiple of 2^32).
+inline void philox32_w0_any(const uint32_t k0, const uint32_t k1, const uint64_t base, __m512i& out0,
+                            __m512i& out1) {
+  if ((base >> 32) == ((base + 31) >> 32)) {
+    philox32_w0(k0, k1, base, out0, out1);
+    return;
+  }
+  alignas(64) uint32_t w[32];
+  for (int j = 0; j < 32; ++j) w[j] = element_words(k0, k1, base + (uint64_t)j).w0;
+  out0 = _mm512_load_si512((const void*)w);
+  out1 = _mm512_load_si512((const void*)(w + 16));
+}
+
+constexpr bool sto_covered(int k) {
+  return k == K_STO_SGD || k == K_STO_MOMENTUM || k == K_STO_LION || k == K_STO_ADAMW;
+}
+
+// apply_tile of cpu_kernels.h for the stochastic kinds with the element envelope, without
+// cautious masking or stochastic rounding, fp32/bf16 parameters and state, Philox word 0 and
+// the whole rule on 16 lanes, no tile buffers (the same fp32 operations in the same order):
+//   * fmax_ign(a, b) is vmaxps(a, b) (b where either is NaN, else a > b ? a : b) with a where
+//     only b is NaN;
+//   * u in {-1, 0, +1}: the update is the masked subtract/add of lr of fused_sign;
+//   * U = (w0 >> 8) * 2^-24 (exact conversion and product).
+// `idx`: Philox counter of element 0.  Returns the non-finite count.
+template <int K, class PF, class SF>
+inline int64_t fused_sto(const Scalars& sc, const float bc1f, const float bc2f, const uint32_t k0,
+                         const uint32_t k1, const uint64_t idx, const int64_t n, typename PF::raw* __restrict p,
+                         const typename PF::raw* __restrict g, typename SF::raw* __restrict m,
+                         typename SF::raw* __restrict v, typename SF::raw* __restrict E) {
+  constexpr bool HM = kind_has_m(K), HV = kind_has_v(K);
+  const bool prol = sc.has_inv_scale || sc.maximize || sc.l2 != 0.0f;
+  const __m512 mul = _mm512_set1_ps(sc.has_inv_scale ? sc.inv_scale : 1.0f);
+  const __m512 sg = _mm512_set1_ps(sc.maximize ? -1.0f : 1.0f);
+  const __m512 l2 = _mm512_set1_ps(sc.l2);
+  const bool has_l2 = sc.l2 != 0.0f;
+  const __m512 b1 = _mm512_set1_ps(sc.beta1), omb1 = _mm512_set1_ps(sc.omb1);
+  const __m512 b2 = _mm512_set1_ps(sc.beta2), omb2 = _mm512_set1_ps(sc.omb2);
+  const __m512 lr = _mm512_set1_ps(sc.lr), decay = _mm512_set1_ps(sc.decay);
+  const __m512 gam = _mm512_set1_ps(sc.env_decay), eps = _mm512_set1_ps(sc.eps);
+  const __m512 bc1 = _mm512_set1_ps(bc1f), bc2 = _mm512_set1_ps(bc2f);
+  const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f), u24 = _mm512_set1_ps(5.9604644775390625e-08f);
+  const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF);
+  const bool from_grad = sc.env_from_grad != 0;
+  int64_t nbad = 0;
+  struct Out {
+    __m512 pn, mn, vn, Gn;
+  };
+  auto body = [&](const int64_t j, const __mmask16 k, const __m512i w, auto full) -> Out {
+    constexpr bool FULL = decltype(full)::value;
+    const __m512 pv = load16<FULL>(p + j, k);
+    __m512 gv = load16<FULL>(g + j, k);
+    if (prol) gv = _mm512_mul_ps(_mm512_mul_ps(gv, mul), sg);
+    const __mmask16 bad = _mm512_mask_fpclass_ps_mask(k, gv, 0x99);  // QNaN, +inf, -inf, SNaN
+    const __mmask16 good = _kandn_mask16(bad, k);
+    __m512 gg = _mm512_maskz_mov_ps(good, gv);
+    if (prol && has_l2) gg = _mm512_add_ps(gg, _mm512_mul_ps(l2, pv));
+    Out o;
+    o.mn = o.vn = _mm512_setzero_ps();
+    __m512 d;
+    if constexpr (K == K_STO_SGD) {
+      d = gg;
+    } else {
+      const __m512 mv = load16<FULL>(m + j, k);
+      if constexpr (K == K_STO_LION) {
+        d = _mm512_maskz_add_ps(good, _mm512_mul_ps(mv, b1), _mm512_mul_ps(gg, omb1));
+        o.mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, b2), _mm512_mul_ps(gg, omb2));
+      } else {
+        o.mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, b1), _mm512_mul_ps(gg, omb1));
+        d = o.mn;
+        if constexpr (HV) {
+          const __m512 vv = load16<FULL>(v + j, k);
+          o.vn = _mm512_mask_add_ps(vv, good, _mm512_mul_ps(vv, b2), _mm512_mul_ps(_mm512_mul_ps(gg, gg), omb2));
+          const __m512 den = _mm512_add_ps(_mm512_sqrt_ps(_mm512_div_ps(o.vn, bc2)), eps);
+          d = _mm512_maskz_mov_ps(good, _mm512_div_ps(_mm512_div_ps(o.mn, bc1), den));
+        }
+      }
+    }
+    const __m512 src = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(from_grad ? gg : d), absm));
+    const __m512 Gv = load16<FULL>(E + j, k);
+    const __m512 ga = _mm512_mul_ps(Gv, gam);
+    __m512 Ge = _mm512_max_ps(ga, src);
+    const __mmask16 only_b_nan = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(ga, ga, _CMP_ORD_Q), src, src, _CMP_UNORD_Q);
+    Ge = _mm512_mask_mov_ps(Ge, only_b_nan, ga);
+    Ge = _mm512_mask_mov_ps(Gv, good, Ge);
+    o.Gn = Ge;
+    const __m512 thr = _mm512_mul_ps(_mm512_add_ps(one, _mm512_div_ps(d, Ge)), half);
+    const __m512 U = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(w, 8)), u24);
+    const __mmask16 nz =
+        _mm512_mask_test_epi32_mask(good, _mm512_or_si512(_mm512_castps_si512(d), _mm512_castps_si512(Ge)), absm);
+    const __mmask16 lt = _mm512_cmp_ps_mask(U, thr, _CMP_LT_OQ);
+    const __mmask16 pos = nz & lt, neg = _kandn_mask16(lt, nz);
+    __m512 pn = _mm512_mask_mul_ps(pv, good, pv, decay);
+    pn = _mm512_mask_sub_ps(pn, pos, pn, lr);
+    pn = _mm512_mask_add_ps(pn, neg, pn, lr);
+    o.pn = pn;
+    nbad += __builtin_popcount((unsigned)bad);
+    return o;
+  };
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    __m512i w0, w1;
+    philox32_w0_any(k0, k1, idx + (uint64_t)j, w0, w1);
+    const Out o0 = body(j, (__mmask16)0xFFFF, w0, std::true_type{});
+    const Out o1 = body(j + 16, (__mmask16)0xFFFF, w1, std::true_type{});
+    store32(p + j, o0.pn, o1.pn);
+    if constexpr (HM) store32(m + j, o0.mn, o1.mn);
+    if constexpr (HV) store32(v + j, o0.vn, o1.vn);
+    store32(E + j, o0.Gn, o1.Gn);
+  }
+  if (j < n) {
+    __m512i w[2];
+    philox32_w0_any(k0, k1, idx + (uint64_t)j, w[0], w[1]);
+    for (int h = 0; j < n; j += 16, ++h) {
+      const __mmask16 k = tail_mask(n - j);
+      const Out o = body(j, k, w[h], std::false_type{});
+      store16<false>(p + j, o.pn, k);
+      if constexpr (HM) store16<false>(m + j, o.mn, k);
+      if constexpr (HV) store16<false>(v + j, o.vn, k);
+      store16<false>(E + j, o.Gn, k);
+    }
+  }
+  return nbad;
+}
+
 #else
 inline bool mxcsr_ok() { return false; }
 inline bool simd_ok(const Scalars&) { return false; }
+constexpr bool sto_covered(int) { return false; }
 #endif
 
 }  // namespace simd

@@ -271,6 +271,106 @@ def test_cpu_simd_and_portable_loops_match_reference(simd):
     assert "CHECKED 108" in out.stdout
 
 
+STOCHASTIC_RUN = r"""
+import sys, torch, signopt
+from signopt import sharding
+OFFSET = int(sys.argv[2])
+sharding.index_offset = lambda p: OFFSET  # Philox counters near 2^32: word runs that cross it
+
+def mk(n, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    p = torch.randn(n, generator=gen) * torch.exp2(torch.randint(-20, 5, (n,), generator=gen).float())
+    g = torch.randn(n, generator=gen) * torch.exp2(torch.randint(-30, 10, (n,), generator=gen).float())
+    g[::37] = float("nan"); g[5::41] = float("inf"); g[7::43] = -float("inf"); g[3::29] = 0.0; g[11::31] = 1e-41
+    p[2::53] = 0.0; p[4::59] = -0.0; p[6::61] = 1e-40; p[8::67] = -float("nan")
+    return p.to(dtype), g.to(dtype)
+
+results = {}
+specs = [("sto", signopt.StoSignSGD, {}), ("sgd", signopt.SignConversion, {"base": "sgd"}),
+         ("mom", signopt.SignConversion, {"base": "momentum"}),
+         ("lion", signopt.SignConversion, {"base": "lion", "betas": (0.9, 0.99)}),
+         ("adamw", signopt.SignConversion, {"base": "adamw"})]
+extras = [{}, {"weight_decay": 0.1}, {"maximize": True}, {"weight_decay": 0.01, "wd_mode": "l2"}, {"lr": 0.0},
+          {"big": 1e9}, {"envelope_source": "grad", "envelope_decay": 0.9}, {"state_rounding": "stochastic"},
+          {"param_rounding": "stochastic"}]
+for name, cls, kw in specs:
+    for pdt in (torch.float32, torch.bfloat16):
+        for sd in ("fp32", "bf16"):
+            for ei, extra in enumerate(extras):
+                extra = dict(extra)
+                if "param_rounding" in extra and pdt is torch.float32:
+                    continue
+                big = extra.pop("big", 1.0)
+                for backend in ("cpp", "torch"):
+                    if backend == "torch" and (name == "adamw" or sys.argv[3] == "0"):
+                        continue  # adamw: within 2 ulp of the reference only (sqrt), compared across loops
+                    ps, gs = [], []
+                    for i, n in enumerate([0, 1, 15, 16, 17, 31, 33, 257, 1000, 4099, 16400]):
+                        p, g = mk(n, pdt, i)
+                        ps.append(torch.nn.Parameter(p)); gs.append(g)
+                    k = dict(kw, **extra, state_dtype=sd, seed=1234 + ei)
+                    k.setdefault("lr", 1e-2)
+                    opt = cls(ps, backend=backend, **k)
+                    for step in range(3):
+                        for p, g in zip(ps, gs):
+                            p.grad = g * (step + 1) * big
+                        opt.step()
+                    results[(name, str(pdt), sd, ei, backend)] = [p.detach().clone() for p in ps] + [
+                        v.clone() for p in ps for v in opt.state[p].values() if torch.is_tensor(v) and v.numel() > 1]
+torch.save(results, sys.argv[1])
+print("RAN", len(results))
+"""
+
+
+def _bits(t):
+    import torch
+    return t.view({torch.float32: torch.int32, torch.bfloat16: torch.int16}.get(t.dtype, torch.uint8))
+
+
+def _same(a, b):
+    """Bit for bit; fp32 NaNs match any NaN (their sign/payload is not specified)."""
+    import torch
+    if a.dtype == torch.bfloat16:
+        return torch.equal(_bits(a), _bits(b))
+    nan = a.float().isnan()
+    return torch.equal(nan, b.float().isnan()) and torch.equal(_bits(a)[~nan], _bits(b)[~nan])
+
+
+@pytest.mark.parametrize("offset", [0, 2**32 - 40])
+def test_cpu_simd_stochastic_matches_portable_and_reference(tmp_path, offset):
+    """The stochastic kinds (StoSignSGD, SignConversion bases sgd/momentum/lion/adamw) with the
+    element envelope through the AVX-512 fused loop (simd::fused_sto, where the build has it) and
+    through the portable tiles (SIGNOPT_CPU_SIMD=0) give the same bits, and both match the torch
+    reference (adamw: across the loops only); fp32/bf16 parameters and state, 0..16400 elements
+    (sizes not multiples of 16 or 32, more than one work item), NaN/inf/subnormal/huge inputs,
+    weight decay modes, maximize, lr = 0, the grad envelope source with decay, stochastic rounding
+    on (the tile path) and off, and Philox counters crossing 2^32."""
+    import torch
+    res = {}
+    for simd in ("1", "0"):
+        env = dict(os.environ, SIGNOPT_CPU_SIMD=simd)
+        f = tmp_path / f"out{simd}.pt"
+        out = subprocess.run([sys.executable, "-c", STOCHASTIC_RUN, str(f), str(offset), "1" if simd == "1" else "0"],
+                             capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        res[simd] = torch.load(f)
+    fast, port = res["1"], res["0"]
+    checked = 0
+    for key, vals in fast.items():
+        if key[-1] == "torch":
+            ref = fast[key[:-1] + ("cpp",)]
+            assert len(ref) == len(vals)
+            for a, b in zip(ref, vals):
+                assert _same(a, b), ("reference", key)
+        else:
+            other = port[key]
+            assert len(other) == len(vals)
+            for a, b in zip(vals, other):
+                assert _same(a, b), ("portable", key)
+        checked += 1
+    assert checked == 306, checked
+
+
 @pytest.mark.slow
 def test_build_without_avx512_matches_reference(tmp_path):
     """The extension built for x86-64-v3 (AVX2, no AVX-512: no csrc/cpu_simd.h loops, scalar Philox)
