@@ -472,7 +472,15 @@ struct GroupKernel {
     uint32_t* W0 = B.w0.data();
     uint32_t* W1 = B.w1.data();
     uint32_t* W2 = B.w2.data();
-    if (words) philox_loop(t.k0, t.k1, t.offset + (uint64_t)a, n, W0, W1, W2);
+    if (words) {
+#if defined(SIGNOPT_AVX512)
+      // words 1 and 2 only feed stochastic rounding
+      if (!s.state_sr && !s.param_sr && simd::simd_enabled()) {
+        simd::philox_w0_range(t.k0, t.k1, t.offset + (uint64_t)a, n, W0);
+      } else
+#endif
+        philox_loop(t.k0, t.k1, t.offset + (uint64_t)a, n, W0, W1, W2);
+    }
     float* p = load_range(pf, t.p, nullptr, 0, a, n, B.p.data());
     const float* g = load_range(pf, const_cast<void*>(t.g), nullptr, 0, a, n, B.g.data());
     float* m = B.m.data();

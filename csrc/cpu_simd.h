@@ -429,6 +429,26 @@ inline void philox32_w0_any(const uint32_t k0, const uint32_t k1, const uint64_t
   out1 = _mm512_load_si512((const void*)(w + 16));
 }
 
+// Word 0 only of elements base .. base+n-1 (the tiles' Philox when no rounding is stochastic).
+inline void philox_w0_range(const uint32_t k0, const uint32_t k1, const uint64_t base, const int64_t n,
+                            uint32_t* __restrict W0) {
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    __m512i a, b;
+    philox32_w0_any(k0, k1, base + (uint64_t)j, a, b);
+    _mm512_storeu_si512((void*)(W0 + j), a);
+    _mm512_storeu_si512((void*)(W0 + j + 16), b);
+  }
+  if (j < n) {
+    alignas(64) uint32_t w[32];
+    __m512i a, b;
+    philox32_w0_any(k0, k1, base + (uint64_t)j, a, b);
+    _mm512_store_si512((void*)w, a);
+    _mm512_store_si512((void*)(w + 16), b);
+    for (int64_t i = 0; j + i < n; ++i) W0[j + i] = w[i];
+  }
+}
+
 constexpr bool sto_covered(int k) {
   return k == K_STO_SGD || k == K_STO_MOMENTUM || k == K_STO_LION || k == K_STO_ADAMW;
 }

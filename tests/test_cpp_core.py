@@ -292,14 +292,18 @@ specs = [("sto", signopt.StoSignSGD, {}), ("sgd", signopt.SignConversion, {"base
          ("adamw", signopt.SignConversion, {"base": "adamw"})]
 extras = [{}, {"weight_decay": 0.1}, {"maximize": True}, {"weight_decay": 0.01, "wd_mode": "l2"}, {"lr": 0.0},
           {"big": 1e9}, {"envelope_source": "grad", "envelope_decay": 0.9}, {"state_rounding": "stochastic"},
-          {"param_rounding": "stochastic"}]
+          {"param_rounding": "stochastic"}, {"cautious": True}, {"envelope": "block", "envelope_block": 64}]
 for name, cls, kw in specs:
     for pdt in (torch.float32, torch.bfloat16):
-        for sd in ("fp32", "bf16"):
+        for sd in ("fp32", "bf16", "fp8_e4m3"):
             for ei, extra in enumerate(extras):
                 extra = dict(extra)
                 if "param_rounding" in extra and pdt is torch.float32:
                     continue
+                if sd == "fp8_e4m3" and (pdt is torch.bfloat16 or ei in (1, 3, 4, 6)):
+                    continue  # fp8 (the tiles): a subset
+                if sd == "fp8_e4m3":
+                    extra.update(state_block=32, fp8_min_numel=0)
                 big = extra.pop("big", 1.0)
                 for backend in ("cpp", "torch"):
                     if backend == "torch" and (name == "adamw" or sys.argv[3] == "0"):
@@ -336,12 +340,16 @@ def _same(a, b):
     return torch.equal(nan, b.float().isnan()) and torch.equal(_bits(a)[~nan], _bits(b)[~nan])
 
 
+EXPECTED_STO = 432
+
+
 @pytest.mark.parametrize("offset", [0, 2**32 - 40])
 def test_cpu_simd_stochastic_matches_portable_and_reference(tmp_path, offset):
     """The stochastic kinds (StoSignSGD, SignConversion bases sgd/momentum/lion/adamw) with the
     element envelope through the AVX-512 fused loop (simd::fused_sto, where the build has it) and
     through the portable tiles (SIGNOPT_CPU_SIMD=0) give the same bits, and both match the torch
-    reference (adamw: across the loops only); fp32/bf16 parameters and state, 0..16400 elements
+    reference (adamw: across the loops only); fp32/bf16 parameters and state (and FP8 state, cautious
+    masking and a block envelope: the tiles, whose Philox is word 0 only without SR), 0..16400 elements
     (sizes not multiples of 16 or 32, more than one work item), NaN/inf/subnormal/huge inputs,
     weight decay modes, maximize, lr = 0, the grad envelope source with decay, stochastic rounding
     on (the tile path) and off, and Philox counters crossing 2^32."""
@@ -368,7 +376,7 @@ def test_cpu_simd_stochastic_matches_portable_and_reference(tmp_path, offset):
             for a, b in zip(vals, other):
                 assert _same(a, b), ("portable", key)
         checked += 1
-    assert checked == 306, checked
+    assert sum(k[-1] == "cpp" for k in fast) == len(port) and checked == len(fast) == EXPECTED_STO, checked
 
 
 @pytest.mark.slow
