@@ -404,12 +404,12 @@ struct GroupKernel {
 
   // ---------------------------------------------------------------- fused stochastic path
   // The stochastic kinds with the element envelope, without cautious masking or stochastic
-  // rounding, fp32/bf16 parameters and state: with AVX-512 (simd::fused_sto) one loop per work
+  // rounding, fp32/bf16 parameters and fp32/bf16/FP8 state: with AVX-512 (simd::fused_sto) one loop per work
   // item computes Philox word 0, reads the stored values, runs the rule and writes back; threads
   // whose MXCSR or lr rule the loop out run the tiles (the same values).
   bool sto_fused_ok() const {
     return simd::sto_covered(K) && elem_env && !s.cautious && !s.state_sr && !s.param_sr &&
-           (pf == FMT_F32 || pf == FMT_BF16) && (sf == FMT_F32 || sf == FMT_BF16);
+           (pf == FMT_F32 || pf == FMT_BF16) && sf != FMT_F16;
   }
 
 #if defined(SIGNOPT_AVX512)
@@ -419,12 +419,34 @@ struct GroupKernel {
     at::parallel_for(0, (int64_t)items.size(), 1, [&](int64_t ib, int64_t ie) {
       const bool simd = simd::simd_ok(s);  // MXCSR of this thread, once per chunk
       std::unique_ptr<Buffers> B;
+      using PR = typename PF::raw;
+      using SR = typename SF::raw;
       for (int64_t k = ib; k < ie; ++k) {
         const Item& it = items[k];
         const TensorRef& t = c.t[it.t];
-        if (simd) {
-          using PR = typename PF::raw;
-          using SR = typename SF::raw;
+        if constexpr (SF::blocked) {
+          // FP8 state: one block at a time, the new fp32 values through L1-sized buffers
+          if (simd) {
+            if (!B) B.reset(new Buffers(tile));
+            const int64_t bl = c.block;
+            int64_t acc = 0;
+            for (int64_t a = it.a; a < it.b; a += bl) {
+              const int64_t e = std::min(a + bl, it.b), b = a / bl;
+              SR* mr = HAS_M ? (SR*)t.m + a : nullptr;
+              SR* vr = HAS_V ? (SR*)t.v + a : nullptr;
+              SR* Gr = (SR*)t.G + a;
+              acc += simd::fused_sto<K, PF, SF>(s, t.bc1, t.bc2, t.k0, t.k1, t.offset + (uint64_t)a, e - a,
+                                                (PR*)t.p + a, (const PR*)t.g + a, mr, vr, Gr,
+                                                HAS_M ? t.m_scale[b] : 0.0f, HAS_V ? t.v_scale[b] : 0.0f,
+                                                t.G_scale[b], B->m.data(), B->v.data(), B->e.data());
+              if (HAS_M) t.m_scale[b] = encode_block<SF>(mr, e - a, B->m.data(), false, nullptr, true);
+              if (HAS_V) t.v_scale[b] = encode_block<SF>(vr, e - a, B->v.data(), false, nullptr, true);
+              t.G_scale[b] = encode_block<SF>(Gr, e - a, B->e.data(), false, nullptr, true);
+            }
+            out[k] = acc;
+            continue;
+          }
+        } else if (simd) {
           out[k] = simd::fused_sto<K, PF, SF>(s, t.bc1, t.bc2, t.k0, t.k1, t.offset + (uint64_t)it.a, it.b - it.a,
                                               (PR*)t.p + it.a, (const PR*)t.g + it.a,
                                               HAS_M ? (SR*)t.m + it.a : nullptr, HAS_V ? (SR*)t.v + it.a : nullptr,
@@ -442,10 +464,22 @@ struct GroupKernel {
   }
 #endif
 
+#if defined(SIGNOPT_AVX512)
+  template <class PF>
+  std::vector<int64_t> sto_items_p() const {
+    switch (sf) {
+      case FMT_F32: return sto_items<PF, FmtF32>();
+      case FMT_BF16: return sto_items<PF, FmtBF16>();
+      case FMT_E4M3: return sto_items<PF, FmtE4M3>();
+      default: return sto_items<PF, FmtE5M2>();
+    }
+  }
+#endif
+
   std::vector<int64_t> run_sto() const {
 #if defined(SIGNOPT_AVX512)
-    if (pf == FMT_F32) return sf == FMT_F32 ? sto_items<FmtF32, FmtF32>() : sto_items<FmtF32, FmtBF16>();
-    return sf == FMT_F32 ? sto_items<FmtBF16, FmtF32>() : sto_items<FmtBF16, FmtBF16>();
+    if (pf == FMT_F32) return sto_items_p<FmtF32>();
+    return sto_items_p<FmtBF16>();
 #else
     return run_items<true>();
 #endif

@@ -4,7 +4,7 @@
 //     fp32/bf16/FP8 state, the whole rule on 16 lanes with AVX-512 masks;
 //   * fp8_encode_block<F>: FP8 block encoding (absmax, scale, nearest-even codes);
 //   * fused_sto<K, PF, SF>: the stochastic kinds (bases sgd/momentum/lion/adamw) with the element
-//     envelope over fp32/bf16 parameters and state, Philox word 0 computed in the loop.
+//     envelope over fp32/bf16 parameters and fp32/bf16/FP8 state, Philox word 0 computed in the loop.
 // Every result is bit-identical to the portable code (same fp32 operations, same order):
 //   * the update p*decay - lr*u with u in {-1, 0, 1} is p*decay - lr, p*decay + lr (x - (-y) is
 //     x + y in IEEE arithmetic) or p*decay - (+0) = p*decay, as masked subtract/add of lr: this
@@ -449,13 +449,25 @@ inline void philox_w0_range(const uint32_t k0, const uint32_t k1, const uint64_t
   }
 }
 
+// A state vector: element formats as stored, FP8 codes decoded with the block's scale.
+template <class SF, bool FULL>
+inline __m512 load_state16(const typename SF::raw* r, __mmask16 k, __m512 scale) {
+  if constexpr (SF::blocked) {
+    return load16_fp8<SF, FULL>(r, k, scale);
+  } else {
+    return load16<FULL>(r, k);
+  }
+}
+
 constexpr bool sto_covered(int k) {
   return k == K_STO_SGD || k == K_STO_MOMENTUM || k == K_STO_LION || k == K_STO_ADAMW;
 }
 
 // apply_tile of cpu_kernels.h for the stochastic kinds with the element envelope, without
-// cautious masking or stochastic rounding, fp32/bf16 parameters and state, Philox word 0 and
-// the whole rule on 16 lanes, no tile buffers (the same fp32 operations in the same order):
+// cautious masking or stochastic rounding, fp32/bf16 parameters and fp32/bf16/FP8 state, Philox
+// word 0 and the whole rule on 16 lanes, no tile buffers (the same fp32 operations in the same
+// order; FP8 state: one block, its codes decoded with the block scales msf/vsf/Gsf as
+// load16_fp8, the new fp32 values written to mo/vo/Go for the caller's fp8_encode_block):
 //   * fmax_ign(a, b) is vmaxps(a, b) (b where either is NaN, else a > b ? a : b) with a where
 //     only b is NaN;
 //   * u in {-1, 0, +1}: the update is the masked subtract/add of lr of fused_sign;
@@ -465,8 +477,11 @@ template <int K, class PF, class SF>
 inline int64_t fused_sto(const Scalars& sc, const float bc1f, const float bc2f, const uint32_t k0,
                          const uint32_t k1, const uint64_t idx, const int64_t n, typename PF::raw* __restrict p,
                          const typename PF::raw* __restrict g, typename SF::raw* __restrict m,
-                         typename SF::raw* __restrict v, typename SF::raw* __restrict E) {
+                         typename SF::raw* __restrict v, typename SF::raw* __restrict E, const float msf = 0.0f,
+                         const float vsf = 0.0f, const float Gsf = 0.0f, float* __restrict mo = nullptr,
+                         float* __restrict vo = nullptr, float* __restrict Go = nullptr) {
   constexpr bool HM = kind_has_m(K), HV = kind_has_v(K);
+  const __m512 msc = _mm512_set1_ps(msf), vsc = _mm512_set1_ps(vsf), Gsc = _mm512_set1_ps(Gsf);
   const bool prol = sc.has_inv_scale || sc.maximize || sc.l2 != 0.0f;
   const __m512 mul = _mm512_set1_ps(sc.has_inv_scale ? sc.inv_scale : 1.0f);
   const __m512 sg = _mm512_set1_ps(sc.maximize ? -1.0f : 1.0f);
@@ -499,7 +514,7 @@ inline int64_t fused_sto(const Scalars& sc, const float bc1f, const float bc2f, 
     if constexpr (K == K_STO_SGD) {
       d = gg;
     } else {
-      const __m512 mv = load16<FULL>(m + j, k);
+      const __m512 mv = load_state16<SF, FULL>(m + j, k, msc);
       if constexpr (K == K_STO_LION) {
         d = _mm512_maskz_add_ps(good, _mm512_mul_ps(mv, b1), _mm512_mul_ps(gg, omb1));
         o.mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, b2), _mm512_mul_ps(gg, omb2));
@@ -507,7 +522,7 @@ inline int64_t fused_sto(const Scalars& sc, const float bc1f, const float bc2f, 
         o.mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, b1), _mm512_mul_ps(gg, omb1));
         d = o.mn;
         if constexpr (HV) {
-          const __m512 vv = load16<FULL>(v + j, k);
+          const __m512 vv = load_state16<SF, FULL>(v + j, k, vsc);
           o.vn = _mm512_mask_add_ps(vv, good, _mm512_mul_ps(vv, b2), _mm512_mul_ps(_mm512_mul_ps(gg, gg), omb2));
           const __m512 den = _mm512_add_ps(_mm512_sqrt_ps(_mm512_div_ps(o.vn, bc2)), eps);
           d = _mm512_maskz_mov_ps(good, _mm512_div_ps(_mm512_div_ps(o.mn, bc1), den));
@@ -515,7 +530,7 @@ inline int64_t fused_sto(const Scalars& sc, const float bc1f, const float bc2f, 
       }
     }
     const __m512 src = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(from_grad ? gg : d), absm));
-    const __m512 Gv = load16<FULL>(E + j, k);
+    const __m512 Gv = load_state16<SF, FULL>(E + j, k, Gsc);
     const __m512 ga = _mm512_mul_ps(Gv, gam);
     __m512 Ge = _mm512_max_ps(ga, src);
     const __mmask16 only_b_nan = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(ga, ga, _CMP_ORD_Q), src, src, _CMP_UNORD_Q);
@@ -542,9 +557,15 @@ inline int64_t fused_sto(const Scalars& sc, const float bc1f, const float bc2f, 
     const Out o0 = body(j, (__mmask16)0xFFFF, w0, std::true_type{});
     const Out o1 = body(j + 16, (__mmask16)0xFFFF, w1, std::true_type{});
     store32(p + j, o0.pn, o1.pn);
-    if constexpr (HM) store32(m + j, o0.mn, o1.mn);
-    if constexpr (HV) store32(v + j, o0.vn, o1.vn);
-    store32(E + j, o0.Gn, o1.Gn);
+    if constexpr (SF::blocked) {  // fp32 values to the buffers (the caller encodes the block)
+      if constexpr (HM) store32(mo + j, o0.mn, o1.mn);
+      if constexpr (HV) store32(vo + j, o0.vn, o1.vn);
+      store32(Go + j, o0.Gn, o1.Gn);
+    } else {
+      if constexpr (HM) store32(m + j, o0.mn, o1.mn);
+      if constexpr (HV) store32(v + j, o0.vn, o1.vn);
+      store32(E + j, o0.Gn, o1.Gn);
+    }
   }
   if (j < n) {
     __m512i w[2];
@@ -553,9 +574,15 @@ inline int64_t fused_sto(const Scalars& sc, const float bc1f, const float bc2f, 
       const __mmask16 k = tail_mask(n - j);
       const Out o = body(j, k, w[h], std::false_type{});
       store16<false>(p + j, o.pn, k);
-      if constexpr (HM) store16<false>(m + j, o.mn, k);
-      if constexpr (HV) store16<false>(v + j, o.vn, k);
-      store16<false>(E + j, o.Gn, k);
+      if constexpr (SF::blocked) {
+        if constexpr (HM) store16<false>(mo + j, o.mn, k);
+        if constexpr (HV) store16<false>(vo + j, o.vn, k);
+        store16<false>(Go + j, o.Gn, k);
+      } else {
+        if constexpr (HM) store16<false>(m + j, o.mn, k);
+        if constexpr (HV) store16<false>(v + j, o.vn, k);
+        store16<false>(E + j, o.Gn, k);
+      }
     }
   }
   return nbad;
