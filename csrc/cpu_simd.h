@@ -130,7 +130,8 @@ inline void store32(uint16_t* p, __m512 v0, __m512 v1) {
 #if defined(__AVX512BF16__)
   // vcvtne2ps2bf16 rounds to nearest even like f32_to_bf16_rn except for NaN (it keeps payload and
   // sign) and subnormal inputs (it flushes them): vectors holding either take the integer path.
-  if ((_mm512_fpclass_ps_mask(v0, 0xA1) | _mm512_fpclass_ps_mask(v1, 0xA1)) == 0) {  // QNaN, SNaN, subnormal
+  // (kortest of the two masks: no mask-to-GPR moves on the hot path)
+  if (_kortestz_mask16_u8(_mm512_fpclass_ps_mask(v0, 0xA1), _mm512_fpclass_ps_mask(v1, 0xA1))) {  // QNaN, SNaN, subnormal
     _mm512_storeu_si512((void*)p, (__m512i)_mm512_cvtne2ps_pbh(v1, v0));
     return;
   }
@@ -142,19 +143,37 @@ inline void store32(uint16_t* p, __m512 v0, __m512 v1) {
 
 // ---------------------------------------------------------------- FP8 block encoding
 // FmtFP8::encode (nearest even) on 16 lanes; returns the 16 codes in the low bytes of int lanes.
-template <int M, int EMIN>
-inline __m512i fp8_codes16(__m512 x, __m512 inv, __m512 q) {
-  const __m512 y = _mm512_mul_ps(x, inv);
+// SIGN=false: the magnitude code only (the caller ors in the sign of y = x*inv); NANS=false: the
+// caller knows x holds no NaN (y then holds none either: |y| <= absmax*inv is finite).
+template <int M, int EMIN, bool SIGN = true, bool NANS = true>
+inline __m512i fp8_codes16_y(__m512 y, __m512 q) {
   const __m512i b = _mm512_castps_si512(y);  // the sign
   // |clamp(y, -q, q)| = min(|y|, q) with the sign cleared (vrangeps, imm: min-abs, sign 0)
   const __m512i a = _mm512_castps_si512(_mm512_range_ps(y, q, 0x0A));
-  const __m512i ef = _mm512_max_epi32(_mm512_srli_epi32(a, 23), _mm512_set1_epi32(EMIN + 127));
-  const __m512 inv_ulp = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_sub_epi32(_mm512_set1_epi32(254 + M), ef), 23));
-  const __m512 k = _mm512_mul_ps(_mm512_castsi512_ps(a), inv_ulp);
-  const __m512i ki = _mm512_cvt_roundps_epi32(k, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512i code = _mm512_add_epi32(_mm512_slli_epi32(_mm512_sub_epi32(ef, _mm512_set1_epi32(EMIN + 127)), M), ki);
-  code = _mm512_mask_mov_epi32(code, _mm512_fpclass_ps_mask(y, 0x81), _mm512_set1_epi32(0x7F));  // NaN
+  // normal (a >= 2^EMIN): nearest-even at bit SH = 23-M of the fp32 bits (the bf16 integer form;
+  // a mantissa carry moves into the exponent), the exponent rebiased by the same addition:
+  // code = (a + 2^(SH-1) - 1 + lsb - ((126+EMIN) << 23)) >> SH
+  constexpr int SH = 23 - M;
+  const __mmask16 lsb = _mm512_test_epi32_mask(a, _mm512_set1_epi32(1 << SH));
+  __m512i r = _mm512_add_epi32(a, _mm512_set1_epi32((1 << (SH - 1)) - 1 - ((126 + EMIN) << 23)));
+  r = _mm512_mask_add_epi32(r, lsb, r, _mm512_set1_epi32(1));
+  __m512i code = _mm512_srli_epi32(r, SH);
+  // subnormal (a < 2^EMIN): a + C with C = 2^(EMIN-M+23) rounds a to a multiple of the subnormal
+  // ulp 2^(EMIN-M) (nearest even: C's last mantissa bit is k's parity), and bits(a + C) - bits(C) = k
+  // (k <= 2^M: the result stays in C's binade)
+  constexpr int CB = (EMIN - M + 23 + 127) << 23;
+  const __mmask16 sub = _mm512_cmplt_epi32_mask(a, _mm512_set1_epi32((127 + EMIN) << 23));
+  code = _mm512_mask_sub_epi32(code, sub,
+                               _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(a),
+                                                                 _mm512_castsi512_ps(_mm512_set1_epi32(CB)))),
+                               _mm512_set1_epi32(CB));
+  if (NANS) code = _mm512_mask_mov_epi32(code, _mm512_fpclass_ps_mask(y, 0x81), _mm512_set1_epi32(0x7F));  // NaN
+  if (!SIGN) return code;
   return _mm512_ternarylogic_epi32(_mm512_srli_epi32(b, 24), _mm512_set1_epi32(0x80), code, 0xEA);
+}
+template <int M, int EMIN, bool SIGN = true, bool NANS = true>
+inline __m512i fp8_codes16(__m512 x, __m512 inv, __m512 q) {
+  return fp8_codes16_y<M, EMIN, SIGN, NANS>(_mm512_mul_ps(x, inv), q);
 }
 
 template <class F>
@@ -206,33 +225,50 @@ inline float fp8_encode_amax(uint8_t* r, const int64_t n, const float* vals, con
 template <class F>
 inline float fp8_encode_block(uint8_t* r, const int64_t n, const float* vals) {
   __m512i amax = _mm512_setzero_si512();
+  __mmask16 nonfin = 0;
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 k = tail_mask(n - j);
     const __m512i a = _mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(k, vals + j)),
                                        _mm512_set1_epi32(0x7FFFFFFF));
     const __mmask16 fin = _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x7F800000));
+    nonfin |= (__mmask16)~fin;
     amax = _mm512_mask_max_epu32(amax, fin, amax, a);
   }
-  return fp8_encode_amax<F>(r, n, vals, _mm512_reduce_max_epu32(amax));
+  return fp8_encode_amax<F>(r, n, vals, _mm512_reduce_max_epu32(amax) | (nonfin ? 0x80000000u : 0u));
 }
 
-// The same with the bits of the finite absmax already known (fused_sign computes them).
+// 64 codes from 64 values with the sign or-ed in after packing: two unsigned-saturating packs of
+// the magnitude codes (0..127) and two signed-saturating packs of the y bits (which keep the sign
+// of each lane) interleave the four vectors per 128-bit lane in dword groups alike, one dword
+// permute restores the order.
+template <class F, bool NANS>
+inline void fp8_store64(uint8_t* r, const float* vals, __m512 inv, __m512 q) {
+  constexpr int M = Fp8Params<F>::M, EMIN = Fp8Params<F>::EMIN;
+  const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+  const __m512 y0 = _mm512_mul_ps(_mm512_loadu_ps(vals), inv), y1 = _mm512_mul_ps(_mm512_loadu_ps(vals + 16), inv);
+  const __m512 y2 = _mm512_mul_ps(_mm512_loadu_ps(vals + 32), inv), y3 = _mm512_mul_ps(_mm512_loadu_ps(vals + 48), inv);
+  const __m512i c0 = fp8_codes16_y<M, EMIN, false, NANS>(y0, q), c1 = fp8_codes16_y<M, EMIN, false, NANS>(y1, q);
+  const __m512i c2 = fp8_codes16_y<M, EMIN, false, NANS>(y2, q), c3 = fp8_codes16_y<M, EMIN, false, NANS>(y3, q);
+  const __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(c0, c1), _mm512_packus_epi32(c2, c3));
+  const __m512i sg = _mm512_packs_epi16(_mm512_packs_epi32(_mm512_castps_si512(y0), _mm512_castps_si512(y1)),
+                                        _mm512_packs_epi32(_mm512_castps_si512(y2), _mm512_castps_si512(y3)));
+  const __m512i c = _mm512_ternarylogic_epi32(sg, _mm512_set1_epi8((char)0x80), b, 0xEA);  // (sg & 0x80) | b
+  _mm512_storeu_si512((void*)r, _mm512_permutexvar_epi32(order, c));
+}
+
+// The same with the bits of the finite absmax already known (fused_sign computes them; bit 31 of
+// amax_flag set: the values may hold a NaN, clear: none is NaN).
 template <class F>
-inline float fp8_encode_amax(uint8_t* r, const int64_t n, const float* vals, const uint32_t amax) {
+inline float fp8_encode_amax(uint8_t* r, const int64_t n, const float* vals, const uint32_t amax_flag) {
+  const uint32_t amax = amax_flag & 0x7FFFFFFFu;
+  const bool nan_free = amax_flag == amax;
   const float sc = F::scale_of(u2f(amax));
   const __m512 inv = _mm512_set1_ps(1.0f / sc), q = _mm512_set1_ps(F::qmax);
-  constexpr int M = Fp8Params<F>::M, EMIN = Fp8Params<F>::EMIN;
   int64_t j = 0;
-  // 64 codes a step: two unsigned-saturating packs (codes are 0..255) interleave the four vectors
-  // per 128-bit lane in dword groups, one dword permute restores the order
-  const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-  for (; j + 64 <= n; j += 64) {
-    const __m512i c0 = fp8_codes16<M, EMIN>(_mm512_loadu_ps(vals + j), inv, q);
-    const __m512i c1 = fp8_codes16<M, EMIN>(_mm512_loadu_ps(vals + j + 16), inv, q);
-    const __m512i c2 = fp8_codes16<M, EMIN>(_mm512_loadu_ps(vals + j + 32), inv, q);
-    const __m512i c3 = fp8_codes16<M, EMIN>(_mm512_loadu_ps(vals + j + 48), inv, q);
-    const __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(c0, c1), _mm512_packus_epi32(c2, c3));
-    _mm512_storeu_si512((void*)(r + j), _mm512_permutexvar_epi32(order, b));
+  if (nan_free) {
+    for (; j + 64 <= n; j += 64) fp8_store64<F, false>(r + j, vals + j, inv, q);
+  } else {
+    for (; j + 64 <= n; j += 64) fp8_store64<F, true>(r + j, vals + j, inv, q);
   }
   for (; j + 16 <= n; j += 16) {
     const __m512i c = fp8_codes16<Fp8Params<F>::M, Fp8Params<F>::EMIN>(_mm512_loadu_ps(vals + j), inv, q);
@@ -265,11 +301,13 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
   const __m512 zero = _mm512_setzero_ps();
   int64_t nbad = 0;
   __m512 amax = _mm512_setzero_ps();  // FP8 state: max |new m| (vrangeps; non-finite: exact redo)
-  bool short_dec = false;
+  bool short_dec = false, may_nan = true;
   __m512 sfold = zero;
   if constexpr (SF::blocked) {
     short_dec = mscale < Fp8Params<SF>::SMAX && !fp8_has_special<SF>(m, n);
     sfold = _mm512_set1_ps(mscale * Fp8Params<SF>::POW);
+    may_nan = !(short_dec && fabsf(mscale) < Fp8Params<SF>::SMAX && !(prol && has_l2) && fabsf(sc.beta1) <= 1.0f &&
+                fabsf(sc.beta2) <= 1.0f);
   }
   struct Out {
     __m512 pn, mn;
@@ -341,7 +379,14 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
       }
       am = _mm512_reduce_max_epu32(acc);
     }
-    *amax_out = am > *amax_out ? am : *amax_out;
+    // bit 31: the new m may hold a NaN, so that fp8_encode_amax keeps the NaN select.  With the
+    // short decode and |scale| < SMAX every decoded m is finite, below 2^31 in magnitude; without
+    // L2 the gradient term is finite where good (0 elsewhere); with |beta| <= 1 neither m*beta nor
+    // g*(1-beta) is NaN and their sum is finite or +-inf (never inf - inf), so no new m is NaN.
+    if (may_nan) am |= 0x80000000u;
+    // bit 31: a non-finite value seen; bits 0..30: the finite absmax (max over the pieces)
+    const uint32_t v = (am & 0x7FFFFFFFu) > (*amax_out & 0x7FFFFFFFu) ? am & 0x7FFFFFFFu : *amax_out & 0x7FFFFFFFu;
+    *amax_out = v | ((am | *amax_out) & 0x80000000u);
   }
   return nbad;
 }
