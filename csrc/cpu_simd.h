@@ -282,6 +282,24 @@ inline float fp8_encode_amax(uint8_t* r, const int64_t n, const float* vals, con
   return sc;
 }
 
+// The rule's scalars as vectors (prologue, momentum, epilogue), shared by the fused loops.
+struct RuleVectors {
+  bool prol, has_l2;  // any prologue work; an L2 term
+  __m512 mul, sg, l2, b1, omb1, b2, omb2, lr, decay;
+  explicit RuleVectors(const Scalars& sc)
+      : prol(sc.has_inv_scale || sc.maximize || sc.l2 != 0.0f),
+        has_l2(sc.l2 != 0.0f),
+        mul(_mm512_set1_ps(sc.has_inv_scale ? sc.inv_scale : 1.0f)),
+        sg(_mm512_set1_ps(sc.maximize ? -1.0f : 1.0f)),
+        l2(_mm512_set1_ps(sc.l2)),
+        b1(_mm512_set1_ps(sc.beta1)),
+        omb1(_mm512_set1_ps(sc.omb1)),
+        b2(_mm512_set1_ps(sc.beta2)),
+        omb2(_mm512_set1_ps(sc.omb2)),
+        lr(_mm512_set1_ps(sc.lr)),
+        decay(_mm512_set1_ps(sc.decay)) {}
+};
+
 // ---------------------------------------------------------------- SignSGD / Signum / Lion
 // fused_loop of cpu_kernels.h for K in kind_covered; FP8 state (SF::blocked): m read as codes
 // with mscale, the new m written to mout (fp32).  Returns the non-finite count.
@@ -289,14 +307,7 @@ template <int K, class PF, class SF>
 inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n, typename PF::raw* __restrict p,
                           const typename PF::raw* __restrict g, typename SF::raw* __restrict m,
                           float* __restrict mout, uint32_t* amax_out) {
-  const bool prol = sc.has_inv_scale || sc.maximize || sc.l2 != 0.0f;
-  const __m512 mul = _mm512_set1_ps(sc.has_inv_scale ? sc.inv_scale : 1.0f);
-  const __m512 sg = _mm512_set1_ps(sc.maximize ? -1.0f : 1.0f);
-  const __m512 l2 = _mm512_set1_ps(sc.l2);
-  const bool has_l2 = sc.l2 != 0.0f;
-  const __m512 b1 = _mm512_set1_ps(sc.beta1), omb1 = _mm512_set1_ps(sc.omb1);
-  const __m512 b2 = _mm512_set1_ps(sc.beta2), omb2 = _mm512_set1_ps(sc.omb2);
-  const __m512 lr = _mm512_set1_ps(sc.lr), decay = _mm512_set1_ps(sc.decay);
+  const RuleVectors R(sc);
   const __m512 msc = _mm512_set1_ps(mscale);
   const __m512 zero = _mm512_setzero_ps();
   int64_t nbad = 0;
@@ -306,7 +317,7 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
   if constexpr (SF::blocked) {
     short_dec = mscale < Fp8Params<SF>::SMAX && !fp8_has_special<SF>(m, n);
     sfold = _mm512_set1_ps(mscale * Fp8Params<SF>::POW);
-    may_nan = !(short_dec && fabsf(mscale) < Fp8Params<SF>::SMAX && !(prol && has_l2) && fabsf(sc.beta1) <= 1.0f &&
+    may_nan = !(short_dec && fabsf(mscale) < Fp8Params<SF>::SMAX && !(R.prol && R.has_l2) && fabsf(sc.beta1) <= 1.0f &&
                 fabsf(sc.beta2) <= 1.0f);
   }
   struct Out {
@@ -316,11 +327,11 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
     constexpr bool FULL = decltype(full)::value;
     const __m512 pv = load16<FULL>(p + j, k);
     __m512 gv = load16<FULL>(g + j, k);
-    if (prol) gv = _mm512_mul_ps(_mm512_mul_ps(gv, mul), sg);
+    if (R.prol) gv = _mm512_mul_ps(_mm512_mul_ps(gv, R.mul), R.sg);
     const __mmask16 bad = _mm512_mask_fpclass_ps_mask(k, gv, 0x99);  // QNaN, +inf, -inf, SNaN
     const __mmask16 good = _kandn_mask16(bad, k);
     __m512 gg = _mm512_maskz_mov_ps(good, gv);
-    if (prol && has_l2) gg = _mm512_add_ps(gg, _mm512_mul_ps(l2, pv));
+    if (R.prol && R.has_l2) gg = _mm512_add_ps(gg, _mm512_mul_ps(R.l2, pv));
     __m512 src;  // the value whose sign is u
     __m512 mn = zero;
     if constexpr (K == K_SIGN) {
@@ -333,11 +344,11 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
         mv = load16<FULL>(m + j, k);
       }
       if constexpr (K == K_SIGNUM) {
-        mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, b1), _mm512_mul_ps(gg, omb1));
+        mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
         src = mn;
       } else {  // Lion: c from the old m, m <- ema with beta2
-        src = _mm512_add_ps(_mm512_mul_ps(mv, b1), _mm512_mul_ps(gg, omb1));
-        mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, b2), _mm512_mul_ps(gg, omb2));
+        src = _mm512_add_ps(_mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
+        mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b2), _mm512_mul_ps(gg, R.omb2));
       }
       if constexpr (SF::blocked) {
         store16<FULL>(mout + j, mn, k);
@@ -346,9 +357,9 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
     }
     const __mmask16 pos = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_GT_OQ);
     const __mmask16 neg = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_LT_OQ);
-    __m512 pn = _mm512_mask_mul_ps(pv, good, pv, decay);
-    pn = _mm512_mask_sub_ps(pn, pos, pn, lr);
-    pn = _mm512_mask_add_ps(pn, neg, pn, lr);
+    __m512 pn = _mm512_mask_mul_ps(pv, good, pv, R.decay);
+    pn = _mm512_mask_sub_ps(pn, pos, pn, R.lr);
+    pn = _mm512_mask_add_ps(pn, neg, pn, R.lr);
     nbad += __builtin_popcount((unsigned)bad);
     return Out{pn, mn};
   };
@@ -527,14 +538,7 @@ inline int64_t fused_sto(const Scalars& sc, const float bc1f, const float bc2f, 
                          float* __restrict vo = nullptr, float* __restrict Go = nullptr) {
   constexpr bool HM = kind_has_m(K), HV = kind_has_v(K);
   const __m512 msc = _mm512_set1_ps(msf), vsc = _mm512_set1_ps(vsf), Gsc = _mm512_set1_ps(Gsf);
-  const bool prol = sc.has_inv_scale || sc.maximize || sc.l2 != 0.0f;
-  const __m512 mul = _mm512_set1_ps(sc.has_inv_scale ? sc.inv_scale : 1.0f);
-  const __m512 sg = _mm512_set1_ps(sc.maximize ? -1.0f : 1.0f);
-  const __m512 l2 = _mm512_set1_ps(sc.l2);
-  const bool has_l2 = sc.l2 != 0.0f;
-  const __m512 b1 = _mm512_set1_ps(sc.beta1), omb1 = _mm512_set1_ps(sc.omb1);
-  const __m512 b2 = _mm512_set1_ps(sc.beta2), omb2 = _mm512_set1_ps(sc.omb2);
-  const __m512 lr = _mm512_set1_ps(sc.lr), decay = _mm512_set1_ps(sc.decay);
+  const RuleVectors R(sc);
   const __m512 gam = _mm512_set1_ps(sc.env_decay), eps = _mm512_set1_ps(sc.eps);
   const __m512 bc1 = _mm512_set1_ps(bc1f), bc2 = _mm512_set1_ps(bc2f);
   const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f), u24 = _mm512_set1_ps(5.9604644775390625e-08f);
@@ -548,11 +552,11 @@ inline int64_t fused_sto(const Scalars& sc, const float bc1f, const float bc2f, 
     constexpr bool FULL = decltype(full)::value;
     const __m512 pv = load16<FULL>(p + j, k);
     __m512 gv = load16<FULL>(g + j, k);
-    if (prol) gv = _mm512_mul_ps(_mm512_mul_ps(gv, mul), sg);
+    if (R.prol) gv = _mm512_mul_ps(_mm512_mul_ps(gv, R.mul), R.sg);
     const __mmask16 bad = _mm512_mask_fpclass_ps_mask(k, gv, 0x99);  // QNaN, +inf, -inf, SNaN
     const __mmask16 good = _kandn_mask16(bad, k);
     __m512 gg = _mm512_maskz_mov_ps(good, gv);
-    if (prol && has_l2) gg = _mm512_add_ps(gg, _mm512_mul_ps(l2, pv));
+    if (R.prol && R.has_l2) gg = _mm512_add_ps(gg, _mm512_mul_ps(R.l2, pv));
     Out o;
     o.mn = o.vn = _mm512_setzero_ps();
     __m512 d;
@@ -561,14 +565,14 @@ inline int64_t fused_sto(const Scalars& sc, const float bc1f, const float bc2f, 
     } else {
       const __m512 mv = load_state16<SF, FULL>(m + j, k, msc);
       if constexpr (K == K_STO_LION) {
-        d = _mm512_maskz_add_ps(good, _mm512_mul_ps(mv, b1), _mm512_mul_ps(gg, omb1));
-        o.mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, b2), _mm512_mul_ps(gg, omb2));
+        d = _mm512_maskz_add_ps(good, _mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
+        o.mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b2), _mm512_mul_ps(gg, R.omb2));
       } else {
-        o.mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, b1), _mm512_mul_ps(gg, omb1));
+        o.mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
         d = o.mn;
         if constexpr (HV) {
           const __m512 vv = load_state16<SF, FULL>(v + j, k, vsc);
-          o.vn = _mm512_mask_add_ps(vv, good, _mm512_mul_ps(vv, b2), _mm512_mul_ps(_mm512_mul_ps(gg, gg), omb2));
+          o.vn = _mm512_mask_add_ps(vv, good, _mm512_mul_ps(vv, R.b2), _mm512_mul_ps(_mm512_mul_ps(gg, gg), R.omb2));
           const __m512 den = _mm512_add_ps(_mm512_sqrt_ps(_mm512_div_ps(o.vn, bc2)), eps);
           d = _mm512_maskz_mov_ps(good, _mm512_div_ps(_mm512_div_ps(o.mn, bc1), den));
         }
@@ -588,9 +592,9 @@ inline int64_t fused_sto(const Scalars& sc, const float bc1f, const float bc2f, 
         _mm512_mask_test_epi32_mask(good, _mm512_or_si512(_mm512_castps_si512(d), _mm512_castps_si512(Ge)), absm);
     const __mmask16 lt = _mm512_cmp_ps_mask(U, thr, _CMP_LT_OQ);
     const __mmask16 pos = nz & lt, neg = _kandn_mask16(lt, nz);
-    __m512 pn = _mm512_mask_mul_ps(pv, good, pv, decay);
-    pn = _mm512_mask_sub_ps(pn, pos, pn, lr);
-    pn = _mm512_mask_add_ps(pn, neg, pn, lr);
+    __m512 pn = _mm512_mask_mul_ps(pv, good, pv, R.decay);
+    pn = _mm512_mask_sub_ps(pn, pos, pn, R.lr);
+    pn = _mm512_mask_add_ps(pn, neg, pn, R.lr);
     o.pn = pn;
     nbad += __builtin_popcount((unsigned)bad);
     return o;
