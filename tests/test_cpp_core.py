@@ -3,6 +3,7 @@ E4M3/E5M2 block scaling, nearest and stochastic) against the torch reference, ar
 fake implementations (torch.compile), and the build's behaviour without a compiler."""
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -184,7 +185,23 @@ def test_without_a_compiler(tmp_path):
     assert "the cpp backend is unavailable" in out.stderr
 
 
-PORTABLE_VS_REFERENCE = r"""
+def bits(t):
+    return t.view({torch.float32: torch.int32, torch.bfloat16: torch.int16}.get(t.dtype, torch.uint8))
+
+
+def same(a, b):
+    """Bit for bit, except that NaNs match any NaN (the sign/payload of an fp32 NaN or the sign of
+    an FP8 NaN code is not specified); bf16 rounding writes the canonical 0x7FC0, checked exactly."""
+    if a.dtype == torch.bfloat16:
+        return torch.equal(bits(a), bits(b))
+    nan = a.float().isnan()
+    return torch.equal(nan, b.float().isnan()) and torch.equal(bits(a)[~nan], bits(b)[~nan])
+
+
+# The same comparison in the scripts this module runs in subprocesses.
+BIT_COMPARE = "import torch\n" + inspect.getsource(bits) + "\n" + inspect.getsource(same)
+
+PORTABLE_VS_REFERENCE = BIT_COMPARE + r"""
 import torch, signopt
 from signopt import state_format
 from signopt.philox import element_words
@@ -203,17 +220,6 @@ def poison(state):
         if torch.is_tensor(v) and v.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and v.numel() > 40:
             u = v.view(torch.uint8)
             u[::13] = 0x7F; u[5::17] = 0x7C; u[9::19] = 0xFF; u[30:40] = 0x7E
-
-def bits(t):
-    return t.view({torch.float32: torch.int32, torch.bfloat16: torch.int16}.get(t.dtype, torch.uint8))
-
-def same(a, b):
-    # bit for bit, except that NaNs match any NaN (the sign/payload of an fp32 NaN or the sign of an
-    # FP8 NaN code is not specified); bf16 rounding writes the canonical 0x7FC0, checked exactly
-    if a.dtype == torch.bfloat16:
-        return torch.equal(bits(a), bits(b))
-    nan = a.float().isnan()
-    return torch.equal(nan, b.float().isnan()) and torch.equal(bits(a)[~nan], bits(b)[~nan])
 
 checked = 0
 for cls, kw in [(signopt.SignSGD, {}), (signopt.Signum, {"momentum": 0.9}), (signopt.Lion, {"betas": (0.9, 0.99)})]:
@@ -384,20 +390,6 @@ print("RAN", len(results))
 """
 
 
-def _bits(t):
-    import torch
-    return t.view({torch.float32: torch.int32, torch.bfloat16: torch.int16}.get(t.dtype, torch.uint8))
-
-
-def _same(a, b):
-    """Bit for bit; fp32 NaNs match any NaN (their sign/payload is not specified)."""
-    import torch
-    if a.dtype == torch.bfloat16:
-        return torch.equal(_bits(a), _bits(b))
-    nan = a.float().isnan()
-    return torch.equal(nan, b.float().isnan()) and torch.equal(_bits(a)[~nan], _bits(b)[~nan])
-
-
 EXPECTED_STO = 468
 
 
@@ -427,12 +419,12 @@ def test_cpu_simd_stochastic_matches_portable_and_reference(tmp_path, offset):
             ref = fast[key[:-1] + ("cpp",)]
             assert len(ref) == len(vals)
             for a, b in zip(ref, vals):
-                assert _same(a, b), ("reference", key)
+                assert same(a, b), ("reference", key)
         else:
             other = port[key]
             assert len(other) == len(vals)
             for a, b in zip(vals, other):
-                assert _same(a, b), ("portable", key)
+                assert same(a, b), ("portable", key)
         checked += 1
     assert sum(k[-1] == "cpp" for k in fast) == len(port) and checked == len(fast) == EXPECTED_STO, checked
 
