@@ -298,6 +298,15 @@ struct RuleVectors {
         omb2(_mm512_set1_ps(sc.omb2)),
         lr(_mm512_set1_ps(sc.lr)),
         decay(_mm512_set1_ps(sc.decay)) {}
+  // rules.h's prologue on the live lanes k: g*inv_scale, -g (maximize); non-finite lanes are bad
+  // (g = 0 there, good = k without them); + l2*p.  Returns the gradient the rule uses.
+  __m512 prologue(const __m512 pv, __m512 gv, const __mmask16 k, __mmask16& bad, __mmask16& good) const {
+    if (prol) gv = _mm512_mul_ps(_mm512_mul_ps(gv, mul), sg);
+    bad = _mm512_mask_fpclass_ps_mask(k, gv, 0x99);  // QNaN, +inf, -inf, SNaN
+    good = _kandn_mask16(bad, k);
+    const __m512 gg = _mm512_maskz_mov_ps(good, gv);
+    return prol && has_l2 ? _mm512_add_ps(gg, _mm512_mul_ps(l2, pv)) : gg;
+  }
 };
 
 // ---------------------------------------------------------------- SignSGD / Signum / Lion
@@ -326,12 +335,8 @@ inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n
   auto body = [&](const int64_t j, const __mmask16 k, auto full) -> Out {
     constexpr bool FULL = decltype(full)::value;
     const __m512 pv = load16<FULL>(p + j, k);
-    __m512 gv = load16<FULL>(g + j, k);
-    if (R.prol) gv = _mm512_mul_ps(_mm512_mul_ps(gv, R.mul), R.sg);
-    const __mmask16 bad = _mm512_mask_fpclass_ps_mask(k, gv, 0x99);  // QNaN, +inf, -inf, SNaN
-    const __mmask16 good = _kandn_mask16(bad, k);
-    __m512 gg = _mm512_maskz_mov_ps(good, gv);
-    if (R.prol && R.has_l2) gg = _mm512_add_ps(gg, _mm512_mul_ps(R.l2, pv));
+    __mmask16 bad, good;
+    const __m512 gg = R.prologue(pv, load16<FULL>(g + j, k), k, bad, good);
     __m512 src;  // the value whose sign is u
     __m512 mn = zero;
     if constexpr (K == K_SIGN) {
@@ -551,12 +556,8 @@ inline int64_t fused_sto(const Scalars& sc, const float bc1f, const float bc2f, 
   auto body = [&](const int64_t j, const __mmask16 k, const __m512i w, auto full) -> Out {
     constexpr bool FULL = decltype(full)::value;
     const __m512 pv = load16<FULL>(p + j, k);
-    __m512 gv = load16<FULL>(g + j, k);
-    if (R.prol) gv = _mm512_mul_ps(_mm512_mul_ps(gv, R.mul), R.sg);
-    const __mmask16 bad = _mm512_mask_fpclass_ps_mask(k, gv, 0x99);  // QNaN, +inf, -inf, SNaN
-    const __mmask16 good = _kandn_mask16(bad, k);
-    __m512 gg = _mm512_maskz_mov_ps(good, gv);
-    if (R.prol && R.has_l2) gg = _mm512_add_ps(gg, _mm512_mul_ps(R.l2, pv));
+    __mmask16 bad, good;
+    const __m512 gg = R.prologue(pv, load16<FULL>(g + j, k), k, bad, good);
     Out o;
     o.mn = o.vn = _mm512_setzero_ps();
     __m512 d;
