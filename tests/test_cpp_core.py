@@ -198,21 +198,23 @@ def same(a, b):
     return torch.equal(nan, b.float().isnan()) and torch.equal(bits(a)[~nan], bits(b)[~nan])
 
 
-# The same comparison in the scripts this module runs in subprocesses.
-BIT_COMPARE = "import torch\n" + inspect.getsource(bits) + "\n" + inspect.getsource(same)
-
-PORTABLE_VS_REFERENCE = BIT_COMPARE + r"""
-import torch, signopt
-from signopt import state_format
-from signopt.philox import element_words
-
 def mk(n, dtype, seed):
+    """Parameters and gradients with non-finite, zero, signed-zero and subnormal entries."""
     gen = torch.Generator().manual_seed(seed)
     p = torch.randn(n, generator=gen) * torch.exp2(torch.randint(-20, 5, (n,), generator=gen).float())
     g = torch.randn(n, generator=gen) * torch.exp2(torch.randint(-30, 10, (n,), generator=gen).float())
     g[::37] = float("nan"); g[5::41] = float("inf"); g[7::43] = -float("inf"); g[3::29] = 0.0; g[11::31] = 1e-41
     p[2::53] = 0.0; p[4::59] = -0.0; p[6::61] = 1e-40; p[8::67] = -float("nan")
     return p.to(dtype), g.to(dtype)
+
+
+# The same helpers in the scripts this module runs in subprocesses.
+SCRIPT_HELPERS = "import torch\n" + "\n".join(inspect.getsource(f) for f in (bits, same, mk))
+
+PORTABLE_VS_REFERENCE = SCRIPT_HELPERS + r"""
+import torch, signopt
+from signopt import state_format
+from signopt.philox import element_words
 
 def poison(state):
     # NaN/inf codes in FP8 state (each format's specials) and huge values (large block scales)
@@ -323,19 +325,11 @@ def test_cpu_simd_and_portable_loops_match_reference(simd):
     assert "CHECKED 124" in out.stdout
 
 
-STOCHASTIC_RUN = r"""
+STOCHASTIC_RUN = SCRIPT_HELPERS + r"""
 import sys, torch, signopt
 from signopt import sharding
 OFFSET = int(sys.argv[2])
 sharding.index_offset = lambda p: OFFSET  # Philox counters near 2^32: word runs that cross it
-
-def mk(n, dtype, seed):
-    gen = torch.Generator().manual_seed(seed)
-    p = torch.randn(n, generator=gen) * torch.exp2(torch.randint(-20, 5, (n,), generator=gen).float())
-    g = torch.randn(n, generator=gen) * torch.exp2(torch.randint(-30, 10, (n,), generator=gen).float())
-    g[::37] = float("nan"); g[5::41] = float("inf"); g[7::43] = -float("inf"); g[3::29] = 0.0; g[11::31] = 1e-41
-    p[2::53] = 0.0; p[4::59] = -0.0; p[6::61] = 1e-40; p[8::67] = -float("nan")
-    return p.to(dtype), g.to(dtype)
 
 def poison(opt):
     # NaN/inf codes in FP8 state (each format's specials)
