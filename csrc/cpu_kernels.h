@@ -230,20 +230,20 @@ struct GroupKernel {
   // Deterministic kinds (no Philox words) without cautious masking, with fp32/bf16 parameters
   // and fp32/bf16/FP8 state: one loop per range reads the stored values, runs the whole rule
   // (prologue included) and writes the stored results, with no tile buffers in between.  FP8
-  // state: the loop writes the new fp32 m of one block to a buffer, then encode_block.
+  // state: the loop writes the new fp32 m of one block to a buffer, then encode_block (with
+  // AVX-512, simd::fused_sign_blocks does both for a whole item).
   // The prologue's optional steps are exact multiplications (g*1 = g, g*-1 = -g) and a select,
   // so the loop has no per-flag control flow and vectorises.
   template <class PF, class SF>
   static int64_t fused_loop(const Scalars sc, const float seg, const float mscale, const int64_t n,
                             typename PF::raw* __restrict p, const typename PF::raw* __restrict g,
-                            typename SF::raw* __restrict m, float* __restrict mout, const bool simd,
-                            uint32_t* amax) {
+                            typename SF::raw* __restrict m, float* __restrict mout, const bool simd) {
     static volatile uint32_t zero = 0u;
     const uint32_t oz = zero;
     if constexpr (K == K_LION_NORM) {
-      if (seg > 0.0f) return fused_loop_impl<PF, SF, true>(sc, seg, mscale, n, p, g, m, mout, simd, amax, oz);
+      if (seg > 0.0f) return fused_loop_impl<PF, SF, true>(sc, seg, mscale, n, p, g, m, mout, simd, oz);
     }
-    return fused_loop_impl<PF, SF, false>(sc, seg, mscale, n, p, g, m, mout, simd, amax, oz);
+    return fused_loop_impl<PF, SF, false>(sc, seg, mscale, n, p, g, m, mout, simd, oz);
   }
 
   template <class PF, class SF, bool SEGPOS>
@@ -251,11 +251,11 @@ struct GroupKernel {
                                                    const int64_t n, typename PF::raw* __restrict p,
                                                    const typename PF::raw* __restrict g,
                                                    typename SF::raw* __restrict m, float* __restrict mout,
-                                                   const bool simd, uint32_t* amax,
+                                                   const bool simd,
                                                         const uint32_t opaque_zero) {
 #if defined(SIGNOPT_AVX512)
-    if constexpr (simd::kind_covered(K)) {
-      if (simd) return simd::fused_sign<K, PF, SF>(sc, mscale, n, p, g, m, mout, amax);
+    if constexpr (simd::kind_covered(K) && !SF::blocked) {  // FP8 state: fused_sign_blocks
+      if (simd) return simd::fused_sign<K, PF, SF>(sc, n, p, g, m);
     }
 #endif
     const float mul = sc.has_inv_scale ? sc.inv_scale : 1.0f;
@@ -347,23 +347,21 @@ struct GroupKernel {
     int64_t nbad = 0;
     if constexpr (!SF::blocked) {
       seg_pieces(t, it.t, it.a, it.b, [&](int64_t a0, int64_t a1, float sv) {
-        nbad += fused_loop<PF, SF>(s, sv, 0.0f, a1 - a0, p + a0, g + a0, HAS_M ? m + a0 : m, nullptr, simd, nullptr);
+        nbad += fused_loop<PF, SF>(s, sv, 0.0f, a1 - a0, p + a0, g + a0, HAS_M ? m + a0 : m, nullptr, simd);
       });
     } else {
       const int64_t B = c.block;
+#if defined(SIGNOPT_AVX512)
+      if (simd && simd::kind_covered(K) && !needs_seg)  // items start on a block boundary
+        return simd::fused_sign_blocks<K, PF, SF>(s, B, it.b - it.a, p + it.a, g + it.a, (uint8_t*)m + it.a,
+                                                  t.m_scale + it.a / B, buf);
+#endif
       for (int64_t a = it.a; a < it.b; a += B) {
         const int64_t e = std::min(a + B, it.b);
         const float msc = t.m_scale[a / B];
-        uint32_t amax = 0u;  // set by the AVX-512 loop (covered kinds)
         seg_pieces(t, it.t, a, e, [&](int64_t a0, int64_t a1, float sv) {
-          nbad += fused_loop<PF, SF>(s, sv, msc, a1 - a0, p + a0, g + a0, m + a0, buf + (a0 - a), simd, &amax);
+          nbad += fused_loop<PF, SF>(s, sv, msc, a1 - a0, p + a0, g + a0, m + a0, buf + (a0 - a), simd);
         });
-#if defined(SIGNOPT_AVX512)
-        if (simd && simd::kind_covered(K)) {
-          t.m_scale[a / B] = simd::fp8_encode_amax<SF>(m + a, e - a, buf, amax);
-          continue;
-        }
-#endif
         t.m_scale[a / B] = encode_block<SF>(m + a, e - a, buf, false, nullptr, simd);
       }
     }
@@ -374,7 +372,7 @@ struct GroupKernel {
   std::vector<int64_t> fused_items() const {
     std::vector<int64_t> out(items.size(), 0);
     at::parallel_for(0, (int64_t)items.size(), 1, [&](int64_t ib, int64_t ie) {
-      std::vector<float> buf(SF::blocked ? c.block : 1);
+      std::vector<float> buf(SF::blocked ? 2 * c.block : 1);  // fused_sign_blocks: two blocks
       const bool simd = simd::simd_ok(s);  // MXCSR of this thread, once per chunk
       for (int64_t k = ib; k < ie; ++k) out[k] = fused_item<PF, SF>(items[k], buf.data(), simd);
     });

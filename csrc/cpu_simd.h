@@ -1,7 +1,7 @@
 // AVX-512 versions of the CPU hot loops (compiled where the compiler targets AVX-512F/BW/DQ; the
 // portable loops of cpu_kernels.h / casts.h run everywhere else and for whatever is not covered):
-//   * fused_sign<K, PF, SF>: SignSGD, Signum and Lion (l1) over fp32/bf16 parameters and
-//     fp32/bf16/FP8 state, the whole rule on 16 lanes with AVX-512 masks;
+//   * SignLoop<K, PF, SF> (fused_sign, fused_sign_blocks): SignSGD, Signum and Lion (l1) over
+//     fp32/bf16 parameters and fp32/bf16/FP8 state, the whole rule on 16 lanes with AVX-512 masks;
 //   * fp8_encode_block<F>: FP8 block encoding (absmax, scale, nearest-even codes);
 //   * fused_sto<K, PF, SF>: the stochastic kinds (bases sgd/momentum/lion/adamw) with the element
 //     envelope over fp32/bf16 parameters and fp32/bf16/FP8 state, Philox word 0 computed in the loop.
@@ -256,7 +256,7 @@ inline void fp8_store64(uint8_t* r, const float* vals, __m512 inv, __m512 q) {
   _mm512_storeu_si512((void*)r, _mm512_permutexvar_epi32(order, c));
 }
 
-// The same with the bits of the finite absmax already known (fused_sign computes them; bit 31 of
+// The same with the bits of the finite absmax already known (SignLoop computes them; bit 31 of
 // amax_flag set: the values may hold a NaN, clear: none is NaN).
 template <class F>
 inline float fp8_encode_amax(uint8_t* r, const int64_t n, const float* vals, const uint32_t amax_flag) {
@@ -310,99 +310,139 @@ struct RuleVectors {
 };
 
 // ---------------------------------------------------------------- SignSGD / Signum / Lion
-// fused_loop of cpu_kernels.h for K in kind_covered; FP8 state (SF::blocked): m read as codes
-// with mscale, the new m written to mout (fp32).  Returns the non-finite count.
+// fused_loop of cpu_kernels.h for K in kind_covered, as a loop object whose vector scalars are set
+// up once (fused_sign_blocks runs it block after block); FP8 state (SF::blocked): m read as codes
+// with mscale, the new m written to mout (fp32).  run returns the non-finite count.
 template <int K, class PF, class SF>
-inline int64_t fused_sign(const Scalars& sc, const float mscale, const int64_t n, typename PF::raw* __restrict p,
-                          const typename PF::raw* __restrict g, typename SF::raw* __restrict m,
-                          float* __restrict mout, uint32_t* amax_out) {
-  const RuleVectors R(sc);
-  const __m512 msc = _mm512_set1_ps(mscale);
-  const __m512 zero = _mm512_setzero_ps();
-  int64_t nbad = 0;
-  __m512 amax = _mm512_setzero_ps();  // FP8 state: max |new m| (vrangeps; non-finite: exact redo)
-  bool short_dec = false, may_nan = true;
-  __m512 sfold = zero;
-  if constexpr (SF::blocked) {
-    short_dec = mscale < Fp8Params<SF>::SMAX && !fp8_has_special<SF>(m, n);
-    sfold = _mm512_set1_ps(mscale * Fp8Params<SF>::POW);
-    may_nan = !(short_dec && fabsf(mscale) < Fp8Params<SF>::SMAX && !(R.prol && R.has_l2) && fabsf(sc.beta1) <= 1.0f &&
-                fabsf(sc.beta2) <= 1.0f);
-  }
-  struct Out {
-    __m512 pn, mn;
-  };
-  auto body = [&](const int64_t j, const __mmask16 k, auto full) -> Out {
-    constexpr bool FULL = decltype(full)::value;
-    const __m512 pv = load16<FULL>(p + j, k);
-    __mmask16 bad, good;
-    const __m512 gg = R.prologue(pv, load16<FULL>(g + j, k), k, bad, good);
-    __m512 src;  // the value whose sign is u
-    __m512 mn = zero;
-    if constexpr (K == K_SIGN) {
-      src = gg;
-    } else {
-      __m512 mv;
-      if constexpr (SF::blocked) {
-        mv = short_dec ? load16_fp8_short<SF, FULL>(m + j, k, sfold) : load16_fp8<SF, FULL>(m + j, k, msc);
+struct SignLoop {
+  const RuleVectors R;
+  const float beta1, beta2;
+  explicit SignLoop(const Scalars& sc) : R(sc), beta1(sc.beta1), beta2(sc.beta2) {}
+
+  int64_t run(const float mscale, const int64_t n, typename PF::raw* __restrict p, const typename PF::raw* __restrict g,
+              typename SF::raw* __restrict m, float* __restrict mout, uint32_t* amax_out) const {
+    const __m512 msc = _mm512_set1_ps(mscale);
+    const __m512 zero = _mm512_setzero_ps();
+    int64_t nbad = 0;
+    __m512 amax = _mm512_setzero_ps();  // FP8 state: max |new m| (vrangeps; non-finite: exact redo)
+    bool short_dec = false, may_nan = true;
+    __m512 sfold = zero;
+    if constexpr (SF::blocked) {
+      short_dec = mscale < Fp8Params<SF>::SMAX && !fp8_has_special<SF>(m, n);
+      sfold = _mm512_set1_ps(mscale * Fp8Params<SF>::POW);
+      may_nan = !(short_dec && fabsf(mscale) < Fp8Params<SF>::SMAX && !(R.prol && R.has_l2) && fabsf(beta1) <= 1.0f &&
+                  fabsf(beta2) <= 1.0f);
+    }
+    struct Out {
+      __m512 pn, mn;
+    };
+    auto body = [&](const int64_t j, const __mmask16 k, auto full) -> Out {
+      constexpr bool FULL = decltype(full)::value;
+      const __m512 pv = load16<FULL>(p + j, k);
+      __mmask16 bad, good;
+      const __m512 gg = R.prologue(pv, load16<FULL>(g + j, k), k, bad, good);
+      __m512 src;  // the value whose sign is u
+      __m512 mn = zero;
+      if constexpr (K == K_SIGN) {
+        src = gg;
       } else {
-        mv = load16<FULL>(m + j, k);
+        __m512 mv;
+        if constexpr (SF::blocked) {
+          mv = short_dec ? load16_fp8_short<SF, FULL>(m + j, k, sfold) : load16_fp8<SF, FULL>(m + j, k, msc);
+        } else {
+          mv = load16<FULL>(m + j, k);
+        }
+        if constexpr (K == K_SIGNUM) {
+          mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
+          src = mn;
+        } else {  // Lion: c from the old m, m <- ema with beta2
+          src = _mm512_add_ps(_mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
+          mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b2), _mm512_mul_ps(gg, R.omb2));
+        }
+        if constexpr (SF::blocked) {
+          store16<FULL>(mout + j, mn, k);
+          amax = _mm512_mask_range_ps(amax, k, amax, mn, 0x0B);  // max-abs, sign 0
+        }
       }
-      if constexpr (K == K_SIGNUM) {
-        mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
-        src = mn;
-      } else {  // Lion: c from the old m, m <- ema with beta2
-        src = _mm512_add_ps(_mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
-        mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b2), _mm512_mul_ps(gg, R.omb2));
-      }
-      if constexpr (SF::blocked) {
-        store16<FULL>(mout + j, mn, k);
-        amax = _mm512_mask_range_ps(amax, k, amax, mn, 0x0B);  // max-abs, sign 0
-      }
+      const __mmask16 pos = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_GT_OQ);
+      const __mmask16 neg = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_LT_OQ);
+      __m512 pn = _mm512_mask_mul_ps(pv, good, pv, R.decay);
+      pn = _mm512_mask_sub_ps(pn, pos, pn, R.lr);
+      pn = _mm512_mask_add_ps(pn, neg, pn, R.lr);
+      nbad += __builtin_popcount((unsigned)bad);
+      return Out{pn, mn};
+    };
+    constexpr bool STORE_M = K != K_SIGN && !SF::blocked;
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+      const Out o0 = body(j, (__mmask16)0xFFFF, std::true_type{});
+      const Out o1 = body(j + 16, (__mmask16)0xFFFF, std::true_type{});
+      store32(p + j, o0.pn, o1.pn);
+      if constexpr (STORE_M) store32(m + j, o0.mn, o1.mn);
     }
-    const __mmask16 pos = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_GT_OQ);
-    const __mmask16 neg = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_LT_OQ);
-    __m512 pn = _mm512_mask_mul_ps(pv, good, pv, R.decay);
-    pn = _mm512_mask_sub_ps(pn, pos, pn, R.lr);
-    pn = _mm512_mask_add_ps(pn, neg, pn, R.lr);
-    nbad += __builtin_popcount((unsigned)bad);
-    return Out{pn, mn};
-  };
-  constexpr bool STORE_M = K != K_SIGN && !SF::blocked;
-  int64_t j = 0;
-  for (; j + 32 <= n; j += 32) {
-    const Out o0 = body(j, (__mmask16)0xFFFF, std::true_type{});
-    const Out o1 = body(j + 16, (__mmask16)0xFFFF, std::true_type{});
-    store32(p + j, o0.pn, o1.pn);
-    if constexpr (STORE_M) store32(m + j, o0.mn, o1.mn);
-  }
-  for (; j < n; j += 16) {
-    const __mmask16 k = tail_mask(n - j);
-    const Out o = body(j, k, std::false_type{});
-    store16<false>(p + j, o.pn, k);
-    if constexpr (STORE_M) store16<false>(m + j, o.mn, k);
-  }
-  if constexpr (SF::blocked) {
-    const __m512i ab = _mm512_and_si512(_mm512_castps_si512(amax), _mm512_set1_epi32(0x7FFFFFFF));
-    uint32_t am = _mm512_reduce_max_epu32(ab);
-    if (am >= 0x7F800000u) {  // an inf or NaN went through vrangeps: the finite absmax exactly
-      __m512i acc = _mm512_setzero_si512();
-      for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 k = tail_mask(n - i);
-        const __m512i a = _mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(k, mout + i)),
-                                           _mm512_set1_epi32(0x7FFFFFFF));
-        acc = _mm512_mask_max_epu32(acc, _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x7F800000)), acc, a);
-      }
-      am = _mm512_reduce_max_epu32(acc);
+    for (; j < n; j += 16) {
+      const __mmask16 k = tail_mask(n - j);
+      const Out o = body(j, k, std::false_type{});
+      store16<false>(p + j, o.pn, k);
+      if constexpr (STORE_M) store16<false>(m + j, o.mn, k);
     }
-    // bit 31: the new m may hold a NaN, so that fp8_encode_amax keeps the NaN select.  With the
-    // short decode and |scale| < SMAX every decoded m is finite, below 2^31 in magnitude; without
-    // L2 the gradient term is finite where good (0 elsewhere); with |beta| <= 1 neither m*beta nor
-    // g*(1-beta) is NaN and their sum is finite or +-inf (never inf - inf), so no new m is NaN.
-    if (may_nan) am |= 0x80000000u;
-    // bit 31: a non-finite value seen; bits 0..30: the finite absmax (max over the pieces)
-    const uint32_t v = (am & 0x7FFFFFFFu) > (*amax_out & 0x7FFFFFFFu) ? am & 0x7FFFFFFFu : *amax_out & 0x7FFFFFFFu;
-    *amax_out = v | ((am | *amax_out) & 0x80000000u);
+    if constexpr (SF::blocked) {
+      const __m512i ab = _mm512_and_si512(_mm512_castps_si512(amax), _mm512_set1_epi32(0x7FFFFFFF));
+      uint32_t am = _mm512_reduce_max_epu32(ab);
+      if (am >= 0x7F800000u) {  // an inf or NaN went through vrangeps: the finite absmax exactly
+        __m512i acc = _mm512_setzero_si512();
+        for (int64_t i = 0; i < n; i += 16) {
+          const __mmask16 k = tail_mask(n - i);
+          const __m512i a = _mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(k, mout + i)),
+                                             _mm512_set1_epi32(0x7FFFFFFF));
+          acc = _mm512_mask_max_epu32(acc, _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x7F800000)), acc, a);
+        }
+        am = _mm512_reduce_max_epu32(acc);
+      }
+      // bit 31: the new m may hold a NaN, so that fp8_encode_amax keeps the NaN select.  With the
+      // short decode and |scale| < SMAX every decoded m is finite, below 2^31 in magnitude; without
+      // L2 the gradient term is finite where good (0 elsewhere); with |beta| <= 1 neither m*beta nor
+      // g*(1-beta) is NaN and their sum is finite or +-inf (never inf - inf), so no new m is NaN.
+      if (may_nan) am |= 0x80000000u;
+      // bit 31: a non-finite value seen; bits 0..30: the finite absmax (max over the pieces)
+      const uint32_t v = (am & 0x7FFFFFFFu) > (*amax_out & 0x7FFFFFFFu) ? am & 0x7FFFFFFFu : *amax_out & 0x7FFFFFFFu;
+      *amax_out = v | ((am | *amax_out) & 0x80000000u);
+    }
+    return nbad;
+  }
+};
+
+// fp32/bf16 state: one range.
+template <int K, class PF, class SF>
+inline int64_t fused_sign(const Scalars& sc, const int64_t n, typename PF::raw* __restrict p,
+                          const typename PF::raw* __restrict g, typename SF::raw* __restrict m) {
+  static_assert(!SF::blocked, "FP8 state: fused_sign_blocks");
+  return SignLoop<K, PF, SF>(sc).run(0.0f, n, p, g, m, nullptr, nullptr);
+}
+
+// FP8 state over whole blocks of B elements (the last may be short): each block's new m goes to
+// an L1 buffer and is encoded (fp8_encode_amax) after the next block's rule has run, so that the
+// absmax reduction and scale of one block overlap the next block's loop instead of stalling it;
+// the loop's vector scalars are set up once for all blocks.  scales: the blocks' scales, read and
+// replaced; buf: 2*B floats.  Returns the non-finite count.
+template <int K, class PF, class SF>
+inline int64_t fused_sign_blocks(const Scalars& sc, const int64_t B, const int64_t n, typename PF::raw* __restrict p,
+                                 const typename PF::raw* __restrict g, uint8_t* __restrict m,
+                                 float* __restrict scales, float* __restrict buf) {
+  const SignLoop<K, PF, SF> L(sc);
+  int64_t nbad = 0;
+  uint32_t amax[2] = {0u, 0u};
+  const int64_t nblocks = (n + B - 1) / B;
+  for (int64_t b = 0; b <= nblocks; ++b) {
+    if (b < nblocks) {
+      const int64_t a = b * B, nb = n - a < B ? n - a : B;
+      amax[b & 1] = 0u;
+      nbad += L.run(scales[b], nb, p + a, g + a, m + a, buf + (b & 1) * B, &amax[b & 1]);
+    }
+    if (b > 0) {  // block b-1
+      const int64_t a = (b - 1) * B, nb = n - a < B ? n - a : B;
+      scales[b - 1] = fp8_encode_amax<SF>(m + a, nb, buf + ((b - 1) & 1) * B, amax[(b - 1) & 1]);
+    }
   }
   return nbad;
 }
@@ -531,7 +571,7 @@ constexpr bool sto_covered(int k) {
 // load16_fp8, the new fp32 values written to mo/vo/Go for the caller's fp8_encode_block):
 //   * fmax_ign(a, b) is vmaxps(a, b) (b where either is NaN, else a > b ? a : b) with a where
 //     only b is NaN;
-//   * u in {-1, 0, +1}: the update is the masked subtract/add of lr of fused_sign;
+//   * u in {-1, 0, +1}: the update is the masked subtract/add of lr of SignLoop;
 //   * U = (w0 >> 8) * 2^-24 (exact conversion and product).
 // `idx`: Philox counter of element 0.  Returns the non-finite count.
 template <int K, class PF, class SF>
