@@ -7,7 +7,8 @@
 //   count   (cautious): exact integer count of kept coordinates per tensor
 //   apply   : tiles of decoded fp32 values -> rule core -> encoded stores (FP8: one block a tile);
 //             fused load-rule-store loops for the deterministic kinds (fused_loop) and, with
-//             AVX-512, the stochastic kinds with the element envelope (simd::fused_sto)
+//             AVX-512, the stochastic kinds with the element envelope (simd::fused_sto,
+//             simd::fused_sto_blocks)
 // Work items and chunks depend only on the tensor sizes, so results do not depend on the
 // thread count.  With found_inf > 0 only the non-finite count runs (nothing is written).
 #pragma once
@@ -417,31 +418,22 @@ struct GroupKernel {
     at::parallel_for(0, (int64_t)items.size(), 1, [&](int64_t ib, int64_t ie) {
       const bool simd = simd::simd_ok(s);  // MXCSR of this thread, once per chunk
       std::unique_ptr<Buffers> B;
+      std::vector<float> fb;  // FP8 state: fused_sto_blocks' buffers
       using PR = typename PF::raw;
       using SR = typename SF::raw;
       for (int64_t k = ib; k < ie; ++k) {
         const Item& it = items[k];
         const TensorRef& t = c.t[it.t];
         if constexpr (SF::blocked) {
-          // FP8 state: one block at a time, the new fp32 values through L1-sized buffers
+          // FP8 state: the whole item (it starts on a block boundary), the new fp32 values of two
+          // blocks at a time through L1-sized buffers
           if (simd) {
-            if (!B) B.reset(new Buffers(tile));
-            const int64_t bl = c.block;
-            int64_t acc = 0;
-            for (int64_t a = it.a; a < it.b; a += bl) {
-              const int64_t e = std::min(a + bl, it.b), b = a / bl;
-              SR* mr = HAS_M ? (SR*)t.m + a : nullptr;
-              SR* vr = HAS_V ? (SR*)t.v + a : nullptr;
-              SR* Gr = (SR*)t.G + a;
-              acc += simd::fused_sto<K, PF, SF>(s, t.bc1, t.bc2, t.k0, t.k1, t.offset + (uint64_t)a, e - a,
-                                                (PR*)t.p + a, (const PR*)t.g + a, mr, vr, Gr,
-                                                HAS_M ? t.m_scale[b] : 0.0f, HAS_V ? t.v_scale[b] : 0.0f,
-                                                t.G_scale[b], B->m.data(), B->v.data(), B->e.data());
-              if (HAS_M) t.m_scale[b] = encode_block<SF>(mr, e - a, B->m.data(), false, nullptr, true);
-              if (HAS_V) t.v_scale[b] = encode_block<SF>(vr, e - a, B->v.data(), false, nullptr, true);
-              t.G_scale[b] = encode_block<SF>(Gr, e - a, B->e.data(), false, nullptr, true);
-            }
-            out[k] = acc;
+            if (fb.empty()) fb.resize(6 * c.block);
+            out[k] = simd::fused_sto_blocks<K, PF, SF>(
+                s, t.bc1, t.bc2, t.k0, t.k1, t.offset + (uint64_t)it.a, c.block, it.b - it.a, (PR*)t.p + it.a,
+                (const PR*)t.g + it.a, HAS_M ? (uint8_t*)t.m + it.a : nullptr, HAS_V ? (uint8_t*)t.v + it.a : nullptr,
+                (uint8_t*)t.G + it.a, HAS_M ? t.m_scale + it.a / c.block : nullptr,
+                HAS_V ? t.v_scale + it.a / c.block : nullptr, t.G_scale + it.a / c.block, fb.data());
             continue;
           }
         } else if (simd) {

@@ -3,8 +3,9 @@
 //   * SignLoop<K, PF, SF> (fused_sign, fused_sign_blocks): SignSGD, Signum and Lion (l1) over
 //     fp32/bf16 parameters and fp32/bf16/FP8 state, the whole rule on 16 lanes with AVX-512 masks;
 //   * fp8_encode_block<F>: FP8 block encoding (absmax, scale, nearest-even codes);
-//   * fused_sto<K, PF, SF>: the stochastic kinds (bases sgd/momentum/lion/adamw) with the element
-//     envelope over fp32/bf16 parameters and fp32/bf16/FP8 state, Philox word 0 computed in the loop.
+//   * StoLoop<K, PF, SF> (fused_sto, fused_sto_blocks): the stochastic kinds (bases sgd/momentum/
+//     lion/adamw) with the element envelope over fp32/bf16 parameters and fp32/bf16/FP8 state,
+//     Philox word 0 computed in the loop.
 // Every result is bit-identical to the portable code (same fp32 operations, same order):
 //   * the update p*decay - lr*u with u in {-1, 0, 1} is p*decay - lr, p*decay + lr (x - (-y) is
 //     x + y in IEEE arithmetic) or p*decay - (+0) = p*decay, as masked subtract/add of lr: this
@@ -181,7 +182,7 @@ struct Fp8Params;
 // SHIFT/MASK: a sign-extended code shifted left by SHIFT and masked holds the sign and the 7
 // magnitude bits in fp32's sign, exponent and mantissa fields; its value times POW = 2^(127-BIAS)
 // is the code's value (exact; subnormal codes land on fp32 subnormals, hence mxcsr_ok).  SMAX:
-// scales below it keep scale*POW finite (then one multiply by scale*POW rounds like value*scale).
+// |scale| below it keeps scale*POW finite (then one multiply by scale*POW rounds like value*scale).
 template <>
 struct Fp8Params<FmtE4M3> {
   static constexpr int M = 3, EMIN = -6, SHIFT = 20;
@@ -209,13 +210,54 @@ inline bool fp8_has_special(const uint8_t* c, const int64_t n) {
   return any != 0;
 }
 
-// Short decode (no NaN/inf codes, scale < SMAX): sfold = scale * POW.
+// Short decode (no NaN/inf codes, |scale| < SMAX): sfold = scale * POW.
 template <class F, bool FULL>
 inline __m512 load16_fp8_short(const uint8_t* p, __mmask16 k, __m512 sfold) {
   const __m128i r = FULL ? _mm_loadu_si128((const __m128i*)p) : _mm_maskz_loadu_epi8(k, p);
   const __m512i v = _mm512_and_si512(_mm512_slli_epi32(_mm512_cvtepi8_epi32(r), Fp8Params<F>::SHIFT),
                                      _mm512_set1_epi32((int)Fp8Params<F>::MASK));
   return _mm512_mul_ps(_mm512_castsi512_ps(v), sfold);
+}
+
+// A state's 16-lane loads: element formats as stored; FP8 codes with the block's scale, by the
+// short decode where the n codes hold no NaN/inf code and |scale| < SMAX (the same values).
+template <class SF>
+struct StateLoad {
+  __m512 scale = _mm512_setzero_ps(), sfold = _mm512_setzero_ps();
+  bool short_dec = false;
+  StateLoad(const typename SF::raw* r, const int64_t n, const float sc) {
+    if constexpr (SF::blocked) {
+      scale = _mm512_set1_ps(sc);
+      sfold = _mm512_set1_ps(sc * Fp8Params<SF>::POW);
+      short_dec = fabsf(sc) < Fp8Params<SF>::SMAX && !fp8_has_special<SF>(r, n);
+    }
+  }
+  template <bool FULL>
+  __m512 load(const typename SF::raw* r, const __mmask16 k) const {
+    if constexpr (SF::blocked) {
+      return short_dec ? load16_fp8_short<SF, FULL>(r, k, sfold) : load16_fp8<SF, FULL>(r, k, scale);
+    } else {
+      return load16<FULL>(r, k);
+    }
+  }
+};
+
+// fp8_encode_amax's amax_flag for n new values whose max-abs a loop accumulated in acc (vrangeps,
+// imm 0x0B): the bits of the finite absmax (an inf or NaN went through acc: vals rescanned
+// exactly), bit 31 set where may_nan (the values may hold a NaN).
+inline uint32_t fp8_amax_flag(const __m512 acc, const int64_t n, const float* vals, const bool may_nan) {
+  const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF);
+  uint32_t am = _mm512_reduce_max_epu32(_mm512_and_si512(_mm512_castps_si512(acc), absm));
+  if (am >= 0x7F800000u) {
+    __m512i fin = _mm512_setzero_si512();
+    for (int64_t i = 0; i < n; i += 16) {
+      const __mmask16 k = tail_mask(n - i);
+      const __m512i a = _mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(k, vals + i)), absm);
+      fin = _mm512_mask_max_epu32(fin, _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x7F800000)), fin, a);
+    }
+    am = _mm512_reduce_max_epu32(fin);
+  }
+  return may_nan ? am | 0x80000000u : am;
 }
 
 template <class F>
@@ -312,7 +354,8 @@ struct RuleVectors {
 // ---------------------------------------------------------------- SignSGD / Signum / Lion
 // fused_loop of cpu_kernels.h for K in kind_covered, as a loop object whose vector scalars are set
 // up once (fused_sign_blocks runs it block after block); FP8 state (SF::blocked): m read as codes
-// with mscale, the new m written to mout (fp32).  run returns the non-finite count.
+// with mscale, the new m written to mout (fp32) and fp8_encode_amax's amax_flag to *amax_out.
+// run returns the non-finite count.
 template <int K, class PF, class SF>
 struct SignLoop {
   const RuleVectors R;
@@ -321,18 +364,10 @@ struct SignLoop {
 
   int64_t run(const float mscale, const int64_t n, typename PF::raw* __restrict p, const typename PF::raw* __restrict g,
               typename SF::raw* __restrict m, float* __restrict mout, uint32_t* amax_out) const {
-    const __m512 msc = _mm512_set1_ps(mscale);
     const __m512 zero = _mm512_setzero_ps();
     int64_t nbad = 0;
-    __m512 amax = _mm512_setzero_ps();  // FP8 state: max |new m| (vrangeps; non-finite: exact redo)
-    bool short_dec = false, may_nan = true;
-    __m512 sfold = zero;
-    if constexpr (SF::blocked) {
-      short_dec = mscale < Fp8Params<SF>::SMAX && !fp8_has_special<SF>(m, n);
-      sfold = _mm512_set1_ps(mscale * Fp8Params<SF>::POW);
-      may_nan = !(short_dec && fabsf(mscale) < Fp8Params<SF>::SMAX && !(R.prol && R.has_l2) && fabsf(beta1) <= 1.0f &&
-                  fabsf(beta2) <= 1.0f);
-    }
+    __m512 amax = _mm512_setzero_ps();  // FP8 state: max |new m| (vrangeps)
+    const StateLoad<SF> ml(m, n, mscale);
     struct Out {
       __m512 pn, mn;
     };
@@ -346,12 +381,7 @@ struct SignLoop {
       if constexpr (K == K_SIGN) {
         src = gg;
       } else {
-        __m512 mv;
-        if constexpr (SF::blocked) {
-          mv = short_dec ? load16_fp8_short<SF, FULL>(m + j, k, sfold) : load16_fp8<SF, FULL>(m + j, k, msc);
-        } else {
-          mv = load16<FULL>(m + j, k);
-        }
+        const __m512 mv = ml.template load<FULL>(m + j, k);
         if constexpr (K == K_SIGNUM) {
           mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
           src = mn;
@@ -387,26 +417,12 @@ struct SignLoop {
       if constexpr (STORE_M) store16<false>(m + j, o.mn, k);
     }
     if constexpr (SF::blocked) {
-      const __m512i ab = _mm512_and_si512(_mm512_castps_si512(amax), _mm512_set1_epi32(0x7FFFFFFF));
-      uint32_t am = _mm512_reduce_max_epu32(ab);
-      if (am >= 0x7F800000u) {  // an inf or NaN went through vrangeps: the finite absmax exactly
-        __m512i acc = _mm512_setzero_si512();
-        for (int64_t i = 0; i < n; i += 16) {
-          const __mmask16 k = tail_mask(n - i);
-          const __m512i a = _mm512_and_si512(_mm512_castps_si512(_mm512_maskz_loadu_ps(k, mout + i)),
-                                             _mm512_set1_epi32(0x7FFFFFFF));
-          acc = _mm512_mask_max_epu32(acc, _mm512_cmplt_epu32_mask(a, _mm512_set1_epi32(0x7F800000)), acc, a);
-        }
-        am = _mm512_reduce_max_epu32(acc);
-      }
       // bit 31: the new m may hold a NaN, so that fp8_encode_amax keeps the NaN select.  With the
-      // short decode and |scale| < SMAX every decoded m is finite, below 2^31 in magnitude; without
-      // L2 the gradient term is finite where good (0 elsewhere); with |beta| <= 1 neither m*beta nor
-      // g*(1-beta) is NaN and their sum is finite or +-inf (never inf - inf), so no new m is NaN.
-      if (may_nan) am |= 0x80000000u;
-      // bit 31: a non-finite value seen; bits 0..30: the finite absmax (max over the pieces)
-      const uint32_t v = (am & 0x7FFFFFFFu) > (*amax_out & 0x7FFFFFFFu) ? am & 0x7FFFFFFFu : *amax_out & 0x7FFFFFFFu;
-      *amax_out = v | ((am | *amax_out) & 0x80000000u);
+      // short decode every decoded m is finite, below 2^31 in magnitude; without L2 the gradient
+      // term is finite where good (0 elsewhere); with |beta| <= 1 neither m*beta nor g*(1-beta) is
+      // NaN and their sum is finite or +-inf (never inf - inf), so no new m is NaN.
+      const bool may_nan = !(ml.short_dec && !(R.prol && R.has_l2) && fabsf(beta1) <= 1.0f && fabsf(beta2) <= 1.0f);
+      *amax_out = fp8_amax_flag(amax, n, mout, may_nan);
     }
     return nbad;
   }
@@ -436,7 +452,6 @@ inline int64_t fused_sign_blocks(const Scalars& sc, const int64_t B, const int64
   for (int64_t b = 0; b <= nblocks; ++b) {
     if (b < nblocks) {
       const int64_t a = b * B, nb = n - a < B ? n - a : B;
-      amax[b & 1] = 0u;
       nbad += L.run(scales[b], nb, p + a, g + a, m + a, buf + (b & 1) * B, &amax[b & 1]);
     }
     if (b > 0) {  // block b-1
@@ -550,16 +565,6 @@ inline void philox_w0_range(const uint32_t k0, const uint32_t k1, const uint64_t
   }
 }
 
-// A state vector: element formats as stored, FP8 codes decoded with the block's scale.
-template <class SF, bool FULL>
-inline __m512 load_state16(const typename SF::raw* r, __mmask16 k, __m512 scale) {
-  if constexpr (SF::blocked) {
-    return load16_fp8<SF, FULL>(r, k, scale);
-  } else {
-    return load16<FULL>(r, k);
-  }
-}
-
 constexpr bool sto_covered(int k) {
   return k == K_STO_SGD || k == K_STO_MOMENTUM || k == K_STO_LION || k == K_STO_ADAMW;
 }
@@ -567,112 +572,184 @@ constexpr bool sto_covered(int k) {
 // apply_tile of cpu_kernels.h for the stochastic kinds with the element envelope, without
 // cautious masking or stochastic rounding, fp32/bf16 parameters and fp32/bf16/FP8 state, Philox
 // word 0 and the whole rule on 16 lanes, no tile buffers (the same fp32 operations in the same
-// order; FP8 state: one block, its codes decoded with the block scales msf/vsf/Gsf as
-// load16_fp8, the new fp32 values written to mo/vo/Go for the caller's fp8_encode_block):
+// order), as a loop object whose vector scalars are set up once (fused_sto_blocks runs it block
+// after block):
 //   * fmax_ign(a, b) is vmaxps(a, b) (b where either is NaN, else a > b ? a : b) with a where
 //     only b is NaN;
 //   * u in {-1, 0, +1}: the update is the masked subtract/add of lr of SignLoop;
 //   * U = (w0 >> 8) * 2^-24 (exact conversion and product).
-// `idx`: Philox counter of element 0.  Returns the non-finite count.
+// FP8 state: one block, its codes decoded with the block scales msf/vsf/Gsf (StateLoad), the new
+// values written to mo/vo/Go (fp32) and fp8_encode_amax's amax_flag of m, v, G to amax[0..2]
+// (bit 31 always set: no NaN-freedom argument is made here).  run: `idx` is the Philox counter of
+// element 0; returns the non-finite count.
+template <int K, class PF, class SF>
+struct StoLoop {
+  using PR = typename PF::raw;
+  using SR = typename SF::raw;
+  static constexpr bool HM = kind_has_m(K), HV = kind_has_v(K);
+  const RuleVectors R;
+  const __m512 gam, eps, bc1, bc2;
+  const uint32_t k0, k1;
+  const bool from_grad;
+  StoLoop(const Scalars& sc, const float bc1f, const float bc2f, const uint32_t key0, const uint32_t key1)
+      : R(sc),
+        gam(_mm512_set1_ps(sc.env_decay)),
+        eps(_mm512_set1_ps(sc.eps)),
+        bc1(_mm512_set1_ps(bc1f)),
+        bc2(_mm512_set1_ps(bc2f)),
+        k0(key0),
+        k1(key1),
+        from_grad(sc.env_from_grad != 0) {}
+
+  int64_t run(const uint64_t idx, const int64_t n, PR* __restrict p, const PR* __restrict g, SR* __restrict m,
+              SR* __restrict v, SR* __restrict E, const float msf = 0.0f, const float vsf = 0.0f,
+              const float Gsf = 0.0f, float* __restrict mo = nullptr, float* __restrict vo = nullptr,
+              float* __restrict Go = nullptr, uint32_t* amax = nullptr) const {
+    const StateLoad<SF> ml(m, HM ? n : 0, msf), vl(v, HV ? n : 0, vsf), Gl(E, n, Gsf);
+    const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f), u24 = _mm512_set1_ps(5.9604644775390625e-08f);
+    const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF);
+    __m512 mx = _mm512_setzero_ps(), vx = mx, Gx = mx;  // FP8 state: max |new m|, |new v|, |new G| (vrangeps)
+    int64_t nbad = 0;
+    struct Out {
+      __m512 pn, mn, vn, Gn;
+    };
+    auto body = [&](const int64_t j, const __mmask16 k, const __m512i w, auto full) -> Out {
+      constexpr bool FULL = decltype(full)::value;
+      const __m512 pv = load16<FULL>(p + j, k);
+      __mmask16 bad, good;
+      const __m512 gg = R.prologue(pv, load16<FULL>(g + j, k), k, bad, good);
+      Out o;
+      o.mn = o.vn = _mm512_setzero_ps();
+      __m512 d;
+      if constexpr (K == K_STO_SGD) {
+        d = gg;
+      } else {
+        const __m512 mv = ml.template load<FULL>(m + j, k);
+        if constexpr (K == K_STO_LION) {
+          d = _mm512_maskz_add_ps(good, _mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
+          o.mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b2), _mm512_mul_ps(gg, R.omb2));
+        } else {
+          o.mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
+          d = o.mn;
+          if constexpr (HV) {
+            const __m512 vv = vl.template load<FULL>(v + j, k);
+            o.vn = _mm512_mask_add_ps(vv, good, _mm512_mul_ps(vv, R.b2), _mm512_mul_ps(_mm512_mul_ps(gg, gg), R.omb2));
+            const __m512 den = _mm512_add_ps(_mm512_sqrt_ps(_mm512_div_ps(o.vn, bc2)), eps);
+            d = _mm512_maskz_mov_ps(good, _mm512_div_ps(_mm512_div_ps(o.mn, bc1), den));
+          }
+        }
+      }
+      const __m512 src = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(from_grad ? gg : d), absm));
+      const __m512 Gv = Gl.template load<FULL>(E + j, k);
+      const __m512 ga = _mm512_mul_ps(Gv, gam);
+      __m512 Ge = _mm512_max_ps(ga, src);
+      const __mmask16 only_b_nan =
+          _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(ga, ga, _CMP_ORD_Q), src, src, _CMP_UNORD_Q);
+      Ge = _mm512_mask_mov_ps(Ge, only_b_nan, ga);
+      Ge = _mm512_mask_mov_ps(Gv, good, Ge);
+      o.Gn = Ge;
+      const __m512 thr = _mm512_mul_ps(_mm512_add_ps(one, _mm512_div_ps(d, Ge)), half);
+      const __m512 U = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(w, 8)), u24);
+      const __mmask16 nz =
+          _mm512_mask_test_epi32_mask(good, _mm512_or_si512(_mm512_castps_si512(d), _mm512_castps_si512(Ge)), absm);
+      const __mmask16 lt = _mm512_cmp_ps_mask(U, thr, _CMP_LT_OQ);
+      const __mmask16 pos = nz & lt, neg = _kandn_mask16(lt, nz);
+      __m512 pn = _mm512_mask_mul_ps(pv, good, pv, R.decay);
+      pn = _mm512_mask_sub_ps(pn, pos, pn, R.lr);
+      pn = _mm512_mask_add_ps(pn, neg, pn, R.lr);
+      o.pn = pn;
+      if constexpr (SF::blocked) {  // max-abs, sign 0
+        if constexpr (HM) mx = _mm512_mask_range_ps(mx, k, mx, o.mn, 0x0B);
+        if constexpr (HV) vx = _mm512_mask_range_ps(vx, k, vx, o.vn, 0x0B);
+        Gx = _mm512_mask_range_ps(Gx, k, Gx, o.Gn, 0x0B);
+      }
+      nbad += __builtin_popcount((unsigned)bad);
+      return o;
+    };
+    int64_t j = 0;
+    for (; j + 32 <= n; j += 32) {
+      __m512i w0, w1;
+      philox32_w0_any(k0, k1, idx + (uint64_t)j, w0, w1);
+      const Out o0 = body(j, (__mmask16)0xFFFF, w0, std::true_type{});
+      const Out o1 = body(j + 16, (__mmask16)0xFFFF, w1, std::true_type{});
+      store32(p + j, o0.pn, o1.pn);
+      if constexpr (SF::blocked) {  // fp32 values to the buffers (fused_sto_blocks encodes the block)
+        if constexpr (HM) store32(mo + j, o0.mn, o1.mn);
+        if constexpr (HV) store32(vo + j, o0.vn, o1.vn);
+        store32(Go + j, o0.Gn, o1.Gn);
+      } else {
+        if constexpr (HM) store32(m + j, o0.mn, o1.mn);
+        if constexpr (HV) store32(v + j, o0.vn, o1.vn);
+        store32(E + j, o0.Gn, o1.Gn);
+      }
+    }
+    if (j < n) {
+      __m512i w[2];
+      philox32_w0_any(k0, k1, idx + (uint64_t)j, w[0], w[1]);
+      for (int h = 0; j < n; j += 16, ++h) {
+        const __mmask16 k = tail_mask(n - j);
+        const Out o = body(j, k, w[h], std::false_type{});
+        store16<false>(p + j, o.pn, k);
+        if constexpr (SF::blocked) {
+          if constexpr (HM) store16<false>(mo + j, o.mn, k);
+          if constexpr (HV) store16<false>(vo + j, o.vn, k);
+          store16<false>(Go + j, o.Gn, k);
+        } else {
+          if constexpr (HM) store16<false>(m + j, o.mn, k);
+          if constexpr (HV) store16<false>(v + j, o.vn, k);
+          store16<false>(E + j, o.Gn, k);
+        }
+      }
+    }
+    if constexpr (SF::blocked) {
+      if constexpr (HM) amax[0] = fp8_amax_flag(mx, n, mo, true);
+      if constexpr (HV) amax[1] = fp8_amax_flag(vx, n, vo, true);
+      amax[2] = fp8_amax_flag(Gx, n, Go, true);
+    }
+    return nbad;
+  }
+};
+
+// fp32/bf16 state: one range.
 template <int K, class PF, class SF>
 inline int64_t fused_sto(const Scalars& sc, const float bc1f, const float bc2f, const uint32_t k0,
                          const uint32_t k1, const uint64_t idx, const int64_t n, typename PF::raw* __restrict p,
                          const typename PF::raw* __restrict g, typename SF::raw* __restrict m,
-                         typename SF::raw* __restrict v, typename SF::raw* __restrict E, const float msf = 0.0f,
-                         const float vsf = 0.0f, const float Gsf = 0.0f, float* __restrict mo = nullptr,
-                         float* __restrict vo = nullptr, float* __restrict Go = nullptr) {
+                         typename SF::raw* __restrict v, typename SF::raw* __restrict E) {
+  static_assert(!SF::blocked, "FP8 state: fused_sto_blocks");
+  return StoLoop<K, PF, SF>(sc, bc1f, bc2f, k0, k1).run(idx, n, p, g, m, v, E);
+}
+
+// FP8 state over whole blocks of B elements (the last may be short), as fused_sign_blocks: each
+// block's new m, v, G go to L1 buffers and are encoded after the next block's rule has run.
+// ms/vs/Gs: the blocks' scales of the states the kind has, read and replaced; buf: 6*B floats
+// (m, v, G of two blocks).  Returns the non-finite count.
+template <int K, class PF, class SF>
+inline int64_t fused_sto_blocks(const Scalars& sc, const float bc1f, const float bc2f, const uint32_t k0,
+                                const uint32_t k1, const uint64_t idx, const int64_t B, const int64_t n,
+                                typename PF::raw* __restrict p, const typename PF::raw* __restrict g,
+                                uint8_t* __restrict m, uint8_t* __restrict v, uint8_t* __restrict E,
+                                float* __restrict ms, float* __restrict vs, float* __restrict Gs,
+                                float* __restrict buf) {
   constexpr bool HM = kind_has_m(K), HV = kind_has_v(K);
-  const __m512 msc = _mm512_set1_ps(msf), vsc = _mm512_set1_ps(vsf), Gsc = _mm512_set1_ps(Gsf);
-  const RuleVectors R(sc);
-  const __m512 gam = _mm512_set1_ps(sc.env_decay), eps = _mm512_set1_ps(sc.eps);
-  const __m512 bc1 = _mm512_set1_ps(bc1f), bc2 = _mm512_set1_ps(bc2f);
-  const __m512 one = _mm512_set1_ps(1.0f), half = _mm512_set1_ps(0.5f), u24 = _mm512_set1_ps(5.9604644775390625e-08f);
-  const __m512i absm = _mm512_set1_epi32(0x7FFFFFFF);
-  const bool from_grad = sc.env_from_grad != 0;
+  const StoLoop<K, PF, SF> L(sc, bc1f, bc2f, k0, k1);
   int64_t nbad = 0;
-  struct Out {
-    __m512 pn, mn, vn, Gn;
-  };
-  auto body = [&](const int64_t j, const __mmask16 k, const __m512i w, auto full) -> Out {
-    constexpr bool FULL = decltype(full)::value;
-    const __m512 pv = load16<FULL>(p + j, k);
-    __mmask16 bad, good;
-    const __m512 gg = R.prologue(pv, load16<FULL>(g + j, k), k, bad, good);
-    Out o;
-    o.mn = o.vn = _mm512_setzero_ps();
-    __m512 d;
-    if constexpr (K == K_STO_SGD) {
-      d = gg;
-    } else {
-      const __m512 mv = load_state16<SF, FULL>(m + j, k, msc);
-      if constexpr (K == K_STO_LION) {
-        d = _mm512_maskz_add_ps(good, _mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
-        o.mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b2), _mm512_mul_ps(gg, R.omb2));
-      } else {
-        o.mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
-        d = o.mn;
-        if constexpr (HV) {
-          const __m512 vv = load_state16<SF, FULL>(v + j, k, vsc);
-          o.vn = _mm512_mask_add_ps(vv, good, _mm512_mul_ps(vv, R.b2), _mm512_mul_ps(_mm512_mul_ps(gg, gg), R.omb2));
-          const __m512 den = _mm512_add_ps(_mm512_sqrt_ps(_mm512_div_ps(o.vn, bc2)), eps);
-          d = _mm512_maskz_mov_ps(good, _mm512_div_ps(_mm512_div_ps(o.mn, bc1), den));
-        }
-      }
+  uint32_t amax[2][3];
+  const int64_t nblocks = (n + B - 1) / B;
+  for (int64_t b = 0; b <= nblocks; ++b) {
+    if (b < nblocks) {
+      const int64_t a = b * B, nb = n - a < B ? n - a : B;
+      float* o = buf + (b & 1) * 3 * B;
+      nbad += L.run(idx + (uint64_t)a, nb, p + a, g + a, HM ? m + a : nullptr, HV ? v + a : nullptr, E + a,
+                    HM ? ms[b] : 0.0f, HV ? vs[b] : 0.0f, Gs[b], o, o + B, o + 2 * B, amax[b & 1]);
     }
-    const __m512 src = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(from_grad ? gg : d), absm));
-    const __m512 Gv = load_state16<SF, FULL>(E + j, k, Gsc);
-    const __m512 ga = _mm512_mul_ps(Gv, gam);
-    __m512 Ge = _mm512_max_ps(ga, src);
-    const __mmask16 only_b_nan = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(ga, ga, _CMP_ORD_Q), src, src, _CMP_UNORD_Q);
-    Ge = _mm512_mask_mov_ps(Ge, only_b_nan, ga);
-    Ge = _mm512_mask_mov_ps(Gv, good, Ge);
-    o.Gn = Ge;
-    const __m512 thr = _mm512_mul_ps(_mm512_add_ps(one, _mm512_div_ps(d, Ge)), half);
-    const __m512 U = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(w, 8)), u24);
-    const __mmask16 nz =
-        _mm512_mask_test_epi32_mask(good, _mm512_or_si512(_mm512_castps_si512(d), _mm512_castps_si512(Ge)), absm);
-    const __mmask16 lt = _mm512_cmp_ps_mask(U, thr, _CMP_LT_OQ);
-    const __mmask16 pos = nz & lt, neg = _kandn_mask16(lt, nz);
-    __m512 pn = _mm512_mask_mul_ps(pv, good, pv, R.decay);
-    pn = _mm512_mask_sub_ps(pn, pos, pn, R.lr);
-    pn = _mm512_mask_add_ps(pn, neg, pn, R.lr);
-    o.pn = pn;
-    nbad += __builtin_popcount((unsigned)bad);
-    return o;
-  };
-  int64_t j = 0;
-  for (; j + 32 <= n; j += 32) {
-    __m512i w0, w1;
-    philox32_w0_any(k0, k1, idx + (uint64_t)j, w0, w1);
-    const Out o0 = body(j, (__mmask16)0xFFFF, w0, std::true_type{});
-    const Out o1 = body(j + 16, (__mmask16)0xFFFF, w1, std::true_type{});
-    store32(p + j, o0.pn, o1.pn);
-    if constexpr (SF::blocked) {  // fp32 values to the buffers (the caller encodes the block)
-      if constexpr (HM) store32(mo + j, o0.mn, o1.mn);
-      if constexpr (HV) store32(vo + j, o0.vn, o1.vn);
-      store32(Go + j, o0.Gn, o1.Gn);
-    } else {
-      if constexpr (HM) store32(m + j, o0.mn, o1.mn);
-      if constexpr (HV) store32(v + j, o0.vn, o1.vn);
-      store32(E + j, o0.Gn, o1.Gn);
-    }
-  }
-  if (j < n) {
-    __m512i w[2];
-    philox32_w0_any(k0, k1, idx + (uint64_t)j, w[0], w[1]);
-    for (int h = 0; j < n; j += 16, ++h) {
-      const __mmask16 k = tail_mask(n - j);
-      const Out o = body(j, k, w[h], std::false_type{});
-      store16<false>(p + j, o.pn, k);
-      if constexpr (SF::blocked) {
-        if constexpr (HM) store16<false>(mo + j, o.mn, k);
-        if constexpr (HV) store16<false>(vo + j, o.vn, k);
-        store16<false>(Go + j, o.Gn, k);
-      } else {
-        if constexpr (HM) store16<false>(m + j, o.mn, k);
-        if constexpr (HV) store16<false>(v + j, o.vn, k);
-        store16<false>(E + j, o.Gn, k);
-      }
+    if (b > 0) {  // block b-1
+      const int64_t a = (b - 1) * B, nb = n - a < B ? n - a : B;
+      const float* o = buf + ((b - 1) & 1) * 3 * B;
+      const uint32_t* am = amax[(b - 1) & 1];
+      if constexpr (HM) ms[b - 1] = fp8_encode_amax<SF>(m + a, nb, o, am[0]);
+      if constexpr (HV) vs[b - 1] = fp8_encode_amax<SF>(v + a, nb, o + B, am[1]);
+      Gs[b - 1] = fp8_encode_amax<SF>(E + a, nb, o + 2 * B, am[2]);
     }
   }
   return nbad;

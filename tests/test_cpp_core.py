@@ -217,11 +217,14 @@ from signopt import state_format
 from signopt.philox import element_words
 
 def poison(state):
-    # NaN/inf codes in FP8 state (each format's specials) and huge values (large block scales)
-    for v in state.values():
+    # NaN/inf codes in FP8 state (each format's specials) and negative block scales (|scale| large
+    # enough that scale * 2^(127-BIAS) overflows, and small)
+    for key, v in state.items():
         if torch.is_tensor(v) and v.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and v.numel() > 40:
             u = v.view(torch.uint8)
             u[::13] = 0x7F; u[5::17] = 0x7C; u[9::19] = 0xFF; u[30:40] = 0x7E
+        elif key.endswith("_scale") and v.numel() > 4:
+            v[2::7] = -2.0 ** 20; v[4::11] = -3.0
 
 checked = 0
 for cls, kw in [(signopt.SignSGD, {}), (signopt.Signum, {"momentum": 0.9}), (signopt.Lion, {"betas": (0.9, 0.99)})]:
@@ -332,12 +335,15 @@ OFFSET = int(sys.argv[2])
 sharding.index_offset = lambda p: OFFSET  # Philox counters near 2^32: word runs that cross it
 
 def poison(opt):
-    # NaN/inf codes in FP8 state (each format's specials)
+    # NaN/inf codes in FP8 state (each format's specials) and negative block scales (one beyond 2^7)
     for st in opt.state.values():
-        for v in st.values():
+        for key, v in st.items():
             if torch.is_tensor(v) and v.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and v.numel() > 40:
                 u = v.view(torch.uint8)
                 u[::13] = 0x7F; u[5::17] = 0x7C; u[9::19] = 0xFF; u[30:40] = 0x7E
+            elif key in ("m_scale", "v_scale") and v.numel() > 4:  # not G (never negative: the
+                # reference's envelope max can keep -0 where the kernels' gives +0)
+                v[2::7] = -2.0 ** 20; v[4::11] = -3.0
 
 results = {}
 specs = [("sto", signopt.StoSignSGD, {}), ("sgd", signopt.SignConversion, {"base": "sgd"}),
@@ -358,8 +364,8 @@ for name, cls, kw in specs:
                     continue  # fp8: a subset
                 if sd == "fp8_e5m2" and (pdt is torch.float32 or ei not in (0, 2, 5, 7)):
                     continue
-                if sd.startswith("fp8"):
-                    extra.update(state_block=32, fp8_min_numel=0)
+                if sd.startswith("fp8"):  # E5M2: blocks not a multiple of 16 (tails inside work items)
+                    extra.update(state_block=32 if sd == "fp8_e4m3" else 40, fp8_min_numel=0)
                 big = extra.pop("big", 1.0)
                 for backend in ("cpp", "torch"):
                     if backend == "torch" and (name == "adamw" or sys.argv[3] == "0"):
