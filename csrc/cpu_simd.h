@@ -8,8 +8,9 @@
 //     Philox word 0 computed in the loop.
 // Every result is bit-identical to the portable code (same fp32 operations, same order):
 //   * the update p*decay - lr*u with u in {-1, 0, 1} is p*decay - lr, p*decay + lr (x - (-y) is
-//     x + y in IEEE arithmetic) or p*decay - (+0) = p*decay, as masked subtract/add of lr: this
-//     needs lr finite with a clear sign bit (sim_ok checks it, and the portable loop runs otherwise);
+//     x + y in IEEE arithmetic) or p*decay - (+0) = p*decay: SignLoop subtracts t = copysign(lr, u)
+//     or +0, StoLoop masks a subtract/add of lr; both need lr finite with a clear sign bit
+//     (simd_ok checks it, and the portable loop runs otherwise);
 //   * FP8 decode places the code's 7 magnitude bits in an fp32's exponent/mantissa fields and
 //     multiplies by 2^(127-BIAS) (exact; an fp32 subnormal in between for FP8 subnormals, so the
 //     path requires MXCSR without DAZ/FTZ and with round-to-nearest, which simd_ok checks);
@@ -394,11 +395,12 @@ struct SignLoop {
           amax = _mm512_mask_range_ps(amax, k, amax, mn, 0x0B);  // max-abs, sign 0
         }
       }
-      const __mmask16 pos = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_GT_OQ);
-      const __mmask16 neg = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_LT_OQ);
+      // t = lr*u: copysign(lr, src) where src != 0 (ordered), +0 elsewhere (sign(NaN) = 0)
+      const __mmask16 nz = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_NEQ_OQ);
+      const __m512 t = _mm512_castsi512_ps(_mm512_maskz_ternarylogic_epi32(
+          nz, _mm512_castps_si512(src), _mm512_set1_epi32((int)0x80000000u), _mm512_castps_si512(R.lr), 0xEA));
       __m512 pn = _mm512_mask_mul_ps(pv, good, pv, R.decay);
-      pn = _mm512_mask_sub_ps(pn, pos, pn, R.lr);
-      pn = _mm512_mask_add_ps(pn, neg, pn, R.lr);
+      pn = _mm512_mask_sub_ps(pn, good, pn, t);
       nbad += __builtin_popcount((unsigned)bad);
       return Out{pn, mn};
     };
@@ -576,7 +578,7 @@ constexpr bool sto_covered(int k) {
 // after block):
 //   * fmax_ign(a, b) is vmaxps(a, b) (b where either is NaN, else a > b ? a : b) with a where
 //     only b is NaN;
-//   * u in {-1, 0, +1}: the update is the masked subtract/add of lr of SignLoop;
+//   * u in {-1, 0, +1}: the update is a masked subtract/add of lr (see the top of this file);
 //   * U = (w0 >> 8) * 2^-24 (exact conversion and product).
 // FP8 state: one block, its codes decoded with the block scales msf/vsf/Gsf (StateLoad), the new
 // values written to mo/vo/Go (fp32) and fp8_encode_amax's amax_flag of m, v, G to amax[0..2]
