@@ -1,9 +1,13 @@
 """Optimizer step time on a model-like parameter list, beside the in-place streaming bandwidth.
 
-    python bench/step.py [--quick] [--repeats N] [--cases large,small] [--out FILE] [--device cuda]
+    python bench/step.py [--quick] [--repeats N] [--cases large,small,cache] [--out FILE] [--device cuda]
 
 Cases: ``large`` = 64M parameters in 150 tensors (25 transformer-like layers of 6 tensors),
-``small`` = 1M parameters in 300 tensors.  Every signopt optimizer x backend x state dtype, and
+``small`` = 1M parameters in 300 tensors, ``cache`` = 1.6M parameters in 12 tensors (L3-resident:
+its step times bound what compute alone allows).  With ``large`` and ``cache`` both run, a last
+table sets each row's time per parameter with the data in DRAM beside its time in cache: a row
+whose time barely drops in cache is compute-bound, and bytes/(time in cache) over the large case's
+streaming bandwidth is the most it could reach of that bandwidth with memory for free.  Every signopt optimizer x backend x state dtype, and
 peers from PyPI when installed (torch AdamW foreach/fused, lion-pytorch, pytorch-optimizer
 Lion/SignSGD, bitsandbytes Lion8bit); a missing peer prints a line.
 
@@ -45,8 +49,8 @@ def layer_shapes(d: int, layers: int) -> list[tuple[int, ...]]:
     return shapes
 
 
-CASES = {"large": (464, 25), "small": (41, 50)}  # 64.6M / 150 tensors, 1.0M / 300 tensors
-QUICK_CASES = {"large": (232, 25), "small": (41, 50)}
+CASES = {"large": (464, 25), "small": (41, 50), "cache": (256, 2)}  # 64.6M/150, 1.0M/300, 1.6M/12
+QUICK_CASES = {"large": (232, 25), "small": (41, 50), "cache": (256, 2)}
 
 
 def make_list(d: int, layers: int, dtype: torch.dtype) -> tuple[list[torch.Tensor], int]:
@@ -189,7 +193,9 @@ def time_contender(row: dict, params: list[torch.Tensor], measure_mem: bool, a: 
     return streams, steps, mem
 
 
-def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, out) -> None:
+def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, out) -> dict:
+    """Times every row; prints the table; returns per row key its (min, median) seconds per
+    parameter, and under "stream" the best and median streaming bandwidth (B/s)."""
     d, layers = dims
     lists = {"fp32": make_list(d, layers, torch.float32), "bf16": make_list(d, layers, torch.bfloat16)}
     n = lists["fp32"][1]
@@ -200,7 +206,7 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
     times: dict[int, list[float]] = {i: [] for i in range(len(rows))}
     adj: dict[int, list[float]] = {i: [] for i in range(len(rows))}  # streaming samples beside row i
     mems: dict[int, int | None] = {}
-    skip_slow = case == "large"
+    skip_slow = case != "small"
     for r in range(repeats):
         for i, row in enumerate(rows):
             if row.get("slow") and (skip_slow or r > 0):
@@ -224,6 +230,7 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
           f"{'min ms':>9s} {'med ms':>9s} {'GB/s':>7s} {'%str min':>8s} {'%str med':>8s} {'peak MB':>8s} "
           f"{'peak/params':>11s}", file=out)
     results, results_med = {}, {}
+    per_param: dict = {"stream": (stream_bw, stream_med)}
     for i, row in enumerate(rows):
         if not times[i]:
             continue
@@ -241,6 +248,7 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
               f"{mem_s} {rel}", file=out)
         results[(row["name"], row["backend"], row["pdtype"], row["state"])] = tmin
         results_med[(row["name"], row["backend"], row["pdtype"], row["state"])] = tmed
+        per_param[(row["name"], row["backend"], row["pdtype"], row["state"])] = (tmin / n, tmed / n, bpp)
     ratios = [
         ("cpp Lion fp32 vs lion-pytorch", ("Lion", "cpp", "fp32", "fp32"), ("lion-pytorch Lion", "-", "fp32", "fp32")),
         ("cpp Lion fp32 vs torch AdamW fused", ("Lion", "cpp", "fp32", "fp32"), ("torch AdamW fused", "-", "fp32", "fp32")),
@@ -252,13 +260,34 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
         if mine in results and peer in results:
             print(f"speed-up {label}: {results[peer] / results[mine]:.2f}x (min times), "
                   f"{results_med[peer] / results_med[mine]:.2f}x (median times)", file=out)
+    return per_param
+
+
+def print_compute_bound(large: dict, cache: dict, out) -> None:
+    """Per row: ns per parameter in DRAM (large case) and in cache, their ratio, and
+    bytes / (time in cache) over the large case's streaming bandwidth (best, median): the share
+    of that bandwidth the row's compute allows (an estimate: the cache time still includes L3
+    traffic and per-step overhead)."""
+    sbest, smed = large["stream"]
+    print(f"\n== compute-bound check: time per parameter with the data in DRAM (large) and in cache; "
+          f"ceiling = bytes/(time in cache) over the large case's streaming bandwidth "
+          f"({sbest / 1e9:.1f} GB/s best, {smed / 1e9:.1f} GB/s median) ==", file=out)
+    print(f"{'optimizer':26s} {'backend':7s} {'param':5s} {'state':8s} {'ns/p DRAM':>9s} {'ns/p cache':>10s} "
+          f"{'DRAM/cache':>10s} {'ceil best':>9s} {'ceil med':>8s}", file=out)
+    for key, val in large.items():
+        if key == "stream" or key not in cache or key[1] == "torch":
+            continue
+        tmin, _, bpp = val
+        cmin = cache[key][0]
+        print(f"{key[0]:26s} {key[1]:7s} {key[2]:5s} {key[3]:8s} {tmin * 1e9:9.3f} {cmin * 1e9:10.3f} "
+              f"{tmin / cmin:10.2f} {100 * bpp / cmin / sbest:8.0f}% {100 * bpp / cmin / smed:7.0f}%", file=out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller large case (16M), 2 repeats")
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--cases", default="large,small")
+    ap.add_argument("--cases", default="large,small,cache")
     ap.add_argument("--out", default=None, help="also write the report to this file")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="cuda: the table on the GPU with triton rows and GPU peers (bench/step_cuda.py)")
@@ -309,8 +338,9 @@ def main() -> None:
           "rounds with int64 bit operations; bitsandbytes Lion8bit) run in the small case only, "
           "one round (min = median)", file=out)
     cases = QUICK_CASES if args.quick else CASES
-    for case in args.cases.split(","):
-        run_case(case, cases[case], rows + peers, repeats, out)
+    measured = {case: run_case(case, cases[case], rows + peers, repeats, out) for case in args.cases.split(",")}
+    if "large" in measured and "cache" in measured:
+        print_compute_bound(measured["large"], measured["cache"], out)
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end", file=out)
     if fh:
         fh.close()
