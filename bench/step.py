@@ -3,11 +3,13 @@
     python bench/step.py [--quick] [--repeats N] [--cases large,small,cache] [--out FILE] [--device cuda]
 
 Cases: ``large`` = 64M parameters in 150 tensors (25 transformer-like layers of 6 tensors),
-``small`` = 1M parameters in 300 tensors, ``cache`` = 1.6M parameters in 12 tensors (L3-resident:
-its step times bound what compute alone allows).  With ``large`` and ``cache`` both run, a last
-table sets each row's time per parameter with the data in DRAM beside its time in cache: a row
-whose time barely drops in cache is compute-bound, and bytes/(time in cache) over the large case's
-streaming bandwidth is the most it could reach of that bandwidth with memory for free.  Every signopt optimizer x backend x state dtype, and
+``small`` = 1M parameters in 300 tensors.  ``cache`` (with ``large``): the compute-bound check —
+each cpp row and peer runs STEADY consecutive steps on 1.6M parameters in 12 tensors (L3-resident,
+no streaming samples in between, rounds interleaved), and a table sets its time per parameter in
+cache beside its time in DRAM from the large case: a row whose time barely drops in cache is
+compute-bound, and bytes/(time in cache) over the large case's streaming bandwidth is about the
+most of that bandwidth its compute allows (the cache time still includes L3 traffic and per-step
+overhead, so this ceiling errs low).  Every signopt optimizer x backend x state dtype, and
 peers from PyPI when installed (torch AdamW foreach/fused, lion-pytorch, pytorch-optimizer
 Lion/SignSGD, bitsandbytes Lion8bit); a missing peer prints a line.
 
@@ -49,8 +51,10 @@ def layer_shapes(d: int, layers: int) -> list[tuple[int, ...]]:
     return shapes
 
 
-CASES = {"large": (464, 25), "small": (41, 50), "cache": (256, 2)}  # 64.6M/150, 1.0M/300, 1.6M/12
-QUICK_CASES = {"large": (232, 25), "small": (41, 50), "cache": (256, 2)}
+CASES = {"large": (464, 25), "small": (41, 50)}  # 64.6M / 150 tensors, 1.0M / 300 tensors
+QUICK_CASES = {"large": (232, 25), "small": (41, 50)}
+CACHE_DIMS = (256, 2)  # 1.6M parameters in 12 tensors: the compute-bound check
+STEADY = 20  # consecutive steps per timing of the compute-bound check
 
 
 def make_list(d: int, layers: int, dtype: torch.dtype) -> tuple[list[torch.Tensor], int]:
@@ -168,18 +172,23 @@ def stream_time(a: torch.Tensor, b: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
+def make_opt(row: dict, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    """The row's optimizer over ``params`` (a signopt row checks that its backend resolved)."""
+    if row["kind"] != "signopt":
+        return row["make"](params)
+    kw = dict(row["kw"])
+    if row["n_states"]:
+        kw["state_dtype"] = row["state"]
+    opt = row["cls"](params, lr=1e-4, backend=row["backend"], **kw)
+    assert opt.backends == [row["backend"]]
+    return opt
+
+
 def time_contender(row: dict, params: list[torch.Tensor], measure_mem: bool, a: torch.Tensor,
                    b: torch.Tensor) -> tuple[list[float], list[float], int | None]:
     """PAIRS step times, each right after a streaming sample (same count: the ratio to streaming
     compares samples taken side by side, so machine load affects both alike)."""
-    if row["kind"] == "signopt":
-        kw = dict(row["kw"])
-        if row["n_states"]:
-            kw["state_dtype"] = row["state"]
-        opt = row["cls"](params, lr=1e-4, backend=row["backend"], **kw)
-        assert opt.backends == [row["backend"]]
-    else:
-        opt = row["make"](params)
+    opt = make_opt(row, params)
     opt.step()  # warm-up: allocates the state (and builds nothing: backends resolve at construction)
     streams, steps = [], []
     for _ in range(PAIRS if not row.get("slow") else 1):
@@ -206,7 +215,7 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
     times: dict[int, list[float]] = {i: [] for i in range(len(rows))}
     adj: dict[int, list[float]] = {i: [] for i in range(len(rows))}  # streaming samples beside row i
     mems: dict[int, int | None] = {}
-    skip_slow = case != "small"
+    skip_slow = case == "large"
     for r in range(repeats):
         for i, row in enumerate(rows):
             if row.get("slow") and (skip_slow or r > 0):
@@ -263,22 +272,39 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
     return per_param
 
 
-def print_compute_bound(large: dict, cache: dict, out) -> None:
-    """Per row: ns per parameter in DRAM (large case) and in cache, their ratio, and
-    bytes / (time in cache) over the large case's streaming bandwidth (best, median): the share
-    of that bandwidth the row's compute allows (an estimate: the cache time still includes L3
-    traffic and per-step overhead)."""
+def compute_bound_check(large: dict, rows: list[dict], repeats: int, out) -> None:
+    """Per cpp row and peer: seconds per parameter of STEADY consecutive steps on the cache list
+    (min over rounds that interleave the rows), beside its large-case time; ceiling = bytes /
+    (time in cache) over the large case's streaming bandwidth (best, median)."""
+    rows = [r for r in rows if r["backend"] != "torch" and not r.get("slow")
+            and (r["name"], r["backend"], r["pdtype"], r["state"]) in large]
+    lists = {dt: make_list(*CACHE_DIMS, getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dt]))
+             for dt in ("fp32", "bf16")}
+    n = lists["fp32"][1]
+    per = {i: [] for i in range(len(rows))}
+    for r in range(repeats):
+        for i, row in enumerate(rows):
+            print(f"[cache round {r}] {row['name']} {row['backend']} {row['pdtype']} {row['state']}",
+                  file=sys.stderr, flush=True)
+            opt = make_opt(row, lists[row["pdtype"]][0])
+            opt.step()
+            t0 = time.perf_counter()
+            for _ in range(STEADY):
+                opt.step()
+            per[i].append((time.perf_counter() - t0) / STEADY / n)
+            del opt
+            gc.collect()
     sbest, smed = large["stream"]
-    print(f"\n== compute-bound check: time per parameter with the data in DRAM (large) and in cache; "
-          f"ceiling = bytes/(time in cache) over the large case's streaming bandwidth "
+    print(f"\n== compute-bound check: {n / 1e6:.2f}M parameters in {len(lists['fp32'][0])} tensors "
+          f"(L3-resident), {STEADY} consecutive steps a timing, {repeats} rounds; ceiling = "
+          f"bytes/(min time in cache) over the large case's streaming bandwidth "
           f"({sbest / 1e9:.1f} GB/s best, {smed / 1e9:.1f} GB/s median) ==", file=out)
     print(f"{'optimizer':26s} {'backend':7s} {'param':5s} {'state':8s} {'ns/p DRAM':>9s} {'ns/p cache':>10s} "
           f"{'DRAM/cache':>10s} {'ceil best':>9s} {'ceil med':>8s}", file=out)
-    for key, val in large.items():
-        if key == "stream" or key not in cache or key[1] == "torch":
-            continue
-        tmin, _, bpp = val
-        cmin = cache[key][0]
+    for i, row in enumerate(rows):
+        key = (row["name"], row["backend"], row["pdtype"], row["state"])
+        tmin, _, bpp = large[key]
+        cmin = min(per[i])
         print(f"{key[0]:26s} {key[1]:7s} {key[2]:5s} {key[3]:8s} {tmin * 1e9:9.3f} {cmin * 1e9:10.3f} "
               f"{tmin / cmin:10.2f} {100 * bpp / cmin / sbest:8.0f}% {100 * bpp / cmin / smed:7.0f}%", file=out)
 
@@ -338,9 +364,13 @@ def main() -> None:
           "rounds with int64 bit operations; bitsandbytes Lion8bit) run in the small case only, "
           "one round (min = median)", file=out)
     cases = QUICK_CASES if args.quick else CASES
-    measured = {case: run_case(case, cases[case], rows + peers, repeats, out) for case in args.cases.split(",")}
-    if "large" in measured and "cache" in measured:
-        print_compute_bound(measured["large"], measured["cache"], out)
+    wanted = args.cases.split(",")
+    measured = {case: run_case(case, cases[case], rows + peers, repeats, out) for case in wanted if case != "cache"}
+    if "cache" in wanted:
+        if "large" in measured:
+            compute_bound_check(measured["large"], rows + peers, repeats, out)
+        else:
+            print("the cache check needs the large case in the same run", file=out)
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end", file=out)
     if fh:
         fh.close()
