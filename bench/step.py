@@ -4,12 +4,13 @@
 
 Cases: ``large`` = 64M parameters in 150 tensors (25 transformer-like layers of 6 tensors),
 ``small`` = 1M parameters in 300 tensors.  ``cache`` (with ``large``): the compute-bound check —
-each cpp row and peer runs STEADY consecutive steps on 1.6M parameters in 12 tensors (L3-resident,
-no streaming samples in between, rounds interleaved), and a table sets its time per parameter in
-cache beside its time in DRAM from the large case: a row whose time barely drops in cache is
-compute-bound, and bytes/(time in cache) over the large case's streaming bandwidth is about the
-most of that bandwidth its compute allows (the cache time still includes L3 traffic and per-step
-overhead, so this ceiling errs low).  Every signopt optimizer x backend x state dtype, and
+each cpp row and peer runs STEADY consecutive steps on two L3-resident lists of 12 tensors
+(0.79M and 1.57M parameters; no streaming samples in between, rounds interleaved); the difference
+of the two step times over the difference of their sizes is its time per parameter in cache
+without the per-step and per-tensor overhead.  A table sets it beside the row's time per parameter
+in DRAM from the large case: a row whose time barely drops in cache is compute-bound, and
+bytes/(time in cache) over the large case's streaming bandwidth is about the most of that
+bandwidth its compute allows (the cache time still includes L3 traffic).  Every signopt optimizer x backend x state dtype, and
 peers from PyPI when installed (torch AdamW foreach/fused, lion-pytorch, pytorch-optimizer
 Lion/SignSGD, bitsandbytes Lion8bit); a missing peer prints a line.
 
@@ -53,7 +54,7 @@ def layer_shapes(d: int, layers: int) -> list[tuple[int, ...]]:
 
 CASES = {"large": (464, 25), "small": (41, 50)}  # 64.6M / 150 tensors, 1.0M / 300 tensors
 QUICK_CASES = {"large": (232, 25), "small": (41, 50)}
-CACHE_DIMS = (256, 2)  # 1.6M parameters in 12 tensors: the compute-bound check
+CACHE_DIMS = ((181, 2), (256, 2))  # 0.79M and 1.57M parameters in 12 tensors: the compute-bound check
 STEADY = 20  # consecutive steps per timing of the compute-bound check
 
 
@@ -273,40 +274,47 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
 
 
 def compute_bound_check(large: dict, rows: list[dict], repeats: int, out) -> None:
-    """Per cpp row and peer: seconds per parameter of STEADY consecutive steps on the cache list
-    (min over rounds that interleave the rows), beside its large-case time; ceiling = bytes /
-    (time in cache) over the large case's streaming bandwidth (best, median)."""
+    """Per cpp row and peer: seconds per parameter in cache, (t_big - t_small) / (n_big - n_small)
+    with t the min over rounds (interleaving the rows) of the mean of STEADY consecutive steps on
+    each CACHE_DIMS list, beside its large-case time; ceiling = bytes / (time in cache) over the
+    large case's streaming bandwidth (best, median)."""
     rows = [r for r in rows if r["backend"] != "torch" and not r.get("slow")
             and (r["name"], r["backend"], r["pdtype"], r["state"]) in large]
-    lists = {dt: make_list(*CACHE_DIMS, getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[dt]))
-             for dt in ("fp32", "bf16")}
-    n = lists["fp32"][1]
-    per = {i: [] for i in range(len(rows))}
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    lists = [{k: make_list(*dims, dt) for k, dt in dtypes.items()} for dims in CACHE_DIMS]
+    sizes = [ls["fp32"][1] for ls in lists]
+    steady = {(i, s): [] for i in range(len(rows)) for s in range(len(lists))}
     for r in range(repeats):
         for i, row in enumerate(rows):
             print(f"[cache round {r}] {row['name']} {row['backend']} {row['pdtype']} {row['state']}",
                   file=sys.stderr, flush=True)
-            opt = make_opt(row, lists[row["pdtype"]][0])
-            opt.step()
-            t0 = time.perf_counter()
-            for _ in range(STEADY):
+            for s, ls in enumerate(lists):
+                opt = make_opt(row, ls[row["pdtype"]][0])
                 opt.step()
-            per[i].append((time.perf_counter() - t0) / STEADY / n)
-            del opt
-            gc.collect()
+                t0 = time.perf_counter()
+                for _ in range(STEADY):
+                    opt.step()
+                steady[(i, s)].append((time.perf_counter() - t0) / STEADY)
+                del opt
+                gc.collect()
     sbest, smed = large["stream"]
-    print(f"\n== compute-bound check: {n / 1e6:.2f}M parameters in {len(lists['fp32'][0])} tensors "
-          f"(L3-resident), {STEADY} consecutive steps a timing, {repeats} rounds; ceiling = "
-          f"bytes/(min time in cache) over the large case's streaming bandwidth "
-          f"({sbest / 1e9:.1f} GB/s best, {smed / 1e9:.1f} GB/s median) ==", file=out)
+    print(f"\n== compute-bound check: {STEADY} consecutive steps a timing on {sizes[0] / 1e6:.2f}M and "
+          f"{sizes[1] / 1e6:.2f}M parameters in {len(lists[0]['fp32'][0])} tensors (L3-resident), {repeats} "
+          f"rounds; ns/p cache = (min time big - min time small) / (n big - n small); ceiling = "
+          f"bytes/(ns/p cache) over the large case's streaming bandwidth ({sbest / 1e9:.1f} GB/s best, "
+          f"{smed / 1e9:.1f} GB/s median) ==", file=out)
     print(f"{'optimizer':26s} {'backend':7s} {'param':5s} {'state':8s} {'ns/p DRAM':>9s} {'ns/p cache':>10s} "
           f"{'DRAM/cache':>10s} {'ceil best':>9s} {'ceil med':>8s}", file=out)
     for i, row in enumerate(rows):
         key = (row["name"], row["backend"], row["pdtype"], row["state"])
         tmin, _, bpp = large[key]
-        cmin = min(per[i])
-        print(f"{key[0]:26s} {key[1]:7s} {key[2]:5s} {key[3]:8s} {tmin * 1e9:9.3f} {cmin * 1e9:10.3f} "
-              f"{tmin / cmin:10.2f} {100 * bpp / cmin / sbest:8.0f}% {100 * bpp / cmin / smed:7.0f}%", file=out)
+        cache = (min(steady[(i, 1)]) - min(steady[(i, 0)])) / (sizes[1] - sizes[0])
+        if cache <= 0:
+            print(f"{key[0]:26s} {key[1]:7s} {key[2]:5s} {key[3]:8s} {tmin * 1e9:9.3f} (noise: the bigger list "
+                  f"was not slower)", file=out)
+            continue
+        print(f"{key[0]:26s} {key[1]:7s} {key[2]:5s} {key[3]:8s} {tmin * 1e9:9.3f} {cache * 1e9:10.3f} "
+              f"{tmin / cache:10.2f} {100 * bpp / cache / sbest:8.0f}% {100 * bpp / cache / smed:7.0f}%", file=out)
 
 
 def main() -> None:
