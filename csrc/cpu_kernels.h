@@ -256,7 +256,7 @@ struct GroupKernel {
                                                         const uint32_t opaque_zero) {
 #if defined(SIGNOPT_AVX512)
     if constexpr (simd::kind_covered(K) && !SF::blocked) {  // FP8 state: fused_sign_blocks
-      if (simd) return simd::fused_sign<K, PF, SF>(sc, n, p, g, m);
+      if (simd) return simd::fused_sign<K, PF, SF>(sc, SEGPOS ? seg : 0.0f, n, p, g, m);
     }
 #endif
     const float mul = sc.has_inv_scale ? sc.inv_scale : 1.0f;
@@ -353,8 +353,11 @@ struct GroupKernel {
     } else {
       const int64_t B = c.block;
 #if defined(SIGNOPT_AVX512)
-      if (simd && simd::kind_covered(K) && !needs_seg)  // items start on a block boundary
-        return simd::fused_sign_blocks<K, PF, SF>(s, B, it.b - it.a, p + it.a, g + it.a, (uint8_t*)m + it.a,
+      // items start on a block boundary; K_LION_NORM: the item must lie in one segment
+      const int64_t L = needs_seg ? seg_len(t) : 0;
+      if (simd && simd::kind_covered(K) && (!needs_seg || it.a / L == (it.b - 1) / L))
+        return simd::fused_sign_blocks<K, PF, SF>(s, needs_seg ? segv[seg_base[it.t] + it.a / L] : 0.0f, B,
+                                                  it.b - it.a, p + it.a, g + it.a, (uint8_t*)m + it.a,
                                                   t.m_scale + it.a / B, buf);
 #endif
       for (int64_t a = it.a; a < it.b; a += B) {

@@ -32,7 +32,7 @@ namespace signopt {
 namespace cpu {
 namespace simd {
 
-constexpr bool kind_covered(int k) { return k == K_SIGN || k == K_SIGNUM || k == K_LION_L1; }
+constexpr bool kind_covered(int k) { return k == K_SIGN || k == K_SIGNUM || k == K_LION_L1 || k == K_LION_NORM; }
 
 #if defined(SIGNOPT_AVX512)
 
@@ -361,7 +361,11 @@ template <int K, class PF, class SF>
 struct SignLoop {
   const RuleVectors R;
   const float beta1, beta2;
-  explicit SignLoop(const Scalars& sc) : R(sc), beta1(sc.beta1), beta2(sc.beta2) {}
+  const __m512 segv;      // K_LION_NORM: the segment's norm (one segment per loop object)
+  const __mmask16 segpos;  // ... all lanes where it is > 0
+  SignLoop(const Scalars& sc, const float seg)
+      : R(sc), beta1(sc.beta1), beta2(sc.beta2), segv(_mm512_set1_ps(seg)),
+        segpos(seg > 0.0f ? (__mmask16)0xFFFF : (__mmask16)0) {}
 
   int64_t run(const float mscale, const int64_t n, typename PF::raw* __restrict p, const typename PF::raw* __restrict g,
               typename SF::raw* __restrict m, float* __restrict mout, uint32_t* amax_out) const {
@@ -386,7 +390,7 @@ struct SignLoop {
         if constexpr (K == K_SIGNUM) {
           mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
           src = mn;
-        } else {  // Lion: c from the old m, m <- ema with beta2
+        } else {  // Lion, Lion-kappa norm: c from the old m, m <- ema with beta2
           src = _mm512_add_ps(_mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
           mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b2), _mm512_mul_ps(gg, R.omb2));
         }
@@ -395,12 +399,18 @@ struct SignLoop {
           amax = _mm512_mask_range_ps(amax, k, amax, mn, 0x0B);  // max-abs, sign 0
         }
       }
-      // t = lr*u: copysign(lr, src) where src != 0 (ordered), +0 elsewhere (sign(NaN) = 0)
-      const __mmask16 nz = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_NEQ_OQ);
-      const __m512 t = _mm512_castsi512_ps(_mm512_maskz_ternarylogic_epi32(
-          nz, _mm512_castps_si512(src), _mm512_set1_epi32((int)0x80000000u), _mm512_castps_si512(R.lr), 0xEA));
-      __m512 pn = _mm512_mask_mul_ps(pv, good, pv, R.decay);
-      pn = _mm512_mask_sub_ps(pn, good, pn, t);
+      __m512 pn;
+      if constexpr (K == K_LION_NORM) {  // u = c/seg where seg > 0, else 0; p*decay - lr*u
+        const __m512 u = _mm512_maskz_div_ps(segpos, src, segv);
+        pn = _mm512_mask_sub_ps(pv, good, _mm512_mul_ps(pv, R.decay), _mm512_mul_ps(R.lr, u));
+      } else {
+        // t = lr*u: copysign(lr, src) where src != 0 (ordered), +0 elsewhere (sign(NaN) = 0)
+        const __mmask16 nz = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_NEQ_OQ);
+        const __m512 t = _mm512_castsi512_ps(_mm512_maskz_ternarylogic_epi32(
+            nz, _mm512_castps_si512(src), _mm512_set1_epi32((int)0x80000000u), _mm512_castps_si512(R.lr), 0xEA));
+        pn = _mm512_mask_mul_ps(pv, good, pv, R.decay);
+        pn = _mm512_mask_sub_ps(pn, good, pn, t);
+      }
       nbad += __builtin_popcount((unsigned)bad);
       return Out{pn, mn};
     };
@@ -430,24 +440,25 @@ struct SignLoop {
   }
 };
 
-// fp32/bf16 state: one range.
+// fp32/bf16 state: one range (of one segment: seg is its norm for K_LION_NORM).
 template <int K, class PF, class SF>
-inline int64_t fused_sign(const Scalars& sc, const int64_t n, typename PF::raw* __restrict p,
+inline int64_t fused_sign(const Scalars& sc, const float seg, const int64_t n, typename PF::raw* __restrict p,
                           const typename PF::raw* __restrict g, typename SF::raw* __restrict m) {
   static_assert(!SF::blocked, "FP8 state: fused_sign_blocks");
-  return SignLoop<K, PF, SF>(sc).run(0.0f, n, p, g, m, nullptr, nullptr);
+  return SignLoop<K, PF, SF>(sc, seg).run(0.0f, n, p, g, m, nullptr, nullptr);
 }
 
 // FP8 state over whole blocks of B elements (the last may be short): each block's new m goes to
 // an L1 buffer and is encoded (fp8_encode_amax) after the next block's rule has run, so that the
 // absmax reduction and scale of one block overlap the next block's loop instead of stalling it;
 // the loop's vector scalars are set up once for all blocks.  scales: the blocks' scales, read and
-// replaced; buf: 2*B floats.  Returns the non-finite count.
+// replaced; buf: 2*B floats; seg: K_LION_NORM's norm (the n elements lie in one segment).  Returns
+// the non-finite count.
 template <int K, class PF, class SF>
-inline int64_t fused_sign_blocks(const Scalars& sc, const int64_t B, const int64_t n, typename PF::raw* __restrict p,
-                                 const typename PF::raw* __restrict g, uint8_t* __restrict m,
-                                 float* __restrict scales, float* __restrict buf) {
-  const SignLoop<K, PF, SF> L(sc);
+inline int64_t fused_sign_blocks(const Scalars& sc, const float seg, const int64_t B, const int64_t n,
+                                 typename PF::raw* __restrict p, const typename PF::raw* __restrict g,
+                                 uint8_t* __restrict m, float* __restrict scales, float* __restrict buf) {
+  const SignLoop<K, PF, SF> L(sc, seg);
   int64_t nbad = 0;
   uint32_t amax[2] = {0u, 0u};
   const int64_t nblocks = (n + B - 1) / B;

@@ -227,7 +227,14 @@ def poison(state):
             v[2::7] = -2.0 ** 20; v[4::11] = -3.0
 
 checked = 0
-for cls, kw in [(signopt.SignSGD, {}), (signopt.Signum, {"momentum": 0.9}), (signopt.Lion, {"betas": (0.9, 0.99)})]:
+# Lion-kappa l2/row_l2 (u = c/norm): 1-D tensors (one segment each) and 2-D ones (rows: row_l2
+# work items span several segments)
+SHAPES_1D = [(1,), (15,), (16,), (17,), (257,), (1000,), (4099,)]
+SHAPES_2D = [(3, 5), (17, 33), (64, 70)]
+for cls, kw, shapes in [(signopt.SignSGD, {}, SHAPES_1D), (signopt.Signum, {"momentum": 0.9}, SHAPES_1D),
+                        (signopt.Lion, {"betas": (0.9, 0.99)}, SHAPES_1D),
+                        (signopt.LionKappa, {"kappa": "l2"}, SHAPES_1D), (signopt.LionKappa, {"kappa": "l2"}, SHAPES_2D),
+                        (signopt.LionKappa, {"kappa": "row_l2"}, SHAPES_2D)]:
     for pdt in (torch.float32, torch.bfloat16):
         for sd in ([None] if cls is signopt.SignSGD else ["fp32", "bf16", "fp8_e4m3", "fp8_e5m2"]):
             for extra in [{}, {"weight_decay": 0.1}, {"maximize": True}, {"weight_decay": 0.01, "wd_mode": "l2"},
@@ -236,9 +243,9 @@ for cls, kw in [(signopt.SignSGD, {}), (signopt.Signum, {"momentum": 0.9}), (sig
                 out = {}
                 for backend in ("cpp", "torch"):
                     ps, gs = [], []
-                    for i, n in enumerate([1, 15, 16, 17, 257, 1000, 4099]):
-                        p, g = mk(n, pdt, i)
-                        ps.append(torch.nn.Parameter(p)); gs.append(g)
+                    for i, shape in enumerate(shapes):
+                        p, g = mk(shape[0] if len(shape) == 1 else shape[0] * shape[1], pdt, i)
+                        ps.append(torch.nn.Parameter(p.view(shape))); gs.append(g.view(shape))
                     k = dict(kw, **extra)
                     if sd:
                         k.update(state_dtype=sd, state_block=32, fp8_min_numel=0)
@@ -316,7 +323,7 @@ print("CHECKED", checked)
 
 @pytest.mark.parametrize("simd", ["0", "1"])
 def test_cpu_simd_and_portable_loops_match_reference(simd):
-    """SignSGD/Signum/Lion and FP8 encoding are bit-identical to the torch reference both through
+    """SignSGD/Signum/Lion/Lion-kappa l2 and row_l2 and FP8 encoding are bit-identical to the torch reference both through
     the AVX-512 loops (csrc/cpu_simd.h, where the build has them) and through the portable loops
     (SIGNOPT_CPU_SIMD=0: what machines without AVX-512 run), with non-finite gradients, signed
     zeros, subnormal and NaN parameters, NaN/inf FP8 state codes, huge gradients (large block
@@ -325,7 +332,7 @@ def test_cpu_simd_and_portable_loops_match_reference(simd):
     out = subprocess.run([sys.executable, "-c", PORTABLE_VS_REFERENCE], capture_output=True, text=True, env=env,
                          timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "CHECKED 124" in out.stdout
+    assert "CHECKED 268" in out.stdout
 
 
 STOCHASTIC_RUN = SCRIPT_HELPERS + r"""
@@ -445,4 +452,4 @@ print("PHILOX OK")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "CHECKED 124" in out.stdout and "PHILOX OK" in out.stdout
+    assert "CHECKED 268" in out.stdout and "PHILOX OK" in out.stdout
