@@ -20,9 +20,12 @@ sample of the streaming reference ``a.add_(b)`` (12 bytes/element in place), so 
 has as many streaming samples beside it as timed steps.  Reported: min and median step time
 over all its steps, bytes the step must move per parameter (params read+write, grads read, each
 state read+write, FP8 scales; rules with a whole-tensor reduction — Lion-κ ``l2`` — read the
-gradient and the momentum once more in the reduction pass of the two-pass scheme), bandwidth = bytes*numel/time, its ratio to the streaming
-bandwidth of its own adjacent samples (min/min and median/median), and the extra peak resident
-memory of one step() (Linux VmHWM after resetting it).
+gradient and the momentum once more in the reduction pass of the two-pass scheme), bandwidth =
+bytes*numel/time, its ratio to the streaming bandwidth of its own adjacent samples (min/min and
+median/median), and the extra peak resident memory of one step() (Linux VmHWM after resetting
+it).  Speed-ups against peers are given from min times, median times, and the median of each
+step's time over the streaming sample just before it (robust when the machine's memory speed
+changes during the run: the two contenders' minima may come from different phases).
 Parameters and gradients are shared by every contender (values drift; sign-step timing does not
 depend on them).
 """
@@ -239,7 +242,7 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
     print(f"{'optimizer':26s} {'backend':7s} {'param':5s} {'state':8s} {'B/param':>7s} {'n':>3s} "
           f"{'min ms':>9s} {'med ms':>9s} {'GB/s':>7s} {'%str min':>8s} {'%str med':>8s} {'peak MB':>8s} "
           f"{'peak/params':>11s}", file=out)
-    results, results_med = {}, {}
+    results, results_med, results_rel = {}, {}, {}
     per_param: dict = {"stream": (stream_bw, stream_med)}
     for i, row in enumerate(rows):
         if not times[i]:
@@ -258,6 +261,10 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
               f"{mem_s} {rel}", file=out)
         results[(row["name"], row["backend"], row["pdtype"], row["state"])] = tmin
         results_med[(row["name"], row["backend"], row["pdtype"], row["state"])] = tmed
+        # each step over the streaming sample just before it: the machine's memory speed at that
+        # moment divides out (its bandwidth alternates between phases during a run)
+        results_rel[(row["name"], row["backend"], row["pdtype"], row["state"])] = statistics.median(
+            t / st for t, st in zip(times[i], adj[i]))
         per_param[(row["name"], row["backend"], row["pdtype"], row["state"])] = (tmin / n, tmed / n, bpp)
     ratios = [
         ("cpp Lion fp32 vs lion-pytorch", ("Lion", "cpp", "fp32", "fp32"), ("lion-pytorch Lion", "-", "fp32", "fp32")),
@@ -269,7 +276,9 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
     for label, mine, peer in ratios:
         if mine in results and peer in results:
             print(f"speed-up {label}: {results[peer] / results[mine]:.2f}x (min times), "
-                  f"{results_med[peer] / results_med[mine]:.2f}x (median times)", file=out)
+                  f"{results_med[peer] / results_med[mine]:.2f}x (median times), "
+                  f"{results_rel[peer] / results_rel[mine]:.2f}x (median of step time / streaming time beside it)",
+                  file=out)
     return per_param
 
 
