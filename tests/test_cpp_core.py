@@ -208,23 +208,37 @@ def mk(n, dtype, seed):
     return p.to(dtype), g.to(dtype)
 
 
+def three_steps(opt, ps, gs, scale, poison):
+    """Three steps with gradients g*(step+1)*scale, poison(opt) after the first (None: none);
+    copies of the parameters and of the state tensors."""
+    for step in range(3):
+        for p, g in zip(ps, gs):
+            p.grad = g * (step + 1) * scale
+        opt.step()
+        if step == 0 and poison is not None:
+            poison(opt)
+    return [p.detach().clone() for p in ps] + [
+        v.clone() for p in ps for v in opt.state[p].values() if torch.is_tensor(v) and v.numel() > 1]
+
+
 # The same helpers in the scripts this module runs in subprocesses.
-SCRIPT_HELPERS = "import torch\n" + "\n".join(inspect.getsource(f) for f in (bits, same, mk))
+SCRIPT_HELPERS = "import torch\n" + "\n".join(inspect.getsource(f) for f in (bits, same, mk, three_steps))
 
 PORTABLE_VS_REFERENCE = SCRIPT_HELPERS + r"""
 import torch, signopt
 from signopt import state_format
 from signopt.philox import element_words
 
-def poison(state):
+def poison(opt):
     # NaN/inf codes in FP8 state (each format's specials) and negative block scales (|scale| large
     # enough that scale * 2^(127-BIAS) overflows, and small)
-    for key, v in state.items():
-        if torch.is_tensor(v) and v.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and v.numel() > 40:
-            u = v.view(torch.uint8)
-            u[::13] = 0x7F; u[5::17] = 0x7C; u[9::19] = 0xFF; u[30:40] = 0x7E
-        elif key.endswith("_scale") and v.numel() > 4:
-            v[2::7] = -2.0 ** 20; v[4::11] = -3.0
+    for state in opt.state.values():
+        for key, v in state.items():
+            if torch.is_tensor(v) and v.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and v.numel() > 40:
+                u = v.view(torch.uint8)
+                u[::13] = 0x7F; u[5::17] = 0x7C; u[9::19] = 0xFF; u[30:40] = 0x7E
+            elif key.endswith("_scale") and v.numel() > 4:
+                v[2::7] = -2.0 ** 20; v[4::11] = -3.0
 
 checked = 0
 # Lion-kappa l2/row_l2 (u = c/norm): 1-D tensors (one segment each) and 2-D ones (rows: row_l2
@@ -250,16 +264,7 @@ for cls, kw, shapes in [(signopt.SignSGD, {}, SHAPES_1D), (signopt.Signum, {"mom
                     if sd:
                         k.update(state_dtype=sd, state_block=32, fp8_min_numel=0)
                     k.setdefault("lr", 1e-2)
-                    opt = cls(ps, backend=backend, **k)
-                    for step in range(3):
-                        for p, g in zip(ps, gs):
-                            p.grad = g * (step + 1) * big
-                        opt.step()
-                        if step == 0:
-                            for p in ps:
-                                poison(opt.state[p])
-                    out[backend] = [p.detach().clone() for p in ps] + [
-                        v.clone() for p in ps for v in opt.state[p].values() if torch.is_tensor(v) and v.numel() > 1]
+                    out[backend] = three_steps(cls(ps, backend=backend, **k), ps, gs, big, poison)
                 assert len(out["cpp"]) == len(out["torch"])
                 for a, b in zip(out["cpp"], out["torch"]):
                     assert same(a, b), (cls.__name__, pdt, sd, extra)
@@ -279,15 +284,7 @@ for cls, kw in [(signopt.Signum, {"momentum": 0.9}), (signopt.Lion, {"betas": (0
                             g = torch.where(g.float().isfinite(), g.float(), 0.5).to(pdt)
                         ps.append(torch.nn.Parameter(p)); gs.append(g)
                     opt = cls(ps, backend=backend, lr=1e-2, state_dtype=sd, state_block=256, fp8_min_numel=0, **kw)
-                    for step in range(3):
-                        for p, g in zip(ps, gs):
-                            p.grad = -g * (step + 1)
-                        opt.step()
-                        if step == 0 and do_poison:
-                            for p in ps:
-                                poison(opt.state[p])
-                    out[backend] = [p.detach().clone() for p in ps] + [
-                        v.clone() for p in ps for v in opt.state[p].values() if torch.is_tensor(v) and v.numel() > 1]
+                    out[backend] = three_steps(opt, ps, gs, -1.0, poison if do_poison else None)
                 for a, b in zip(out["cpp"], out["torch"]):
                     assert torch.equal(bits(a), bits(b)) if a.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else same(a, b), (cls.__name__, pdt, sd, do_poison)
                 checked += 1
@@ -383,15 +380,8 @@ for name, cls, kw in specs:
                         ps.append(torch.nn.Parameter(p)); gs.append(g)
                     k = dict(kw, **extra, state_dtype=sd, seed=1234 + ei)
                     k.setdefault("lr", 1e-2)
-                    opt = cls(ps, backend=backend, **k)
-                    for step in range(3):
-                        for p, g in zip(ps, gs):
-                            p.grad = g * (step + 1) * big
-                        opt.step()
-                        if step == 0:
-                            poison(opt)
-                    results[(name, str(pdt), sd, ei, backend)] = [p.detach().clone() for p in ps] + [
-                        v.clone() for p in ps for v in opt.state[p].values() if torch.is_tensor(v) and v.numel() > 1]
+                    results[(name, str(pdt), sd, ei, backend)] = three_steps(cls(ps, backend=backend, **k), ps, gs,
+                                                                           big, poison)
 torch.save(results, sys.argv[1])
 print("RAN", len(results))
 """
