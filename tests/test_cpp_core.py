@@ -221,24 +221,25 @@ def three_steps(opt, ps, gs, scale, poison):
         v.clone() for p in ps for v in opt.state[p].values() if torch.is_tensor(v) and v.numel() > 1]
 
 
-# The same helpers in the scripts this module runs in subprocesses.
-SCRIPT_HELPERS = "import torch\n" + "\n".join(inspect.getsource(f) for f in (bits, same, mk, three_steps))
-
-PORTABLE_VS_REFERENCE = SCRIPT_HELPERS + r"""
-import torch, signopt
-from signopt import state_format
-from signopt.philox import element_words
-
-def poison(opt):
-    # NaN/inf codes in FP8 state (each format's specials) and negative block scales (|scale| large
-    # enough that scale * 2^(127-BIAS) overflows, and small)
+def poison(opt, scale_keys=("m_scale", "v_scale", "G_scale")):
+    """NaN/inf codes in FP8 state (each format's specials) and negative block scales (|scale| large
+    enough that scale * 2^(127-BIAS) overflows, and small) in the state entries scale_keys."""
     for state in opt.state.values():
         for key, v in state.items():
             if torch.is_tensor(v) and v.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and v.numel() > 40:
                 u = v.view(torch.uint8)
                 u[::13] = 0x7F; u[5::17] = 0x7C; u[9::19] = 0xFF; u[30:40] = 0x7E
-            elif key.endswith("_scale") and v.numel() > 4:
+            elif key in scale_keys and v.numel() > 4:
                 v[2::7] = -2.0 ** 20; v[4::11] = -3.0
+
+
+# The same helpers in the scripts this module runs in subprocesses.
+SCRIPT_HELPERS = "import torch\n" + "\n".join(inspect.getsource(f) for f in (bits, same, mk, three_steps, poison))
+
+PORTABLE_VS_REFERENCE = SCRIPT_HELPERS + r"""
+import torch, signopt
+from signopt import state_format
+from signopt.philox import element_words
 
 checked = 0
 # Lion-kappa l2/row_l2 (u = c/norm): 1-D tensors (one segment each) and 2-D ones (rows: row_l2
@@ -338,16 +339,10 @@ from signopt import sharding
 OFFSET = int(sys.argv[2])
 sharding.index_offset = lambda p: OFFSET  # Philox counters near 2^32: word runs that cross it
 
-def poison(opt):
-    # NaN/inf codes in FP8 state (each format's specials) and negative block scales (one beyond 2^7)
-    for st in opt.state.values():
-        for key, v in st.items():
-            if torch.is_tensor(v) and v.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) and v.numel() > 40:
-                u = v.view(torch.uint8)
-                u[::13] = 0x7F; u[5::17] = 0x7C; u[9::19] = 0xFF; u[30:40] = 0x7E
-            elif key in ("m_scale", "v_scale") and v.numel() > 4:  # not G (never negative: the
-                # reference's envelope max can keep -0 where the kernels' gives +0)
-                v[2::7] = -2.0 ** 20; v[4::11] = -3.0
+def poison_mv(opt):
+    # not G's scales: G is never negative, and for a negative G the reference's envelope max can
+    # keep -0 where the kernels' gives +0
+    poison(opt, ("m_scale", "v_scale"))
 
 results = {}
 specs = [("sto", signopt.StoSignSGD, {}), ("sgd", signopt.SignConversion, {"base": "sgd"}),
@@ -381,7 +376,7 @@ for name, cls, kw in specs:
                     k = dict(kw, **extra, state_dtype=sd, seed=1234 + ei)
                     k.setdefault("lr", 1e-2)
                     results[(name, str(pdt), sd, ei, backend)] = three_steps(cls(ps, backend=backend, **k), ps, gs,
-                                                                           big, poison)
+                                                                           big, poison_mv)
 torch.save(results, sys.argv[1])
 print("RAN", len(results))
 """
