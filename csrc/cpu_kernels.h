@@ -580,6 +580,7 @@ struct GroupKernel {
     at::parallel_for(0, (int64_t)ritems.size(), 1, [&](int64_t ib, int64_t ie) {
       Buffers B(RED_CHUNK);
       std::vector<float> red(RED_CHUNK);
+      const bool simd = simd::simd_ok(s);  // MXCSR of this thread, once per chunk
       for (int64_t r = ib; r < ie; ++r) {
         const RItem& ri = ritems[r];
         const TensorRef& t = c.t[ri.t];
@@ -589,7 +590,7 @@ struct GroupKernel {
           const int64_t a = sidx * L + kk * RED_CHUNK;
           const int64_t n = std::min(std::min<int64_t>(RED_CHUNK, (sidx + 1) * L - a), t.numel - a);
           if constexpr (K == K_LION_NORM) {
-            part[ch[ri.t].first + k] = chunk_sum_fused(t, a, n, B);
+            part[ch[ri.t].first + k] = chunk_sum_fused(t, a, n, B, simd);
           } else {
             chunk_values(t, a, n, B, red.data());
             part[ch[ri.t].first + k] = STO ? chunk_max(red.data(), n) : chunk_sum(red.data(), n);
@@ -637,12 +638,37 @@ struct GroupKernel {
 
   // K_LION_NORM: chunk_values and chunk_sum in one pass (the same fp64 lane order), so the
   // loads of g and m overlap the sums.
-  double chunk_sum_fused(const TensorRef& t, int64_t a, int64_t n, Buffers& B) const {
+  double chunk_sum_fused(const TensorRef& t, int64_t a, int64_t n, Buffers& B, [[maybe_unused]] const bool simd) const {
+#if defined(SIGNOPT_AVX512)
+    // AVX-512 (simd::norm_sum) where g or m needs decoding (all fp32: the portable loop reads the
+    // tensors in place as fast): fp32/bf16 parameters, fp32/bf16/FP8 state (FP8: 16-element
+    // groups inside one block)
+    if (simd && (pf == FMT_F32 || pf == FMT_BF16) && sf != FMT_F16 && !(pf == FMT_F32 && sf == FMT_F32) &&
+        (!fmt_blocked(sf) || (c.block % 16 == 0 && a % 16 == 0))) {
+      return pf == FMT_F32 ? norm_sum_p<FmtF32>(t, a, n) : norm_sum_p<FmtBF16>(t, a, n);
+    }
+#endif
     const float* p = s.l2 != 0.0f ? load_range(pf, t.p, nullptr, 0, a, n, B.p.data()) : nullptr;
     const float* g = load_range(pf, const_cast<void*>(t.g), nullptr, 0, a, n, B.g.data());
     const float* m = load_range(sf, t.m, t.m_scale, c.block, a, n, B.m.data());
     return s.l2 != 0.0f ? sum_loop<true>(s, n, p, g, m) : sum_loop<false>(s, n, nullptr, g, m);
   }
+
+#if defined(SIGNOPT_AVX512)
+  template <class PF>
+  double norm_sum_p(const TensorRef& t, int64_t a, int64_t n) const {
+    using PR = typename PF::raw;
+    const PR* p = (const PR*)t.p + a;
+    const PR* g = (const PR*)t.g + a;
+    switch (sf) {
+      case FMT_F32: return simd::norm_sum<PF, FmtF32>(s, n, p, g, (const float*)t.m + a, nullptr, a, 1);
+      case FMT_BF16: return simd::norm_sum<PF, FmtBF16>(s, n, p, g, (const uint16_t*)t.m + a, nullptr, a, 1);
+      case FMT_E4M3:
+        return simd::norm_sum<PF, FmtE4M3>(s, n, p, g, (const uint8_t*)t.m + a, t.m_scale, a, c.block);
+      default: return simd::norm_sum<PF, FmtE5M2>(s, n, p, g, (const uint8_t*)t.m + a, t.m_scale, a, c.block);
+    }
+  }
+#endif
 
   template <bool L2>
   __attribute__((noipa)) static double sum_loop(const Scalars sc, const int64_t n, const float* __restrict p,

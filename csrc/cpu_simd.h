@@ -475,6 +475,46 @@ inline int64_t fused_sign_blocks(const Scalars& sc, const float seg, const int64
   return nbad;
 }
 
+// ---------------------------------------------------------------- Lion-kappa norm: reduction pass
+// GroupKernel::sum_loop for K_LION_NORM on 16 lanes, reading the stored p (L2 term only), g and m
+// directly: c = bad ? 0 : m*beta1 + g*(1-beta1) after the prologue, c^2 in fp64 added to lane
+// e mod RED_LANES for the chunk's element e, in element order (as the portable loop), then the same
+// pairwise tree.  Past n, c = 0 adds +0 (the lanes are never -0).  FP8 m: every 16-element group
+// lies in one block (the caller checks that the block and the chunk start a are multiples of 16);
+// mscale: the tensor's block scales.
+template <class PF, class SF>
+inline double norm_sum(const Scalars& sc, const int64_t n, const typename PF::raw* __restrict p,
+                       const typename PF::raw* __restrict g, const typename SF::raw* __restrict m,
+                       const float* __restrict mscale, const int64_t a, const int64_t block) {
+  static_assert(RED_LANES % 16 == 0, "16-element groups stay in one run of lanes");
+  const RuleVectors R(sc);
+  alignas(64) double lanes[RED_LANES] = {};
+  auto group = [&](const int64_t e, const __mmask16 k, auto full) {
+    constexpr bool FULL = decltype(full)::value;
+    const __m512 pv = R.has_l2 ? load16<FULL>(p + e, k) : _mm512_setzero_ps();
+    __mmask16 bad, good;
+    const __m512 gg = R.prologue(pv, load16<FULL>(g + e, k), k, bad, good);
+    __m512 mv;
+    if constexpr (SF::blocked) {
+      mv = load16_fp8<SF, FULL>(m + e, k, _mm512_set1_ps(mscale[(a + e) / block]));
+    } else {
+      mv = load16<FULL>(m + e, k);
+    }
+    const __m512 c = _mm512_maskz_add_ps(good, _mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(c));
+    const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(c), 1)));
+    double* L = lanes + e % RED_LANES;
+    _mm512_store_pd(L, _mm512_add_pd(_mm512_load_pd(L), _mm512_mul_pd(lo, lo)));
+    _mm512_store_pd(L + 8, _mm512_add_pd(_mm512_load_pd(L + 8), _mm512_mul_pd(hi, hi)));
+  };
+  int64_t e = 0;
+  for (; e + 16 <= n; e += 16) group(e, (__mmask16)0xFFFF, std::true_type{});
+  if (e < n) group(e, tail_mask(n - e), std::false_type{});
+  for (int stride = RED_LANES / 2; stride >= 1; stride /= 2)
+    for (int j = 0; j < stride; ++j) lanes[j] += lanes[j + stride];
+  return lanes[0];
+}
+
 // ---------------------------------------------------------------- stochastic sign (StoSignSGD, SignConversion)
 // Philox4x32-10 word 0 of the 32 counters (base + j, hi, 0, 0), j = 0..31, where all 32 share
 // hi = base >> 32 (the caller checks): four chains of eight counters in 64-bit lanes as
