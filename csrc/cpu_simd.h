@@ -448,12 +448,23 @@ inline int64_t fused_sign(const Scalars& sc, const float seg, const int64_t n, t
   return SignLoop<K, PF, SF>(sc, seg).run(0.0f, n, p, g, m, nullptr, nullptr);
 }
 
-// FP8 state over whole blocks of B elements (the last may be short): each block's new m goes to
-// an L1 buffer and is encoded (fp8_encode_amax) after the next block's rule has run, so that the
-// absmax reduction and scale of one block overlap the next block's loop instead of stalling it;
-// the loop's vector scalars are set up once for all blocks.  scales: the blocks' scales, read and
-// replaced; buf: 2*B floats; seg: K_LION_NORM's norm (the n elements lie in one segment).  Returns
-// the non-finite count.
+// Blocks of B elements over n (the last may be short), software-pipelined: rule(b, a, nb, slot)
+// runs block b (elements a .. a+nb) into buffer slot b & 1, and encode(b, a, nb, slot) encodes
+// block b after block b+1's rule has run, so that the absmax reduction and scale of one block
+// overlap the next block's loop instead of stalling it.
+template <class Rule, class Encode>
+inline void pipelined_blocks(const int64_t B, const int64_t n, Rule&& rule, Encode&& encode) {
+  const int64_t nblocks = (n + B - 1) / B;
+  for (int64_t b = 0; b <= nblocks; ++b) {
+    if (b < nblocks) rule(b, b * B, n - b * B < B ? n - b * B : B, (int)(b & 1));
+    if (b > 0) encode(b - 1, (b - 1) * B, n - (b - 1) * B < B ? n - (b - 1) * B : B, (int)((b - 1) & 1));
+  }
+}
+
+// FP8 state over whole blocks (pipelined_blocks): each block's new m goes to an L1 buffer and is
+// encoded with fp8_encode_amax; the loop's vector scalars are set up once for all blocks.  scales:
+// the blocks' scales, read and replaced; buf: 2*B floats; seg: K_LION_NORM's norm (the n elements
+// lie in one segment).  Returns the non-finite count.
 template <int K, class PF, class SF>
 inline int64_t fused_sign_blocks(const Scalars& sc, const float seg, const int64_t B, const int64_t n,
                                  typename PF::raw* __restrict p, const typename PF::raw* __restrict g,
@@ -461,17 +472,14 @@ inline int64_t fused_sign_blocks(const Scalars& sc, const float seg, const int64
   const SignLoop<K, PF, SF> L(sc, seg);
   int64_t nbad = 0;
   uint32_t amax[2] = {0u, 0u};
-  const int64_t nblocks = (n + B - 1) / B;
-  for (int64_t b = 0; b <= nblocks; ++b) {
-    if (b < nblocks) {
-      const int64_t a = b * B, nb = n - a < B ? n - a : B;
-      nbad += L.run(scales[b], nb, p + a, g + a, m + a, buf + (b & 1) * B, &amax[b & 1]);
-    }
-    if (b > 0) {  // block b-1
-      const int64_t a = (b - 1) * B, nb = n - a < B ? n - a : B;
-      scales[b - 1] = fp8_encode_amax<SF>(m + a, nb, buf + ((b - 1) & 1) * B, amax[(b - 1) & 1]);
-    }
-  }
+  pipelined_blocks(
+      B, n,
+      [&](int64_t b, int64_t a, int64_t nb, int slot) {
+        nbad += L.run(scales[b], nb, p + a, g + a, m + a, buf + slot * B, &amax[slot]);
+      },
+      [&](int64_t b, int64_t a, int64_t nb, int slot) {
+        scales[b] = fp8_encode_amax<SF>(m + a, nb, buf + slot * B, amax[slot]);
+      });
   return nbad;
 }
 
@@ -773,10 +781,10 @@ inline int64_t fused_sto(const Scalars& sc, const float bc1f, const float bc2f, 
   return StoLoop<K, PF, SF>(sc, bc1f, bc2f, k0, k1).run(idx, n, p, g, m, v, E);
 }
 
-// FP8 state over whole blocks of B elements (the last may be short), as fused_sign_blocks: each
-// block's new m, v, G go to L1 buffers and are encoded after the next block's rule has run.
-// ms/vs/Gs: the blocks' scales of the states the kind has, read and replaced; buf: 6*B floats
-// (m, v, G of two blocks).  Returns the non-finite count.
+// FP8 state over whole blocks (pipelined_blocks), as fused_sign_blocks: each block's new m, v, G
+// go to L1 buffers and are encoded after the next block's rule has run.  ms/vs/Gs: the blocks'
+// scales of the states the kind has, read and replaced; buf: 6*B floats (m, v, G of two blocks).
+// Returns the non-finite count.
 template <int K, class PF, class SF>
 inline int64_t fused_sto_blocks(const Scalars& sc, const float bc1f, const float bc2f, const uint32_t k0,
                                 const uint32_t k1, const uint64_t idx, const int64_t B, const int64_t n,
@@ -788,23 +796,19 @@ inline int64_t fused_sto_blocks(const Scalars& sc, const float bc1f, const float
   const StoLoop<K, PF, SF> L(sc, bc1f, bc2f, k0, k1);
   int64_t nbad = 0;
   uint32_t amax[2][3];
-  const int64_t nblocks = (n + B - 1) / B;
-  for (int64_t b = 0; b <= nblocks; ++b) {
-    if (b < nblocks) {
-      const int64_t a = b * B, nb = n - a < B ? n - a : B;
-      float* o = buf + (b & 1) * 3 * B;
-      nbad += L.run(idx + (uint64_t)a, nb, p + a, g + a, HM ? m + a : nullptr, HV ? v + a : nullptr, E + a,
-                    HM ? ms[b] : 0.0f, HV ? vs[b] : 0.0f, Gs[b], o, o + B, o + 2 * B, amax[b & 1]);
-    }
-    if (b > 0) {  // block b-1
-      const int64_t a = (b - 1) * B, nb = n - a < B ? n - a : B;
-      const float* o = buf + ((b - 1) & 1) * 3 * B;
-      const uint32_t* am = amax[(b - 1) & 1];
-      if constexpr (HM) ms[b - 1] = fp8_encode_amax<SF>(m + a, nb, o, am[0]);
-      if constexpr (HV) vs[b - 1] = fp8_encode_amax<SF>(v + a, nb, o + B, am[1]);
-      Gs[b - 1] = fp8_encode_amax<SF>(E + a, nb, o + 2 * B, am[2]);
-    }
-  }
+  pipelined_blocks(
+      B, n,
+      [&](int64_t b, int64_t a, int64_t nb, int slot) {
+        float* o = buf + slot * 3 * B;
+        nbad += L.run(idx + (uint64_t)a, nb, p + a, g + a, HM ? m + a : nullptr, HV ? v + a : nullptr, E + a,
+                      HM ? ms[b] : 0.0f, HV ? vs[b] : 0.0f, Gs[b], o, o + B, o + 2 * B, amax[slot]);
+      },
+      [&](int64_t b, int64_t a, int64_t nb, int slot) {
+        const float* o = buf + slot * 3 * B;
+        if constexpr (HM) ms[b] = fp8_encode_amax<SF>(m + a, nb, o, amax[slot][0]);
+        if constexpr (HV) vs[b] = fp8_encode_amax<SF>(v + a, nb, o + B, amax[slot][1]);
+        Gs[b] = fp8_encode_amax<SF>(E + a, nb, o + 2 * B, amax[slot][2]);
+      });
   return nbad;
 }
 
