@@ -102,7 +102,8 @@ stage autotune    75 $PY -m signopt.backends.autotune --quick --budget-s 45 --ta
 stage step       180 $PY bench/step.py --device cuda --quick --out "$RES/step_cuda.txt"
 if command -v ncu >/dev/null; then
   stage ncu       90 ncu --kernel-name regex:'apply_kernel|update_kernel' --launch-count 6 \
-    --section SpeedOfLight --section Occupancy --section LaunchStats $PY bench/step_gpu.py --ncu
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis \
+    --section WarpStateStats --section InstructionStats $PY bench/step_gpu.py --ncu
 fi
 
 printf 'total %ds of %ds\n' $(( SECONDS - START )) "$BUDGET" | tee -a "$SUMMARY"

@@ -96,21 +96,21 @@ SIGNOPT_HD uint8_t fp8_code(float q) {
 }
 
 // fp32 value of an FP8 code (exact).  HAS_INF: E5M2 (exponent field all ones = inf/NaN);
-// otherwise E4M3fn (0x7F = NaN, no inf).
+// otherwise E4M3fn (0x7F = NaN, no inf).  The 7 magnitude bits go into an fp32's exponent and
+// mantissa fields (an fp32 subnormal for an FP8 subnormal) and one product by 2^(127-BIAS)
+// moves the exponent bias: exact, as long as subnormals are not flushed (no fast-math/FTZ).
 template <int M, int EMIN, int BIAS, bool HAS_INF>
 SIGNOPT_HD float fp8_value(uint8_t c) {
   const uint32_t sign = ((uint32_t)c & 0x80u) << 24;
-  const uint32_t ef = ((uint32_t)c >> M) & ((1u << (7 - M)) - 1u);
-  const uint32_t mf = (uint32_t)c & ((1u << M) - 1u);
-  const float sub = (float)mf * u2f((uint32_t)(EMIN - M + 127) << 23);
-  const float nrm = u2f(((ef - BIAS + 127u) << 23) | (mf << (23 - M)));
-  float mag = ef == 0 ? sub : nrm;
+  const uint32_t mag = (uint32_t)c & 0x7Fu;
+  float v = u2f(mag << (23 - M)) * u2f((uint32_t)(254 - BIAS) << 23);
   if (HAS_INF) {
-    mag = ef == (1u << (7 - M)) - 1u ? (mf == 0 ? u2f(0x7F800000u) : u2f(0x7FC00000u)) : mag;
+    constexpr uint32_t top = ((1u << (7 - M)) - 1u) << M;  // exponent field all ones, mantissa 0
+    v = mag >= top ? (mag == top ? u2f(0x7F800000u) : u2f(0x7FC00000u)) : v;
   } else {
-    mag = ((uint32_t)c & 0x7Fu) == 0x7Fu ? u2f(0x7FC00000u) : mag;
+    v = mag == 0x7Fu ? u2f(0x7FC00000u) : v;
   }
-  return u2f(f2u(mag) | sign);
+  return u2f(f2u(v) | sign);
 }
 
 // ---------------------------------------------------------------- storage formats
@@ -167,6 +167,20 @@ struct FmtFP8 {
   // (the largest finite code) after the clamp, so the result never exceeds it.
   static SIGNOPT_HD raw encode(float x, float inv, bool sr, uint32_t w) {
     float y = x * inv;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    if (!sr) {
+      // cvt.rn.satfinite (sm_89+): nearest even onto the format's grid, subnormals included,
+      // saturating at +-Qmax -- the clamp-then-round below for every non-NaN y, infinities
+      // included.  A NaN gives 0x7F whatever its sign; the sign is put back as below.
+      uint16_t h;
+      if (M == 3) {
+        asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(h) : "f"(0.0f), "f"(y));
+      } else {
+        asm("cvt.rn.satfinite.e5m2x2.f32 %0, %1, %2;" : "=h"(h) : "f"(0.0f), "f"(y));
+      }
+      return (raw)(isnan32(y) ? (((f2u(y) >> 24) & 0x80u) | 0x7Fu) : (h & 0xFFu));
+    }
+#endif
     y = y < -qmax ? -qmax : (y > qmax ? qmax : y);  // clamp (NaN stays NaN)
     const uint32_t b = f2u(y);
     const uint32_t a = b & 0x7FFFFFFFu;

@@ -5,10 +5,10 @@
 //   reduce_kernel   one CUDA block per fixed reduction chunk (same lane order as the CPU)
 //   finalize_kernel one thread per segment: folds chunk partials in order -> norm / envelope
 //   count_kernel    cautious: exact per-tensor counts (integer atomics)
-//   apply_kernel    one CUDA block per tile (ELEM_TILE elements, or FP8_TILE rounded down to
-//                   whole state blocks); 8 consecutive elements per thread per step with
-//                   128-bit loads when aligned (64-bit for FP8 codes); FP8 state is staged in
-//                   dynamic shared memory per tile for the block absmax.
+//   apply_kernel    one CUDA block per tile (apply_tile: ELEM_TILE elements, or FP8_TILE
+//                   rounded down to whole state blocks); 8 consecutive elements per thread per
+//                   step with 128-bit loads when aligned (64-bit for FP8 codes); the FP8 block
+//                   absmax by warp shuffles (blocks of 8..256) or through shared memory.
 // found_inf, lr, decay and inv_scale are read from device memory inside the kernels (no host
 // synchronisation; capturable).  Compile with --fmad=false.
 #include <cuda_runtime.h>
@@ -56,32 +56,39 @@ __device__ __forceinline__ float load_elem(int fmt, const void* raw, int64_t i, 
   }
 }
 
-// Eight consecutive elements [i, i+8) of an element format: one or two 128-bit loads when
+// Eight consecutive elements [i, i+8) of element format F: one or two 128-bit loads when
 // aligned (vec).  Every loop over the eight is unrolled with a constant index (k < cnt as a
-// guard), so the arrays stay in registers.
-__device__ __forceinline__ void load8(int fmt, const void* raw, int64_t i, int cnt, bool vec, float* out) {
+// guard), so the arrays stay in registers.  The *_fmt dispatchers below pick F once per eight
+// elements, so no per-element code computes several formats and selects.
+template <class F>
+__device__ __forceinline__ void load8_t(const void* raw, int64_t i, int cnt, bool vec, float* out) {
+  const typename F::raw* r = (const typename F::raw*)raw + i;
   if (vec && cnt == VEC) {
-    if (fmt == 0) {
-      const float4* q = (const float4*)((const float*)raw + i);
-      const float4 x = q[0], y = q[1];
+    if constexpr (sizeof(typename F::raw) == 4) {
+      const float4 x = ((const float4*)r)[0], y = ((const float4*)r)[1];
       out[0] = x.x; out[1] = x.y; out[2] = x.z; out[3] = x.w;
       out[4] = y.x; out[5] = y.y; out[6] = y.z; out[7] = y.w;
-      return;
-    }
-    const uint4 x = *(const uint4*)((const uint16_t*)raw + i);
-    const uint32_t w[4] = {x.x, x.y, x.z, x.w};
+    } else {
+      const uint4 x = *(const uint4*)r;
+      const uint32_t w[4] = {x.x, x.y, x.z, x.w};
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const uint16_t lo = (uint16_t)(w[k] & 0xFFFFu), hi = (uint16_t)(w[k] >> 16);
-      out[2 * k] = fmt == 1 ? bf16_to_f32(lo) : f16_to_f32(lo);
-      out[2 * k + 1] = fmt == 1 ? bf16_to_f32(hi) : f16_to_f32(hi);
+      for (int k = 0; k < 4; ++k) {
+        out[2 * k] = F::load((typename F::raw)(w[k] & 0xFFFFu));
+        out[2 * k + 1] = F::load((typename F::raw)(w[k] >> 16));
+      }
     }
     return;
   }
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
-    if (k < cnt) out[k] = load_elem(fmt, raw, i + k, nullptr, 1);
+    if (k < cnt) out[k] = F::load(r[k]);
   }
+}
+
+__device__ __forceinline__ void load8(int fmt, const void* raw, int64_t i, int cnt, bool vec, float* out) {
+  if (fmt == 0) load8_t<FmtF32>(raw, i, cnt, vec, out);
+  else if (fmt == 1) load8_t<FmtBF16>(raw, i, cnt, vec, out);
+  else load8_t<FmtF16>(raw, i, cnt, vec, out);
 }
 
 // FP8 block index of tile-local element j (the tile starts on a block boundary).
@@ -95,8 +102,9 @@ struct BlockOf {
 
 // Eight consecutive FP8 codes [i, i+8) (tile-local e): one 64-bit load when aligned, one scale
 // when the eight share a block.
-__device__ __forceinline__ void load8_fp8(int fmt, const void* raw, int64_t i, int e, int cnt, bool vec,
-                                          const float* scale, const BlockOf& blk, float* out) {
+template <class F>
+__device__ __forceinline__ void load8_fp8(const void* raw, int64_t i, int e, int cnt, bool vec, const float* scale,
+                                          const BlockOf& blk, float* out) {
   uint8_t c[VEC];
   if (vec && cnt == VEC) {
     const uint2 x = *(const uint2*)((const uint8_t*)raw + i);
@@ -113,47 +121,48 @@ __device__ __forceinline__ void load8_fp8(int fmt, const void* raw, int64_t i, i
   const float s0 = cnt > 0 ? scale[blk(e)] : 0.0f;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
-    if (k < cnt) {
-      const float sc = one_scale ? s0 : scale[blk(e + k)];
-      out[k] = fmt == 3 ? FmtE4M3::load(c[k], sc) : FmtE5M2::load(c[k], sc);
-    }
+    if (k < cnt) out[k] = F::load(c[k], one_scale ? s0 : scale[blk(e + k)]);
   }
 }
 
 __device__ __forceinline__ void load8_state(int fmt, const void* raw, int64_t i, int e, int cnt, bool vec,
                                             const float* scale, const BlockOf& blk, float* out) {
-  if (fmt >= 3) load8_fp8(fmt, raw, i, e, cnt, vec, scale, blk, out);
+  if (fmt == 3) load8_fp8<FmtE4M3>(raw, i, e, cnt, vec, scale, blk, out);
+  else if (fmt == 4) load8_fp8<FmtE5M2>(raw, i, e, cnt, vec, scale, blk, out);
   else load8(fmt, raw, i, cnt, vec, out);
 }
 
-// Element formats only (FP8 goes through shared memory).
-__device__ __forceinline__ void store8(int fmt, void* raw, int64_t i, int cnt, bool vec, const float* x, bool sr,
-                                       const uint32_t* w) {
+// Element formats only (FP8 goes through encode_run or shared memory).
+template <class F, bool SR>
+__device__ __forceinline__ void store8_t(void* raw, int64_t i, int cnt, bool vec, const float* x, const uint32_t* w) {
+  typename F::raw* r = (typename F::raw*)raw + i;
   if (vec && cnt == VEC) {
-    if (fmt == 0) {
-      float4* q = (float4*)((float*)raw + i);
-      q[0] = make_float4(x[0], x[1], x[2], x[3]);
-      q[1] = make_float4(x[4], x[5], x[6], x[7]);
-      return;
-    }
-    uint32_t packed[4];
+    if constexpr (sizeof(typename F::raw) == 4) {
+      ((float4*)r)[0] = make_float4(x[0], x[1], x[2], x[3]);
+      ((float4*)r)[1] = make_float4(x[4], x[5], x[6], x[7]);
+    } else {
+      uint32_t packed[4];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      const uint32_t lo = fmt == 1 ? FmtBF16::store(x[2 * k], sr, w[2 * k]) : FmtF16::store(x[2 * k], sr, w[2 * k]);
-      const uint32_t hi = fmt == 1 ? FmtBF16::store(x[2 * k + 1], sr, w[2 * k + 1])
-                                   : FmtF16::store(x[2 * k + 1], sr, w[2 * k + 1]);
-      packed[k] = lo | (hi << 16);
+      for (int k = 0; k < 4; ++k) {
+        const uint32_t lo = (uint32_t)F::store(x[2 * k], SR, SR ? w[2 * k] : 0u);
+        const uint32_t hi = (uint32_t)F::store(x[2 * k + 1], SR, SR ? w[2 * k + 1] : 0u);
+        packed[k] = lo | (hi << 16);
+      }
+      *(uint4*)r = make_uint4(packed[0], packed[1], packed[2], packed[3]);
     }
-    *(uint4*)((uint16_t*)raw + i) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
     return;
   }
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
-    if (k >= cnt) break;
-    if (fmt == 0) ((float*)raw)[i + k] = x[k];
-    else if (fmt == 1) ((uint16_t*)raw)[i + k] = FmtBF16::store(x[k], sr, w[k]);
-    else ((uint16_t*)raw)[i + k] = FmtF16::store(x[k], sr, w[k]);
+    if (k < cnt) r[k] = F::store(x[k], SR, SR ? w[k] : 0u);
   }
+}
+
+__device__ __forceinline__ void store8(int fmt, void* raw, int64_t i, int cnt, bool vec, const float* x, bool sr,
+                                       const uint32_t* w) {
+  if (fmt == 0) store8_t<FmtF32, false>(raw, i, cnt, vec, x, w);
+  else if (fmt == 1) sr ? store8_t<FmtBF16, true>(raw, i, cnt, vec, x, w) : store8_t<FmtBF16, false>(raw, i, cnt, vec, x, w);
+  else sr ? store8_t<FmtF16, true>(raw, i, cnt, vec, x, w) : store8_t<FmtF16, false>(raw, i, cnt, vec, x, w);
 }
 
 // Sum of v over the warp (every lane gets it).
@@ -277,9 +286,9 @@ __global__ void __launch_bounds__(THREADS) count_kernel(Launch L) {
 // spans `lanes` consecutive lanes of a warp (8 <= block <= 256, a power of two): the block's
 // absmax by shuffles (every lane of the warp takes part, runs of cnt <= 0 too), then the codes
 // from registers and the block's scale from the lane that starts it.
-__device__ __forceinline__ void encode_run(int sfmt, const float* x, const uint32_t* w, int cnt, int lanes,
-                                           bool sr, uint8_t* codes, float* scale, int64_t i, int e, bool vec,
-                                           const BlockOf& blk) {
+template <class F, bool SR>
+__device__ __forceinline__ void encode_run_t(const float* x, const uint32_t* w, int cnt, int lanes, uint8_t* codes,
+                                             float* scale, int64_t i, int e, bool vec, const BlockOf& blk) {
   float amax = 0.0f;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
@@ -288,13 +297,11 @@ __device__ __forceinline__ void encode_run(int sfmt, const float* x, const uint3
   }
   for (int off = 1; off < lanes; off <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
   if (cnt <= 0) return;
-  const float sc = sfmt == 3 ? FmtE4M3::scale_of(amax) : FmtE5M2::scale_of(amax);
+  const float sc = F::scale_of(amax);
   const float inv = 1.0f / sc;
   uint32_t c[VEC];
 #pragma unroll
-  for (int k = 0; k < VEC; ++k) {
-    c[k] = k < cnt ? (sfmt == 3 ? FmtE4M3::encode(x[k], inv, sr, w[k]) : FmtE5M2::encode(x[k], inv, sr, w[k])) : 0u;
-  }
+  for (int k = 0; k < VEC; ++k) c[k] = k < cnt ? F::encode(x[k], inv, SR, SR ? w[k] : 0u) : 0u;
   if (vec && cnt == VEC) {
     *(uint2*)(codes + i) = make_uint2(c[0] | (c[1] << 8) | (c[2] << 16) | (c[3] << 24),
                                       c[4] | (c[5] << 8) | (c[6] << 16) | (c[7] << 24));
@@ -307,9 +314,22 @@ __device__ __forceinline__ void encode_run(int sfmt, const float* x, const uint3
   if ((e & (blk.block - 1)) == 0) scale[blk(e)] = sc;
 }
 
+__device__ __forceinline__ void encode_run(int sfmt, const float* x, const uint32_t* w, int cnt, int lanes,
+                                           bool sr, uint8_t* codes, float* scale, int64_t i, int e, bool vec,
+                                           const BlockOf& blk) {
+  if (sfmt == 3) {
+    if (sr) encode_run_t<FmtE4M3, true>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
+    else encode_run_t<FmtE4M3, false>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
+  } else {
+    if (sr) encode_run_t<FmtE5M2, true>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
+    else encode_run_t<FmtE5M2, false>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
+  }
+}
+
 // ------------------------------------------------------------------ apply
-// FP8 state: blocks of 8..256 (powers of two) are encoded from registers (encode_run); other
-// blocks are staged in dynamic shared memory (the tile's new m, v, G values and SR words).
+// FP8 state: blocks of 8..256 (powers of two) are encoded from registers (encode_run) over
+// ELEM_TILE tiles; other blocks are staged in dynamic shared memory (the tile's new m, v, G
+// values and SR words) over FP8_TILE tiles.
 template <int K, bool REGS>  // REGS: FP8 state with blocks of 8..256 (powers of two)
 __global__ void __launch_bounds__(THREADS) apply_kernel(Launch L) {
   extern __shared__ float stage[];
@@ -353,9 +373,9 @@ __global__ void __launch_bounds__(THREADS) apply_kernel(Launch L) {
   const float cs = s.cautious ? (float)r.numel / (float)(L.kept[t] + 1ull) : 1.0f;
   const bool svec = ((a & (VEC - 1)) == 0) && (!kind_has_m(K) || aligned16(r.m)) &&
                     (!kind_has_v(K) || aligned16(r.v)) && (!elem_env || aligned16(r.G));
-  // REGS: the FP8 tile is one 8-element step per thread, and every thread takes it (cnt <= 0
-  // past the tensor's end) because encode_run's shuffles need the whole warp.
-  const int end = REGS ? THREADS * VEC : n;
+  // REGS: every thread takes every 8-element step of the tile's used part (cnt <= 0 past the
+  // tensor's end) because encode_run's shuffles need the whole warp.
+  const int end = REGS ? (n + THREADS * VEC - 1) / (THREADS * VEC) * (THREADS * VEC) : n;
   for (int e = threadIdx.x * VEC; e < end; e += THREADS * VEC) {
     const int cnt = (n - e) < VEC ? n - e : VEC;
     const int64_t i = a + e;
@@ -455,8 +475,7 @@ cudaError_t launch_kind(const Launch& L, cudaStream_t stream) {
     finalize_kernel<K><<<(unsigned)((L.nseg + THREADS - 1) / THREADS), THREADS, 0, stream>>>(L);
   }
   if (L.s.cautious) count_kernel<K><<<(unsigned)L.ntiles, THREADS, 0, stream>>>(L);
-  const bool regs = L.sfmt >= 3 && (L.block & (L.block - 1)) == 0 && L.block >= 8 && L.block <= 256;
-  if (regs) {
+  if (fp8_in_registers(L.sfmt, L.block)) {
     apply_kernel<K, true><<<(unsigned)L.ntiles, THREADS, 0, stream>>>(L);
   } else {
     const size_t stage_bytes = L.sfmt >= 3 ? (size_t)L.tile * 4 * sizeof(float) : 0;

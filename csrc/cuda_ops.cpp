@@ -54,7 +54,7 @@ at::Tensor step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   L.sfmt = cfg.sfmt;
   L.block = cfg.block;
   L.s = scalars_from(cfg, hyper);
-  L.tile = cfg.sfmt >= 3 ? cfg.block * std::max<int64_t>(1, cuda::FP8_TILE / cfg.block) : cuda::ELEM_TILE;
+  L.tile = cuda::apply_tile(cfg.sfmt, cfg.block);
   L.ntensors = (int)nt;
 
   // Host tables: tile / reduction-chunk / segment prefixes.

@@ -68,8 +68,14 @@ def test_cuda_bit_identical_to_cpu(rule, opts, dtype):
         for i, (p, q) in enumerate(zip(cpu, gpu)):
             tp.assert_same(q.cpu(), p, f"{rule} step {step} param {i}")
             for name, value in o_cpu.state[p].items():
-                if name != "step":
-                    tp.assert_same(o_gpu.state[q][name].cpu(), value, f"{rule} step {step} state {name}")
+                if name == "step":
+                    continue
+                got = o_gpu.state[q][name].cpu()
+                if value.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):  # codes, signed zeros too
+                    assert torch.equal(got.view(torch.uint8), value.view(torch.uint8)), \
+                        f"{rule} step {step} state {name}: FP8 code bits differ"
+                else:
+                    tp.assert_same(got, value, f"{rule} step {step} state {name}")
 
 
 def gpt2_like(device="cuda"):
@@ -145,3 +151,45 @@ def test_cuda_graph_capture():
     torch.cuda.synchronize()
     for p, q in zip(params, ref):
         assert torch.equal(p, q)
+
+
+def fp8_grid(dtype: torch.dtype) -> torch.Tensor:
+    """The non-negative finite values of an FP8 format, ascending (fp32)."""
+    codes = torch.arange(128, dtype=torch.uint8).view(dtype).float()
+    return codes[codes.isfinite()].unique()
+
+
+@pytest.mark.parametrize("state_dtype", ["fp8_e4m3", "fp8_e5m2"])
+def test_fp8_nearest_ties_bit_identical(state_dtype):
+    """Nearest-even FP8 encoding on the GPU (cvt.rn.satfinite on sm_89+) gives the CPU's code
+    bits -- signed zeros included -- for values exactly halfway between grid points (normal and
+    subnormal), on grid points, and below half the smallest subnormal.  Signum with momentum 0
+    stores m = g; each 256-block's absmax is Qmax * 2^k, so its scale is exactly 2^k and
+    x * (1/scale) is the crafted value itself."""
+    cpp_cuda_or_skip()
+    fmt = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}[state_dtype]
+    grid = fp8_grid(fmt)
+    qmax = float(grid[-1])
+    mids = (grid[1:] + grid[:-1]) / 2
+    tiny = torch.tensor([0.0, grid[1] / 4, grid[1] / 2])  # the last one ties to 0
+    vals = torch.cat([grid, mids, tiny])
+    vals = torch.cat([vals, -vals])
+    blocks = []
+    for k in (0, -20, 9):  # blocks of [Qmax, 255 crafted values, zero padding] * 2^k
+        scale = torch.tensor(qmax * 2.0 ** k) * torch.tensor(1 / qmax)
+        assert float(scale) == 2.0 ** k  # so that the ties stay exact ties after x * (1/scale)
+        for chunk in vals.split(255):
+            block = torch.cat([torch.tensor([qmax]), chunk, torch.zeros(255 - chunk.numel())])
+            blocks.append(block * 2.0 ** k)
+    g = torch.cat(blocks)
+    cpu, gpu = torch.zeros_like(g), torch.zeros(g.numel(), device="cuda")
+    opts = dict(lr=1e-3, momentum=0.0, backend="cpp", state_dtype=state_dtype, state_block=256,
+                fp8_min_numel=0)
+    o_cpu, o_gpu = signopt.Signum([cpu], **opts), signopt.Signum([gpu], **opts)
+    cpu.grad, gpu.grad = g.clone(), g.cuda()
+    o_cpu.step()
+    o_gpu.step()
+    m_cpu, m_gpu = o_cpu.state[cpu]["m"], o_gpu.state[gpu]["m"].cpu()
+    assert torch.equal(m_gpu.view(torch.uint8), m_cpu.view(torch.uint8))
+    assert torch.equal(o_gpu.state[gpu]["m_scale"].cpu(), o_cpu.state[cpu]["m_scale"])
+    assert torch.equal(gpu.cpu(), cpu)
