@@ -193,3 +193,21 @@ def test_fp8_nearest_ties_bit_identical(state_dtype):
     assert torch.equal(m_gpu.view(torch.uint8), m_cpu.view(torch.uint8))
     assert torch.equal(o_gpu.state[gpu]["m_scale"].cpu(), o_cpu.state[cpu]["m_scale"])
     assert torch.equal(gpu.cpu(), cpu)
+
+
+def test_bf16_nearest_ties_nan_bit_identical():
+    """bf16 parameter stores on the GPU (cvt.rn.bf16x2.f32, with casts.h's form for a pair that
+    holds a NaN) give the CPU's bits: SignSGD with lr = 2^-9 puts every p in [0.5, 1) exactly
+    halfway between two bf16 values; NaN, +-inf, subnormal and largest finite params ride along."""
+    cpp_cuda_or_skip()
+    half = torch.arange(0x3F00, 0x3F80, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)  # [0.5, 1)
+    special = torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf"), 1e-39, -1e-39,
+                            3.3895e38, 1.0, -1.0, 0.0, -0.0], dtype=torch.bfloat16)
+    p = torch.cat([half, -half, special, half[:5]])  # 5 extra: a pair of NaNs/ties in each 8
+    g = torch.where(torch.arange(p.numel()) % 3 == 0, -1.0, 1.0).to(torch.bfloat16)
+    cpu, gpu = p.clone(), p.cuda()
+    cpu.grad, gpu.grad = g.clone(), g.cuda()
+    for x in (cpu, gpu):
+        signopt.SignSGD([x], lr=2.0 ** -9, backend="cpp").step()
+    assert torch.equal(gpu.cpu().view(torch.int16), cpu.view(torch.int16))
+    assert not torch.equal(cpu[:128].float(), half.float() - 2.0 ** -9)  # ties were rounded
