@@ -31,6 +31,9 @@ namespace cpu {
 
 constexpr int64_t ITEM = 16384;  // elements per work item
 constexpr int64_t TILE = 512;    // elements per tile (element formats)
+// Most stored bytes of a group of tensors whose passes run one after another (GroupKernel::run):
+// a quarter of a 32 MiB L3, so that the apply pass finds what the reduce pass read still cached.
+constexpr int64_t GROUP_BYTES = 8 << 20;
 
 struct Call {
   std::vector<TensorRef> t;
@@ -87,6 +90,37 @@ struct Item {
   int64_t t, a, b;
 };
 
+// Work items [k0, k1) of one pass; results go to out[k] (per item: non-finite or kept count).
+struct Span {
+  int64_t k0, k1;
+  int64_t* out;
+};
+
+// at::parallel_for over the works [k0, k1) split into one contiguous range per thread of about
+// the same number of elements (pos[k]: elements before work k, pos[k1] included), so that the
+// short last work items of tensors do not leave one thread waiting for the other.
+template <class Fn>
+inline void parallel_balanced(const int64_t* pos, const int64_t k0, const int64_t k1, const Fn& fn) {
+  const int64_t nt = std::min<int64_t>(at::get_num_threads(), k1 - k0);
+  if (nt <= 1) {
+    if (k1 > k0) fn(k0, k1);
+    return;
+  }
+  // the first work of thread i: the one starting nearest to i/nt of the elements
+  auto first = [&](const int64_t i) -> int64_t {
+    if (i == nt) return k1;
+    const int64_t target = pos[k0] + (pos[k1] - pos[k0]) * i / nt;
+    const int64_t k = std::lower_bound(pos + k0, pos + k1, target) - pos;
+    return k > k0 && target - pos[k - 1] < pos[k] - target ? k - 1 : k;
+  };
+  at::parallel_for(0, nt, 1, [&](int64_t tb, int64_t te) {
+    for (int64_t i = tb; i < te; ++i) {
+      const int64_t a = first(i), b = first(i + 1);
+      if (a < b) fn(a, b);
+    }
+  });
+}
+
 struct Buffers {
   std::vector<float> p, g, gp, m, v, e, seg;
   std::vector<uint32_t> w0, w1, w2;
@@ -113,6 +147,13 @@ struct GroupKernel {
   bool words;          // Philox words needed
   int64_t tile;
   std::vector<Item> items;
+  std::vector<int64_t> item_pos;  // elements before each work item (item_pos[items.size()]: all)
+  std::vector<int64_t> item_base;  // first work item of each tensor (item_base[n] = items.size())
+  struct Chunked {
+    int64_t first, cps, count;  // first partial, chunks per segment, chunks of the tensor
+  };
+  std::vector<Chunked> ch;        // per tensor: its reduction chunks
+  std::vector<double> part;       // per chunk: its partial sum (or max)
   std::vector<int64_t> seg_base;  // first segment of each tensor in segv
   std::vector<float> segv;        // per segment: fp32 norm, or new envelope value
   std::vector<float> cscale;      // per tensor: cautious scale
@@ -123,9 +164,14 @@ struct GroupKernel {
     words = STO || s.state_sr || s.param_sr;
     tile = fmt_blocked(sf) ? c.block : TILE;
     const int64_t step = fmt_blocked(sf) ? std::max<int64_t>(c.block, (ITEM / c.block) * c.block) : ITEM;
-    for (int64_t i = 0; i < (int64_t)c.t.size(); ++i)
+    for (int64_t i = 0; i < (int64_t)c.t.size(); ++i) {
+      item_base.push_back((int64_t)items.size());
       for (int64_t a = 0; a < c.t[i].numel; a += step)
         items.push_back(Item{i, a, std::min(a + step, c.t[i].numel)});
+    }
+    item_base.push_back((int64_t)items.size());
+    item_pos.push_back(0);
+    for (const Item& it : items) item_pos.push_back(item_pos.back() + it.b - it.a);
   }
 
   // Philox words 0..2 of elements base .. base+n-1 (counter (i mod 2^32, i >> 32, 0, 0)).
@@ -373,34 +419,31 @@ struct GroupKernel {
   }
 
   template <class PF, class SF>
-  std::vector<int64_t> fused_items() const {
-    std::vector<int64_t> out(items.size(), 0);
-    at::parallel_for(0, (int64_t)items.size(), 1, [&](int64_t ib, int64_t ie) {
+  void fused_items(const Span r) const {
+    parallel_balanced(item_pos.data(), r.k0, r.k1, [&](int64_t ib, int64_t ie) {
       std::vector<float> buf(SF::blocked ? 2 * c.block : 1);  // fused_sign_blocks: two blocks
       const bool simd = simd::simd_ok(s);  // MXCSR of this thread, once per chunk
-      for (int64_t k = ib; k < ie; ++k) out[k] = fused_item<PF, SF>(items[k], buf.data(), simd);
+      for (int64_t k = ib; k < ie; ++k) r.out[k] = fused_item<PF, SF>(items[k], buf.data(), simd);
     });
-    return out;
   }
 
   template <class PF>
-  std::vector<int64_t> fused_items_p() const {
-    if constexpr (!HAS_M) return fused_items<PF, FmtF32>();
+  void fused_items_p(const Span r) const {
+    if constexpr (!HAS_M) return fused_items<PF, FmtF32>(r);
     else {
       switch (sf) {
-        case FMT_F32: return fused_items<PF, FmtF32>();
-        case FMT_BF16: return fused_items<PF, FmtBF16>();
-        case FMT_E4M3: return fused_items<PF, FmtE4M3>();
-        default: return fused_items<PF, FmtE5M2>();
+        case FMT_F32: return fused_items<PF, FmtF32>(r);
+        case FMT_BF16: return fused_items<PF, FmtBF16>(r);
+        case FMT_E4M3: return fused_items<PF, FmtE4M3>(r);
+        default: return fused_items<PF, FmtE5M2>(r);
       }
     }
   }
 
-  std::vector<int64_t> run_fused() const {
-    if constexpr (STO || HAS_V) {
-      return {};
-    } else {
-      return pf == FMT_F32 ? fused_items_p<FmtF32>() : fused_items_p<FmtBF16>();
+  void run_fused(const Span r) const {
+    if constexpr (!STO && !HAS_V) {
+      if (pf == FMT_F32) return fused_items_p<FmtF32>(r);
+      return fused_items_p<FmtBF16>(r);
     }
   }
 
@@ -416,9 +459,9 @@ struct GroupKernel {
 
 #if defined(SIGNOPT_AVX512)
   template <class PF, class SF>
-  std::vector<int64_t> sto_items() const {
-    std::vector<int64_t> out(items.size(), 0);
-    at::parallel_for(0, (int64_t)items.size(), 1, [&](int64_t ib, int64_t ie) {
+  void sto_items(const Span r) const {
+    int64_t* out = r.out;
+    parallel_balanced(item_pos.data(), r.k0, r.k1, [&](int64_t ib, int64_t ie) {
       const bool simd = simd::simd_ok(s);  // MXCSR of this thread, once per chunk
       std::unique_ptr<Buffers> B;
       std::vector<float> fb;  // FP8 state: fused_sto_blocks' buffers
@@ -453,28 +496,27 @@ struct GroupKernel {
         out[k] = acc;
       }
     });
-    return out;
   }
 #endif
 
 #if defined(SIGNOPT_AVX512)
   template <class PF>
-  std::vector<int64_t> sto_items_p() const {
+  void sto_items_p(const Span r) const {
     switch (sf) {
-      case FMT_F32: return sto_items<PF, FmtF32>();
-      case FMT_BF16: return sto_items<PF, FmtBF16>();
-      case FMT_E4M3: return sto_items<PF, FmtE4M3>();
-      default: return sto_items<PF, FmtE5M2>();
+      case FMT_F32: return sto_items<PF, FmtF32>(r);
+      case FMT_BF16: return sto_items<PF, FmtBF16>(r);
+      case FMT_E4M3: return sto_items<PF, FmtE4M3>(r);
+      default: return sto_items<PF, FmtE5M2>(r);
     }
   }
 #endif
 
-  std::vector<int64_t> run_sto() const {
+  void run_sto(const Span r) const {
 #if defined(SIGNOPT_AVX512)
-    if (pf == FMT_F32) return sto_items_p<FmtF32>();
-    return sto_items_p<FmtBF16>();
+    if (pf == FMT_F32) return sto_items_p<FmtF32>(r);
+    return sto_items_p<FmtBF16>(r);
 #else
-    return run_items<true>();
+    return run_items<true>(r);
 #endif
   }
 
@@ -532,9 +574,8 @@ struct GroupKernel {
   }
 
   template <bool STORE>
-  std::vector<int64_t> run_items() const {
-    std::vector<int64_t> out(items.size(), 0);
-    at::parallel_for(0, (int64_t)items.size(), 1, [&](int64_t ib, int64_t ie) {
+  void run_items(const Span r) const {
+    parallel_balanced(item_pos.data(), r.k0, r.k1, [&](int64_t ib, int64_t ie) {
       Buffers B(tile);
       const bool simd = simd::mxcsr_ok();
       for (int64_t k = ib; k < ie; ++k) {
@@ -542,19 +583,17 @@ struct GroupKernel {
         int64_t acc = 0;
         for (int64_t a = it.a; a < it.b; a += tile)
           acc += tile_eval<STORE>(c.t[it.t], it.t, a, std::min(tile, it.b - a), B, simd);
-        out[k] = acc;
+        r.out[k] = acc;
       }
     });
-    return out;
   }
 
   // ---------------------------------------------------------------- reduce pass
   // One partial per fixed chunk (RED_CHUNK elements of one segment); see rules.h for the order.
-  void reduce() {
-    struct Chunked {
-      int64_t first, cps, count;
-    };
-    std::vector<Chunked> ch(c.t.size());
+  // reduce_layout numbers the chunks and segments of every tensor once per call; reduce(t0, t1)
+  // sums the chunks of tensors [t0, t1) and folds them into their segment values.
+  void reduce_layout() {
+    ch.resize(c.t.size());
     seg_base.assign(c.t.size() + 1, 0);
     int64_t total = 0;
     for (size_t i = 0; i < c.t.size(); ++i) {
@@ -566,18 +605,25 @@ struct GroupKernel {
       total += ch[i].count;
       seg_base[i + 1] = seg_base[i] + nseg;
     }
-    std::vector<double> part(total);
+    part.resize(total);
+    segv.assign(seg_base.back(), 0.0f);
+  }
+
+  void reduce(const int64_t t0, const int64_t t1) {
     struct RItem {
       int64_t t, c0, c1;
     };
     std::vector<RItem> ritems;
-    for (size_t i = 0; i < c.t.size(); ++i) {
+    std::vector<int64_t> rpos{0};  // elements before each item (the last chunk of a tensor counted whole)
+    for (int64_t i = t0; i < t1; ++i) {
       const int64_t csize = std::min<int64_t>(seg_len(c.t[i]), RED_CHUNK);
       const int64_t per = std::max<int64_t>(1, ITEM / csize);
-      for (int64_t k = 0; k < ch[i].count; k += per)
-        ritems.push_back(RItem{(int64_t)i, k, std::min(k + per, ch[i].count)});
+      for (int64_t k = 0; k < ch[i].count; k += per) {
+        ritems.push_back(RItem{i, k, std::min(k + per, ch[i].count)});
+        rpos.push_back(rpos.back() + (ritems.back().c1 - k) * csize);
+      }
     }
-    at::parallel_for(0, (int64_t)ritems.size(), 1, [&](int64_t ib, int64_t ie) {
+    parallel_balanced(rpos.data(), 0, (int64_t)ritems.size(), [&](int64_t ib, int64_t ie) {
       Buffers B(RED_CHUNK);
       std::vector<float> red(RED_CHUNK);
       const bool simd = simd::simd_ok(s);  // MXCSR of this thread, once per chunk
@@ -598,8 +644,7 @@ struct GroupKernel {
         }
       }
     });
-    segv.assign(seg_base.back(), 0.0f);
-    at::parallel_for(0, (int64_t)c.t.size(), 1, [&](int64_t ib, int64_t ie) {
+    at::parallel_for(t0, t1, 1, [&](int64_t ib, int64_t ie) {
       for (int64_t i = ib; i < ie; ++i) {
         const TensorRef& t = c.t[i];
         const int64_t nseg = seg_count(t), cps = ch[i].cps;
@@ -747,18 +792,53 @@ struct GroupKernel {
   }
 
   // ---------------------------------------------------------------- driver
+  // Stored bytes of one element that every pass reads: p, g and the states.
+  int64_t elem_bytes() const {
+    const int64_t pb = pf == FMT_F32 ? 4 : 2;
+    const int64_t sb = sf == FMT_F32 ? 4 : (fmt_blocked(sf) ? 1 : 2);
+    return 2 * pb + sb * ((HAS_M ? 1 : 0) + (HAS_V ? 1 : 0) + (elem_env ? 1 : 0));
+  }
+
+  // End of the group of tensors that starts at t0: the following tensors while their elements
+  // take at most GROUP_BYTES together (a larger tensor is a group alone).
+  int64_t group_end(const int64_t t0) const {
+    const int64_t eb = elem_bytes();
+    int64_t t1 = t0 + 1, bytes = c.t[t0].numel * eb;
+    while (t1 < (int64_t)c.t.size() && bytes + c.t[t1].numel * eb <= GROUP_BYTES) bytes += c.t[t1++].numel * eb;
+    return t1;
+  }
+
+  // The passes run group by group: the reduce and count passes of a group's tensors, then its
+  // apply pass, which finds p, g and the states still in cache when the group fits in L3 (without
+  // a reduce or count pass, the whole call is one group).  Each pass splits the group's chunks
+  // or work items over the threads; the values do not depend on the grouping.
   int64_t run() {
     if (c.skip) return count_nonfinite();
-    if (needs_seg) reduce();
-    if (s.cautious) {
-      const std::vector<int64_t> kept = run_items<false>();
-      std::vector<int64_t> per(c.t.size(), 0);
-      for (size_t k = 0; k < items.size(); ++k) per[items[k].t] += kept[k];
-      cscale.resize(c.t.size());
-      for (size_t i = 0; i < c.t.size(); ++i)
-        cscale[i] = (float)c.t[i].numel / (float)(per[i] + 1);
+    const bool passes = needs_seg || s.cautious;
+    if (needs_seg) reduce_layout();
+    if (s.cautious) cscale.resize(c.t.size());
+    std::vector<int64_t> bad(items.size(), 0), kept(s.cautious ? items.size() : 0, 0);
+    const bool fused = fused_ok(), sto = sto_fused_ok();
+    for (int64_t t0 = 0, t1; t0 < (int64_t)c.t.size(); t0 = t1) {
+      t1 = passes ? group_end(t0) : (int64_t)c.t.size();
+      if (needs_seg) reduce(t0, t1);
+      if (s.cautious) {
+        run_items<false>(Span{item_base[t0], item_base[t1], kept.data()});
+        for (int64_t i = t0; i < t1; ++i) {
+          int64_t per = 0;
+          for (int64_t k = item_base[i]; k < item_base[i + 1]; ++k) per += kept[k];
+          cscale[i] = (float)c.t[i].numel / (float)(per + 1);
+        }
+      }
+      const Span r{item_base[t0], item_base[t1], bad.data()};
+      if (fused) {
+        run_fused(r);
+      } else if (sto) {
+        run_sto(r);
+      } else {
+        run_items<true>(r);
+      }
     }
-    const std::vector<int64_t> bad = fused_ok() ? run_fused() : (sto_fused_ok() ? run_sto() : run_items<true>());
     if (STO && s.envelope == ENV_SEGMENT) {
       for (size_t i = 0; i < c.t.size(); ++i)
         std::memcpy(c.t[i].G, segv.data() + seg_base[i], sizeof(float) * seg_count(c.t[i]));

@@ -278,6 +278,43 @@ def test_reductions_thread_independent(backend, rule):
         assert torch.equal(a, b)
 
 
+# Tensors of 0.9M and 1.1M elements (each above the CPU kernels' 8 MiB group budget at 10-12 bytes
+# an element: passes alone) around small ones whose passes run together in groups of several.
+GROUPED_SHAPES = [(1100, 1000), (7,), (300, 700), (300, 700), (64, 4100), (300, 700), (5, 3), (900, 1000)]
+
+
+@pytest.mark.parametrize("state_dtype", ["bf16", "fp8_e4m3"])
+@pytest.mark.parametrize("rule", ["lion_l2", "lion_row_l2", "stosign_tensor_grad"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grouped_passes(backend, rule, state_dtype):
+    """The reduce/count and apply passes of the cpp kernels run group of tensors by group: every
+    group's norms (row norms, envelopes, cautious counts) are complete before its update, at 1 and
+    2 threads alike (the same bits) and as the reference computes them."""
+    backend_or_skip(backend)
+    opts = dict(weight_decay=0.1, wd_mode="decoupled", maximize=False, cautious=rule.startswith("stosign"),
+                state_dtype=state_dtype, state_block=256, fp8_min_numel=0, state_rounding="nearest",
+                param_rounding="nearest")
+    ex = dict(tensor_lr=False, scaler=None, nonfinite=True, seed=11)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            if n == 2:
+                run_and_compare(backend, rule, torch.float32, GROUPED_SHAPES, opts, ex)
+            opt, _, params, _, gen = build_pair(backend, rule, torch.float32, GROUPED_SHAPES, opts, ex)
+            for _ in range(2):
+                for p, g in zip(params, make_grads(params, gen, 1.0, True)):
+                    p.grad = g
+                opt.step()
+            results.append([p.clone() for p in params] + [v.clone() for p in params for v in opt.state[p].values()
+                                                          if torch.is_tensor(v) and v.numel() > 1])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_size_and_no_grad(backend):
     """Zero-size tensors and tensors without gradients are skipped, not an error."""
