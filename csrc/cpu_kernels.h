@@ -1,7 +1,8 @@
 // CPU kernels: one call runs a rule over a whole list of tensors of one (param dtype, state
 // format) combination, multi-threaded with at::parallel_for over fixed work items.
 //
-// Passes (each over every tensor of the call):
+// Passes (group by group: the first two over a group of tensors of at most GROUP_BYTES, then the
+// group's apply pass, so that it finds g and the state in L3; see GroupKernel::run):
 //   reduce  (lion l2/row_l2/lp norms, row/block/tensor envelopes): fixed chunks of each segment,
 //           fp64 sums in the lane order of rules.h (or NaN-propagating max), folded in chunk order
 //   count   (cautious): exact integer count of kept coordinates per tensor
@@ -96,31 +97,6 @@ struct Span {
   int64_t* out;
 };
 
-// at::parallel_for over the works [k0, k1) split into one contiguous range per thread of about
-// the same number of elements (pos[k]: elements before work k, pos[k1] included), so that the
-// short last work items of tensors do not leave one thread waiting for the other.
-template <class Fn>
-inline void parallel_balanced(const int64_t* pos, const int64_t k0, const int64_t k1, const Fn& fn) {
-  const int64_t nt = std::min<int64_t>(at::get_num_threads(), k1 - k0);
-  if (nt <= 1) {
-    if (k1 > k0) fn(k0, k1);
-    return;
-  }
-  // the first work of thread i: the one starting nearest to i/nt of the elements
-  auto first = [&](const int64_t i) -> int64_t {
-    if (i == nt) return k1;
-    const int64_t target = pos[k0] + (pos[k1] - pos[k0]) * i / nt;
-    const int64_t k = std::lower_bound(pos + k0, pos + k1, target) - pos;
-    return k > k0 && target - pos[k - 1] < pos[k] - target ? k - 1 : k;
-  };
-  at::parallel_for(0, nt, 1, [&](int64_t tb, int64_t te) {
-    for (int64_t i = tb; i < te; ++i) {
-      const int64_t a = first(i), b = first(i + 1);
-      if (a < b) fn(a, b);
-    }
-  });
-}
-
 struct Buffers {
   std::vector<float> p, g, gp, m, v, e, seg;
   std::vector<uint32_t> w0, w1, w2;
@@ -147,7 +123,6 @@ struct GroupKernel {
   bool words;          // Philox words needed
   int64_t tile;
   std::vector<Item> items;
-  std::vector<int64_t> item_pos;  // elements before each work item (item_pos[items.size()]: all)
   std::vector<int64_t> item_base;  // first work item of each tensor (item_base[n] = items.size())
   struct Chunked {
     int64_t first, cps, count;  // first partial, chunks per segment, chunks of the tensor
@@ -170,8 +145,6 @@ struct GroupKernel {
         items.push_back(Item{i, a, std::min(a + step, c.t[i].numel)});
     }
     item_base.push_back((int64_t)items.size());
-    item_pos.push_back(0);
-    for (const Item& it : items) item_pos.push_back(item_pos.back() + it.b - it.a);
   }
 
   // Philox words 0..2 of elements base .. base+n-1 (counter (i mod 2^32, i >> 32, 0, 0)).
@@ -420,7 +393,7 @@ struct GroupKernel {
 
   template <class PF, class SF>
   void fused_items(const Span r) const {
-    parallel_balanced(item_pos.data(), r.k0, r.k1, [&](int64_t ib, int64_t ie) {
+    at::parallel_for(r.k0, r.k1, 1, [&](int64_t ib, int64_t ie) {
       std::vector<float> buf(SF::blocked ? 2 * c.block : 1);  // fused_sign_blocks: two blocks
       const bool simd = simd::simd_ok(s);  // MXCSR of this thread, once per chunk
       for (int64_t k = ib; k < ie; ++k) r.out[k] = fused_item<PF, SF>(items[k], buf.data(), simd);
@@ -461,7 +434,7 @@ struct GroupKernel {
   template <class PF, class SF>
   void sto_items(const Span r) const {
     int64_t* out = r.out;
-    parallel_balanced(item_pos.data(), r.k0, r.k1, [&](int64_t ib, int64_t ie) {
+    at::parallel_for(r.k0, r.k1, 1, [&](int64_t ib, int64_t ie) {
       const bool simd = simd::simd_ok(s);  // MXCSR of this thread, once per chunk
       std::unique_ptr<Buffers> B;
       std::vector<float> fb;  // FP8 state: fused_sto_blocks' buffers
@@ -575,7 +548,7 @@ struct GroupKernel {
 
   template <bool STORE>
   void run_items(const Span r) const {
-    parallel_balanced(item_pos.data(), r.k0, r.k1, [&](int64_t ib, int64_t ie) {
+    at::parallel_for(r.k0, r.k1, 1, [&](int64_t ib, int64_t ie) {
       Buffers B(tile);
       const bool simd = simd::mxcsr_ok();
       for (int64_t k = ib; k < ie; ++k) {
@@ -614,16 +587,12 @@ struct GroupKernel {
       int64_t t, c0, c1;
     };
     std::vector<RItem> ritems;
-    std::vector<int64_t> rpos{0};  // elements before each item (the last chunk of a tensor counted whole)
     for (int64_t i = t0; i < t1; ++i) {
       const int64_t csize = std::min<int64_t>(seg_len(c.t[i]), RED_CHUNK);
       const int64_t per = std::max<int64_t>(1, ITEM / csize);
-      for (int64_t k = 0; k < ch[i].count; k += per) {
-        ritems.push_back(RItem{i, k, std::min(k + per, ch[i].count)});
-        rpos.push_back(rpos.back() + (ritems.back().c1 - k) * csize);
-      }
+      for (int64_t k = 0; k < ch[i].count; k += per) ritems.push_back(RItem{i, k, std::min(k + per, ch[i].count)});
     }
-    parallel_balanced(rpos.data(), 0, (int64_t)ritems.size(), [&](int64_t ib, int64_t ie) {
+    at::parallel_for(0, (int64_t)ritems.size(), 1, [&](int64_t ib, int64_t ie) {
       Buffers B(RED_CHUNK);
       std::vector<float> red(RED_CHUNK);
       const bool simd = simd::simd_ok(s);  // MXCSR of this thread, once per chunk
@@ -809,7 +778,7 @@ struct GroupKernel {
   }
 
   // The passes run group by group: the reduce and count passes of a group's tensors, then its
-  // apply pass, which finds p, g and the states still in cache when the group fits in L3 (without
+  // apply pass, which finds g and the states still in cache when the group fits in L3 (without
   // a reduce or count pass, the whole call is one group).  Each pass splits the group's chunks
   // or work items over the threads; the values do not depend on the grouping.
   int64_t run() {
