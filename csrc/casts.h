@@ -37,6 +37,20 @@ SIGNOPT_HD uint16_t f32_to_bf16_sr(float x, uint32_t word) {
   return (uint16_t)(isnan32(x) ? 0x7FC0u : r);
 }
 
+#if defined(__CUDACC__)
+// f32_to_bf16_rn of two values, packed (lo in the low half).  sm_80+: cvt.rn.bf16x2.f32, nearest
+// even on the bits, infinities and subnormals included, as f32_to_bf16_rn; only a NaN comes out
+// differently (0x7FFF, not 0x7FC0), so a pair holding one takes f32_to_bf16_rn.
+__device__ __forceinline__ uint32_t f32x2_to_bf16x2_rn(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  uint32_t r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  if (!isnan32(lo) && !isnan32(hi)) return r;
+#endif
+  return (uint32_t)f32_to_bf16_rn(lo) | ((uint32_t)f32_to_bf16_rn(hi) << 16);
+}
+#endif
+
 // ---------------------------------------------------------------- fp16 (IEEE rn)
 #if defined(__CUDACC__)
 SIGNOPT_HD uint16_t f32_to_f16_rn(float x) { return __half_raw(__float2half_rn(x)).x; }
@@ -79,20 +93,6 @@ SIGNOPT_HD float round_to_grid(float x, float maxf, bool stochastic, uint32_t wo
   float out = k * ulp;
   out = out > maxf ? maxf : out;
   return isnan32(x) ? x : copysignf(out, x);
-}
-
-// Bits of an fp32 value that the FP8 format represents exactly (NaN -> 0x7F | sign).
-template <int M, int EMIN, int BIAS>
-SIGNOPT_HD uint8_t fp8_code(float q) {
-  const uint32_t b = f2u(q);
-  const uint32_t sign = (b >> 24) & 0x80u;
-  const uint32_t a = b & 0x7FFFFFFFu;
-  const int e = (int)(a >> 23) - 127;
-  const uint32_t normal = ((uint32_t)(e + BIAS) << M) | ((a >> (23 - M)) & ((1u << M) - 1u));
-  const uint32_t sub = (uint32_t)(u2f(a) * u2f((uint32_t)(127 - (EMIN - M)) << 23));
-  uint32_t code = e >= EMIN ? normal : sub;
-  code = a > 0x7F800000u ? 0x7Fu : code;
-  return (uint8_t)(sign | code);
 }
 
 // fp32 value of an FP8 code (exact).  HAS_INF: E5M2 (exponent field all ones = inf/NaN);
@@ -155,16 +155,13 @@ struct FmtFP8 {
     const float s = absmax * inv_qmax();
     return s < 1.17549435e-38f ? 1.17549435e-38f : s;  // max(s, 2^-126)
   }
-  static SIGNOPT_HD raw store(float x, float inv, bool sr, uint32_t w) {
-    float y = x * inv;
-    y = y < -qmax ? -qmax : (y > qmax ? qmax : y);  // clamp (NaN stays NaN)
-    return fp8_code<M, EMIN, BIAS>(round_to_grid<M, EMIN>(y, qmax, sr, w));
-  }
-  // The same code as store(), as straight-line integer/fp32 operations that vectorise (CPU
-  // loops): with e = max(exponent of y, EMIN) and k = |y|/2^(e-M) rounded (an integer <= 2^(M+1)),
-  // the magnitude code is ((e - EMIN) << M) + k (BIAS = 1 - EMIN): k = 2^(M+1) carries into the
-  // exponent field, and e = EMIN covers subnormals and the smallest normal alike.  |y| <= Qmax
-  // (the largest finite code) after the clamp, so the result never exceeds it.
+  // The code of x*inv: clamped to +-Qmax, rounded onto the format's grid (round_to_grid: nearest
+  // even, or stochastic from w) and encoded, as straight-line integer/fp32 operations that
+  // vectorise (CPU loops): with e = max(exponent of y, EMIN) and k = |y|/2^(e-M) rounded (an
+  // integer <= 2^(M+1)), the magnitude code is ((e - EMIN) << M) + k (BIAS = 1 - EMIN):
+  // k = 2^(M+1) carries into the exponent field, and e = EMIN covers subnormals and the smallest
+  // normal alike.  |y| <= Qmax (the largest finite code) after the clamp, so the result never
+  // exceeds it.
   static SIGNOPT_HD raw encode(float x, float inv, bool sr, uint32_t w) {
     float y = x * inv;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890

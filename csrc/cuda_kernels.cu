@@ -134,16 +134,6 @@ __device__ __forceinline__ void load8_state(int fmt, const void* raw, int64_t i,
   else load8(fmt, raw, i, cnt, vec, out);
 }
 
-// f32_to_bf16_rn of two values, packed (lo in the low half), by cvt.rn.bf16x2.f32: nearest
-// even on the bits, infinities and subnormals included, as the integer form in casts.h; only
-// NaN differs (0x7FFF there, 0x7FC0 here), so a pair holding one takes casts.h's form.
-__device__ __forceinline__ uint32_t bf16x2_rn(float lo, float hi) {
-  uint32_t r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  if (isnan32(lo) || isnan32(hi)) r = (uint32_t)f32_to_bf16_rn(lo) | ((uint32_t)f32_to_bf16_rn(hi) << 16);
-  return r;
-}
-
 // Element formats only (FP8 goes through encode_run or shared memory).
 template <class F, bool SR>
 __device__ __forceinline__ void store8_t(void* raw, int64_t i, int cnt, bool vec, const float* x, const uint32_t* w) {
@@ -157,7 +147,7 @@ __device__ __forceinline__ void store8_t(void* raw, int64_t i, int cnt, bool vec
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         if (std::is_same<F, FmtBF16>::value && !SR) {
-          packed[k] = bf16x2_rn(x[2 * k], x[2 * k + 1]);
+          packed[k] = f32x2_to_bf16x2_rn(x[2 * k], x[2 * k + 1]);
         } else {
           const uint32_t lo = (uint32_t)F::store(x[2 * k], SR, SR ? w[2 * k] : 0u);
           const uint32_t hi = (uint32_t)F::store(x[2 * k + 1], SR, SR ? w[2 * k + 1] : 0u);
@@ -342,6 +332,37 @@ __device__ __forceinline__ void encode_run(int sfmt, const float* x, const uint3
   }
 }
 
+// A tile's n staged new values of one FP8 state (vals, SR words w) in blocks of `block`, one warp
+// a block: absmax of the finite values by shuffles, scale, codes (tile-local codes and scales).
+template <class F>
+__device__ __forceinline__ void encode_staged_t(const float* vals, const uint32_t* w, bool sr, int n, int block,
+                                                uint8_t* codes, float* scale) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int b = warp; b * block < n; b += THREADS / 32) {
+    const int b0 = b * block, b1 = (b0 + block) < n ? b0 + block : n;
+    float amax = 0.0f;
+    for (int j = b0 + lane; j < b1; j += 32) {
+      const float x = finite32(vals[j]) ? fabsf(vals[j]) : 0.0f;
+      amax = x > amax ? x : amax;
+    }
+    for (int off = 16; off >= 1; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
+    const float sc = F::scale_of(amax);
+    const float inv = 1.0f / sc;
+    if (sr) {
+      for (int j = b0 + lane; j < b1; j += 32) codes[j] = F::encode(vals[j], inv, true, w[j]);
+    } else {
+      for (int j = b0 + lane; j < b1; j += 32) codes[j] = F::encode(vals[j], inv, false, 0u);
+    }
+    if (lane == 0) scale[b] = sc;
+  }
+}
+
+__device__ __forceinline__ void encode_staged(int sfmt, const float* vals, const uint32_t* w, bool sr, int n, int block,
+                                              uint8_t* codes, float* scale) {
+  if (sfmt == 3) encode_staged_t<FmtE4M3>(vals, w, sr, n, block, codes, scale);
+  else encode_staged_t<FmtE5M2>(vals, w, sr, n, block, codes, scale);
+}
+
 // ------------------------------------------------------------------ apply
 // One apply tile's tensor, offsets and flags (set up once per CUDA block).
 struct Tile {
@@ -489,33 +510,10 @@ __global__ void __launch_bounds__(THREADS, kind_stochastic(K) ? 1 : 3) apply_ker
   if (!blocked || REGS) return;
   __syncthreads();
   // FP8: one warp per state block: absmax of the finite new values -> scale -> codes.
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int nblk = (n + (int)L.block - 1) / (int)L.block;
-  for (int which = 0; which < 3; ++which) {
-    if (which == 0 && !kind_has_m(K)) continue;
-    if (which == 1 && !kind_has_v(K)) continue;
-    if (which == 2 && !T.elem_env) continue;
-    const float* vals = which == 0 ? T.st_m : (which == 1 ? T.st_v : T.st_G);
-    uint8_t* codes = (uint8_t*)(which == 0 ? r.m : (which == 1 ? r.v : r.G));
-    float* scale = which == 0 ? r.m_scale : (which == 1 ? r.v_scale : r.G_scale);
-    for (int b = warp; b < nblk; b += THREADS / 32) {
-      const int b0 = b * (int)L.block;
-      const int b1 = (b0 + (int)L.block) < n ? b0 + (int)L.block : n;
-      float amax = 0.0f;
-      for (int j = b0 + lane; j < b1; j += 32) {
-        const float x = finite32(vals[j]) ? fabsf(vals[j]) : 0.0f;
-        amax = x > amax ? x : amax;
-      }
-      for (int off = 16; off >= 1; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
-      const float sc = L.sfmt == 3 ? FmtE4M3::scale_of(amax) : FmtE5M2::scale_of(amax);
-      const float inv = 1.0f / sc;
-      for (int j = b0 + lane; j < b1; j += 32) {
-        codes[a + j] = L.sfmt == 3 ? FmtE4M3::store(vals[j], inv, s.state_sr != 0, T.st_w[j])
-                                   : FmtE5M2::store(vals[j], inv, s.state_sr != 0, T.st_w[j]);
-      }
-      if (lane == 0) scale[T.blk.first + b] = sc;
-    }
-  }
+  const bool sr = s.state_sr != 0;
+  if (kind_has_m(K)) encode_staged(L.sfmt, T.st_m, T.st_w, sr, n, (int)L.block, (uint8_t*)r.m + a, r.m_scale + T.blk.first);
+  if (kind_has_v(K)) encode_staged(L.sfmt, T.st_v, T.st_w, sr, n, (int)L.block, (uint8_t*)r.v + a, r.v_scale + T.blk.first);
+  if (T.elem_env) encode_staged(L.sfmt, T.st_G, T.st_w, sr, n, (int)L.block, (uint8_t*)r.G + a, r.G_scale + T.blk.first);
 }
 
 template <int K>
