@@ -14,6 +14,7 @@
 
 #include "cuda_launch.h"
 #include "step_args.h"
+#include "step_impl.h"
 
 namespace signopt {
 
@@ -29,6 +30,8 @@ const float* dev_ptr(const c10::optional<at::Tensor>& t, const at::Device& d, st
 // Host buffers of metadata copied during CUDA-graph capture must outlive the graph.
 std::mutex g_keep_mutex;
 std::vector<at::Tensor> g_captured_meta;
+
+}  // namespace
 
 at::Tensor step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m, at::TensorList v,
                      at::TensorList env, at::TensorList m_scale, at::TensorList v_scale, at::TensorList env_scale,
@@ -112,8 +115,6 @@ at::Tensor step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   C10_CUDA_CHECK(cuda::launch_step(L, stream));
   return bad;
 }
-
-}  // namespace
 
 }  // namespace signopt
 

@@ -16,6 +16,7 @@
 
 #include "cpu_kernels.h"
 #include "step_args.h"
+#include "step_impl.h"
 
 namespace signopt {
 
@@ -35,30 +36,6 @@ int64_t run_cpu(int kind, int pf, int sf, const cpu::Call& call) {
 }
 
 float read_scalar(const c10::optional<at::Tensor>& t) { return t->to(at::kFloat).item<float>(); }
-
-at::Tensor step_cpu(at::TensorList params, at::TensorList grads, at::TensorList m, at::TensorList v,
-                    at::TensorList env, at::TensorList m_scale, at::TensorList v_scale,
-                    at::TensorList env_scale, at::IntArrayRef config, at::ArrayRef<double> hyper,
-                    at::IntArrayRef keys, at::IntArrayRef offsets, at::IntArrayRef seglens,
-                    at::ArrayRef<double> bias, const c10::optional<at::Tensor>& lr,
-                    const c10::optional<at::Tensor>& decay, const c10::optional<at::Tensor>& inv_scale,
-                    const c10::optional<at::Tensor>& found_inf) {
-  const StepConfig cfg = check_step_args(params, grads, m, v, env, m_scale, v_scale, env_scale, config, hyper,
-                                         keys, offsets, seglens, bias, at::kCPU);
-  cpu::Call call;
-  call.s = scalars_from(cfg, hyper);
-  if (lr.has_value()) call.s.lr = read_scalar(lr);
-  if (decay.has_value()) call.s.decay = read_scalar(decay);
-  if (inv_scale.has_value()) {
-    call.s.inv_scale = read_scalar(inv_scale);
-    call.s.has_inv_scale = 1;
-  }
-  call.skip = found_inf.has_value() && read_scalar(found_inf) > 0.0f;
-  call.block = cfg.block;
-  call.t = tensor_refs(params, grads, m, v, env, m_scale, v_scale, env_scale, keys, offsets, seglens, bias);
-  const int64_t count = run_cpu(cfg.kind, cfg.pfmt, cfg.sfmt, call);
-  return at::scalar_tensor(count, at::TensorOptions().dtype(at::kLong));
-}
 
 // ------------------------------------------------------------------ rule-core unit-test ops
 // Philox words of element indices idx (int64) -> int64 [n, 4] (uint32 values).
@@ -108,6 +85,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> encode_cpu(const at::Tensor& x, i
 }
 
 }  // namespace
+
+at::Tensor step_cpu(at::TensorList params, at::TensorList grads, at::TensorList m, at::TensorList v,
+                    at::TensorList env, at::TensorList m_scale, at::TensorList v_scale,
+                    at::TensorList env_scale, at::IntArrayRef config, at::ArrayRef<double> hyper,
+                    at::IntArrayRef keys, at::IntArrayRef offsets, at::IntArrayRef seglens,
+                    at::ArrayRef<double> bias, const c10::optional<at::Tensor>& lr,
+                    const c10::optional<at::Tensor>& decay, const c10::optional<at::Tensor>& inv_scale,
+                    const c10::optional<at::Tensor>& found_inf) {
+  const StepConfig cfg = check_step_args(params, grads, m, v, env, m_scale, v_scale, env_scale, config, hyper,
+                                         keys, offsets, seglens, bias, at::kCPU);
+  cpu::Call call;
+  call.s = scalars_from(cfg, hyper);
+  if (lr.has_value()) call.s.lr = read_scalar(lr);
+  if (decay.has_value()) call.s.decay = read_scalar(decay);
+  if (inv_scale.has_value()) {
+    call.s.inv_scale = read_scalar(inv_scale);
+    call.s.has_inv_scale = 1;
+  }
+  call.skip = found_inf.has_value() && read_scalar(found_inf) > 0.0f;
+  call.block = cfg.block;
+  call.t = tensor_refs(params, grads, m, v, env, m_scale, v_scale, env_scale, keys, offsets, seglens, bias);
+  const int64_t count = run_cpu(cfg.kind, cfg.pfmt, cfg.sfmt, call);
+  return at::scalar_tensor(count, at::TensorOptions().dtype(at::kLong));
+}
 
 }  // namespace signopt
 

@@ -29,7 +29,7 @@ import torch
 log = logging.getLogger("signopt")
 
 NAME = "signopt_ext"
-CPU_SOURCES = ("ops.cpp", "cpu_formats.cpp", "cpu_sign.cpp", "cpu_lion.cpp", "cpu_lion_norm.cpp",
+CPU_SOURCES = ("ops.cpp", "group_step.cpp", "cpu_formats.cpp", "cpu_sign.cpp", "cpu_lion.cpp", "cpu_lion_norm.cpp",
                "cpu_stochastic.cpp")
 CUDA_SOURCES = ("cuda_ops.cpp", "cuda_kernels.cu")
 # -fno-trapping-math/-fno-math-errno change no value (FP exception flags and errno only) but let

@@ -22,8 +22,8 @@ from torch.optim import Optimizer
 
 from . import backends as backend_registry
 from . import sharding, state_format
-from .backends.slot import ParamSlot
-from .philox import derive_keys
+from .backends.slot import HELD_GRADS, HeldGrads, ParamSlot
+from .philox import MASK32, derive_keys
 from .rule import UpdateRule, rule_from_group, validate_group
 from .scalars import bias_corrections, group_scalars
 
@@ -66,8 +66,9 @@ class _GroupPlan:
     """A param group's step work, built by :meth:`SignOptimizer._build`: its slots (state
     allocated), their step counters and the backend's prepared call. The next step reuses it
     while the group holds the same parameters from the same start index, its rule is the same,
-    ``opt.state`` holds the same state tensors (see :meth:`state_intact`) and every gradient has
-    the layout recorded in ``expect`` (see :meth:`grads`)."""
+    ``opt.state`` holds the same dicts and state tensors as after the last step (see
+    :class:`_StateSnapshot`) and every gradient has the layout recorded in ``expect`` (see
+    :meth:`grads`)."""
 
     params: list  # group["params"] when built (compared by identity)
     start: int  # index over all groups of params[0]
@@ -77,23 +78,21 @@ class _GroupPlan:
     indices: list[int]  # per slot: tensor index over all groups (keys the random stream)
     steps: list[Tensor]  # per slot: its step counter (rules that keep one), else empty
     run: Callable  # (grads, keys, bias, scalars, contiguous) -> non-finite count or None
-    owners: list  # per slot: its parameter, as opt.state keys it
-    states: list[dict]  # per slot: opt.state[owner] when built
-    tensor_ids: list[int]  # ids of the values of ``states`` when built, in order
-
-    def state_intact(self, state: dict) -> bool:
-        """Whether ``state`` still maps every slot's parameter to the same dict holding the same
-        tensors (assigning a new tensor into ``opt.state[p]`` rebuilds the plan)."""
-        return (all(map(operator.is_, map(state.get, self.owners), self.states))
-                and list(map(id, chain.from_iterable(map(dict.values, self.states)))) == self.tensor_ids)
+    held: Any = None  # the backend's call object when it reads and checks the gradients itself
+    gradless: list = None  # with ``held``: the params expected without a gradient
 
     def fits(self, params: list, start: int, rule: UpdateRule) -> bool:
         return (start == self.start and rule == self.rule and rule.kappa_fn is self.rule.kappa_fn
                 and len(params) == len(self.params) and all(map(operator.is_, params, self.params)))
 
-    def grads(self, params: list) -> list[Tensor] | None:
+    def grads(self, params: list) -> list[Tensor] | HeldGrads | None:
         """This step's gradients of the slots, or None when any parameter's gradient presence,
-        layout (strided, contiguous), dtype, shape or device differs from the plan's."""
+        layout (strided, contiguous), dtype, shape or device differs from the plan's. With
+        ``held`` (outside ``torch.compile``) the backend checks and holds them: ``HELD_GRADS``."""
+        if self.held is not None and not torch.compiler.is_compiling():
+            if any(p.grad is not None for p in self.gradless) or not self.held.check():
+                return None
+            return HELD_GRADS
         grads = []
         append = grads.append
         for p, want in zip(params, self.expect):
@@ -110,6 +109,26 @@ class _GroupPlan:
 
 
 _STRIDED = torch.strided
+
+
+class _StateSnapshot:
+    """``opt.state`` as a step left it: the mapping, its dicts and their values, by identity.
+    Assigning a new dict into ``opt.state[p]``, a new tensor into one, or adding or removing an
+    entry anywhere drops every kept plan (checked once per step, not per tensor)."""
+
+    def __init__(self, state: dict) -> None:
+        self.state = state
+        self.dicts = list(state.values())
+        self.values = list(chain.from_iterable(map(dict.values, self.dicts)))
+
+    def holds(self, state: dict) -> bool:
+        if state is not self.state or len(state) != len(self.dicts):
+            return False
+        dicts = list(state.values())
+        if not all(map(operator.is_, dicts, self.dicts)):
+            return False
+        values = list(chain.from_iterable(map(dict.values, dicts)))
+        return len(values) == len(self.values) and all(map(operator.is_, values, self.values))
 
 
 def _regular(p: Tensor, g: Tensor) -> bool:
@@ -226,7 +245,7 @@ class SignOptimizer(Optimizer):
     def _drop_plans(self) -> None:
         """Forget every group's kept plan (state or groups changed outside a step)."""
         self._plans: dict[int, _GroupPlan] = {}
-        self._plans_state: tuple[Any, int] = (None, -1)  # self.state and its size after a step
+        self._plans_state: _StateSnapshot | None = None  # self.state after the last step
 
     def _plan(self) -> list[tuple]:
         """Validate everything a step needs before any tensor is touched. Per group:
@@ -234,10 +253,21 @@ class SignOptimizer(Optimizer):
         :class:`_GroupPlan` when it still fits, with this step's ``grads``; otherwise ``plan``
         is None, ``work`` lists the ``(param, index)`` pairs with gradients and ``keep`` says
         whether the plan built from them may be kept for later steps."""
-        state, size = self._plans_state
-        if state is not self.state or size != len(self.state):
-            self._plans.clear()  # the state was replaced or entries removed outside step()
-        plans = []
+        if self._plans_state is None or not self._plans_state.holds(self.state):
+            self._plans.clear()  # opt.state, a dict in it or a tensor in one changed outside step()
+            self._plans_state = None
+        plans: list[tuple] = []
+        try:
+            self._plan_groups(plans)
+        except BaseException:
+            for entry in plans:  # gradients a backend holds for a run that will not come
+                if entry[4] is HELD_GRADS:
+                    entry[3].held.release()
+            raise
+        return plans
+
+    def _plan_groups(self, plans: list[tuple]) -> None:
+        """:meth:`_plan`'s work, appending to ``plans`` group by group."""
         index = 0
         for gi, (group, backend) in enumerate(zip(self.param_groups, self._group_backends)):
             validate_group(self.family, group)
@@ -245,7 +275,7 @@ class SignOptimizer(Optimizer):
             params = group["params"]
             start = index
             plan = self._plans.get(gi)
-            if plan is not None and plan.fits(params, start, rule) and plan.state_intact(self.state):
+            if plan is not None and plan.fits(params, start, rule):
                 grads = plan.grads(params)
                 if grads is not None:
                     plans.append((group, backend, rule, plan, grads, None, start, True))
@@ -271,7 +301,6 @@ class SignOptimizer(Optimizer):
             if reason is not None:
                 raise ValueError(f"backend {backend.name!r} cannot run param_groups[{gi}]: {reason}")
             plans.append((group, backend, rule, None, None, work, start, keep))
-        return plans
 
     def _build(self, backend: Any, rule: UpdateRule, params: list,
                work: list[tuple[Tensor, int]], start: int) -> tuple[_GroupPlan, list[Tensor]]:
@@ -289,11 +318,10 @@ class SignOptimizer(Optimizer):
         for slot in slots:
             slot.grad = None  # a kept plan must not keep this step's gradients alive
         expect = [None if p.grad is None else (p.dtype, p.shape, p.device) for p in params]
-        owners = [p for p, _ in work]
-        states = [self.state[p] for p in owners]
-        tensor_ids = list(map(id, chain.from_iterable(map(dict.values, states))))
+        held = getattr(run, "held", None)
+        gradless = [p for p, want in zip(params, expect) if want is None] if held is not None else None
         plan = _GroupPlan(list(params), start, rule, expect, slots, [s.index for s in slots],
-                          steps, run, owners, states, tensor_ids)
+                          steps, run, held, gradless)
         return plan, grads
 
     @torch.no_grad()
@@ -302,9 +330,9 @@ class SignOptimizer(Optimizer):
 
         Each group's plan (state, slots, the backend's prepared call) is kept between steps and
         rebuilt when the group's parameters, its rule or the presence or layout of a gradient
-        changes; ``add_param_group`` and ``load_state_dict`` drop every plan, and so does a
-        change of the number of ``self.state`` entries; assigning a new dict into ``opt.state[p]``
-        or a new tensor into it rebuilds the group's plan."""
+        changes; ``add_param_group`` and ``load_state_dict`` drop every plan, and so does any
+        change to ``self.state`` between steps (an entry added or removed, a new dict assigned
+        into ``opt.state[p]`` or a new tensor into one)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -327,7 +355,8 @@ class SignOptimizer(Optimizer):
                 if count is not None:
                     self._last_nonfinite.append(count)
             self.last_step_backends.append(backend.name)
-        self._plans_state = (self.state, len(self.state))
+        if self._plans_state is None or any(entry[3] is None for entry in plans):
+            self._plans_state = _StateSnapshot(self.state)  # (plans built: state may be new)
         return loss
 
     @staticmethod
@@ -336,7 +365,13 @@ class SignOptimizer(Optimizer):
         """One step of a group's plan: step counters, keys and bias corrections, the update."""
         rule = plan.rule
         keys = bias = None
-        if rule.keeps_step():
+        if grads is HELD_GRADS:
+            if rule.keeps_step():  # the same counters, keys and bias corrections, in C++
+                seed = group["seed"]
+                b1, b2 = group["betas"] if rule.uses_bias_correction else (0.0, 0.0)
+                plan.held.advance(seed & MASK32, seed >> 32, float(b1), float(b2),
+                                  rule.uses_bias_correction)
+        elif rule.keeps_step():
             torch._foreach_add_(plan.steps, 1)
             steps = [int(s.item()) for s in plan.steps]
             keys = derive_keys(group["seed"], steps, plan.indices)

@@ -358,6 +358,79 @@ def test_kept_plan_does_not_keep_gradients_alive(backend):
         assert all(r() is None for r in refs)
 
 
+@pytest.mark.parametrize("rule", list(RULES))
+def test_cpp_kept_plan_checks_gradients_in_cpp(rule):
+    """On a kept cpp plan the extension reads and checks the gradients (``held``): the plan's
+    ``grads`` is ``HELD_GRADS`` while they fit and None once one does not; complex parameters
+    keep the Python path."""
+    from signopt.backends.slot import HELD_GRADS
+
+    a, opt, _, _ = pair(rule, "cpp")
+    for t in range(2):
+        set_grads(a, t)
+        opt.step()
+    half = len(a) // 2
+    for gi, params in ((0, a[:half]), (1, a[half:])):
+        plan = opt._plans[gi]
+        assert plan.held is not None
+        assert plan.grads(params) is HELD_GRADS
+        plan.held.release()
+    g = a[-1].grad
+    a[-1].grad = torch.stack([g, g], -1)[..., 0]  # non-contiguous
+    assert opt._plans[1].grads(a[half:]) is None
+    c = [torch.nn.Parameter(torch.randn(3, dtype=torch.complex64)), torch.nn.Parameter(torch.randn(4))]
+    opt_c = signopt.Lion(c, lr=0.01, backend="cpp")
+    for _ in range(2):
+        for p in c:
+            p.grad = torch.randn_like(p)
+        opt_c.step()
+    assert opt_c._plans[0].held is None
+
+
+def test_failed_step_releases_held_gradients():
+    """A step that raises in a later group's checks leaves no gradient held by an earlier
+    group's kept plan (``zero_grad(set_to_none=True)`` frees them)."""
+    a, opt, _, _ = pair("lion", "cpp")
+    for t in range(2):
+        set_grads(a, t)
+        opt.step()
+    set_grads(a, 2)
+    half = len(a) // 2
+    refs = [weakref.ref(p.grad) for p in a[:half]]
+    a[-1].grad = a[-1].grad.to_sparse()
+    with pytest.raises(RuntimeError, match="does not support sparse gradients"):
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_held_advance_equals_python_keys_and_bias():
+    """``GroupStep.advance`` (C++) steps the counters and derives the same keys as
+    ``derive_key`` and the same bias corrections as ``bias_corrections``, for step counts past
+    2**32 and seeds past 2**63."""
+    from signopt.scalars import bias_corrections
+
+    backend_or_skip("cpp")
+    rng = random.Random(1)
+    n = 40
+    params = [torch.zeros(1) for _ in range(n)]
+    held = torch.classes.signopt.GroupStep(params)
+    starts = [rng.choice([0, 1, 7, 2**32 - 1, 2**32 + 5, 2**40 + rng.randrange(2**20), rng.randrange(2**62)])
+              for _ in range(n)]
+    steps = [torch.tensor(t, dtype=torch.int64) for t in starts]
+    indices = [rng.randrange(2**31) for _ in range(n)]
+    held.set_counters(steps, indices)
+    for seed, betas in ((5, (0.9, 0.999)), (2**64 - 3, (0.31, 0.7)), (rng.randrange(2**64), (0.0, 1.0))):
+        held.advance(seed & 0xFFFFFFFF, seed >> 32, betas[0], betas[1], True)
+        ts = [int(s) for s in steps]
+        assert ts == [t + 1 for t in starts]
+        starts = ts
+        keys = [k for t, i in zip(ts, indices) for k in derive_key(seed, t, i)]
+        bias = [b for t in ts for b in bias_corrections({"betas": betas}, t)]
+        assert held.derived() == (keys, bias)
+
+
 def test_derive_keys_equals_derive_key():
     rng = random.Random(0)
     for n in (1, VECTOR_MIN - 1, VECTOR_MIN, 300):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from itertools import chain
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -18,7 +19,7 @@ from .. import build, state_format
 from ..rule import UpdateRule
 from ..scalars import GroupScalars
 from . import BackendUnavailable
-from .slot import ParamSlot
+from .slot import HELD_GRADS, HeldGrads, ParamSlot
 from .torch_backend import real_view
 
 log = logging.getLogger("signopt")
@@ -133,10 +134,13 @@ class PreparedGroup:
         whole = len(parts) == 1 and len(next(iter(parts.values()))) == len(slots)
         self.calls = [_Call(rule, kind, key, [slots[i] for i in pos], None if whole else pos)
                       for key, pos in parts.items()]
+        self.held = _held_step(self.calls, slots)
 
-    def __call__(self, grads: list[Tensor], keys: list[tuple[int, int]] | None,
+    def __call__(self, grads: list[Tensor] | HeldGrads, keys: list[tuple[int, int]] | None,
                  bias: list[tuple[float, float]] | None, sc: GroupScalars,
                  contiguous: bool) -> Tensor | None:
+        if grads is HELD_GRADS:  # held.check() passed (and held.advance() made keys and bias)
+            return self.held.run(*_scalar_args(sc, self.calls[0].device))
         counts = [call(grads, keys, bias, sc, contiguous) for call in self.calls]
         if not counts:
             return None
@@ -145,6 +149,32 @@ class PreparedGroup:
 
 def _pick(items: list, pos: list[int] | None) -> list:
     return items if pos is None else [items[i] for i in pos]
+
+
+def _held_step(calls: list[_Call], slots: list[ParamSlot]) -> Any:
+    """A ``torch.classes.signopt.GroupStep`` holding ``calls`` (see csrc/group_step.cpp), or
+    None where the calls need per-step Python (complex real views) or span several devices."""
+    if not calls or any(c.complex for c in calls) or len({c.device for c in calls}) != 1:
+        return None
+    held = torch.classes.signopt.GroupStep([s.param for s in slots])
+    for c in calls:
+        held.add_call(list(range(len(slots))) if c.pos is None else c.pos, *c.state, c.config,
+                      c.offsets, c.seglens)
+    if "step" in slots[0].state:
+        held.set_counters([s.state["step"] for s in slots], [s.index for s in slots])
+    return held
+
+
+def _scalar_args(sc: GroupScalars, device: torch.device) -> tuple:
+    """signopt::step's ``hyper, lr, decay, inv_scale, found_inf`` for a call on ``device``."""
+    lr_t = sc.lr.to(device=device, dtype=torch.float32) if isinstance(sc.lr, Tensor) else None
+    decay_t = sc.decay.to(device=device, dtype=torch.float32) if isinstance(sc.decay, Tensor) else None
+    hyper = [0.0 if lr_t is not None else float(sc.lr), 0.0 if decay_t is not None else float(sc.decay),
+             sc.l2, sc.beta1, sc.omb1, sc.beta2, sc.omb2, sc.eps, sc.huber_delta, sc.p - 1.0,
+             sc.envelope_decay, sc.p, (sc.p - 1.0) / sc.p]
+    inv_scale = None if sc.inv_scale is None else sc.inv_scale.to(device=device, dtype=torch.float32)
+    found_inf = None if sc.found_inf is None else sc.found_inf.to(device=device, dtype=torch.float32)
+    return hyper, lr_t, decay_t, inv_scale, found_inf
 
 
 class _Call:
@@ -198,13 +228,7 @@ class _Call:
             grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
         flat_keys = self.no_keys if keys is None else list(chain.from_iterable(_pick(keys, self.pos)))
         flat_bias = self.no_bias if bias is None else list(chain.from_iterable(_pick(bias, self.pos)))
-        lr_t = sc.lr.to(device=device, dtype=torch.float32) if isinstance(sc.lr, Tensor) else None
-        decay_t = sc.decay.to(device=device, dtype=torch.float32) if isinstance(sc.decay, Tensor) else None
-        hyper = [0.0 if lr_t is not None else float(sc.lr), 0.0 if decay_t is not None else float(sc.decay),
-                 sc.l2, sc.beta1, sc.omb1, sc.beta2, sc.omb2, sc.eps, sc.huber_delta, sc.p - 1.0,
-                 sc.envelope_decay, sc.p, (sc.p - 1.0) / sc.p]
-        inv_scale = None if sc.inv_scale is None else sc.inv_scale.to(device=device, dtype=torch.float32)
-        found_inf = None if sc.found_inf is None else sc.found_inf.to(device=device, dtype=torch.float32)
+        hyper, lr_t, decay_t, inv_scale, found_inf = _scalar_args(sc, device)
         return torch.ops.signopt.step(params, grads, *self.state, self.config, hyper, flat_keys,
                                       self.offsets, self.seglens, flat_bias, lr_t, decay_t,
                                       inv_scale, found_inf)

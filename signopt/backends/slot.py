@@ -23,3 +23,11 @@ class ParamSlot:
     index_offset: int = 0
     bias: tuple[float, float] | None = None
     key: tuple[int, int] | None = None
+
+
+class HeldGrads:
+    """The ``grads`` a kept plan passes to a prepared call that holds its parameters and read
+    and checked their gradients itself (``PreparedGroup.held``, C++)."""
+
+
+HELD_GRADS = HeldGrads()

@@ -1,0 +1,25 @@
+// The CPU and CUDA implementations of signopt::step (ops.cpp; cuda_ops.cpp, built with CUDA), for
+// callers that hold the arguments in C++ (group_step.cpp): a direct call skips the dispatcher's
+// boxing of every tensor (the op has no autograd kernel, so the Autograd key's fallback boxes).
+#pragma once
+#include <ATen/ATen.h>
+
+namespace signopt {
+
+at::Tensor step_cpu(at::TensorList params, at::TensorList grads, at::TensorList m, at::TensorList v,
+                    at::TensorList env, at::TensorList m_scale, at::TensorList v_scale, at::TensorList env_scale,
+                    at::IntArrayRef config, at::ArrayRef<double> hyper, at::IntArrayRef keys, at::IntArrayRef offsets,
+                    at::IntArrayRef seglens, at::ArrayRef<double> bias, const c10::optional<at::Tensor>& lr,
+                    const c10::optional<at::Tensor>& decay, const c10::optional<at::Tensor>& inv_scale,
+                    const c10::optional<at::Tensor>& found_inf);
+
+#if defined(SIGNOPT_CUDA)
+at::Tensor step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m, at::TensorList v,
+                     at::TensorList env, at::TensorList m_scale, at::TensorList v_scale, at::TensorList env_scale,
+                     at::IntArrayRef config, at::ArrayRef<double> hyper, at::IntArrayRef keys, at::IntArrayRef offsets,
+                     at::IntArrayRef seglens, at::ArrayRef<double> bias, const c10::optional<at::Tensor>& lr,
+                     const c10::optional<at::Tensor>& decay, const c10::optional<at::Tensor>& inv_scale,
+                     const c10::optional<at::Tensor>& found_inf);
+#endif
+
+}  // namespace signopt
