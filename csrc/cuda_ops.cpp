@@ -10,6 +10,7 @@
 
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "cuda_launch.h"
@@ -115,6 +116,9 @@ at::Tensor step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   C10_CUDA_CHECK(cuda::launch_step(L, stream));
   return bad;
 }
+
+// The definition matches step_impl.h's declaration (else &step_cuda names an overload set).
+static_assert(std::is_same_v<decltype(&step_cuda), decltype(&step_cpu)>, "step_cuda differs from step_impl.h");
 
 }  // namespace signopt
 

@@ -119,15 +119,14 @@ class _StateSnapshot:
     def __init__(self, state: dict) -> None:
         self.state = state
         self.dicts = list(state.values())
-        self.values = list(chain.from_iterable(map(dict.values, self.dicts)))
+        self.views = [d.values() for d in self.dicts]  # live views: read again in holds()
+        self.values = list(chain.from_iterable(self.views))
 
     def holds(self, state: dict) -> bool:
-        if state is not self.state or len(state) != len(self.dicts):
+        if (state is not self.state or len(state) != len(self.dicts)
+                or not all(map(operator.is_, state.values(), self.dicts))):
             return False
-        dicts = list(state.values())
-        if not all(map(operator.is_, dicts, self.dicts)):
-            return False
-        values = list(chain.from_iterable(map(dict.values, dicts)))
+        values = list(chain.from_iterable(self.views))
         return len(values) == len(self.values) and all(map(operator.is_, values, self.values))
 
 
