@@ -200,6 +200,22 @@ class SignOptimizer(Optimizer):
         self._group_backends.append(backend)
         self._drop_plans()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's state (defaults, state, param groups) plus the requested backend and each
+        group's resolved one by name (copies and unpickled optimizers run the same backends)."""
+        return {**super().__getstate__(), "_requested_backend": self._requested_backend,
+                "_group_backend_names": self.backends}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        names = state.pop("_group_backend_names", None)
+        super().__setstate__(state)
+        if names is not None:  # a copy or an unpickled optimizer (not load_state_dict's call)
+            self._group_backends = [backend_registry.load(name) for name in names]
+            self._last_nonfinite = []
+            self.last_step_backends = []
+            self._drop_plans()
+
     @property
     def backends(self) -> list[str]:
         """Name of the backend resolved for each param group."""
