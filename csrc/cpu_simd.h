@@ -147,7 +147,9 @@ inline void store32(uint16_t* p, __m512 v0, __m512 v1) {
 // FmtFP8::encode (nearest even) on 16 lanes; returns the 16 codes in the low bytes of int lanes.
 // SIGN=false: the magnitude code only (the caller ors in the sign of y = x*inv); NANS=false: the
 // caller knows x holds no NaN (y then holds none either: |y| <= absmax*inv is finite).
-template <int M, int EMIN, bool SIGN = true, bool NANS = true>
+// SUB=false: the caller knows every |y| >= 2^EMIN (no subnormal or zero code), so the subnormal
+// path is left out.
+template <int M, int EMIN, bool SIGN = true, bool NANS = true, bool SUB = true>
 inline __m512i fp8_codes16_y(__m512 y, __m512 q) {
   const __m512i b = _mm512_castps_si512(y);  // the sign
   // |clamp(y, -q, q)| = min(|y|, q) with the sign cleared (vrangeps, imm: min-abs, sign 0)
@@ -164,11 +166,13 @@ inline __m512i fp8_codes16_y(__m512 y, __m512 q) {
   // ulp 2^(EMIN-M) (nearest even: C's last mantissa bit is k's parity), and bits(a + C) - bits(C) = k
   // (k <= 2^M: the result stays in C's binade)
   constexpr int CB = (EMIN - M + 23 + 127) << 23;
-  const __mmask16 sub = _mm512_cmplt_epi32_mask(a, _mm512_set1_epi32((127 + EMIN) << 23));
-  code = _mm512_mask_sub_epi32(code, sub,
-                               _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(a),
-                                                                 _mm512_castsi512_ps(_mm512_set1_epi32(CB)))),
-                               _mm512_set1_epi32(CB));
+  if constexpr (SUB) {
+    const __mmask16 sub = _mm512_cmplt_epi32_mask(a, _mm512_set1_epi32((127 + EMIN) << 23));
+    code = _mm512_mask_sub_epi32(code, sub,
+                                 _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(a),
+                                                                   _mm512_castsi512_ps(_mm512_set1_epi32(CB)))),
+                                 _mm512_set1_epi32(CB));
+  }
   if (NANS) code = _mm512_mask_mov_epi32(code, _mm512_fpclass_ps_mask(y, 0x81), _mm512_set1_epi32(0x7F));  // NaN
   if (!SIGN) return code;
   return _mm512_ternarylogic_epi32(_mm512_srli_epi32(b, 24), _mm512_set1_epi32(0x80), code, 0xEA);
@@ -235,8 +239,13 @@ struct StateLoad {
   }
   template <bool FULL>
   __m512 load(const typename SF::raw* r, const __mmask16 k) const {
+    return short_dec ? load_t<FULL, true>(r, k) : load_t<FULL, false>(r, k);
+  }
+  // SHORT: short_dec known at compile time (a loop picks its version once).
+  template <bool FULL, bool SHORT>
+  __m512 load_t(const typename SF::raw* r, const __mmask16 k) const {
     if constexpr (SF::blocked) {
-      return short_dec ? load16_fp8_short<SF, FULL>(r, k, sfold) : load16_fp8<SF, FULL>(r, k, scale);
+      return SHORT ? load16_fp8_short<SF, FULL>(r, k, sfold) : load16_fp8<SF, FULL>(r, k, scale);
     } else {
       return load16<FULL>(r, k);
     }
@@ -262,7 +271,8 @@ inline uint32_t fp8_amax_flag(const __m512 acc, const int64_t n, const float* va
 }
 
 template <class F>
-inline float fp8_encode_amax(uint8_t* r, const int64_t n, const float* vals, const uint32_t amax);
+inline float fp8_encode_amax(uint8_t* r, const int64_t n, const float* vals, const uint32_t amax_flag,
+                             const float amin = 0.0f);
 
 // encode_block (cpu_kernels.h) for FP8 nearest: absmax of the finite values, scale, codes.
 template <class F>
@@ -284,14 +294,14 @@ inline float fp8_encode_block(uint8_t* r, const int64_t n, const float* vals) {
 // the magnitude codes (0..127) and two signed-saturating packs of the y bits (which keep the sign
 // of each lane) interleave the four vectors per 128-bit lane in dword groups alike, one dword
 // permute restores the order.
-template <class F, bool NANS>
+template <class F, bool NANS, bool SUB>
 inline void fp8_store64(uint8_t* r, const float* vals, __m512 inv, __m512 q) {
   constexpr int M = Fp8Params<F>::M, EMIN = Fp8Params<F>::EMIN;
   const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
   const __m512 y0 = _mm512_mul_ps(_mm512_loadu_ps(vals), inv), y1 = _mm512_mul_ps(_mm512_loadu_ps(vals + 16), inv);
   const __m512 y2 = _mm512_mul_ps(_mm512_loadu_ps(vals + 32), inv), y3 = _mm512_mul_ps(_mm512_loadu_ps(vals + 48), inv);
-  const __m512i c0 = fp8_codes16_y<M, EMIN, false, NANS>(y0, q), c1 = fp8_codes16_y<M, EMIN, false, NANS>(y1, q);
-  const __m512i c2 = fp8_codes16_y<M, EMIN, false, NANS>(y2, q), c3 = fp8_codes16_y<M, EMIN, false, NANS>(y3, q);
+  const __m512i c0 = fp8_codes16_y<M, EMIN, false, NANS, SUB>(y0, q), c1 = fp8_codes16_y<M, EMIN, false, NANS, SUB>(y1, q);
+  const __m512i c2 = fp8_codes16_y<M, EMIN, false, NANS, SUB>(y2, q), c3 = fp8_codes16_y<M, EMIN, false, NANS, SUB>(y3, q);
   const __m512i b = _mm512_packus_epi16(_mm512_packus_epi32(c0, c1), _mm512_packus_epi32(c2, c3));
   const __m512i sg = _mm512_packs_epi16(_mm512_packs_epi32(_mm512_castps_si512(y0), _mm512_castps_si512(y1)),
                                         _mm512_packs_epi32(_mm512_castps_si512(y2), _mm512_castps_si512(y3)));
@@ -300,18 +310,24 @@ inline void fp8_store64(uint8_t* r, const float* vals, __m512 inv, __m512 q) {
 }
 
 // The same with the bits of the finite absmax already known (SignLoop computes them; bit 31 of
-// amax_flag set: the values may hold a NaN, clear: none is NaN).
+// amax_flag set: the values may hold a NaN, clear: none is NaN).  amin: with NaN-free values,
+// their min |value| when the caller tracked it (else 0): when amin*inv >= 2^EMIN (so every
+// |x*inv| is, rounding being monotone) no code is subnormal or zero and that path is left out.
 template <class F>
-inline float fp8_encode_amax(uint8_t* r, const int64_t n, const float* vals, const uint32_t amax_flag) {
+inline float fp8_encode_amax(uint8_t* r, const int64_t n, const float* vals, const uint32_t amax_flag,
+                             const float amin) {
   const uint32_t amax = amax_flag & 0x7FFFFFFFu;
   const bool nan_free = amax_flag == amax;
   const float sc = F::scale_of(u2f(amax));
-  const __m512 inv = _mm512_set1_ps(1.0f / sc), q = _mm512_set1_ps(F::qmax);
+  const float invs = 1.0f / sc;
+  const __m512 inv = _mm512_set1_ps(invs), q = _mm512_set1_ps(F::qmax);
   int64_t j = 0;
-  if (nan_free) {
-    for (; j + 64 <= n; j += 64) fp8_store64<F, false>(r + j, vals + j, inv, q);
+  if (nan_free && amin * invs >= u2f((uint32_t)(127 + Fp8Params<F>::EMIN) << 23)) {
+    for (; j + 64 <= n; j += 64) fp8_store64<F, false, false>(r + j, vals + j, inv, q);
+  } else if (nan_free) {
+    for (; j + 64 <= n; j += 64) fp8_store64<F, false, true>(r + j, vals + j, inv, q);
   } else {
-    for (; j + 64 <= n; j += 64) fp8_store64<F, true>(r + j, vals + j, inv, q);
+    for (; j + 64 <= n; j += 64) fp8_store64<F, true, true>(r + j, vals + j, inv, q);
   }
   for (; j + 16 <= n; j += 16) {
     const __m512i c = fp8_codes16<Fp8Params<F>::M, Fp8Params<F>::EMIN>(_mm512_loadu_ps(vals + j), inv, q);
@@ -324,6 +340,12 @@ inline float fp8_encode_amax(uint8_t* r, const int64_t n, const float* vals, con
   }
   return sc;
 }
+
+// What SignLoop learns of a block's new m for fp8_encode_amax.
+struct BlockStats {
+  uint32_t amax_flag = 0u;
+  float amin = 0.0f;
+};
 
 // The rule's scalars as vectors (prologue, momentum, epilogue), shared by the fused loops.
 struct RuleVectors {
@@ -343,19 +365,25 @@ struct RuleVectors {
         decay(_mm512_set1_ps(sc.decay)) {}
   // rules.h's prologue on the live lanes k: g*inv_scale, -g (maximize); non-finite lanes are bad
   // (g = 0 there, good = k without them); + l2*p.  Returns the gradient the rule uses.
-  __m512 prologue(const __m512 pv, __m512 gv, const __mmask16 k, __mmask16& bad, __mmask16& good) const {
-    if (prol) gv = _mm512_mul_ps(_mm512_mul_ps(gv, mul), sg);
+  // PROL: prol known at compile time (a loop picks its version once, not per vector).
+  template <bool PROL>
+  __m512 prologue_t(const __m512 pv, __m512 gv, const __mmask16 k, __mmask16& bad, __mmask16& good) const {
+    if constexpr (PROL) gv = _mm512_mul_ps(_mm512_mul_ps(gv, mul), sg);
     bad = _mm512_mask_fpclass_ps_mask(k, gv, 0x99);  // QNaN, +inf, -inf, SNaN
     good = _kandn_mask16(bad, k);
     const __m512 gg = _mm512_maskz_mov_ps(good, gv);
-    return prol && has_l2 ? _mm512_add_ps(gg, _mm512_mul_ps(l2, pv)) : gg;
+    if constexpr (PROL) return has_l2 ? _mm512_add_ps(gg, _mm512_mul_ps(l2, pv)) : gg;
+    return gg;
+  }
+  __m512 prologue(const __m512 pv, __m512 gv, const __mmask16 k, __mmask16& bad, __mmask16& good) const {
+    return prol ? prologue_t<true>(pv, gv, k, bad, good) : prologue_t<false>(pv, gv, k, bad, good);
   }
 };
 
 // ---------------------------------------------------------------- SignSGD / Signum / Lion
 // fused_loop of cpu_kernels.h for K in kind_covered, as a loop object whose vector scalars are set
 // up once (fused_sign_blocks runs it block after block); FP8 state (SF::blocked): m read as codes
-// with mscale, the new m written to mout (fp32) and fp8_encode_amax's amax_flag to *amax_out.
+// with mscale, the new m written to mout (fp32) and fp8_encode_amax's amax_flag and amin to *stats.
 // run returns the non-finite count.
 template <int K, class PF, class SF>
 struct SignLoop {
@@ -363,16 +391,40 @@ struct SignLoop {
   const float beta1, beta2;
   const __m512 segv;      // K_LION_NORM: the segment's norm (one segment per loop object)
   const __mmask16 segpos;  // ... all lanes where it is > 0
+  const bool decay1;       // decay == 1 (no weight decay this step)
   SignLoop(const Scalars& sc, const float seg)
       : R(sc), beta1(sc.beta1), beta2(sc.beta2), segv(_mm512_set1_ps(seg)),
-        segpos(seg > 0.0f ? (__mmask16)0xFFFF : (__mmask16)0) {}
+        segpos(seg > 0.0f ? (__mmask16)0xFFFF : (__mmask16)0), decay1(sc.decay == 1.0f) {}
 
   int64_t run(const float mscale, const int64_t n, typename PF::raw* __restrict p, const typename PF::raw* __restrict g,
-              typename SF::raw* __restrict m, float* __restrict mout, uint32_t* amax_out) const {
+              typename SF::raw* __restrict m, float* __restrict mout, BlockStats* stats) const {
+    const StateLoad<SF> ml(m, n, mscale);
+    if (decay1) return R.prol ? run_s<true, false>(ml, n, p, g, m, mout, stats)
+                              : run_s<false, false>(ml, n, p, g, m, mout, stats);
+    return R.prol ? run_s<true, true>(ml, n, p, g, m, mout, stats)
+                  : run_s<false, true>(ml, n, p, g, m, mout, stats);
+  }
+
+  template <bool PROL, bool DECAY>
+  int64_t run_s(const StateLoad<SF>& ml, const int64_t n, typename PF::raw* __restrict p,
+                const typename PF::raw* __restrict g, typename SF::raw* __restrict m, float* __restrict mout,
+                BlockStats* stats) const {
+    if constexpr (SF::blocked) {
+      if (ml.short_dec) return run_t<PROL, true, DECAY>(ml, n, p, g, m, mout, stats);
+    }
+    return run_t<PROL, false, DECAY>(ml, n, p, g, m, mout, stats);
+  }
+
+  // run with R.prol = PROL, ml.short_dec = SHORT and decay != 1 = DECAY (the per-vector branches
+  // hoisted; with decay = 1, p*decay = p for every p, sNaN included: the multiply is left out).
+  template <bool PROL, bool SHORT, bool DECAY>
+  int64_t run_t(const StateLoad<SF>& ml, const int64_t n, typename PF::raw* __restrict p,
+                const typename PF::raw* __restrict g, typename SF::raw* __restrict m, float* __restrict mout,
+                BlockStats* stats) const {
     const __m512 zero = _mm512_setzero_ps();
     int64_t nbad = 0;
     __m512 amax = _mm512_setzero_ps();  // FP8 state: max |new m| (vrangeps)
-    const StateLoad<SF> ml(m, n, mscale);
+    __m512 amin = _mm512_set1_ps(INFINITY);  // ... and min |new m| (NaN-free only: see may_nan)
     struct Out {
       __m512 pn, mn;
     };
@@ -380,13 +432,13 @@ struct SignLoop {
       constexpr bool FULL = decltype(full)::value;
       const __m512 pv = load16<FULL>(p + j, k);
       __mmask16 bad, good;
-      const __m512 gg = R.prologue(pv, load16<FULL>(g + j, k), k, bad, good);
+      const __m512 gg = R.template prologue_t<PROL>(pv, load16<FULL>(g + j, k), k, bad, good);
       __m512 src;  // the value whose sign is u
       __m512 mn = zero;
       if constexpr (K == K_SIGN) {
         src = gg;
       } else {
-        const __m512 mv = ml.template load<FULL>(m + j, k);
+        const __m512 mv = ml.template load_t<FULL, SHORT>(m + j, k);
         if constexpr (K == K_SIGNUM) {
           mn = _mm512_mask_add_ps(mv, good, _mm512_mul_ps(mv, R.b1), _mm512_mul_ps(gg, R.omb1));
           src = mn;
@@ -397,18 +449,19 @@ struct SignLoop {
         if constexpr (SF::blocked) {
           store16<FULL>(mout + j, mn, k);
           amax = _mm512_mask_range_ps(amax, k, amax, mn, 0x0B);  // max-abs, sign 0
+          amin = _mm512_mask_range_ps(amin, k, amin, mn, 0x0A);  // min-abs, sign 0
         }
       }
       __m512 pn;
       if constexpr (K == K_LION_NORM) {  // u = c/seg where seg > 0, else 0; p*decay - lr*u
         const __m512 u = _mm512_maskz_div_ps(segpos, src, segv);
-        pn = _mm512_mask_sub_ps(pv, good, _mm512_mul_ps(pv, R.decay), _mm512_mul_ps(R.lr, u));
+        pn = _mm512_mask_sub_ps(pv, good, DECAY ? _mm512_mul_ps(pv, R.decay) : pv, _mm512_mul_ps(R.lr, u));
       } else {
         // t = lr*u: copysign(lr, src) where src != 0 (ordered), +0 elsewhere (sign(NaN) = 0)
         const __mmask16 nz = _mm512_mask_cmp_ps_mask(good, src, zero, _CMP_NEQ_OQ);
         const __m512 t = _mm512_castsi512_ps(_mm512_maskz_ternarylogic_epi32(
             nz, _mm512_castps_si512(src), _mm512_set1_epi32((int)0x80000000u), _mm512_castps_si512(R.lr), 0xEA));
-        pn = _mm512_mask_mul_ps(pv, good, pv, R.decay);
+        pn = DECAY ? _mm512_mask_mul_ps(pv, good, pv, R.decay) : pv;
         pn = _mm512_mask_sub_ps(pn, good, pn, t);
       }
       nbad += __builtin_popcount((unsigned)bad);
@@ -433,8 +486,9 @@ struct SignLoop {
       // short decode every decoded m is finite, below 2^31 in magnitude; without L2 the gradient
       // term is finite where good (0 elsewhere); with |beta| <= 1 neither m*beta nor g*(1-beta) is
       // NaN and their sum is finite or +-inf (never inf - inf), so no new m is NaN.
-      const bool may_nan = !(ml.short_dec && !(R.prol && R.has_l2) && fabsf(beta1) <= 1.0f && fabsf(beta2) <= 1.0f);
-      *amax_out = fp8_amax_flag(amax, n, mout, may_nan);
+      const bool may_nan = !(SHORT && !(PROL && R.has_l2) && fabsf(beta1) <= 1.0f && fabsf(beta2) <= 1.0f);
+      stats->amax_flag = fp8_amax_flag(amax, n, mout, may_nan);
+      stats->amin = may_nan ? 0.0f : u2f(_mm512_reduce_min_epu32(_mm512_castps_si512(amin)));
     }
     return nbad;
   }
@@ -471,14 +525,14 @@ inline int64_t fused_sign_blocks(const Scalars& sc, const float seg, const int64
                                  uint8_t* __restrict m, float* __restrict scales, float* __restrict buf) {
   const SignLoop<K, PF, SF> L(sc, seg);
   int64_t nbad = 0;
-  uint32_t amax[2] = {0u, 0u};
+  BlockStats stats[2] = {};
   pipelined_blocks(
       B, n,
       [&](int64_t b, int64_t a, int64_t nb, int slot) {
-        nbad += L.run(scales[b], nb, p + a, g + a, m + a, buf + slot * B, &amax[slot]);
+        nbad += L.run(scales[b], nb, p + a, g + a, m + a, buf + slot * B, &stats[slot]);
       },
       [&](int64_t b, int64_t a, int64_t nb, int slot) {
-        scales[b] = fp8_encode_amax<SF>(m + a, nb, buf + slot * B, amax[slot]);
+        scales[b] = fp8_encode_amax<SF>(m + a, nb, buf + slot * B, stats[slot].amax_flag, stats[slot].amin);
       });
   return nbad;
 }

@@ -438,3 +438,42 @@ print("PHILOX OK")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1200)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "CHECKED 268" in out.stdout and "PHILOX OK" in out.stdout
+
+
+@pytest.mark.parametrize("fmt", ["fp8_e4m3", "fp8_e5m2"])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+@pytest.mark.parametrize("pdtype", [torch.float32, torch.bfloat16])
+def test_fp8_state_blocks_at_the_subnormal_boundary(fmt, weight_decay, pdtype):
+    """FP8 state blocks whose smallest |m| sits on either side of the smallest normal code times
+    the block scale (the AVX-512 encoder leaves the subnormal path out of blocks with none), with
+    zeros, subnormal codes and scales that are and are not powers of two; with and without weight
+    decay (decay = 1 leaves the multiply out): bit-identical to the torch reference. beta2 = 0
+    makes the new m the gradient itself; blocks of 64 (the encoder's 64-value loop)."""
+    import signopt
+
+    emin, m_bits, qmax = (-6, 3, 448.0) if fmt == "fp8_e4m3" else (-14, 2, 57344.0)
+    tiny = 2.0 ** emin
+    gen = torch.Generator().manual_seed(3)
+    blocks = []
+    for top, extra in [(qmax, []), (qmax, [tiny]), (qmax, [tiny * (1 - 2.0 ** -24)]), (qmax, [0.0, -0.0]),
+                       (qmax, [3 * 2.0 ** (emin - m_bits)]), (qmax, [tiny * (1 + 2.0 ** -23)]),
+                       (300.0, [tiny * 300.0 / qmax * (1 + 2.0 ** -22), tiny * 300.0 / qmax * (1 - 2.0 ** -22)]),
+                       (300.0, [tiny * 300.0 / qmax]), (1e-3, [1e-3 * tiny / qmax * 2])]:
+        rest = torch.rand(64 - 1 - len(extra), generator=gen) * (top - tiny * top / qmax * 4) + tiny * top / qmax * 4
+        b = torch.cat([torch.tensor([top] + extra), rest])
+        sign = torch.where(torch.rand(64, generator=gen) < 0.5, -1.0, 1.0)
+        blocks.append(b * sign)
+    g = torch.cat(blocks)
+    runs = {}
+    for backend in ("cpp", "torch"):
+        p = torch.nn.Parameter((torch.randn(g.numel(), generator=torch.Generator().manual_seed(1)) * 0.1).to(pdtype))
+        opt = signopt.Lion([p], lr=0.01, betas=(0.9, 0.0), weight_decay=weight_decay, backend=backend,
+                           state_dtype=fmt, state_block=64, fp8_min_numel=0)
+        out = []
+        for step in range(2):
+            p.grad = (g * (1 + step)).to(pdtype)
+            opt.step()
+            out += [p.detach().clone(), opt.state[p]["m"].clone(), opt.state[p]["m_scale"].clone()]
+        runs[backend] = out
+    for a, b in zip(runs["cpp"], runs["torch"]):
+        assert same(a, b)
