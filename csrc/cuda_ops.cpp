@@ -117,8 +117,8 @@ at::Tensor step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   return bad;
 }
 
-// The definition matches step_impl.h's declaration (else &step_cuda names an overload set).
-static_assert(std::is_same_v<decltype(&step_cuda), decltype(&step_cpu)>, "step_cuda differs from step_impl.h");
+// The definition matches step_impl.h's declaration (else step_cuda names an overload set).
+static_assert(std::is_same_v<decltype(step_cuda), StepImpl>, "step_cuda differs from step_impl.h");
 
 }  // namespace signopt
 
