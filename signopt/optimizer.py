@@ -79,7 +79,7 @@ class _GroupPlan:
     steps: list[Tensor]  # per slot: its step counter (rules that keep one), else empty
     run: Callable  # (grads, keys, bias, scalars, contiguous) -> non-finite count or None
     held: Any = None  # the backend's call object when it reads and checks the gradients itself
-    gradless: list = None  # with ``held``: the params expected without a gradient
+    gradless: list | None = None  # with ``held``: the params expected without a gradient
 
     def fits(self, params: list, start: int, rule: UpdateRule) -> bool:
         return (start == self.start and rule == self.rule and rule.kappa_fn is self.rule.kappa_fn
@@ -265,7 +265,8 @@ class SignOptimizer(Optimizer):
     def _plan(self) -> list[tuple]:
         """Validate everything a step needs before any tensor is touched. Per group:
         ``(group, backend, rule, plan, grads, work, start, keep)``: ``plan`` is the kept
-        :class:`_GroupPlan` when it still fits, with this step's ``grads``; otherwise ``plan``
+        :class:`_GroupPlan` when it still fits, with this step's ``grads`` (``HELD_GRADS`` when
+        the plan's backend checked and holds them: see :meth:`_GroupPlan.grads`); otherwise ``plan``
         is None, ``work`` lists the ``(param, index)`` pairs with gradients and ``keep`` says
         whether the plan built from them may be kept for later steps."""
         if self._plans_state is None or not self._plans_state.holds(self.state):
