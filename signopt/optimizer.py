@@ -318,9 +318,10 @@ class SignOptimizer(Optimizer):
                 raise ValueError(f"backend {backend.name!r} cannot run param_groups[{gi}]: {reason}")
             plans.append((group, backend, rule, None, None, work, start, keep))
 
-    def _build(self, backend: Any, rule: UpdateRule, params: list,
-               work: list[tuple[Tensor, int]], start: int) -> tuple[_GroupPlan, list[Tensor]]:
-        """Allocate missing state and build the group's plan; also returns this step's grads."""
+    def _build(self, backend: Any, rule: UpdateRule, params: list, work: list[tuple[Tensor, int]],
+               start: int, keep: bool) -> tuple[_GroupPlan, list[Tensor]]:
+        """Allocate missing state and build the group's plan (with the backend's held call when
+        it will be kept); also returns this step's grads."""
         slots = []
         for p, index in work:
             st = self._init_state(rule, p)
@@ -334,7 +335,7 @@ class SignOptimizer(Optimizer):
         for slot in slots:
             slot.grad = None  # a kept plan must not keep this step's gradients alive
         expect = [None if p.grad is None else (p.dtype, p.shape, p.device) for p in params]
-        held = getattr(run, "held", None)
+        held = run.hold(slots) if keep and hasattr(run, "hold") else None
         gradless = [p for p, want in zip(params, expect) if want is None] if held is not None else None
         plan = _GroupPlan(list(params), start, rule, expect, slots, [s.index for s in slots],
                           steps, run, held, gradless)
@@ -361,7 +362,7 @@ class SignOptimizer(Optimizer):
         for gi, (group, backend, rule, plan, grads, work, start, keep) in enumerate(plans):
             scalars = group_scalars(rule, group, grad_scale, found_inf)
             if plan is None:
-                plan, grads = self._build(backend, rule, group["params"], work, start)
+                plan, grads = self._build(backend, rule, group["params"], work, start, keep)
                 if keep:
                     self._plans[gi] = plan
                 else:

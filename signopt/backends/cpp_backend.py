@@ -134,7 +134,14 @@ class PreparedGroup:
         whole = len(parts) == 1 and len(next(iter(parts.values()))) == len(slots)
         self.calls = [_Call(rule, kind, key, [slots[i] for i in pos], None if whole else pos)
                       for key, pos in parts.items()]
+        self.held = None
+
+    def hold(self, slots: list[ParamSlot]) -> Any:
+        """Build the calls' ``GroupStep`` over the ``slots`` they were prepared from, for a plan
+        that is kept (see :func:`_held_step`): the held object, or None where the Python path
+        must run."""
         self.held = _held_step(self.calls, slots)
+        return self.held
 
     def __call__(self, grads: list[Tensor] | HeldGrads, keys: list[tuple[int, int]] | None,
                  bias: list[tuple[float, float]] | None, sc: GroupScalars,
