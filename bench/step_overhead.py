@@ -1,10 +1,12 @@
 """Host overhead of ``optimizer.step()`` on many tiny tensors (the kernels do almost nothing).
 
     python bench/step_overhead.py [--tensors 300] [--numel 8] [--threads 1] [--backend cpp]
+                                  [--device cpu|cuda]
 
 Each optimizer steps the same parameter list (fresh gradients are not drawn: the time is the
 step's own work); after one warm-up step, ``--repeats`` rounds of ``--steps`` steps are timed
-and the min and median ms/step over rounds printed, beside torch's fused AdamW.
+and the min and median ms/step over rounds printed, beside torch's fused AdamW. On ``cuda`` a
+round ends with a synchronisation (tiny tensors: the host's launch work is the step time).
 """
 from __future__ import annotations
 
@@ -21,13 +23,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import signopt  # noqa: E402
 
 
-def time_steps(opt: torch.optim.Optimizer, steps: int, repeats: int) -> tuple[float, float]:
+def time_steps(opt: torch.optim.Optimizer, steps: int, repeats: int, device: str) -> tuple[float, float]:
     opt.step()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
     rounds = []
     for _ in range(repeats):
         t = time.perf_counter()
         for _ in range(steps):
             opt.step()
+        sync()
         rounds.append((time.perf_counter() - t) / steps * 1e3)
     return min(rounds), statistics.median(rounds)
 
@@ -40,11 +45,12 @@ def main() -> None:
     ap.add_argument("--backend", default="cpp")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    params = [torch.randn(args.numel) for _ in range(args.tensors)]
+    params = [torch.randn(args.numel, device=args.device) for _ in range(args.tensors)]
     for p in params:
-        p.grad = torch.randn(args.numel)
+        p.grad = torch.randn_like(p)
     b = args.backend
     contenders = {
         f"SignSGD {b}": lambda: signopt.SignSGD(params, lr=1e-4, backend=b),
@@ -54,11 +60,12 @@ def main() -> None:
         f"SignConversion-adamw {b}": lambda: signopt.SignConversion(params, lr=1e-4, backend=b),
         "torch AdamW fused": lambda: torch.optim.AdamW(params, lr=1e-4, fused=True),
     }
-    print(f"step overhead: {args.tensors} fp32 tensors of {args.numel} elements, torch "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"step overhead: {args.tensors} fp32 tensors of {args.numel} elements on {where}, torch "
           f"{torch.__version__}, {args.threads} thread(s), load average "
           f"{os.getloadavg()[0]:.2f} at start")
     for name, make in contenders.items():
-        lo, med = time_steps(make(), args.steps, args.repeats)
+        lo, med = time_steps(make(), args.steps, args.repeats, args.device)
         print(f"{name:28s} min {lo:7.3f}  median {med:7.3f} ms/step")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
