@@ -146,6 +146,7 @@ struct GroupStep : torch::CustomClassHolder {
   at::Tensor run(std::vector<double> hyper, c10::optional<at::Tensor> lr, c10::optional<at::Tensor> decay,
                  c10::optional<at::Tensor> inv_scale, c10::optional<at::Tensor> found_inf) {
     TORCH_CHECK(grads.size() == params.size(), "GroupStep.run: call check() first");
+    TORCH_CHECK(steps.empty() || !keys.empty(), "GroupStep.run: a group with step counters needs advance() first");
     std::vector<at::Tensor> held = std::move(grads);
     grads.clear();  // a kept plan must not keep this step's gradients alive
     at::Tensor total;
