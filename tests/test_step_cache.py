@@ -387,6 +387,31 @@ def test_cpp_kept_plan_checks_gradients_in_cpp(rule):
     assert opt_c._plans[0].held is None
 
 
+def test_held_group_of_several_calls_matches_uncached():
+    """One group of fp32 and bf16 parameters with FP8 and (below fp8_min_numel) fp32 state: four
+    kernel calls held in one GroupStep, bit-identical to rebuilding every step."""
+    backend_or_skip("cpp")
+
+    def make():
+        gen = torch.Generator().manual_seed(0)
+        return [torch.nn.Parameter(torch.randn(n, generator=gen).to(dt))
+                for n, dt in ((50, torch.float32), (70, torch.bfloat16), (5000, torch.float32), (300, torch.bfloat16))]
+
+    kw = dict(lr=1e-2, seed=3, backend="cpp", state_dtype="fp8_e4m3", fp8_min_numel=100, state_block=64)
+    a, b = make(), make()
+    opt_a, opt_b = signopt.StoSignSGD(a, **kw), signopt.StoSignSGD(b, **kw)
+    for t in range(4):
+        gen = torch.Generator().manual_seed(10 + t)
+        for x, y in zip(a, b):
+            x.grad = torch.randn(x.shape, generator=gen).to(x.dtype)
+            y.grad = x.grad.clone()
+        opt_a.step()
+        uncached_step(opt_b)
+    plan = opt_a._plans[0]
+    assert len(plan.run.calls) == 4 and plan.held is not None
+    assert_snapshot_equal(snapshot(opt_a, a), snapshot(opt_b, b))
+
+
 def test_failed_step_releases_held_gradients():
     """A step that raises in a later group's checks leaves no gradient held by an earlier
     group's kept plan (``zero_grad(set_to_none=True)`` frees them)."""
