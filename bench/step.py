@@ -10,7 +10,11 @@ of the two step times over the difference of their sizes is its time per paramet
 without the per-step and per-tensor overhead.  A table sets it beside the row's time per parameter
 in DRAM from the large case: a row whose time barely drops in cache is compute-bound, and
 bytes/(time in cache) over the large case's streaming bandwidth is about the most of that
-bandwidth its compute allows (the cache time still includes L3 traffic).  Every signopt optimizer x backend x state dtype, and
+bandwidth its compute allows (the cache time still includes L3 traffic).  With it, the Philox
+floor: word 0 of as many counters as the large case has parameters, computed by the stochastic
+kernels' own routine (``torch.ops.signopt.philox_word0``), and for each row that draws random
+bits the most of the streaming bandwidth it could reach if it computed nothing else.  Every
+signopt optimizer x backend x state dtype, and
 peers from PyPI when installed (torch AdamW foreach/fused, lion-pytorch, pytorch-optimizer
 Lion/SignSGD, bitsandbytes Lion8bit); a missing peer prints a line.
 
@@ -208,7 +212,8 @@ def time_contender(row: dict, params: list[torch.Tensor], measure_mem: bool, a: 
 
 def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, out) -> dict:
     """Times every row; prints the table; returns per row key its (min, median) seconds per
-    parameter, and under "stream" the best and median streaming bandwidth (B/s)."""
+    parameter, under "stream" the best and median streaming bandwidth (B/s), under "numel" the
+    parameter count."""
     d, layers = dims
     lists = {"fp32": make_list(d, layers, torch.float32), "bf16": make_list(d, layers, torch.bfloat16)}
     n = lists["fp32"][1]
@@ -243,7 +248,7 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
           f"{'min ms':>9s} {'med ms':>9s} {'GB/s':>7s} {'%str min':>8s} {'%str med':>8s} {'peak MB':>8s} "
           f"{'peak/params':>11s}", file=out)
     results, results_med, results_rel = {}, {}, {}
-    per_param: dict = {"stream": (stream_bw, stream_med)}
+    per_param: dict = {"stream": (stream_bw, stream_med), "numel": n}
     for i, row in enumerate(rows):
         if not times[i]:
             continue
@@ -324,6 +329,44 @@ def compute_bound_check(large: dict, rows: list[dict], repeats: int, out) -> Non
             continue
         print(f"{key[0]:26s} {key[1]:7s} {key[2]:5s} {key[3]:8s} {tmin * 1e9:9.3f} {cache * 1e9:10.3f} "
               f"{tmin / cache:10.2f} {100 * bpp / cache / sbest:8.0f}% {100 * bpp / cache / smed:7.0f}%", file=out)
+    philox_floor_table(large, rows, repeats, out)
+
+
+def philox_floor(n: int, repeats: int) -> float:
+    """Seconds per element of Philox word 0 of n consecutive counters with the stochastic kernels'
+    own routine (torch.ops.signopt.philox_word0, every thread), written into a 4 MB buffer that
+    stays in cache; the min over repeats."""
+    out = torch.empty(1 << 20, dtype=torch.int32)
+    calls = -(-n // out.numel())
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for c in range(calls):
+            torch.ops.signopt.philox_word0(0x1234567, 0x89ABCDE, c * out.numel(), out)
+        best = min(best, (time.perf_counter() - t0) / (calls * out.numel()))
+    return best
+
+
+def philox_floor_table(large: dict, rows: list[dict], repeats: int, out) -> None:
+    """Rows that draw random bits (StoSignSGD, SignConversion) compute one Philox4x32-10 per
+    element (the numerics contract fixes the counter), so their step takes at least the time of
+    word 0 alone: bytes / that time over the streaming bandwidth bounds the row's %stream."""
+    sto = [r for r in rows if r["backend"] == "cpp" and r["cls"] in (signopt.StoSignSGD, signopt.SignConversion)
+           and (r["name"], r["backend"], r["pdtype"], r["state"]) in large]
+    if not sto:
+        return
+    floor = philox_floor(large["numel"], 2 * repeats)
+    sbest, smed = large["stream"]
+    print(f"\n== Philox floor: word 0 of {large['numel'] / 1e6:.1f}M counters with the kernels' routine, "
+          f"{torch.get_num_threads()} threads: {floor * 1e9:.3f} ns/p (min of {2 * repeats}); the most %stream "
+          f"a row that draws random bits can reach = bytes / floor over streaming ({sbest / 1e9:.1f} GB/s best, "
+          f"{smed / 1e9:.1f} GB/s median) ==", file=out)
+    print(f"{'optimizer':26s} {'param':5s} {'state':8s} {'B/param':>7s} {'ns/p DRAM':>9s} {'floor/DRAM':>10s} "
+          f"{'max best':>8s} {'max med':>7s}", file=out)
+    for r in sto:
+        tmin, _, bpp = large[(r["name"], r["backend"], r["pdtype"], r["state"])]
+        print(f"{r['name']:26s} {r['pdtype']:5s} {r['state']:8s} {bpp:7.2f} {tmin * 1e9:9.3f} "
+              f"{floor / tmin:9.0%} {100 * bpp / floor / sbest:7.0f}% {100 * bpp / floor / smed:6.0f}%", file=out)
 
 
 def main() -> None:

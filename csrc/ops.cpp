@@ -49,6 +49,29 @@ at::Tensor philox_cpu(int64_t k0, int64_t k1, const at::Tensor& idx) {
   return out;
 }
 
+// Word 0 of the Philox counters of elements base .. base+n-1 into out (int32: the uint32 bits),
+// with the routine the stochastic kernels draw their signs from (philox_w0_range with AVX-512),
+// split over threads in runs of 32.  bench/step.py times it: every rule that draws random bits
+// computes at least these words, so their time is a floor under such a rule's step.
+void philox_word0_cpu(int64_t k0, int64_t k1, int64_t base, const at::Tensor& out) {
+  TORCH_CHECK(out.scalar_type() == at::kInt && out.is_contiguous(),
+              "philox_word0: out must be a contiguous int32 tensor, got ", out.scalar_type());
+  TORCH_CHECK(base >= 0, "philox_word0: base must be >= 0, got ", base);
+  uint32_t* o = reinterpret_cast<uint32_t*>(out.data_ptr<int32_t>());
+  const int64_t n = out.numel();
+  at::parallel_for(0, (n + 31) / 32, 256, [&](int64_t b, int64_t e) {
+    const int64_t a = 32 * b, len = std::min(32 * e, n) - a;
+    const uint64_t first = (uint64_t)base + (uint64_t)a;
+#if defined(SIGNOPT_AVX512)
+    if (cpu::simd::simd_enabled()) {
+      cpu::simd::philox_w0_range((uint32_t)k0, (uint32_t)k1, first, len, o + a);
+      return;
+    }
+#endif
+    for (int64_t j = 0; j < len; ++j) o[a + j] = element_words((uint32_t)k0, (uint32_t)k1, first + (uint64_t)j).w0;
+  });
+}
+
 // Encode fp32 x into storage format fmt (casts.h) and decode it back:
 // returns (stored tensor, scales (FP8; else empty), decoded fp32).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> encode_cpu(const at::Tensor& x, int64_t fmt, int64_t block,
@@ -119,11 +142,13 @@ TORCH_LIBRARY(signopt, m) {
       "int[] keys, int[] offsets, int[] seglens, float[] bias, Tensor? lr, Tensor? decay, "
       "Tensor? inv_scale, Tensor? found_inf) -> Tensor");
   m.def("philox(int k0, int k1, Tensor idx) -> Tensor");
+  m.def("philox_word0(int k0, int k1, int base, Tensor(a!) out) -> ()");
   m.def("encode(Tensor x, int fmt, int block, Tensor? words) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(signopt, CPU, m) {
   m.impl("step", &signopt::step_cpu);
   m.impl("philox", &signopt::philox_cpu);
+  m.impl("philox_word0", &signopt::philox_word0_cpu);
   m.impl("encode", &signopt::encode_cpu);
 }

@@ -18,6 +18,11 @@ def _philox_fake(k0, k1, idx) -> Tensor:
     return idx.new_empty((idx.numel(), 4), dtype=torch.int64)
 
 
+@torch.library.register_fake("signopt::philox_word0")
+def _philox_word0_fake(k0, k1, base, out) -> None:
+    return None
+
+
 _ENCODE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2)
 
 

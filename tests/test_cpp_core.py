@@ -47,6 +47,34 @@ def test_philox_matches_reference():
             assert torch.equal(got[:, w], ref[w]), f"word {w} differs for key {key}"
 
 
+@pytest.mark.parametrize("base,n", [(0, 0), (0, 1), (5, 31), (0, 32), (7, 1000), (2**32 - 40, 100),
+                                    (2**32 - 3, 5), (2**40 + 3, 77), (2**62, 33), (123, 20000)])
+def test_philox_word0_matches_reference(base, n):
+    """philox_word0 (the stochastic kernels' word-0 routine, the bench's Philox floor) writes word 0
+    of counters base .. base+n-1, runs crossing a multiple of 2^32 and every tail length included."""
+    key = (0xDEADBEEF, 0x12345678)
+    out = torch.full((n,), -1, dtype=torch.int32)
+    torch.ops.signopt.philox_word0(key[0], key[1], base, out)
+    ref = element_words(key, torch.arange(n, dtype=torch.int64) + base)[0]
+    assert torch.equal(out.to(torch.int64) & 0xFFFFFFFF, ref)
+
+
+def test_philox_word0_rejects_bad_arguments():
+    out = torch.zeros(8, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="out must be a contiguous int32"):
+        torch.ops.signopt.philox_word0(1, 2, 0, torch.zeros(8, dtype=torch.int64))
+    with pytest.raises(RuntimeError, match="out must be a contiguous int32"):
+        torch.ops.signopt.philox_word0(1, 2, 0, torch.zeros(16, dtype=torch.int32)[::2])
+    with pytest.raises(RuntimeError, match="base must be >= 0"):
+        torch.ops.signopt.philox_word0(1, 2, -1, out)
+    assert torch.equal(out, torch.zeros(8, dtype=torch.int32))
+
+
+def test_philox_word0_opcheck():
+    torch.library.opcheck(torch.ops.signopt.philox_word0.default, (3, 4, 10, torch.zeros(45, dtype=torch.int32)),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
 def test_bf16_nearest_and_stochastic():
     x = torch.cat([edge_values(), torch.tensor([float("inf"), float("-inf"), float("nan")])])
     codes, _, dec = torch.ops.signopt.encode(x, FMT["bf16"], 1, None)
@@ -433,6 +461,10 @@ idx = torch.cat([torch.arange(1000, dtype=torch.int64) * 7919, torch.tensor([2**
 got = torch.ops.signopt.philox(0xDEADBEEF, 0x12345678, idx)
 ref = element_words((0xDEADBEEF, 0x12345678), idx)
 assert all(torch.equal(got[:, w], ref[w]) for w in range(4))
+w0 = torch.empty(1003, dtype=torch.int32)
+torch.ops.signopt.philox_word0(0xDEADBEEF, 0x12345678, 2**32 - 500, w0)
+assert torch.equal(w0.to(torch.int64) & 0xFFFFFFFF,
+                   element_words((0xDEADBEEF, 0x12345678), torch.arange(1003) + 2**32 - 500)[0])
 print("PHILOX OK")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1200)
