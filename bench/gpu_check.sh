@@ -25,7 +25,8 @@
 # 8 files: unpack it into bench/results/ and commit it there).
 #
 # No network: it runs from this checkout (PYTHONPATH; nothing is pip-installed into the image),
-# and the peers the GPU image lacks (lion-pytorch, pytorch-optimizer) come from bench/wheels/,
+# and the peers the GPU image lacks (lion-pytorch, pytorch-optimizer, bitsandbytes trimmed to its
+# CUDA 13.0 library, packaging) come from bench/wheels/,
 # unpacked into a temporary directory only when their module is missing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
