@@ -87,6 +87,19 @@ inline float encode_block(typename F::raw* __restrict r, const int64_t n, const 
   return sc;
 }
 
+// Word 0 only of the Philox counters of elements base .. base+n-1 (the stochastic sign's bits):
+// the AVX-512 loop (simd::philox_w0_range) where enabled, the scalar philox.h otherwise.
+inline void philox_word0_range(const uint32_t k0, const uint32_t k1, const uint64_t base, const int64_t n,
+                               uint32_t* __restrict W0) {
+#if defined(SIGNOPT_AVX512)
+  if (simd::simd_enabled()) {
+    simd::philox_w0_range(k0, k1, base, n, W0);
+    return;
+  }
+#endif
+  for (int64_t j = 0; j < n; ++j) W0[j] = element_words(k0, k1, base + (uint64_t)j).w0;
+}
+
 struct Item {
   int64_t t, a, b;
 };
@@ -145,12 +158,6 @@ struct GroupKernel {
         items.push_back(Item{i, a, std::min(a + step, c.t[i].numel)});
     }
     item_base.push_back((int64_t)items.size());
-  }
-
-  // Philox words 0..2 of elements base .. base+n-1 (counter (i mod 2^32, i >> 32, 0, 0)).
-  static void philox_loop(const uint32_t k0, const uint32_t k1, const uint64_t base, const int64_t n,
-                          uint32_t* __restrict W0, uint32_t* __restrict W1, uint32_t* __restrict W2) {
-    philox_range(k0, k1, base, n, W0, W1, W2);
   }
 
   // ---------------------------------------------------------------- fp32 tile loops
@@ -514,14 +521,12 @@ struct GroupKernel {
     uint32_t* W0 = B.w0.data();
     uint32_t* W1 = B.w1.data();
     uint32_t* W2 = B.w2.data();
-    if (words) {
-#if defined(SIGNOPT_AVX512)
-      // words 1 and 2 only feed stochastic rounding
-      if (!s.state_sr && !s.param_sr && simd::simd_enabled()) {
-        simd::philox_w0_range(t.k0, t.k1, t.offset + (uint64_t)a, n, W0);
-      } else
-#endif
-        philox_loop(t.k0, t.k1, t.offset + (uint64_t)a, n, W0, W1, W2);
+    if (words) {  // words 1 and 2 only feed stochastic rounding
+      if (!s.state_sr && !s.param_sr) {
+        philox_word0_range(t.k0, t.k1, t.offset + (uint64_t)a, n, W0);
+      } else {
+        philox_range(t.k0, t.k1, t.offset + (uint64_t)a, n, W0, W1, W2);
+      }
     }
     float* p = load_range(pf, t.p, nullptr, 0, a, n, B.p.data());
     const float* g = load_range(pf, const_cast<void*>(t.g), nullptr, 0, a, n, B.g.data());

@@ -50,7 +50,7 @@ at::Tensor philox_cpu(int64_t k0, int64_t k1, const at::Tensor& idx) {
 }
 
 // Word 0 of the Philox counters of elements base .. base+n-1 into out (int32: the uint32 bits),
-// with the routine the stochastic kernels draw their signs from (philox_w0_range with AVX-512),
+// with the routine the stochastic kernels draw their signs from (cpu::philox_word0_range),
 // split over threads in runs of 32.  bench/step.py times it: every rule that draws random bits
 // computes at least these words, so their time is a floor under such a rule's step.
 void philox_word0_cpu(int64_t k0, int64_t k1, int64_t base, const at::Tensor& out) {
@@ -61,14 +61,7 @@ void philox_word0_cpu(int64_t k0, int64_t k1, int64_t base, const at::Tensor& ou
   const int64_t n = out.numel();
   at::parallel_for(0, (n + 31) / 32, 256, [&](int64_t b, int64_t e) {
     const int64_t a = 32 * b, len = std::min(32 * e, n) - a;
-    const uint64_t first = (uint64_t)base + (uint64_t)a;
-#if defined(SIGNOPT_AVX512)
-    if (cpu::simd::simd_enabled()) {
-      cpu::simd::philox_w0_range((uint32_t)k0, (uint32_t)k1, first, len, o + a);
-      return;
-    }
-#endif
-    for (int64_t j = 0; j < len; ++j) o[a + j] = element_words((uint32_t)k0, (uint32_t)k1, first + (uint64_t)j).w0;
+    cpu::philox_word0_range((uint32_t)k0, (uint32_t)k1, (uint64_t)base + (uint64_t)a, len, o + a);
   });
 }
 
