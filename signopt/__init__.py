@@ -3,10 +3,12 @@ sign conversion of any optimizer) with one torch reference and pluggable fused b
 
 Importing signopt imports no Triton and compiles nothing.
 """
-
+from . import source_layout
 from .optimizer import SignOptimizer
 from .optimizers import Lion, LionKappa, SignConversion, SignSGD, Signum, StoSignSGD
 from .wrapper import SignConversionWrapper
+
+source_layout.install()
 
 __version__ = "0.1.0"
 

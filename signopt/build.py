@@ -15,7 +15,7 @@ exactly like the torch reference; no fast-math) and CUDA with ``--fmad=false``.
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
+import importlib
 import logging
 import os
 import platform
@@ -56,17 +56,16 @@ class BuildUnavailable(RuntimeError):
 
 
 def csrc_dir() -> Path:
-    """Directory holding the kernel sources (installed package data, or the repo's csrc/)."""
+    """Directory holding the kernel sources (package data ``signopt.csrc``: installed inside
+    signopt, or the checkout's ``csrc/`` through :mod:`signopt.source_layout`)."""
     try:
-        path = Path(str(importlib.resources.files("signopt.csrc")))
-        if (path / "ops.cpp").is_file():
-            return path
-    except (ModuleNotFoundError, TypeError):
-        pass
-    path = Path(__file__).resolve().parent.parent / "csrc"
-    if (path / "ops.cpp").is_file():
-        return path
-    raise BuildUnavailable("the kernel sources (signopt.csrc) are not installed with this signopt")
+        csrc = importlib.import_module("signopt.csrc")
+    except ModuleNotFoundError as exc:
+        raise BuildUnavailable("the kernel sources (signopt.csrc) are not installed with this signopt") from exc
+    for folder in map(Path, csrc.__path__):
+        if (folder / "ops.cpp").is_file():
+            return folder
+    raise BuildUnavailable(f"the kernel sources are incomplete: no ops.cpp in {list(csrc.__path__)}")
 
 
 def with_cuda() -> bool:

@@ -7,9 +7,6 @@ imported here, lazily, when the backend is first resolved — never by ``import 
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
 import torch
@@ -24,27 +21,14 @@ KERNELS = "signopt.kernels"
 
 
 def _kernels_launch() -> ModuleType:
-    """``signopt.kernels.launch``. An installed signopt maps ``kernels/`` to
-    ``signopt.kernels`` (pyproject ``package-dir``); in an uninstalled source checkout the
-    package is registered from ``<checkout>/kernels`` under that same name."""
+    """``signopt.kernels.launch`` (installed inside signopt, or the checkout's ``kernels/``
+    through :mod:`signopt.source_layout`)."""
     try:
         return importlib.import_module(KERNELS + ".launch")
     except ModuleNotFoundError as exc:
         if exc.name not in (KERNELS, KERNELS + ".launch"):
             raise
-    root = Path(__file__).resolve().parents[2] / "kernels"
-    init = root / "__init__.py"
-    if not init.is_file():
-        raise BackendUnavailable(f"{KERNELS} is not installed and {root} does not exist")
-    spec = importlib.util.spec_from_file_location(KERNELS, init, submodule_search_locations=[str(root)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[KERNELS] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(KERNELS, None)
-        raise
-    return importlib.import_module(KERNELS + ".launch")
+        raise BackendUnavailable(f"{KERNELS} is not installed with this signopt") from exc
 
 
 class TritonBackend:
