@@ -11,6 +11,7 @@ tensor's storage format instead of casting it to the parameter dtype.
 from __future__ import annotations
 
 import logging
+import math
 import operator
 from dataclasses import dataclass
 from itertools import chain
@@ -23,13 +24,12 @@ from torch.optim import Optimizer
 from . import backends as backend_registry
 from . import sharding, state_format
 from .backends.slot import HELD_GRADS, HeldGrads, ParamSlot
+from .checkpoint import (CALLABLE_MARKER, RULE_KEY, SCHEMA_KEY, SCHEMA_VERSION, check_entry, check_identity,
+                         restore_entry, saved_identity, schema_of)
 from .philox import MASK32, derive_keys
 from .rule import UpdateRule, rule_from_group, validate_group
 from .scalars import bias_corrections, group_scalars
 
-SCHEMA_VERSION = 1
-SCHEMA_KEY = "signopt_schema"
-CALLABLE_MARKER = "callable"
 # Group keys that describe storage, not hyperparameters: a loaded checkpoint does not override
 # them; its state is converted into the format the optimizer was built with.
 LAYOUT_KEYS = ("state_dtype", "state_block", "fp8_min_numel")
@@ -406,14 +406,15 @@ class SignOptimizer(Optimizer):
 
     # ------------------------------------------------------------- state dict
     def state_dict(self) -> dict[str, Any]:
-        """torch's layout plus the schema, at the top and in every group (DCP's
-        ``get_optimizer_state_dict`` keeps only ``state`` and ``param_groups``). With DTensor
-        parameters per-block vectors are gathered (collective: call it on every rank)."""
+        """torch's layout plus the schema (:mod:`signopt.checkpoint`), at the top and in every
+        group with the group's rule identity. With DTensor parameters per-block vectors are
+        gathered (collective: call it on every rank)."""
         sd = super().state_dict()
-        for g in sd["param_groups"]:
+        for gi, g in enumerate(sd["param_groups"]):
             if callable(g.get("kappa")):
                 g["kappa"] = CALLABLE_MARKER
             g[SCHEMA_KEY] = SCHEMA_VERSION
+            g[RULE_KEY] = self.rule(gi).identity()
         owners = [(p, group) for group in self.param_groups for p in group["params"]]
         for key in sorted(sd["state"]):
             p, group = owners[key]
@@ -423,57 +424,59 @@ class SignOptimizer(Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._drop_plans()  # every state tensor is replaced below
-        version = state_dict.get(SCHEMA_KEY)
-        if version is None:  # e.g. through DCP's set_optimizer_state_dict: the groups carry it
-            found = {g.get(SCHEMA_KEY) for g in state_dict.get("param_groups", [])}
-            version = found.pop() if len(found) == 1 else None
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"state_dict has {SCHEMA_KEY}={version!r}; this signopt reads "
-                             f"schema {SCHEMA_VERSION} (was it saved by another optimizer?)")
-        saved_groups = [{k: v for k, v in g.items() if k != SCHEMA_KEY}
+        """Load a state dict of the same rule (any schema in ``checkpoint.READABLE_SCHEMAS``):
+        hyperparameters come from it, storage layout (``LAYOUT_KEYS``) stays this optimizer's and
+        the state is converted into it. Everything is checked (schema, rule, groups, every state
+        tensor's names, shape, element count and format) and converted before anything is
+        replaced: a failed load leaves the optimizer as it was."""
+        schema_of(state_dict)
+        saved_groups = [{k: v for k, v in g.items() if k not in (SCHEMA_KEY, RULE_KEY)}
                         for g in state_dict["param_groups"]]
         if len(saved_groups) != len(self.param_groups):
             raise ValueError(f"state_dict has {len(saved_groups)} param groups, optimizer has "
                              f"{len(self.param_groups)}")
-        current = [{k: g[k] for k in LAYOUT_KEYS + ("kappa",) if k in g} for g in self.param_groups]
-        for i, (sg, cur) in enumerate(zip(saved_groups, current)):
-            check = {**sg, **{k: cur[k] for k in LAYOUT_KEYS if k in cur}}
-            if check.get("kappa") == CALLABLE_MARKER:
-                if not callable(cur.get("kappa")):
+        owner = type(self).__name__
+        loaded_groups = []
+        for i, (raw, sg, group) in enumerate(zip(state_dict["param_groups"], saved_groups, self.param_groups)):
+            if len(sg["params"]) != len(group["params"]):
+                raise ValueError(f"state_dict param_groups[{i}] has {len(sg['params'])} parameters, "
+                                 f"the optimizer's has {len(group['params'])}")
+            check_identity(i, saved_identity(raw), self.rule(i).identity(), owner)
+            loaded = {**sg, **{k: group[k] for k in LAYOUT_KEYS}}
+            if loaded.get("kappa") == CALLABLE_MARKER:
+                if not callable(group.get("kappa")):
                     raise ValueError(f"param_groups[{i}] was saved with a callable kappa; build the "
                                      "optimizer with that callable before loading")
-                check["kappa"] = cur["kappa"]
-            validate_group(self.family, check)
-        saved_state = state_dict["state"]
-        body = {**{k: v for k, v in state_dict.items() if k != SCHEMA_KEY},
-                "param_groups": saved_groups}
-        super().load_state_dict(body)
-        for group, cur in zip(self.param_groups, current):
-            group.update(cur)
+                loaded["kappa"] = group["kappa"]
+            validate_group(self.family, loaded)
+            loaded_groups.append(loaded)
         # Saved ids map to params by position in the groups, as in torch (ints, or FQNs from
         # DCP's set_optimizer_state_dict).
-        id_to_param, group_of = {}, {}
-        for gi, (sg, group) in enumerate(zip(saved_groups, self.param_groups)):
-            for saved_id, p in zip(sg["params"], group["params"]):
-                id_to_param[saved_id] = (p, group)
-                group_of[saved_id] = gi
-        for key, saved in saved_state.items():
-            if key not in id_to_param and isinstance(key, str) and key.isdigit():
+        owners = {}
+        for gi, (sg, group, loaded) in enumerate(zip(saved_groups, self.param_groups, loaded_groups)):
+            for j, (saved_id, p) in enumerate(zip(sg["params"], group["params"])):
+                owners[saved_id] = (p, loaded, sg["state_block"], f"param_groups[{gi}]['params'][{j}]")
+        restored = {}
+        for key, saved in state_dict["state"].items():
+            if key not in owners and isinstance(key, str) and key.isdigit():
                 key = int(key)
-            p, group = id_to_param[key]
+            if key not in owners:
+                raise ValueError(f"state_dict['state'] has an entry for parameter id {key!r}, which no "
+                                 "saved param group lists")
+            p, loaded, saved_block, where = owners[key]
+            where = f"state_dict['state'][{key!r}] ({where})"
             saved = {k: sharding.full(v) for k, v in saved.items()}  # DTensors: gathered
-            saved_block = saved_groups[group_of[key]]["state_block"]
-            rule = rule_from_group(self.family, group)
-            fmt = state_format.effective_format(rule.state_dtype, p.numel() * (2 if p.is_complex() else 1),
-                                                rule.fp8_min_numel)
-            restored = {}
-            for name, value in saved.items():
-                if name == "step":
-                    restored[name] = value.detach().to(device="cpu", dtype=torch.int64).clone()
-                elif name == "G" and rule.envelope != "element":
-                    restored[name] = value.detach().to(device=p.device, dtype=torch.float32).clone()
-                elif not name.endswith(state_format.SCALE_SUFFIX):
-                    restored.update(state_format.convert(saved, name, saved_block, fmt,
-                                                         rule.state_block, p.device))
-            self.state[p] = sharding.shard_state(p, rule, restored)  # plain p: unchanged
+            rule = rule_from_group(self.family, loaded)
+            check_entry(where, rule, sharding.real_shape(p), saved, saved_block)
+            numel = math.prod(sharding.real_shape(p))
+            fmt = state_format.effective_format(rule.state_dtype, numel, rule.fp8_min_numel)
+            entry = restore_entry(rule, saved, saved_block, fmt, p.device)
+            restored[p] = sharding.shard_state(p, rule, entry)  # plain p: unchanged
+        # Nothing above changed the optimizer; torch's load sets the groups (the state it would
+        # cast to the parameter dtype is set from ``restored`` instead).
+        self._drop_plans()
+        super().load_state_dict({"state": {}, "param_groups": saved_groups})
+        for group, loaded in zip(self.param_groups, loaded_groups):
+            group.update({k: loaded[k] for k in LAYOUT_KEYS + ("kappa",) if k in loaded})
+        for p, entry in restored.items():
+            self.state[p] = entry

@@ -72,6 +72,17 @@ class UpdateRule:
             return (-(-numel // self.envelope_block),)
         return (1,)
 
+    def identity(self) -> str:
+        """The algorithm this rule runs, as recorded in state dicts: the fields that change what a
+        step computes or which state it keeps, not its storage format or hyperparameter values
+        (e.g. ``"lion(kappa=l1)"``, ``"stochastic(base=adamw, envelope=row, envelope_source=grad)"``)."""
+        if self.family == "lion":
+            return f"lion(kappa={self.kappa})"
+        if self.family == "stochastic":
+            return (f"stochastic(base={self.base}, envelope={self.envelope}, "
+                    f"envelope_source={self.envelope_source})")
+        return self.family
+
     @property
     def draws_random_bits(self) -> bool:
         return (self.stochastic or self.state_rounding == "stochastic"

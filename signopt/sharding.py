@@ -104,7 +104,8 @@ def local(t: Tensor) -> Tensor:
     return t.to_local().detach() if is_dtensor(t) else t
 
 
-def _real_shape(t: Tensor) -> tuple[int, ...]:
+def real_shape(t: Tensor) -> tuple[int, ...]:
+    """The full (global) shape of ``t``'s real view (complex: a trailing 2)."""
     return tuple(t.shape) + ((2,) if t.is_complex() else ())
 
 
@@ -133,7 +134,7 @@ def layout(p: Tensor) -> ShardLayout | None:
     _, Shard, Replicate = _dtensor_types()
     mesh, placements = p.device_mesh, tuple(p.placements)
     mesh_shape = tuple(mesh.shape)
-    shape = _real_shape(p)
+    shape = real_shape(p)
     bad = [pl for pl in placements if not (type(pl) is Shard or isinstance(pl, Replicate))]
     unsupported = (f"placements {placements} (only Shard and Replicate parameters are stepped)"
                    if bad else None)

@@ -22,13 +22,12 @@ from torch.optim import Optimizer
 from . import backends as backend_registry
 from . import sharding
 from .backends.slot import ParamSlot
-from .optimizer import SCHEMA_KEY, SCHEMA_VERSION, _default_seed
+from .checkpoint import (BASE_PREFIX, RULE_KEY, SCHEMA_KEY, SCHEMA_VERSION, check_entry, check_identity,
+                         restore_entry, saved_identity, schema_of)
+from .optimizer import _default_seed
 from .philox import derive_key
 from .rule import ENVELOPES, UpdateRule, _real
 from .scalars import f32, group_scalars
-
-
-BASE_PREFIX = "base."  # base-optimizer entries inside the wrapper's flattened state_dict
 
 
 def _rule(envelope: str, envelope_block: int) -> UpdateRule:
@@ -46,6 +45,17 @@ def _check_params(params: list, rule: UpdateRule) -> None:
             raise ValueError(f"params[{i}]: {reason}")
 
 
+def _check_options(lr: Any, envelope: Any, envelope_decay: Any, envelope_block: Any, where: str = "") -> None:
+    """The wrapper's own options (``lr`` None: each base group's lr)."""
+    if envelope not in ENVELOPES:
+        raise ValueError(f"{where}envelope must be one of {ENVELOPES}, got {envelope!r}")
+    _real(f"{where}envelope_decay", envelope_decay, 0.0, 1.0, lo_open=True)
+    if lr is not None:
+        _real(f"{where}lr", lr, 0.0)
+    if isinstance(envelope_block, bool) or not isinstance(envelope_block, int) or envelope_block < 1:
+        raise ValueError(f"{where}envelope_block must be a positive int, got {envelope_block!r}")
+
+
 class SignConversionWrapper(Optimizer):
     """Wrap ``optimizer``; ``lr`` is the sign step (default: each base group's lr)."""
 
@@ -54,13 +64,7 @@ class SignConversionWrapper(Optimizer):
                  seed: int | None = None, backend: str = "auto") -> None:
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if envelope not in ENVELOPES:
-            raise ValueError(f"envelope must be one of {ENVELOPES}, got {envelope!r}")
-        _real("envelope_decay", envelope_decay, 0.0, 1.0, lo_open=True)
-        if lr is not None:
-            _real("lr", lr, 0.0)
-        if isinstance(envelope_block, bool) or not isinstance(envelope_block, int) or envelope_block < 1:
-            raise ValueError(f"envelope_block must be a positive int, got {envelope_block!r}")
+        _check_options(lr, envelope, envelope_decay, envelope_block)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         for g in optimizer.param_groups:
@@ -175,6 +179,10 @@ class SignConversionWrapper(Optimizer):
                          index=index, index_offset=sharding.index_offset(p),
                          key=derive_key(group["seed"], int(st["step"].item()), index))
 
+    def identity(self) -> str:
+        """What this wrapper's state dicts record as their rule (:mod:`signopt.checkpoint`)."""
+        return f"sign_conversion_wrapper(base={type(self.base).__name__})"
+
     def state_dict(self) -> dict[str, Any]:
         """The wrapper's state (envelope, step) and the base optimizer's, flattened into one
         ``state``/``param_groups`` pair (base entries prefixed ``base.``), so that DCP's
@@ -192,36 +200,55 @@ class SignConversionWrapper(Optimizer):
         for group, base_group in zip(sd["param_groups"], base["param_groups"]):
             group.update({BASE_PREFIX + k: v for k, v in base_group.items() if k != "params"})
             group[SCHEMA_KEY] = SCHEMA_VERSION
+            group[RULE_KEY] = self.identity()
         sd[SCHEMA_KEY] = SCHEMA_VERSION
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        groups = state_dict.get("param_groups", [])
-        version = state_dict.get(SCHEMA_KEY, groups[0].get(SCHEMA_KEY) if groups else None)
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"state_dict has {SCHEMA_KEY}={version!r}; expected {SCHEMA_VERSION}")
+        """Load a wrapper state dict of the same base optimizer class. The wrapper's own groups
+        and state (envelope, step) are checked and converted before anything is replaced; the
+        base optimizer's part goes to its own ``load_state_dict`` (which checks what it checks)."""
+        schema_of(state_dict)
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"state_dict has {len(groups)} param groups, optimizer has {len(self.param_groups)}")
+        current = self.identity()
+        for i, (g, wg) in enumerate(zip(groups, self.param_groups)):
+            saved = saved_identity(g)
+            if saved != "sign_conversion_wrapper":  # schema 1 did not record the base's class
+                check_identity(i, saved, current, "SignConversionWrapper")
+            if len(g["params"]) != len(wg["params"]):
+                raise ValueError(f"state_dict param_groups[{i}] has {len(g['params'])} parameters, "
+                                 f"the optimizer's has {len(wg['params'])}")
 
         def split(entry: dict, base: bool) -> dict:
             return {(k[len(BASE_PREFIX):] if base else k): v for k, v in entry.items()
-                    if k.startswith(BASE_PREFIX) == base and k != SCHEMA_KEY}
+                    if k.startswith(BASE_PREFIX) == base and k not in (SCHEMA_KEY, RULE_KEY)}
 
-        base_sd = {"state": {k: split(st, True) for k, st in state_dict["state"].items() if split(st, True)},
-                   "param_groups": [{**split(g, True), "params": g["params"]} for g in groups]}
-        own = {"state": {k: split(st, False) for k, st in state_dict["state"].items() if split(st, False)},
-               "param_groups": [{**split(g, False), "params": g["params"]} for g in groups]}
-        if any(not split(g, True) for g in groups):
-            raise ValueError("state_dict has no base-optimizer entries ('base.'-prefixed group keys); "
-                             "was it saved by SignConversionWrapper?")
-        self.base.load_state_dict(base_sd)
-        super().load_state_dict(own)
-        # torch's default load casts state to the param dtype (lossy for bf16/fp16 params):
-        # restore from the saved tensors instead.
-        saved_ids = [pid for g in groups for pid in g["params"]]  # ints, or FQNs under DCP
-        by_id = dict(zip(saved_ids, [(p, g) for g in self.param_groups for p in g["params"]]))
-        for key, saved in own["state"].items():
-            p, g = by_id[key]
-            restored = {
-                "G": sharding.full(saved["G"]).detach().to(device=p.device, dtype=torch.float32).clone(),
-                "step": saved["step"].detach().to(device="cpu", dtype=torch.int64).clone(),
-            }
-            self.state[p] = sharding.shard_state(p, _rule(g["envelope"], g["envelope_block"]), restored)
+        own_groups = [{**split(g, False), "params": g["params"]} for g in groups]
+        owners = {}
+        for gi, (g, wg) in enumerate(zip(own_groups, self.param_groups)):
+            _check_options(g.get("lr"), g.get("envelope"), g.get("envelope_decay"), g.get("envelope_block"),
+                           where=f"state_dict param_groups[{gi}] ")
+            for j, (saved_id, p) in enumerate(zip(g["params"], wg["params"])):
+                owners[saved_id] = (p, g, f"param_groups[{gi}]['params'][{j}]")
+        restored = {}
+        for key, entry in state_dict["state"].items():
+            own = split(entry, False)
+            if not own:
+                continue
+            if key not in owners:
+                raise ValueError(f"state_dict['state'] has an entry for parameter id {key!r}, which no "
+                                 "saved param group lists")
+            p, g, where = owners[key]
+            rule = _rule(g["envelope"], g["envelope_block"])
+            own = {k: sharding.full(v) for k, v in own.items()}  # DTensors: gathered
+            check_entry(f"state_dict['state'][{key!r}] ({where})", rule, sharding.real_shape(p), own, 1)
+            restored[p] = sharding.shard_state(p, rule, restore_entry(rule, own, 1, "fp32", p.device))
+        self.base.load_state_dict({
+            "state": {k: split(st, True) for k, st in state_dict["state"].items() if split(st, True)},
+            "param_groups": [{**split(g, True), "params": g["params"]} for g in groups]})
+        # torch's load would cast state to the param dtype: the checked ``restored`` replaces it.
+        super().load_state_dict({"state": {}, "param_groups": own_groups})
+        for p, entry in restored.items():
+            self.state[p] = entry

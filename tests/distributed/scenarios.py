@@ -313,6 +313,52 @@ def dcp_load(rank: int, world: int, out: Path, ckpt: str, names: list[str], befo
     return finals
 
 
+def dcp_load_refusals(rank: int, world: int, out: Path) -> dict:
+    """``set_optimizer_state_dict`` under FSDP2 with a state dict of another rule, and with one
+    whose state tensor has the wrong shape: each raises ``ValueError`` and the optimizer's
+    state and the parameters stay as they were (compared at full size)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    import signopt
+    model = shard(make_fsdp_model(), world)
+    opt = signopt.Lion(model.parameters(), lr=1e-2, seed=1, backend="torch", **FP8_SPEC)
+    train_steps(model, opt, range(2))
+    other = shard(make_fsdp_model(), world)
+    signum = signopt.Signum(other.parameters(), lr=1e-2, seed=1, backend="torch", **FP8_SPEC)
+    train_steps(other, signum, range(2))
+    wrong_rule = get_optimizer_state_dict(other, signum)
+    wrong_shape = get_optimizer_state_dict(model, opt)
+    first = sorted(wrong_shape["state"])[0]
+    wrong_shape["state"][first]["m"] = torch.zeros(5, dtype=torch.float8_e4m3fn)
+    results = {}
+    for label, sd in (("wrong_rule", wrong_rule), ("wrong_shape", wrong_shape)):
+        before = full_state(opt), [full_value(p) for p in model.parameters()]
+        try:
+            set_optimizer_state_dict(model, opt, sd)
+            message = ""
+        except ValueError as exc:
+            message = str(exc)
+        after = full_state(opt), [full_value(p) for p in model.parameters()]
+        same = before[0].keys() == after[0].keys() and all(
+            before[0][k].keys() == after[0][k].keys()
+            and all(_bits_equal(before[0][k][n], after[0][k][n]) for n in before[0][k]) for k in before[0])
+        same = same and all(torch.equal(a, b) for a, b in zip(before[1], after[1]))
+        results[label] = {"message": message, "unchanged": same, "first": str(first)}
+    return results
+
+
+def _bits_equal(a, b) -> bool:
+    if not isinstance(a, Tensor):
+        return a == b
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.element_size() == 1:
+        a, b = a.view(torch.uint8), b.view(torch.uint8)
+    return torch.equal(a, b)
+
+
+FP8_SPEC = {"state_dtype": "fp8_e4m3", "state_block": 64, "fp8_min_numel": 256}
+
+
 def ddp_nonfinite(rank: int, world: int, out: Path, mode: str = "error_feedback") -> dict:
     """Rank 0's batch holds an inf at step 1: every rank must decode a non-finite gradient (so
     GradScaler would skip) and keep its error buffer."""

@@ -61,3 +61,14 @@ def test_reshard_2_to_4_state(saved):
     ckpt, root, run = saved
     for rank_res in harness.run("dcp_load", 4, root, timeout=150, ckpt=ckpt, names=NAMES, after=0):
         _check(run, rank_res, continued=False)
+
+
+def test_set_optimizer_state_dict_refuses_and_keeps_state(tmp_path):
+    """Another rule's state dict, and a state tensor of the wrong shape, are refused under FSDP2
+    before anything is replaced (ValueError naming the rules / the parameter and key)."""
+    res = harness.run("dcp_load_refusals", 2, tmp_path, timeout=120)
+    for rank_res in res:
+        rule, shape = rank_res["wrong_rule"], rank_res["wrong_shape"]
+        assert "'signum'" in rule["message"] and "'lion(kappa=l1)'" in rule["message"], rule["message"]
+        assert "state 'm' has shape (5,)" in shape["message"] and shape["first"] in shape["message"], shape["message"]
+        assert rule["unchanged"] and shape["unchanged"]

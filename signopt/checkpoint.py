@@ -1,0 +1,144 @@
+"""State dicts of signopt optimizers: the schema, the rule that wrote them, and the checks a
+loaded state passes before anything in the optimizer is replaced.
+
+Schema 2 records in every param group (DCP's ``get_optimizer_state_dict`` keeps only ``state``
+and ``param_groups``) the schema version and the rule's identity (:meth:`UpdateRule.identity`,
+e.g. ``"lion(kappa=l1)"``; the wrapper records ``"sign_conversion_wrapper(base=Adam)"``).
+Schema 1 (signopt 0.1.0) recorded only the version; its rule is read off the group's keys.
+A state dict loads only into an optimizer running the same rule; its state may be in any
+storage format and is converted into the loading optimizer's.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import state_format
+from .rule import UpdateRule
+
+SCHEMA_KEY = "signopt_schema"
+RULE_KEY = "signopt_rule"
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+CALLABLE_MARKER = "callable"
+BASE_PREFIX = "base."  # base-optimizer entries inside SignConversionWrapper's state dict
+
+
+def schema_of(state_dict: dict[str, Any]) -> int:
+    """The schema of ``state_dict`` (at the top, or in every group after DCP); ``ValueError``
+    if it is missing or not one this signopt reads."""
+    version = state_dict.get(SCHEMA_KEY)
+    if version is None:
+        found = {g.get(SCHEMA_KEY) for g in state_dict.get("param_groups", [])}
+        version = found.pop() if len(found) == 1 else None
+    if version not in READABLE_SCHEMAS:
+        raise ValueError(f"state_dict has {SCHEMA_KEY}={version!r}; this signopt reads schemas "
+                         f"{READABLE_SCHEMAS} (was it saved by a signopt optimizer?)")
+    return version
+
+
+def saved_identity(group: dict[str, Any]) -> str:
+    """The rule identity a saved param group was written by (recorded, or read off a schema-1
+    group's keys: a wrapper has ``base.`` keys, a stochastic rule ``base``, Lion ``kappa``,
+    Signum ``momentum``)."""
+    if RULE_KEY in group:
+        return str(group[RULE_KEY])
+    if any(isinstance(k, str) and k.startswith(BASE_PREFIX) for k in group):
+        return "sign_conversion_wrapper"
+    if "base" in group:
+        return (f"stochastic(base={group['base']}, envelope={group.get('envelope')}, "
+                f"envelope_source={group.get('envelope_source')})")
+    if "kappa" in group:
+        return f"lion(kappa={group['kappa']})"
+    return "signum" if "momentum" in group else "sign"
+
+
+def check_identity(index: int, saved: str, current: str, optimizer: str) -> None:
+    if saved != current:
+        raise ValueError(f"state_dict param_groups[{index}] was written by rule {saved!r}; this "
+                         f"{optimizer} runs {current!r}. Load it into an optimizer of the rule that "
+                         "wrote it (state formats may differ; the rule may not)")
+
+
+def _tensor(where: str, name: str, value: Any) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{where} state {name!r} must be a tensor, got {type(value).__name__}")
+    return value
+
+
+def check_step(where: str, value: Any) -> None:
+    """A saved step counter: one integral value >= 0."""
+    t = _tensor(where, "step", value)
+    if t.numel() != 1 or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{where} state 'step' must hold one real number, got shape {tuple(t.shape)} "
+                         f"and dtype {t.dtype}")
+    step = float(t.detach().reshape(()).to("cpu", torch.float64))
+    if not (step >= 0 and step == math.floor(step)):
+        raise ValueError(f"{where} state 'step' must be a non-negative integer, got {step}")
+
+
+def check_envelope(where: str, value: Any, shape: tuple[int, ...]) -> None:
+    """A saved row/block/tensor envelope: a real floating tensor of the envelope's shape."""
+    t = _tensor(where, "G", value)
+    if not t.is_floating_point() or tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{where} state 'G' must be a floating tensor of shape {tuple(shape)}, got shape "
+                         f"{tuple(t.shape)} and dtype {t.dtype}")
+
+
+def check_entry(where: str, rule: UpdateRule, shape: tuple[int, ...], saved: dict[str, Any],
+                saved_block: int) -> None:
+    """Raise ``ValueError`` naming ``where`` and the key unless ``saved`` is the full-size state
+    ``rule`` keeps for a parameter of real ``shape``: its names, and per name a tensor in a
+    storage format of that shape (FP8: with ``ceil(numel/saved_block)`` scales)."""
+    names = rule.state_names()
+    allowed = set(names) | {n + state_format.SCALE_SUFFIX for n in names}
+    if rule.keeps_step():
+        allowed.add("step")
+    unknown = sorted(str(k) for k in saved if k not in allowed)
+    missing = [n for n in names if n not in saved] + (["step"] if rule.keeps_step() and "step" not in saved else [])
+    if unknown or missing:
+        raise ValueError(f"{where} holds state {sorted(map(str, saved))}; rule {rule.identity()!r} keeps "
+                         f"{sorted(allowed)} (unknown: {unknown}, missing: {missing})")
+    numel = math.prod(shape)
+    for name in names:
+        if name == "G" and rule.envelope != "element":
+            check_envelope(where, saved[name], rule.envelope_shape(torch.Size(shape)))
+            continue
+        t = _tensor(where, name, saved[name])
+        try:
+            fmt = state_format.format_of(t)
+        except ValueError:
+            raise ValueError(f"{where} state {name!r} has dtype {t.dtype}; state formats are stored as "
+                             f"{sorted(map(str, state_format.TORCH_DTYPES.values()))}") from None
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{where} state {name!r} has shape {tuple(t.shape)} ({t.numel()} elements); "
+                             f"the parameter needs {tuple(shape)} ({numel} elements)")
+        scale_name = name + state_format.SCALE_SUFFIX
+        if fmt in state_format.FP8:
+            scale = _tensor(where, scale_name, saved.get(scale_name))
+            blocks = -(-numel // saved_block)
+            if not scale.is_floating_point() or scale.numel() != blocks:
+                raise ValueError(f"{where} state {scale_name!r} must hold {blocks} floating scales (blocks of "
+                                 f"{saved_block}), got {scale.numel()} of dtype {scale.dtype}")
+        elif scale_name in saved:
+            raise ValueError(f"{where} state {scale_name!r} is an FP8 scale, but {name!r} is stored as {fmt}")
+    if "step" in saved:
+        check_step(where, saved["step"])
+
+
+def restore_entry(rule: UpdateRule, saved: dict[str, Tensor], saved_block: int, fmt: str,
+                  device: torch.device) -> dict[str, Tensor]:
+    """A checked full-size saved entry as new tensors on ``device``: moment state converted into
+    ``fmt`` with blocks of ``rule.state_block``, envelope cells fp32, the step int64 on the CPU."""
+    restored = {}
+    for name, value in saved.items():
+        if name == "step":
+            restored[name] = value.detach().to(device="cpu", dtype=torch.int64).clone()
+        elif name == "G" and rule.envelope != "element":
+            restored[name] = value.detach().to(device=device, dtype=torch.float32).clone()
+        elif not name.endswith(state_format.SCALE_SUFFIX):
+            restored.update(state_format.convert(saved, name, saved_block, fmt, rule.state_block, device))
+    return restored
