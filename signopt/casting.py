@@ -99,7 +99,10 @@ def round_to_format(x: Tensor, fmt: FloatFormat, word: Tensor | None = None) -> 
 
 
 def round_to_dtype(x: Tensor, dtype: torch.dtype, word: Tensor | None = None) -> Tensor:
-    """Round an fp32 tensor to ``dtype``: nearest-even, or stochastic when ``word`` is given."""
+    """Round an fp32 tensor to ``dtype``: nearest-even, or stochastic when ``word`` is given. An
+    fp64 result (fp64 parameters) is stored as it is: no rounding, so ``word`` is not used."""
+    if dtype == torch.float64:
+        return x.to(torch.float64)
     if dtype == torch.float32:
         return x
     if dtype == torch.bfloat16:
@@ -108,4 +111,4 @@ def round_to_dtype(x: Tensor, dtype: torch.dtype, word: Tensor | None = None) ->
         if word is None:
             return x.to(torch.float16)  # IEEE round-to-nearest-even on every device
         return round_to_format(x, FP16, word).to(torch.float16)
-    raise ValueError(f"cannot round to {dtype}; supported: float32, bfloat16, float16")
+    raise ValueError(f"cannot round to {dtype}; supported: float64, float32, bfloat16, float16")

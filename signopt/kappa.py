@@ -45,28 +45,29 @@ def _safe_div(x: Tensor, norm: Tensor) -> Tensor:
 
 
 def l2_norm(c: Tensor) -> Tensor:
-    """fp32 ||c||_2, accumulated in fp64."""
-    return c.double().square().sum().sqrt().float()
+    """||c||_2 in ``c``'s dtype, accumulated in fp64."""
+    return c.double().square().sum().sqrt().to(c.dtype)
 
 
 def row_l2_norms(c: Tensor) -> Tensor:
-    """fp32 row norms of ``rows_view(c)``, shape ``[rows, 1]``, accumulated in fp64."""
-    return rows_view(c).double().square().sum(dim=1, keepdim=True).sqrt().float()
+    """Row norms of ``rows_view(c)`` in ``c``'s dtype, shape ``[rows, 1]``, accumulated in fp64."""
+    return rows_view(c).double().square().sum(dim=1, keepdim=True).sqrt().to(c.dtype)
 
 
 def lp_norm_pow(c: Tensor, p: float) -> Tensor:
-    """fp32 ``||c||_p^(p-1)``, accumulated in fp64."""
-    return c.double().abs().pow(p).sum().pow((p - 1.0) / p).float()
+    """``||c||_p^(p-1)`` in ``c``'s dtype, accumulated in fp64."""
+    return c.double().abs().pow(p).sum().pow((p - 1.0) / p).to(c.dtype)
 
 
 def grad_kappa(name: str, c: Tensor, *, delta: float, p: float,
                fn: KappaFn | None = None) -> Tensor:
-    """``grad kappa(c)`` in fp32 for the registry entry ``name`` (or the user callable ``fn``)."""
+    """``grad kappa(c)`` in ``c``'s dtype (the compute dtype: fp32, or fp64 for fp64 parameters)
+    for the registry entry ``name`` (or the user callable ``fn``)."""
     if fn is not None:
         out = fn(c)
         if out.shape != c.shape:
             raise ValueError(f"kappa callable returned shape {tuple(out.shape)}, expected {tuple(c.shape)}")
-        return out.to(torch.float32)
+        return out.to(c.dtype)
     if name == "l1":
         return torch.sign(c)
     if name == "l2sq":

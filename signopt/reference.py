@@ -1,6 +1,6 @@
 """The torch reference of every update rule: the single statement of the math.
 
-All arithmetic is fp32 with plain ``mul``/``add``/``sub``/``div`` in the order written (no
+All arithmetic is fp32 (fp64 for fp64 parameters: :func:`compute_dtype`) with plain ``mul``/``add``/``sub``/``div`` in the order written (no
 ``lerp``/``addcmul``/``add(alpha=)``, which round differently or fuse), so that the C++/CUDA and
 Triton kernels can reproduce it bit for bit. One parameter tensor ``p`` with gradient ``g``:
 
@@ -46,25 +46,35 @@ from .rule import UpdateRule
 from .scalars import GroupScalars
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a parameter of real ``dtype`` is updated in: fp64 for fp64, else fp32. State is
+    read as fp32 and the scalars are the same fp32 values for every dtype."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def ema(x: Tensor, new: Tensor, beta: float, one_minus_beta: float) -> Tensor:
     """``x*beta + new*(1-beta)`` with two roundings of products and one of the sum."""
     return x * beta + new * one_minus_beta
 
 
 def sqrt_rn(x: Tensor) -> Tensor:
-    """Correctly rounded fp32 square root (IEEE ``sqrtf``, CUDA ``sqrt.rn``, Triton ``sqrt_rn``).
+    """Correctly rounded square root in ``x``'s dtype: fp32 as IEEE ``sqrtf``, CUDA ``sqrt.rn``,
+    Triton ``sqrt_rn``; fp64 as ``torch.sqrt`` (IEEE ``sqrt``).
 
     ``torch.sqrt`` on fp32 CPU tensors may go through MKL VML and miss the correctly rounded
     result by 1 ulp in a fraction of elements; the fp64 square root rounded once to fp32 is
     correctly rounded (53 >= 2*24 + 2 bits, so the double rounding is innocuous).
     """
+    if x.dtype == torch.float64:
+        return torch.sqrt(x)
     return torch.sqrt(x.double()).float()
 
 
 def stochastic_sign(v: Tensor, envelope: Tensor, uniform: Tensor) -> Tensor:
     """``S_G(v)``: +1 where ``U < (1 + v/G)/2``, else -1; 0 where ``v == G == 0``."""
     threshold = (1.0 + v / envelope) * 0.5
-    s = torch.where(uniform < threshold, 1.0, -1.0)
+    one = torch.ones((), dtype=threshold.dtype, device=threshold.device)
+    s = torch.where(uniform < threshold, one, -one)
     return torch.where((v == 0) & (envelope == 0), torch.zeros_like(s), s)
 
 
@@ -147,19 +157,20 @@ def cautious_mask(u: Tensor, g: Tensor) -> Tensor:
     """Keep coordinates where ``u`` agrees in sign with ``g``; rescale by ``numel/(kept+1)``."""
     keep = (u * g) > 0
     kept = keep.sum()
-    scale = torch.tensor(float(u.numel()), dtype=torch.float32, device=u.device) / (kept + 1).to(torch.float32)
+    scale = torch.tensor(float(u.numel()), dtype=u.dtype, device=u.device) / (kept + 1).to(u.dtype)
     return torch.where(keep, u * scale, torch.zeros_like(u))
 
 
 def update(rule: UpdateRule, p: Tensor, grad: Tensor, st: dict[str, Tensor], sc: GroupScalars,
            bias: tuple[float, float] | None = None, key: tuple[int, int] | None = None,
            indices: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """One step of ``rule`` on fp32 values: returns ``(new p, new state, bad mask)``.
+    """One step of ``rule`` in ``p``'s dtype: returns ``(new p, new state, bad mask)``.
 
-    ``p`` and the values of ``st`` are fp32 tensors (state already decoded); ``grad`` has any
-    floating dtype. Nothing is written: the caller stores the results.
+    ``p`` is in its compute dtype (:func:`compute_dtype`), the values of ``st`` are fp32 tensors
+    (state already decoded); ``grad`` has any floating dtype. Nothing is written: the caller
+    stores the results.
     """
-    g = grad.to(torch.float32)
+    g = grad.to(p.dtype)
     if sc.inv_scale is not None:
         g = g * sc.inv_scale
     if rule.maximize:

@@ -111,7 +111,9 @@ def read(state: dict, name: str, block: int) -> Tensor:
 
 def encoded(value: Tensor, fmt: str, block: int, word: Tensor | None = None) -> dict[str, Tensor]:
     """The stored tensors of fp32 ``value`` in ``fmt`` under key ``""`` (codes/value) and
-    ``SCALE_SUFFIX`` (FP8 scales); ``word`` (Philox word 1) makes the rounding stochastic."""
+    ``SCALE_SUFFIX`` (FP8 scales); ``word`` (Philox word 1) makes the rounding stochastic. An
+    fp64 ``value`` (state of fp64 parameters) is first rounded to fp32 (nearest-even)."""
+    value = value.to(torch.float32)
     if fmt in FP8:
         codes, scale = fp8_encode(value, FP8[fmt], block, word)
         return {"": codes, SCALE_SUFFIX: scale}

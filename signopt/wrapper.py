@@ -26,6 +26,7 @@ from .checkpoint import (BASE_PREFIX, RULE_KEY, SCHEMA_KEY, SCHEMA_VERSION, chec
                          restore_entry, saved_identity, schema_of)
 from .optimizer import _default_seed
 from .philox import derive_key
+from .reference import compute_dtype
 from .rule import ENVELOPES, UpdateRule, _real
 from .scalars import f32, group_scalars
 
@@ -170,7 +171,8 @@ class SignConversionWrapper(Optimizer):
         local, local0 = sharding.local(p), sharding.local(p0)
         if local.numel() == 0:
             return None
-        d = (real(local0).to(torch.float32) - real(local).to(torch.float32)) / f32(base_lr)
+        dtype = compute_dtype(real(local).dtype)
+        d = (real(local0).to(dtype) - real(local).to(dtype)) / f32(base_lr)
         finite = torch.isfinite(real(sharding.local(p.grad)))
         d = torch.where(finite, d, torch.full_like(d, float("nan"))).to(real(local).dtype)
         local.copy_(local0)

@@ -39,7 +39,7 @@ class TorchBackend:
                 indices = torch.arange(p.numel(), device=p.device, dtype=torch.int64) + slot.index_offset
                 words = element_words(slot.key, indices)
             p_new, new_state, bad = reference.update(
-                rule, p.to(torch.float32), g, st, scalars, slot.bias, slot.key, indices)
+                rule, p.to(reference.compute_dtype(p.dtype)), g, st, scalars, slot.bias, slot.key, indices)
             param_word = words[WORD_PARAM_ROUNDING] if rule.param_rounding == "stochastic" else None
             p.copy_(round_to_dtype(p_new, p.dtype, param_word))
             state_word = words[WORD_STATE_ROUNDING] if rule.state_rounding == "stochastic" else None
