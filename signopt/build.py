@@ -14,19 +14,18 @@ exactly like the torch reference; no fast-math) and CUDA with ``--fmad=false``.
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib
-import logging
 import os
 import platform
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 
 import torch
-
-log = logging.getLogger("signopt")
 
 NAME = "signopt_ext"
 CPU_SOURCES = ("ops.cpp", "group_step.cpp", "cpu_formats.cpp", "cpu_sign.cpp", "cpu_lion.cpp", "cpu_lion_norm.cpp",
@@ -127,6 +126,44 @@ def _check_toolchain(cuda: bool) -> None:
             raise BuildUnavailable(f"nvcc not found under CUDA_HOME={CUDA_HOME}")
 
 
+class BuildProgress:
+    """Reports a first build on stderr: what is compiled and where it is cached, then each
+    source as its object file appears (ninja compiles several at once), then the total time."""
+
+    def __init__(self, sources: list[Path], directory: Path, out=None) -> None:
+        self.sources, self.directory, self.out = sources, directory, out or sys.stderr
+        self.start = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="signopt-build-progress", daemon=True)
+
+    def _say(self, text: str) -> None:
+        print(f"signopt: {text}", file=self.out, flush=True)
+
+    def _watch(self) -> None:
+        pending = {s.name: s for s in self.sources}
+        while pending and not self._stop.wait(0.5):
+            for name in sorted(pending):
+                stem = pending[name].stem
+                if any(self.directory.glob(f"{stem}.*o")):
+                    del pending[name]
+                    done = len(self.sources) - len(pending)
+                    self._say(f"[{done}/{len(self.sources)}] compiled {name} "
+                              f"({time.monotonic() - self.start:.0f} s)")
+
+    def __enter__(self) -> BuildProgress:
+        self._say(f"building the C++ extension once: {len(self.sources)} sources "
+                  f"({', '.join(s.name for s in self.sources)}); the build is cached in {self.directory} "
+                  "and later runs load it without compiling")
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        self._stop.set()
+        self._thread.join()
+        if kind is None:
+            self._say(f"built in {time.monotonic() - self.start:.0f} s")
+
+
 def load(verbose: bool = False) -> str:
     """Build (if needed) and load the extension; returns the library path.
 
@@ -141,17 +178,17 @@ def load(verbose: bool = False) -> str:
         lib = _library(directory)
         if not lib.is_file():
             _check_toolchain(cuda)
-            log.warning("signopt: building the C++%s extension once (cached in %s)",
-                        "/CUDA" if cuda else "", directory)
             directory.mkdir(parents=True, exist_ok=True)
             from torch.utils.cpp_extension import load as jit_load
             root = csrc_dir()
+            sources = _sources(cuda)
             try:
-                jit_load(name=NAME, sources=[str(s) for s in _sources(cuda)],
-                         extra_cflags=cxx_flags() + (["-DSIGNOPT_CUDA"] if cuda else []),
-                         extra_cuda_cflags=NVCC_FLAGS, extra_ldflags=["-fopenmp"],
-                         extra_include_paths=[str(root)], build_directory=str(directory),
-                         is_python_module=False, verbose=verbose)
+                with BuildProgress(sources, directory):
+                    jit_load(name=NAME, sources=[str(s) for s in sources],
+                             extra_cflags=cxx_flags() + (["-DSIGNOPT_CUDA"] if cuda else []),
+                             extra_cuda_cflags=NVCC_FLAGS, extra_ldflags=["-fopenmp"],
+                             extra_include_paths=[str(root)], build_directory=str(directory),
+                             is_python_module=False, verbose=verbose)
             except Exception as exc:  # compiler errors arrive as RuntimeError/CalledProcessError
                 raise BuildUnavailable(f"building the signopt extension failed: {exc}") from exc
         if not lib.is_file():
@@ -163,11 +200,17 @@ def load(verbose: bool = False) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m signopt.build [--verbose]``: prebuild the extension and print where it is."""
-    args = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    """``python -m signopt.build``: prebuild the extension for this machine and print where it is."""
+    parser = argparse.ArgumentParser(
+        prog="python -m signopt.build",
+        description="Build (once) and load signopt's C++/CUDA extension for this machine, so that the first "
+                    "optimizer step does not compile. The build is cached under SIGNOPT_BUILD_DIR "
+                    "(default ~/.cache/signopt), keyed by the sources, flags, torch, Python and CPU. "
+                    "SIGNOPT_CXX_ARCH sets -march (default native); SIGNOPT_CUDA=0 skips the CUDA kernels.")
+    parser.add_argument("--verbose", action="store_true", help="show the compiler commands and their output")
+    args = parser.parse_args(argv)
     try:
-        path = load(verbose="--verbose" in args)
+        path = load(verbose=args.verbose)
     except BuildUnavailable as exc:
         print(f"signopt: {exc}", file=sys.stderr)
         return 1

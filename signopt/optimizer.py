@@ -111,6 +111,46 @@ class _GroupPlan:
 _STRIDED = torch.strided
 
 
+def _same_option(a: Any, b: Any) -> bool:
+    """Tensors and callables by identity; other option values (numbers, strings, tuples) by
+    value, so that a float a scheduler writes again is re-validated only when it differs."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor) or callable(a) or callable(b):
+        return a is b
+    return type(a) is type(b) and a == b
+
+
+@dataclass(frozen=True)
+class _CheckedOptions:
+    """A group's options as last validated (lists copied as tuples) and the rule they give."""
+
+    items: tuple
+    rule: UpdateRule
+
+    @staticmethod
+    def of(group: dict, rule: UpdateRule) -> _CheckedOptions:
+        return _CheckedOptions(tuple((k, tuple(v) if isinstance(v, list) else v)
+                                     for k, v in group.items() if k != "params"), rule)
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        """The tensor options that were validated (their values are not read again)."""
+        return tuple(v for _, value in self.items for v in (value if isinstance(value, tuple) else (value,))
+                     if isinstance(v, Tensor))
+
+    def matches(self, group: dict) -> bool:
+        if len(group) != len(self.items) + 1:
+            return False
+        for key, value in self.items:
+            now = group.get(key, _MISSING)
+            if isinstance(now, list):
+                now = tuple(now)
+            if not _same_option(now, value):
+                return False
+        return True
+
+
+_MISSING = object()
+
+
 class _StateSnapshot:
     """``opt.state`` as a step left it: the mapping, its dicts and their values, by identity.
     Assigning a new dict into ``opt.state[p]``, a new tensor into one, or adding or removing an
@@ -166,6 +206,7 @@ class SignOptimizer(Optimizer):
         self._group_backends: list = []
         self._last_nonfinite: list[Tensor] = []
         self.last_step_backends: list[str] = []
+        self._checked: dict[int, _CheckedOptions] = {}  # per group: the options validated last
         self._drop_plans()
         defaults = dict(defaults)
         if defaults.get("seed") is None:
@@ -197,6 +238,7 @@ class SignOptimizer(Optimizer):
                                            [sharding.local(t) for t in tensors])
         group["lr0"] = _initial_lr(merged["lr"])
         super().add_param_group(group)
+        self._checked[len(self.param_groups) - 1] = _CheckedOptions.of(self.param_groups[-1], rule)
         self._group_backends.append(backend)
         self._drop_plans()
 
@@ -214,6 +256,7 @@ class SignOptimizer(Optimizer):
             self._group_backends = [backend_registry.load(name) for name in names]
             self._last_nonfinite = []
             self.last_step_backends = []
+            self._checked = {}
             self._drop_plans()
 
     @property
@@ -262,6 +305,18 @@ class SignOptimizer(Optimizer):
         self._plans: dict[int, _GroupPlan] = {}
         self._plans_state: _StateSnapshot | None = None  # self.state after the last step
 
+    def _group_rule(self, gi: int, group: dict) -> UpdateRule:
+        """The group's rule, validating its options only when one was set or replaced since the
+        last step (a scheduler writing a new float, a new tensor): a tensor option's value is
+        read when the tensor is set, as torch's optimizers check theirs at construction, never
+        inside a step that changes it in place (so ``torch.compile`` sees no host read)."""
+        checked = self._checked.get(gi)
+        if checked is None or not checked.matches(group):
+            validate_group(self.family, group, checked.tensors() if checked is not None else ())
+            checked = _CheckedOptions.of(group, rule_from_group(self.family, group))
+            self._checked[gi] = checked
+        return checked.rule
+
     def _plan(self) -> list[tuple]:
         """Validate everything a step needs before any tensor is touched. Per group:
         ``(group, backend, rule, plan, grads, work, start, keep)``: ``plan`` is the kept
@@ -286,8 +341,7 @@ class SignOptimizer(Optimizer):
         """:meth:`_plan`'s work, appending to ``plans`` group by group."""
         index = 0
         for gi, (group, backend) in enumerate(zip(self.param_groups, self._group_backends)):
-            validate_group(self.family, group)
-            rule = rule_from_group(self.family, group)
+            rule = self._group_rule(gi, group)
             params = group["params"]
             start = index
             plan = self._plans.get(gi)
@@ -335,7 +389,8 @@ class SignOptimizer(Optimizer):
         for slot in slots:
             slot.grad = None  # a kept plan must not keep this step's gradients alive
         expect = [None if p.grad is None else (p.dtype, p.shape, p.device) for p in params]
-        held = run.hold(slots) if keep and hasattr(run, "hold") else None
+        hold = keep and hasattr(run, "hold") and not torch.compiler.is_compiling()
+        held = run.hold(slots) if hold else None
         gradless = [p for p, want in zip(params, expect) if want is None] if held is not None else None
         plan = _GroupPlan(list(params), start, rule, expect, slots, [s.index for s in slots],
                           steps, run, held, gradless)
@@ -480,3 +535,4 @@ class SignOptimizer(Optimizer):
             group.update({k: loaded[k] for k in LAYOUT_KEYS + ("kappa",) if k in loaded})
         for p, entry in restored.items():
             self.state[p] = entry
+        self._checked = {}  # validated above, as merged dicts: validated again at the next step

@@ -98,8 +98,13 @@ def _choice(name: str, value: Any, allowed: tuple) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+_TRUSTED = object()  # stands for a tensor option validated when it was set (see validate_group)
+
+
 def _real(name: str, value: Any, lo: float | None = None, hi: float | None = None,
           lo_open: bool = False, hi_open: bool = False) -> None:
+    if value is _TRUSTED:
+        return
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or not value.is_floating_point():
             raise ValueError(f"{name} as a tensor must be a 1-element floating tensor, got "
@@ -119,8 +124,20 @@ def _beta(name: str, value: Any) -> None:
     _real(name, value, 0.0, 1.0, hi_open=True)
 
 
-def validate_group(family: str, group: dict) -> None:
-    """Raise ``ValueError`` naming the option and its allowed values; changes nothing."""
+def _trusting(group: dict, trusted: tuple[torch.Tensor, ...]) -> dict:
+    """``group`` with every tensor option that is one of ``trusted`` (by identity, also inside
+    a ``betas`` pair) replaced by a marker whose value is not read again."""
+    def mark(v: Any) -> Any:
+        return _TRUSTED if isinstance(v, torch.Tensor) and any(v is t for t in trusted) else v
+    return {k: type(v)(map(mark, v)) if isinstance(v, (tuple, list)) else mark(v) for k, v in group.items()}
+
+
+def validate_group(family: str, group: dict, trusted: tuple[torch.Tensor, ...] = ()) -> None:
+    """Raise ``ValueError`` naming the option and its allowed values; changes nothing. The value
+    of a tensor option is read (CPU tensors) unless the tensor is in ``trusted``: validated when
+    it was set, as torch checks a tensor lr at construction only."""
+    if trusted:
+        group = _trusting(group, trusted)
     _real("lr", group["lr"], 0.0)
     _real("weight_decay", group["weight_decay"], 0.0)
     _choice("wd_mode", group["wd_mode"], WD_MODES)

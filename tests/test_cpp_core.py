@@ -4,6 +4,7 @@ fake implementations (torch.compile), and the build's behaviour without a compil
 from __future__ import annotations
 
 import inspect
+import re
 import os
 import subprocess
 import sys
@@ -509,3 +510,39 @@ def test_fp8_state_blocks_at_the_subnormal_boundary(fmt, weight_decay, pdtype):
         runs[backend] = out
     for a, b in zip(runs["cpp"], runs["torch"]):
         assert same(a, b)
+
+
+def test_build_help_prints_usage_and_builds_nothing(tmp_path):
+    env = dict(os.environ, SIGNOPT_BUILD_DIR=str(tmp_path / "cache"))
+    out = subprocess.run([sys.executable, "-m", "signopt.build", "--help"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("usage: python -m signopt.build")
+    assert "--verbose" in out.stdout and "SIGNOPT_CXX_ARCH" in out.stdout
+    assert not (tmp_path / "cache").exists()
+    bad = subprocess.run([sys.executable, "-m", "signopt.build", "--bogus"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+def test_build_progress_reports_each_object_and_the_cache(tmp_path):
+    """What a first build prints: the sources and the cache directory, one line per object file
+    as ninja writes it, and the total time."""
+    import io
+    import time
+
+    from signopt.build import BuildProgress
+
+    sources = [tmp_path / "ops.cpp", tmp_path / "cuda_kernels.cu"]
+    out = io.StringIO()
+    with BuildProgress(sources, tmp_path, out):
+        (tmp_path / "cuda_kernels.cuda.o").write_bytes(b"")
+        time.sleep(1.2)
+        (tmp_path / "ops.o").write_bytes(b"")
+        time.sleep(1.2)
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("signopt: building the C++ extension once: 2 sources (ops.cpp, cuda_kernels.cu)")
+    assert str(tmp_path) in lines[0] and "cached" in lines[0]
+    assert re.fullmatch(r"signopt: \[1/2\] compiled cuda_kernels\.cu \(\d+ s\)", lines[1])
+    assert re.fullmatch(r"signopt: \[2/2\] compiled ops\.cpp \(\d+ s\)", lines[2])
+    assert re.fullmatch(r"signopt: built in \d+ s", lines[3]) and len(lines) == 4
