@@ -63,8 +63,9 @@ def step_plot(table: StepTable, device: str, prov: dict[str, str | None], png: P
     present = [b for b in COLORS if any(r["backend"] == b for r in rows)]
     ax.legend([plt.Rectangle((0, 0), 1, 1, color=COLORS[b]) for b in present],
               [LEGEND[b] for b in present], fontsize=7, loc="lower right")
-    ax.xaxis.set_major_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(3, 2)))
-    ax.xaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(3, 2)))
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.tick_params(axis="x", which="both", labelsize=7)
     ax.grid(axis="x", which="both", alpha=0.3)
     fig.tight_layout()
