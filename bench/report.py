@@ -22,7 +22,7 @@ from matplotlib import ticker  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.results_parse import (PROVENANCE_KEYS, StepTable, parse_gpu_bandwidth, parse_rl_step,  # noqa: E402
-                                 parse_state_memory, parse_step, read, read_provenance)
+                                 parse_state_memory, parse_step, parse_training_state, read, read_provenance)
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"device": "device", "cpu": "CPU", "isa": "CPU ISA", "versions": "versions",
@@ -139,9 +139,52 @@ def memory_section(results: Path, plot_dir: Path) -> list[str]:
         out += [f"### {title}", "", f"![state bytes per parameter]({plot_dir.name}/{png.name})", "",
                 "| optimizer | state | state B/param |", "|---|---|---|"]
         out += [f"| {r['optimizer']} | {r['state']} | {r['bpp']} |" for r in rows] + [""]
-    out += ["Peers' state bytes and the whole training state (parameters + gradients + state) per "
-            "parameter: not recorded in this file. Compare the peers through the step tables' "
-            "`B/param moved` column above (bytes a step reads and writes per parameter).", ""]
+    return out
+
+
+def training_plot(title: str, rows: list[dict[str, str]], prov: dict[str, str | None], png: Path) -> None:
+    """Stacked bars per contender: parameters, gradients, optimizer state (bytes per parameter)."""
+    rows = [r for r in rows if "error" not in r]
+    fig, ax = plt.subplots(figsize=(11, 0.24 * len(rows) + 2.4))
+    y = list(range(len(rows)))
+    left = [0.0] * len(rows)
+    for key, label, color in (("param_bpp", "parameters", "tab:gray"), ("grad_bpp", "gradients", "tab:olive"),
+                              ("state_bpp", "optimizer state", "tab:blue")):
+        vals = [float(r[key]) for r in rows]
+        ax.barh(y, vals, left=left, label=label, color=color)
+        left = [a + b for a, b in zip(left, vals)]
+    ax.set_yticks(y, [f"{r['name']} {r['param']}/{r['state']}" for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("training state, bytes per parameter (no activations, no fp32 master copy)")
+    ax.set_title(f"{title}\n{provenance_caption(prov)}", fontsize=7)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def training_state_section(results: Path, plot_dir: Path) -> list[str]:
+    """Optimizer state and whole training state beside the peers, from ``training_state_memory.txt``."""
+    text = read(results / "training_state_memory.txt")
+    out = ["## Memory: whole training state beside the peers", ""]
+    if not text:
+        return out + ["No `training_state_memory.txt` in the results: not recorded.", ""]
+    prov = read_provenance(text)
+    out += [provenance_md(prov, ["bench/results/training_state_memory.txt"]), "",
+            "Parameters + gradients + optimizer state, counted from the tensors allocated after one "
+            "step; activations and any fp32 master copy are not included.", ""]
+    for i, (title, rows) in enumerate(parse_training_state(text)):
+        png = plot_dir / f"training_state_{i}.png"
+        training_plot(title, rows, prov, png)
+        out += [f"### {title}", "", f"![training state bytes per parameter]({plot_dir.name}/{png.name})", "",
+                "| optimizer | params | state format | params B/param | grads B/param | state B/param | "
+                "training state B/param |", "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            out.append(f"| {r['name']} | {r['param']} | does not run: {r['error']} | | | | |" if "error" in r else
+                       f"| {r['name']} | {r['param']} | {r['state']} | {r['param_bpp']} | {r['grad_bpp']} | "
+                       f"{r['state_bpp']} | {r['training_bpp']} |")
+        out.append("")
     return out
 
 
@@ -193,7 +236,7 @@ def build(results: Path, out: Path) -> list[Path]:
         gpu_text = read(gdir / "step_gpu.txt")
         lines += gpu_bandwidth_section(gpu_text, read_provenance(gpu_text, summary),
                                        f"{rel}/{gdir.name}/step_gpu.txt")
-    lines += memory_section(results, plot_dir) + rl_section(results)
+    lines += memory_section(results, plot_dir) + training_state_section(results, plot_dir) + rl_section(results)
     out.write_text("\n".join(lines).rstrip() + "\n")
     return [out, *sorted(plot_dir.glob("*.png"))]
 

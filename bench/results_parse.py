@@ -153,3 +153,21 @@ def parse_rl_step(text: str) -> list[dict[str, str | None]]:
 def read(path: Path) -> str:
     """A result file's text, or an empty string when it does not exist."""
     return path.read_text() if path.exists() else ""
+
+
+def parse_training_state(text: str) -> list[tuple[str, list[dict[str, str]]]]:
+    """``bench/training_state_memory.py``'s tables: (list title, rows with param/grad/state/
+    training bytes per parameter, or ``error`` for a contender that did not run)."""
+    out: list[tuple[str, list[dict[str, str]]]] = []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            out.append((line[3:], []))
+        elif out and line.strip() and not line.startswith("optimizer "):
+            name, rest = line[:34].strip(), line[34:].split()
+            if "does not run:" in line:
+                out[-1][1].append({"name": name, "param": rest[0], "error": line.split("does not run:", 1)[1].strip()})
+            elif len(rest) >= 6:
+                keys = ("param_bpp", "grad_bpp", "state_bpp", "training_bpp")
+                out[-1][1].append({"name": name, "param": rest[0], "state": " ".join(rest[1:-4]),
+                                   **dict(zip(keys, rest[-4:]))})
+    return out
