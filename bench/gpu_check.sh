@@ -2,7 +2,7 @@
 # GPU check of the cpp and triton backends in one command, inside a time budget:
 #
 #     bash bench/gpu_check.sh            # GPU_CHECK_BUDGET_S=390 by default (6.5 min)
-#     GPU_CHECK_SKIP="autotune step" bash bench/gpu_check.sh   # leave stages out by name
+#     GPU_CHECK_SKIP="autotune step_cuda" bash bench/gpu_check.sh   # leave stages out by name
 #
 # A GPU session has 15 min of device time in all, machine start included, so the whole script
 # stays well under 8 min: each stage runs under `timeout` with min(its own limit, what is left of
@@ -16,11 +16,11 @@
 #   triton_gpu bench/triton_gpu.py: Triton-vs-reference bit identity, GPT-2 list vs lion-pytorch's
 #              Triton Lion and vs cpp, what backend='auto' picks, 1B bandwidth
 #   autotune   python -m signopt.backends.autotune --quick: the measured auto table
-#   step       bench/step.py --device cuda --quick: every optimizer x backend x state, peers
+#   step_cuda  bench/step.py --device cuda --quick: every optimizer x backend x state, peers
 #   ncu        Nsight Compute on the Lion apply kernels (cpp fp32, cpp bf16/E4M3, triton fp32)
 #
-# Outputs: bench/results/gpu_<device>/<stage>.txt, auto_table.json (the table every stage that
-# measures writes to) and summary.txt (stage, status, seconds); copied to $OUT too when the
+# Outputs: bench/results/gpu_<device>/<stage>.txt (overwritten by each run), auto_table.json
+# (the table every stage that measures writes to) and summary.txt (stage, status, seconds); copied to $OUT too when the
 # device runner sets it, as one tarball (only $OUT comes back from the device machine, at most
 # 8 files: unpack it into bench/results/ and commit it there).
 #
@@ -102,7 +102,7 @@ stage step_gpu    90 $PY bench/step_gpu.py
 stage overhead    30 $PY bench/step_overhead.py --device cuda --repeats 3 --steps 50
 stage triton_gpu 150 $PY bench/triton_gpu.py
 stage autotune    75 $PY -m signopt.backends.autotune --quick --budget-s 45 --table "$SIGNOPT_AUTO_TABLE"
-stage step       180 $PY bench/step.py --device cuda --quick --out "$RES/step_cuda.txt"
+stage step_cuda  180 $PY bench/step.py --device cuda --quick
 if command -v ncu >/dev/null; then
   stage ncu       90 ncu --kernel-name regex:'apply_kernel|update_kernel' --launch-count 6 \
     --section SpeedOfLight --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis \

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -27,6 +29,9 @@ from signopt.rl.optimizers import default_lr
 from signopt.rl.tasks import AdditionTask
 from signopt.rl.tokenizer import char_tokenizer
 from signopt.rl.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.provenance import provenance_line  # noqa: E402
 
 PROMPTS, GROUP, MAX_NEW = 8, 8, 4
 
@@ -114,6 +119,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    print(provenance_line())
     # the default's KL penalty (a reference forward every step) and none, on both sides
     for beta in (DEFAULT_LOSS_KNOBS["grpo"]["beta"], 0.0):
         compare(args, beta)

@@ -194,8 +194,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from bench.common_lm import machine_banner
+    from bench.provenance import provenance_line
     lines = ["# Optimizer-state bytes per parameter (measured from allocated state tensors)",
-             machine_banner(), ""]
+             provenance_line(), machine_banner(), ""]
     print("\n".join(lines), flush=True)
 
     def save() -> None:

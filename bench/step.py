@@ -48,6 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import signopt  # noqa: E402
 from signopt import backends as backend_registry  # noqa: E402
+from bench.provenance import provenance_line  # noqa: E402
 
 
 # ------------------------------------------------------------------ parameter lists
@@ -398,6 +399,7 @@ def main() -> None:
 
     fh = open(args.out, "w") if args.out else None
     out = Tee(sys.stdout, fh) if fh else sys.stdout
+    print(provenance_line(args.device), file=out)
     if args.device == "cuda":  # CUDA events, triton rows, GPU peers: bench/step_cuda.py
         import step_cuda
         try:

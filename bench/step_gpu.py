@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import signopt  # noqa: E402
+from bench.provenance import provenance_line  # noqa: E402
 
 
 def cuda_time(fn, repeats: int = 10) -> tuple[float, float]:
@@ -115,6 +116,7 @@ def main() -> int:
     if "--ncu" in sys.argv:
         ncu_target()
         return 0
+    print(provenance_line("cuda"))
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     from signopt import backends as backend_registry
     try:
