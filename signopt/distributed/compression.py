@@ -89,7 +89,9 @@ def decode(payloads: Tensor, world_size: int, numel: int, n_scales: int,
     gathered payloads."""
     rows = payloads.reshape(world_size, -1)
     width = n_scales * torch.empty((), dtype=dtype).element_size()
-    scales = rows[:, :width].contiguous().view(dtype).reshape(world_size, n_scales)
+    # reshape(-1) gives unit strides (with one rank, [:, :width] is a view whose row stride
+    # is the payload's length, which .view(dtype) refuses); with several it copies
+    scales = rows[:, :width].reshape(-1).view(dtype).reshape(world_size, n_scales)
     bits = unpack_bits(rows[:, width:].reshape(-1), rows[:, width:].numel() * 8)
     return scales, bits.reshape(world_size, -1)[:, :numel]
 

@@ -103,6 +103,21 @@ def test_pack_roundtrip():
         assert torch.equal(unpack_bits(packed, d), bits)
 
 
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_payload_roundtrip_any_world_size(world, dtype):
+    """encode -> gather (a concatenation) -> decode gives every rank's scales and bits back,
+    also for one rank (a single-process DDP run)."""
+    from signopt.distributed.compression import decode, encode
+    gen = torch.Generator().manual_seed(world)
+    numel, n_scales = 13, 3
+    scales = [torch.rand(n_scales, generator=gen).to(dtype) for _ in range(world)]
+    bits = [torch.rand(numel, generator=gen) < 0.5 for _ in range(world)]
+    gathered = torch.cat([encode(s, b) for s, b in zip(scales, bits)])
+    got_scales, got_bits = decode(gathered, world, numel, n_scales, dtype)
+    assert torch.equal(got_scales, torch.stack(scales)) and torch.equal(got_bits, torch.stack(bits))
+
+
 @pytest.mark.parametrize("run", [0, 1])
 def test_error_feedback_matches_replay(two_ranks, run):
     ranks = _by_run(two_ranks, run)
