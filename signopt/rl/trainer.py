@@ -33,6 +33,7 @@ RESUME_OVERRIDES = ("steps", "out", "eval_every", "save_every", "progress", "res
 STATE_FILE = "trainer_state.pt"
 NEEDS_REFERENCE = ("trpa",)
 NEEDS_OLD_PASS_ENTROPY = ("hapo",)
+LENGTH_ADVANTAGES = ("opo", "dgpo")  # estimators that read the completion lengths
 
 
 class Trainer:
@@ -168,7 +169,8 @@ class Trainer:
 
         shaped = rewards + soft_overlong_penalty(ro.lengths, cfg.max_new_tokens, cfg.overlong_cache) \
             if cfg.overlong_cache else rewards
-        adv = compute_advantages(self.advantage, shaped, n_gen, **({"lengths": ro.lengths} if self.advantage == "opo" else {}))
+        adv = compute_advantages(self.advantage, shaped, n_gen,
+                                 **({"lengths": ro.lengths} if self.advantage in LENGTH_ADVANTAGES else {}))
         keep = adv.keep
         if cfg.dynamic_sampling:
             keep = keep & informative_groups(shaped, n_gen)
@@ -199,12 +201,13 @@ class Trainer:
         t["logprobs"] += time.perf_counter() - t0
         norms = step_norms(mask, shaped, G, old_ent)
         knobs = cfg.knobs
-        if cfg.loss == "r2vpo":
-            knobs["lam"] = self.r2vpo_lam
         tokens = ro.completion_ids
         loss_sum = ent_sum = kl_sum = 0.0
         for epoch in range(cfg.inner_epochs):
+            if cfg.loss == "r2vpo":
+                knobs["lam"] = self.r2vpo_lam
             self.optimizer.zero_grad(set_to_none=True)
+            step_logp = []
             for b in batches:
                 t0 = time.perf_counter()
                 logp, ent = self._logprobs(self.model, ro, mask, b)
@@ -218,15 +221,18 @@ class Trainer:
                 loss.backward()
                 t["logprobs"] += t1 - t0
                 t["loss_backward"] += time.perf_counter() - t1
+                step_logp.append(logp.detach())
                 if epoch == 0:
                     valid = mask[b]
                     loss_sum += float(loss.detach())
                     ent_sum += float(ent[valid].sum())
                     if ref_logp is not None:
                         kl_sum += float(kl_k3(logp.detach(), ref_logp[b])[valid].sum())
-                if cfg.loss == "r2vpo" and cfg.r2vpo_eta and epoch == cfg.inner_epochs - 1:
-                    self.r2vpo_lam = r2vpo_dual_update(self.r2vpo_lam, logp, x.old_logp, valid, cfg.r2vpo_eta,
-                                                       cfg.r2vpo_delta)
+            if cfg.loss == "r2vpo" and cfg.r2vpo_eta:
+                # one dual update per optimizer step, from the ratios of the whole step
+                logp_all = torch.cat(step_logp)
+                self.r2vpo_lam = r2vpo_dual_update(self.r2vpo_lam, logp_all, logp_all if old_logp is None else old_logp,
+                                                   mask, cfg.r2vpo_eta, cfg.r2vpo_delta)
             t0 = time.perf_counter()
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
