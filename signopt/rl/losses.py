@@ -129,7 +129,8 @@ def sapo(x: LossInputs, tau_pos: float = 1.0, tau_neg: float = 1.05, agg: str = 
 
     Matches TRL ``GRPOTrainer._compute_loss`` (``loss_type="sapo"``, ``sapo_temperature_pos=1.0``,
     ``sapo_temperature_neg=1.05``, seq-mean-token-mean)."""
-    tau = torch.where(x.adv > 0, tau_pos, tau_neg).to(x.logp.dtype)
+    dt = x.logp.dtype
+    tau = torch.where(x.adv > 0, torch.tensor(tau_pos, dtype=dt), torch.tensor(tau_neg, dtype=dt))
     gate = torch.sigmoid(tau * (x.log_ratio.exp() - 1)) * (4.0 / tau)
     return agg_tokens(x, -gate * x.adv, agg)
 
@@ -227,7 +228,8 @@ def trpa(x: LossInputs, beta: float = 0.1, top_weight: float = 2.5, kl_coef: flo
     s = grouped(x, masked_seq_mean(d, x.mask))
     r = grouped(x, x.rewards.to(s.dtype))
     win = r.unsqueeze(-1) > r.unsqueeze(-2)  # [n, w, l]
-    weight = torch.where(r == r.max(-1, keepdim=True).values, top_weight, 1.0).unsqueeze(-1)
+    weight = torch.where(r == r.max(-1, keepdim=True).values, torch.tensor(top_weight, dtype=s.dtype),
+                         torch.ones((), dtype=s.dtype)).unsqueeze(-1)
     pair = -F.logsigmoid(beta * (s.unsqueeze(-1) - s.unsqueeze(-2)))
     pair_loss = torch.where(win, weight * pair, torch.zeros((), dtype=s.dtype)).sum() / max(x.norm("num_pairs"), 1.0)
     return pair_loss + kl_coef * agg_tokens(x, kl_k3(x.logp, x.old_logp), "token-mean")
