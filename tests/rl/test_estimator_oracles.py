@@ -129,11 +129,11 @@ def test_riskpo_bundles():
     for bundle in bundles:
         s = [sum(g[j] for g in bundle) for j in range(G)]
         qa, qb = quantile(s, 0.25), quantile(s, 0.75)
-        a = [(min(max(v, qa), qb) - qb) / 0.5 + 0.5 * (min(v, qa) - qa) / 0.25 for v in s]
+        a = [(min(max(v, qa), qb) - qb) / 0.5 + 0.3 * (min(v, qa) - qa) / 0.25 for v in s]
         sd = sample_std(a)
         a = [v / (sd + 1e-4) if sd > 0 else 0.0 for v in a]
         out += a * len(bundle)
-    close(adv("riskpo", rewards, bundle_size=2, alpha=0.25, beta=0.75, cvar_weight=0.5), out)
+    close(adv("riskpo", rewards, bundle_size=2, alpha=0.25, beta=0.75, cvar_weight=0.3), out)
 
 
 def test_every_estimator_has_an_oracle_test():

@@ -246,6 +246,34 @@ def test_nft_clamped_token_gradient_matches_the_release():
         assert g[3, 0].item() == pytest.approx(want, rel=1e-9)
 
 
+def test_nft_clamps_the_group_accuracy():
+    """r̂ is clamped to [0.02, 0.98] as in the release: a group of 64 with one right answer has
+    accuracy 1/64 < 0.02."""
+    from signopt.rl.loss_inputs import LossInputs
+
+    n = 64
+    g = torch.Generator().manual_seed(3)
+    lp = -torch.rand(n, 1, generator=g, dtype=torch.float64) - 0.1
+    old = lp - 0.3 * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    rewards = torch.zeros(n, dtype=torch.float64)
+    rewards[7] = 1.0
+    x = LossInputs(lp, old, torch.ones(n, 1, dtype=torch.bool), torch.zeros(n, dtype=torch.float64),
+                   rewards=rewards, group_size=n)
+
+    def oracle(x, lp):
+        rh, total = 0.02, 0.0
+        for i in range(n):
+            big_r = torch.exp(lp[i, 0] - x.old_logp[i, 0])
+            if x.rewards[i] > 0:
+                total = total - torch.log(big_r)
+            else:
+                proxy = (1 - rh * big_r) / (1 - rh)
+                total = total - torch.log(proxy + (torch.clamp(proxy, min=1.0) - proxy).detach())
+        return (1 - rh) * total / 1000.0
+
+    check("nft", {}, oracle, x=x)
+
+
 def test_trpa():
     def oracle(x, lp):
         pairs, total = 0, 0.0

@@ -216,12 +216,14 @@ def test_trpa_pairs():
     assert torch.allclose(loss, (win * wt).sum() * math.log(2) / win.sum())
 
 
+@pytest.mark.parametrize("garbage", [(800.0, -800.0), (math.inf, math.inf)])  # the latter: inf − inf = nan
 @pytest.mark.parametrize("name", sorted(LOSSES))
-def test_padding_garbage_is_masked_before_exp(name):
+def test_padding_garbage_is_masked_before_exp(name, garbage):
     x = make_inputs(seed=6)
     pad = ~x.mask
-    logp = torch.where(pad, 800.0, x.logp.detach()).requires_grad_(True)
-    y = replace(x, logp=logp, old_logp=torch.where(pad, -800.0, x.old_logp), ref_logp=torch.where(pad, -800.0, x.ref_logp))
+    new, old = garbage
+    logp = torch.where(pad, new, x.logp.detach()).requires_grad_(True)
+    y = replace(x, logp=logp, old_logp=torch.where(pad, old, x.old_logp), ref_logp=torch.where(pad, old, x.ref_logp))
     loss = compute_loss(name, y, **SPLIT_KNOBS.get(name, {}))
     (g,) = torch.autograd.grad(loss, logp)
     assert torch.isfinite(loss) and torch.isfinite(g).all()
