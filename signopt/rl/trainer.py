@@ -7,30 +7,29 @@ from __future__ import annotations
 import copy
 import json
 import random
+import sys
 import time
-from dataclasses import fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from .advantages import compute_advantages
-from .config import RLConfig
+from .config import RLConfig, check_out_dir
 from .experimental_losses import r2vpo_dual_update
 from .kl import kl_k3
 from .loss_inputs import LossInputs, step_norms
 from .losses import DEFAULT_ADVANTAGE, compute_loss
 from .modeling import completion_logprobs, load_policy
 from .optimizers import build_optimizer, default_lr, lr_factor
-from .plotting import plot_metrics
+from .plotting import missing_dependency, plot_metrics
+from .resume import STATE_FILE, contradictions
 from .rollout import Rollouts, evaluate, generate, score
 from .shaping import informative_groups, soft_overlong_penalty
 from .tasks import make_task
 from .warmstart import warm_start
 
-# Fields a resumed run takes from the new command line; everything else comes from the checkpoint.
-RESUME_OVERRIDES = ("steps", "out", "eval_every", "save_every", "progress", "resume", "threads")
-STATE_FILE = "trainer_state.pt"
 NEEDS_REFERENCE = ("trpa",)
 NEEDS_OLD_PASS_ENTROPY = ("hapo",)
 LENGTH_ADVANTAGES = ("opo", "dgpo")  # estimators that read the completion lengths
@@ -40,13 +39,19 @@ class Trainer:
     """Build with an :class:`RLConfig` (and optionally a model/tokenizer pair); call :meth:`train`."""
 
     def __init__(self, cfg: RLConfig, model=None, tokenizer=None):
+        """With ``cfg.resume`` the run continues from that checkpoint; ``cfg`` must then agree with
+        the checkpoint's config outside :data:`~signopt.rl.resume.RESUME_FREE`
+        (:func:`~signopt.rl.resume.resume_config` builds such a config)."""
         cfg.validate()
+        check_out_dir(cfg)
         if cfg.resume:
             state = torch.load(Path(cfg.resume) / STATE_FILE, weights_only=True)
-            saved = state["config"]
-            saved.update({k: getattr(cfg, k) for k in RESUME_OVERRIDES})
-            cfg = RLConfig(**{f.name: saved[f.name] for f in fields(RLConfig) if f.name in saved}).validate()
+            bad = contradictions(state["config"], asdict(cfg))
+            if bad:
+                raise ValueError("; ".join(bad))
         self.cfg = cfg
+        if cfg.out is not None and missing_dependency():  # said at the start, not after the run
+            print(f"signopt.rl: {missing_dependency()}; curves.png will not be written", file=sys.stderr)
         torch.set_num_threads(cfg.threads)
         self.task = make_task(cfg.task, data=cfg.data, eval_data=cfg.eval_data, digits=cfg.digits,
                               eval_size=cfg.eval_size)
@@ -54,6 +59,8 @@ class Trainer:
         self.lr = default_lr(cfg.optimizer) if cfg.lr is None else cfg.lr
         self.metrics: list[dict] = []
         self.warmstart: dict = {}
+        self.rl_seconds_before = 0.0  # RL time of the run before this session (resumed runs)
+        self._session_start: float | None = None
         if cfg.resume:
             self._restore(Path(cfg.resume), state)
         else:
@@ -73,6 +80,7 @@ class Trainer:
                     model, tokenizer, self.task, target=cfg.warmstart_target, max_steps=cfg.warmstart_max_steps,
                     batch_size=cfg.warmstart_batch, lr=cfg.warmstart_lr, eval_every=cfg.warmstart_eval_every,
                     max_new_tokens=cfg.max_new_tokens, gen=self.data_gen, ema=cfg.warmstart_ema,
+                    progress=cfg.progress,
                 )
                 self.warmstart["seconds"] = time.perf_counter() - t0
         elif tokenizer is None:
@@ -125,6 +133,7 @@ class Trainer:
             "r2vpo_lam": self.r2vpo_lam,
             "accuracy_before": self.accuracy_before,
             "warmstart": self.warmstart,
+            "rl_seconds": self.rl_seconds,
         }, d / STATE_FILE)
 
     def _restore(self, d: Path, state: dict) -> None:
@@ -147,6 +156,13 @@ class Trainer:
         self.data_gen.set_state(state["data_rng"])
         self.step, self.r2vpo_lam = state["step"], state["r2vpo_lam"]
         self.accuracy_before, self.warmstart = state["accuracy_before"], state["warmstart"]
+        self.rl_seconds_before = state.get("rl_seconds", 0.0)
+
+    @property
+    def rl_seconds(self) -> float:
+        """Wall time spent in :meth:`train` over the whole run, earlier sessions included."""
+        now = 0.0 if self._session_start is None else time.perf_counter() - self._session_start
+        return self.rl_seconds_before + now
 
     # ----------------------------------------------------------------- one RL step
     def _logprobs(self, model, ro: Rollouts, mask: torch.Tensor, rows: slice):
@@ -255,7 +271,7 @@ class Trainer:
         cfg = self.cfg
         out = Path(cfg.out) if cfg.out else None
         metrics_file = None
-        t_start = time.perf_counter()
+        self._session_start = time.perf_counter()
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -290,7 +306,7 @@ class Trainer:
             "accuracy_before": self.accuracy_before,
             "accuracy_after": evaluate(self.result_model, self.tokenizer, self.task, cfg.max_new_tokens),
             "steps": self.step,
-            "rl_seconds": time.perf_counter() - t_start,
+            "rl_seconds": self.rl_seconds,
             "warmstart": self.warmstart,
             "optimizer": cfg.optimizer,
             "lr": self.lr,
@@ -302,6 +318,8 @@ class Trainer:
         }
         if out is not None:
             self.save(out / "checkpoint")
-            plot_metrics(self.metrics, out / "curves.png")
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            if not missing_dependency():
+                plot_metrics(self.metrics, out / "curves.png")
+        self.rl_seconds_before, self._session_start = summary["rl_seconds"], None
         return summary
