@@ -172,7 +172,10 @@ def gtpo(
     """GTPO: on-policy surrogate −A'·w·r per token, seq-mean-token-mean. Conflict tokens (same
     position and id in both an A > 0 and an A < 0 rollout of the group) get w = ``conflict_boost``
     in positive and w = 0 in negative rollouts. Entropy filter on rollouts with A ≠ 0:
-    A' = A − c·H̄ if H̄ ≤ threshold else 0 (H̄ = mean token entropy of the rollout)."""
+    A' = A − c·H̄ if H̄ ≤ threshold else 0 (H̄ = mean token entropy of the rollout).
+
+    Written after the method's release (``winstonsmith1897/GTPO``) as its README and paper describe
+    it; not yet compared line by line with its loss code."""
     require(x, "gtpo", "tokens", "entropy")
     m = x.mask.bool()
     tok = grouped(x, torch.where(m, x.tokens, -1))
@@ -222,7 +225,10 @@ def nft(x: LossInputs, scale: float = 1000.0, clamp_negative: float = 1.0, neg_w
 
 def trpa(x: LossInputs, beta: float = 0.1, top_weight: float = 2.5, kl_coef: float = 1e-3) -> Tensor:
     """TRPA: x_i = mm(logp − ref_logp); Σ over in-group pairs r_w > r_l of −log σ(β(x_w − x_l)),
-    × ``top_weight`` when r_w is the group's best reward, / #pairs; + ``kl_coef``·token-mean k3(π‖π_old)."""
+    × ``top_weight`` when r_w is the group's best reward, / #pairs; + ``kl_coef``·token-mean k3(π‖π_old).
+
+    Written after the method's release (``XueruiSu/Trust-Region-Preference-Approximation``, a verl
+    fork) as its paper describes it; not yet compared line by line with its loss code."""
     require(x, "trpa", "ref_logp", "rewards")
     d = torch.where(x.mask.bool(), x.logp - x.ref_logp, torch.zeros((), dtype=x.logp.dtype))
     s = grouped(x, masked_seq_mean(d, x.mask))
@@ -236,7 +242,9 @@ def trpa(x: LossInputs, beta: float = 0.1, top_weight: float = 2.5, kl_coef: flo
 
 
 def riskpo(x: LossInputs, clip_eps: float = 0.2, agg: str = "token-mean") -> Tensor:
-    """RiskPO: the PPO-clip token loss on mixed-VaR bundle advantages (advantage ``riskpo``)."""
+    """RiskPO: the PPO-clip token loss on mixed-VaR bundle advantages (advantage ``riskpo``).
+
+    From the paper's description; no released code was compared."""
     return agg_tokens(x, clipped_surrogate(x.log_ratio.exp(), x.adv, clip_eps, clip_eps), agg)
 
 
@@ -244,7 +252,9 @@ def hapo(
     x: LossInputs, clip_eps_low: float = 0.2, clip_eps_high: float = 0.28, alpha: float = 1.0, agg: str = "token-mean"
 ) -> Tensor:
     """HAPO: per-token clip bounds from ĥ = (log H − μ)/σ (step-wide log-entropy statistics):
-    ε_low·(1 − αĥ) when ĥ ≤ 0, ε_high·(1 + αĥ) when ĥ > 0, the other bound unchanged."""
+    ε_low·(1 − αĥ) when ĥ ≤ 0, ε_high·(1 + αĥ) when ĥ > 0, the other bound unchanged.
+
+    From the paper's description; no released code was compared."""
     require(x, "hapo", "entropy")
     log_h = torch.log(x.entropy.to(x.logp.dtype).clamp(min=1e-12))
     has_stats = "log_entropy_std" in x.norms or bool(x.mask.any())
