@@ -399,7 +399,7 @@ def test_progrpo():
 
 def test_capo():
     def tok(x, lp, i, t):
-        lr = float(log_ratio(x, lp, i, t))
+        lr = float(log_ratio(x, lp, i, t).detach())
         if abs(float(x.advantages[i])) * lr * lr > 0.02:
             return torch.zeros((), dtype=torch.float64)
         return ppo_token(ratio(x, lp, i, t), x.advantages[i], 0.1, 0.1)
