@@ -10,9 +10,11 @@ returns an :class:`Advantages` with ``values[B]`` and ``keep[B]`` (rows to train
 * ``rloo``      G/(G−1)·(r − mean) = r − leave-one-out mean
 * ``mc_grpo``   G+1 rollouts; (r − median)/(MAD + 1e-3); nonzero entries × (G+1)/#nonzero; the
   median "pivot" rollout is dropped. With binary rewards MAD is often 0, so |A| reaches ~1e3.
-* ``bnpo``      (r − p̂)/Beta_pdf(p̂; α, β), α, β from the moments of the batch's per-prompt p̂:
-  α = max(1 + a/3, 1), β = max(1 + b/3, 1); 1/pdf capped at 1e6
-* ``dgpo``      G·(r − mean)/Σ|r − mean| × N_valid·softmax(−acc/T) over non-degenerate groups, T = 2
+* ``bnpo``      (r − p̂)/Beta_pdf(p̂; α, β), α, β from the mean m and unbiased variance v of the
+  batch's per-prompt p̂: c = m(1 − m)/v − 1, α = max(1 + m·c/3, 1), β = max(1 + (1 − m)·c/3, 1);
+  1/pdf capped at 1e6
+* ``dgpo``      G·(r − mean)/(Σ|r − mean| + 1e-4) × N_valid·softmax(−acc/T) over non-degenerate
+  groups (T = 2) × Σ_all |o| / Σ_non-degenerate |o| when completion lengths are given
 * ``opo``       r − Σ|o|·r/Σ|o| (length-weighted baseline)
 * ``riskpo``    bundles of ``bundle_size`` prompts; rollout j of a bundle scores S = Σ rewards;
   A = (clip(S, q_α, q_β) − q_β)/(β − α) [+ ω·(min(S, q_α) − q_α)/α], divided by its std
@@ -106,11 +108,16 @@ def _beta_pdf(p: Tensor, alpha: float, beta: float) -> Tensor:
 def bnpo_advantages(
     rewards: Tensor, group_size: int, *, alpha: float | None = None, beta: float | None = None, max_inv_pdf: float = 1e6
 ) -> Advantages:
-    """(r − p̂)/Beta_pdf(p̂; α, β); α, β by moments of the batch's p̂ unless given (Beta(1,1) if p̂ has no spread)."""
+    """(r − p̂)/Beta_pdf(p̂; α, β); α, β by moments of the batch's p̂ unless given.
+
+    Matches ``changyi7231/BNPO`` ``recipe/bnpo/src/bnpo_ray_trainer.py``
+    ``compute_bnpo_outcome_advantage`` (unbiased ``var()``, ``clamp(1/pdf, max=1e6)``). Departure:
+    where the release divides by a zero variance (every p̂ equal) or by a single prompt's
+    variance, Beta(1, 1) is used (A = r − p̂)."""
     g = _groups(rewards, group_size)
     p_hat = g.mean(-1, keepdim=True)
     if alpha is None or beta is None:
-        m, v = p_hat.mean().item(), p_hat.var(unbiased=False).item() if p_hat.numel() > 1 else 0.0
+        m, v = p_hat.mean().item(), p_hat.var(unbiased=True).item() if p_hat.numel() > 1 else 0.0
         if v > 0 and 0 < m < 1:
             common = m * (1 - m) / v - 1
             alpha, beta = max(1 + m * common / 3, 1.0), max(1 + (1 - m) * common / 3, 1.0)
@@ -122,17 +129,32 @@ def bnpo_advantages(
 
 
 def dgpo_advantages(
-    rewards: Tensor, group_size: int, *, temperature: float = 2.0, question_weight: bool = True
+    rewards: Tensor, group_size: int, *, temperature: float = 2.0, question_weight: bool = True, eps: float = 1e-4,
+    lengths: Tensor | None = None,
 ) -> Advantages:
-    """G·(r − mean)/Σ|r − mean| per group, × N_valid·softmax(−acc/T) over the non-degenerate groups."""
+    """G·(r − mean)/(Σ|r − mean| + ε) per group; × N_valid·softmax(−acc/T) over the non-degenerate
+    groups (``question_weight``; acc is set to 1 for a group whose mean reward is 0); × Σ_all |o| /
+    Σ_non-degenerate |o| when ``lengths`` (completion lengths |o|) are given.
+
+    Matches ``AMAP-ML/MathForge`` ``trl-0.20.0/trl/trainer/grpo_trainer.py``
+    ``GRPOTrainer._generate_and_score_completions`` (``enable_dgpo``, ``enable_dgpo_dqw``): ε = 1e-4
+    and the length factor ``zero_mask_ratio``. Its second length factor, the per-process
+    ``global_balancing_ratio``, is 1 on one process and is not applied. Degenerate groups are
+    those whose rewards are exactly equal (the release: std ≈ 0)."""
     g = _groups(rewards, group_size)
     centred = g - g.mean(-1, keepdim=True)
     valid = ~_degenerate(g)
-    a = torch.where(valid, group_size * centred / centred.abs().sum(-1, keepdim=True).clamp(min=1e-30), 0.0)
+    a = torch.where(valid, group_size * centred / (centred.abs().sum(-1, keepdim=True) + eps), 0.0)
     if question_weight and valid.any():
-        logits = torch.where(valid, -g.mean(-1, keepdim=True) / temperature, float("-inf"))
+        acc = g.mean(-1, keepdim=True)
+        acc = torch.where(acc == 0, torch.ones_like(acc), acc)
+        logits = torch.where(valid, -acc / temperature, float("-inf"))
         w = valid.sum() * torch.softmax(logits, dim=0)
         a = a * torch.where(valid, w, 0.0)
+    if lengths is not None and valid.any():
+        lens = lengths.to(g.dtype).view_as(g)
+        kept = (lens * valid).sum()
+        a = a * (lens.sum() / kept if kept > 0 else 1.0)
     return _result(a)
 
 

@@ -31,7 +31,7 @@ def check_choice(name: str, value: str, allowed) -> None:
 def masked_seq_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Per-sequence masked mean ``mm(x)_i = Σ_t x·m / max(Σ_t m, 1)`` → ``[B]``."""
     m = mask.to(x.dtype)
-    return (x * m).sum(-1) / m.sum(-1).clamp(min=1)
+    return torch.where(mask.bool(), x, torch.zeros((), dtype=x.dtype)).sum(-1) / m.sum(-1).clamp(min=1)
 
 
 def aggregate(

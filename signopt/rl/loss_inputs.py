@@ -49,15 +49,13 @@ class LossInputs:
 
 
 def step_norms(mask: Tensor, rewards: Tensor | None, group_size: int, entropy: Tensor | None = None) -> dict:
-    """Normalisers of a whole optimizer step: tokens, sequences, max length, groups with both
-    better- and worse-than-mean rollouts, winner/loser pairs, and log-entropy mean/std."""
+    """Normalisers of a whole optimizer step: tokens, sequences, max length, groups (questions),
+    winner/loser pairs, and log-entropy mean/std."""
     m = mask.bool()
     out = {"num_tokens": float(m.sum()), "num_seqs": float(mask.shape[0]), "max_len": int(mask.shape[1])}
     if rewards is not None:
         g = rewards.view(-1, group_size)
-        above = (g > g.mean(-1, keepdim=True)).sum(-1)
-        below = (g < g.mean(-1, keepdim=True)).sum(-1)
-        out["num_mixed_groups"] = float(((above > 0) & (below > 0)).sum())
+        out["num_groups"] = float(g.shape[0])
         out["num_pairs"] = float((g.unsqueeze(-1) > g.unsqueeze(-2)).sum())
     if entropy is not None and m.any():
         log_h = torch.log(entropy[m].double().clamp(min=1e-12))

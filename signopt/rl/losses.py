@@ -30,7 +30,12 @@ def grpo(
     kl: str = "k3",
     agg: str = "seq-mean-token-mean",
 ) -> Tensor:
-    """GRPO: −min(rA, clip(r, 1±ε)A) + β·KL(π‖π_ref) per token, then ``agg``."""
+    """GRPO: −min(rA, clip(r, 1 − ε, 1 + ε_high)A) + β·KL(π‖π_ref) per token, then ``agg``.
+
+    Matches TRL ``trl/trainer/grpo_trainer.py`` ``GRPOTrainer._compute_loss`` (``loss_type="grpo"``,
+    k3 KL; other ``agg``/``kl`` choices follow verl ``verl/trainer/ppo/core_algos.py``
+    ``agg_loss``/``kl_penalty``). Departure: normalisers are those of the whole optimizer step
+    (TRL divides each micro-batch's mean by the accumulation count)."""
     per_token = clipped_surrogate(x.log_ratio.exp(), x.adv, clip_eps, clip_eps if clip_eps_high is None else clip_eps_high)
     if beta:
         require(x, "grpo", "ref_logp")
@@ -39,38 +44,61 @@ def grpo(
 
 
 def dr_grpo(x: LossInputs, clip_eps: float = 0.2, agg: str = "seq-mean-token-sum-norm") -> Tensor:
-    """Dr. GRPO: the clipped surrogate with A = r − mean, no KL, Σ/(B·L_max)."""
+    """Dr. GRPO: the clipped surrogate with A = r − mean, no KL, Σ/(B·L_max).
+
+    Matches TRL ``GRPOTrainer._compute_loss`` (``loss_type="dr_grpo"``: Σ/(B·max_completion_length));
+    L_max here is the step's completion width."""
     return agg_tokens(x, clipped_surrogate(x.log_ratio.exp(), x.adv, clip_eps, clip_eps), agg)
 
 
 def dapo(x: LossInputs, clip_eps_low: float = 0.2, clip_eps_high: float = 0.28, agg: str = "token-mean") -> Tensor:
     """DAPO: clip-higher surrogate (ε_low, ε_high), token-mean over the whole step. Dynamic
-    sampling and the overlong filter/penalty act on the data (:mod:`signopt.rl.shaping`)."""
+    sampling and the overlong filter/penalty act on the data (:mod:`signopt.rl.shaping`).
+
+    Matches TRL ``GRPOTrainer._compute_loss`` (``loss_type="dapo"``: Σ over the step's tokens /
+    ``num_items_in_batch``) and verl ``agg_loss(loss_agg_mode="token-mean")``."""
     return agg_tokens(x, clipped_surrogate(x.log_ratio.exp(), x.adv, clip_eps_low, clip_eps_high), agg)
 
 
 def gspo(x: LossInputs, clip_eps_low: float = 3e-4, clip_eps_high: float = 4e-4) -> Tensor:
-    """GSPO: s = exp(mm(log r)); −min(sA, clip(s, 1−ε_l, 1+ε_h)A) per sequence, mean over sequences."""
+    """GSPO: s = exp(mm(log r)); −min(sA, clip(s, 1−ε_l, 1+ε_h)A) per sequence, Σ_i / N_seqs.
+
+    Matches TRL ``trl/trainer/grpo_trainer.py`` ``GRPOTrainer._compute_loss`` with
+    ``importance_sampling_level="sequence"``, ``loss_type="grpo"``: a row without valid tokens
+    (e.g. masked by the overlong filter) contributes 0 and still counts in N_seqs."""
     s = masked_seq_mean(x.log_ratio, x.mask).exp()
-    return seq_sum(x, clipped_surrogate(s, x.advantages, clip_eps_low, clip_eps_high))
+    return seq_sum(x, _zero_empty_rows(x, clipped_surrogate(s, x.advantages, clip_eps_low, clip_eps_high)))
 
 
 def gspo_token(
     x: LossInputs, clip_eps_low: float = 3e-4, clip_eps_high: float = 4e-4, agg: str = "seq-mean-token-mean"
 ) -> Tensor:
-    """GSPO-token: log s_t = min(sg(mm(log r)) + logp − sg(logp), 10); clipped surrogate per token."""
+    """GSPO-token: log s_t = min(sg(mm(log r)) + logp − sg(logp), 10); clipped surrogate per token.
+
+    Matches verl ``verl/trainer/ppo/core_algos.py`` ``compute_policy_loss_gspo`` (clamp of the
+    log-ratio at 10, ``seq-mean-token-mean``)."""
     log_s = masked_seq_mean(x.log_ratio, x.mask).detach().unsqueeze(-1) + x.logp - x.logp.detach()
     log_s = torch.where(x.mask.bool(), log_s.clamp(max=10.0), torch.zeros((), dtype=log_s.dtype))
     return agg_tokens(x, clipped_surrogate(log_s.exp(), x.adv, clip_eps_low, clip_eps_high), agg)
 
 
 def gmpo(x: LossInputs, clip_log: float = 0.4) -> Tensor:
-    """GMPO: ρ = exp(mm(sgn(A)·min(sgn(A)·log r, clip(sgn(A)·log r, ±c)))) ; −A·ρ, mean over sequences."""
+    """GMPO: ρ_i = exp(mm(sgn(A)·min(sgn(A)·log r, clip(sgn(A)·log r, ±c)))); −A_i·ρ_i, Σ_i / N_seqs.
+
+    Matches the GMPO release (``callsys/GMPO``, ``train_zero_math_gmpo.py``, ``ZeroMathLearner``):
+    the token log-ratios are clipped sign-aware in log space and averaged per sequence (a
+    geometric mean of ratios). A row without valid tokens contributes 0
+    (TRL's convention for empty rows; the release never sees one)."""
     sgn = torch.sign(x.adv)
     signed = sgn * x.log_ratio
     clipped = sgn * torch.minimum(signed, signed.clamp(-clip_log, clip_log))
     rho = masked_seq_mean(clipped, x.mask).exp()
-    return seq_sum(x, -x.advantages * rho)
+    return seq_sum(x, _zero_empty_rows(x, -x.advantages * rho))
+
+
+def _zero_empty_rows(x: LossInputs, per_seq: Tensor) -> Tensor:
+    """``per_seq[B]`` with rows that have no valid token set to 0."""
+    return torch.where(x.mask.any(-1), per_seq, torch.zeros((), dtype=per_seq.dtype))
 
 
 CISPO_CLIP_MODES = ("max", "symmetric")
@@ -85,7 +113,11 @@ def cispo(
     agg: str = "token-mean",
 ) -> Tensor:
     """CISPO: −sg(w)·A·logp, w = min(r, ε_max) (``clip_mode='max'``) or clamp(r, 1−ε_l, 1+ε_h)
-    (``clip_mode='symmetric'``)."""
+    (``clip_mode='symmetric'``).
+
+    ``max`` matches TRL ``GRPOTrainer._compute_loss`` (``loss_type="cispo"``, ``clamp(r,
+    max=epsilon_high).detach()``, token-mean); ``symmetric`` is the two-sided weight clip used by
+    verl-style recipes."""
     check_choice("clip_mode", clip_mode, CISPO_CLIP_MODES)
     r = x.log_ratio.exp()
     w = r.clamp(max=eps_max) if clip_mode == "max" else r.clamp(1 - clip_eps_low, 1 + clip_eps_high)
@@ -93,14 +125,21 @@ def cispo(
 
 
 def sapo(x: LossInputs, tau_pos: float = 1.0, tau_neg: float = 1.05, agg: str = "seq-mean-token-mean") -> Tensor:
-    """SAPO: −σ(τ(r − 1))·(4/τ)·A with τ = τ₊ for A > 0 and τ₋ otherwise (a soft clip)."""
-    tau = torch.where(x.adv > 0, tau_pos, tau_neg).to(x.logp.dtype)
+    """SAPO: −σ(τ(r − 1))·(4/τ)·A with τ = τ₊ for A > 0 and τ₋ otherwise (a soft clip).
+
+    Matches TRL ``GRPOTrainer._compute_loss`` (``loss_type="sapo"``, ``sapo_temperature_pos=1.0``,
+    ``sapo_temperature_neg=1.05``, seq-mean-token-mean)."""
+    dt = x.logp.dtype
+    tau = torch.where(x.adv > 0, torch.tensor(tau_pos, dtype=dt), torch.tensor(tau_neg, dtype=dt))
     gate = torch.sigmoid(tau * (x.log_ratio.exp() - 1)) * (4.0 / tau)
     return agg_tokens(x, -gate * x.adv, agg)
 
 
 def vanilla_dual_clip(x: LossInputs, clip_eps: float = 0.2, clip_ratio_c: float = 3.0, agg: str = "token-mean") -> Tensor:
-    """Dual-clip PPO: the PPO-clip loss, capped at −A·c for A < 0."""
+    """Dual-clip PPO: the PPO-clip loss, capped at −A·c for A < 0.
+
+    Matches verl ``verl/trainer/ppo/core_algos.py`` ``compute_policy_loss_vanilla``
+    (``clip_ratio_c=3.0``)."""
     if clip_ratio_c <= 1:
         raise ValueError(f"clip_ratio_c={clip_ratio_c} must be > 1")
     ppo = clipped_surrogate(x.log_ratio.exp(), x.adv, clip_eps, clip_eps)
@@ -109,8 +148,11 @@ def vanilla_dual_clip(x: LossInputs, clip_eps: float = 0.2, clip_ratio_c: float 
 
 
 def real(x: LossInputs, tau: float = 0.5) -> Tensor:
-    """REAL: s = mm(log r)/τ; Σ_q [log(1 + Σ_neg e^s) + log(1 + Σ_pos e^{−s})] / #q over groups
-    holding rollouts both above (pos) and below (neg) their group's mean reward."""
+    """REAL: s_i = mm(log r)_i/τ; Σ_q [log(1 + Σ_neg e^s) + log(1 + Σ_pos e^{−s})] / N_q.
+
+    pos/neg are the rollouts above/below their group's mean reward; a group without both
+    contributes 0 but, as in REAL's release (``Red-RL/REAL``, its verl policy loss, normalised by
+    ``num_questions``), N_q counts every question (group) of the optimizer step."""
     require(x, "real", "rewards")
     s = grouped(x, masked_seq_mean(x.log_ratio, x.mask) / tau)
     r = grouped(x, x.rewards.to(s.dtype))
@@ -121,7 +163,7 @@ def real(x: LossInputs, tau: float = 0.5) -> Tensor:
     term_neg = torch.logsumexp(torch.cat([zero, torch.where(neg, s, ninf)], -1), -1)
     term_pos = torch.logsumexp(torch.cat([zero, torch.where(pos, -s, ninf)], -1), -1)
     per_group = torch.where(mixed, term_neg + term_pos, torch.zeros((), dtype=s.dtype))
-    return per_group.sum() / max(x.norm("num_mixed_groups"), 1.0)
+    return per_group.sum() / max(x.norm("num_groups"), 1.0)
 
 
 def gtpo(
@@ -130,7 +172,10 @@ def gtpo(
     """GTPO: on-policy surrogate −A'·w·r per token, seq-mean-token-mean. Conflict tokens (same
     position and id in both an A > 0 and an A < 0 rollout of the group) get w = ``conflict_boost``
     in positive and w = 0 in negative rollouts. Entropy filter on rollouts with A ≠ 0:
-    A' = A − c·H̄ if H̄ ≤ threshold else 0 (H̄ = mean token entropy of the rollout)."""
+    A' = A − c·H̄ if H̄ ≤ threshold else 0 (H̄ = mean token entropy of the rollout).
+
+    Written after the method's release (``winstonsmith1897/GTPO``) as its README and paper describe
+    it; not yet compared line by line with its loss code."""
     require(x, "gtpo", "tokens", "entropy")
     m = x.mask.bool()
     tok = grouped(x, torch.where(m, x.tokens, -1))
@@ -150,39 +195,56 @@ def gtpo(
     return agg_tokens(x, -adv * w * x.log_ratio.exp(), "seq-mean-token-mean")
 
 
-def nft(x: LossInputs, scale: float = 1000.0, eps: float = 1e-6) -> Tensor:
-    """NFT with binary rewards and r̂ = group accuracy, token ratio R, weight (1 − r̂):
-    correct −log R; wrong −log((1 − r̂R)/(1 − r̂)) with a straight-through clamp of 1 − r̂R ≥ ε;
-    Σ over tokens / ``scale``."""
+def nft(x: LossInputs, scale: float = 1000.0, clamp_negative: float = 1.0, neg_weight: float = 1.0) -> Tensor:
+    """NFT (token ratios, ``normalize=1``), binary rewards, r̂ = clamp(group accuracy, 0.02, 0.98),
+    R = exp(min(log r, 10)); per token (1 − r̂)·L with
+    correct L = −log R, wrong L = −w·log(cpg((1 − r̂R)/(1 − r̂), ``clamp_negative``));
+    Σ over tokens / ``scale``, summed over sequences.
+
+    ``cpg(v, c)`` (``clamp_preserve_grad``) has the value max(v, c) and the gradient of v.
+    Matches ``NVlabs/NFT`` ``dp_actor.py`` ``DataParallelPPOActor.update_policy`` (``ratio_type=
+    "token"``, its shipped ``clamp_negative=1.0``, ``neg_weight=1.0``). Departure: NFT removes
+    groups whose rollouts are all right or all wrong before the loss; here they stay in the batch
+    and contribute 0."""
     require(x, "nft", "rewards")
+    if clamp_negative <= 0:
+        raise ValueError(f"clamp_negative={clamp_negative} must be > 0")
     rw = x.rewards.to(x.logp.dtype)
     if ((rw != 0) & (rw != 1)).any():
         raise ValueError("loss='nft' needs binary rewards (0 or 1)")
-    r_hat = grouped(x, rw).mean(-1, keepdim=True).expand(-1, x.group_size).reshape(-1, 1)
-    log_r = x.log_ratio
-    inner = 1 - r_hat * log_r.exp()
-    inner = inner.clamp(min=eps).detach() + (inner - inner.detach())
-    wrong_loss = -(torch.log(inner) - torch.log((1 - r_hat).clamp(min=eps)))
-    per_token = (1 - r_hat) * torch.where(rw.unsqueeze(-1) > 0, -log_r, wrong_loss)
-    return torch.where(x.mask.bool(), per_token, torch.zeros((), dtype=per_token.dtype)).sum() / scale
+    acc = grouped(x, rw).mean(-1, keepdim=True)
+    mixed = ((acc > 0) & (acc < 1)).expand(-1, x.group_size).reshape(-1, 1)
+    r_hat = acc.clamp(0.02, 0.98).expand(-1, x.group_size).reshape(-1, 1)
+    ratio = x.log_ratio.clamp(max=10.0).exp()
+    proxy = (1 - r_hat * ratio) / (1 - r_hat)
+    proxy = proxy + (proxy.clamp(min=clamp_negative) - proxy).detach()
+    per_token = (1 - r_hat) * torch.where(rw.unsqueeze(-1) > 0, -torch.log(ratio), -neg_weight * torch.log(proxy))
+    keep = x.mask.bool() & mixed
+    return torch.where(keep, per_token, torch.zeros((), dtype=per_token.dtype)).sum() / scale
 
 
 def trpa(x: LossInputs, beta: float = 0.1, top_weight: float = 2.5, kl_coef: float = 1e-3) -> Tensor:
     """TRPA: x_i = mm(logp − ref_logp); Σ over in-group pairs r_w > r_l of −log σ(β(x_w − x_l)),
-    × ``top_weight`` when r_w is the group's best reward, / #pairs; + ``kl_coef``·token-mean k3(π‖π_old)."""
+    × ``top_weight`` when r_w is the group's best reward, / #pairs; + ``kl_coef``·token-mean k3(π‖π_old).
+
+    Written after the method's release (``XueruiSu/Trust-Region-Preference-Approximation``, a verl
+    fork) as its paper describes it; not yet compared line by line with its loss code."""
     require(x, "trpa", "ref_logp", "rewards")
     d = torch.where(x.mask.bool(), x.logp - x.ref_logp, torch.zeros((), dtype=x.logp.dtype))
     s = grouped(x, masked_seq_mean(d, x.mask))
     r = grouped(x, x.rewards.to(s.dtype))
     win = r.unsqueeze(-1) > r.unsqueeze(-2)  # [n, w, l]
-    weight = torch.where(r == r.max(-1, keepdim=True).values, top_weight, 1.0).unsqueeze(-1)
+    weight = torch.where(r == r.max(-1, keepdim=True).values, torch.tensor(top_weight, dtype=s.dtype),
+                         torch.ones((), dtype=s.dtype)).unsqueeze(-1)
     pair = -F.logsigmoid(beta * (s.unsqueeze(-1) - s.unsqueeze(-2)))
     pair_loss = torch.where(win, weight * pair, torch.zeros((), dtype=s.dtype)).sum() / max(x.norm("num_pairs"), 1.0)
     return pair_loss + kl_coef * agg_tokens(x, kl_k3(x.logp, x.old_logp), "token-mean")
 
 
 def riskpo(x: LossInputs, clip_eps: float = 0.2, agg: str = "token-mean") -> Tensor:
-    """RiskPO: the PPO-clip token loss on mixed-VaR bundle advantages (advantage ``riskpo``)."""
+    """RiskPO: the PPO-clip token loss on mixed-VaR bundle advantages (advantage ``riskpo``).
+
+    From the paper's description; no released code was compared."""
     return agg_tokens(x, clipped_surrogate(x.log_ratio.exp(), x.adv, clip_eps, clip_eps), agg)
 
 
@@ -190,7 +252,9 @@ def hapo(
     x: LossInputs, clip_eps_low: float = 0.2, clip_eps_high: float = 0.28, alpha: float = 1.0, agg: str = "token-mean"
 ) -> Tensor:
     """HAPO: per-token clip bounds from ĥ = (log H − μ)/σ (step-wide log-entropy statistics):
-    ε_low·(1 − αĥ) when ĥ ≤ 0, ε_high·(1 + αĥ) when ĥ > 0, the other bound unchanged."""
+    ε_low·(1 − αĥ) when ĥ ≤ 0, ε_high·(1 + αĥ) when ĥ > 0, the other bound unchanged.
+
+    From the paper's description; no released code was compared."""
     require(x, "hapo", "entropy")
     log_h = torch.log(x.entropy.to(x.logp.dtype).clamp(min=1e-12))
     has_stats = "log_entropy_std" in x.norms or bool(x.mask.any())

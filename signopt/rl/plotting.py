@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 PANELS = (("reward_mean", "reward"), ("kl", "KL to reference (k3)"), ("entropy", "entropy"), ("loss", "loss"))
+
+
+def missing_dependency() -> str | None:
+    """A sentence naming the missing plotting package, or None when plots can be drawn."""
+    if importlib.util.find_spec("matplotlib") is None:
+        return "matplotlib is not installed (pip install matplotlib)"
+    return None
 
 
 def plot_metrics(metrics: list[dict], path: str | Path) -> None:

@@ -7,45 +7,51 @@ from __future__ import annotations
 import copy
 import json
 import random
+import sys
 import time
-from dataclasses import fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from .advantages import compute_advantages
-from .config import RLConfig
+from .config import RLConfig, check_out_dir
 from .experimental_losses import r2vpo_dual_update
 from .kl import kl_k3
 from .loss_inputs import LossInputs, step_norms
 from .losses import DEFAULT_ADVANTAGE, compute_loss
 from .modeling import completion_logprobs, load_policy
 from .optimizers import build_optimizer, default_lr, lr_factor
-from .plotting import plot_metrics
+from .plotting import missing_dependency, plot_metrics
+from .resume import STATE_FILE, contradictions
 from .rollout import Rollouts, evaluate, generate, score
 from .shaping import informative_groups, soft_overlong_penalty
 from .tasks import make_task
 from .warmstart import warm_start
 
-# Fields a resumed run takes from the new command line; everything else comes from the checkpoint.
-RESUME_OVERRIDES = ("steps", "out", "eval_every", "save_every", "progress", "resume", "threads")
-STATE_FILE = "trainer_state.pt"
 NEEDS_REFERENCE = ("trpa",)
 NEEDS_OLD_PASS_ENTROPY = ("hapo",)
+LENGTH_ADVANTAGES = ("opo", "dgpo")  # estimators that read the completion lengths
 
 
 class Trainer:
     """Build with an :class:`RLConfig` (and optionally a model/tokenizer pair); call :meth:`train`."""
 
     def __init__(self, cfg: RLConfig, model=None, tokenizer=None):
+        """With ``cfg.resume`` the run continues from that checkpoint; ``cfg`` must then agree with
+        the checkpoint's config outside :data:`~signopt.rl.resume.RESUME_FREE`
+        (:func:`~signopt.rl.resume.resume_config` builds such a config)."""
         cfg.validate()
+        check_out_dir(cfg)
         if cfg.resume:
             state = torch.load(Path(cfg.resume) / STATE_FILE, weights_only=True)
-            saved = state["config"]
-            saved.update({k: getattr(cfg, k) for k in RESUME_OVERRIDES})
-            cfg = RLConfig(**{f.name: saved[f.name] for f in fields(RLConfig) if f.name in saved}).validate()
+            bad = contradictions(state["config"], asdict(cfg))
+            if bad:
+                raise ValueError("; ".join(bad))
         self.cfg = cfg
+        if cfg.out is not None and missing_dependency():  # said at the start, not after the run
+            print(f"signopt.rl: {missing_dependency()}; curves.png will not be written", file=sys.stderr)
         torch.set_num_threads(cfg.threads)
         self.task = make_task(cfg.task, data=cfg.data, eval_data=cfg.eval_data, digits=cfg.digits,
                               eval_size=cfg.eval_size)
@@ -53,6 +59,8 @@ class Trainer:
         self.lr = default_lr(cfg.optimizer) if cfg.lr is None else cfg.lr
         self.metrics: list[dict] = []
         self.warmstart: dict = {}
+        self.rl_seconds_before = 0.0  # RL time of the run before this session (resumed runs)
+        self._session_start: float | None = None
         if cfg.resume:
             self._restore(Path(cfg.resume), state)
         else:
@@ -72,6 +80,7 @@ class Trainer:
                     model, tokenizer, self.task, target=cfg.warmstart_target, max_steps=cfg.warmstart_max_steps,
                     batch_size=cfg.warmstart_batch, lr=cfg.warmstart_lr, eval_every=cfg.warmstart_eval_every,
                     max_new_tokens=cfg.max_new_tokens, gen=self.data_gen, ema=cfg.warmstart_ema,
+                    progress=cfg.progress,
                 )
                 self.warmstart["seconds"] = time.perf_counter() - t0
         elif tokenizer is None:
@@ -124,6 +133,7 @@ class Trainer:
             "r2vpo_lam": self.r2vpo_lam,
             "accuracy_before": self.accuracy_before,
             "warmstart": self.warmstart,
+            "rl_seconds": self.rl_seconds,
         }, d / STATE_FILE)
 
     def _restore(self, d: Path, state: dict) -> None:
@@ -146,6 +156,13 @@ class Trainer:
         self.data_gen.set_state(state["data_rng"])
         self.step, self.r2vpo_lam = state["step"], state["r2vpo_lam"]
         self.accuracy_before, self.warmstart = state["accuracy_before"], state["warmstart"]
+        self.rl_seconds_before = state.get("rl_seconds", 0.0)
+
+    @property
+    def rl_seconds(self) -> float:
+        """Wall time spent in :meth:`train` over the whole run, earlier sessions included."""
+        now = 0.0 if self._session_start is None else time.perf_counter() - self._session_start
+        return self.rl_seconds_before + now
 
     # ----------------------------------------------------------------- one RL step
     def _logprobs(self, model, ro: Rollouts, mask: torch.Tensor, rows: slice):
@@ -168,7 +185,8 @@ class Trainer:
 
         shaped = rewards + soft_overlong_penalty(ro.lengths, cfg.max_new_tokens, cfg.overlong_cache) \
             if cfg.overlong_cache else rewards
-        adv = compute_advantages(self.advantage, shaped, n_gen, **({"lengths": ro.lengths} if self.advantage == "opo" else {}))
+        adv = compute_advantages(self.advantage, shaped, n_gen,
+                                 **({"lengths": ro.lengths} if self.advantage in LENGTH_ADVANTAGES else {}))
         keep = adv.keep
         if cfg.dynamic_sampling:
             keep = keep & informative_groups(shaped, n_gen)
@@ -199,12 +217,13 @@ class Trainer:
         t["logprobs"] += time.perf_counter() - t0
         norms = step_norms(mask, shaped, G, old_ent)
         knobs = cfg.knobs
-        if cfg.loss == "r2vpo":
-            knobs["lam"] = self.r2vpo_lam
         tokens = ro.completion_ids
         loss_sum = ent_sum = kl_sum = 0.0
         for epoch in range(cfg.inner_epochs):
+            if cfg.loss == "r2vpo":
+                knobs["lam"] = self.r2vpo_lam
             self.optimizer.zero_grad(set_to_none=True)
+            step_logp = []
             for b in batches:
                 t0 = time.perf_counter()
                 logp, ent = self._logprobs(self.model, ro, mask, b)
@@ -218,15 +237,18 @@ class Trainer:
                 loss.backward()
                 t["logprobs"] += t1 - t0
                 t["loss_backward"] += time.perf_counter() - t1
+                step_logp.append(logp.detach())
                 if epoch == 0:
                     valid = mask[b]
                     loss_sum += float(loss.detach())
                     ent_sum += float(ent[valid].sum())
                     if ref_logp is not None:
                         kl_sum += float(kl_k3(logp.detach(), ref_logp[b])[valid].sum())
-                if cfg.loss == "r2vpo" and cfg.r2vpo_eta and epoch == cfg.inner_epochs - 1:
-                    self.r2vpo_lam = r2vpo_dual_update(self.r2vpo_lam, logp, x.old_logp, valid, cfg.r2vpo_eta,
-                                                       cfg.r2vpo_delta)
+            if cfg.loss == "r2vpo" and cfg.r2vpo_eta:
+                # one dual update per optimizer step, from the ratios of the whole step
+                logp_all = torch.cat(step_logp)
+                self.r2vpo_lam = r2vpo_dual_update(self.r2vpo_lam, logp_all, logp_all if old_logp is None else old_logp,
+                                                   mask, cfg.r2vpo_eta, cfg.r2vpo_delta)
             t0 = time.perf_counter()
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
@@ -249,7 +271,7 @@ class Trainer:
         cfg = self.cfg
         out = Path(cfg.out) if cfg.out else None
         metrics_file = None
-        t_start = time.perf_counter()
+        self._session_start = time.perf_counter()
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -284,7 +306,7 @@ class Trainer:
             "accuracy_before": self.accuracy_before,
             "accuracy_after": evaluate(self.result_model, self.tokenizer, self.task, cfg.max_new_tokens),
             "steps": self.step,
-            "rl_seconds": time.perf_counter() - t_start,
+            "rl_seconds": self.rl_seconds,
             "warmstart": self.warmstart,
             "optimizer": cfg.optimizer,
             "lr": self.lr,
@@ -296,6 +318,8 @@ class Trainer:
         }
         if out is not None:
             self.save(out / "checkpoint")
-            plot_metrics(self.metrics, out / "curves.png")
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            if not missing_dependency():
+                plot_metrics(self.metrics, out / "curves.png")
+        self.rl_seconds_before, self._session_start = summary["rl_seconds"], None
         return summary

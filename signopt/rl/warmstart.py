@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from tqdm import tqdm
 
 from .modeling import completion_logprobs
 from .rollout import evaluate
@@ -37,10 +38,12 @@ def supervised_batch(tokenizer, examples, max_new_tokens: int):
 
 
 def warm_start(model, tokenizer, task: Task, *, target: float, max_steps: int, batch_size: int, lr: float,
-               eval_every: int, max_new_tokens: int, gen: torch.Generator, ema: float = 0.0) -> dict:
+               eval_every: int, max_new_tokens: int, gen: torch.Generator, ema: float = 0.0,
+               progress: bool = False) -> dict:
     """Train until held-out accuracy ≥ ``target`` (checked every ``eval_every`` steps) or
     ``max_steps``; with ``ema`` the weight average is measured and copied into ``model`` at the
-    end. Returns {"steps", "accuracy"}."""
+    end; ``progress`` shows a bar (steps out of ``max_steps``, the last accuracy). Returns
+    {"steps", "accuracy"}."""
     if not 0.0 <= ema < 1.0:
         raise ValueError(f"warmstart_ema={ema} must be in [0, 1)")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -50,6 +53,8 @@ def warm_start(model, tokenizer, task: Task, *, target: float, max_steps: int, b
     avg_params = list(average.parameters())
     acc = evaluate(average, tokenizer, task, max_new_tokens)
     step = 0
+    bar = tqdm(total=max_steps, disable=not progress, desc="warm start", unit="step")
+    bar.set_postfix(acc=f"{acc:.3f}", target=target)
     while acc < target and step < max_steps:
         for _ in range(eval_every):
             seqs, attn, p_len, mask = supervised_batch(tokenizer, task.sample(batch_size, gen), max_new_tokens)
@@ -62,7 +67,10 @@ def warm_start(model, tokenizer, task: Task, *, target: float, max_steps: int, b
                 with torch.no_grad():
                     torch._foreach_lerp_(avg_params, params, 1.0 - ema)
             step += 1
+            bar.update(1)
         acc = evaluate(average, tokenizer, task, max_new_tokens)
+        bar.set_postfix(acc=f"{acc:.3f}", target=target)
+    bar.close()
     if ema:
         with torch.no_grad():
             torch._foreach_copy_(params, avg_params)

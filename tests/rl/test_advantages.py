@@ -44,10 +44,15 @@ def test_rloo_identity():
 
 def test_dgpo_abs_sum():
     r = torch.cat([rewards_binary(3, 6), torch.ones(6, dtype=torch.float64)])
+    g = r.view(4, 6)[:3]
+    spread = (g - g.mean(1, keepdim=True)).abs().sum(1)
     a = compute_advantages("dgpo", r, 6, question_weight=False).values.view(4, 6)
-    assert torch.allclose(a.abs().sum(1)[:3], torch.full((3,), 6.0, dtype=torch.float64))
+    # MathForge's +1e-4 in the denominator: Σ|A| = G·S/(S + 1e-4), S = Σ|r − mean|
+    assert torch.allclose(a.abs().sum(1)[:3], 6 * spread / (spread + 1e-4), rtol=0, atol=1e-12)
     assert a[3].abs().sum() == 0
-    w = compute_advantages("dgpo", r, 6).values.view(4, 6)
+    exact = compute_advantages("dgpo", r, 6, question_weight=False, eps=0.0).values.view(4, 6)
+    assert torch.allclose(exact.abs().sum(1)[:3], torch.full((3,), 6.0, dtype=torch.float64))
+    w = compute_advantages("dgpo", r, 6, eps=0.0).values.view(4, 6)
     assert torch.allclose(w.abs().sum(), torch.tensor(6.0 * 3, dtype=torch.float64))
 
 

@@ -168,6 +168,7 @@ def test_warm_start_ema_keeps_the_average():
     {"advantage": "mc_grpo"}, {"advantage": "opo", "loss": "gtpo"}, {"loss": "hapo"}, {"loss": "trpa"},
     {"loss": "r2vpo", "r2vpo_eta": 1.0, "r2vpo_delta": 0.0, "inner_epochs": 2},
     {"loss": "dapo", "overlong_filter": True, "overlong_cache": 2}, {"loss": "nft", "chunked_logprobs": False},
+    {"advantage": "dgpo"},
 ])
 def test_trainer_runs_every_pathway(tiny_path, extra):
     tr = Trainer(small_config(tiny_path, steps=3, optimizer="adamw", **extra))
@@ -222,3 +223,28 @@ def evaluate_default(tr):
     from signopt.rl.rollout import evaluate
 
     return evaluate(tr.average, tr.tokenizer, tr.task, tr.cfg.max_new_tokens)
+
+
+def test_r2vpo_dual_update_is_once_per_optimizer_step_and_split_invariant(tiny_path):
+    """λ moves once per optimizer step from that step's ratios: the same λ for 1, 3 (uneven) and 8
+    prompts per micro-batch, with 2 inner epochs (3 prompts per micro-batch used to crash)."""
+    lams = []
+    for mb in (8, 3, 1):
+        tr = Trainer(small_config(tiny_path, steps=1, optimizer="sgd", lr=0.05, loss="r2vpo", inner_epochs=2,
+                                  loss_knobs={"lam": 0.5}, r2vpo_eta=1.0, r2vpo_delta=0.01, prompts_per_step=8,
+                                  group_size=8, micro_batch_prompts=mb, reference_model=False, temperature=1.0))
+        tr.train()
+        assert not tr.metrics[0].get("skipped")
+        lams.append(tr.r2vpo_lam)
+    # epoch 0 runs on the rollout policy (Var r ≈ 0, so λ drops by ≈ δ); epoch 1 adds Var r − δ
+    assert lams[0] != 0.5 and lams[0] < 0.5
+    assert lams[1] == pytest.approx(lams[0], abs=1e-6) and lams[2] == pytest.approx(lams[0], abs=1e-6)
+
+
+def test_warm_start_shows_progress(capsys):
+    tok = char_tokenizer()
+    model = tiny_model(tok, hidden=32, layers=1, heads=2, intermediate=64, seed=0)
+    warm_start(model, tok, AdditionTask(digits=1, eval_size=8), target=1.0, max_steps=4, batch_size=8, lr=1e-2,
+               eval_every=2, max_new_tokens=4, gen=torch.Generator().manual_seed(0), progress=True)
+    err = capsys.readouterr().err
+    assert "warm start" in err and "4/4" in err and "acc=" in err
