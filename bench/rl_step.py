@@ -75,7 +75,7 @@ def trl_contender(path: str, tmp: str, beta: float):
         return None
     import signopt
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_kernels=False)
     tok = AutoTokenizer.from_pretrained(path)
     task = DenseAddition(eval_size=8)
     prompts = [e.prompt for e in task.sample(4096, torch.Generator().manual_seed(0))]

@@ -33,7 +33,10 @@ def load_policy(path: str | None, seed: int = 0):
         tok = char_tokenizer()
         return tiny_model(tok, seed=seed), tok
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    # use_kernels=False: the plain torch layers. transformers 5 swaps in Hub kernels by default
+    # (other numerics, code from the Hub) and fails where the `kernels` package is missing.
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
+                                                 use_kernels=False)
     if tok.pad_token_id is None:
         if tok.eos_token_id is None:
             raise ValueError(f"model={path!r}: the tokenizer has neither a pad nor an eos token")
