@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .aggregation import check_choice, check_knobs, masked_seq_mean
 from .experimental_losses import EXPERIMENTAL_LOSSES
-from .kl import kl_k3, kl_penalty
+from .kl import kl_low_var, kl_penalty
 from .loss_inputs import LossInputs
 from .surrogate import agg_tokens, clipped_surrogate, grouped, require, seq_sum
 
@@ -167,32 +167,61 @@ def real(x: LossInputs, tau: float = 0.5) -> Tensor:
 
 
 def gtpo(
-    x: LossInputs, conflict_boost: float = 2.0, entropy_threshold: float = 0.7, entropy_coef: float = 0.1
+    x: LossInputs,
+    conflict_boost: float = 2.0,
+    entropy_threshold: float = 0.7,
+    entropy_coef: float = 0.1,
+    is_ratio: bool = False,
 ) -> Tensor:
-    """GTPO: on-policy surrogate −A'·w·r per token, seq-mean-token-mean. Conflict tokens (same
-    position and id in both an A > 0 and an A < 0 rollout of the group) get w = ``conflict_boost``
-    in positive and w = 0 in negative rollouts. Entropy filter on rollouts with A ≠ 0:
-    A' = A − c·H̄ if H̄ ≤ threshold else 0 (H̄ = mean token entropy of the rollout).
+    """GTPO: Σ_i mm(−A'_i·δ_it·r_it) / max(n_i, 1), divided by N_seqs.
 
-    Written after the method's release (``winstonsmith1897/GTPO``) as its README and paper describe
-    it; not yet compared line by line with its loss code."""
+    Conflict tokens of a rollout with A ≠ 0: the leading run of positions t = 0, 1, … whose token
+    also sits at position t of an A > 0 and of an A < 0 rollout of the group (a shared prefix), and
+    likewise counted from each rollout's last valid token backwards (a shared suffix; masks are
+    right-padded). δ = δ_prefix·δ_suffix with each factor ``conflict_boost`` on a conflict token of
+    an A > 0 rollout, 0 on one of an A < 0 rollout, 1 elsewhere (and on A = 0 rollouts); n_i = the
+    number of conflict tokens of rollout i (prefix ∪ suffix). Entropy shaping on every rollout:
+    A' = A − c·H̄ if H̄ ≤ threshold else 0 (H̄ = mean token entropy of the rollout; conflicts use
+    the sign of A). r = exp(logp − sg(logp)) (value 1), or exp(log r) with ``is_ratio=True``.
+
+    Matches ``winstonsmith1897/GTPO`` ``gtpo/gtpo_training.py`` (commits 4a23520, f450da2; the
+    same in ``algorithms/gtpo_training.py``): ``build_conflict_mask``, ``gtpo_compute_loss`` and
+    the shaping in ``UnslothEfficientGTPO.forward`` (``W_RAW=2.0``, ``ENT_THRESHOLD=0.7``,
+    ``ENT_SCALE=0.1``; its ``beta`` only feeds a logged KL). Departures: the release sums the
+    rollouts of a micro-batch (a factor of the micro-batch's rollout count over this mean, fixed by
+    the batch layout); ``is_ratio`` is an addition for rollouts reused over ``inner_epochs`` > 1
+    (the release is on-policy only)."""
     require(x, "gtpo", "tokens", "entropy")
     m = x.mask.bool()
-    tok = grouped(x, torch.where(m, x.tokens, -1))
-    a = grouped(x, x.advantages)
-    same = tok.unsqueeze(2) == tok.unsqueeze(1)  # [n, G, G, T]: rollout i and j share token at t
-    valid = tok.unsqueeze(1) >= 0
-    in_pos = (same & valid & (a > 0)[:, None, :, None]).any(2)
-    in_neg = (same & valid & (a < 0)[:, None, :, None]).any(2)
-    conflict = (in_pos & in_neg).reshape(x.mask.shape) & m
-    adv_sign = x.adv.expand_as(x.logp)
-    w = torch.ones_like(x.logp)
-    w = torch.where(conflict & (adv_sign > 0), conflict_boost, w)
-    w = torch.where(conflict & (adv_sign < 0), 0.0, w)
+    T = m.shape[1]
+    pos, neg = x.advantages > 0, x.advantages < 0
+    length = m.sum(-1, keepdim=True)
+    t = torch.arange(T, device=m.device)
+    src = (length - 1 - t).clamp(min=0)  # position of the k-th token from the end
+    in_len = t < length
+    tok = torch.where(m, x.tokens, -1)
+
+    def leading_conflicts(tk: Tensor) -> Tensor:
+        g = grouped(x, tk)
+        same = (g.unsqueeze(2) == g.unsqueeze(1)) & (g.unsqueeze(1) >= 0)  # [n, i, j, T]
+        in_pos = (same & grouped(x, pos)[:, None, :, None]).any(2)
+        in_neg = (same & grouped(x, neg)[:, None, :, None]).any(2)
+        raw = (in_pos & in_neg).reshape(tk.shape) & (tk >= 0) & (pos | neg).unsqueeze(-1)
+        return torch.cumprod(raw.long(), -1).bool()
+
+    prefix = leading_conflicts(tok) & m
+    suffix_rev = leading_conflicts(torch.where(in_len, tok.gather(-1, src), -1))
+    suffix = suffix_rev.gather(-1, src) & in_len & m
+    one = torch.ones((), dtype=x.logp.dtype)
+    side = torch.where(pos, torch.tensor(conflict_boost, dtype=one.dtype), 0.0).unsqueeze(-1)
+    delta = torch.where(prefix, side, one) * torch.where(suffix, side, one)
+    n_conf = ((prefix | suffix) & m).sum(-1).clamp(min=1)
     h_bar = masked_seq_mean(x.entropy.to(x.logp.dtype), x.mask)
-    filtered = torch.where(h_bar <= entropy_threshold, x.advantages - entropy_coef * h_bar, torch.zeros_like(h_bar))
-    adv = torch.where(x.advantages != 0, filtered, x.advantages).unsqueeze(-1)
-    return agg_tokens(x, -adv * w * x.log_ratio.exp(), "seq-mean-token-mean")
+    adv = torch.where(h_bar <= entropy_threshold, x.advantages - entropy_coef * h_bar, torch.zeros_like(h_bar))
+    zero = torch.zeros((), dtype=x.logp.dtype)
+    r = (x.log_ratio if is_ratio else torch.where(m, x.logp - x.logp.detach(), zero)).exp()
+    per_seq = masked_seq_mean(-adv.unsqueeze(-1) * delta * r, x.mask) / n_conf
+    return seq_sum(x, per_seq)
 
 
 def nft(x: LossInputs, scale: float = 1000.0, clamp_negative: float = 1.0, neg_weight: float = 1.0) -> Tensor:
@@ -223,22 +252,39 @@ def nft(x: LossInputs, scale: float = 1000.0, clamp_negative: float = 1.0, neg_w
     return torch.where(keep, per_token, torch.zeros((), dtype=per_token.dtype)).sum() / scale
 
 
-def trpa(x: LossInputs, beta: float = 0.1, top_weight: float = 2.5, kl_coef: float = 1e-3) -> Tensor:
-    """TRPA: x_i = mm(logp − ref_logp); Σ over in-group pairs r_w > r_l of −log σ(β(x_w − x_l)),
-    × ``top_weight`` when r_w is the group's best reward, / #pairs; + ``kl_coef``·token-mean k3(π‖π_old).
+def trpa(
+    x: LossInputs, beta: float = 0.1, anisotropy: float = 2.5, top_reward: float = 1.0, kl_coef: float = 1e-3
+) -> Tensor:
+    """TRPA: x_i = mm(logp − ref_logp); over in-group pairs r_w > r_l,
+    Σ −log σ(a_w·β(x_w − x_l)) / #pairs with a_w = ``anisotropy`` when r_w ≥ ``top_reward`` (the
+    top preference level) else 1; + ``kl_coef``·token-mean low_var_kl(π‖π_old). When the step has
+    no pair: Σ_i −log σ(±x_i) / N_seqs (+ for r_i ≥ ``top_reward``, − otherwise).
 
-    Written after the method's release (``XueruiSu/Trust-Region-Preference-Approximation``, a verl
-    fork) as its paper describes it; not yet compared line by line with its loss code."""
+    Matches ``XueruiSu/Trust-Region-Preference-Approximation`` ``verl/trainer/ppo/core_algos.py``
+    ``compute_pairwise_policy_loss`` (commit c6b46aa; pairs between preference levels, level 1 = a
+    correct answer in ``verl/utils/reward_score/kk.py``, ``anisotropy`` inside the sigmoid, the
+    pair-less fallback) and ``verl/workers/actor/dp_actor.py`` ``DataParallelPPOActor.update_policy``
+    (commit 88147e4) with
+    ``main_TRPA.sh``'s settings (``trpa_beta=0.1``, ``trpa_anisotropy=2.5``,
+    ``kl_loss_type=low_var_kl``, ``tr_kl_loss_coef=0.001``, ``use_sqrt_trkl=False``, no entropy
+    bonus; the reference KL is logged, not added). Departures: preference levels are the
+    rollouts' rewards (``top_reward=1.0`` is a correct answer in :mod:`signopt.rl.tasks`); the
+    means run over the step's pairs, tokens and rollouts, not each micro-batch's, and groups are
+    never split across micro-batches."""
     require(x, "trpa", "ref_logp", "rewards")
-    d = torch.where(x.mask.bool(), x.logp - x.ref_logp, torch.zeros((), dtype=x.logp.dtype))
-    s = grouped(x, masked_seq_mean(d, x.mask))
-    r = grouped(x, x.rewards.to(s.dtype))
+    dt = x.logp.dtype
+    d = torch.where(x.mask.bool(), x.logp - x.ref_logp, torch.zeros((), dtype=dt))
+    s = masked_seq_mean(d, x.mask)
+    top = x.rewards.to(dt) >= top_reward
+    kl = kl_coef * agg_tokens(x, kl_low_var(x.logp, x.old_logp), "token-mean")
+    if x.norm("num_pairs") == 0:
+        sign = torch.where(top, torch.ones((), dtype=dt), -1.0)
+        return seq_sum(x, -F.logsigmoid(sign * s)) + kl
+    sg, r = grouped(x, s), grouped(x, x.rewards.to(dt))
     win = r.unsqueeze(-1) > r.unsqueeze(-2)  # [n, w, l]
-    weight = torch.where(r == r.max(-1, keepdim=True).values, torch.tensor(top_weight, dtype=s.dtype),
-                         torch.ones((), dtype=s.dtype)).unsqueeze(-1)
-    pair = -F.logsigmoid(beta * (s.unsqueeze(-1) - s.unsqueeze(-2)))
-    pair_loss = torch.where(win, weight * pair, torch.zeros((), dtype=s.dtype)).sum() / max(x.norm("num_pairs"), 1.0)
-    return pair_loss + kl_coef * agg_tokens(x, kl_k3(x.logp, x.old_logp), "token-mean")
+    scale = beta * torch.where(grouped(x, top), torch.tensor(anisotropy, dtype=dt), 1.0).unsqueeze(-1)
+    pair = -F.logsigmoid(scale * (sg.unsqueeze(-1) - sg.unsqueeze(-2)))
+    return torch.where(win, pair, torch.zeros((), dtype=dt)).sum() / x.norm("num_pairs") + kl
 
 
 def riskpo(x: LossInputs, clip_eps: float = 0.2, agg: str = "token-mean") -> Tensor:

@@ -183,24 +183,71 @@ def test_real():
     check("real", dict(tau=0.7), oracle, rewards=rewards)
 
 
-def test_gtpo():
+def gtpo_conflicts(x, i):
+    """GTPO's conflict positions of rollout i: (shared-prefix run, shared-suffix run), by loops."""
+    a = float(x.advantages[i])
+    if a == 0:
+        return set(), set()
+    rows = group_rows(i // G)
+    own = valid_tokens(x, i)
+
+    def run(position_in):  # position_in(j, k) -> the k-th compared position of row j, or None
+        out = set()
+        for k in range(len(own)):
+            t = position_in(i, k)
+            tok = int(x.tokens[i, t])
+            hit = {s: any(float(x.advantages[j]) * s > 0 and position_in(j, k) is not None
+                          and int(x.tokens[j, position_in(j, k)]) == tok for j in rows) for s in (1, -1)}
+            if not (hit[1] and hit[-1]):
+                break
+            out.add(t)
+        return out
+
+    def forward(j, k):
+        return k if k < len(valid_tokens(x, j)) else None
+
+    def backward(j, k):
+        n = len(valid_tokens(x, j))
+        return n - 1 - k if k < n else None
+
+    return run(forward), run(backward)
+
+
+@pytest.mark.parametrize("is_ratio", [False, True])
+def test_gtpo(is_ratio):
+    boost, thr, c = 2.7, 1.0, 0.2
+
     def oracle(x, lp):
-        def tok(i, t):
-            q = i // G
-            a = float(x.advantages[i])
-            same = [j for j in group_rows(q) if bool(x.mask[j, t]) and int(x.tokens[j, t]) == int(x.tokens[i, t])]
-            conflict = any(x.advantages[j] > 0 for j in same) and any(x.advantages[j] < 0 for j in same)
-            w = (3.0 if a > 0 else 0.0 if a < 0 else 1.0) if conflict else 1.0
+        total = 0.0
+        for i in range(x.mask.shape[0]):
             ts = valid_tokens(x, i)
+            if not ts:
+                continue
+            a = float(x.advantages[i])
+            prefix, suffix = gtpo_conflicts(x, i)
+            side = boost if a > 0 else 0.0
             h_bar = sum(float(x.entropy[i, s]) for s in ts) / len(ts)
-            a_f = 0.0 if a == 0 else (a - 0.2 * h_bar if h_bar <= 1.0 else 0.0)
-            return -a_f * w * ratio(x, lp, i, t)
-        return agg(x, tok, "seq-mean-token-mean")
+            a_s = a - c * h_bar if h_bar <= thr else 0.0
+            row = 0.0
+            for t in ts:
+                delta = (side if t in prefix else 1.0) * (side if t in suffix else 1.0)
+                r = ratio(x, lp, i, t) if is_ratio else torch.exp(lp[i, t] - lp[i, t].detach())
+                row = row - a_s * delta * r
+            total = total + row / len(ts) / max(len(prefix | suffix), 1)
+        return total / x.mask.shape[0]
 
     x = make_case()
     h = [float(x.entropy[i, valid_tokens(x, i)].mean()) for i in range(12)]
     assert min(h) <= 1.0 < max(h)  # the entropy filter keeps some rows and drops others
-    check("gtpo", dict(conflict_boost=3.0, entropy_threshold=1.0, entropy_coef=0.2), oracle)
+    assert x.advantages[5] == 0 and h[5] <= 1.0  # an A = 0 rollout is shaped to −c·H̄
+    runs = [gtpo_conflicts(x, i) for i in range(12)]
+    assert any(len(p) >= 2 and len(s) >= 2 and x.advantages[i] > 0 for i, (p, s) in enumerate(runs))
+    assert any(p & s for p, s in runs)  # a token in both runs: δ = 0·0
+    # row 7, t = 1: same token as a positive rollout (row 6) and itself negative, but after a
+    # non-conflict position: outside the prefix run
+    assert int(x.tokens[7, 1]) == int(x.tokens[6, 1]) and x.advantages[6] > 0 > x.advantages[7]
+    assert 1 not in runs[7][0] | runs[7][1] and h[7] <= 1.0
+    check("gtpo", dict(conflict_boost=boost, entropy_threshold=thr, entropy_coef=c, is_ratio=is_ratio), oracle)
 
 
 def test_nft():
@@ -274,26 +321,58 @@ def test_nft_clamps_the_group_accuracy():
     check("nft", {}, oracle, x=x)
 
 
+def _trpa_case(rewards):
+    """make_case with one token's log π_old/π = 4: low_var_kl's clamp at 10 is active."""
+    x = make_case(rewards)
+    old = x.old_logp.clone()
+    old[0, 0] = x.logp[0, 0] + 4.0
+    return replace(x, old_logp=old)
+
+
+def _trpa_kl(x, lp):
+    return agg(x, lambda i, t: kl_token("low_var_kl", lp[i, t], x.old_logp[i, t]), "token-mean")
+
+
+def _trpa_x(x, lp, i):
+    ts = valid_tokens(x, i)
+    return sum(lp[i, t] - x.ref_logp[i, t] for t in ts) / len(ts)
+
+
+# group 1's best reward (0.5) is below top_reward = 0.75: none of its pairs is scaled
+TRPA_REWARDS = [1.0, 0.0, 0.5, 0.5, 0.25, 0.0, 0.5, 0.25, 0.0, 1.0, 0.75, 0.75]
+
+
 def test_trpa():
     def oracle(x, lp):
         pairs, total = 0, 0.0
         for q in range(N_GROUPS):
             rows = list(group_rows(q))
-            s = {}
-            for i in rows:
-                ts = valid_tokens(x, i)
-                s[i] = sum(lp[i, t] - x.ref_logp[i, t] for t in ts) / len(ts)
-            best = max(float(x.rewards[i]) for i in rows)
             for w in rows:
                 for l in rows:
                     if float(x.rewards[w]) > float(x.rewards[l]):
                         pairs += 1
-                        weight = 1.7 if float(x.rewards[w]) == best else 1.0
-                        total = total - weight * torch.nn.functional.logsigmoid(0.3 * (s[w] - s[l]))
-        kl = agg(x, lambda i, t: kl_token("k3", lp[i, t], x.old_logp[i, t]), "token-mean")
-        return total / pairs + 0.05 * kl
+                        a = 1.9 if float(x.rewards[w]) >= 0.75 else 1.0
+                        h = a * 0.3 * (_trpa_x(x, lp, w) - _trpa_x(x, lp, l))
+                        total = total - torch.log(torch.sigmoid(h))
+        return total / pairs + 0.05 * _trpa_kl(x, lp)
 
-    check("trpa", dict(beta=0.3, top_weight=1.7, kl_coef=0.05), oracle, rewards=GRADED_REWARDS)
+    check("trpa", dict(beta=0.3, anisotropy=1.9, top_reward=0.75, kl_coef=0.05), oracle,
+          x=_trpa_case(TRPA_REWARDS))
+
+
+def test_trpa_without_pairs():
+    """No group has two preference levels: −log σ(±x_i) averaged over the rollouts (+ when
+    r_i ≥ top_reward), without β."""
+    rewards = [1.0] * 4 + [0.0] * 4 + [0.5] * 4
+
+    def oracle(x, lp):
+        total = 0.0
+        for i in range(x.mask.shape[0]):
+            sign = 1.0 if float(x.rewards[i]) >= 0.5 else -1.0
+            total = total - torch.log(torch.sigmoid(sign * _trpa_x(x, lp, i)))
+        return total / x.mask.shape[0] + 0.05 * _trpa_kl(x, lp)
+
+    check("trpa", dict(beta=0.3, anisotropy=1.9, top_reward=0.5, kl_coef=0.05), oracle, x=_trpa_case(rewards))
 
 
 def test_hapo():

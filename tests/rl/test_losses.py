@@ -199,21 +199,24 @@ def test_gtpo_conflict_tokens():
     x = LossInputs(logp, logp.detach().clone(), mask, adv, rewards=(adv > 0).double(), tokens=tokens,
                    entropy=torch.full((G, T), 2.0, dtype=torch.float64), group_size=G)
     (g,) = torch.autograd.grad(compute_loss("gtpo", x, entropy_threshold=10.0, entropy_coef=0.0), logp)
-    # conflicts: token 5 at t=0 (rows 0,1 pos; row 2 neg) and token 6 at t=1 (row 0 pos, row 2 neg)
+    # shared prefixes: token 5 at t=0 (rows 0,1 pos; row 2 neg), then token 6 at t=1 (row 0 pos,
+    # row 2 neg); no shared suffix (last tokens 7, 7 vs 8, 3). Each row is divided by its count.
     w = torch.tensor([[2, 2, 1], [2, 1, 1], [0, 0, 1], [1, 1, 1]], dtype=torch.float64)
-    assert torch.allclose(g, -adv.unsqueeze(1) * w / T / G)
+    n = torch.tensor([2.0, 1.0, 2.0, 1.0], dtype=torch.float64).unsqueeze(1)
+    assert torch.allclose(g, -adv.unsqueeze(1) * w / T / n / G)
     (g_f,) = torch.autograd.grad(compute_loss("gtpo", x), logp)  # mean entropy 2 > 0.7: filtered out
     assert torch.equal(g_f, torch.zeros_like(g_f))
 
 
 def test_trpa_pairs():
-    x = make_inputs(on_policy=True, seed=5)
-    x = replace(x, ref_logp=x.logp.detach().clone())
-    loss = compute_loss("trpa", x)  # all log-ratios 0: every pair costs log 2, weighted by 2.5 for top winners
-    g = x.rewards.view(-1, x.group_size)
-    win = g.unsqueeze(-1) > g.unsqueeze(-2)
-    wt = torch.where(g == g.max(-1, keepdim=True).values, 2.5, 1.0).double().unsqueeze(-1)
-    assert torch.allclose(loss, (win * wt).sum() * math.log(2) / win.sum())
+    """One pair, x_w − x_l = 0.5 − (−0.5) = 1: −log σ(β·a·1) with a = 2.5 when the winner reaches
+    top_reward (a correct answer) and 1 otherwise; on-policy, so the trust-region KL is 0."""
+    logp = torch.tensor([[-1.0], [-2.0]], dtype=torch.float64)
+    ref = torch.full((2, 1), -1.5, dtype=torch.float64)
+    for rewards, want in (([1.0, 0.0], math.log1p(math.exp(-0.25))), ([0.5, 0.0], math.log1p(math.exp(-0.1)))):
+        x = LossInputs(logp, logp.clone(), torch.ones(2, 1, dtype=torch.bool), torch.zeros(2, dtype=torch.float64),
+                       ref_logp=ref, rewards=torch.tensor(rewards, dtype=torch.float64), group_size=2)
+        assert compute_loss("trpa", x).item() == pytest.approx(want, rel=1e-12)
 
 
 @pytest.mark.parametrize("garbage", [(800.0, -800.0), (math.inf, math.inf)])  # the latter: inf − inf = nan
