@@ -1,6 +1,6 @@
-"""Hypothesis property tests for the invariants of ``shared/spec/optimizers.md``.
+"""Hypothesis property tests for the optimizers' invariants (``docs/numerics.md``, ``docs/optimizers.md``).
 
-Comparisons are exact where the spec says so (dyadic params and lr make ``p +- lr`` exact),
+Comparisons are exact where the numerics contract says so (dyadic params and lr make ``p +- lr`` exact),
 use fp64 oracles elsewhere, and only assert a sign where the fp64 value is clearly away from 0.
 Statistical tests use few coordinates x many draws in one tensor op, with a 6-sigma bound that
 holds over every coordinate tested together (Bonferroni).
