@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -48,29 +50,40 @@ def _label(row: dict[str, str]) -> str:
     return f"{who} {row['param']}/{row['state']}"
 
 
+@contextmanager
+def bar_figure(labels: list[str], title: str, prov: dict[str, str | None], xlabel: str, png: Path) -> Iterator:
+    """Axes for horizontal bars at y = 0, 1, ... (one per label, top to bottom); on exit the
+    labels, ``xlabel``, the title with its provenance caption and a grid are set and the figure
+    is saved to ``png``."""
+    fig, ax = plt.subplots(figsize=(11, 0.26 * len(labels) + 2.2))
+    try:
+        yield ax
+        ax.set_yticks(list(range(len(labels))), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel)
+        ax.set_title(f"{title}\n{provenance_caption(prov)}", fontsize=7)
+        ax.grid(axis="x", which="both", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+    finally:
+        plt.close(fig)
+
+
 def step_plot(table: StepTable, device: str, prov: dict[str, str | None], png: Path) -> None:
     """Horizontal bars of min step time (log scale), one per row, coloured by backend or peer."""
     rows = table.rows
-    fig, ax = plt.subplots(figsize=(11, 0.26 * len(rows) + 2.2))
-    y = range(len(rows))
-    ax.barh(list(y), [float(r["min_ms"]) for r in rows], color=[COLORS.get(r["backend"], "k") for r in rows])
-    ax.set_yticks(list(y), [_label(r) for r in rows], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("min step time, ms (log scale; shorter is faster)")
-    ax.set_title(f"{device}, {table.case} case: {table.header.split(';')[0]}\n{provenance_caption(prov)}",
-                 fontsize=7)
-    present = [b for b in COLORS if any(r["backend"] == b for r in rows)]
-    ax.legend([plt.Rectangle((0, 0), 1, 1, color=COLORS[b]) for b in present],
-              [LEGEND[b] for b in present], fontsize=7, loc="lower right")
-    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
-    ax.tick_params(axis="x", which="both", labelsize=7)
-    ax.grid(axis="x", which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    with bar_figure([_label(r) for r in rows], f"{device}, {table.case} case: {table.header.split(';')[0]}", prov,
+                    "min step time, ms (log scale; shorter is faster)", png) as ax:
+        ax.barh(list(range(len(rows))), [float(r["min_ms"]) for r in rows],
+                color=[COLORS.get(r["backend"], "k") for r in rows])
+        ax.set_xscale("log")
+        present = [b for b in COLORS if any(r["backend"] == b for r in rows)]
+        ax.legend([plt.Rectangle((0, 0), 1, 1, color=COLORS[b]) for b in present],
+                  [LEGEND[b] for b in present], fontsize=7, loc="lower right")
+        ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.tick_params(axis="x", which="both", labelsize=7)
 
 
 def step_section(title: str, tables: list[StepTable], prov: dict[str, str | None], sources: list[str],
@@ -112,17 +125,9 @@ def gpu_bandwidth_section(text: str, prov: dict[str, str | None], source: str) -
 
 def memory_plot(title: str, rows: list[dict[str, str]], prov: dict[str, str | None], png: Path) -> None:
     """Bars of state bytes per parameter, one per optimizer and state format."""
-    fig, ax = plt.subplots(figsize=(11, 0.26 * len(rows) + 2.2))
-    y = list(range(len(rows)))
-    ax.barh(y, [float(r["bpp"]) for r in rows], color="tab:blue")
-    ax.set_yticks(y, [f"{r['optimizer']} {r['state']}" for r in rows], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("optimizer state, bytes per parameter")
-    ax.set_title(f"{title}\n{provenance_caption(prov)}", fontsize=7)
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    with bar_figure([f"{r['optimizer']} {r['state']}" for r in rows], title, prov,
+                    "optimizer state, bytes per parameter", png) as ax:
+        ax.barh(list(range(len(rows))), [float(r["bpp"]) for r in rows], color="tab:blue")
 
 
 def memory_section(results: Path, plot_dir: Path) -> list[str]:
@@ -145,23 +150,15 @@ def memory_section(results: Path, plot_dir: Path) -> list[str]:
 def training_plot(title: str, rows: list[dict[str, str]], prov: dict[str, str | None], png: Path) -> None:
     """Stacked bars per contender: parameters, gradients, optimizer state (bytes per parameter)."""
     rows = [r for r in rows if "error" not in r]
-    fig, ax = plt.subplots(figsize=(11, 0.24 * len(rows) + 2.4))
-    y = list(range(len(rows)))
-    left = [0.0] * len(rows)
-    for key, label, color in (("param_bpp", "parameters", "tab:gray"), ("grad_bpp", "gradients", "tab:olive"),
-                              ("state_bpp", "optimizer state", "tab:blue")):
-        vals = [float(r[key]) for r in rows]
-        ax.barh(y, vals, left=left, label=label, color=color)
-        left = [a + b for a, b in zip(left, vals)]
-    ax.set_yticks(y, [f"{r['name']} {r['param']}/{r['state']}" for r in rows], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("training state, bytes per parameter (no activations, no fp32 master copy)")
-    ax.set_title(f"{title}\n{provenance_caption(prov)}", fontsize=7)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    with bar_figure([f"{r['name']} {r['param']}/{r['state']}" for r in rows], title, prov,
+                    "training state, bytes per parameter (no activations, no fp32 master copy)", png) as ax:
+        y, left = list(range(len(rows))), [0.0] * len(rows)
+        for key, label, color in (("param_bpp", "parameters", "tab:gray"), ("grad_bpp", "gradients", "tab:olive"),
+                                  ("state_bpp", "optimizer state", "tab:blue")):
+            vals = [float(r[key]) for r in rows]
+            ax.barh(y, vals, left=left, label=label, color=color)
+            left = [a + b for a, b in zip(left, vals)]
+        ax.legend(fontsize=7, loc="lower right")
 
 
 def training_state_section(results: Path, plot_dir: Path) -> list[str]:
