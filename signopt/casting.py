@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .declaration import FORMATS
+
 BF16_QNAN = 0x7FC0
 BF16_MAX_BITS = 0x7F7F
 
@@ -35,9 +37,12 @@ class FloatFormat:
     dtype: torch.dtype
 
 
-FP16 = FloatFormat("fp16", 10, -14, 65504.0, torch.float16)
-E4M3 = FloatFormat("fp8_e4m3", 3, -6, 448.0, torch.float8_e4m3fn)
-E5M2 = FloatFormat("fp8_e5m2", 2, -14, 57344.0, torch.float8_e5m2)
+def _declared(name: str) -> FloatFormat:
+    f = FORMATS[name]
+    return FloatFormat(f.name, f.mantissa_bits, f.emin, f.max_finite, f.dtype)
+
+
+FP16, E4M3, E5M2 = _declared("fp16"), _declared("fp8_e4m3"), _declared("fp8_e5m2")
 
 
 def _fp32_bits(x: Tensor) -> Tensor:

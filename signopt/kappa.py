@@ -26,9 +26,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-ELEMENTWISE = ("l1", "l2sq", "huber")
-REDUCING = ("l2", "row_l2", "lp")
-NAMES = ELEMENTWISE + REDUCING
+
+from .declaration import KAPPAS
 
 KappaFn = Callable[[Tensor], Tensor]
 
@@ -81,4 +80,4 @@ def grad_kappa(name: str, c: Tensor, *, delta: float, p: float,
     if name == "lp":
         mag = torch.sign(c) * c.abs().pow(p - 1.0)
         return _safe_div(mag, lp_norm_pow(c, p))
-    raise ValueError(f"kappa must be one of {NAMES} or a callable, got {name!r}")
+    raise ValueError(f"kappa must be one of {tuple(KAPPAS)} or a callable, got {name!r}")

@@ -139,7 +139,7 @@ def direction(rule: UpdateRule, g: Tensor, st: dict[str, Tensor], sc: GroupScala
     if rule.family == "lion":
         c = torch.where(bad, torch.zeros_like(g), ema(st["m"], g, sc.beta1, sc.omb1))
         m = torch.where(bad, st["m"], ema(st["m"], g, sc.beta2, sc.omb2))
-        u = kappa_registry.grad_kappa(rule.kappa, c, delta=sc.huber_delta, p=sc.p,
+        u = kappa_registry.grad_kappa(rule.kappa, c, delta=sc.huber_delta, p=sc.lp_p,
                                       fn=rule.kappa_fn)
         return u, {"m": m}
     d, new = _base_direction(rule, g, st, sc, bias, bad)

@@ -13,15 +13,17 @@ from typing import Any, Callable
 
 import torch
 
-from . import kappa as kappa_registry
+from . import declaration
 
-FAMILIES = ("sign", "signum", "lion", "stochastic")
-WD_MODES = ("decoupled", "independent", "l2")
-STATE_DTYPES = ("fp32", "bf16", "fp8_e4m3", "fp8_e5m2")
-ROUNDINGS = ("nearest", "stochastic")
-STOCHASTIC_BASES = ("sgd", "momentum", "adamw", "lion")
-ENVELOPES = ("element", "row", "block", "tensor")
-ENVELOPE_SOURCES = ("direction", "grad")
+# The allowed values of each option (declared in signopt.declaration)
+FAMILIES = tuple(declaration.FAMILIES)
+KAPPAS = tuple(declaration.KAPPAS)
+WD_MODES = declaration.WD_MODES
+STATE_DTYPES = declaration.STATE_FORMATS
+ROUNDINGS = declaration.ROUNDINGS
+STOCHASTIC_BASES = tuple(declaration.BASES)
+ENVELOPES = tuple(declaration.ENVELOPES)
+ENVELOPE_SOURCES = declaration.ENVELOPE_SOURCES
 
 
 @dataclass(frozen=True)
@@ -51,26 +53,6 @@ class UpdateRule:
     @property
     def uses_bias_correction(self) -> bool:
         return self.stochastic and self.base == "adamw"
-
-    def state_names(self) -> tuple[str, ...]:
-        """Names of the state tensors this rule keeps (besides ``step``)."""
-        if self.family == "sign":
-            return ()
-        if self.family in ("signum", "lion"):
-            return ("m",)
-        return {"sgd": ("G",), "momentum": ("m", "G"), "adamw": ("m", "v", "G"),
-                "lion": ("m", "G")}[self.base]
-
-    def envelope_shape(self, shape: torch.Size) -> tuple[int, ...]:
-        """Shape of the envelope state ``G`` for a tensor of ``shape``."""
-        numel = math.prod(shape)
-        if self.envelope == "element":
-            return tuple(shape)
-        if self.envelope == "row":
-            return (shape[0] if len(shape) >= 2 else 1,)
-        if self.envelope == "block":
-            return (-(-numel // self.envelope_block),)
-        return (1,)
 
     def identity(self) -> str:
         """The algorithm this rule runs, as recorded in state dicts: the fields that change what a
@@ -168,7 +150,7 @@ def validate_group(family: str, group: dict, trusted: tuple[torch.Tensor, ...] =
         _beta("betas[0]", betas[0])
         _beta("betas[1]", betas[1])
     if "kappa" in group and not callable(group["kappa"]):
-        _choice("kappa", group["kappa"], kappa_registry.NAMES)
+        _choice("kappa", group["kappa"], KAPPAS)
     if "huber_delta" in group:
         _real("huber_delta", group["huber_delta"], 0.0, lo_open=True)
     if "p" in group:

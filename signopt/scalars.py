@@ -7,11 +7,14 @@ tensor ``lr`` the lr-dependent expressions are fp32 torch ops on the lr tensor's
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, make_dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
 
+from .declaration import SCALARS
+from .philox import derive_keys
 from .rule import UpdateRule
 
 
@@ -22,30 +25,31 @@ def f32(x: float) -> float:
 
 Scalar = float | Tensor
 
+GroupScalars = make_dataclass(
+    "GroupScalars",
+    [(s.name, Scalar if s.name in ("lr", "decay") else float) for s in SCALARS]
+    + [("inv_scale", Optional[Tensor]), ("found_inf", Optional[Tensor])],
+    frozen=True)
+GroupScalars.__doc__ = """Scalars of one group for one step, named as :data:`signopt.declaration.SCALARS`
+(floats are exactly fp32-representable, ``lp_p`` and ``lp_root`` fp64).
+
+``decay`` multiplies the parameter before the update (``1 - lr*wd`` decoupled,
+``1 - wd*lr/lr0`` independent, ``1`` for ``l2`` or no weight decay); ``l2`` is the
+coefficient added to the gradient as ``g + l2*p``. ``inv_scale`` (``1/grad_scale``) and
+``found_inf`` come from a GradScaler."""
+
 
 @dataclass(frozen=True)
-class GroupScalars:
-    """Scalars of one group for one step; floats are exactly fp32-representable.
+class StepValues:
+    """What one step of a group needs besides its gradients, derived once per step by
+    :func:`step_values`: the group's scalars, per slot the Philox key
+    ``(k0, k1)`` of this (step, tensor) (``keys`` None when the rule draws no random bits) and
+    AdamW's bias corrections ``(1 - beta1**t, 1 - beta2**t)`` (``bias`` None unless the rule
+    bias-corrects)."""
 
-    ``decay`` multiplies the parameter before the update (``1 - lr*wd`` decoupled,
-    ``1 - wd*lr/lr0`` independent, ``1`` for ``l2`` or no weight decay); ``l2`` is the
-    coefficient added to the gradient as ``g + l2*p``. ``inv_scale`` (``1/grad_scale``) and
-    ``found_inf`` come from a GradScaler.
-    """
-
-    lr: Scalar
-    decay: Scalar
-    l2: float
-    beta1: float
-    omb1: float
-    beta2: float
-    omb2: float
-    eps: float
-    huber_delta: float
-    p: float
-    envelope_decay: float
-    inv_scale: Tensor | None
-    found_inf: Tensor | None
+    scalars: GroupScalars
+    keys: list[tuple[int, int]] | None = None
+    bias: list[tuple[float, float]] | None = None
 
 
 def _betas(family: str, group: dict) -> tuple[float, float]:
@@ -82,12 +86,13 @@ def group_scalars(rule: UpdateRule, group: dict, grad_scale: Tensor | None,
     inv_scale = None
     if grad_scale is not None:
         inv_scale = torch.reciprocal(grad_scale.to(torch.float32))
+    p = f32(group.get("p", 2.0))
     return GroupScalars(
         lr=lr_s, decay=decay, l2=f32(wd) if rule.wd_mode == "l2" else 0.0,
         beta1=f32(b1), omb1=f32(1.0 - b1), beta2=f32(b2), omb2=f32(1.0 - b2),
         eps=f32(group.get("eps", 1e-8)), huber_delta=f32(group.get("huber_delta", 1.0)),
-        p=f32(group.get("p", 2.0)), envelope_decay=f32(group.get("envelope_decay", 1.0)),
-        inv_scale=inv_scale, found_inf=found_inf,
+        p_minus_1=f32(p - 1.0), envelope_decay=f32(group.get("envelope_decay", 1.0)),
+        lp_p=p, lp_root=(p - 1.0) / p, inv_scale=inv_scale, found_inf=found_inf,
     )
 
 
@@ -95,3 +100,17 @@ def bias_corrections(group: dict, step: int) -> tuple[float, float]:
     """AdamW bias corrections ``(1 - beta1**t, 1 - beta2**t)`` in fp64, rounded once to fp32."""
     b1, b2 = group["betas"]
     return f32(1.0 - float(b1) ** step), f32(1.0 - float(b2) ** step)
+
+
+def step_values(rule: UpdateRule, group: dict, scalars: GroupScalars, steps: list[int],
+                indices: list[int]) -> StepValues:
+    """This step's :class:`StepValues` of a group whose slots have step
+    counters ``steps`` (already advanced) and tensor indices ``indices``: the one place Philox
+    keys and bias corrections are derived, for every backend and path."""
+    keys = bias = None
+    if rule.draws_random_bits:
+        keys = derive_keys(group["seed"], steps, indices)
+    if rule.uses_bias_correction:
+        memo: dict[int, tuple[float, float]] = {}
+        bias = [memo[t] if t in memo else memo.setdefault(t, bias_corrections(group, t)) for t in steps]
+    return StepValues(scalars, keys, bias)

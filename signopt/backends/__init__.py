@@ -21,8 +21,8 @@ import torch
 from torch import Tensor
 
 from ..rule import UpdateRule
+from ..scalars import StepValues
 from .slot import ParamSlot
-from ..scalars import GroupScalars
 
 log = logging.getLogger("signopt")
 
@@ -42,21 +42,42 @@ class BackendUnavailable(RuntimeError):
     """A backend cannot run in this environment (no compiler, no GPU, module missing)."""
 
 
+class Held(Protocol):
+    """A prepared call that reads the gradients itself (C++): ``check`` reads every slot's
+    ``.grad`` and says whether each still has the layout the plan was built for (keeping them for
+    ``run``; touches nothing), ``release`` drops them unrun, ``run`` runs one step on them."""
+
+    def check(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+    def run(self, values: StepValues) -> Tensor | None: ...
+
+
+class Prepared(Protocol):
+    """A group's step with everything that stays the same between steps (its slots' params,
+    state tensors, offsets, segment lengths, tables), kept by ``SignOptimizer`` in the group's
+    plan. ``run`` updates the slots in place with this step's ``grads`` (per slot; ``contiguous``
+    promises every one is) and returns the count of non-finite gradient elements (0-dim int64)
+    or None when nothing was updated. ``hold`` (optional) returns a :class:`Held` over the same
+    slots, or None where it cannot."""
+
+    def run(self, grads: list[Tensor], values: StepValues, contiguous: bool) -> Tensor | None: ...
+
+
 class Backend(Protocol):
     name: str
 
     def unsupported(self, rule: UpdateRule, params: list[Tensor]) -> str | None:
         """Why this backend cannot run ``rule`` on ``params``, or ``None`` if it can."""
 
-    def step(self, rule: UpdateRule, slots: list[ParamSlot], scalars: GroupScalars) -> Tensor | None:
-        """Update every slot in place; return the count of non-finite gradient elements."""
+    def prepare(self, rule: UpdateRule, slots: list[ParamSlot]) -> Prepared:
+        """The step of ``slots`` (state allocated) with everything that stays the same."""
 
-    # Optional: ``prepare(rule, slots)`` returns a callable
-    # ``(grads, keys, bias, scalars, contiguous) -> count`` that runs one step of those slots with
-    # this step's per-slot gradients, Philox keys and bias corrections (``keys``/``bias`` None
-    # when the rule has none; ``contiguous``: every gradient is). ``SignOptimizer`` keeps it
-    # between steps (see ``SignOptimizer.step``), so it may hold everything derived from the
-    # slots' params and state. Backends without it get their ``step`` called with the slots.
+
+def step_once(backend: Backend, rule: UpdateRule, slots: list[ParamSlot], values: StepValues) -> Tensor | None:
+    """One step of ``slots`` with their ``grad`` (for callers that keep no plan)."""
+    return backend.prepare(rule, slots).run([s.grad for s in slots], values, False)
 
 
 _loaded: dict[str, Backend] = {}

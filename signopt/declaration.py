@@ -1,0 +1,292 @@
+"""Every update rule and storage format, declared once.
+
+This module is the single place that says, for each rule, what a fused kernel reads and keeps,
+and, for each storage format, how a value is stored. Everything else derives from it:
+
+* :mod:`signopt.rule` takes its choices (families, kappas, bases, envelopes, formats) from here;
+* :mod:`signopt.state_layout` allocates and pairs state from :func:`slots` and :data:`FORMATS`;
+* the C++/CUDA kernels include a header generated from :func:`cpp_header` at build time (its
+  text is part of the build's cache key), which holds the enums, the per-kind tables, the
+  ``Scalars`` struct and the ``signopt::step`` schema;
+* the Triton kernels take their constexpr ids from :data:`FAMILIES`, :data:`KAPPAS`,
+  :data:`BASES`, :data:`ENVELOPES` and :data:`FORMATS`, and their scalar table order from
+  :data:`SCALARS`.
+
+The math of each rule is stated by :mod:`signopt.reference`; this module says only which
+pieces of data each rule touches. Ids are part of the kernel ABI, not of checkpoints (state
+dicts record names).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# ------------------------------------------------------------------------------ choices
+FAMILIES = {"sign": 0, "signum": 1, "lion": 2, "stochastic": 3}
+"""Rule families (``SignOptimizer.family``) and their ids."""
+
+KAPPAS = {"l1": 0, "l2sq": 1, "huber": 2, "l2": 3, "row_l2": 4, "lp": 5}
+"""Lion-kappa choices with a fused kernel (a callable kappa runs on the torch backend only)."""
+
+BASES = {"sgd": 0, "momentum": 1, "adamw": 2, "lion": 3}
+"""Base directions of the stochastic-sign rule (SignConversion/StoSignSGD)."""
+
+ENVELOPES = {"element": 0, "row": 1, "block": 2, "tensor": 3}
+"""Envelope granularity of the stochastic-sign rule: one cell per element, row, block, tensor."""
+
+ENVELOPE_SOURCES = ("direction", "grad")
+WD_MODES = ("decoupled", "independent", "l2")
+ROUNDINGS = ("nearest", "stochastic")
+
+KAPPA_SEGMENT = {"l1": None, "l2sq": None, "huber": None, "l2": "tensor", "row_l2": "row", "lp": "tensor"}
+"""The segment whose norm each kappa reduces (``None``: elementwise)."""
+
+RANDOM_WORDS = {"sign": 0, "state_rounding": 1, "param_rounding": 2}
+"""Which Philox output word of an element each purpose of random bits reads."""
+
+
+# ------------------------------------------------------------------------------ formats
+@dataclass(frozen=True)
+class Format:
+    """A storage format: of parameters (``param``) and/or optimizer state (``state``).
+
+    ``block_scaled`` formats store codes in ``dtype`` plus one fp32 scale per ``state_block``
+    consecutive elements of the flattened tensor (kept under :data:`SCALE_KEY` of the slot).
+    """
+
+    name: str
+    id: int
+    dtype: torch.dtype
+    bits: int
+    mantissa_bits: int
+    emin: int  # minimum normal exponent
+    max_finite: float  # largest finite value (Qmax of a block-scaled format)
+    param: bool
+    state: bool
+    block_scaled: bool = False
+
+
+FORMATS = {f.name: f for f in (
+    Format("fp32", 0, torch.float32, 32, 23, -126, 3.4028234663852886e38, param=True, state=True),
+    Format("bf16", 1, torch.bfloat16, 16, 7, -126, 3.3895313892515355e38, param=True, state=True),
+    Format("fp16", 2, torch.float16, 16, 10, -14, 65504.0, param=True, state=False),
+    Format("fp8_e4m3", 3, torch.float8_e4m3fn, 8, 3, -6, 448.0, param=False, state=True, block_scaled=True),
+    Format("fp8_e5m2", 4, torch.float8_e5m2, 8, 2, -14, 57344.0, param=False, state=True, block_scaled=True),
+)}
+STATE_FORMATS = tuple(n for n, f in FORMATS.items() if f.state)
+PARAM_FORMATS = {f.dtype: f for f in FORMATS.values() if f.param}
+SCALE_DTYPE = torch.float32
+SCALE_KEY = "{}_scale"
+"""State key of a block-scaled slot's scales (``SCALE_KEY.format("m") == "m_scale"``); used only
+through :mod:`signopt.state_layout`."""
+
+
+# ------------------------------------------------------------------------------ scalars
+@dataclass(frozen=True)
+class Scalar:
+    """A per-step scalar the host computes once (:mod:`signopt.scalars`) and kernels read."""
+
+    name: str
+    ctype: str  # "float" (fp32) or "double"
+    doc: str
+
+
+SCALARS = (
+    Scalar("lr", "float", "learning rate"),
+    Scalar("decay", "float", "multiplier of p before the update (weight decay)"),
+    Scalar("l2", "float", "coefficient of p added to the gradient (wd_mode='l2')"),
+    Scalar("beta1", "float", "first EMA coefficient"),
+    Scalar("omb1", "float", "1 - beta1, rounded once"),
+    Scalar("beta2", "float", "second EMA coefficient"),
+    Scalar("omb2", "float", "1 - beta2, rounded once"),
+    Scalar("eps", "float", "adamw base: added to sqrt(v_hat)"),
+    Scalar("huber_delta", "float", "huber kappa: clip(c/delta, -1, 1)"),
+    Scalar("p_minus_1", "float", "lp kappa: exponent of |c|"),
+    Scalar("envelope_decay", "float", "gamma in G <- max(G*gamma, |src|)"),
+    Scalar("lp_p", "double", "lp kappa: p of the fp64 norm sum"),
+    Scalar("lp_root", "double", "lp kappa: (p-1)/p, the root of that sum"),
+)
+SCALAR_NAMES = tuple(s.name for s in SCALARS)
+
+FLAGS = ("maximize", "cautious", "envelope_from_grad", "state_stochastic_rounding",
+         "param_stochastic_rounding")
+"""Per-group booleans a kernel reads (besides the kind, formats, envelope and block)."""
+
+
+# ------------------------------------------------------------------------------ kinds
+@dataclass(frozen=True)
+class Slot:
+    """One state tensor: its key and the cell it keeps a value for (``"element"``, or
+    ``"envelope"``: one value per envelope cell of the rule — element, row, block or tensor)."""
+
+    name: str
+    cell: str
+
+
+M, V, G = Slot("m", "element"), Slot("v", "element"), Slot("G", "envelope")
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A fused kernel kind: the rules it runs (``family`` with one of ``variants``: kappas for
+    Lion, bases for the stochastic family), the state it keeps, the scalars it reads, its
+    reduction (``"kappa_norm"``, ``"envelope"`` for non-element envelopes, or None) and the
+    purposes it draws random bits for (besides state/parameter rounding, which any kind may)."""
+
+    id: int
+    name: str
+    family: str
+    variants: tuple[str, ...]
+    slots: tuple[Slot, ...]
+    scalars: tuple[str, ...]
+    reduction: str | None = None
+    random: tuple[str, ...] = ()
+
+
+_PROLOGUE = ("lr", "decay", "l2")
+_EMA1 = ("beta1", "omb1")
+_EMA2 = ("beta2", "omb2")
+_STO = ("envelope_decay",)
+KINDS = (
+    Kind(0, "sign", "sign", (), (), _PROLOGUE),
+    Kind(1, "signum", "signum", (), (M,), _PROLOGUE + _EMA1),
+    Kind(2, "lion_l1", "lion", ("l1",), (M,), _PROLOGUE + _EMA1 + _EMA2),
+    Kind(3, "lion_l2sq", "lion", ("l2sq",), (M,), _PROLOGUE + _EMA1 + _EMA2),
+    Kind(4, "lion_huber", "lion", ("huber",), (M,), _PROLOGUE + _EMA1 + _EMA2 + ("huber_delta",)),
+    Kind(5, "lion_norm", "lion", ("l2", "row_l2"), (M,), _PROLOGUE + _EMA1 + _EMA2, "kappa_norm"),
+    Kind(6, "lion_lp", "lion", ("lp",), (M,),
+         _PROLOGUE + _EMA1 + _EMA2 + ("p_minus_1", "lp_p", "lp_root"), "kappa_norm"),
+    Kind(7, "sto_sgd", "stochastic", ("sgd",), (G,), _PROLOGUE + _STO, "envelope", ("sign",)),
+    Kind(8, "sto_momentum", "stochastic", ("momentum",), (M, G), _PROLOGUE + _EMA1 + _STO,
+         "envelope", ("sign",)),
+    Kind(9, "sto_lion", "stochastic", ("lion",), (M, G), _PROLOGUE + _EMA1 + _EMA2 + _STO,
+         "envelope", ("sign",)),
+    Kind(10, "sto_adamw", "stochastic", ("adamw",), (M, V, G),
+         _PROLOGUE + _EMA1 + _EMA2 + ("eps",) + _STO, "envelope", ("sign",)),
+)
+KINDS_BY_NAME = {k.name: k for k in KINDS}
+
+
+def kind(family: str, kappa: str = "l1", base: str = "momentum") -> Kind:
+    """The kernel kind of a rule (``ValueError`` naming the choice without one)."""
+    variant = {"lion": kappa, "stochastic": base}.get(family)
+    for k in KINDS:
+        if k.family == family and (variant is None or variant in k.variants):
+            return k
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {tuple(FAMILIES)}, got {family!r}")
+    what = "kappa" if family == "lion" else "base"
+    raise ValueError(f"{what} {variant!r} has no fused kernel")
+
+
+def family_slots(family: str, base: str = "momentum") -> tuple[Slot, ...]:
+    """The state slots a rule keeps (whatever its kappa: a callable kappa keeps Lion's)."""
+    return kind(family, "l1", base).slots
+
+
+# ------------------------------------------------------------------------------ C++ header
+def _cpp_enum(name: str, prefix: str, ids: dict[str, int]) -> list[str]:
+    body = ", ".join(f"{prefix}{n.upper()} = {i}" for n, i in ids.items())
+    return [f"enum {name} : int {{ {body}, {prefix}COUNT = {len(ids)} }};"]
+
+
+def _cpp_table(ctype: str, name: str, values: list) -> str:
+    return f"SIGNOPT_TABLE {ctype} {name}[] = {{{', '.join(values)}}};"
+
+
+def _cxx_bool(b: bool) -> str:
+    return "true" if b else "false"
+
+
+_CPP_TYPES = {"Tensor(a!)[]": "at::TensorList", "Tensor[]": "at::TensorList", "int": "int64_t",
+              "bool": "bool", "float": "double", "int[]": "at::IntArrayRef", "float[]": "at::ArrayRef<double>",
+              "Tensor?": "const c10::optional<at::Tensor>&"}
+
+
+def step_arguments() -> tuple[tuple[str, str, bool], ...]:
+    """``signopt::step``'s arguments as ``(schema type, name, keyword-only)``, in order.
+
+    The eight tensor lists come by position (a list the rule does not use is empty); everything
+    else by name: the kernel kind, formats and flags, the :data:`SCALARS`, per-tensor ``keys``
+    (two uint32 Philox key words), ``offsets`` (index of element 0 in the full tensor),
+    ``seglens`` (reduction segment, 0: none) and ``bias`` (AdamW's two bias corrections), and
+    optional tensors: ``lr_tensor``/``decay_tensor`` replace ``lr``/``decay`` (a tensor lr),
+    ``inv_scale`` and ``found_inf`` come from a GradScaler."""
+    lists = [("Tensor(a!)[]", n, False) for n in ("params",)] + [("Tensor[]", "grads", False)]
+    lists += [("Tensor(a!)[]", n, False) for n in ("m", "v", "env", "m_scale", "v_scale", "env_scale")]
+    named = [("int", n, True) for n in ("kind", "param_format", "state_format", "state_block", "envelope")]
+    named += [("bool", f, True) for f in FLAGS]
+    named += [("float", s.name, True) for s in SCALARS]
+    named += [("int[]", "keys", True), ("int[]", "offsets", True), ("int[]", "seglens", True),
+              ("float[]", "bias", True)]
+    named += [("Tensor?", n, True) for n in ("lr_tensor", "decay_tensor", "inv_scale", "found_inf")]
+    return tuple(lists + named)
+
+
+def step_schema() -> str:
+    """The schema of ``signopt::step`` (see :func:`step_arguments`); returns the non-finite
+    gradient count (0-dim int64)."""
+    alias = iter("abcdefg")
+    parts, star = [], False
+    for typ, name, kw in step_arguments():
+        if kw and not star:
+            parts.append("*")
+            star = True
+        if "(a!)" in typ:
+            typ = typ.replace("(a!)", f"({next(alias)}!)")
+        parts.append(f"{typ} {name}" + ("=None" if typ == "Tensor?" else ""))
+    return f"step({', '.join(parts)}) -> Tensor"
+
+
+def cpp_header() -> str:
+    """The C++ header generated from this module (``signopt_declaration.h`` in the build)."""
+    lines = [
+        "// Generated by signopt.declaration.cpp_header() at build time; do not edit.",
+        "#pragma once",
+        "#include <stdint.h>",
+        "#if defined(__CUDACC__)",
+        "#define SIGNOPT_TABLE static constexpr __device__",
+        "#else",
+        "#define SIGNOPT_TABLE static constexpr",
+        "#endif",
+        "namespace signopt {",
+    ]
+    lines += _cpp_enum("Kind", "K_", {k.name: k.id for k in KINDS})
+    lines += _cpp_enum("Family", "FAMILY_", FAMILIES)
+    lines += _cpp_enum("Envelope", "ENV_", ENVELOPES)
+    lines += _cpp_enum("Fmt", "FMT_", {f.name: f.id for f in FORMATS.values()})
+    ordered = sorted(KINDS, key=lambda k: k.id)
+    lines += [
+        _cpp_table("int", "KIND_FAMILY", [f"FAMILY_{k.family.upper()}" for k in ordered]),
+        _cpp_table("bool", "KIND_HAS_M", [_cxx_bool(M in k.slots) for k in ordered]),
+        _cpp_table("bool", "KIND_HAS_V", [_cxx_bool(V in k.slots) for k in ordered]),
+        _cpp_table("bool", "KIND_HAS_ENV", [_cxx_bool(G in k.slots) for k in ordered]),
+        _cpp_table("bool", "KIND_KAPPA_NORM", [_cxx_bool(k.reduction == "kappa_norm") for k in ordered]),
+        _cpp_table("bool", "KIND_DRAWS_SIGN", [_cxx_bool("sign" in k.random) for k in ordered]),
+    ]
+    fmts = sorted(FORMATS.values(), key=lambda f: f.id)
+    lines += [
+        _cpp_table("int", "FMT_BITS", [str(f.bits) for f in fmts]),
+        _cpp_table("bool", "FMT_BLOCK_SCALED", [_cxx_bool(f.block_scaled) for f in fmts]),
+        _cpp_table("bool", "FMT_PARAM", [_cxx_bool(f.param) for f in fmts]),
+        _cpp_table("bool", "FMT_STATE", [_cxx_bool(f.state) for f in fmts]),
+        _cpp_table("int", "FMT_MANTISSA_BITS", [str(f.mantissa_bits) for f in fmts]),
+        _cpp_table("int", "FMT_EMIN", [str(f.emin) for f in fmts]),
+        _cpp_table("float", "FMT_MAX_FINITE", [f"{f.max_finite!r}f" for f in fmts]),
+    ]
+    lines += [f"constexpr int WORD_{p.upper()} = {w};" for p, w in RANDOM_WORDS.items()]
+    lines.append("// fp32 scalars of one group step (host-computed: signopt/scalars.py), plus flags.")
+    lines.append("struct Scalars {")
+    lines += [f"  {s.ctype} {s.name};  // {s.doc}" for s in SCALARS]
+    lines += ["  float inv_scale;  // 1/grad_scale (has_inv_scale)", "  int has_inv_scale;"]
+    lines += [f"  int {f};" for f in FLAGS]
+    lines += ["  int envelope;  // Envelope", "};"]
+    schema = step_schema().replace("\\", "\\\\").replace('"', '\\"')
+    lines.append(f'#define SIGNOPT_STEP_SCHEMA "{schema}"')
+    lines.append("// signopt::step's C++ parameters and arguments, in schema order (ATen callers only)")
+    params = ", ".join(f"{_CPP_TYPES[t]} {n}" for t, n, _ in step_arguments())
+    lines.append(f"#define SIGNOPT_STEP_PARAMS {params}")
+    lines.append(f"#define SIGNOPT_STEP_ARGS {', '.join(n for _, n, _ in step_arguments())}")
+    lines.append("}  // namespace signopt")
+    return "\n".join(lines) + "\n"
