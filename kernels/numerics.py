@@ -13,23 +13,49 @@ and reproduces it bit for bit:
 * random bits come from ``tl.philox`` keyed by the slot's 64-bit seed ``k0 | k1 << 32`` with
   counter ``(i mod 2**32, i >> 32, 0, 0)`` (:mod:`signopt.philox`).
 
-Storage kinds (``KIND`` constexprs) are shared by parameters, gradients and state:
-``0`` fp32, ``1`` bf16 (accessed as raw 16-bit patterns), ``2`` fp16, ``3`` FP8 E4M3,
-``4`` FP8 E5M2 (raw 8-bit codes).
+Storage kinds (``KIND`` constexprs) are shared by parameters, gradients and state: the
+format ids of :data:`signopt.declaration.FORMATS` (fp32, bf16 accessed as raw 16-bit patterns,
+fp16, FP8 E4M3 and E5M2 as raw 8-bit codes); the FP8 and fp16 grids (mantissa bits, minimum
+normal exponent, largest finite value) come from the same declaration.
 """
 import triton
 import triton.language as tl
 
-KIND_FP32 = tl.constexpr(0)
-KIND_BF16 = tl.constexpr(1)
-KIND_FP16 = tl.constexpr(2)
-KIND_E4M3 = tl.constexpr(3)
-KIND_E5M2 = tl.constexpr(4)
+from signopt.casting import BF16_MAX_BITS as _BF16_MAX_BITS, BF16_QNAN as _BF16_QNAN
+from signopt.declaration import FORMATS, RANDOM_WORDS
+from signopt.state_format import MIN_SCALE as _MIN_SCALE
+
+KIND_FP32 = tl.constexpr(FORMATS["fp32"].id)
+KIND_BF16 = tl.constexpr(FORMATS["bf16"].id)
+KIND_FP16 = tl.constexpr(FORMATS["fp16"].id)
+KIND_E4M3 = tl.constexpr(FORMATS["fp8_e4m3"].id)
+KIND_E5M2 = tl.constexpr(FORMATS["fp8_e5m2"].id)
+
+# grids of the small formats: mantissa bits, minimum normal exponent, exponent bias (1 - emin),
+# largest finite value (Qmax of a block-scaled format)
+FP16_M = tl.constexpr(FORMATS["fp16"].mantissa_bits)
+FP16_EMIN = tl.constexpr(FORMATS["fp16"].emin)
+FP16_MAX = tl.constexpr(FORMATS["fp16"].max_finite)
+E4M3_M = tl.constexpr(FORMATS["fp8_e4m3"].mantissa_bits)
+E4M3_EMIN = tl.constexpr(FORMATS["fp8_e4m3"].emin)
+E4M3_BIAS = tl.constexpr(1 - FORMATS["fp8_e4m3"].emin)
+E4M3_MAX = tl.constexpr(FORMATS["fp8_e4m3"].max_finite)
+E4M3_HAS_INF = tl.constexpr(False)  # float8_e4m3fn: S.1111.111 is NaN, no inf
+E5M2_M = tl.constexpr(FORMATS["fp8_e5m2"].mantissa_bits)
+E5M2_EMIN = tl.constexpr(FORMATS["fp8_e5m2"].emin)
+E5M2_BIAS = tl.constexpr(1 - FORMATS["fp8_e5m2"].emin)
+E5M2_MAX = tl.constexpr(FORMATS["fp8_e5m2"].max_finite)
+E5M2_HAS_INF = tl.constexpr(True)  # IEEE-like: exponent all ones is inf / NaN
+
+# which Philox output word each purpose reads
+WORD_SIGN = tl.constexpr(RANDOM_WORDS["sign"])
+WORD_STATE_ROUNDING = tl.constexpr(RANDOM_WORDS["state_rounding"])
+WORD_PARAM_ROUNDING = tl.constexpr(RANDOM_WORDS["param_rounding"])
 
 TWO_POW_M24 = tl.constexpr(5.9604644775390625e-08)  # 2**-24
-MIN_SCALE = tl.constexpr(1.1754943508222875e-38)  # 2**-126, smallest FP8 block scale
-BF16_QNAN = tl.constexpr(0x7FC0)
-BF16_MAX_BITS = tl.constexpr(0x7F7F)
+MIN_SCALE = tl.constexpr(_MIN_SCALE)  # 2**-126, smallest FP8 block scale
+BF16_QNAN = tl.constexpr(_BF16_QNAN)
+BF16_MAX_BITS = tl.constexpr(_BF16_MAX_BITS)
 
 
 # ----------------------------------------------------------------------------- bit views
@@ -99,6 +125,29 @@ def philox_words(seed, idx):
     hi = (idx >> 32).to(tl.uint32)
     zero = lo * 0
     return tl.philox(seed, lo, hi, zero, zero)
+
+
+@triton.jit
+def _word(w0, w1, w2, w3, WORD: tl.constexpr):
+    if WORD == 0:
+        return w0
+    elif WORD == 1:
+        return w1
+    elif WORD == 2:
+        return w2
+    else:
+        tl.static_assert(WORD == 3, "a Philox4x32 call has four words")
+        return w3
+
+
+@triton.jit
+def random_words(seed, idx):
+    """The Philox words of elements ``idx`` for each purpose, as
+    :data:`signopt.declaration.RANDOM_WORDS` assigns them: ``(sign, state rounding, parameter
+    rounding)``. The only place the kernels draw random bits."""
+    w0, w1, w2, w3 = philox_words(seed, idx)
+    return (_word(w0, w1, w2, w3, WORD_SIGN), _word(w0, w1, w2, w3, WORD_STATE_ROUNDING),
+            _word(w0, w1, w2, w3, WORD_PARAM_ROUNDING))
 
 
 @triton.jit
@@ -209,6 +258,6 @@ def fp16_round(x, word, STOCHASTIC: tl.constexpr):
     """``casting.round_to_dtype(x, float16)``: IEEE nearest-even cast (inf on overflow, as
     torch), or stochastic via :func:`round_to_format` with fp16's grid (saturating)."""
     if STOCHASTIC:
-        return round_to_format(x, word, 10, -14, 65504.0, True).to(tl.float16)
+        return round_to_format(x, word, FP16_M, FP16_EMIN, FP16_MAX, True).to(tl.float16)
     else:
         return x.to(tl.float16)
