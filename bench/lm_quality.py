@@ -33,7 +33,7 @@ sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 from bench.common_lm import (batch_at, build_llama, evaluate, fixed_eval_batches, lm_loss,  # noqa: E402
                              machine_banner, n_params, stdlib_corpus)
 import signopt  # noqa: E402
-from signopt import state_format  # noqa: E402
+from signopt import declaration, state_layout  # noqa: E402
 
 MODEL = dict(d_model=192, n_layers=4, n_heads=6, d_ff=512)
 BETAS = (0.9, 0.99)
@@ -61,7 +61,6 @@ def run(cfg: dict) -> dict:
     opt = signopt.Lion(params, lr=cfg["lr"], betas=BETAS, weight_decay=cfg["wd"],
                        state_dtype=state_dtype, state_block=cfg["block"], seed=seed, backend="torch",
                        state_rounding=cfg["state_rounding"])
-    block = cfg["block"]
     b1, b2 = BETAS
     gen = torch.Generator().manual_seed(10_000 + seed)
     evals = fixed_eval_batches(held, cfg["eval_batches"], cfg["batch"], cfg["seq"])
@@ -87,7 +86,7 @@ def run(cfg: dict) -> dict:
                 for p in params:
                     g = p.grad.float()
                     st = opt.state.get(p, {})
-                    is_fp8 = "m" in st and state_format.format_of(st["m"]).startswith("fp8")
+                    is_fp8 = "m" in st and declaration.FORMATS[state_layout.format_of(st["m"])].block_scaled
                     if not st:
                         shadow[p] = torch.zeros_like(g)
                     if measure and is_fp8 and p in pending:
@@ -102,7 +101,7 @@ def run(cfg: dict) -> dict:
                         flips["accumulated"] += _signs_differ(c_shadow, c_stored)
                         flips["elements"] += g.numel()
                     if prep and is_fp8:
-                        m_dec = state_format.read(st, "m", block)
+                        m_dec = state_layout.read(opt.rule(), st, declaration.M)
                         pending[p] = (m_dec * b2 + g * (1 - b2), None)  # fresh value, as reference.ema
                     shadow[p] = shadow[p] * b2 + g * (1 - b2)
                 if measure:
@@ -111,7 +110,7 @@ def run(cfg: dict) -> dict:
         opt.zero_grad(set_to_none=True)
         if fp8 and pending and pending[next(iter(pending))][1] is None:
             for p in list(pending):
-                pending[p] = (pending[p][0], state_format.read(opt.state[p], "m", block))
+                pending[p] = (pending[p][0], state_layout.read(opt.rule(), opt.state[p], declaration.M))
         if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
             curve.append((step + 1, float(loss.detach())))
     final = evaluate(model, evals)

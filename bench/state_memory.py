@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 import signopt  # noqa: E402
-from signopt import state_format  # noqa: E402
+from signopt import declaration, state_format, state_layout  # noqa: E402
 from signopt.casting import E4M3, E5M2  # noqa: E402
 
 FORMATS = ("fp32", "bf16", "fp8_e4m3", "fp8_e5m2")
@@ -72,8 +72,8 @@ def storage_bytes(opt: torch.optim.Optimizer) -> tuple[int, dict[str, int]]:
             seen.add(ptr)
             b = t.untyped_storage().nbytes()
             total += b
-            kind = ("scales" if name.endswith(state_format.SCALE_SUFFIX) else "step" if name == "step"
-                    else "envelope" if name == "G" else "codes/values")
+            kind = ("scales" if state_layout.is_scale_key(name) else "step" if name == state_layout.STEP_KEY
+                    else "envelope" if name == declaration.G.name else "codes/values")
             kinds[kind] += b
     return total, kinds
 

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import state_format
+from . import state_layout
+from .declaration import FORMATS, STATE_FORMATS
 from .rule import UpdateRule
 
 SCHEMA_KEY = "signopt_schema"
@@ -80,65 +81,70 @@ def check_step(where: str, value: Any) -> None:
         raise ValueError(f"{where} state 'step' must be a non-negative integer, got {step}")
 
 
-def check_envelope(where: str, value: Any, shape: tuple[int, ...]) -> None:
-    """A saved row/block/tensor envelope: a real floating tensor of the envelope's shape."""
-    t = _tensor(where, "G", value)
+def check_cells(where: str, name: str, value: Any, shape: tuple[int, ...]) -> None:
+    """A saved per-cell slot (a row/block/tensor envelope): a real floating tensor of its shape."""
+    t = _tensor(where, name, value)
     if not t.is_floating_point() or tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{where} state 'G' must be a floating tensor of shape {tuple(shape)}, got shape "
+        raise ValueError(f"{where} state {name!r} must be a floating tensor of shape {tuple(shape)}, got shape "
                          f"{tuple(t.shape)} and dtype {t.dtype}")
 
 
 def check_entry(where: str, rule: UpdateRule, shape: tuple[int, ...], saved: dict[str, Any],
                 saved_block: int) -> None:
     """Raise ``ValueError`` naming ``where`` and the key unless ``saved`` is the full-size state
-    ``rule`` keeps for a parameter of real ``shape``: its names, and per name a tensor in a
-    storage format of that shape (FP8: with ``ceil(numel/saved_block)`` scales)."""
-    names = rule.state_names()
-    allowed = set(names) | {n + state_format.SCALE_SUFFIX for n in names}
+    ``rule`` keeps for a parameter of real ``shape``: its names, and per slot a tensor of its
+    cell shape (element slots: in a storage format, block-scaled ones with
+    ``ceil(numel/saved_block)`` scales)."""
+    slots = state_layout.slots(rule)
+    allowed = {s.name for s in slots} | {state_layout.scale_key(s.name) for s in state_layout.element_slots(rule)}
+    step = state_layout.STEP_KEY
     if rule.keeps_step():
-        allowed.add("step")
+        allowed.add(step)
     unknown = sorted(str(k) for k in saved if k not in allowed)
-    missing = [n for n in names if n not in saved] + (["step"] if rule.keeps_step() and "step" not in saved else [])
+    missing = [s.name for s in slots if s.name not in saved] + (
+        [step] if rule.keeps_step() and step not in saved else [])
     if unknown or missing:
         raise ValueError(f"{where} holds state {sorted(map(str, saved))}; rule {rule.identity()!r} keeps "
                          f"{sorted(allowed)} (unknown: {unknown}, missing: {missing})")
     numel = math.prod(shape)
-    for name in names:
-        if name == "G" and rule.envelope != "element":
-            check_envelope(where, saved[name], rule.envelope_shape(torch.Size(shape)))
+    for slot in slots:
+        name = slot.name
+        if not state_layout.per_element(rule, slot):
+            check_cells(where, name, saved[name], state_layout.cell_shape(rule, slot, shape))
             continue
         t = _tensor(where, name, saved[name])
         try:
-            fmt = state_format.format_of(t)
+            fmt = state_layout.format_of(t)
         except ValueError:
             raise ValueError(f"{where} state {name!r} has dtype {t.dtype}; state formats are stored as "
-                             f"{sorted(map(str, state_format.TORCH_DTYPES.values()))}") from None
+                             f"{sorted(str(FORMATS[f].dtype) for f in STATE_FORMATS)}") from None
         if tuple(t.shape) != tuple(shape):
             raise ValueError(f"{where} state {name!r} has shape {tuple(t.shape)} ({t.numel()} elements); "
                              f"the parameter needs {tuple(shape)} ({numel} elements)")
-        scale_name = name + state_format.SCALE_SUFFIX
-        if fmt in state_format.FP8:
+        scale_name = state_layout.scale_key(name)
+        if FORMATS[fmt].block_scaled:
             scale = _tensor(where, scale_name, saved.get(scale_name))
-            blocks = -(-numel // saved_block)
+            blocks = state_layout.blocks(numel, saved_block)
             if not scale.is_floating_point() or scale.numel() != blocks:
                 raise ValueError(f"{where} state {scale_name!r} must hold {blocks} floating scales (blocks of "
                                  f"{saved_block}), got {scale.numel()} of dtype {scale.dtype}")
         elif scale_name in saved:
             raise ValueError(f"{where} state {scale_name!r} is an FP8 scale, but {name!r} is stored as {fmt}")
-    if "step" in saved:
-        check_step(where, saved["step"])
+    if step in saved:
+        check_step(where, saved[step])
 
 
 def restore_entry(rule: UpdateRule, saved: dict[str, Tensor], saved_block: int, fmt: str,
                   device: torch.device) -> dict[str, Tensor]:
-    """A checked full-size saved entry as new tensors on ``device``: moment state converted into
+    """A checked full-size saved entry as new tensors on ``device``: element slots converted into
     ``fmt`` with blocks of ``rule.state_block``, envelope cells fp32, the step int64 on the CPU."""
     restored = {}
-    for name, value in saved.items():
-        if name == "step":
-            restored[name] = value.detach().to(device="cpu", dtype=torch.int64).clone()
-        elif name == "G" and rule.envelope != "element":
-            restored[name] = value.detach().to(device=device, dtype=torch.float32).clone()
-        elif not name.endswith(state_format.SCALE_SUFFIX):
-            restored.update(state_format.convert(saved, name, saved_block, fmt, rule.state_block, device))
+    for slot in state_layout.slots(rule):
+        if state_layout.per_element(rule, slot):
+            restored.update(state_layout.convert(rule, saved, slot, saved_block, fmt, device))
+        else:
+            restored[slot.name] = saved[slot.name].detach().to(device=device, dtype=torch.float32).clone()
+    step = state_layout.STEP_KEY
+    if step in saved:
+        restored[step] = saved[step].detach().to(device="cpu", dtype=torch.int64).clone()
     return restored

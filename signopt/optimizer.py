@@ -22,13 +22,13 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import backends as backend_registry
-from . import sharding, state_format
-from .backends.slot import HELD_GRADS, HeldGrads, ParamSlot
+from . import sharding, state_layout
+from .backends import Held, Prepared
+from .backends.slot import ParamSlot
 from .checkpoint import (CALLABLE_MARKER, RULE_KEY, SCHEMA_KEY, SCHEMA_VERSION, check_entry, check_identity,
                          restore_entry, saved_identity, schema_of)
-from .philox import MASK32, derive_keys
 from .rule import UpdateRule, rule_from_group, validate_group
-from .scalars import bias_corrections, group_scalars
+from .scalars import GroupScalars, group_scalars, step_values
 
 # Group keys that describe storage, not hyperparameters: a loaded checkpoint does not override
 # them; its state is converted into the format the optimizer was built with.
@@ -64,11 +64,11 @@ def _group_tensors(params: Any) -> list:
 @dataclass(eq=False)
 class _GroupPlan:
     """A param group's step work, built by :meth:`SignOptimizer._build`: its slots (state
-    allocated), their step counters and the backend's prepared call. The next step reuses it
+    allocated), their step counters and the backend's prepared step. The next step reuses it
     while the group holds the same parameters from the same start index, its rule is the same,
     ``opt.state`` holds the same dicts and state tensors as after the last step (see
     :class:`_StateSnapshot`) and every gradient has the layout recorded in ``expect`` (see
-    :meth:`grads`)."""
+    :meth:`gradients`)."""
 
     params: list  # group["params"] when built (compared by identity)
     start: int  # index over all groups of params[0]
@@ -77,22 +77,24 @@ class _GroupPlan:
     slots: list[ParamSlot]
     indices: list[int]  # per slot: tensor index over all groups (keys the random stream)
     steps: list[Tensor]  # per slot: its step counter (rules that keep one), else empty
-    run: Callable  # (grads, keys, bias, scalars, contiguous) -> non-finite count or None
-    held: Any = None  # the backend's call object when it reads and checks the gradients itself
+    prepared: Prepared  # the backend's step of these slots
+    held: Held | None = None  # the prepared step's form that reads and checks the gradients itself
     gradless: list | None = None  # with ``held``: the params expected without a gradient
 
     def fits(self, params: list, start: int, rule: UpdateRule) -> bool:
         return (start == self.start and rule == self.rule and rule.kappa_fn is self.rule.kappa_fn
                 and len(params) == len(self.params) and all(map(operator.is_, params, self.params)))
 
-    def grads(self, params: list) -> list[Tensor] | HeldGrads | None:
+    def holds_gradients(self) -> bool:
+        """With a held step (outside ``torch.compile``): whether it read this step's gradients
+        and every one has the plan's layout (it keeps them for its run)."""
+        if self.held is None or torch.compiler.is_compiling():
+            return False
+        return not any(p.grad is not None for p in self.gradless) and self.held.check()
+
+    def gradients(self, params: list) -> list[Tensor] | None:
         """This step's gradients of the slots, or None when any parameter's gradient presence,
-        layout (strided, contiguous), dtype, shape or device differs from the plan's. With
-        ``held`` (outside ``torch.compile``) the backend checks and holds them: ``HELD_GRADS``."""
-        if self.held is not None and not torch.compiler.is_compiling():
-            if any(p.grad is not None for p in self.gradless) or not self.held.check():
-                return None
-            return HELD_GRADS
+        layout (strided, contiguous), dtype, shape or device differs from the plan's."""
         grads = []
         append = grads.append
         for p, want in zip(params, self.expect):
@@ -106,6 +108,24 @@ class _GroupPlan:
             else:
                 append(g)
         return grads
+
+
+@dataclass(eq=False)
+class _GroupWork:
+    """One group's work in a step, settled by :meth:`SignOptimizer._plan` before any tensor is
+    touched. With a kept ``plan``: this step's ``grads`` for its slots, or ``held`` when the
+    plan's held step read them. Without: ``work`` lists the ``(param, index)`` pairs with
+    gradients, and ``keep`` says whether the plan built from them may be kept."""
+
+    group: dict
+    backend: Any
+    rule: UpdateRule
+    start: int
+    plan: _GroupPlan | None = None
+    grads: list[Tensor] | None = None
+    held: bool = False
+    work: list[tuple[Tensor, int]] | None = None
+    keep: bool = True
 
 
 _STRIDED = torch.strided
@@ -174,23 +194,6 @@ def _regular(p: Tensor, g: Tensor) -> bool:
     """A gradient a kept plan can take as it is: plain strided, contiguous, like its param."""
     return (not sharding.is_dtensor(p) and g.layout is _STRIDED and g.dtype is p.dtype
             and g.device == p.device and g.is_contiguous())
-
-
-def _slot_runner(backend: Any, rule: UpdateRule, slots: list[ParamSlot]) -> Callable:
-    """A plan's ``run`` for a backend without ``prepare``: fills the slots and calls ``step``."""
-    def run(grads, keys, bias, scalars, contiguous):
-        for i, slot in enumerate(slots):
-            slot.grad = grads[i]
-            if keys is not None:
-                slot.key = keys[i]
-            if bias is not None:
-                slot.bias = bias[i]
-        try:
-            return backend.step(rule, slots, scalars)
-        finally:
-            for slot in slots:
-                slot.grad = None  # a kept plan must not keep this step's gradients alive
-    return run
 
 
 class SignOptimizer(Optimizer):
@@ -270,27 +273,19 @@ class SignOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ state
     def _init_state(self, rule: UpdateRule, param: Tensor) -> dict:
-        p = param
-        st = self.state[p]
+        st = self.state[param]
         if st:
             return st
-        numel = p.numel() * (2 if p.is_complex() else 1)  # of the full tensor for a DTensor
-        p = sharding.local(p)  # state is allocated for the local shard (sharding.wrap_state)
+        numel = param.numel() * (2 if param.is_complex() else 1)  # of the full tensor for a DTensor
+        p = sharding.local(param)  # state is allocated for the local shard (sharding.wrap_state)
         shape = tuple(torch.view_as_real(p).shape if p.is_complex() else p.shape)
-        fmt = state_format.effective_format(rule.state_dtype, numel, rule.fp8_min_numel)
-        for name in rule.state_names():
-            if name == "G" and rule.envelope != "element":
-                st[name] = torch.zeros(rule.envelope_shape(shape), dtype=torch.float32, device=p.device)
-            else:
-                state_format.allocate(st, name, shape, fmt, rule.state_block, p.device)
-        if rule.keeps_step():
-            st["step"] = torch.tensor(0, dtype=torch.int64)
+        st.update(state_layout.allocate(rule, shape, numel, p.device))
         sharding.wrap_state(param, rule, st)
         return st
 
     def state_bytes(self) -> dict[str, float]:
         """Optimizer-state bytes: ``total`` and ``per_param`` (over all parameters' elements)."""
-        total = sum(state_format.nbytes(sharding.local_state(st)) for st in self.state.values())
+        total = sum(state_layout.nbytes(sharding.local_state(st)) for st in self.state.values())
         numel = sum(sharding.local(p).numel() * (2 if p.is_complex() else 1)
                     for g in self.param_groups for p in g["params"])
         return {"total": float(total), "per_param": total / max(numel, 1)}
@@ -317,41 +312,39 @@ class SignOptimizer(Optimizer):
             self._checked[gi] = checked
         return checked.rule
 
-    def _plan(self) -> list[tuple]:
-        """Validate everything a step needs before any tensor is touched. Per group:
-        ``(group, backend, rule, plan, grads, work, start, keep)``: ``plan`` is the kept
-        :class:`_GroupPlan` when it still fits, with this step's ``grads`` (``HELD_GRADS`` when
-        the plan's backend checked and holds them: see :meth:`_GroupPlan.grads`); otherwise ``plan``
-        is None, ``work`` lists the ``(param, index)`` pairs with gradients and ``keep`` says
-        whether the plan built from them may be kept for later steps."""
+    def _plan(self) -> list[_GroupWork]:
+        """Validate everything a step needs before any tensor is touched: each group's
+        :class:`_GroupWork`."""
         if self._plans_state is None or not self._plans_state.holds(self.state):
             self._plans.clear()  # opt.state, a dict in it or a tensor in one changed outside step()
             self._plans_state = None
-        plans: list[tuple] = []
+        works: list[_GroupWork] = []
         try:
-            self._plan_groups(plans)
+            self._plan_groups(works)
         except BaseException:
-            for entry in plans:  # gradients a backend holds for a run that will not come
-                if entry[4] is HELD_GRADS:
-                    entry[3].held.release()
+            for w in works:  # gradients a held step keeps for a run that will not come
+                if w.held:
+                    w.plan.held.release()
             raise
-        return plans
+        return works
 
-    def _plan_groups(self, plans: list[tuple]) -> None:
-        """:meth:`_plan`'s work, appending to ``plans`` group by group."""
+    def _plan_groups(self, works: list[_GroupWork]) -> None:
+        """:meth:`_plan`'s work, appending to ``works`` group by group."""
         index = 0
         for gi, (group, backend) in enumerate(zip(self.param_groups, self._group_backends)):
             rule = self._group_rule(gi, group)
             params = group["params"]
-            start = index
+            w = _GroupWork(group, backend, rule, index)
             plan = self._plans.get(gi)
-            if plan is not None and plan.fits(params, start, rule):
-                grads = plan.grads(params)
-                if grads is not None:
-                    plans.append((group, backend, rule, plan, grads, None, start, True))
+            if plan is not None and plan.fits(params, index, rule):
+                w.held = plan.holds_gradients()
+                w.grads = None if w.held else plan.gradients(params)
+                if w.held or w.grads is not None:
+                    w.plan = plan
+                    works.append(w)
                     index += len(params)
                     continue
-            work, keep = [], True
+            w.work = []
             for p in params:
                 if p.grad is not None:
                     if p.grad.is_sparse:
@@ -364,43 +357,39 @@ class SignOptimizer(Optimizer):
                     reason = sharding.unsupported(rule, p)
                     if reason is not None:
                         raise ValueError(f"param_groups[{gi}]: {reason}")
-                    work.append((p, index))
-                    keep = keep and _regular(p, p.grad)
+                    w.work.append((p, index))
+                    w.keep = w.keep and _regular(p, p.grad)
                 index += 1
-            reason = backend.unsupported(rule, [sharding.local(p) for p, _ in work])
+            reason = backend.unsupported(rule, [sharding.local(p) for p, _ in w.work])
             if reason is not None:
                 raise ValueError(f"backend {backend.name!r} cannot run param_groups[{gi}]: {reason}")
-            plans.append((group, backend, rule, None, None, work, start, keep))
+            works.append(w)
 
-    def _build(self, backend: Any, rule: UpdateRule, params: list, work: list[tuple[Tensor, int]],
-               start: int, keep: bool) -> tuple[_GroupPlan, list[Tensor]]:
-        """Allocate missing state and build the group's plan (with the backend's held call when
-        it will be kept); also returns this step's grads."""
+    def _build(self, w: _GroupWork) -> _GroupPlan:
+        """Allocate missing state and build the group's plan (with the backend's held step when
+        it will be kept); sets ``w.grads`` to this step's gradients."""
+        rule = w.rule
         slots = []
-        for p, index in work:
+        for p, index in w.work:
             st = self._init_state(rule, p)
-            slots.append(ParamSlot(param=sharding.local(p), grad=sharding.local(p.grad),
-                                   state=sharding.local_state(st), index=index,
-                                   index_offset=sharding.index_offset(p)))
-        steps = [slot.state["step"] for slot in slots] if rule.keeps_step() else []
-        prepare = getattr(backend, "prepare", None)
-        run = prepare(rule, slots) if prepare is not None else _slot_runner(backend, rule, slots)
-        grads = [slot.grad for slot in slots]
-        for slot in slots:
-            slot.grad = None  # a kept plan must not keep this step's gradients alive
+            slots.append(ParamSlot(param=sharding.local(p), grad=None, state=sharding.local_state(st),
+                                   index=index, index_offset=sharding.index_offset(p)))
+        w.grads = [sharding.local(p.grad) for p, _ in w.work]
+        steps = [slot.state[state_layout.STEP_KEY] for slot in slots] if rule.keeps_step() else []
+        prepared = w.backend.prepare(rule, slots)
+        params = w.group["params"]
         expect = [None if p.grad is None else (p.dtype, p.shape, p.device) for p in params]
-        hold = keep and hasattr(run, "hold") and not torch.compiler.is_compiling()
-        held = run.hold(slots) if hold else None
+        hold = getattr(prepared, "hold", None) if w.keep and not torch.compiler.is_compiling() else None
+        held = hold() if hold is not None else None
         gradless = [p for p, want in zip(params, expect) if want is None] if held is not None else None
-        plan = _GroupPlan(list(params), start, rule, expect, slots, [s.index for s in slots],
-                          steps, run, held, gradless)
-        return plan, grads
+        return _GroupPlan(list(params), w.start, rule, expect, slots, [s.index for s in slots],
+                          steps, prepared, held, gradless)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimizer step; honours GradScaler's ``grad_scale``/``found_inf`` attributes.
 
-        Each group's plan (state, slots, the backend's prepared call) is kept between steps and
+        Each group's plan (state, slots, the backend's prepared step) is kept between steps and
         rebuilt when the group's parameters, its rule or the presence or layout of a gradient
         changes; ``add_param_group`` and ``load_state_dict`` drop every plan, and so does any
         change to ``self.state`` between steps (an entry added or removed, a new dict assigned
@@ -409,49 +398,43 @@ class SignOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        plans = self._plan()
+        works = self._plan()
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         self._last_nonfinite = []
         self.last_step_backends = []
-        for gi, (group, backend, rule, plan, grads, work, start, keep) in enumerate(plans):
-            scalars = group_scalars(rule, group, grad_scale, found_inf)
-            if plan is None:
-                plan, grads = self._build(backend, rule, group["params"], work, start, keep)
-                if keep:
-                    self._plans[gi] = plan
+        built = False
+        for gi, w in enumerate(works):
+            scalars = group_scalars(w.rule, w.group, grad_scale, found_inf)
+            if w.plan is None:
+                w.plan = self._build(w)
+                built = True
+                if w.keep:
+                    self._plans[gi] = w.plan
                 else:
                     self._plans.pop(gi, None)
-            if plan.slots:
-                count = self._run(plan, group, grads, scalars, found_inf, keep)
+            if w.plan.slots:
+                count = self._run(w, scalars, found_inf)
                 if count is not None:
                     self._last_nonfinite.append(count)
-            self.last_step_backends.append(backend.name)
-        if self._plans_state is None or any(entry[3] is None for entry in plans):
+            self.last_step_backends.append(w.backend.name)
+        if self._plans_state is None or built:
             self._plans_state = _StateSnapshot(self.state)  # (plans built: state may be new)
         return loss
 
     @staticmethod
-    def _run(plan: _GroupPlan, group: dict, grads: list[Tensor], scalars: Any,
-             found_inf: Tensor | None, contiguous: bool) -> Tensor | None:
-        """One step of a group's plan: step counters, keys and bias corrections, the update."""
-        rule = plan.rule
-        keys = bias = None
-        if grads is HELD_GRADS:
-            if rule.keeps_step():  # the same counters, keys and bias corrections, in C++
-                seed = group["seed"]
-                b1, b2 = group["betas"] if rule.uses_bias_correction else (0.0, 0.0)
-                plan.held.advance(seed & MASK32, seed >> 32, float(b1), float(b2),
-                                  rule.uses_bias_correction)
-        elif rule.keeps_step():
+    def _run(w: _GroupWork, scalars: GroupScalars, found_inf: Tensor | None) -> Tensor | None:
+        """One step of a group's plan: step counters, this step's values, the update."""
+        plan, rule = w.plan, w.rule
+        steps: list[int] = []
+        if rule.keeps_step():
             torch._foreach_add_(plan.steps, 1)
-            steps = [int(s.item()) for s in plan.steps]
-            keys = derive_keys(group["seed"], steps, plan.indices)
-            if rule.uses_bias_correction:
-                memo: dict[int, tuple[float, float]] = {}
-                bias = [memo[t] if t in memo else memo.setdefault(t, bias_corrections(group, t))
-                        for t in steps]
-        count = plan.run(grads, keys, bias, scalars, contiguous)
+            steps = torch.stack(plan.steps).tolist()
+        values = step_values(rule, w.group, scalars, steps, plan.indices)
+        if w.held:
+            count = plan.held.run(values)
+        else:
+            count = plan.prepared.run(w.grads, values, w.keep)
         if found_inf is not None and rule.keeps_step():
             # As fused AdamW: a step GradScaler skips (inf/NaN) does not advance the counter.
             skipped = (found_inf > 0).reshape(()).to(device="cpu", dtype=torch.int64)
@@ -524,7 +507,7 @@ class SignOptimizer(Optimizer):
             rule = rule_from_group(self.family, loaded)
             check_entry(where, rule, sharding.real_shape(p), saved, saved_block)
             numel = math.prod(sharding.real_shape(p))
-            fmt = state_format.effective_format(rule.state_dtype, numel, rule.fp8_min_numel)
+            fmt = state_layout.effective_format(rule, numel)
             entry = restore_entry(rule, saved, saved_block, fmt, p.device)
             restored[p] = sharding.shard_state(p, rule, entry)  # plain p: unchanged
         # Nothing above changed the optimizer; torch's load sets the groups (the state it would

@@ -8,8 +8,8 @@ reproducible across the torch reference, the C++/CUDA kernels and the Triton ker
   ``(step & 0xffffffff, step >> 32, tensor_index, 0x5349474E)`` and takes output words 0 and 1
   as the new key ``(k0, k1)``; the 64-bit Triton seed is ``k0 | k1 << 32``.
 * per element ``i`` of the full (unsharded, flattened) tensor: counter ``(i mod 2**32, i >> 32, 0, 0)``.
-  Word 0 drives the stochastic sign, word 1 the rounding of state writes, word 2 the rounding
-  of the parameter write.
+  Which word drives what (the stochastic sign, the rounding of state writes, the rounding of
+  the parameter write) is :data:`signopt.declaration.RANDOM_WORDS`.
 * uniform in [0, 1): ``u = (word >> 8) * 2**-24`` (exact in fp32).
 
 Values are held in int64 tensors in ``[0, 2**32)``; 32x32-bit products are split in 16-bit
@@ -32,10 +32,6 @@ PHILOX_ROUND_A = 0xD2511F53
 PHILOX_ROUND_B = 0xCD9E8D57
 KEY_DOMAIN = 0x5349474E  # "SIGN": fourth counter word of the key derivation
 N_ROUNDS = 10
-
-WORD_SIGN = 0
-WORD_STATE_ROUNDING = 1
-WORD_PARAM_ROUNDING = 2
 
 
 def _mul_hi_lo(a: int, b: Tensor) -> tuple[Tensor, Tensor]:

@@ -41,7 +41,8 @@ import torch
 from torch import Tensor
 
 from . import kappa as kappa_registry
-from .philox import WORD_SIGN, element_words, uniform_from_word
+from .declaration import RANDOM_WORDS
+from .philox import element_words, uniform_from_word
 from .rule import UpdateRule
 from .scalars import GroupScalars
 
@@ -149,7 +150,7 @@ def direction(rule: UpdateRule, g: Tensor, st: dict[str, Tensor], sc: GroupScala
         env = torch.where(bad, st["G"], env)
     new["G"] = env
     assert key is not None and indices is not None
-    uniform = uniform_from_word(element_words(key, indices)[WORD_SIGN]).reshape(g.shape)
+    uniform = uniform_from_word(element_words(key, indices)[RANDOM_WORDS["sign"]]).reshape(g.shape)
     return stochastic_sign(d, expand_envelope(rule, env, g.shape), uniform), new
 
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import state_format
+from . import declaration, state_layout
 from .rule import UpdateRule
 
 
@@ -166,21 +166,21 @@ def _reductions(rule: UpdateRule, lay: ShardLayout) -> list[str]:
     rows_whole = lay.contiguous and len(lay.shape) >= 2
     need = []
     if rule.family == "lion":
-        if rule.kappa in ("l2", "lp"):
-            need.append(f"kappa={rule.kappa!r} needs the norm of the whole tensor")
-        if rule.kappa == "row_l2" and not rows_whole:
-            need.append("kappa='row_l2' needs row norms and this sharding splits rows")
+        cell, what = declaration.KAPPA_SEGMENT.get(rule.kappa), f"kappa={rule.kappa!r}"
         if rule.kappa == "callable" and not getattr(rule.kappa_fn, "elementwise", False):
             need.append("a callable kappa would see only the local shard (mark it "
                         "`fn.elementwise = True` if it is element-wise)")
-    if rule.stochastic:
-        if rule.envelope == "tensor":
-            need.append("envelope='tensor' needs the max over the whole tensor")
-        if rule.envelope == "row" and not rows_whole:
-            need.append("envelope='row' needs row maxima and this sharding splits rows")
-        if rule.envelope == "block" and not (lay.contiguous and lay.aligned(rule.envelope_block)):
-            need.append(f"envelope='block' needs shard boundaries on multiples of "
-                        f"envelope_block={rule.envelope_block} (boundaries at {list(lay.starts)})")
+    elif rule.stochastic:
+        cell, what = rule.envelope, f"envelope={rule.envelope!r}"
+    else:
+        cell = None
+    if cell == "tensor":
+        need.append(f"{what} needs a reduction over the whole tensor")
+    if cell == "row" and not rows_whole:
+        need.append(f"{what} needs a reduction per row and this sharding splits rows")
+    if cell == "block" and not (lay.contiguous and lay.aligned(rule.envelope_block)):
+        need.append(f"{what} needs shard boundaries on multiples of "
+                    f"envelope_block={rule.envelope_block} (boundaries at {list(lay.starts)})")
     if rule.cautious:
         need.append("cautious needs the count of kept elements over the whole tensor")
     return need
@@ -199,8 +199,8 @@ def unsupported(rule: UpdateRule, p: Tensor) -> str | None:
     need = _reductions(rule, lay)
     if rule.draws_random_bits and not lay.contiguous:
         need.append("random bits are keyed by the full-tensor index, which needs Shard(0)")
-    fmt = state_format.effective_format(rule.state_dtype, lay.numel, rule.fp8_min_numel)
-    if fmt in state_format.FP8 and not (lay.contiguous and lay.aligned(rule.state_block)):
+    fmt = state_layout.effective_format(rule, lay.numel)
+    if declaration.FORMATS[fmt].block_scaled and not (lay.contiguous and lay.aligned(rule.state_block)):
         need.append(f"state_dtype={rule.state_dtype!r} keeps one scale per state_block="
                     f"{rule.state_block} elements of the full tensor and needs Shard(0) boundaries "
                     f"on block boundaries (boundaries at {list(lay.starts)}); pick a state_block "
@@ -212,25 +212,15 @@ def unsupported(rule: UpdateRule, p: Tensor) -> str | None:
 
 
 # --------------------------------------------------------------------- state
-def _vector_cell(rule: UpdateRule, name: str) -> int | None:
-    """Elements per cell of a per-block state vector (FP8 scales, block envelope), else None."""
-    if name.endswith(state_format.SCALE_SUFFIX):
-        return rule.state_block
-    if name == "G" and rule.stochastic and rule.envelope == "block":
-        return rule.envelope_block
-    return None
-
-
 def _global_state_shape(rule: UpdateRule, name: str, lay: ShardLayout) -> tuple[int, ...]:
-    if name == "G" and rule.stochastic and rule.envelope == "row":
-        return (lay.shape[0] if len(lay.shape) >= 2 else 1,)
-    if name == "G" and rule.stochastic and rule.envelope == "tensor":
-        return (1,)
+    for slot in state_layout.slots(rule):
+        if slot.name == name:
+            return state_layout.cell_shape(rule, slot, lay.shape)
     return lay.shape
 
 
 def _keeps_local(rule: UpdateRule, name: str, lay: ShardLayout) -> bool:
-    return name == "step" or (lay.split and _vector_cell(rule, name) is not None)
+    return name == state_layout.STEP_KEY or (lay.split and state_layout.vector_cell(rule, name) is not None)
 
 
 def wrap_state(p: Tensor, rule: UpdateRule, st: dict) -> None:
@@ -276,7 +266,7 @@ def export_state(p: Tensor, rule: UpdateRule, st: dict) -> dict:
     out = dict(st)
     mesh, placements = p.device_mesh, tuple(p.placements)
     for name, t in st.items():
-        cell = _vector_cell(rule, name)
+        cell = state_layout.vector_cell(rule, name)
         if cell is None:
             continue
         total = -(-lay.numel // cell)
@@ -337,15 +327,15 @@ def shard_state(p: Tensor, rule: UpdateRule, restored: dict) -> dict:
         return restored
     out = {}
     for name, t in restored.items():
-        if name == "step":
+        if name == state_layout.STEP_KEY:
             out[name] = t
             continue
-        cell = _vector_cell(rule, name)
+        cell = state_layout.vector_cell(rule, name)
         if lay.split and cell is not None:
             start, count = _cells(lay, cell)
             out[name] = t.reshape(-1)[start:start + count].clone()
             continue
-        if name == "G" and rule.stochastic and rule.envelope == "row" and lay.split:
+        if lay.split and state_layout.cell_of_key(rule, name) == "row":
             rows, offs = lay.local_shape[:1], lay.global_offset[:1]
         elif lay.split:
             rows, offs = lay.local_shape, lay.global_offset

@@ -207,6 +207,14 @@ def entries(rule: UpdateRule, state: dict) -> Iterator[tuple[str, Tensor, str]]:
             yield key, t, ("step" if key == STEP_KEY else "scales" if is_scale_key(key) else "slot")
 
 
+def cell_of_key(rule: UpdateRule, key: str) -> str | None:
+    """The cell of the slot stored under ``key`` (None for scales and the step counter)."""
+    for s in slots(rule):
+        if s.name == key:
+            return cell(rule, s)
+    return None
+
+
 def vector_cell(rule: UpdateRule, key: str) -> int | None:
     """Elements of the flattened tensor per entry of a per-block state vector (FP8 scales, a
     block envelope), else None."""

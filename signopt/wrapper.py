@@ -20,15 +20,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import backends as backend_registry
-from . import sharding
+from . import sharding, state_layout
 from .backends.slot import ParamSlot
 from .checkpoint import (BASE_PREFIX, RULE_KEY, SCHEMA_KEY, SCHEMA_VERSION, check_entry, check_identity,
                          restore_entry, saved_identity, schema_of)
 from .optimizer import _default_seed
-from .philox import derive_key
 from .reference import compute_dtype
 from .rule import ENVELOPES, UpdateRule, _real
-from .scalars import f32, group_scalars
+from .scalars import f32, group_scalars, step_values
 
 
 def _rule(envelope: str, envelope_block: int) -> UpdateRule:
@@ -151,7 +150,9 @@ class SignConversionWrapper(Optimizer):
             if slots:
                 scalars = group_scalars(rule, {"lr": wg["lr"], "weight_decay": 0.0, "lr0": 1.0,
                                                "envelope_decay": wg["envelope_decay"]}, None, None)
-                backend.step(rule, slots, scalars)
+                steps = [int(s.state[state_layout.STEP_KEY].item()) for s in slots]
+                values = step_values(rule, wg, scalars, steps, [s.index for s in slots])
+                backend_registry.step_once(backend, rule, slots, values)
             self.last_step_backends.append(backend.name)
         return loss
 
@@ -163,11 +164,10 @@ class SignConversionWrapper(Optimizer):
         st = self.state[p]
         real = torch.view_as_real if p.is_complex() else (lambda t: t)
         if not st:
-            shape = real(sharding.local(p)).shape
-            st["G"] = torch.zeros(rule.envelope_shape(shape), dtype=torch.float32, device=p.device)
-            st["step"] = torch.tensor(0, dtype=torch.int64)
+            shape = tuple(real(sharding.local(p)).shape)
+            st.update(state_layout.allocate(rule, shape, p.numel() * (2 if p.is_complex() else 1), p.device))
             sharding.wrap_state(p, rule, st)
-        st["step"] += 1  # an empty shard still counts the step, like its peers
+        st[state_layout.STEP_KEY] += 1  # an empty shard still counts the step, like its peers
         local, local0 = sharding.local(p), sharding.local(p0)
         if local.numel() == 0:
             return None
@@ -178,8 +178,7 @@ class SignConversionWrapper(Optimizer):
         local.copy_(local0)
         grad = torch.view_as_complex(d) if p.is_complex() else d
         return ParamSlot(param=local, grad=grad, state=sharding.local_state(st),
-                         index=index, index_offset=sharding.index_offset(p),
-                         key=derive_key(group["seed"], int(st["step"].item()), index))
+                         index=index, index_offset=sharding.index_offset(p))
 
     def identity(self) -> str:
         """What this wrapper's state dicts record as their rule (:mod:`signopt.checkpoint`)."""

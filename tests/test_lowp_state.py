@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import signopt
-from signopt import state_format
+from signopt import declaration, state_format, state_layout
 from signopt.casting import (E4M3, E5M2, FP16, fp32_to_bf16_stochastic, format_ulp,
                              round_to_format)
 
@@ -175,7 +175,7 @@ def test_state_dict_round_trip_bit_identical(state_dtype, rounding):
     for pc, pb in zip(ps_c, ps_b):
         pc.data.copy_(pb.data)
     opt_c.load_state_dict(torch.load(buf, weights_only=True))
-    assert opt_c.state[ps_c[0]]["m"].dtype == state_format.TORCH_DTYPES[state_dtype]
+    assert opt_c.state[ps_c[0]]["m"].dtype == declaration.FORMATS[state_dtype].dtype
     assert opt_c.state[ps_c[2]]["m"].dtype == (torch.float32 if state_dtype.startswith("fp8")
                                                 else torch.bfloat16)
     run(ps_c, opt_c, grads[3:])
@@ -201,7 +201,7 @@ def test_format_conversion_fp32_to_fp8_and_back(fmt_name, fmt):
     dst = signopt.Lion([p], lr=1e-3, state_dtype=fmt_name, state_block=128)
     dst.load_state_dict(src.state_dict())
     assert dst.state[p]["m"].dtype == fmt.dtype
-    m8 = state_format.read(dst.state[p], "m", 128)
+    m8 = state_layout.read(dst.rule(), dst.state[p], declaration.M)
     s = dst.state[p]["m_scale"].repeat_interleave(128)[: m8.numel()].reshape(m8.shape)
     bound = torch.maximum(2.0 ** -(fmt.mantissa_bits + 1) * m32.abs() * (1 + 2.0 ** -20),
                           2.0 ** (fmt.emin - fmt.mantissa_bits - 1) * s) + 2.0 ** -23 * m32.abs()
@@ -230,7 +230,7 @@ def test_update_uses_fresh_fp32_state(cls, state_dtype):
         o32.step()
         olp.step()
         # re-sync the fp32 optimizer to the decoded low-precision state
-        o32.state[p32]["m"].copy_(state_format.read(olp.state[plp], "m", 256))
+        o32.state[p32]["m"].copy_(state_layout.read(olp.rule(), olp.state[plp], declaration.M))
         p32.data.copy_(plp.data)
     g = torch.randn(8192)
     p32.grad, plp.grad = g.clone(), g.clone()

@@ -17,7 +17,6 @@ import importlib
 import logging
 from typing import Protocol
 
-import torch
 from torch import Tensor
 
 from ..rule import UpdateRule

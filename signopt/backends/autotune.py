@@ -51,10 +51,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
-from .. import state_format
-from ..philox import derive_key
+from .. import declaration, state_layout
 from ..rule import UpdateRule
-from ..scalars import GroupScalars, bias_corrections, group_scalars
+from ..scalars import GroupScalars, group_scalars, step_values
 from .slot import ParamSlot
 
 log = logging.getLogger("signopt")
@@ -128,7 +127,7 @@ def rule_key(rule: UpdateRule) -> str:
         key = rule.family
     if rule.cautious:
         key += "+cautious"
-    if rule.state_rounding == "stochastic" and rule.state_names():
+    if rule.state_rounding == "stochastic" and state_layout.element_slots(rule):
         key += "+srstate"
     if rule.param_rounding == "stochastic":
         key += "+srparam"
@@ -296,7 +295,8 @@ def synthetic_shapes(numel: int, tensors: int) -> list[tuple[int, ...]]:
 
 
 def _state_bytes_per_element(rule: UpdateRule) -> int:
-    return len(rule.state_names()) * state_format.TORCH_DTYPES[rule.state_dtype].itemsize
+    fmt = declaration.FORMATS[rule.state_dtype]
+    return len(state_layout.element_slots(rule)) * fmt.bits // 8
 
 
 def synthetic_list(rule: UpdateRule, dtype: torch.dtype, shapes: list[tuple[int, ...]],
@@ -307,13 +307,7 @@ def synthetic_list(rule: UpdateRule, dtype: torch.dtype, shapes: list[tuple[int,
     for i, shape in enumerate(shapes):
         p = (torch.randn(shape, generator=gen, device=device) * 0.02).to(dtype)
         g = (torch.randn(shape, generator=gen, device=device) * 0.01).to(dtype)
-        st: dict = {}
-        fmt = state_format.effective_format(rule.state_dtype, p.numel(), rule.fp8_min_numel)
-        for name in rule.state_names():
-            if name == "G" and rule.envelope != "element":
-                st[name] = torch.zeros(rule.envelope_shape(p.shape), dtype=torch.float32, device=device)
-            else:
-                state_format.allocate(st, name, tuple(p.shape), fmt, rule.state_block, device)
+        st = state_layout.allocate(rule, tuple(p.shape), p.numel(), device)
         slots.append(ParamSlot(param=p, grad=g, state=st, index=i))
     return slots
 
@@ -329,15 +323,15 @@ def synthetic_scalars(rule: UpdateRule) -> GroupScalars:
 def _stepper(backend: Any, rule: UpdateRule, slots: list[ParamSlot], scalars: GroupScalars) -> Callable[[], Any]:
     """One synthetic step per call; random rules get a fresh key each step, as in the optimizer."""
     counter = [0]
+    prepared = backend.prepare(rule, slots)
+    grads = [s.grad for s in slots]
+    indices = [s.index for s in slots]
+    group = {**SYNTHETIC_GROUP, "seed": 12345}
 
     def step() -> Any:
         counter[0] += 1
-        if rule.keeps_step():
-            for s in slots:
-                s.key = derive_key(12345, counter[0], s.index)
-                if rule.uses_bias_correction:
-                    s.bias = bias_corrections(SYNTHETIC_GROUP, counter[0])
-        return backend.step(rule, slots, scalars)
+        values = step_values(rule, group, scalars, [counter[0]] * len(slots), indices)
+        return prepared.run(grads, values, True)
 
     return step
 
@@ -479,15 +473,15 @@ def _why(times: Mapping[str, float | None], order: list[str], choice: str | None
 
 
 # ------------------------------------------------------------------ prefill command
-RULES = {
-    "signsgd": UpdateRule(family="sign"),
-    "signum": UpdateRule(family="signum"),
-    "lion": UpdateRule(family="lion"),
-    "lion-l2": UpdateRule(family="lion", kappa="l2"),
-    "stosignsgd": UpdateRule(family="stochastic", base="momentum"),
-    "signconv-adamw": UpdateRule(family="stochastic", base="adamw"),
-}
-QUICK = dict(rules="lion,signum,stosignsgd", pdtypes="fp32,bf16", states="fp32,fp8_e4m3",
+def _kind_rule(k: declaration.Kind) -> UpdateRule:
+    """A rule of kernel kind ``k`` (its first variant)."""
+    variant = {"lion": "kappa", "stochastic": "base"}.get(k.family)
+    return UpdateRule(family=k.family, **({variant: k.variants[0]} if variant else {}))
+
+
+RULES = {k.name: _kind_rule(k) for k in declaration.KINDS}
+"""One rule per kernel kind of the declaration (the prefill command measures these)."""
+QUICK = dict(rules="lion_l1,signum,sto_momentum", pdtypes="fp32,bf16", states="fp32,fp8_e4m3",
              sizes="1M/256,64M/256")
 FULL = dict(rules=",".join(RULES), pdtypes="fp32,bf16", states="fp32,bf16,fp8_e4m3",
             sizes="1M/256,64M/256")
@@ -506,7 +500,7 @@ def configs(rules: str, pdtypes: str, states: str, sizes: str) -> list[tuple[str
     for rname in rules.split(","):
         base = RULES[rname]
         for pdt in pdtypes.split(","):
-            for st in (states.split(",") if base.state_names() else ["fp32"]):
+            for st in (states.split(",") if state_layout.element_slots(base) else ["fp32"]):
                 rule = dataclasses.replace(base, state_dtype=st)
                 for size in sizes.split(","):
                     numel, tensors = _parse_size(size)

@@ -4,11 +4,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import reference, state_format
+from .. import reference, state_layout
 from ..casting import round_to_dtype
-from ..philox import WORD_PARAM_ROUNDING, WORD_STATE_ROUNDING, element_words
+from ..declaration import RANDOM_WORDS
+from ..philox import element_words
 from ..rule import UpdateRule
-from ..scalars import GroupScalars
+from ..scalars import StepValues
 from .slot import ParamSlot
 
 
@@ -25,29 +26,44 @@ class TorchBackend:
     def unsupported(self, rule: UpdateRule, params: list[Tensor]) -> str | None:
         return None
 
-    def step(self, rule: UpdateRule, slots: list[ParamSlot], scalars: GroupScalars) -> Tensor | None:
+    def prepare(self, rule: UpdateRule, slots: list[ParamSlot]) -> "TorchStep":
+        return TorchStep(rule, slots)
+
+
+class TorchStep:
+    """:func:`signopt.reference.update` over a group's slots, one tensor at a time."""
+
+    def __init__(self, rule: UpdateRule, slots: list[ParamSlot]) -> None:
+        self.rule = rule
+        self.slots = slots
+
+    def run(self, grads: list[Tensor], values: StepValues, contiguous: bool) -> Tensor | None:
+        rule, sc = self.rule, values.scalars
         counts = []
-        skip = None if scalars.found_inf is None else scalars.found_inf > 0
-        for slot in slots:
+        skip = None if sc.found_inf is None else sc.found_inf > 0
+        for i, slot in enumerate(self.slots):
             p = real_view(slot.param)
             if p.numel() == 0:
                 continue
-            g = real_view(slot.grad)
-            st = {k: state_format.read(slot.state, k, rule.state_block) for k in rule.state_names()}
+            g = real_view(grads[i])
+            key = None if values.keys is None else values.keys[i]
+            bias = None if values.bias is None else values.bias[i]
+            slots = state_layout.slots(rule)
+            st = {s.name: state_layout.read(rule, slot.state, s) for s in slots}
             indices = words = None
             if rule.draws_random_bits:
                 indices = torch.arange(p.numel(), device=p.device, dtype=torch.int64) + slot.index_offset
-                words = element_words(slot.key, indices)
+                words = element_words(key, indices)
             p_new, new_state, bad = reference.update(
-                rule, p.to(reference.compute_dtype(p.dtype)), g, st, scalars, slot.bias, slot.key, indices)
-            param_word = words[WORD_PARAM_ROUNDING] if rule.param_rounding == "stochastic" else None
+                rule, p.to(reference.compute_dtype(p.dtype)), g, st, sc, bias, key, indices)
+            param_word = words[RANDOM_WORDS["param_rounding"]] if rule.param_rounding == "stochastic" else None
             p.copy_(round_to_dtype(p_new, p.dtype, param_word))
-            state_word = words[WORD_STATE_ROUNDING] if rule.state_rounding == "stochastic" else None
-            for k, v in new_state.items():
-                if k == "G" and rule.envelope != "element":
-                    slot.state[k].copy_(v)
-                else:
-                    state_format.write(slot.state, k, v, rule.state_block, state_word, skip)
+            state_word = words[RANDOM_WORDS["state_rounding"]] if rule.state_rounding == "stochastic" else None
+            for s in slots:
+                if state_layout.per_element(rule, s):
+                    state_layout.write(rule, slot.state, s, new_state[s.name], state_word, skip)
+                else:  # envelope cells: reference.update keeps them under found_inf itself
+                    state_layout.write(rule, slot.state, s, new_state[s.name])
             counts.append(bad.sum())
         return torch.stack(counts).sum() if counts else None
 
