@@ -16,7 +16,10 @@ and reproduces it bit for bit:
 Storage kinds (``KIND`` constexprs) are shared by parameters, gradients and state: the
 format ids of :data:`signopt.declaration.FORMATS` (fp32, bf16 accessed as raw 16-bit patterns,
 fp16, FP8 E4M3 and E5M2 as raw 8-bit codes); the FP8 and fp16 grids (mantissa bits, minimum
-normal exponent, largest finite value) come from the same declaration.
+normal exponent, largest finite value) come from the same declaration. The interpreter hands
+these module constants to a jitted callee as ``tl.constexpr`` objects, which lack ``>>``/``<<``
+with an int on the left and wrap a tensor added to them: the grid helpers therefore write
+``2**M`` and ``0x7F // 2**M`` for shifts by ``M`` and keep a tensor operand on the left.
 """
 import triton
 import triton.language as tl
@@ -202,7 +205,7 @@ def round_to_format(x, word, M: tl.constexpr, EMIN: tl.constexpr, MAX_FINITE: tl
     ulp = bits_f32(((e + 127) << 23).to(tl.uint32))
     inv_ulp = bits_f32(((127 - e) << 23).to(tl.uint32))
     k = tl.abs(x) * inv_ulp
-    in_range = k < 2.0 * (1 << (M + 1))
+    in_range = k < 2.0 * 2 ** (M + 1)
     ks = tl.where(in_range, k, 0.0)
     lo = ks.to(tl.int32)
     frac = ks - lo.to(tl.float32)
@@ -224,7 +227,7 @@ def fp8_code(y, M: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr):
     sgn = (yb >> 24) & 0x80
     ye = ((yb >> 23) & 0xFF).to(tl.int32) - 127
     normal = ((ye + BIAS) << M).to(tl.uint32) | ((yb & 0x7FFFFF) >> (23 - M))
-    sub_scale = bits_f32(((127 + M - EMIN) << 23) + yb * 0)  # 2**(M - EMIN)
+    sub_scale = bits_f32(yb * 0 + ((127 + M - EMIN) << 23))  # 2**(M - EMIN)
     subnormal = (tl.abs(y) * sub_scale).to(tl.uint32)
     code = tl.where(ye >= EMIN, normal, subnormal) | sgn
     code = tl.where(is_nan(y), sgn | 0x7F, code)
@@ -236,20 +239,21 @@ def fp8_value(code, M: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr,
               HAS_INF: tl.constexpr):
     """fp32 value of FP8 bit patterns (uint8): E4M3 (no inf, NaN = S.1111.111) or E5M2
     (``HAS_INF``: exponent all ones is inf/NaN)."""
+    E_ALL: tl.constexpr = 0x7F // 2**M  # the exponent field all ones
+    M_ALL: tl.constexpr = 2**M - 1  # the mantissa field all ones
     c = code.to(tl.uint32)
     sgn = (c & 0x80) << 24
-    e = ((c >> M) & (0x7F >> M)).to(tl.int32)
-    m = c & ((1 << M) - 1)
+    e = ((c >> M) & E_ALL).to(tl.int32)
+    m = c & M_ALL
     normal = bits_f32(sgn | ((e - BIAS + 127) << 23).to(tl.uint32) | (m << (23 - M)))
-    sub_unit = bits_f32(((127 + EMIN - M) << 23) + c * 0)  # 2**(EMIN - M)
+    sub_unit = bits_f32(c * 0 + ((127 + EMIN - M) << 23))  # 2**(EMIN - M)
     sub = bits_f32(f32_bits(m.to(tl.float32) * sub_unit) | sgn)
     val = tl.where(e == 0, sub, normal)
-    E_ALL: tl.constexpr = 0x7F >> M
     if HAS_INF:
         special = tl.where(m == 0, bits_f32(sgn | 0x7F800000), bits_f32(c * 0 + 0x7FC00000))
         val = tl.where(e == E_ALL, special, val)
     else:
-        val = tl.where((e == E_ALL) & (m == (1 << M) - 1), bits_f32(c * 0 + 0x7FC00000), val)
+        val = tl.where((e == E_ALL) & (m == M_ALL), bits_f32(c * 0 + 0x7FC00000), val)
     return val
 
 
