@@ -90,3 +90,22 @@ def fp8_values(codes, spec):
     out = torch.empty(codes.numel(), dtype=torch.float32)
     _value_kernel[(1,)](codes, out, codes.numel(), BLOCK=N, **FP8[spec.name])
     return out
+
+
+@triton.jit
+def _words_kernel(seed, idx_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n
+    idx = tl.load(idx_ptr + offs, mask=mask, other=0)
+    sign_word, state_word, param_word = nm.random_words(seed, idx)
+    tl.store(out_ptr + offs * 3, sign_word.to(tl.int64), mask=mask)
+    tl.store(out_ptr + offs * 3 + 1, state_word.to(tl.int64), mask=mask)
+    tl.store(out_ptr + offs * 3 + 2, param_word.to(tl.int64), mask=mask)
+
+
+def random_words(seed, idx):
+    """``numerics.random_words`` at element indices ``idx`` (int64): columns sign, state
+    rounding, parameter rounding (uint32 values in int64)."""
+    out = torch.empty(idx.numel(), 3, dtype=torch.int64)
+    _words_kernel[(1,)](seed, idx, out, idx.numel(), BLOCK=N)
+    return out
