@@ -181,14 +181,18 @@ def update_tile(rule: UpdateRule, state_kind: str, cfg: LaunchConfig) -> tuple[i
 
 def rule_flags(rule: UpdateRule, p_dtype: torch.dtype, g_dtype: torch.dtype, state_kind: str, *,
                has_l2: bool, has_inv_scale: bool) -> dict:
-    """The constexprs shared by every pass: which rule, which storage kinds."""
+    """The constexprs shared by every pass: which rule, which storage kinds, which per-element
+    state slots its kernel kind keeps (:func:`signopt.state_layout.element_slots`)."""
     s_kind = STATE_KINDS[state_kind]
     p_kind = PARAM_KINDS[p_dtype]
+    element = state_layout.element_slots(rule)
     return dict(
         FAMILY=FAMILIES[rule.family], KAPPA=KAPPAS.get(rule.kappa, 0), BASE=BASES[rule.base],
         ENVELOPE=ENVELOPES[rule.envelope], ENV_FROM_GRAD=rule.envelope_source == "grad",
         MAXIMIZE=rule.maximize, HAS_L2=has_l2, HAS_INV_SCALE=has_inv_scale,
         P_KIND=p_kind, G_KIND=PARAM_KINDS[g_dtype], S_KIND=s_kind,
+        HAS_M=declaration.M in element, HAS_V=declaration.V in element,
+        ELEMENT_G=declaration.G in element,
         NEED_WORDS=rule.stochastic or _param_sr(rule, p_kind) or _state_sr(rule, s_kind),
     )
 

@@ -25,7 +25,7 @@ from .layout import (C_ENV, C_ENV_SCALE, C_FIRST_BLOCK, C_GRAD, C_INDEX_OFFSET, 
                      S_EPS, S_HUBER_DELTA, S_INV_QMAX, S_L2, S_LR, S_OMB1, S_OMB2, S_P_MINUS_1)
 from .numerics import fmax, pow_f64, random_words, sign, uniform_from_word
 from .rules import (ENVELOPE_ELEMENT, ENVELOPE_TENSOR, FAMILY_LION, FAMILY_SIGN, FAMILY_SIGNUM,
-                    FAMILY_STOCHASTIC, KAPPA_L2, KAPPA_LP, KAPPA_ROW_L2, BASE_ADAMW, BASE_SGD,
+                    FAMILY_STOCHASTIC, KAPPA_L2, KAPPA_LP, KAPPA_ROW_L2,
                     cautious, kappa_direction, kappa_norm_term, lion_rule, prologue,
                     signum_rule, stochastic_base, stochastic_sign)
 from .state_io import load_state, load_values, store_state, store_values
@@ -41,8 +41,13 @@ def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr,
                  ENVELOPE: tl.constexpr, ENV_FROM_GRAD: tl.constexpr, CAUTIOUS: tl.constexpr,
                  MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr, HAS_INV_SCALE: tl.constexpr,
                  P_KIND: tl.constexpr, G_KIND: tl.constexpr, S_KIND: tl.constexpr,
+                 HAS_M: tl.constexpr, HAS_V: tl.constexpr, ELEMENT_G: tl.constexpr,
                  NEED_WORDS: tl.constexpr, SBLK: tl.constexpr, WANT: tl.constexpr):
     """Everything a pass needs about the elements ``offs`` of tensor ``t``.
+
+    ``HAS_M``, ``HAS_V``, ``ELEMENT_G``: which per-element state slots the rule's kernel kind
+    keeps (``signopt.declaration``; ``ELEMENT_G``: an element envelope), loaded here in the
+    state format.
 
     Returns ``(p, g, bad, q, u, m_new, v_new, env_new, state_word, param_word)``: fp32
     parameter, prologue-processed gradient, non-finite mask, the reduction quantity ``q``
@@ -66,15 +71,13 @@ def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr,
     m = zero
     v = zero
     env_el = zero
-    if FAMILY != FAMILY_SIGN:
-        if FAMILY != FAMILY_STOCHASTIC or BASE != BASE_SGD:
-            m = load_state(tl.load(row + C_M), tl.load(row + C_M_SCALE), offs, mask, block, S_KIND)
-    if FAMILY == FAMILY_STOCHASTIC:
-        if BASE == BASE_ADAMW:
-            v = load_state(tl.load(row + C_V), tl.load(row + C_V_SCALE), offs, mask, block, S_KIND)
-        if ENVELOPE == ENVELOPE_ELEMENT:
-            env_el = load_state(tl.load(row + C_ENV), tl.load(row + C_ENV_SCALE), offs, mask,
-                                block, S_KIND)
+    if HAS_M:
+        m = load_state(tl.load(row + C_M), tl.load(row + C_M_SCALE), offs, mask, block, S_KIND)
+    if HAS_V:
+        v = load_state(tl.load(row + C_V), tl.load(row + C_V_SCALE), offs, mask, block, S_KIND)
+    if ELEMENT_G:
+        env_el = load_state(tl.load(row + C_ENV), tl.load(row + C_ENV_SCALE), offs, mask, block,
+                            S_KIND)
     beta1 = tl.load(sc_ptr + S_BETA1)
     omb1 = tl.load(sc_ptr + S_OMB1)
     beta2 = tl.load(sc_ptr + S_BETA2)
@@ -144,7 +147,8 @@ def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, f
                   ENVELOPE: tl.constexpr, ENV_FROM_GRAD: tl.constexpr, CAUTIOUS: tl.constexpr,
                   MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr, HAS_INV_SCALE: tl.constexpr,
                   HAS_FOUND_INF: tl.constexpr, P_KIND: tl.constexpr, G_KIND: tl.constexpr,
-                  S_KIND: tl.constexpr, STATE_SR: tl.constexpr, PARAM_SR: tl.constexpr,
+                  S_KIND: tl.constexpr, HAS_M: tl.constexpr, HAS_V: tl.constexpr,
+                  ELEMENT_G: tl.constexpr, STATE_SR: tl.constexpr, PARAM_SR: tl.constexpr,
                   NEED_WORDS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
                   SB: tl.constexpr):
     """Pass 3: the update of ``ROWS*SB`` consecutive elements of one tensor per program.
@@ -166,7 +170,7 @@ def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, f
     p, g, bad, q, u, m_new, v_new, env_new, state_word, param_word = element_rule(
         row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr, t, offs, mask,
         FAMILY, KAPPA, BASE, ENVELOPE, ENV_FROM_GRAD, CAUTIOUS, MAXIMIZE, HAS_L2, HAS_INV_SCALE,
-        P_KIND, G_KIND, S_KIND, NEED_WORDS, SB, WANT_UPDATE)
+        P_KIND, G_KIND, S_KIND, HAS_M, HAS_V, ELEMENT_G, NEED_WORDS, SB, WANT_UPDATE)
     p_new = p * tl.load(sc_ptr + S_DECAY) - tl.load(sc_ptr + S_LR) * u
     p_new = tl.where(bad, p, p_new)
     row_start = start + r * SB
@@ -180,17 +184,15 @@ def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, f
     block_row = row_start // SB
     inv_qmax = tl.load(sc_ptr + S_INV_QMAX)
     store_values(tl.load(row + C_PARAM), offs, p_new, store_mask, param_word, P_KIND, PARAM_SR)
-    if FAMILY != FAMILY_SIGN:
-        if FAMILY != FAMILY_STOCHASTIC or BASE != BASE_SGD:
-            store_state(tl.load(row + C_M), tl.load(row + C_M_SCALE), offs, m_new, store_mask,
-                        block_row, row_mask, state_word, inv_qmax, S_KIND, STATE_SR)
-    if FAMILY == FAMILY_STOCHASTIC:
-        if BASE == BASE_ADAMW:
-            store_state(tl.load(row + C_V), tl.load(row + C_V_SCALE), offs, v_new, store_mask,
-                        block_row, row_mask, state_word, inv_qmax, S_KIND, STATE_SR)
-        if ENVELOPE == ENVELOPE_ELEMENT:
-            store_state(tl.load(row + C_ENV), tl.load(row + C_ENV_SCALE), offs, env_new,
-                        store_mask, block_row, row_mask, state_word, inv_qmax, S_KIND, STATE_SR)
+    if HAS_M:
+        store_state(tl.load(row + C_M), tl.load(row + C_M_SCALE), offs, m_new, store_mask,
+                    block_row, row_mask, state_word, inv_qmax, S_KIND, STATE_SR)
+    if HAS_V:
+        store_state(tl.load(row + C_V), tl.load(row + C_V_SCALE), offs, v_new, store_mask,
+                    block_row, row_mask, state_word, inv_qmax, S_KIND, STATE_SR)
+    if ELEMENT_G:
+        store_state(tl.load(row + C_ENV), tl.load(row + C_ENV_SCALE), offs, env_new, store_mask,
+                    block_row, row_mask, state_word, inv_qmax, S_KIND, STATE_SR)
     n_bad = tl.sum((bad & mask).to(tl.int32))
     tl.atomic_add(count_ptr, n_bad.to(tl.int64))
 
@@ -202,7 +204,8 @@ def reduce_chunks_kernel(tab_ptr, ftab_ptr, unit_ptr, rtab_ptr, sc_ptr, sc64_ptr
                          ENVELOPE: tl.constexpr, ENV_FROM_GRAD: tl.constexpr,
                          MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr,
                          HAS_INV_SCALE: tl.constexpr, P_KIND: tl.constexpr,
-                         G_KIND: tl.constexpr, S_KIND: tl.constexpr, NEED_WORDS: tl.constexpr,
+                         G_KIND: tl.constexpr, S_KIND: tl.constexpr, HAS_M: tl.constexpr,
+                         HAS_V: tl.constexpr, ELEMENT_G: tl.constexpr, NEED_WORDS: tl.constexpr,
                          SBLK: tl.constexpr, WANT: tl.constexpr, UNITS: tl.constexpr,
                          RBLOCK: tl.constexpr):
     """Passes 1a/2a: one partial per chunk (``RBLOCK`` elements of one segment): an fp64 sum,
@@ -225,7 +228,7 @@ def reduce_chunks_kernel(tab_ptr, ftab_ptr, unit_ptr, rtab_ptr, sc_ptr, sc64_ptr
     p, g, bad, q, u, m_new, v_new, env_new, state_word, param_word = element_rule(
         row, ftab_ptr + t * N_FCOLS, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, sega_ptr, t, offs,
         mask, FAMILY, KAPPA, BASE, ENVELOPE, ENV_FROM_GRAD, False, MAXIMIZE, HAS_L2,
-        HAS_INV_SCALE, P_KIND, G_KIND, S_KIND, NEED_WORDS, SBLK, WANT)
+        HAS_INV_SCALE, P_KIND, G_KIND, S_KIND, HAS_M, HAS_V, ELEMENT_G, NEED_WORDS, SBLK, WANT)
     q = tl.where(mask, q, 0.0)
     if WANT == WANT_STAGE_A and FAMILY == FAMILY_STOCHASTIC:
         partial = tl.max(q, axis=1)
