@@ -26,8 +26,8 @@
 #
 # No network: it runs from this checkout (PYTHONPATH; nothing is pip-installed into the image),
 # and the peers the GPU image lacks (lion-pytorch, pytorch-optimizer, bitsandbytes trimmed to its
-# CUDA 13.0 library, packaging) come from bench/wheels/,
-# unpacked into a temporary directory only when their module is missing.
+# CUDA 13.0 library, packaging) come from bench/wheels/ (fetched by bench/fetch_peers.sh and
+# carried; not committed), unpacked into a temporary directory only when their module is missing.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -59,6 +59,7 @@ export SIGNOPT_AUTO_TABLE="$PWD/$RES/auto_table.json"
 } | tee "$SUMMARY"
 
 SITE=$(mktemp -d /tmp/signopt-wheels.XXXXXX)
+ls bench/wheels/*.whl >/dev/null 2>&1 || echo "peer wheels: none in bench/wheels (run bench/fetch_peers.sh and carry bench/wheels); peers the image lacks print 'peer missing'" | tee -a "$SUMMARY"
 for whl in bench/wheels/*.whl; do
   [ -e "$whl" ] || continue
   mod=$(basename "$whl" | cut -d- -f1)

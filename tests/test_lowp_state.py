@@ -1,5 +1,5 @@
 """Low-precision state: FP8 block scaling, stochastic rounding, bf16/fp16 parameter writes,
-state_dict round trips and format conversion (spec: low_precision.md)."""
+state_dict round trips and format conversion (contract: docs/numerics.md)."""
 import io
 import math
 

@@ -88,3 +88,18 @@ def test_signopt_kernels_in_a_wheel(tmp_path):
                     f"{target}{os.pathsep}{tmp_path / 'site'}")
     assert lines == ["stand-in", str(target / "signopt" / "__init__.py"),
                      str(target / "signopt" / "kernels" / "launch.py"), str(target / "signopt" / "csrc")]
+
+
+def test_import_signopt_leaves_the_optional_wings_alone():
+    """``import signopt`` loads the core only: not the RL trainer, the FP8 linear layer, the
+    distributed helpers, Triton or transformers (and compiles nothing)."""
+    wings = ("signopt.rl", "signopt.fp8_linear", "signopt.distributed", "signopt.kernels", "triton",
+             "transformers", "signopt.backends.cpp_backend", "signopt.backends.triton_backend")
+    code = ("import sys, signopt; wings = " + repr(wings) + "; "
+            "print([m for m in sys.modules if any(m == w or m.startswith(w + '.') for w in wings)])")
+    assert _python(code, ROOT) == ["[]"]
+
+
+def test_no_binary_wheels_committed():
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert [f for f in files.splitlines() if f.endswith((".whl", ".so", ".tar.gz"))] == []

@@ -28,7 +28,7 @@ LR = 2.0 ** -10  # dyadic: p +- lr is exact for dyadic p of moderate size
 
 
 def _flush_subnormal(x: float) -> float:
-    # (1 - beta)*g underflows to 0 for subnormal g; the spec's invariants are about normal values
+    # (1 - beta)*g underflows to 0 for subnormal g; the invariants of docs/numerics.md are about normal values
     return 0.0 if abs(x) < 2.0 ** -100 else x
 
 

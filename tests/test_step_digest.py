@@ -1,11 +1,12 @@
 """The bits of every rule x dtype x state x option combination, locked by a recorded digest.
 
-Each case runs three steps (the second with NaN and inf gradients) over three tensors (2-D, a
-1-D one spanning several FP8 blocks, and one below ``fp8_min_numel``) and hashes the parameters
-and every stored state tensor (codes, scales, step counters) byte for byte. The digests in
-``tests/fixtures/step_digests.json`` were recorded with ``python tests/test_step_digest.py
---record`` before a refactor that must not change any bit; a change of the numerics contract
-re-records them and says so in its commit.
+Each case runs five steps (the second and fourth with NaN and inf gradients, the third with exact
+zeros) over three tensors (2-D, a 1-D one spanning several FP8 blocks, and one below
+``fp8_min_numel``) and hashes the parameters and every stored state tensor (codes, scales, step
+counters) byte for byte. The digests in ``tests/fixtures/step_digests.json`` were recorded with
+``python tests/test_step_digest.py --record`` at commit f86321f, before the declaration refactor,
+which must not change any bit; a change of the numerics contract re-records them and says so in
+its commit.
 
 Recorded per backend: the C++ backend for every case; the torch reference for the cases whose
 rules are exact (the fp32 sqrt of torch's vectorised CPU kernels is not correctly rounded on
@@ -29,7 +30,7 @@ from signopt import backends as backend_registry
 
 FIXTURE = Path(__file__).parent / "fixtures" / "step_digests.json"
 SHAPES = [(5, 7), (300,), (3,)]
-STEPS = 3
+STEPS = 5
 
 RULES = {
     "sign": (signopt.SignSGD, {}),
@@ -100,7 +101,7 @@ def _grads(params: list[torch.Tensor], gen: torch.Generator, step: int) -> list[
     out = []
     for p in params:
         g = torch.randn(p.shape, generator=gen) * 0.1
-        if step == 1:
+        if step in (1, 3):
             flat = g.view(-1)
             flat[::11] = float("nan")
             flat[5::13] = float("inf")
