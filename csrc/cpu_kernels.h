@@ -88,12 +88,12 @@ inline float encode_block(typename F::raw* __restrict r, const int64_t n, const 
 }
 
 // Word 0 only of the Philox counters of elements base .. base+n-1 (the stochastic sign's bits):
-// the AVX-512 loop (simd::philox_w0_range) where enabled, the scalar philox.h otherwise.
+// the AVX-512 loop (cpu_philox.h) where enabled, the scalar philox.h otherwise.
 inline void philox_word0_range(const uint32_t k0, const uint32_t k1, const uint64_t base, const int64_t n,
                                uint32_t* __restrict W0) {
 #if defined(SIGNOPT_AVX512)
   if (simd::simd_enabled()) {
-    simd::philox_w0_range(k0, k1, base, n, W0);
+    philox_w0_range_avx512(k0, k1, base, n, W0);
     return;
   }
 #endif

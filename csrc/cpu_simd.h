@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "casts.h"
+#include "cpu_philox.h"
 #include "rules.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && !defined(__CUDACC__)
@@ -578,108 +579,6 @@ inline double norm_sum(const Scalars& sc, const int64_t n, const typename PF::ra
 }
 
 // ---------------------------------------------------------------- stochastic sign (StoSignSGD, SignConversion)
-// Philox4x32-10 word 0 of the 32 counters (base + j, hi, 0, 0), j = 0..31, where all 32 share
-// hi = base >> 32 (the caller checks): four chains of eight counters in 64-bit lanes as
-// cpu_philox.h's philox8, with the multiplications whose results are known left out (the same
-// values, so the same words): round 0 has c2 = c3 = 0 (B*c2 = 0: c0 <- hi ^ k0, c1 <- 0, the same
-// for every lane), so round 1's A*c0 is one scalar product; round 9's A*c0 feeds only words 2 and
-// 3.  17 vector multiplications per 8 counters instead of 20.  out0/out1: words of j = 0..15 and
-// 16..31 in 32-bit lanes.
-inline void philox32_w0(const uint32_t k0, const uint32_t k1, const uint64_t base, __m512i& out0, __m512i& out1) {
-  const __m512i A = _mm512_set1_epi64(0xD2511F53ll), B = _mm512_set1_epi64(0xCD9E8D57ll);
-  const uint32_t hi = (uint32_t)(base >> 32);
-  const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512i lo = _mm512_add_epi64(_mm512_set1_epi64((long long)(uint32_t)base), lane);
-  __m512i c0[4], c1[4], c2[4], c3[4];
-  uint32_t a = k0, b = k1;
-  // round 0: pb = 0; pa = A*lo
-  const uint32_t s0 = hi ^ a;
-#pragma GCC unroll 4
-  for (int q = 0; q < 4; ++q) {
-    const __m512i pa = _mm512_mul_epu32(A, _mm512_add_epi64(lo, _mm512_set1_epi64(8 * q)));
-    c2[q] = _mm512_xor_si512(_mm512_srli_epi64(pa, 32), _mm512_set1_epi64(b));
-    c3[q] = pa;
-  }
-  a += 0x9E3779B9u;
-  b += 0xBB67AE85u;
-  // round 1: c0 = s0 and c1 = 0 in every lane; pa = A*s0 (scalar)
-  {
-    const uint64_t P = (uint64_t)0xD2511F53u * (uint64_t)s0;
-    const __m512i kb = _mm512_set1_epi64((long long)((uint32_t)(P >> 32) ^ b));
-    const __m512i ka = _mm512_set1_epi64(a);
-#pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) {
-      const __m512i pb = _mm512_mul_epu32(B, c2[q]);
-      c0[q] = _mm512_xor_si512(_mm512_srli_epi64(pb, 32), ka);
-      c2[q] = _mm512_xor_si512(c3[q], kb);
-      c1[q] = pb;
-      c3[q] = _mm512_set1_epi64((long long)(uint32_t)P);
-    }
-    a += 0x9E3779B9u;
-    b += 0xBB67AE85u;
-  }
-  // rounds 2..8
-#pragma GCC unroll 7
-  for (int r = 2; r < 9; ++r) {
-    const __m512i ka = _mm512_set1_epi64(a), kb = _mm512_set1_epi64(b);
-#pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) {
-      const __m512i pb = _mm512_mul_epu32(B, c2[q]);
-      const __m512i pa = _mm512_mul_epu32(A, c0[q]);
-      c0[q] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pb, 32), c1[q], ka, 0x96);
-      c2[q] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pa, 32), c3[q], kb, 0x96);
-      c1[q] = pb;
-      c3[q] = pa;
-    }
-    a += 0x9E3779B9u;
-    b += 0xBB67AE85u;
-  }
-  // round 9: word 0 only
-  const __m512i ka = _mm512_set1_epi64(a);
-#pragma GCC unroll 4
-  for (int q = 0; q < 4; ++q) {
-    const __m512i pb = _mm512_mul_epu32(B, c2[q]);
-    c0[q] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pb, 32), c1[q], ka, 0x96);
-  }
-  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-  out0 = _mm512_permutex2var_epi32(c0[0], even, c0[1]);
-  out1 = _mm512_permutex2var_epi32(c0[2], even, c0[3]);
-}
-
-// Word 0 of counters base .. base+31, any base (the scalar philox.h where the 32 counters
-// cross a multiple of 2^32).
-inline void philox32_w0_any(const uint32_t k0, const uint32_t k1, const uint64_t base, __m512i& out0,
-                            __m512i& out1) {
-  if ((base >> 32) == ((base + 31) >> 32)) {
-    philox32_w0(k0, k1, base, out0, out1);
-    return;
-  }
-  alignas(64) uint32_t w[32];
-  for (int j = 0; j < 32; ++j) w[j] = element_words(k0, k1, base + (uint64_t)j).w0;
-  out0 = _mm512_load_si512((const void*)w);
-  out1 = _mm512_load_si512((const void*)(w + 16));
-}
-
-// Word 0 only of elements base .. base+n-1 (the tiles' Philox when no rounding is stochastic).
-inline void philox_w0_range(const uint32_t k0, const uint32_t k1, const uint64_t base, const int64_t n,
-                            uint32_t* __restrict W0) {
-  int64_t j = 0;
-  for (; j + 32 <= n; j += 32) {
-    __m512i a, b;
-    philox32_w0_any(k0, k1, base + (uint64_t)j, a, b);
-    _mm512_storeu_si512((void*)(W0 + j), a);
-    _mm512_storeu_si512((void*)(W0 + j + 16), b);
-  }
-  if (j < n) {
-    alignas(64) uint32_t w[32];
-    __m512i a, b;
-    philox32_w0_any(k0, k1, base + (uint64_t)j, a, b);
-    _mm512_store_si512((void*)w, a);
-    _mm512_store_si512((void*)(w + 16), b);
-    for (int64_t i = 0; j + i < n; ++i) W0[j + i] = w[i];
-  }
-}
-
 constexpr bool sto_covered(int k) {
   return k == K_STO_SGD || k == K_STO_MOMENTUM || k == K_STO_LION || k == K_STO_ADAMW;
 }
