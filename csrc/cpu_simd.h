@@ -65,28 +65,45 @@ inline __m512 load16(const uint16_t* p, __mmask16 k) {
   const __m256i r = FULL ? _mm256_loadu_si256((const __m256i*)p) : _mm256_maskz_loadu_epi16(k, p);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r), 16));
 }
+// 2^e (exact), for constants.
+constexpr float exp2i(int e) { return e > 0 ? 2.0f * exp2i(e - 1) : (e < 0 ? 0.5f * exp2i(e + 1) : 1.0f); }
+
+// The FP8 decode constants of format F (casts.h's FmtFP8: M, EMIN, BIAS, has_inf).
+// SHIFT/MASK: a sign-extended code shifted left by SHIFT and masked holds the sign and the 7
+// magnitude bits in fp32's sign, exponent and mantissa fields; its value times POW = 2^(127-BIAS)
+// is the code's value (exact; subnormal codes land on fp32 subnormals, hence mxcsr_ok).  SMAX =
+// 2^BIAS: |scale| below it keeps scale*POW below 2^127, finite (then one multiply by scale*POW
+// rounds like value*scale).  TOP: the magnitude code whose exponent field is all ones and mantissa
+// 0 (an infinity where the format has them).
+template <class F>
+struct Fp8Params {
+  static constexpr int M = F::M, EMIN = F::EMIN, SHIFT = 23 - M;
+  static constexpr uint32_t MASK = 0x80000000u | (0x7Fu << SHIFT);
+  static constexpr float POW = exp2i(127 - F::BIAS), SMAX = exp2i(F::BIAS);
+  static constexpr int TOP = ((1 << (7 - M)) - 1) << M;
+  // NaN codes (and infinities where the format has them), per byte
+  static __mmask64 special(__m512i mag) {
+    if constexpr (F::has_inf) return _mm512_cmpge_epu8_mask(mag, _mm512_set1_epi8(TOP));  // inf, NaN
+    return _mm512_cmpeq_epi8_mask(mag, _mm512_set1_epi8(0x7F));                           // NaN
+  }
+};
+
 // FP8 code -> fp32 value (exact), then * scale (one rounding, as FmtFP8::load)
 template <class F>
-inline __m512 fp8_decode16(__m512i c, __m512 scale);
-template <>
-inline __m512 fp8_decode16<FmtE4M3>(__m512i c, __m512 scale) {
+inline __m512 fp8_decode16(__m512i c, __m512 scale) {
+  using P = Fp8Params<F>;
   const __m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7F));
-  __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 20)), _mm512_set1_ps(0x1p120f));
-  const __mmask16 nan = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F));
-  v = _mm512_mask_mov_ps(v, nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
+  __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, P::SHIFT)), _mm512_set1_ps(P::POW));
+  if constexpr (F::has_inf) {
+    const __mmask16 spec = _mm512_cmpge_epi32_mask(mag, _mm512_set1_epi32(P::TOP));
+    const __mmask16 inf = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(P::TOP));
+    v = _mm512_mask_mov_ps(v, spec, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
+    v = _mm512_mask_mov_ps(v, inf, _mm512_castsi512_ps(_mm512_set1_epi32(0x7F800000)));
+  } else {
+    const __mmask16 nan = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F));
+    v = _mm512_mask_mov_ps(v, nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
+  }
   // sign: (c << 24) & 0x80000000 | v
-  v = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_slli_epi32(c, 24), _mm512_set1_epi32((int)0x80000000u),
-                                                    _mm512_castps_si512(v), 0xEA));
-  return _mm512_mul_ps(v, scale);
-}
-template <>
-inline __m512 fp8_decode16<FmtE5M2>(__m512i c, __m512 scale) {
-  const __m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7F));
-  __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 21)), _mm512_set1_ps(0x1p112f));
-  const __mmask16 spec = _mm512_cmpge_epi32_mask(mag, _mm512_set1_epi32(0x7C));
-  const __mmask16 inf = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7C));
-  v = _mm512_mask_mov_ps(v, spec, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
-  v = _mm512_mask_mov_ps(v, inf, _mm512_castsi512_ps(_mm512_set1_epi32(0x7F800000)));
   v = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_slli_epi32(c, 24), _mm512_set1_epi32((int)0x80000000u),
                                                     _mm512_castps_si512(v), 0xEA));
   return _mm512_mul_ps(v, scale);
@@ -182,27 +199,6 @@ template <int M, int EMIN, bool SIGN = true, bool NANS = true>
 inline __m512i fp8_codes16(__m512 x, __m512 inv, __m512 q) {
   return fp8_codes16_y<M, EMIN, SIGN, NANS>(_mm512_mul_ps(x, inv), q);
 }
-
-template <class F>
-struct Fp8Params;
-// SHIFT/MASK: a sign-extended code shifted left by SHIFT and masked holds the sign and the 7
-// magnitude bits in fp32's sign, exponent and mantissa fields; its value times POW = 2^(127-BIAS)
-// is the code's value (exact; subnormal codes land on fp32 subnormals, hence mxcsr_ok).  SMAX:
-// |scale| below it keeps scale*POW finite (then one multiply by scale*POW rounds like value*scale).
-template <>
-struct Fp8Params<FmtE4M3> {
-  static constexpr int M = 3, EMIN = -6, SHIFT = 20;
-  static constexpr uint32_t MASK = 0x87F00000u;
-  static constexpr float POW = 0x1p120f, SMAX = 0x1p7f;
-  static __mmask64 special(__m512i mag) { return _mm512_cmpeq_epi8_mask(mag, _mm512_set1_epi8(0x7F)); }  // NaN
-};
-template <>
-struct Fp8Params<FmtE5M2> {
-  static constexpr int M = 2, EMIN = -14, SHIFT = 21;
-  static constexpr uint32_t MASK = 0x8FE00000u;
-  static constexpr float POW = 0x1p112f, SMAX = 0x1p15f;
-  static __mmask64 special(__m512i mag) { return _mm512_cmpge_epu8_mask(mag, _mm512_set1_epi8(0x7C)); }  // inf, NaN
-};
 
 // Whether n codes hold a NaN (or inf) code: blocks without take the short decode.
 template <class F>
@@ -607,13 +603,13 @@ struct StoLoop {
   const bool from_grad;
   StoLoop(const Scalars& sc, const float bc1f, const float bc2f, const uint32_t key0, const uint32_t key1)
       : R(sc),
-        gam(_mm512_set1_ps(sc.env_decay)),
+        gam(_mm512_set1_ps(sc.envelope_decay)),
         eps(_mm512_set1_ps(sc.eps)),
         bc1(_mm512_set1_ps(bc1f)),
         bc2(_mm512_set1_ps(bc2f)),
         k0(key0),
         k1(key1),
-        from_grad(sc.env_from_grad != 0) {}
+        from_grad(sc.envelope_from_grad != 0) {}
 
   int64_t run(const uint64_t idx, const int64_t n, PR* __restrict p, const PR* __restrict g, SR* __restrict m,
               SR* __restrict v, SR* __restrict E, const float msf = 0.0f, const float vsf = 0.0f,
