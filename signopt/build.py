@@ -34,8 +34,8 @@ import torch
 
 NAME = "signopt_ext"
 HEADER = "signopt_declaration.h"  # generated from signopt.declaration into the build directory
-CPU_SOURCES = ("ops.cpp", "group_step.cpp", "cpu_formats.cpp", "cpu_sign.cpp", "cpu_lion.cpp", "cpu_lion_norm.cpp",
-               "cpu_stochastic.cpp")
+CPU_SOURCES = ("ops.cpp", "group_step.cpp", "step_values.cpp", "cpu_formats.cpp", "cpu_sign.cpp", "cpu_lion.cpp",
+               "cpu_lion_norm.cpp", "cpu_stochastic.cpp")
 CUDA_SOURCES = ("cuda_ops.cpp", "cuda_kernels.cu")
 # -fno-trapping-math/-fno-math-errno change no value (FP exception flags and errno only) but let
 # the compiler if-convert and vectorise the rule loops.

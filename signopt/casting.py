@@ -37,12 +37,13 @@ class FloatFormat:
     dtype: torch.dtype
 
 
-def _declared(name: str) -> FloatFormat:
+def declared(name: str) -> FloatFormat:
+    """The :class:`FloatFormat` of declared format ``name`` (``signopt.declaration.FORMATS``)."""
     f = FORMATS[name]
     return FloatFormat(f.name, f.mantissa_bits, f.emin, f.max_finite, f.dtype)
 
 
-FP16, E4M3, E5M2 = _declared("fp16"), _declared("fp8_e4m3"), _declared("fp8_e5m2")
+FP16, E4M3, E5M2 = declared("fp16"), declared("fp8_e4m3"), declared("fp8_e5m2")
 
 
 def _fp32_bits(x: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ from .backends.slot import ParamSlot
 from .checkpoint import (CALLABLE_MARKER, RULE_KEY, SCHEMA_KEY, SCHEMA_VERSION, check_entry, check_identity,
                          restore_entry, saved_identity, schema_of)
 from .rule import UpdateRule, rule_from_group, validate_group
-from .scalars import GroupScalars, group_scalars, step_values
+from .scalars import GroupScalars, StepCounters, group_scalars, step_values
 
 # Group keys that describe storage, not hyperparameters: a loaded checkpoint does not override
 # them; its state is converted into the format the optimizer was built with.
@@ -76,7 +76,7 @@ class _GroupPlan:
     expect: list  # per param: None (no gradient) or its gradient's (dtype, shape, device)
     slots: list[ParamSlot]
     indices: list[int]  # per slot: tensor index over all groups (keys the random stream)
-    steps: list[Tensor]  # per slot: its step counter (rules that keep one), else empty
+    steps: StepCounters  # per slot: its step counter (rules that keep one), else none
     prepared: Prepared  # the backend's step of these slots
     held: Held | None = None  # the prepared step's form that reads and checks the gradients itself
     gradless: list | None = None  # with ``held``: the params expected without a gradient
@@ -375,7 +375,7 @@ class SignOptimizer(Optimizer):
             slots.append(ParamSlot(param=sharding.local(p), grad=None, state=sharding.local_state(st),
                                    index=index, index_offset=sharding.index_offset(p)))
         w.grads = [sharding.local(p.grad) for p, _ in w.work]
-        steps = [slot.state[state_layout.STEP_KEY] for slot in slots] if rule.keeps_step() else []
+        steps = StepCounters([slot.state[state_layout.STEP_KEY] for slot in slots] if rule.keeps_step() else [])
         prepared = w.backend.prepare(rule, slots)
         params = w.group["params"]
         expect = [None if p.grad is None else (p.dtype, p.shape, p.device) for p in params]
@@ -428,8 +428,7 @@ class SignOptimizer(Optimizer):
         plan, rule = w.plan, w.rule
         steps: list[int] = []
         if rule.keeps_step():
-            torch._foreach_add_(plan.steps, 1)
-            steps = torch.stack(plan.steps).tolist()
+            steps = plan.steps.advance()
         values = step_values(rule, w.group, scalars, steps, plan.indices)
         if w.held:
             count = plan.held.run(values)
@@ -439,7 +438,7 @@ class SignOptimizer(Optimizer):
             # As fused AdamW: a step GradScaler skips (inf/NaN) does not advance the counter.
             skipped = (found_inf > 0).reshape(()).to(device="cpu", dtype=torch.int64)
             if skipped.item():
-                torch._foreach_sub_(plan.steps, 1)
+                plan.steps.retreat()
         return count
 
     # ------------------------------------------------------------- state dict

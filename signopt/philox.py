@@ -81,11 +81,20 @@ VECTOR_MIN = 16  # below this many keys the Python loop is faster than NumPy's c
 
 
 def derive_keys(seed: int, steps: list[int], indices: list[int]) -> list[tuple[int, int]]:
-    """``[derive_key(seed, t, i) for t, i in zip(steps, indices)]``; from :data:`VECTOR_MIN`
-    keys on, the same uint32 arithmetic on NumPy uint64 arrays (32x32-bit products fit
+    """``[derive_key(seed, t, i) for t, i in zip(steps, indices)]``: from :data:`VECTOR_MIN`
+    keys on, in one C++ call where the extension is loaded (``signopt::derive_keys``, the same
+    Philox), else with the same uint32 arithmetic on NumPy uint64 arrays (32x32-bit products fit
     exactly; ``steps`` and ``indices`` are int64 values, viewed as two's complement as
     Python's ``&``/``>>`` treat negative ints)."""
-    if _np is None or len(steps) < VECTOR_MIN:
+    if len(steps) < VECTOR_MIN:
+        return [derive_key(seed, t, i) for t, i in zip(steps, indices)]
+    op = None if torch.compiler.is_compiling() else loaded_op("derive_keys")
+    if op is not None:
+        if not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        flat = op(seed & MASK32, seed >> 32, KEY_DOMAIN, steps, indices)
+        return list(zip(flat[0::2], flat[1::2]))
+    if _np is None:
         return [derive_key(seed, t, i) for t, i in zip(steps, indices)]
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
@@ -105,6 +114,14 @@ def derive_keys(seed: int, steps: list[int], indices: list[int]) -> list[tuple[i
         k0 = (k0 + PHILOX_KEY_A) & MASK32
         k1 = (k1 + PHILOX_KEY_B) & MASK32
     return list(zip(c0.tolist(), c1.tolist()))
+
+
+def loaded_op(name: str):
+    """``torch.ops.signopt.<name>`` when the C++ extension is already loaded (never builds it)."""
+    try:
+        return getattr(torch.ops.signopt, name)
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def triton_seed(key: tuple[int, int]) -> int:

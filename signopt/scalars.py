@@ -102,6 +102,33 @@ def bias_corrections(group: dict, step: int) -> tuple[float, float]:
     return f32(1.0 - float(b1) ** step), f32(1.0 - float(b2) ** step)
 
 
+class StepCounters:
+    """A plan's per-tensor step counters (0-dim int64 CPU tensors in the state): ``advance``
+    adds 1 to each and returns the new values, in one C++ call where the extension is loaded
+    (``torch.classes.signopt.StepCounters`` holds them: no Python per tensor), else with torch
+    ops (also while ``torch.compile`` traces); ``retreat`` undoes a step GradScaler skipped."""
+
+    def __init__(self, tensors: list[Tensor]) -> None:
+        self.tensors = tensors
+        self._held = None
+        if tensors and not torch.compiler.is_compiling():
+            try:
+                self._held = torch.classes.signopt.StepCounters(tensors)
+            except (AttributeError, RuntimeError):  # the extension is not loaded
+                pass
+
+    def advance(self) -> list[int]:
+        if self._held is not None and not torch.compiler.is_compiling():
+            return self._held.advance()
+        if not self.tensors:
+            return []
+        torch._foreach_add_(self.tensors, 1)
+        return torch.stack(self.tensors).tolist()
+
+    def retreat(self) -> None:
+        torch._foreach_sub_(self.tensors, 1)
+
+
 def step_values(rule: UpdateRule, group: dict, scalars: GroupScalars, steps: list[int],
                 indices: list[int]) -> StepValues:
     """This step's :class:`StepValues` of a group whose slots have step

@@ -34,11 +34,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .casting import E4M3, E5M2, FloatFormat, round_to_dtype, round_to_format
+from .casting import FloatFormat, declared, round_to_dtype, round_to_format
 from .declaration import FORMATS
 
-FP8 = {f.name: fmt for f in FORMATS.values() if f.block_scaled
-       for fmt in (E4M3, E5M2) if fmt.dtype == f.dtype}
+FP8 = {f.name: declared(f.name) for f in FORMATS.values() if f.block_scaled}
 """The block-scaled formats' element codecs, by format name."""
 MIN_SCALE = 2.0 ** -126
 
