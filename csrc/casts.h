@@ -118,7 +118,6 @@ SIGNOPT_HD float fp8_value(uint8_t c) {
 // Element formats: load(raw) -> fp32; store(x, sr, word) -> raw.
 struct FmtF32 {
   using raw = float;
-  static constexpr int fmt = FMT_FP32;
   static constexpr bool blocked = fmt_block_scaled(FMT_FP32);
   static SIGNOPT_HD float load(raw x) { return x; }
   static SIGNOPT_HD raw store(float x, bool, uint32_t) { return x; }
@@ -126,7 +125,6 @@ struct FmtF32 {
 
 struct FmtBF16 {
   using raw = uint16_t;
-  static constexpr int fmt = FMT_BF16;
   static constexpr bool blocked = fmt_block_scaled(FMT_BF16);
   static SIGNOPT_HD float load(raw x) { return bf16_to_f32(x); }
   static SIGNOPT_HD raw store(float x, bool sr, uint32_t w) {
@@ -136,7 +134,6 @@ struct FmtBF16 {
 
 struct FmtF16 {
   using raw = uint16_t;
-  static constexpr int fmt = FMT_FP16;
   static constexpr bool blocked = fmt_block_scaled(FMT_FP16);
   static SIGNOPT_HD float load(raw x) { return f16_to_f32(x); }
   static SIGNOPT_HD raw store(float x, bool sr, uint32_t w) {
@@ -153,7 +150,6 @@ struct FmtF16 {
 template <int FMT, bool HAS_INF>
 struct FmtFP8 {
   using raw = uint8_t;
-  static constexpr int fmt = FMT;
   static constexpr bool blocked = fmt_block_scaled(FMT);
   static_assert(blocked, "FmtFP8: a block-scaled format");
   static constexpr int M = fmt_mantissa_bits(FMT), EMIN = fmt_emin(FMT), BIAS = 1 - EMIN;
