@@ -141,13 +141,18 @@ class RecordingBackend:
     def unsupported(self, rule, params):
         return None
 
-    def step(self, rule, slots, scalars):
-        for s in slots:
-            self.ptrs.add(s.param.data_ptr())
-            self.ptrs.add(s.grad.data_ptr())
-            self.ptrs.update(t.data_ptr() for t in s.state.values())
-            s.param.add_(1.0)  # an in-place update, as a real backend does
-        return None
+    def prepare(self, rule, slots):
+        backend = self
+
+        class Prepared:
+            def run(self, grads, values, contiguous):
+                for s, g in zip(slots, grads):
+                    backend.ptrs.add(s.param.data_ptr())
+                    backend.ptrs.add(g.data_ptr())
+                    backend.ptrs.update(t.data_ptr() for t in s.state.values())
+                    s.param.add_(1.0)  # an in-place update, as a real backend does
+                return None
+        return Prepared()
 
 
 def test_measures_on_copies_never_live_tensors(table):
@@ -303,8 +308,11 @@ def test_distributed_miss_takes_static_order(table, monkeypatch):
 
 def test_failing_candidate_is_recorded_not_chosen(table):
     class Broken(RecordingBackend):
-        def step(self, rule, slots, scalars):
-            raise RuntimeError("kernel exploded")
+        def prepare(self, rule, slots):
+            class Prepared:
+                def run(self, grads, values, contiguous):
+                    raise RuntimeError("kernel exploded")
+            return Prepared()
 
     cands = {"cpp": Broken("cpp"), "torch": backend_registry.load("torch")}
     ps = make_params()
