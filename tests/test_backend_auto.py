@@ -285,7 +285,7 @@ def test_table_mode_and_prefill_command(table, monkeypatch, capsys):
     timer = use_timer(monkeypatch, {"cpp": 1.0, "torch": 0.5})
     ps = make_params()  # 512 elements in 4 tensors
     assert signopt.Lion(ps, lr=1e-3).backends == ["cpp"] and timer.calls == []  # miss: static
-    argv = ["--device", "cpu", "--candidates", "cpp,torch", "--rules", "lion,signsgd",
+    argv = ["--device", "cpu", "--candidates", "cpp,torch", "--rules", "lion_l1,sign",
             "--pdtypes", "fp32", "--states", "fp32,bf16", "--sizes", "512/4,64K/16", "--rounds", "2"]
     assert autotune.main(argv) == 0
     out = capsys.readouterr().out
