@@ -42,8 +42,9 @@ ROUNDINGS = ("nearest", "stochastic")
 KAPPA_SEGMENT = {"l1": None, "l2sq": None, "huber": None, "l2": "tensor", "row_l2": "row", "lp": "tensor"}
 """The segment whose norm each kappa reduces (``None``: elementwise)."""
 
-RANDOM_WORDS = {"sign": 0, "state_rounding": 1, "param_rounding": 2}
-"""Which Philox output word of an element each purpose of random bits reads."""
+RANDOM_PURPOSES = {"sign": 0, "state_rounding": 1, "param_rounding": 2}
+"""The purposes of random bits, by the id each puts in the third Philox counter word (random
+bits v2: see :mod:`signopt.philox`)."""
 
 
 # ------------------------------------------------------------------------------ formats
@@ -275,7 +276,7 @@ def cpp_header() -> str:
         _cpp_table("int", "FMT_EMIN", [str(f.emin) for f in fmts]),
         _cpp_table("float", "FMT_MAX_FINITE", [f"{f.max_finite!r}f" for f in fmts]),
     ]
-    lines += [f"constexpr int WORD_{p.upper()} = {w};" for p, w in RANDOM_WORDS.items()]
+    lines += [f"constexpr int PURPOSE_{p.upper()} = {w};" for p, w in RANDOM_PURPOSES.items()]
     lines.append("// fp32 scalars of one group step (host-computed: signopt/scalars.py), plus flags.")
     lines.append("struct Scalars {")
     lines += [f"  {s.ctype} {s.name};  // {s.doc}" for s in SCALARS]

@@ -41,8 +41,8 @@ import torch
 from torch import Tensor
 
 from . import kappa as kappa_registry
-from .declaration import RANDOM_WORDS
-from .philox import element_words, uniform_from_word
+from .declaration import RANDOM_PURPOSES
+from .philox import element_word, uniform_from_word
 from .rule import UpdateRule
 from .scalars import GroupScalars
 
@@ -150,7 +150,7 @@ def direction(rule: UpdateRule, g: Tensor, st: dict[str, Tensor], sc: GroupScala
         env = torch.where(bad, st["G"], env)
     new["G"] = env
     assert key is not None and indices is not None
-    uniform = uniform_from_word(element_words(key, indices)[RANDOM_WORDS["sign"]]).reshape(g.shape)
+    uniform = uniform_from_word(element_word(key, indices, RANDOM_PURPOSES["sign"])).reshape(g.shape)
     return stochastic_sign(d, expand_envelope(rule, env, g.shape), uniform), new
 
 
