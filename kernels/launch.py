@@ -18,9 +18,16 @@ whatever the number of tensors: the update pass, plus two passes (chunk partials
 finalize) for each reduction stage a rule needs (reducing kappa or a row/block/tensor envelope;
 cautious counts), plus one ``zeros`` for the non-finite counter.
 
+Prepared steps: :func:`prepare` builds a :class:`Plan` for a group's slots once — partitions,
+the tensor tables less this step's gradient addresses and Philox keys, block ids, reduction
+tables, constexprs and grids — and the optimizer keeps it between steps; :meth:`Plan.run` only
+fills in the step's gradient addresses (compared by ``data_ptr``), keys, bias corrections and
+scalars, then launches.
+
 No host synchronisation: the tables depend only on addresses, shapes and per-step host values
 (Philox keys, AdamW bias corrections), so they are cached on the device by content (an LRU of
-uploaded tables) and uploaded with a non-blocking copy from pinned memory when new. A tensor
+uploaded tables per partition, and one of small value tables) and uploaded with a non-blocking
+copy from pinned memory when new. A tensor
 ``lr``/``decay`` is copied into the scalar table on the device (``torch.cat``), so a step with a
 tensor lr and fixed addresses launches only kernels: it is capturable in a CUDA graph (rules
 that draw random bits change their keys every step and so upload a new table each step).
@@ -32,22 +39,22 @@ GPU (none was available while writing this); ``bench/triton_gpu.py`` measures th
 """
 from __future__ import annotations
 
-import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from signopt import state_format
+from signopt import declaration, state_layout
+from signopt.declaration import FORMATS
 from signopt.philox import triton_seed
 from signopt.rule import UpdateRule
-from signopt.scalars import GroupScalars, f32
+from signopt.scalars import GroupScalars, StepValues, f32
 
 from . import layout as L
-from . import passes, rules
-from .numerics import KIND_BF16, KIND_E4M3, KIND_E5M2, KIND_FP16, KIND_FP32
+from . import passes
 
 MAX_FP8_BLOCK = 8192  # one FP8 block is one row of an update tile, held in registers
 
@@ -65,17 +72,14 @@ class LaunchConfig:
 
 CONFIG = LaunchConfig()
 
-PARAM_KINDS = {torch.float32: int(KIND_FP32), torch.bfloat16: int(KIND_BF16), torch.float16: int(KIND_FP16)}
-STATE_KINDS = {"fp32": int(KIND_FP32), "bf16": int(KIND_BF16), "fp8_e4m3": int(KIND_E4M3),
-               "fp8_e5m2": int(KIND_E5M2)}
-FAMILIES = {"sign": int(rules.FAMILY_SIGN), "signum": int(rules.FAMILY_SIGNUM),
-            "lion": int(rules.FAMILY_LION), "stochastic": int(rules.FAMILY_STOCHASTIC)}
-KAPPAS = {"l1": int(rules.KAPPA_L1), "l2sq": int(rules.KAPPA_L2SQ), "huber": int(rules.KAPPA_HUBER),
-          "l2": int(rules.KAPPA_L2), "row_l2": int(rules.KAPPA_ROW_L2), "lp": int(rules.KAPPA_LP)}
-BASES = {"sgd": int(rules.BASE_SGD), "momentum": int(rules.BASE_MOMENTUM),
-         "adamw": int(rules.BASE_ADAMW), "lion": int(rules.BASE_LION)}
-ENVELOPES = {"element": int(rules.ENVELOPE_ELEMENT), "row": int(rules.ENVELOPE_ROW),
-             "block": int(rules.ENVELOPE_BLOCK), "tensor": int(rules.ENVELOPE_TENSOR)}
+# The kernels' constexpr ids, all from signopt.declaration (``rules``/``numerics`` hold the same
+# values as ``tl.constexpr`` for the jitted code).
+PARAM_KINDS = {f.dtype: f.id for f in FORMATS.values() if f.param}
+STATE_KINDS = {name: f.id for name, f in FORMATS.items() if f.state}
+FAMILIES = declaration.FAMILIES
+KAPPAS = declaration.KAPPAS
+BASES = declaration.BASES
+ENVELOPES = declaration.ENVELOPES
 
 
 def interpreting() -> bool:
@@ -87,7 +91,7 @@ def unsupported(rule: UpdateRule, params: list[Tensor]) -> str | None:
     """Why these kernels cannot run ``rule`` on ``params`` (None if they can)."""
     if rule.kappa_fn is not None or rule.kappa == "callable":
         return "a callable kappa runs only on the torch backend"
-    if rule.state_dtype in state_format.FP8 and not 1 <= rule.state_block <= MAX_FP8_BLOCK:
+    if FORMATS[rule.state_dtype].block_scaled and not 1 <= rule.state_block <= MAX_FP8_BLOCK:
         return f"FP8 state_block must be in [1, {MAX_FP8_BLOCK}] for the Triton kernels, got {rule.state_block}"
     for i, p in enumerate(params):
         dtype = real_dtype(p)
@@ -105,7 +109,7 @@ def unsupported(rule: UpdateRule, params: list[Tensor]) -> str | None:
 
 
 def real_dtype(t: Tensor) -> torch.dtype:
-    return torch.view_as_real(t).dtype if t.is_complex() else t.dtype
+    return t.dtype.to_real()
 
 
 def real_view(t: Tensor) -> Tensor:
@@ -123,13 +127,14 @@ class DeviceTableCache:
         self.capacity = capacity
         self._entries: OrderedDict[tuple, Tensor] = OrderedDict()
 
-    def _lookup(self, key: tuple, build) -> Tensor:
+    def table(self, device: torch.device, key: tuple, build: Callable[[], Tensor]) -> Tensor:
+        """The device copy of the host tensor ``build()`` whose content ``key`` determines."""
+        key = (device,) + key
         hit = self._entries.get(key)
         if hit is not None:
             self._entries.move_to_end(key)
             return hit
         host = build()
-        device = key[0]
         dev = host.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else host
         self._entries[key] = dev
         if len(self._entries) > self.capacity:
@@ -138,15 +143,18 @@ class DeviceTableCache:
 
     def values(self, values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
         """A 1-D ``dtype`` tensor holding ``values`` on ``device``."""
-        return self._lookup((device, dtype, "values", values), lambda: torch.tensor(values, dtype=dtype))
+        return self.table(device, (dtype, "values", values), lambda: torch.tensor(values, dtype=dtype))
 
     def ids(self, counts: tuple[int, ...], device: torch.device) -> Tensor:
         """int32 ``[0]*counts[0] + [1]*counts[1] + ...`` on ``device``."""
-        return self._lookup((device, torch.int32, "ids", counts), lambda: torch.repeat_interleave(
+        return self.table(device, (torch.int32, "ids", counts), lambda: torch.repeat_interleave(
             torch.arange(len(counts), dtype=torch.int32), torch.tensor(counts, dtype=torch.int64)))
 
 
 _CACHE = DeviceTableCache()
+PLAN_TABLES = 8
+"""Tables (this step's gradient addresses, keys, bias corrections) a prepared partition keeps
+on the device, by content, besides the shared :data:`_CACHE` of small value tables."""
 
 
 def _uploaded(values: list, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -157,138 +165,15 @@ def _repeat_ids(counts: list[int], device: torch.device) -> Tensor:
     return _CACHE.ids(tuple(counts), device)
 
 
-# ----------------------------------------------------------------------------- work items
-@dataclass
-class Item:
-    """One tensor of a partition, as the kernels see it (contiguous real views)."""
-
-    param: Tensor
-    grad: Tensor
-    state: dict[str, Tensor]
-    numel: int
-    rows: int
-    index_offset: int
-    seed: int
-    bias: tuple[float, float]
-    writeback: list[tuple[Tensor, Tensor]]
-
-
-def _contiguous(t: Tensor, writeback: list[tuple[Tensor, Tensor]]) -> Tensor:
-    """``t`` itself when contiguous, else a contiguous copy that is written back after."""
-    if t.is_contiguous():
-        return t
-    work = t.contiguous()
-    writeback.append((t, work))
-    return work
-
-
-def _state_kind(rule: UpdateRule, state: dict) -> str:
-    for name in rule.state_names():
-        if name == "G" and rule.envelope != "element":
-            continue
-        return state_format.format_of(state[name])
-    return "fp32"
-
-
-def _check_slot(rule: UpdateRule, slot) -> None:
-    p, g = slot.param, slot.grad
-    if real_dtype(g) not in PARAM_KINDS:
-        raise ValueError(f"gradient of dtype {g.dtype} is not supported by the Triton backend "
-                         "(float32, bfloat16, float16)")
-    if g.device != p.device:
-        raise ValueError(f"gradient on {g.device} but parameter on {p.device}")
-    if rule.draws_random_bits and slot.key is None:
-        raise ValueError("rule draws random bits but the slot has no Philox key")
-
-
-def _signed64(x: int) -> int:
-    return x - (1 << 64) if x >= (1 << 63) else x
-
-
-def _items(rule: UpdateRule, slots: list) -> dict[tuple, list[Item]]:
-    parts: dict[tuple, list[Item]] = {}
-    for slot in slots:
-        _check_slot(rule, slot)
-    for slot in slots:
-        p = real_view(slot.param)
-        if p.numel() == 0:
-            continue
-        writeback: list[tuple[Tensor, Tensor]] = []
-        pw = _contiguous(p, writeback)
-        g = real_view(slot.grad).contiguous()
-        state = {}
-        for name, t in slot.state.items():
-            if isinstance(t, Tensor) and name != "step":
-                state[name] = _contiguous(t, writeback)
-        rows = p.shape[0] if p.dim() >= 2 else 1
-        seed = _signed64(triton_seed(slot.key)) if slot.key is not None else 0
-        bias = slot.bias if slot.bias is not None else (1.0, 1.0)
-        key = (p.device, p.dtype, g.dtype, _state_kind(rule, slot.state))
-        parts.setdefault(key, []).append(Item(pw, g, state, p.numel(), rows, slot.index_offset,
-                                              seed, bias, writeback))
-    return parts
-
-
-# ----------------------------------------------------------------------------- the step
-def _stage_a_segments(rule: UpdateRule, it: Item) -> tuple[int, int] | None:
-    """``(segment length, segments)`` of the first reduction stage, or None."""
-    if rule.family == "lion" and rule.kappa in ("l2", "lp"):
-        return it.numel, 1
-    if rule.family == "lion" and rule.kappa == "row_l2":
-        return it.numel // it.rows, it.rows
-    if rule.family == "stochastic" and rule.envelope != "element":
-        if rule.envelope == "row":
-            return it.numel // it.rows, it.rows
-        if rule.envelope == "block":
-            return rule.envelope_block, -(-it.numel // rule.envelope_block)
-        return it.numel, 1
-    return None
-
-
+# ----------------------------------------------------------------------------- constexprs
 def _pow2_at_least(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
-
-
-def _scalar_table(rule: UpdateRule, sc: GroupScalars, state_kind: str, device: torch.device) -> Tensor:
-    inv_qmax = 0.0
-    if state_kind in state_format.FP8:
-        inv_qmax = f32(1.0 / state_format.FP8[state_kind].max_finite)
-    tail = [sc.l2, sc.beta1, sc.omb1, sc.beta2, sc.omb2, sc.eps, sc.huber_delta,
-            f32(sc.p - 1.0), sc.envelope_decay, inv_qmax]
-    if isinstance(sc.lr, Tensor) or isinstance(sc.decay, Tensor):
-        def one(x):
-            if isinstance(x, Tensor):
-                return x.reshape(1).to(device=device, dtype=torch.float32)
-            return torch.full((1,), x, dtype=torch.float32, device=device)
-        return torch.cat([one(sc.lr), one(sc.decay), _uploaded(tail, torch.float32, device)])
-    return _uploaded([sc.lr, sc.decay] + tail, torch.float32, device)
-
-
-def _addr(t: Tensor | None) -> int:
-    return 0 if t is None else t.data_ptr()
-
-
-def step(rule: UpdateRule, slots: list, sc: GroupScalars) -> Tensor | None:
-    """Update every slot in place; return the number of non-finite gradient elements
-    (0-dim int64 on the parameters' device) or None when nothing was updated."""
-    counts = []
-    for (device, p_dtype, g_dtype, state_kind), items in _items(rule, slots).items():
-        counts.append(_step_partition(rule, items, sc, device, p_dtype, g_dtype, state_kind))
-        for it in items:
-            for dst, work in it.writeback:
-                dst.copy_(work)
-    if not counts:
-        return None
-    total = counts[0]
-    for c in counts[1:]:
-        total = total + c.to(total.device)
-    return total.reshape(())
 
 
 def update_tile(rule: UpdateRule, state_kind: str, cfg: LaunchConfig) -> tuple[int, int, int]:
     """``(ROWS, COLS, SB)`` of the update tile: one FP8 block per row for FP8 state
     (``COLS`` = its next power of two), else one row of ``update_block`` elements."""
-    if state_kind in state_format.FP8:
+    if FORMATS[state_kind].block_scaled:
         cols = _pow2_at_least(rule.state_block)
         return max(1, cfg.update_block // cols), cols, rule.state_block
     return 1, cfg.update_block, cfg.update_block
@@ -296,24 +181,28 @@ def update_tile(rule: UpdateRule, state_kind: str, cfg: LaunchConfig) -> tuple[i
 
 def rule_flags(rule: UpdateRule, p_dtype: torch.dtype, g_dtype: torch.dtype, state_kind: str, *,
                has_l2: bool, has_inv_scale: bool) -> dict:
-    """The constexprs shared by every pass: which rule, which storage kinds."""
+    """The constexprs shared by every pass: which rule, which storage kinds, which per-element
+    state slots its kernel kind keeps (:func:`signopt.state_layout.element_slots`)."""
     s_kind = STATE_KINDS[state_kind]
     p_kind = PARAM_KINDS[p_dtype]
+    element = state_layout.element_slots(rule)
     return dict(
         FAMILY=FAMILIES[rule.family], KAPPA=KAPPAS.get(rule.kappa, 0), BASE=BASES[rule.base],
         ENVELOPE=ENVELOPES[rule.envelope], ENV_FROM_GRAD=rule.envelope_source == "grad",
         MAXIMIZE=rule.maximize, HAS_L2=has_l2, HAS_INV_SCALE=has_inv_scale,
         P_KIND=p_kind, G_KIND=PARAM_KINDS[g_dtype], S_KIND=s_kind,
+        HAS_M=declaration.M in element, HAS_V=declaration.V in element,
+        ELEMENT_G=declaration.G in element,
         NEED_WORDS=rule.stochastic or _param_sr(rule, p_kind) or _state_sr(rule, s_kind),
     )
 
 
 def _param_sr(rule: UpdateRule, p_kind: int) -> bool:
-    return rule.param_rounding == "stochastic" and p_kind != int(KIND_FP32)
+    return rule.param_rounding == "stochastic" and p_kind != FORMATS["fp32"].id
 
 
 def _state_sr(rule: UpdateRule, s_kind: int) -> bool:
-    return rule.state_rounding == "stochastic" and s_kind != int(KIND_FP32)
+    return rule.state_rounding == "stochastic" and s_kind != FORMATS["fp32"].id
 
 
 def update_constexprs(rule: UpdateRule, flags: dict, state_kind: str, has_found_inf: bool,
@@ -343,91 +232,81 @@ def finalize_constexprs(flags: dict, want: int, has_found_inf: bool, cfg: Launch
                 WANT=want, FSEGS=cfg.finalize_segments)
 
 
-def _step_partition(rule: UpdateRule, items: list[Item], sc: GroupScalars, device: torch.device,
-                    p_dtype: torch.dtype, g_dtype: torch.dtype, state_kind: str) -> Tensor:
-    cfg = CONFIG
-    fp8 = state_kind in state_format.FP8
-    rows_per_prog, cols, sb = update_tile(rule, state_kind, cfg)
-    per_prog = rows_per_prog * sb
-    n_blocks = [-(-it.numel // per_prog) for it in items]
-
-    # stage A (norms / envelopes) segment layout
-    stage_a = [_stage_a_segments(rule, it) for it in items]
-    has_a = stage_a[0] is not None
-    seg_base, sb_acc = [], 0
-    for sa in stage_a:
-        seg_base.append(sb_acc)
-        sb_acc += sa[1] if sa else 0
-
-    first_block, acc = [], 0
-    for nb in n_blocks:
-        first_block.append(acc)
-        acc += nb
-    total_blocks = acc
-
-    def st(it: Item, name: str) -> Tensor | None:
-        return it.state.get(name)
-
-    env_el = rule.stochastic and rule.envelope == "element"
-    tab_rows = []
-    for i, it in enumerate(items):
-        seg_len = stage_a[i][0] if stage_a[i] else 1
-        row = [0] * int(L.N_COLS)
-        row[int(L.C_PARAM)] = it.param.data_ptr()
-        row[int(L.C_GRAD)] = it.grad.data_ptr()
-        row[int(L.C_M)] = _addr(st(it, "m"))
-        row[int(L.C_V)] = _addr(st(it, "v"))
-        row[int(L.C_ENV)] = _addr(st(it, "G"))
-        row[int(L.C_M_SCALE)] = _addr(st(it, "m" + state_format.SCALE_SUFFIX))
-        row[int(L.C_V_SCALE)] = _addr(st(it, "v" + state_format.SCALE_SUFFIX))
-        row[int(L.C_ENV_SCALE)] = _addr(st(it, "G" + state_format.SCALE_SUFFIX)) if env_el else 0
-        row[int(L.C_NUMEL)] = it.numel
-        row[int(L.C_INDEX_OFFSET)] = it.index_offset
-        row[int(L.C_SEED)] = it.seed
-        row[int(L.C_FIRST_BLOCK)] = first_block[i]
-        row[int(L.C_SEG_BASE)] = seg_base[i]
-        row[int(L.C_SEG_LEN)] = max(seg_len, 1)
-        tab_rows.extend(row)
-    tab = _uploaded(tab_rows, torch.int64, device)
-    ftab_rows = []
-    for it in items:
-        ftab_rows.extend([it.bias[0], it.bias[1], f32(float(it.numel)), 0.0])
-    ftab = _uploaded(ftab_rows, torch.float32, device)
-    scal = _scalar_table(rule, sc, state_kind, device)
-    scal64 = _uploaded([sc.p, (sc.p - 1.0) / sc.p], torch.float64, device)
-    inv_scale = scal if sc.inv_scale is None else sc.inv_scale.to(device=device, dtype=torch.float32)
-    found_inf = scal if sc.found_inf is None else sc.found_inf.to(device=device, dtype=torch.float32)
-
-    flags = rule_flags(rule, p_dtype, g_dtype, state_kind, has_l2=sc.l2 != 0.0,
-                       has_inv_scale=sc.inv_scale is not None)
-    sblk = rule.state_block if fp8 else 1
-
-    sega = scal
-    if has_a:
-        sega = _reduce_stage(items, stage_a, seg_base, int(passes.WANT_STAGE_A), rule, flags, tab,
-                             ftab, scal, scal64, inv_scale, found_inf, scal, sblk, device,
-                             sc.found_inf is not None)
-    segb = scal
-    if rule.cautious:
-        whole = [(it.numel, 1) for it in items]
-        base_b = list(range(len(items)))
-        segb = _reduce_stage(items, whole, base_b, int(passes.WANT_CAUTIOUS_COUNT), rule, flags,
-                             tab, ftab, scal, scal64, inv_scale, found_inf, sega, sblk, device,
-                             sc.found_inf is not None)
-
-    count = torch.zeros(1, dtype=torch.int64, device=device)
-    blk = _repeat_ids(n_blocks, device)
-    passes.update_kernel[(total_blocks,)](
-        tab, ftab, blk, scal, scal64, inv_scale, found_inf, sega, segb, count,
-        **update_constexprs(rule, flags, state_kind, sc.found_inf is not None, cfg),
-        num_warps=cfg.update_warps, enable_fp_fusion=False)
-    return count
+# ----------------------------------------------------------------------------- per-step values
+def _scalar_table(sc: GroupScalars, state_kind: str, device: torch.device) -> Tensor:
+    """The fp32 group scalar table (:data:`.layout.SCALARS32`); a tensor ``lr``/``decay`` is
+    copied in on the device."""
+    fmt = FORMATS[state_kind]
+    extra = {"inv_qmax": f32(1.0 / fmt.max_finite) if fmt.block_scaled else 0.0}
+    values = [extra[n] if n in extra else getattr(sc, n) for n in L.SCALARS32]
+    if not any(isinstance(x, Tensor) for x in values):
+        return _uploaded(values, torch.float32, device)
+    parts, run = [], []
+    for x in values:
+        if isinstance(x, Tensor):
+            if run:
+                parts.append(_uploaded(run, torch.float32, device))
+                run = []
+            parts.append(x.reshape(1).to(device=device, dtype=torch.float32))
+        else:
+            run.append(x)
+    if run:
+        parts.append(_uploaded(run, torch.float32, device))
+    return torch.cat(parts)
 
 
-def _reduce_stage(items, segments, seg_base, want, rule, flags, tab, ftab, scal, scal64,
-                  inv_scale, found_inf, sega, sblk, device, has_found_inf) -> Tensor:
-    """Chunk partials then per-segment finalize; returns the fp32 segment buffer."""
-    cfg = CONFIG
+def _scalar_table64(sc: GroupScalars, device: torch.device) -> Tensor:
+    """The fp64 group scalar table (:data:`.layout.SCALARS64`)."""
+    return _uploaded([getattr(sc, n) for n in L.SCALARS64], torch.float64, device)
+
+
+def _signed64(x: int) -> int:
+    return x - (1 << 64) if x >= (1 << 63) else x
+
+
+def _addr(t: Tensor | None) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+# ----------------------------------------------------------------------------- prepared step
+@dataclass
+class Item:
+    """One tensor of a partition, as the kernels see it (contiguous real views)."""
+
+    slot: int  # position among the prepared slots (its gradient, key and bias correction)
+    param: Tensor
+    state: dict[str, Tensor]  # the state tensors the kernels read and write, by state key
+    numel: int
+    index_offset: int
+    segment: tuple[int, int] | None  # (length, segments) of the first reduction, or None
+
+
+def _contiguous(t: Tensor, writeback: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """``t`` itself when contiguous, else a contiguous work copy, refreshed from ``t`` before and
+    written back to it after every step (``writeback`` keeps the pairs)."""
+    if t.is_contiguous():
+        return t
+    work = t.contiguous()
+    writeback.append((t, work))
+    return work
+
+
+@dataclass
+class Reduction:
+    """One reduction stage (chunk partials, then per-segment finalize) of a partition."""
+
+    want: int
+    rtab: Tensor
+    units: Tensor
+    seg_ids: Tensor
+    n_units: int
+    n_segs: int
+    units_per_prog: int
+    rblock: int
+
+
+def _reduction(segments: list[tuple[int, int]], seg_base: list[int], want: int,
+               device: torch.device, cfg: LaunchConfig) -> Reduction:
     longest = max(s[0] for s in segments)
     units_per_prog, rblock = reduce_tile(longest, cfg)
     unit_counts, rrows, base = [], [], 0
@@ -436,19 +315,224 @@ def _reduce_stage(items, segments, seg_base, want, rule, flags, tab, ftab, scal,
         rrows.extend([base, chunks, max(seg_len, 1), sbase])
         unit_counts.append(chunks * n_seg)
         base += chunks * n_seg
-    n_units = base
-    n_segs = sum(s[1] for s in segments)
-    rtab = _uploaded(rrows, torch.int64, device)
-    units = _repeat_ids(unit_counts, device)
-    seg_ids = _repeat_ids([s[1] for s in segments], device)
-    partial = torch.empty(n_units, dtype=torch.float64, device=device)
-    out = torch.empty(max(n_segs, 1), dtype=torch.float32, device=device)
-    passes.reduce_chunks_kernel[(-(-n_units // units_per_prog),)](
-        tab, ftab, units, rtab, scal, scal64, inv_scale, sega, partial, n_units,
-        **reduce_constexprs(flags, want, sblk, units_per_prog, rblock), num_warps=cfg.reduce_warps,
-        enable_fp_fusion=False)
-    passes.reduce_finalize_kernel[(-(-n_segs // cfg.finalize_segments),)](
-        tab, ftab, seg_ids, rtab, scal, scal64, found_inf, partial, out, n_segs,
-        **finalize_constexprs(flags, want, has_found_inf, cfg), num_warps=cfg.reduce_warps,
-        enable_fp_fusion=False)
-    return out
+    return Reduction(want, _uploaded(rrows, torch.int64, device), _repeat_ids(unit_counts, device),
+                     _repeat_ids([s[1] for s in segments], device), base,
+                     sum(s[1] for s in segments), units_per_prog, rblock)
+
+
+class Partition:
+    """The tensors one set of launches updates (same device, parameter and gradient dtypes,
+    stored state format), with everything that depends only on them: the tensor table less
+    this step's gradient addresses and keys, block ids, reduction tables, grids."""
+
+    def __init__(self, rule: UpdateRule, items: list[Item], writeback: list[tuple[Tensor, Tensor]],
+                 device: torch.device, p_dtype: torch.dtype, g_dtype: torch.dtype, state_kind: str,
+                 cfg: LaunchConfig) -> None:
+        self.rule, self.items, self.writeback, self.device = rule, items, writeback, device
+        self.p_dtype, self.g_dtype, self.state_kind, self.cfg = p_dtype, g_dtype, state_kind, cfg
+        self.slots = [it.slot for it in items]
+        rows_per_prog, _, sb = update_tile(rule, state_kind, cfg)
+        n_blocks = [-(-it.numel // (rows_per_prog * sb)) for it in items]
+        self.total_blocks = sum(n_blocks)
+        self.blk = _repeat_ids(n_blocks, device)
+
+        has_a = items[0].segment is not None
+        seg_base, acc = [], 0
+        for it in items:
+            seg_base.append(acc)
+            acc += it.segment[1] if it.segment else 0
+        tab: list[int] = []
+        first = 0
+        for it, nb, base in zip(items, n_blocks, seg_base):
+            row = [0] * int(L.N_COLS)
+            row[int(L.C_PARAM)] = it.param.data_ptr()
+            for name, (col, scale_col) in L.SLOT_COLUMNS.items():
+                row[int(col)] = _addr(it.state.get(name))
+                row[int(scale_col)] = _addr(it.state.get(state_layout.scale_key(name)))
+            row[int(L.C_NUMEL)] = it.numel
+            row[int(L.C_INDEX_OFFSET)] = it.index_offset
+            row[int(L.C_FIRST_BLOCK)] = first
+            row[int(L.C_SEG_BASE)] = base
+            row[int(L.C_SEG_LEN)] = max(it.segment[0] if it.segment else 1, 1)
+            tab.extend(row)
+            first += nb
+        self._tab = tab
+        self._numel32 = [f32(float(it.numel)) for it in items]
+        self._tabs = DeviceTableCache(PLAN_TABLES)
+        self._ftabs = DeviceTableCache(PLAN_TABLES)
+
+        self.sblk = rule.state_block if FORMATS[state_kind].block_scaled else 1
+        self.stage_a = None
+        if has_a:
+            self.stage_a = _reduction([it.segment for it in items], seg_base, int(passes.WANT_STAGE_A),
+                                      device, cfg)
+        self.cautious = None
+        if rule.cautious:
+            self.cautious = _reduction([(it.numel, 1) for it in items], list(range(len(items))),
+                                       int(passes.WANT_CAUTIOUS_COUNT), device, cfg)
+        self._constexprs: dict[tuple[bool, bool, bool], tuple[dict, dict, dict]] = {}
+
+    def constexprs(self, has_l2: bool, has_inv_scale: bool, has_found_inf: bool
+                   ) -> tuple[dict, dict[int, dict], dict[int, dict]]:
+        """The constexprs of this step's options (built once per combination): the update
+        pass's, and the chunk and finalize passes' of each reduction stage by its ``WANT``."""
+        key = (has_l2, has_inv_scale, has_found_inf)
+        hit = self._constexprs.get(key)
+        if hit is None:
+            rule, cfg = self.rule, self.cfg
+            flags = rule_flags(rule, self.p_dtype, self.g_dtype, self.state_kind, has_l2=has_l2,
+                               has_inv_scale=has_inv_scale)
+            chunks = {}
+            for red in (self.stage_a, self.cautious):
+                if red is not None:
+                    chunks[red.want] = reduce_constexprs(flags, red.want, self.sblk, red.units_per_prog,
+                                                         red.rblock)
+            finalize = {want: finalize_constexprs(flags, want, has_found_inf, cfg) for want in chunks}
+            hit = (update_constexprs(rule, flags, self.state_kind, has_found_inf, cfg), chunks, finalize)
+            self._constexprs[key] = hit
+        return hit
+
+    def tables(self, grad_ptrs: list[int], seeds: list[int], bias: list[tuple[float, float]] | None
+               ) -> tuple[Tensor, Tensor]:
+        """The tensor table and the tensor scalar table of this step (uploaded when new)."""
+        def build_tab() -> Tensor:
+            tab = list(self._tab)
+            tab[int(L.C_GRAD)::int(L.N_COLS)] = grad_ptrs
+            tab[int(L.C_SEED)::int(L.N_COLS)] = seeds
+            return torch.tensor(tab, dtype=torch.int64)
+
+        def build_ftab() -> Tensor:
+            rows = []
+            for i, numel32 in enumerate(self._numel32):
+                b1, b2 = bias[i] if bias is not None else (1.0, 1.0)
+                rows.extend([b1, b2, numel32, 0.0])
+            return torch.tensor(rows, dtype=torch.float32)
+
+        tab = self._tabs.table(self.device, (tuple(grad_ptrs), tuple(seeds)), build_tab)
+        ftab = self._ftabs.table(self.device, (None if bias is None else tuple(bias),), build_ftab)
+        return tab, ftab
+
+    def run(self, grad_ptrs: list[int], keys: list[tuple[int, int]] | None,
+            bias: list[tuple[float, float]] | None, sc: GroupScalars) -> Tensor:
+        """Launch this partition's passes with this step's gradients (addresses of contiguous
+        tensors, in item order), keys and bias corrections (per prepared slot)."""
+        device, cfg = self.device, self.cfg
+        seeds = [0] * len(self.slots) if keys is None else [_signed64(triton_seed(keys[i])) for i in self.slots]
+        tab, ftab = self.tables(grad_ptrs, seeds, None if bias is None else [bias[i] for i in self.slots])
+        for dst, work in self.writeback:
+            work.copy_(dst)
+        scal = _scalar_table(sc, self.state_kind, device)
+        scal64 = _scalar_table64(sc, device)
+        inv_scale = scal if sc.inv_scale is None else sc.inv_scale.to(device=device, dtype=torch.float32)
+        found_inf = scal if sc.found_inf is None else sc.found_inf.to(device=device, dtype=torch.float32)
+        has_found_inf = sc.found_inf is not None
+        update, chunks, finalize = self.constexprs(sc.l2 != 0.0, sc.inv_scale is not None, has_found_inf)
+
+        def reduce(red: Reduction, sega: Tensor) -> Tensor:
+            """Chunk partials then per-segment finalize; returns the fp32 segment buffer."""
+            partial = torch.empty(red.n_units, dtype=torch.float64, device=device)
+            out = torch.empty(max(red.n_segs, 1), dtype=torch.float32, device=device)
+            passes.reduce_chunks_kernel[(-(-red.n_units // red.units_per_prog),)](
+                tab, ftab, red.units, red.rtab, scal, scal64, inv_scale, sega, partial, red.n_units,
+                **chunks[red.want], num_warps=cfg.reduce_warps, enable_fp_fusion=False)
+            passes.reduce_finalize_kernel[(-(-red.n_segs // cfg.finalize_segments),)](
+                tab, ftab, red.seg_ids, red.rtab, scal, scal64, found_inf, partial, out, red.n_segs,
+                **finalize[red.want], num_warps=cfg.reduce_warps, enable_fp_fusion=False)
+            return out
+
+        sega = scal if self.stage_a is None else reduce(self.stage_a, scal)
+        segb = scal if self.cautious is None else reduce(self.cautious, sega)
+        count = torch.zeros(1, dtype=torch.int64, device=device)
+        passes.update_kernel[(self.total_blocks,)](
+            tab, ftab, self.blk, scal, scal64, inv_scale, found_inf, sega, segb, count,
+            **update, num_warps=cfg.update_warps, enable_fp_fusion=False)
+        for dst, work in self.writeback:
+            dst.copy_(work)
+        return count
+
+
+def _check_grad(g: Tensor | None, p: Tensor) -> None:
+    if g is None:
+        raise ValueError("a prepared Triton step needs a gradient for every slot")
+    if real_dtype(g) not in PARAM_KINDS:
+        raise ValueError(f"gradient of dtype {g.dtype} is not supported by the Triton backend "
+                         "(float32, bfloat16, float16)")
+    if g.device != p.device:
+        raise ValueError(f"gradient on {g.device} but parameter on {p.device}")
+
+
+class Plan:
+    """The prepared step of a group's slots (:class:`signopt.backends.Prepared`): partitions,
+    tensor tables, reduction tables, block ids, constexprs and grids are built once here; each
+    :meth:`run` fills in only its gradients' addresses, Philox keys, bias corrections and
+    scalars, then launches.
+
+    The plan keeps the addresses of its slots' parameters and state tensors: a slot whose
+    parameter or state is not contiguous is stepped through a contiguous work copy that every
+    run refreshes before and writes back after its launches. Gradients of another dtype than
+    the plan was built for (or a changed :data:`CONFIG`) rebuild it."""
+
+    def __init__(self, rule: UpdateRule, slots: list) -> None:
+        self.rule, self.slots = rule, list(slots)
+        self.live = [i for i, s in enumerate(self.slots) if s.param.numel() > 0]
+        for i in self.live:
+            g = self.slots[i].grad
+            if g is not None:
+                _check_grad(g, self.slots[i].param)
+        self._build([s.param.dtype if s.grad is None else s.grad.dtype for s in self.slots])
+
+    def _build(self, grad_dtypes: list[torch.dtype]) -> None:
+        rule, cfg = self.rule, CONFIG
+        self.cfg, self.grad_dtypes = cfg, grad_dtypes
+        self.devices = [s.param.device for s in self.slots]
+        parts: dict[tuple, tuple[list[Item], list[tuple[Tensor, Tensor]]]] = {}
+        for i in self.live:
+            slot = self.slots[i]
+            p = real_view(slot.param)
+            key = (p.device, p.dtype, grad_dtypes[i].to_real(),
+                   state_layout.stored_format(rule, slot.state))
+            items, writeback = parts.setdefault(key, ([], []))
+            state: dict[str, Tensor] = {}
+            for s in state_layout.slots(rule):
+                codes, scales = state_layout.stored(rule, slot.state, s)
+                state[s.name] = _contiguous(codes, writeback)
+                if scales is not None:
+                    state[state_layout.scale_key(s.name)] = _contiguous(scales, writeback)
+            items.append(Item(i, _contiguous(p, writeback), state, p.numel(), slot.index_offset,
+                              state_layout.segment(rule, tuple(p.shape))))
+        self.partitions = [Partition(rule, items, writeback, *key, cfg)
+                           for key, (items, writeback) in parts.items()]
+
+    def run(self, grads: list[Tensor], values: StepValues, contiguous: bool) -> Tensor | None:
+        """Update every slot in place with this step's ``grads``; return the number of
+        non-finite gradient elements (0-dim int64 on the parameters' device) or None when
+        nothing was updated."""
+        if self.rule.draws_random_bits and values.keys is None:
+            raise ValueError("rule draws random bits but the step has no Philox keys")
+        ptrs: dict[int, int] = {}
+        work = []  # contiguous copies of this step's gradients, alive until after the launches
+        rebuild = self.cfg is not CONFIG
+        for i in self.live:
+            g = grads[i]
+            if g is None or g.dtype != self.grad_dtypes[i] or g.device != self.devices[i]:
+                _check_grad(g, self.slots[i].param)
+                rebuild = True
+            if not contiguous and not g.is_contiguous():
+                g = g.contiguous()
+                work.append(g)
+            ptrs[i] = g.data_ptr()
+        if rebuild:
+            self._build([grads[i].dtype if i in ptrs else s.param.dtype for i, s in enumerate(self.slots)])
+        counts = [part.run([ptrs[i] for i in part.slots], values.keys, values.bias, values.scalars)
+                  for part in self.partitions]
+        if not counts:
+            return None
+        total = counts[0]
+        for c in counts[1:]:
+            total = total + c.to(total.device)
+        return total.reshape(())
+
+
+def prepare(rule: UpdateRule, slots: list) -> Plan:
+    """The prepared step of ``slots`` (state allocated)."""
+    return Plan(rule, slots)

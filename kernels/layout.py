@@ -7,6 +7,8 @@ One launch updates any number of tensors: the host writes one row per tensor int
 """
 import triton.language as tl
 
+from signopt.declaration import SCALARS, G, M, V
+
 # int64 tensor table, one row per tensor
 C_PARAM = tl.constexpr(0)          # address of the parameter (real view)
 C_GRAD = tl.constexpr(1)           # address of the gradient
@@ -24,31 +26,42 @@ C_SEG_BASE = tl.constexpr(12)      # first segment of this tensor in the stage-A
 C_SEG_LEN = tl.constexpr(13)       # stage-A segment length (numel, row length or block)
 N_COLS = tl.constexpr(14)
 
+# the columns of each state slot of signopt.declaration: (its tensor, its FP8 block scales)
+SLOT_COLUMNS = {M.name: (C_M, C_M_SCALE), V.name: (C_V, C_V_SCALE), G.name: (C_ENV, C_ENV_SCALE)}
+
 # fp32 tensor scalar table, one row per tensor
 F_BIAS1 = tl.constexpr(0)          # AdamW 1 - beta1**t
 F_BIAS2 = tl.constexpr(1)          # AdamW 1 - beta2**t
 F_NUMEL = tl.constexpr(2)          # numel rounded to fp32 (cautious rescale)
 N_FCOLS = tl.constexpr(4)
 
-# fp32 group scalar table (signopt.scalars.GroupScalars, computed once on the host)
-S_LR = tl.constexpr(0)
-S_DECAY = tl.constexpr(1)
-S_L2 = tl.constexpr(2)
-S_BETA1 = tl.constexpr(3)
-S_OMB1 = tl.constexpr(4)
-S_BETA2 = tl.constexpr(5)
-S_OMB2 = tl.constexpr(6)
-S_EPS = tl.constexpr(7)
-S_HUBER_DELTA = tl.constexpr(8)
-S_P_MINUS_1 = tl.constexpr(9)      # p - 1 (exact in fp32 for an fp32 p > 1)
-S_ENV_DECAY = tl.constexpr(10)
-S_INV_QMAX = tl.constexpr(11)      # fp32(1/Qmax) of the FP8 state format
-N_SCALARS = tl.constexpr(12)
+# Group scalar tables (signopt.scalars.GroupScalars, computed once on the host): the scalars of
+# signopt.declaration.SCALARS in their declared order, the fp32 ones in the fp32 table, followed
+# by the constants of the state format the Triton kernels read there; the fp64 ones (Lion-kappa
+# lp norm) in the fp64 table.
+FORMAT_SCALARS = ("inv_qmax",)  # fp32(1/Qmax) of the FP8 state format (0 otherwise)
+SCALARS32 = tuple(s.name for s in SCALARS if s.ctype == "float") + FORMAT_SCALARS
+SCALARS64 = tuple(s.name for s in SCALARS if s.ctype == "double")
+if len(SCALARS32) + len(SCALARS64) != len(SCALARS) + len(FORMAT_SCALARS):
+    raise TypeError("every declared scalar is a 'float' or a 'double'")
 
-# fp64 group scalar table (Lion-kappa lp norm)
-D_P = tl.constexpr(0)              # p
-D_NORM_EXP = tl.constexpr(1)       # (p - 1)/p, so ||c||_p^(p-1) = (sum |c|^p)^((p-1)/p)
-N_SCALARS64 = tl.constexpr(2)
+S_LR = tl.constexpr(SCALARS32.index("lr"))
+S_DECAY = tl.constexpr(SCALARS32.index("decay"))
+S_L2 = tl.constexpr(SCALARS32.index("l2"))
+S_BETA1 = tl.constexpr(SCALARS32.index("beta1"))
+S_OMB1 = tl.constexpr(SCALARS32.index("omb1"))
+S_BETA2 = tl.constexpr(SCALARS32.index("beta2"))
+S_OMB2 = tl.constexpr(SCALARS32.index("omb2"))
+S_EPS = tl.constexpr(SCALARS32.index("eps"))
+S_HUBER_DELTA = tl.constexpr(SCALARS32.index("huber_delta"))
+S_P_MINUS_1 = tl.constexpr(SCALARS32.index("p_minus_1"))
+S_ENVELOPE_DECAY = tl.constexpr(SCALARS32.index("envelope_decay"))
+S_INV_QMAX = tl.constexpr(SCALARS32.index("inv_qmax"))
+N_SCALARS = tl.constexpr(len(SCALARS32))
+
+D_LP_P = tl.constexpr(SCALARS64.index("lp_p"))        # p
+D_LP_ROOT = tl.constexpr(SCALARS64.index("lp_root"))  # (p - 1)/p: ||c||_p^(p-1) = (sum |c|^p)^((p-1)/p)
+N_SCALARS64 = tl.constexpr(len(SCALARS64))
 
 # int64 reduction-stage table, one row per tensor
 R_UNIT_BASE = tl.constexpr(0)      # first chunk (program) of this tensor

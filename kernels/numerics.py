@@ -13,23 +13,52 @@ and reproduces it bit for bit:
 * random bits come from ``tl.philox`` keyed by the slot's 64-bit seed ``k0 | k1 << 32`` with
   counter ``(i mod 2**32, i >> 32, 0, 0)`` (:mod:`signopt.philox`).
 
-Storage kinds (``KIND`` constexprs) are shared by parameters, gradients and state:
-``0`` fp32, ``1`` bf16 (accessed as raw 16-bit patterns), ``2`` fp16, ``3`` FP8 E4M3,
-``4`` FP8 E5M2 (raw 8-bit codes).
+Storage kinds (``KIND`` constexprs) are shared by parameters, gradients and state: the
+format ids of :data:`signopt.declaration.FORMATS` (fp32, bf16 accessed as raw 16-bit patterns,
+fp16, FP8 E4M3 and E5M2 as raw 8-bit codes); the FP8 and fp16 grids (mantissa bits, minimum
+normal exponent, largest finite value) come from the same declaration. The interpreter hands
+these module constants to a jitted callee as ``tl.constexpr`` objects, which lack ``>>``/``<<``
+with an int on the left and wrap a tensor added to them: the grid helpers therefore write
+``2**M`` and ``0x7F // 2**M`` for shifts by ``M`` and keep a tensor operand on the left.
 """
 import triton
 import triton.language as tl
 
-KIND_FP32 = tl.constexpr(0)
-KIND_BF16 = tl.constexpr(1)
-KIND_FP16 = tl.constexpr(2)
-KIND_E4M3 = tl.constexpr(3)
-KIND_E5M2 = tl.constexpr(4)
+from signopt.casting import BF16_MAX_BITS as _BF16_MAX_BITS, BF16_QNAN as _BF16_QNAN
+from signopt.declaration import FORMATS, RANDOM_WORDS
+from signopt.state_format import MIN_SCALE as _MIN_SCALE
+
+KIND_FP32 = tl.constexpr(FORMATS["fp32"].id)
+KIND_BF16 = tl.constexpr(FORMATS["bf16"].id)
+KIND_FP16 = tl.constexpr(FORMATS["fp16"].id)
+KIND_E4M3 = tl.constexpr(FORMATS["fp8_e4m3"].id)
+KIND_E5M2 = tl.constexpr(FORMATS["fp8_e5m2"].id)
+
+# grids of the small formats: mantissa bits, minimum normal exponent, exponent bias (1 - emin),
+# largest finite value (Qmax of a block-scaled format)
+FP16_M = tl.constexpr(FORMATS["fp16"].mantissa_bits)
+FP16_EMIN = tl.constexpr(FORMATS["fp16"].emin)
+FP16_MAX = tl.constexpr(FORMATS["fp16"].max_finite)
+E4M3_M = tl.constexpr(FORMATS["fp8_e4m3"].mantissa_bits)
+E4M3_EMIN = tl.constexpr(FORMATS["fp8_e4m3"].emin)
+E4M3_BIAS = tl.constexpr(1 - FORMATS["fp8_e4m3"].emin)
+E4M3_MAX = tl.constexpr(FORMATS["fp8_e4m3"].max_finite)
+E4M3_HAS_INF = tl.constexpr(False)  # float8_e4m3fn: S.1111.111 is NaN, no inf
+E5M2_M = tl.constexpr(FORMATS["fp8_e5m2"].mantissa_bits)
+E5M2_EMIN = tl.constexpr(FORMATS["fp8_e5m2"].emin)
+E5M2_BIAS = tl.constexpr(1 - FORMATS["fp8_e5m2"].emin)
+E5M2_MAX = tl.constexpr(FORMATS["fp8_e5m2"].max_finite)
+E5M2_HAS_INF = tl.constexpr(True)  # IEEE-like: exponent all ones is inf / NaN
+
+# which Philox output word each purpose reads
+WORD_SIGN = tl.constexpr(RANDOM_WORDS["sign"])
+WORD_STATE_ROUNDING = tl.constexpr(RANDOM_WORDS["state_rounding"])
+WORD_PARAM_ROUNDING = tl.constexpr(RANDOM_WORDS["param_rounding"])
 
 TWO_POW_M24 = tl.constexpr(5.9604644775390625e-08)  # 2**-24
-MIN_SCALE = tl.constexpr(1.1754943508222875e-38)  # 2**-126, smallest FP8 block scale
-BF16_QNAN = tl.constexpr(0x7FC0)
-BF16_MAX_BITS = tl.constexpr(0x7F7F)
+MIN_SCALE = tl.constexpr(_MIN_SCALE)  # 2**-126, smallest FP8 block scale
+BF16_QNAN = tl.constexpr(_BF16_QNAN)
+BF16_MAX_BITS = tl.constexpr(_BF16_MAX_BITS)
 
 
 # ----------------------------------------------------------------------------- bit views
@@ -102,6 +131,29 @@ def philox_words(seed, idx):
 
 
 @triton.jit
+def _word(w0, w1, w2, w3, WORD: tl.constexpr):
+    if WORD == 0:
+        return w0
+    elif WORD == 1:
+        return w1
+    elif WORD == 2:
+        return w2
+    else:
+        tl.static_assert(WORD == 3, "a Philox4x32 call has four words")
+        return w3
+
+
+@triton.jit
+def random_words(seed, idx):
+    """The Philox words of elements ``idx`` for each purpose, as
+    :data:`signopt.declaration.RANDOM_WORDS` assigns them: ``(sign, state rounding, parameter
+    rounding)``. The only place the kernels draw random bits."""
+    w0, w1, w2, w3 = philox_words(seed, idx)
+    return (_word(w0, w1, w2, w3, WORD_SIGN), _word(w0, w1, w2, w3, WORD_STATE_ROUNDING),
+            _word(w0, w1, w2, w3, WORD_PARAM_ROUNDING))
+
+
+@triton.jit
 def uniform_from_word(w):
     """``philox.uniform_from_word``: ``(w >> 8) * 2**-24``, exact in fp32."""
     return (w >> 8).to(tl.float32) * TWO_POW_M24
@@ -153,7 +205,7 @@ def round_to_format(x, word, M: tl.constexpr, EMIN: tl.constexpr, MAX_FINITE: tl
     ulp = bits_f32(((e + 127) << 23).to(tl.uint32))
     inv_ulp = bits_f32(((127 - e) << 23).to(tl.uint32))
     k = tl.abs(x) * inv_ulp
-    in_range = k < 2.0 * (1 << (M + 1))
+    in_range = k < 2.0 * 2 ** (M + 1)
     ks = tl.where(in_range, k, 0.0)
     lo = ks.to(tl.int32)
     frac = ks - lo.to(tl.float32)
@@ -175,7 +227,7 @@ def fp8_code(y, M: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr):
     sgn = (yb >> 24) & 0x80
     ye = ((yb >> 23) & 0xFF).to(tl.int32) - 127
     normal = ((ye + BIAS) << M).to(tl.uint32) | ((yb & 0x7FFFFF) >> (23 - M))
-    sub_scale = bits_f32(((127 + M - EMIN) << 23) + yb * 0)  # 2**(M - EMIN)
+    sub_scale = bits_f32(yb * 0 + ((127 + M - EMIN) << 23))  # 2**(M - EMIN)
     subnormal = (tl.abs(y) * sub_scale).to(tl.uint32)
     code = tl.where(ye >= EMIN, normal, subnormal) | sgn
     code = tl.where(is_nan(y), sgn | 0x7F, code)
@@ -187,20 +239,21 @@ def fp8_value(code, M: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr,
               HAS_INF: tl.constexpr):
     """fp32 value of FP8 bit patterns (uint8): E4M3 (no inf, NaN = S.1111.111) or E5M2
     (``HAS_INF``: exponent all ones is inf/NaN)."""
+    E_ALL: tl.constexpr = 0x7F // 2**M  # the exponent field all ones
+    M_ALL: tl.constexpr = 2**M - 1  # the mantissa field all ones
     c = code.to(tl.uint32)
     sgn = (c & 0x80) << 24
-    e = ((c >> M) & (0x7F >> M)).to(tl.int32)
-    m = c & ((1 << M) - 1)
+    e = ((c >> M) & E_ALL).to(tl.int32)
+    m = c & M_ALL
     normal = bits_f32(sgn | ((e - BIAS + 127) << 23).to(tl.uint32) | (m << (23 - M)))
-    sub_unit = bits_f32(((127 + EMIN - M) << 23) + c * 0)  # 2**(EMIN - M)
+    sub_unit = bits_f32(c * 0 + ((127 + EMIN - M) << 23))  # 2**(EMIN - M)
     sub = bits_f32(f32_bits(m.to(tl.float32) * sub_unit) | sgn)
     val = tl.where(e == 0, sub, normal)
-    E_ALL: tl.constexpr = 0x7F >> M
     if HAS_INF:
         special = tl.where(m == 0, bits_f32(sgn | 0x7F800000), bits_f32(c * 0 + 0x7FC00000))
         val = tl.where(e == E_ALL, special, val)
     else:
-        val = tl.where((e == E_ALL) & (m == (1 << M) - 1), bits_f32(c * 0 + 0x7FC00000), val)
+        val = tl.where((e == E_ALL) & (m == M_ALL), bits_f32(c * 0 + 0x7FC00000), val)
     return val
 
 
@@ -209,6 +262,6 @@ def fp16_round(x, word, STOCHASTIC: tl.constexpr):
     """``casting.round_to_dtype(x, float16)``: IEEE nearest-even cast (inf on overflow, as
     torch), or stochastic via :func:`round_to_format` with fp16's grid (saturating)."""
     if STOCHASTIC:
-        return round_to_format(x, word, 10, -14, 65504.0, True).to(tl.float16)
+        return round_to_format(x, word, FP16_M, FP16_EMIN, FP16_MAX, True).to(tl.float16)
     else:
         return x.to(tl.float16)

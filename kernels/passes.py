@@ -19,13 +19,13 @@ import triton
 import triton.language as tl
 
 from .layout import (C_ENV, C_ENV_SCALE, C_FIRST_BLOCK, C_GRAD, C_INDEX_OFFSET, C_M, C_M_SCALE,
-                     C_NUMEL, C_PARAM, C_SEED, C_SEG_BASE, C_SEG_LEN, C_V, C_V_SCALE, D_NORM_EXP,
-                     D_P, F_BIAS1, F_BIAS2, F_NUMEL, N_COLS, N_FCOLS, N_RCOLS, R_CHUNKS,
-                     R_SEG_BASE, R_SEG_LEN, R_UNIT_BASE, S_BETA1, S_BETA2, S_DECAY, S_ENV_DECAY,
+                     C_NUMEL, C_PARAM, C_SEED, C_SEG_BASE, C_SEG_LEN, C_V, C_V_SCALE, D_LP_ROOT,
+                     D_LP_P, F_BIAS1, F_BIAS2, F_NUMEL, N_COLS, N_FCOLS, N_RCOLS, R_CHUNKS,
+                     R_SEG_BASE, R_SEG_LEN, R_UNIT_BASE, S_BETA1, S_BETA2, S_DECAY, S_ENVELOPE_DECAY,
                      S_EPS, S_HUBER_DELTA, S_INV_QMAX, S_L2, S_LR, S_OMB1, S_OMB2, S_P_MINUS_1)
-from .numerics import fmax, philox_words, pow_f64, sign, uniform_from_word
+from .numerics import fmax, pow_f64, random_words, sign, uniform_from_word
 from .rules import (ENVELOPE_ELEMENT, ENVELOPE_TENSOR, FAMILY_LION, FAMILY_SIGN, FAMILY_SIGNUM,
-                    FAMILY_STOCHASTIC, KAPPA_L2, KAPPA_LP, KAPPA_ROW_L2, BASE_ADAMW, BASE_SGD,
+                    FAMILY_STOCHASTIC, KAPPA_L2, KAPPA_LP, KAPPA_ROW_L2,
                     cautious, kappa_direction, kappa_norm_term, lion_rule, prologue,
                     signum_rule, stochastic_base, stochastic_sign)
 from .state_io import load_state, load_values, store_state, store_values
@@ -41,12 +41,18 @@ def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr,
                  ENVELOPE: tl.constexpr, ENV_FROM_GRAD: tl.constexpr, CAUTIOUS: tl.constexpr,
                  MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr, HAS_INV_SCALE: tl.constexpr,
                  P_KIND: tl.constexpr, G_KIND: tl.constexpr, S_KIND: tl.constexpr,
+                 HAS_M: tl.constexpr, HAS_V: tl.constexpr, ELEMENT_G: tl.constexpr,
                  NEED_WORDS: tl.constexpr, SBLK: tl.constexpr, WANT: tl.constexpr):
     """Everything a pass needs about the elements ``offs`` of tensor ``t``.
 
-    Returns ``(p, g, bad, q, u, m_new, v_new, env_new, word1, word2)``: fp32 parameter,
-    prologue-processed gradient, non-finite mask, the reduction quantity ``q`` (``WANT`` <
-    ``WANT_UPDATE``), the direction ``u`` (after the cautious mask) and the new fp32 state.
+    ``HAS_M``, ``HAS_V``, ``ELEMENT_G``: which per-element state slots the rule's kernel kind
+    keeps (``signopt.declaration``; ``ELEMENT_G``: an element envelope), loaded here in the
+    state format.
+
+    Returns ``(p, g, bad, q, u, m_new, v_new, env_new, state_word, param_word)``: fp32
+    parameter, prologue-processed gradient, non-finite mask, the reduction quantity ``q``
+    (``WANT`` < ``WANT_UPDATE``), the direction ``u`` (after the cautious mask), the new fp32
+    state and the Philox words of the state and parameter rounding.
     """
     p = load_values(tl.load(row + C_PARAM), offs, mask, P_KIND)
     graw = load_values(tl.load(row + C_GRAD), offs, mask, G_KIND)
@@ -55,24 +61,23 @@ def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr,
         inv_scale = tl.load(inv_scale_ptr)
     g, bad = prologue(graw, p, inv_scale, tl.load(sc_ptr + S_L2), MAXIMIZE, HAS_INV_SCALE, HAS_L2)
     zero = tl.zeros_like(g)
-    w0 = zero.to(tl.uint32)
-    w1 = w0
-    w2 = w0
+    sign_word = zero.to(tl.uint32)
+    state_word = sign_word
+    param_word = sign_word
     if NEED_WORDS:
-        w0, w1, w2, _w3 = philox_words(tl.load(row + C_SEED), tl.load(row + C_INDEX_OFFSET) + offs)
+        sign_word, state_word, param_word = random_words(tl.load(row + C_SEED),
+                                                         tl.load(row + C_INDEX_OFFSET) + offs)
     block = offs // SBLK
     m = zero
     v = zero
     env_el = zero
-    if FAMILY != FAMILY_SIGN:
-        if FAMILY != FAMILY_STOCHASTIC or BASE != BASE_SGD:
-            m = load_state(tl.load(row + C_M), tl.load(row + C_M_SCALE), offs, mask, block, S_KIND)
-    if FAMILY == FAMILY_STOCHASTIC:
-        if BASE == BASE_ADAMW:
-            v = load_state(tl.load(row + C_V), tl.load(row + C_V_SCALE), offs, mask, block, S_KIND)
-        if ENVELOPE == ENVELOPE_ELEMENT:
-            env_el = load_state(tl.load(row + C_ENV), tl.load(row + C_ENV_SCALE), offs, mask,
-                                block, S_KIND)
+    if HAS_M:
+        m = load_state(tl.load(row + C_M), tl.load(row + C_M_SCALE), offs, mask, block, S_KIND)
+    if HAS_V:
+        v = load_state(tl.load(row + C_V), tl.load(row + C_V_SCALE), offs, mask, block, S_KIND)
+    if ELEMENT_G:
+        env_el = load_state(tl.load(row + C_ENV), tl.load(row + C_ENV_SCALE), offs, mask, block,
+                            S_KIND)
     beta1 = tl.load(sc_ptr + S_BETA1)
     omb1 = tl.load(sc_ptr + S_OMB1)
     beta2 = tl.load(sc_ptr + S_BETA2)
@@ -96,7 +101,7 @@ def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr,
     u = zero
     if WANT == WANT_STAGE_A:
         if FAMILY == FAMILY_LION:
-            q = kappa_norm_term(x, tl.load(sc64_ptr + D_P), KAPPA)
+            q = kappa_norm_term(x, tl.load(sc64_ptr + D_LP_P), KAPPA)
         else:
             if ENV_FROM_GRAD:
                 q = tl.abs(g).to(tl.float64)
@@ -121,18 +126,18 @@ def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr,
                     src = tl.abs(g)
                 else:
                     src = tl.abs(x)
-                env_new = tl.where(bad, env_el, fmax(env_el * tl.load(sc_ptr + S_ENV_DECAY), src))
+                env_new = tl.where(bad, env_el, fmax(env_el * tl.load(sc_ptr + S_ENVELOPE_DECAY), src))
                 env = env_new
             elif ENVELOPE == ENVELOPE_TENSOR:
                 env = zero + tl.load(env_ptr)
             else:
                 env = tl.load(env_ptr + offs // tl.load(row + C_SEG_LEN), mask=mask, other=0.0)
-            u = stochastic_sign(x, env, uniform_from_word(w0))
+            u = stochastic_sign(x, env, uniform_from_word(sign_word))
         if WANT == WANT_CAUTIOUS_COUNT:
             q = (u * g > 0.0).to(tl.float64)
         elif CAUTIOUS:
             u = cautious(u, g, tl.load(segb_ptr + t))
-    return p, g, bad, q, u, m_new, v_new, env_new, w1, w2
+    return p, g, bad, q, u, m_new, v_new, env_new, state_word, param_word
 
 
 @triton.jit
@@ -142,7 +147,8 @@ def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, f
                   ENVELOPE: tl.constexpr, ENV_FROM_GRAD: tl.constexpr, CAUTIOUS: tl.constexpr,
                   MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr, HAS_INV_SCALE: tl.constexpr,
                   HAS_FOUND_INF: tl.constexpr, P_KIND: tl.constexpr, G_KIND: tl.constexpr,
-                  S_KIND: tl.constexpr, STATE_SR: tl.constexpr, PARAM_SR: tl.constexpr,
+                  S_KIND: tl.constexpr, HAS_M: tl.constexpr, HAS_V: tl.constexpr,
+                  ELEMENT_G: tl.constexpr, STATE_SR: tl.constexpr, PARAM_SR: tl.constexpr,
                   NEED_WORDS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
                   SB: tl.constexpr):
     """Pass 3: the update of ``ROWS*SB`` consecutive elements of one tensor per program.
@@ -161,10 +167,10 @@ def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, f
     c = tl.arange(0, COLS)
     offs = start + r[:, None] * SB + c[None, :]
     mask = (c[None, :] < SB) & (offs < numel)
-    p, g, bad, q, u, m_new, v_new, env_new, w1, w2 = element_rule(
+    p, g, bad, q, u, m_new, v_new, env_new, state_word, param_word = element_rule(
         row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr, t, offs, mask,
         FAMILY, KAPPA, BASE, ENVELOPE, ENV_FROM_GRAD, CAUTIOUS, MAXIMIZE, HAS_L2, HAS_INV_SCALE,
-        P_KIND, G_KIND, S_KIND, NEED_WORDS, SB, WANT_UPDATE)
+        P_KIND, G_KIND, S_KIND, HAS_M, HAS_V, ELEMENT_G, NEED_WORDS, SB, WANT_UPDATE)
     p_new = p * tl.load(sc_ptr + S_DECAY) - tl.load(sc_ptr + S_LR) * u
     p_new = tl.where(bad, p, p_new)
     row_start = start + r * SB
@@ -177,18 +183,16 @@ def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, f
         store_mask = mask
     block_row = row_start // SB
     inv_qmax = tl.load(sc_ptr + S_INV_QMAX)
-    store_values(tl.load(row + C_PARAM), offs, p_new, store_mask, w2, P_KIND, PARAM_SR)
-    if FAMILY != FAMILY_SIGN:
-        if FAMILY != FAMILY_STOCHASTIC or BASE != BASE_SGD:
-            store_state(tl.load(row + C_M), tl.load(row + C_M_SCALE), offs, m_new, store_mask,
-                        block_row, row_mask, w1, inv_qmax, S_KIND, STATE_SR)
-    if FAMILY == FAMILY_STOCHASTIC:
-        if BASE == BASE_ADAMW:
-            store_state(tl.load(row + C_V), tl.load(row + C_V_SCALE), offs, v_new, store_mask,
-                        block_row, row_mask, w1, inv_qmax, S_KIND, STATE_SR)
-        if ENVELOPE == ENVELOPE_ELEMENT:
-            store_state(tl.load(row + C_ENV), tl.load(row + C_ENV_SCALE), offs, env_new,
-                        store_mask, block_row, row_mask, w1, inv_qmax, S_KIND, STATE_SR)
+    store_values(tl.load(row + C_PARAM), offs, p_new, store_mask, param_word, P_KIND, PARAM_SR)
+    if HAS_M:
+        store_state(tl.load(row + C_M), tl.load(row + C_M_SCALE), offs, m_new, store_mask,
+                    block_row, row_mask, state_word, inv_qmax, S_KIND, STATE_SR)
+    if HAS_V:
+        store_state(tl.load(row + C_V), tl.load(row + C_V_SCALE), offs, v_new, store_mask,
+                    block_row, row_mask, state_word, inv_qmax, S_KIND, STATE_SR)
+    if ELEMENT_G:
+        store_state(tl.load(row + C_ENV), tl.load(row + C_ENV_SCALE), offs, env_new, store_mask,
+                    block_row, row_mask, state_word, inv_qmax, S_KIND, STATE_SR)
     n_bad = tl.sum((bad & mask).to(tl.int32))
     tl.atomic_add(count_ptr, n_bad.to(tl.int64))
 
@@ -200,7 +204,8 @@ def reduce_chunks_kernel(tab_ptr, ftab_ptr, unit_ptr, rtab_ptr, sc_ptr, sc64_ptr
                          ENVELOPE: tl.constexpr, ENV_FROM_GRAD: tl.constexpr,
                          MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr,
                          HAS_INV_SCALE: tl.constexpr, P_KIND: tl.constexpr,
-                         G_KIND: tl.constexpr, S_KIND: tl.constexpr, NEED_WORDS: tl.constexpr,
+                         G_KIND: tl.constexpr, S_KIND: tl.constexpr, HAS_M: tl.constexpr,
+                         HAS_V: tl.constexpr, ELEMENT_G: tl.constexpr, NEED_WORDS: tl.constexpr,
                          SBLK: tl.constexpr, WANT: tl.constexpr, UNITS: tl.constexpr,
                          RBLOCK: tl.constexpr):
     """Passes 1a/2a: one partial per chunk (``RBLOCK`` elements of one segment): an fp64 sum,
@@ -220,10 +225,10 @@ def reduce_chunks_kernel(tab_ptr, ftab_ptr, unit_ptr, rtab_ptr, sc_ptr, sc64_ptr
     offs = seg_start + (local - seg * chunks) * RBLOCK + tl.arange(0, RBLOCK)[None, :].to(tl.int64)
     end = tl.minimum(seg_start + seg_len, tl.load(row + C_NUMEL))
     mask = (offs < end) & live
-    p, g, bad, q, u, m_new, v_new, env_new, w1, w2 = element_rule(
+    p, g, bad, q, u, m_new, v_new, env_new, state_word, param_word = element_rule(
         row, ftab_ptr + t * N_FCOLS, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, sega_ptr, t, offs,
         mask, FAMILY, KAPPA, BASE, ENVELOPE, ENV_FROM_GRAD, False, MAXIMIZE, HAS_L2,
-        HAS_INV_SCALE, P_KIND, G_KIND, S_KIND, NEED_WORDS, SBLK, WANT)
+        HAS_INV_SCALE, P_KIND, G_KIND, S_KIND, HAS_M, HAS_V, ELEMENT_G, NEED_WORDS, SBLK, WANT)
     q = tl.where(mask, q, 0.0)
     if WANT == WANT_STAGE_A and FAMILY == FAMILY_STOCHASTIC:
         partial = tl.max(q, axis=1)
@@ -264,14 +269,14 @@ def reduce_finalize_kernel(tab_ptr, ftab_ptr, seg_ptr, rtab_ptr, sc_ptr, sc64_pt
     if WANT == WANT_STAGE_A:
         if FAMILY == FAMILY_LION:
             if KAPPA == KAPPA_LP:
-                norm = pow_f64(acc, tl.load(sc64_ptr + D_NORM_EXP))
+                norm = pow_f64(acc, tl.load(sc64_ptr + D_LP_ROOT))
             else:
                 norm = tl.sqrt(acc)
             tl.store(out_ptr + s, norm.to(tl.float32), mask=live)
         else:
             env_ptr = tl.load(row + C_ENV).to(tl.pointer_type(tl.float32)) + local
             g_old = tl.load(env_ptr, mask=live, other=0.0)
-            g_new = fmax(g_old * tl.load(sc_ptr + S_ENV_DECAY), acc.to(tl.float32))
+            g_new = fmax(g_old * tl.load(sc_ptr + S_ENVELOPE_DECAY), acc.to(tl.float32))
             store = live
             if HAS_FOUND_INF:
                 store = live & (tl.where(tl.load(found_inf_ptr) > 0.0, 0, 1) != 0)

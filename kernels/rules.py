@@ -12,30 +12,32 @@ math); kernels differ only in what they load before and store after calling thes
 import triton
 import triton.language as tl
 
+from signopt.declaration import BASES, ENVELOPES, FAMILIES, KAPPAS
+
 from .numerics import ema, is_finite, pow_f64, safe_div, sign
 
-# Rule codes (constexpr values chosen by the host from signopt.rule.UpdateRule)
-FAMILY_SIGN = tl.constexpr(0)
-FAMILY_SIGNUM = tl.constexpr(1)
-FAMILY_LION = tl.constexpr(2)
-FAMILY_STOCHASTIC = tl.constexpr(3)
+# Rule codes: the ids of signopt.declaration (constexpr values the host chooses from the rule)
+FAMILY_SIGN = tl.constexpr(FAMILIES["sign"])
+FAMILY_SIGNUM = tl.constexpr(FAMILIES["signum"])
+FAMILY_LION = tl.constexpr(FAMILIES["lion"])
+FAMILY_STOCHASTIC = tl.constexpr(FAMILIES["stochastic"])
 
-KAPPA_L1 = tl.constexpr(0)
-KAPPA_L2SQ = tl.constexpr(1)
-KAPPA_HUBER = tl.constexpr(2)
-KAPPA_L2 = tl.constexpr(3)
-KAPPA_ROW_L2 = tl.constexpr(4)
-KAPPA_LP = tl.constexpr(5)
+KAPPA_L1 = tl.constexpr(KAPPAS["l1"])
+KAPPA_L2SQ = tl.constexpr(KAPPAS["l2sq"])
+KAPPA_HUBER = tl.constexpr(KAPPAS["huber"])
+KAPPA_L2 = tl.constexpr(KAPPAS["l2"])
+KAPPA_ROW_L2 = tl.constexpr(KAPPAS["row_l2"])
+KAPPA_LP = tl.constexpr(KAPPAS["lp"])
 
-BASE_SGD = tl.constexpr(0)
-BASE_MOMENTUM = tl.constexpr(1)
-BASE_ADAMW = tl.constexpr(2)
-BASE_LION = tl.constexpr(3)
+BASE_SGD = tl.constexpr(BASES["sgd"])
+BASE_MOMENTUM = tl.constexpr(BASES["momentum"])
+BASE_ADAMW = tl.constexpr(BASES["adamw"])
+BASE_LION = tl.constexpr(BASES["lion"])
 
-ENVELOPE_ELEMENT = tl.constexpr(0)
-ENVELOPE_ROW = tl.constexpr(1)
-ENVELOPE_BLOCK = tl.constexpr(2)
-ENVELOPE_TENSOR = tl.constexpr(3)
+ENVELOPE_ELEMENT = tl.constexpr(ENVELOPES["element"])
+ENVELOPE_ROW = tl.constexpr(ENVELOPES["row"])
+ENVELOPE_BLOCK = tl.constexpr(ENVELOPES["block"])
+ENVELOPE_TENSOR = tl.constexpr(ENVELOPES["tensor"])
 
 
 @triton.jit

@@ -14,12 +14,10 @@ bf16 is accessed as int16 bit patterns and FP8 as uint8 codes so that no float c
 import triton
 import triton.language as tl
 
-from .numerics import (KIND_BF16, KIND_E4M3, KIND_E5M2, KIND_FP16, KIND_FP32, MIN_SCALE,
-                       bf16_decode, bf16_nearest, bf16_stochastic, fp8_code, fp8_value,
-                       fp16_round, is_finite, is_nan, round_to_format)
-
-E4M3_MAX = tl.constexpr(448.0)
-E5M2_MAX = tl.constexpr(57344.0)
+from .numerics import (E4M3_BIAS, E4M3_EMIN, E4M3_HAS_INF, E4M3_M, E4M3_MAX, E5M2_BIAS,
+                       E5M2_EMIN, E5M2_HAS_INF, E5M2_M, E5M2_MAX, KIND_BF16, KIND_E4M3, KIND_E5M2,
+                       KIND_FP16, KIND_FP32, MIN_SCALE, bf16_decode, bf16_nearest, bf16_stochastic,
+                       fp8_code, fp8_value, fp16_round, is_finite, is_nan, round_to_format)
 
 
 @triton.jit
@@ -42,11 +40,11 @@ def load_state(addr, scale_addr, offs, mask, block, KIND: tl.constexpr):
     if KIND == KIND_E4M3:
         code = tl.load(addr.to(tl.pointer_type(tl.uint8)) + offs, mask=mask, other=0)
         s = tl.load(scale_addr.to(tl.pointer_type(tl.float32)) + block, mask=mask, other=0.0)
-        return fp8_value(code, 3, -6, 7, False) * s
+        return fp8_value(code, E4M3_M, E4M3_EMIN, E4M3_BIAS, E4M3_HAS_INF) * s
     elif KIND == KIND_E5M2:
         code = tl.load(addr.to(tl.pointer_type(tl.uint8)) + offs, mask=mask, other=0)
         s = tl.load(scale_addr.to(tl.pointer_type(tl.float32)) + block, mask=mask, other=0.0)
-        return fp8_value(code, 2, -14, 15, True) * s
+        return fp8_value(code, E5M2_M, E5M2_EMIN, E5M2_BIAS, E5M2_HAS_INF) * s
     else:
         return load_values(addr, offs, mask, KIND)
 
@@ -89,10 +87,12 @@ def store_fp8_blocks(addr, scale_addr, offs, x, mask, block_row, row_mask, word,
     """Encode a ``[rows, cols]`` tile (row r = FP8 block ``block_row[r]``) and store codes
     and scales; lanes outside ``mask`` do not enter the absmax."""
     if KIND == KIND_E4M3:
-        code, scale = _fp8_encode(x, mask, word, inv_qmax, E4M3_MAX, 3, -6, 7, STOCHASTIC)
+        code, scale = _fp8_encode(x, mask, word, inv_qmax, E4M3_MAX, E4M3_M, E4M3_EMIN, E4M3_BIAS,
+                                   STOCHASTIC)
     else:
         tl.static_assert(KIND == KIND_E5M2, "store_fp8_blocks: kind must be E4M3 or E5M2")
-        code, scale = _fp8_encode(x, mask, word, inv_qmax, E5M2_MAX, 2, -14, 15, STOCHASTIC)
+        code, scale = _fp8_encode(x, mask, word, inv_qmax, E5M2_MAX, E5M2_M, E5M2_EMIN, E5M2_BIAS,
+                                   STOCHASTIC)
     tl.store(addr.to(tl.pointer_type(tl.uint8)) + offs, code, mask=mask)
     tl.store(scale_addr.to(tl.pointer_type(tl.float32)) + block_row, scale, mask=row_mask)
 

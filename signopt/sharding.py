@@ -161,23 +161,26 @@ def layout(p: Tensor) -> ShardLayout | None:
 
 
 # ------------------------------------------------------------------ refusals
+_ROW_REDUCTIONS = {"norm": "row norms", "max": "row maxima"}
+
+
 def _reductions(rule: UpdateRule, lay: ShardLayout) -> list[str]:
     """What ``rule`` would need reduced across shards of ``lay`` (empty: runs shard-locally)."""
     rows_whole = lay.contiguous and len(lay.shape) >= 2
     need = []
-    if rule.family == "lion":
-        cell, what = declaration.KAPPA_SEGMENT.get(rule.kappa), f"kappa={rule.kappa!r}"
+    if rule.family == "lion":  # a norm per tensor or row
+        cell, what, reduces = declaration.KAPPA_SEGMENT.get(rule.kappa), f"kappa={rule.kappa!r}", "norm"
         if rule.kappa == "callable" and not getattr(rule.kappa_fn, "elementwise", False):
             need.append("a callable kappa would see only the local shard (mark it "
                         "`fn.elementwise = True` if it is element-wise)")
-    elif rule.stochastic:
-        cell, what = rule.envelope, f"envelope={rule.envelope!r}"
+    elif rule.stochastic:  # a max per row, block or tensor
+        cell, what, reduces = rule.envelope, f"envelope={rule.envelope!r}", "max"
     else:
         cell = None
     if cell == "tensor":
-        need.append(f"{what} needs a reduction over the whole tensor")
+        need.append(f"{what} needs the {reduces} {'of' if reduces == 'norm' else 'over'} the whole tensor")
     if cell == "row" and not rows_whole:
-        need.append(f"{what} needs a reduction per row and this sharding splits rows")
+        need.append(f"{what} needs {_ROW_REDUCTIONS[reduces]} and this sharding splits rows")
     if cell == "block" and not (lay.contiguous and lay.aligned(rule.envelope_block)):
         need.append(f"{what} needs shard boundaries on multiples of "
                     f"envelope_block={rule.envelope_block} (boundaries at {list(lay.starts)})")

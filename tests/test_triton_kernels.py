@@ -3,8 +3,10 @@
 Helpers (``signopt.kernels.numerics`` / ``state_io``) run in a one-program test kernel under
 the interpreter and are compared bit for bit with :mod:`signopt.casting` /
 :mod:`signopt.state_format` on ties, subnormals, the largest finite values, inf and NaN.
-Plumbing: one update launch for any number of tensors, no triton import from ``import
-signopt``, clear availability errors.
+Plumbing: one update launch for any number of tensors, a prepared plan that keeps its tables
+between steps (and steps non-contiguous parameters through refreshed work copies), ids, Philox
+words and scalar-table order taken from ``signopt.declaration``, no triton import from
+``import signopt``, clear availability errors.
 """
 from __future__ import annotations
 
@@ -101,6 +103,76 @@ def test_fp8_codes_and_values(kernels, fmt):
     assert torch.equal(values[keep], want[keep])
 
 
+def test_random_words_follow_the_declaration(kernels):
+    from signopt import declaration, philox
+
+    key = (0x9E3779B9, 0xDEADBEEF)
+    idx = torch.tensor([0, 1, 2, 255, 1000, 2**32 - 1, 2**32 + 5, 3 * 2**32 + 7], dtype=torch.int64)
+    seed = philox.triton_seed(key)
+    got = kernels.random_words(seed - (1 << 64) if seed >= 1 << 63 else seed, idx)
+    words = philox.element_words(key, idx)
+    for col, purpose in enumerate(("sign", "state_rounding", "param_rounding")):
+        assert torch.equal(got[:, col], words[declaration.RANDOM_WORDS[purpose]]), purpose
+
+
+def _constants(module, prefix: str) -> dict[str, int]:
+    return {name[len(prefix):].lower(): getattr(module, name).value
+            for name in dir(module) if name.startswith(prefix)}
+
+
+def test_kernel_ids_follow_the_declaration(kernels):
+    """Every id the kernels compare against is the declared one, and every declared choice has
+    one: a new or renumbered family, kappa, base, envelope, format or Philox word in
+    ``signopt.declaration`` cannot leave the Triton kernels behind."""
+    from signopt import declaration
+    from signopt.kernels import launch, numerics, rules
+
+    for prefix, declared, host in (("FAMILY_", declaration.FAMILIES, launch.FAMILIES),
+                                   ("KAPPA_", declaration.KAPPAS, launch.KAPPAS),
+                                   ("BASE_", declaration.BASES, launch.BASES),
+                                   ("ENVELOPE_", declaration.ENVELOPES, launch.ENVELOPES)):
+        assert _constants(rules, prefix) == declared
+        assert host == declared
+    kinds = {name.replace("fp8_", ""): f.id for name, f in declaration.FORMATS.items()}
+    assert _constants(numerics, "KIND_") == kinds
+    assert launch.PARAM_KINDS == {f.dtype: f.id for f in declaration.FORMATS.values() if f.param}
+    assert launch.STATE_KINDS == {n: f.id for n, f in declaration.FORMATS.items() if f.state}
+    for name, prefix in (("fp16", "FP16_"), ("fp8_e4m3", "E4M3_"), ("fp8_e5m2", "E5M2_")):
+        f, got = declaration.FORMATS[name], _constants(numerics, prefix)
+        assert (got["m"], got["emin"], got["max"]) == (f.mantissa_bits, f.emin, f.max_finite)
+        if "bias" in got:
+            assert got["bias"] == 1 - f.emin
+    assert _constants(numerics, "WORD_") == declaration.RANDOM_WORDS
+
+
+def test_scalar_tables_follow_the_declaration(kernels):
+    """The group scalar tables hold ``declaration.SCALARS`` in their declared order (fp32 ones,
+    then the format constants; fp64 ones apart), every ``S_``/``D_`` column the kernels read is
+    its name's position, and the host fills each column with the scalar of that name."""
+    from signopt import declaration
+    from signopt.kernels import launch, layout
+    from signopt.scalars import GroupScalars, f32
+
+    fp32 = [s.name for s in declaration.SCALARS if s.ctype == "float"]
+    fp64 = [s.name for s in declaration.SCALARS if s.ctype == "double"]
+    assert fp32 + fp64 != [] and len(fp32) + len(fp64) == len(declaration.SCALARS)
+    assert layout.SCALARS32 == tuple(fp32) + layout.FORMAT_SCALARS
+    assert layout.SCALARS64 == tuple(fp64)
+    columns32, columns64 = _constants(layout, "S_"), _constants(layout, "D_")
+    assert columns32 and columns64
+    assert all(layout.SCALARS32.index(n) == i for n, i in columns32.items())
+    assert all(layout.SCALARS64.index(n) == i for n, i in columns64.items())
+    assert (layout.N_SCALARS.value, layout.N_SCALARS64.value) == (len(layout.SCALARS32), len(fp64))
+
+    values = {s.name: (i + 1) / 8 for i, s in enumerate(declaration.SCALARS)}
+    cpu = torch.device("cpu")
+    for lr in (values["lr"], torch.tensor(values["lr"])):
+        sc = GroupScalars(**dict(values, lr=lr), inv_scale=None, found_inf=None)
+        table = launch._scalar_table(sc, "fp8_e4m3", cpu)
+        assert table.tolist() == [values[n] for n in fp32] + [f32(1 / declaration.FORMATS["fp8_e4m3"].max_finite)]
+        assert launch._scalar_table64(sc, cpu).tolist() == [values[n] for n in fp64]
+
+
 class _Counting:
     """Wraps a jitted kernel and counts its launches."""
 
@@ -142,6 +214,90 @@ def test_noncontiguous_param_and_grad(kernels):
     opt.step()
     ropt.step()
     assert torch.equal(p, q) and torch.equal(opt.state[p]["m"], ropt.state[q]["m"])
+
+
+@pytest.fixture
+def table_builds(monkeypatch):
+    """Counts the plans ``launch.prepare`` makes and the tables it builds (and uploads)."""
+    from signopt.kernels import launch
+
+    seen = {"plans": [], "tables": []}
+    table, prepare = launch.DeviceTableCache.table, launch.prepare
+
+    def counting_table(self, device, key, build):
+        def counted():
+            seen["tables"].append(key)
+            return build()
+        return table(self, device, key, counted)
+
+    def counting_prepare(rule, slots):
+        seen["plans"].append(prepare(rule, slots))
+        return seen["plans"][-1]
+
+    monkeypatch.setattr(launch.DeviceTableCache, "table", counting_table)
+    monkeypatch.setattr(launch, "prepare", counting_prepare)
+    return seen
+
+
+@pytest.mark.parametrize("make,per_step", [
+    (lambda ps, b: signopt.Lion(ps, lr=0.1, weight_decay=0.1, cautious=True, backend=b), 0),
+    (lambda ps, b: signopt.LionKappa(ps, kappa="row_l2", lr=0.1, backend=b), 0),
+    # keys (tensor table) and bias corrections (tensor scalar table) change every step
+    (lambda ps, b: signopt.SignConversion(ps, base="adamw", envelope="row", lr=0.1, seed=3,
+                                          backend=b), 2),
+], ids=["lion-cautious", "kappa-row_l2", "conv-adamw-row"])
+def test_prepared_step_keeps_its_tables(kernels, table_builds, make, per_step):
+    """One plan for every step; a step with the same gradient tensors builds no table beyond
+    its new keys and bias corrections, one with new gradient tensors only the tensor table."""
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.randn(s, generator=gen) for s in [(5, 7), (300,), (3,)]]
+    ref = [p.clone() for p in ps]
+    opt, ropt = make(ps, "triton"), make(ref, "torch")
+    for p, q in zip(ps, ref):
+        p.grad = torch.randn(p.shape, generator=gen)
+        q.grad = p.grad.clone()
+    opt.step()
+    ropt.step()
+    for step in range(3):
+        old = [p.grad for p in ps]
+        if step < 2:
+            for p in ps:
+                p.grad.copy_(torch.randn(p.shape, generator=gen))
+        else:
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gen)
+        for p, q in zip(ps, ref):
+            q.grad = p.grad.clone()
+        table_builds["tables"].clear()
+        opt.step()
+        ropt.step()
+        new_grads = step == 2  # (a rule with new keys every step rebuilds its tensor table anyway)
+        want = per_step if per_step else int(new_grads)
+        assert len(table_builds["tables"]) == want, table_builds["tables"]
+        del old
+    assert len(table_builds["plans"]) == 1
+    for p, q in zip(ps, ref):
+        assert torch.equal(p, q)
+        assert all(torch.equal(opt.state[p][k], ropt.state[q][k]) for k in ropt.state[q])
+
+
+def test_noncontiguous_param_over_steps(kernels, table_builds):
+    """A kept plan steps a non-contiguous parameter through a work copy that each step
+    refreshes (the parameter changes between steps) and writes back."""
+    p = torch.randn(6, 8).t()
+    q = p.detach().clone()
+    opt = signopt.Lion([p], lr=0.1, weight_decay=0.1, backend="triton")
+    ropt = signopt.Lion([q], lr=0.1, weight_decay=0.1, backend="torch")
+    for _ in range(3):
+        p.grad = torch.randn(8, 6)
+        q.grad = p.grad.clone()
+        opt.step()
+        ropt.step()
+        assert torch.equal(p, q) and torch.equal(opt.state[p]["m"], ropt.state[q]["m"])
+        with torch.no_grad():
+            p.mul_(0.5)
+            q.mul_(0.5)
+    assert len(table_builds["plans"]) == 1
 
 
 def test_import_signopt_does_not_import_triton():

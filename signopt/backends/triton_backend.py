@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 
 from ..rule import UpdateRule
-from ..scalars import GroupScalars
-from . import BackendUnavailable
+from . import BackendUnavailable, Prepared
 from .slot import ParamSlot
 
 KERNELS = "signopt.kernels"
@@ -42,8 +41,9 @@ class TritonBackend:
     def unsupported(self, rule: UpdateRule, params: list[Tensor]) -> str | None:
         return self._launch.unsupported(rule, params)
 
-    def step(self, rule: UpdateRule, slots: list[ParamSlot], scalars: GroupScalars) -> Tensor | None:
-        return self._launch.step(rule, slots, scalars)
+    def prepare(self, rule: UpdateRule, slots: list[ParamSlot]) -> Prepared:
+        """The step of ``slots`` with its tables built once (``signopt.kernels.launch.Plan``)."""
+        return self._launch.prepare(rule, slots)
 
 
 def load() -> TritonBackend:

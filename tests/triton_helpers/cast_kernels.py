@@ -49,8 +49,22 @@ def _value_kernel(c_ptr, out_ptr, n, M: tl.constexpr, EMIN: tl.constexpr, BIAS: 
     tl.store(out_ptr + offs, nm.fp8_value(c, M, EMIN, BIAS, HAS_INF), mask=mask)
 
 
+# the codec constants the kernels use (signopt.kernels.numerics, from signopt.declaration)
+FP8 = {name: {k: c.value for k, c in consts.items()} for name, consts in {
+    "fp8_e4m3": dict(M=nm.E4M3_M, EMIN=nm.E4M3_EMIN, BIAS=nm.E4M3_BIAS, HAS_INF=nm.E4M3_HAS_INF),
+    "fp8_e5m2": dict(M=nm.E5M2_M, EMIN=nm.E5M2_EMIN, BIAS=nm.E5M2_BIAS, HAS_INF=nm.E5M2_HAS_INF),
+}.items()}
+
+
+GRIDS = {name: {k: c.value for k, c in consts.items()} for name, consts in {
+    "fp16": dict(M=nm.FP16_M, EMIN=nm.FP16_EMIN, MAXF=nm.FP16_MAX),
+    "fp8_e4m3": dict(M=nm.E4M3_M, EMIN=nm.E4M3_EMIN, MAXF=nm.E4M3_MAX),
+    "fp8_e5m2": dict(M=nm.E5M2_M, EMIN=nm.E5M2_EMIN, MAXF=nm.E5M2_MAX),
+}.items()}
+
+
 def _fp8_params(spec):
-    return dict(M=spec.mantissa_bits, EMIN=spec.emin, BIAS=1 - spec.emin)
+    return {k: v for k, v in FP8[spec.name].items() if k != "HAS_INF"}
 
 
 def bf16(x, words, stochastic):
@@ -61,8 +75,8 @@ def bf16(x, words, stochastic):
 
 def round_format(x, words, spec, stochastic):
     out = torch.empty_like(x)
-    _round_kernel[(1,)](x, words.to(torch.int64), out, x.numel(), M=spec.mantissa_bits,
-                        EMIN=spec.emin, MAXF=spec.max_finite, STOCHASTIC=stochastic, BLOCK=N)
+    _round_kernel[(1,)](x, words.to(torch.int64), out, x.numel(), STOCHASTIC=stochastic, BLOCK=N,
+                        **GRIDS[spec.name])
     return out
 
 
@@ -74,6 +88,24 @@ def fp8_codes(y, spec):
 
 def fp8_values(codes, spec):
     out = torch.empty(codes.numel(), dtype=torch.float32)
-    _value_kernel[(1,)](codes, out, codes.numel(), HAS_INF=spec.name == "fp8_e5m2", BLOCK=N,
-                        **_fp8_params(spec))
+    _value_kernel[(1,)](codes, out, codes.numel(), BLOCK=N, **FP8[spec.name])
+    return out
+
+
+@triton.jit
+def _words_kernel(seed, idx_ptr, out_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n
+    idx = tl.load(idx_ptr + offs, mask=mask, other=0)
+    sign_word, state_word, param_word = nm.random_words(seed, idx)
+    tl.store(out_ptr + offs * 3, sign_word.to(tl.int64), mask=mask)
+    tl.store(out_ptr + offs * 3 + 1, state_word.to(tl.int64), mask=mask)
+    tl.store(out_ptr + offs * 3 + 2, param_word.to(tl.int64), mask=mask)
+
+
+def random_words(seed, idx):
+    """``numerics.random_words`` at element indices ``idx`` (int64): columns sign, state
+    rounding, parameter rounding (uint32 values in int64)."""
+    out = torch.empty(idx.numel(), 3, dtype=torch.int64)
+    _words_kernel[(1,)](seed, idx, out, idx.numel(), BLOCK=N)
     return out
