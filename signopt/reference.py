@@ -21,7 +21,8 @@ direction ``u`` (per family)::
                  lion: d = c as above;  adamw: m, v EMAs, d = (m/bc1) / (sqrt(v/bc2) + eps))
                  G <- fmax(G*gamma, reduce |src|)     src = d or g, reduced per element/row/block/tensor
                  u = S_G(d):  +1 if U < (1 + d/G)/2 else -1;  0 where d = G = 0
-                 with U = (philox word 0 >> 8) * 2**-24 for the element's full-tensor index
+                 with U = (word >> 8) * 2**-24, word = the element's random word for the stochastic
+                 sign (philox.element_word of its full-tensor index, random bits v2)
 
 cautious (optional)::
 
