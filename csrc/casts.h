@@ -12,6 +12,7 @@
 #include <math.h>
 #include "config.h"
 #include "philox.h"
+#include "signopt_declaration.h"
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
 #endif
@@ -117,14 +118,16 @@ SIGNOPT_HD float fp8_value(uint8_t c) {
 // Element formats: load(raw) -> fp32; store(x, sr, word) -> raw.
 struct FmtF32 {
   using raw = float;
-  static constexpr bool blocked = false;
+  static constexpr int fmt = FMT_FP32;
+  static constexpr bool blocked = fmt_block_scaled(FMT_FP32);
   static SIGNOPT_HD float load(raw x) { return x; }
   static SIGNOPT_HD raw store(float x, bool, uint32_t) { return x; }
 };
 
 struct FmtBF16 {
   using raw = uint16_t;
-  static constexpr bool blocked = false;
+  static constexpr int fmt = FMT_BF16;
+  static constexpr bool blocked = fmt_block_scaled(FMT_BF16);
   static SIGNOPT_HD float load(raw x) { return bf16_to_f32(x); }
   static SIGNOPT_HD raw store(float x, bool sr, uint32_t w) {
     return sr ? f32_to_bf16_sr(x, w) : f32_to_bf16_rn(x);
@@ -133,22 +136,31 @@ struct FmtBF16 {
 
 struct FmtF16 {
   using raw = uint16_t;
-  static constexpr bool blocked = false;
+  static constexpr int fmt = FMT_FP16;
+  static constexpr bool blocked = fmt_block_scaled(FMT_FP16);
   static SIGNOPT_HD float load(raw x) { return f16_to_f32(x); }
   static SIGNOPT_HD raw store(float x, bool sr, uint32_t w) {
     // sr: grid rounding (saturating at 65504), then an exact conversion
-    return sr ? f32_to_f16_rn(round_to_grid<10, -14>(x, 65504.0f, true, w)) : f32_to_f16_rn(x);
+    return sr ? f32_to_f16_rn(round_to_grid<fmt_mantissa_bits(FMT_FP16), fmt_emin(FMT_FP16)>(
+                    x, fmt_max_finite(FMT_FP16), true, w))
+              : f32_to_f16_rn(x);
   }
 };
 
-// Block-scaled FP8 codes: value = code * scale[block].
-template <int M, int EMIN, int BIAS, bool HAS_INF, int QMAX>
+// Block-scaled FP8 codes of format FMT (M mantissa bits, minimum normal exponent EMIN, exponent
+// bias 1 - EMIN, largest finite value Qmax: declared); HAS_INF: the all-ones exponent field holds
+// infinities and NaNs (E5M2), else only the all-ones code is NaN (E4M3fn).  value = code * scale[block].
+template <int FMT, bool HAS_INF>
 struct FmtFP8 {
   using raw = uint8_t;
-  static constexpr bool blocked = true;
-  static constexpr float qmax = (float)QMAX;
+  static constexpr int fmt = FMT;
+  static constexpr bool blocked = fmt_block_scaled(FMT);
+  static_assert(blocked, "FmtFP8: a block-scaled format");
+  static constexpr int M = fmt_mantissa_bits(FMT), EMIN = fmt_emin(FMT), BIAS = 1 - EMIN;
+  static constexpr bool has_inf = HAS_INF;
+  static constexpr float qmax = fmt_max_finite(FMT);
   // fp32(1/Qmax), as state_format._inv_qmax computes it
-  static SIGNOPT_HD float inv_qmax() { return (float)(1.0 / (double)QMAX); }
+  static SIGNOPT_HD float inv_qmax() { return (float)(1.0 / (double)qmax); }
   static SIGNOPT_HD float load(raw c, float scale) { return fp8_value<M, EMIN, BIAS, HAS_INF>(c) * scale; }
   // scale from the block's absmax (non-finite values already excluded)
   static SIGNOPT_HD float scale_of(float absmax) {
@@ -202,7 +214,7 @@ struct FmtFP8 {
     return a & (uint32_t)((int32_t)(a - 0x7F800000u) >> 31);  // a < 0x7F800000 ? a : 0 (mask form)
   }
 };
-using FmtE4M3 = FmtFP8<3, -6, 7, false, 448>;
-using FmtE5M2 = FmtFP8<2, -14, 15, true, 57344>;
+using FmtE4M3 = FmtFP8<FMT_FP8_E4M3, false>;
+using FmtE5M2 = FmtFP8<FMT_FP8_E5M2, true>;
 
 }  // namespace signopt

@@ -45,10 +45,10 @@ void store_block(void* raw, float* scale, int64_t block, int64_t a, int64_t n, c
 
 float* load_range(int fmt, void* raw, const float* scale, int64_t block, int64_t a, int64_t n, float* out) {
   switch (fmt) {
-    case FMT_F32: return (float*)raw + a;
+    case FMT_FP32: return (float*)raw + a;
     case FMT_BF16: load_elems<FmtBF16>(raw, a, n, out); break;
-    case FMT_F16: load_elems<FmtF16>(raw, a, n, out); break;
-    case FMT_E4M3: load_blocks<FmtE4M3>(raw, scale, block, a, n, out); break;
+    case FMT_FP16: load_elems<FmtF16>(raw, a, n, out); break;
+    case FMT_FP8_E4M3: load_blocks<FmtE4M3>(raw, scale, block, a, n, out); break;
     default: load_blocks<FmtE5M2>(raw, scale, block, a, n, out); break;
   }
   return out;
@@ -57,10 +57,10 @@ float* load_range(int fmt, void* raw, const float* scale, int64_t block, int64_t
 void store_range(int fmt, void* raw, float* scale, int64_t block, int64_t a, int64_t n, const float* vals,
                  bool sr, const uint32_t* words, bool simd) {
   switch (fmt) {
-    case FMT_F32: return;  // computed in place
+    case FMT_FP32: return;  // computed in place
     case FMT_BF16: store_elems<FmtBF16>(raw, a, n, vals, sr, words); return;
-    case FMT_F16: store_elems<FmtF16>(raw, a, n, vals, sr, words); return;
-    case FMT_E4M3: store_block<FmtE4M3>(raw, scale, block, a, n, vals, sr, words, simd); return;
+    case FMT_FP16: store_elems<FmtF16>(raw, a, n, vals, sr, words); return;
+    case FMT_FP8_E4M3: store_block<FmtE4M3>(raw, scale, block, a, n, vals, sr, words, simd); return;
     default: store_block<FmtE5M2>(raw, scale, block, a, n, vals, sr, words, simd); return;
   }
 }

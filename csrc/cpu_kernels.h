@@ -43,10 +43,6 @@ struct Call {
   bool skip;      // found_inf > 0
 };
 
-// Storage formats shared with the Python side (params use the first three).
-enum Fmt : int { FMT_F32 = 0, FMT_BF16 = 1, FMT_F16 = 2, FMT_E4M3 = 3, FMT_E5M2 = 4 };
-inline bool fmt_blocked(int f) { return f == FMT_E4M3 || f == FMT_E5M2; }
-
 // Decoded fp32 values of elements [a, a+n) (fp32 storage: the tensor memory itself, so the
 // rule computes in place).  Blocked formats: scale[i / block] multiplies each code.
 float* load_range(int fmt, void* raw, const float* scale, int64_t block, int64_t a, int64_t n, float* out);
@@ -88,12 +84,12 @@ inline float encode_block(typename F::raw* __restrict r, const int64_t n, const 
 }
 
 // Word 0 only of the Philox counters of elements base .. base+n-1 (the stochastic sign's bits):
-// the AVX-512 loop (simd::philox_w0_range) where enabled, the scalar philox.h otherwise.
+// the AVX-512 loop (cpu_philox.h) where enabled, the scalar philox.h otherwise.
 inline void philox_word0_range(const uint32_t k0, const uint32_t k1, const uint64_t base, const int64_t n,
                                uint32_t* __restrict W0) {
 #if defined(SIGNOPT_AVX512)
   if (simd::simd_enabled()) {
-    simd::philox_w0_range(k0, k1, base, n, W0);
+    philox_w0_range_avx512(k0, k1, base, n, W0);
     return;
   }
 #endif
@@ -109,6 +105,11 @@ struct Span {
   int64_t k0, k1;
   int64_t* out;
 };
+
+// Tiles read Philox words 0..2 into w0, w1, w2 (philox_range), word 0 alone where only the sign
+// draws (philox_word0_range): the words the declaration assigns.
+static_assert(WORD_SIGN == 0 && WORD_STATE_ROUNDING == 1 && WORD_PARAM_ROUNDING == 2,
+              "the CPU tiles read the sign from word 0, state rounding from word 1, parameter rounding from 2");
 
 struct Buffers {
   std::vector<float> p, g, gp, m, v, e, seg;
@@ -147,11 +148,11 @@ struct GroupKernel {
   std::vector<float> cscale;      // per tensor: cautious scale
 
   GroupKernel(const Call& call, int pfmt, int sfmt) : c(call), s(call.s), pf(pfmt), sf(sfmt) {
-    needs_seg = kind_kappa_norm(K) || (STO && s.envelope == ENV_SEGMENT);
+    needs_seg = kind_kappa_norm(K) || (STO && s.envelope != ENV_ELEMENT);
     elem_env = STO && s.envelope == ENV_ELEMENT;
-    words = STO || s.state_sr || s.param_sr;
-    tile = fmt_blocked(sf) ? c.block : TILE;
-    const int64_t step = fmt_blocked(sf) ? std::max<int64_t>(c.block, (ITEM / c.block) * c.block) : ITEM;
+    words = kind_draws_sign(K) || s.state_stochastic_rounding || s.param_stochastic_rounding;
+    tile = fmt_block_scaled(sf) ? c.block : TILE;
+    const int64_t step = fmt_block_scaled(sf) ? std::max<int64_t>(c.block, (ITEM / c.block) * c.block) : ITEM;
     for (int64_t i = 0; i < (int64_t)c.t.size(); ++i) {
       item_base.push_back((int64_t)items.size());
       for (int64_t a = 0; a < c.t[i].numel; a += step)
@@ -342,8 +343,8 @@ struct GroupKernel {
   }
 
   bool fused_ok() const {
-    return !STO && !HAS_V && !s.cautious && !s.state_sr && !s.param_sr && (pf == FMT_F32 || pf == FMT_BF16) &&
-           sf != FMT_F16;
+    return !STO && !HAS_V && !s.cautious && !s.state_stochastic_rounding && !s.param_stochastic_rounding &&
+           (pf == FMT_FP32 || pf == FMT_BF16) && sf != FMT_FP16;
   }
 
   // Calls fn(a0, a1, seg value) over the pieces of [a, e) of constant segment.
@@ -412,9 +413,9 @@ struct GroupKernel {
     if constexpr (!HAS_M) return fused_items<PF, FmtF32>(r);
     else {
       switch (sf) {
-        case FMT_F32: return fused_items<PF, FmtF32>(r);
+        case FMT_FP32: return fused_items<PF, FmtF32>(r);
         case FMT_BF16: return fused_items<PF, FmtBF16>(r);
-        case FMT_E4M3: return fused_items<PF, FmtE4M3>(r);
+        case FMT_FP8_E4M3: return fused_items<PF, FmtE4M3>(r);
         default: return fused_items<PF, FmtE5M2>(r);
       }
     }
@@ -422,7 +423,7 @@ struct GroupKernel {
 
   void run_fused(const Span r) const {
     if constexpr (!STO && !HAS_V) {
-      if (pf == FMT_F32) return fused_items_p<FmtF32>(r);
+      if (pf == FMT_FP32) return fused_items_p<FmtF32>(r);
       return fused_items_p<FmtBF16>(r);
     }
   }
@@ -433,8 +434,8 @@ struct GroupKernel {
   // item computes Philox word 0, reads the stored values, runs the rule and writes back; threads
   // whose MXCSR or lr rule the loop out run the tiles (the same values).
   bool sto_fused_ok() const {
-    return simd::sto_covered(K) && elem_env && !s.cautious && !s.state_sr && !s.param_sr &&
-           (pf == FMT_F32 || pf == FMT_BF16) && sf != FMT_F16;
+    return simd::sto_covered(K) && elem_env && !s.cautious && !s.state_stochastic_rounding &&
+           !s.param_stochastic_rounding && (pf == FMT_FP32 || pf == FMT_BF16) && sf != FMT_FP16;
   }
 
 #if defined(SIGNOPT_AVX512)
@@ -483,9 +484,9 @@ struct GroupKernel {
   template <class PF>
   void sto_items_p(const Span r) const {
     switch (sf) {
-      case FMT_F32: return sto_items<PF, FmtF32>(r);
+      case FMT_FP32: return sto_items<PF, FmtF32>(r);
       case FMT_BF16: return sto_items<PF, FmtBF16>(r);
-      case FMT_E4M3: return sto_items<PF, FmtE4M3>(r);
+      case FMT_FP8_E4M3: return sto_items<PF, FmtE4M3>(r);
       default: return sto_items<PF, FmtE5M2>(r);
     }
   }
@@ -493,7 +494,7 @@ struct GroupKernel {
 
   void run_sto(const Span r) const {
 #if defined(SIGNOPT_AVX512)
-    if (pf == FMT_F32) return sto_items_p<FmtF32>(r);
+    if (pf == FMT_FP32) return sto_items_p<FmtF32>(r);
     return sto_items_p<FmtBF16>(r);
 #else
     return run_items<true>(r);
@@ -522,7 +523,7 @@ struct GroupKernel {
     uint32_t* W1 = B.w1.data();
     uint32_t* W2 = B.w2.data();
     if (words) {  // words 1 and 2 only feed stochastic rounding
-      if (!s.state_sr && !s.param_sr) {
+      if (!s.state_stochastic_rounding && !s.param_stochastic_rounding) {
         philox_word0_range(t.k0, t.k1, t.offset + (uint64_t)a, n, W0);
       } else {
         philox_range(t.k0, t.k1, t.offset + (uint64_t)a, n, W0, W1, W2);
@@ -543,10 +544,11 @@ struct GroupKernel {
     const int64_t acc = STORE ? apply_loop(s, cs, t.bc1, t.bc2, n, p, gp, m, v, E, seg, W0, badv)
                               : count_loop(s, t.bc1, t.bc2, n, p, gp, m, v, E, seg, W0, badv);
     if (STORE) {
-      store_range(pf, t.p, nullptr, 0, a, n, p, s.param_sr != 0, W2, simd);
-      if (HAS_M) store_range(sf, t.m, t.m_scale, c.block, a, n, m, s.state_sr != 0, W1, simd);
-      if (HAS_V) store_range(sf, t.v, t.v_scale, c.block, a, n, v, s.state_sr != 0, W1, simd);
-      if (elem_env) store_range(sf, t.G, t.G_scale, c.block, a, n, E, s.state_sr != 0, W1, simd);
+      const bool psr = s.param_stochastic_rounding != 0, ssr = s.state_stochastic_rounding != 0;
+      store_range(pf, t.p, nullptr, 0, a, n, p, psr, W2, simd);
+      if (HAS_M) store_range(sf, t.m, t.m_scale, c.block, a, n, m, ssr, W1, simd);
+      if (HAS_V) store_range(sf, t.v, t.v_scale, c.block, a, n, v, ssr, W1, simd);
+      if (elem_env) store_range(sf, t.G, t.G_scale, c.block, a, n, E, ssr, W1, simd);
     }
     return acc;
   }
@@ -628,7 +630,7 @@ struct GroupKernel {
           if (STO) {
             float mx = 0.0f;
             for (int64_t k = k0; k < k1; ++k) mx = nanmax(mx, (float)pp[k]);
-            segv[seg_base[i] + sidx] = fmax_ign(((const float*)t.G)[sidx] * s.env_decay, mx);
+            segv[seg_base[i] + sidx] = fmax_ign(((const float*)t.G)[sidx] * s.envelope_decay, mx);
           } else {
             double sum = 0.0;
             for (int64_t k = k0; k < k1; ++k) sum += pp[k];
@@ -662,9 +664,9 @@ struct GroupKernel {
     // AVX-512 (simd::norm_sum) where g or m needs decoding (all fp32: the portable loop reads the
     // tensors in place as fast): fp32/bf16 parameters, fp32/bf16/FP8 state (FP8: 16-element
     // groups inside one block)
-    if (simd && (pf == FMT_F32 || pf == FMT_BF16) && sf != FMT_F16 && !(pf == FMT_F32 && sf == FMT_F32) &&
-        (!fmt_blocked(sf) || (c.block % 16 == 0 && a % 16 == 0))) {
-      return pf == FMT_F32 ? norm_sum_p<FmtF32>(t, a, n) : norm_sum_p<FmtBF16>(t, a, n);
+    if (simd && (pf == FMT_FP32 || pf == FMT_BF16) && sf != FMT_FP16 && !(pf == FMT_FP32 && sf == FMT_FP32) &&
+        (!fmt_block_scaled(sf) || (c.block % 16 == 0 && a % 16 == 0))) {
+      return pf == FMT_FP32 ? norm_sum_p<FmtF32>(t, a, n) : norm_sum_p<FmtBF16>(t, a, n);
     }
 #endif
     const float* p = s.l2 != 0.0f ? load_range(pf, t.p, nullptr, 0, a, n, B.p.data()) : nullptr;
@@ -680,9 +682,9 @@ struct GroupKernel {
     const PR* p = (const PR*)t.p + a;
     const PR* g = (const PR*)t.g + a;
     switch (sf) {
-      case FMT_F32: return simd::norm_sum<PF, FmtF32>(s, n, p, g, (const float*)t.m + a, nullptr, a, 1);
+      case FMT_FP32: return simd::norm_sum<PF, FmtF32>(s, n, p, g, (const float*)t.m + a, nullptr, a, 1);
       case FMT_BF16: return simd::norm_sum<PF, FmtBF16>(s, n, p, g, (const uint16_t*)t.m + a, nullptr, a, 1);
-      case FMT_E4M3:
+      case FMT_FP8_E4M3:
         return simd::norm_sum<PF, FmtE4M3>(s, n, p, g, (const uint8_t*)t.m + a, t.m_scale, a, c.block);
       default: return simd::norm_sum<PF, FmtE5M2>(s, n, p, g, (const uint8_t*)t.m + a, t.m_scale, a, c.block);
     }
@@ -768,8 +770,8 @@ struct GroupKernel {
   // ---------------------------------------------------------------- driver
   // Stored bytes of one element that every pass reads: p, g and the states.
   int64_t elem_bytes() const {
-    const int64_t pb = pf == FMT_F32 ? 4 : 2;
-    const int64_t sb = sf == FMT_F32 ? 4 : (fmt_blocked(sf) ? 1 : 2);
+    const int64_t pb = pf == FMT_FP32 ? 4 : 2;
+    const int64_t sb = sf == FMT_FP32 ? 4 : (fmt_block_scaled(sf) ? 1 : 2);
     return 2 * pb + sb * ((HAS_M ? 1 : 0) + (HAS_V ? 1 : 0) + (elem_env ? 1 : 0));
   }
 
@@ -813,7 +815,7 @@ struct GroupKernel {
         run_items<true>(r);
       }
     }
-    if (STO && s.envelope == ENV_SEGMENT) {
+    if (STO && s.envelope != ENV_ELEMENT) {
       for (size_t i = 0; i < c.t.size(); ++i)
         std::memcpy(c.t[i].G, segv.data() + seg_base[i], sizeof(float) * seg_count(c.t[i]));
     }

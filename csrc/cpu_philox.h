@@ -1,70 +1,60 @@
-// Philox4x32-10 words of runs of element indices on the CPU: AVX-512 (eight counters a vector,
-// one counter per 64-bit lane) where the compiler targets it, the scalar philox.h otherwise and
-// for the tail.  Bit-identical to philox4x32_10 (signopt/philox.py).
-//   In 64-bit lanes, _mm512_mul_epu32 multiplies the low 32 bits of each lane into the full
-//   64-bit product: hi = product >> 32, lo = the low half.  Lanes carry garbage in their high
-//   halves between rounds (lo words, xors), which neither the next multiplication (it reads the
-//   low halves only) nor the final narrowing (vpmovqd) sees.
+// Philox words of runs of element indices on the CPU, from philox.h: its AVX-512 form (philox8)
+// where the compiler targets AVX-512F, its scalar form otherwise and for the tails.
+// Bit-identical to philox4x32_10 (signopt/philox.py).
 #pragma once
 #include "philox.h"
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 namespace signopt {
 namespace cpu {
 
-#if defined(__AVX512F__)
-// Words of the eight counters (lo32(idx), hi32(idx), 0, 0) of the 64-bit lanes of idx.
-inline void philox8(const uint32_t k0, const uint32_t k1, const __m512i idx, __m512i& w0, __m512i& w1,
-                    __m512i& w2, __m512i& w3) {
-  const __m512i A = _mm512_set1_epi64(0xD2511F53ll), B = _mm512_set1_epi64(0xCD9E8D57ll);
-  __m512i c0 = idx, c1 = _mm512_srli_epi64(idx, 32), c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
-  uint32_t a = k0, b = k1;
-#pragma GCC unroll 10
-  for (int r = 0; r < 10; ++r) {
-    const __m512i pb = _mm512_mul_epu32(B, c2);
-    const __m512i pa = _mm512_mul_epu32(A, c0);
-    const __m512i n0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pb, 32), c1, _mm512_set1_epi64(a), 0x96);
-    const __m512i n2 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pa, 32), c3, _mm512_set1_epi64(b), 0x96);
-    c1 = pb;
-    c3 = pa;
-    c0 = n0;
-    c2 = n2;
-    a += 0x9E3779B9u;
-    b += 0xBB67AE85u;
-  }
-  w0 = c0;
-  w1 = c1;
-  w2 = c2;
-  w3 = c3;
+#if defined(SIGNOPT_PHILOX_AVX512)
+// Word 0 of the 32 counters base .. base+31 (four vectors of eight), where all 32 share
+// hi32(base) (philox8's SAME_HI; the caller checks); out0/out1: j = 0..15 and 16..31 in 32-bit lanes.
+inline void philox32_w0(const uint32_t k0, const uint32_t k1, const uint64_t base, __m512i& out0, __m512i& out1) {
+  const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i bs = _mm512_set1_epi64((long long)base);
+  const __m512i idx[4] = {_mm512_add_epi64(bs, lane), _mm512_add_epi64(bs, _mm512_add_epi64(lane, _mm512_set1_epi64(8))),
+                          _mm512_add_epi64(bs, _mm512_add_epi64(lane, _mm512_set1_epi64(16))),
+                          _mm512_add_epi64(bs, _mm512_add_epi64(lane, _mm512_set1_epi64(24)))};
+  __m512i w[1][4];
+  philox8<4, 1, true>(k0, k1, idx, w);
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  out0 = _mm512_permutex2var_epi32(w[0][0], even, w[0][1]);
+  out1 = _mm512_permutex2var_epi32(w[0][2], even, w[0][3]);
 }
 
-// Two independent groups of eight counters, interleaved.
-inline void philox8x2(const uint32_t k0, const uint32_t k1, const __m512i ia, const __m512i ib, __m512i& a0,
-                      __m512i& a1, __m512i& a2, __m512i& a3, __m512i& b0, __m512i& b1, __m512i& b2, __m512i& b3) {
-  const __m512i A = _mm512_set1_epi64(0xD2511F53ll), B = _mm512_set1_epi64(0xCD9E8D57ll);
-  __m512i x0 = ia, x1 = _mm512_srli_epi64(ia, 32), x2 = _mm512_setzero_si512(), x3 = _mm512_setzero_si512();
-  __m512i y0 = ib, y1 = _mm512_srli_epi64(ib, 32), y2 = _mm512_setzero_si512(), y3 = _mm512_setzero_si512();
-  uint32_t a = k0, b = k1;
-#pragma GCC unroll 10
-  for (int r = 0; r < 10; ++r) {
-    const __m512i ka = _mm512_set1_epi64(a), kb = _mm512_set1_epi64(b);
-    const __m512i pbx = _mm512_mul_epu32(B, x2), pax = _mm512_mul_epu32(A, x0);
-    const __m512i pby = _mm512_mul_epu32(B, y2), pay = _mm512_mul_epu32(A, y0);
-    x0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pbx, 32), x1, ka, 0x96);
-    x2 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pax, 32), x3, kb, 0x96);
-    y0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pby, 32), y1, ka, 0x96);
-    y2 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pay, 32), y3, kb, 0x96);
-    x1 = pbx;
-    x3 = pax;
-    y1 = pby;
-    y3 = pay;
-    a += 0x9E3779B9u;
-    b += 0xBB67AE85u;
+// Word 0 of counters base .. base+31, any base (the scalar form where the 32 counters cross a
+// multiple of 2^32).
+inline void philox32_w0_any(const uint32_t k0, const uint32_t k1, const uint64_t base, __m512i& out0,
+                            __m512i& out1) {
+  if ((base >> 32) == ((base + 31) >> 32)) {
+    philox32_w0(k0, k1, base, out0, out1);
+    return;
   }
-  a0 = x0, a1 = x1, a2 = x2, a3 = x3;
-  b0 = y0, b1 = y1, b2 = y2, b3 = y3;
+  alignas(64) uint32_t w[32];
+  for (int j = 0; j < 32; ++j) w[j] = element_words(k0, k1, base + (uint64_t)j).w0;
+  out0 = _mm512_load_si512((const void*)w);
+  out1 = _mm512_load_si512((const void*)(w + 16));
+}
+
+// Word 0 only of elements base .. base+n-1 (the stochastic sign's bits), 32 a step.
+inline void philox_w0_range_avx512(const uint32_t k0, const uint32_t k1, const uint64_t base, const int64_t n,
+                                   uint32_t* __restrict W0) {
+  int64_t j = 0;
+  for (; j + 32 <= n; j += 32) {
+    __m512i a, b;
+    philox32_w0_any(k0, k1, base + (uint64_t)j, a, b);
+    _mm512_storeu_si512((void*)(W0 + j), a);
+    _mm512_storeu_si512((void*)(W0 + j + 16), b);
+  }
+  if (j < n) {
+    alignas(64) uint32_t w[32];
+    __m512i a, b;
+    philox32_w0_any(k0, k1, base + (uint64_t)j, a, b);
+    _mm512_store_si512((void*)w, a);
+    _mm512_store_si512((void*)(w + 16), b);
+    for (int64_t i = 0; j + i < n; ++i) W0[j + i] = w[i];
+  }
 }
 #endif
 
@@ -72,26 +62,27 @@ inline void philox8x2(const uint32_t k0, const uint32_t k1, const __m512i ia, co
 inline void philox_range(const uint32_t k0, const uint32_t k1, const uint64_t base, const int64_t n,
                          uint32_t* __restrict W0, uint32_t* __restrict W1, uint32_t* __restrict W2) {
   int64_t j = 0;
-#if defined(__AVX512F__)
+#if defined(SIGNOPT_PHILOX_AVX512)
   const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
   const __m512i lane8 = _mm512_set_epi64(15, 14, 13, 12, 11, 10, 9, 8);
   for (; j + 16 <= n; j += 16) {  // two independent vectors a step: the rounds are a latency chain
-    __m512i a0, a1, a2, a3, b0, b1, b2, b3;
     const __m512i bs = _mm512_set1_epi64((long long)(base + (uint64_t)j));
-    philox8x2(k0, k1, _mm512_add_epi64(bs, lane), _mm512_add_epi64(bs, lane8), a0, a1, a2, a3, b0, b1, b2, b3);
-    _mm256_storeu_si256((__m256i*)(W0 + j), _mm512_cvtepi64_epi32(a0));
-    _mm256_storeu_si256((__m256i*)(W1 + j), _mm512_cvtepi64_epi32(a1));
-    _mm256_storeu_si256((__m256i*)(W2 + j), _mm512_cvtepi64_epi32(a2));
-    _mm256_storeu_si256((__m256i*)(W0 + j + 8), _mm512_cvtepi64_epi32(b0));
-    _mm256_storeu_si256((__m256i*)(W1 + j + 8), _mm512_cvtepi64_epi32(b1));
-    _mm256_storeu_si256((__m256i*)(W2 + j + 8), _mm512_cvtepi64_epi32(b2));
+    const __m512i idx[2] = {_mm512_add_epi64(bs, lane), _mm512_add_epi64(bs, lane8)};
+    __m512i w[3][2];
+    philox8<2, 3, false>(k0, k1, idx, w);
+    for (int q = 0; q < 2; ++q) {
+      _mm256_storeu_si256((__m256i*)(W0 + j + 8 * q), _mm512_cvtepi64_epi32(w[0][q]));
+      _mm256_storeu_si256((__m256i*)(W1 + j + 8 * q), _mm512_cvtepi64_epi32(w[1][q]));
+      _mm256_storeu_si256((__m256i*)(W2 + j + 8 * q), _mm512_cvtepi64_epi32(w[2][q]));
+    }
   }
   for (; j + 8 <= n; j += 8) {
-    __m512i w0, w1, w2, w3;
-    philox8(k0, k1, _mm512_add_epi64(_mm512_set1_epi64((long long)(base + (uint64_t)j)), lane), w0, w1, w2, w3);
-    _mm256_storeu_si256((__m256i*)(W0 + j), _mm512_cvtepi64_epi32(w0));
-    _mm256_storeu_si256((__m256i*)(W1 + j), _mm512_cvtepi64_epi32(w1));
-    _mm256_storeu_si256((__m256i*)(W2 + j), _mm512_cvtepi64_epi32(w2));
+    const __m512i idx[1] = {_mm512_add_epi64(_mm512_set1_epi64((long long)(base + (uint64_t)j)), lane)};
+    __m512i w[3][1];
+    philox8<1, 3, false>(k0, k1, idx, w);
+    _mm256_storeu_si256((__m256i*)(W0 + j), _mm512_cvtepi64_epi32(w[0][0]));
+    _mm256_storeu_si256((__m256i*)(W1 + j), _mm512_cvtepi64_epi32(w[1][0]));
+    _mm256_storeu_si256((__m256i*)(W2 + j), _mm512_cvtepi64_epi32(w[2][0]));
   }
 #endif
   for (; j < n; ++j) {
@@ -105,12 +96,13 @@ inline void philox_range(const uint32_t k0, const uint32_t k1, const uint64_t ba
 // All four words of arbitrary element indices (the philox test op): out[4*j + w].
 inline void philox_indices(const uint32_t k0, const uint32_t k1, const int64_t* idx, const int64_t n, int64_t* out) {
   int64_t j = 0;
-#if defined(__AVX512F__)
+#if defined(SIGNOPT_PHILOX_AVX512)
   for (; j + 8 <= n; j += 8) {
-    __m512i w[4];
-    philox8(k0, k1, _mm512_loadu_si512((const void*)(idx + j)), w[0], w[1], w[2], w[3]);
+    const __m512i iv[1] = {_mm512_loadu_si512((const void*)(idx + j))};
+    __m512i w[4][1];
+    philox8<1, 4, false>(k0, k1, iv, w);
     alignas(64) uint32_t tmp[4][8];
-    for (int q = 0; q < 4; ++q) _mm256_store_si256((__m256i*)tmp[q], _mm512_cvtepi64_epi32(w[q]));
+    for (int q = 0; q < 4; ++q) _mm256_store_si256((__m256i*)tmp[q], _mm512_cvtepi64_epi32(w[q][0]));
     for (int l = 0; l < 8; ++l)
       for (int q = 0; q < 4; ++q) out[4 * (j + l) + q] = tmp[q][l];
   }

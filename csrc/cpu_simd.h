@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "casts.h"
+#include "cpu_philox.h"
 #include "rules.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && !defined(__CUDACC__)
@@ -64,28 +65,45 @@ inline __m512 load16(const uint16_t* p, __mmask16 k) {
   const __m256i r = FULL ? _mm256_loadu_si256((const __m256i*)p) : _mm256_maskz_loadu_epi16(k, p);
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(r), 16));
 }
+// 2^e (exact), for constants.
+constexpr float exp2i(int e) { return e > 0 ? 2.0f * exp2i(e - 1) : (e < 0 ? 0.5f * exp2i(e + 1) : 1.0f); }
+
+// The FP8 decode constants of format F (casts.h's FmtFP8: M, EMIN, BIAS, has_inf).
+// SHIFT/MASK: a sign-extended code shifted left by SHIFT and masked holds the sign and the 7
+// magnitude bits in fp32's sign, exponent and mantissa fields; its value times POW = 2^(127-BIAS)
+// is the code's value (exact; subnormal codes land on fp32 subnormals, hence mxcsr_ok).  SMAX =
+// 2^BIAS: |scale| below it keeps scale*POW below 2^127, finite (then one multiply by scale*POW
+// rounds like value*scale).  TOP: the magnitude code whose exponent field is all ones and mantissa
+// 0 (an infinity where the format has them).
+template <class F>
+struct Fp8Params {
+  static constexpr int M = F::M, EMIN = F::EMIN, SHIFT = 23 - M;
+  static constexpr uint32_t MASK = 0x80000000u | (0x7Fu << SHIFT);
+  static constexpr float POW = exp2i(127 - F::BIAS), SMAX = exp2i(F::BIAS);
+  static constexpr int TOP = ((1 << (7 - M)) - 1) << M;
+  // NaN codes (and infinities where the format has them), per byte
+  static __mmask64 special(__m512i mag) {
+    if constexpr (F::has_inf) return _mm512_cmpge_epu8_mask(mag, _mm512_set1_epi8(TOP));  // inf, NaN
+    return _mm512_cmpeq_epi8_mask(mag, _mm512_set1_epi8(0x7F));                           // NaN
+  }
+};
+
 // FP8 code -> fp32 value (exact), then * scale (one rounding, as FmtFP8::load)
 template <class F>
-inline __m512 fp8_decode16(__m512i c, __m512 scale);
-template <>
-inline __m512 fp8_decode16<FmtE4M3>(__m512i c, __m512 scale) {
+inline __m512 fp8_decode16(__m512i c, __m512 scale) {
+  using P = Fp8Params<F>;
   const __m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7F));
-  __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 20)), _mm512_set1_ps(0x1p120f));
-  const __mmask16 nan = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F));
-  v = _mm512_mask_mov_ps(v, nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
+  __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, P::SHIFT)), _mm512_set1_ps(P::POW));
+  if constexpr (F::has_inf) {
+    const __mmask16 spec = _mm512_cmpge_epi32_mask(mag, _mm512_set1_epi32(P::TOP));
+    const __mmask16 inf = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(P::TOP));
+    v = _mm512_mask_mov_ps(v, spec, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
+    v = _mm512_mask_mov_ps(v, inf, _mm512_castsi512_ps(_mm512_set1_epi32(0x7F800000)));
+  } else {
+    const __mmask16 nan = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7F));
+    v = _mm512_mask_mov_ps(v, nan, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
+  }
   // sign: (c << 24) & 0x80000000 | v
-  v = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_slli_epi32(c, 24), _mm512_set1_epi32((int)0x80000000u),
-                                                    _mm512_castps_si512(v), 0xEA));
-  return _mm512_mul_ps(v, scale);
-}
-template <>
-inline __m512 fp8_decode16<FmtE5M2>(__m512i c, __m512 scale) {
-  const __m512i mag = _mm512_and_si512(c, _mm512_set1_epi32(0x7F));
-  __m512 v = _mm512_mul_ps(_mm512_castsi512_ps(_mm512_slli_epi32(mag, 21)), _mm512_set1_ps(0x1p112f));
-  const __mmask16 spec = _mm512_cmpge_epi32_mask(mag, _mm512_set1_epi32(0x7C));
-  const __mmask16 inf = _mm512_cmpeq_epi32_mask(mag, _mm512_set1_epi32(0x7C));
-  v = _mm512_mask_mov_ps(v, spec, _mm512_castsi512_ps(_mm512_set1_epi32(0x7FC00000)));
-  v = _mm512_mask_mov_ps(v, inf, _mm512_castsi512_ps(_mm512_set1_epi32(0x7F800000)));
   v = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_slli_epi32(c, 24), _mm512_set1_epi32((int)0x80000000u),
                                                     _mm512_castps_si512(v), 0xEA));
   return _mm512_mul_ps(v, scale);
@@ -181,27 +199,6 @@ template <int M, int EMIN, bool SIGN = true, bool NANS = true>
 inline __m512i fp8_codes16(__m512 x, __m512 inv, __m512 q) {
   return fp8_codes16_y<M, EMIN, SIGN, NANS>(_mm512_mul_ps(x, inv), q);
 }
-
-template <class F>
-struct Fp8Params;
-// SHIFT/MASK: a sign-extended code shifted left by SHIFT and masked holds the sign and the 7
-// magnitude bits in fp32's sign, exponent and mantissa fields; its value times POW = 2^(127-BIAS)
-// is the code's value (exact; subnormal codes land on fp32 subnormals, hence mxcsr_ok).  SMAX:
-// |scale| below it keeps scale*POW finite (then one multiply by scale*POW rounds like value*scale).
-template <>
-struct Fp8Params<FmtE4M3> {
-  static constexpr int M = 3, EMIN = -6, SHIFT = 20;
-  static constexpr uint32_t MASK = 0x87F00000u;
-  static constexpr float POW = 0x1p120f, SMAX = 0x1p7f;
-  static __mmask64 special(__m512i mag) { return _mm512_cmpeq_epi8_mask(mag, _mm512_set1_epi8(0x7F)); }  // NaN
-};
-template <>
-struct Fp8Params<FmtE5M2> {
-  static constexpr int M = 2, EMIN = -14, SHIFT = 21;
-  static constexpr uint32_t MASK = 0x8FE00000u;
-  static constexpr float POW = 0x1p112f, SMAX = 0x1p15f;
-  static __mmask64 special(__m512i mag) { return _mm512_cmpge_epu8_mask(mag, _mm512_set1_epi8(0x7C)); }  // inf, NaN
-};
 
 // Whether n codes hold a NaN (or inf) code: blocks without take the short decode.
 template <class F>
@@ -578,108 +575,6 @@ inline double norm_sum(const Scalars& sc, const int64_t n, const typename PF::ra
 }
 
 // ---------------------------------------------------------------- stochastic sign (StoSignSGD, SignConversion)
-// Philox4x32-10 word 0 of the 32 counters (base + j, hi, 0, 0), j = 0..31, where all 32 share
-// hi = base >> 32 (the caller checks): four chains of eight counters in 64-bit lanes as
-// cpu_philox.h's philox8, with the multiplications whose results are known left out (the same
-// values, so the same words): round 0 has c2 = c3 = 0 (B*c2 = 0: c0 <- hi ^ k0, c1 <- 0, the same
-// for every lane), so round 1's A*c0 is one scalar product; round 9's A*c0 feeds only words 2 and
-// 3.  17 vector multiplications per 8 counters instead of 20.  out0/out1: words of j = 0..15 and
-// 16..31 in 32-bit lanes.
-inline void philox32_w0(const uint32_t k0, const uint32_t k1, const uint64_t base, __m512i& out0, __m512i& out1) {
-  const __m512i A = _mm512_set1_epi64(0xD2511F53ll), B = _mm512_set1_epi64(0xCD9E8D57ll);
-  const uint32_t hi = (uint32_t)(base >> 32);
-  const __m512i lane = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512i lo = _mm512_add_epi64(_mm512_set1_epi64((long long)(uint32_t)base), lane);
-  __m512i c0[4], c1[4], c2[4], c3[4];
-  uint32_t a = k0, b = k1;
-  // round 0: pb = 0; pa = A*lo
-  const uint32_t s0 = hi ^ a;
-#pragma GCC unroll 4
-  for (int q = 0; q < 4; ++q) {
-    const __m512i pa = _mm512_mul_epu32(A, _mm512_add_epi64(lo, _mm512_set1_epi64(8 * q)));
-    c2[q] = _mm512_xor_si512(_mm512_srli_epi64(pa, 32), _mm512_set1_epi64(b));
-    c3[q] = pa;
-  }
-  a += 0x9E3779B9u;
-  b += 0xBB67AE85u;
-  // round 1: c0 = s0 and c1 = 0 in every lane; pa = A*s0 (scalar)
-  {
-    const uint64_t P = (uint64_t)0xD2511F53u * (uint64_t)s0;
-    const __m512i kb = _mm512_set1_epi64((long long)((uint32_t)(P >> 32) ^ b));
-    const __m512i ka = _mm512_set1_epi64(a);
-#pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) {
-      const __m512i pb = _mm512_mul_epu32(B, c2[q]);
-      c0[q] = _mm512_xor_si512(_mm512_srli_epi64(pb, 32), ka);
-      c2[q] = _mm512_xor_si512(c3[q], kb);
-      c1[q] = pb;
-      c3[q] = _mm512_set1_epi64((long long)(uint32_t)P);
-    }
-    a += 0x9E3779B9u;
-    b += 0xBB67AE85u;
-  }
-  // rounds 2..8
-#pragma GCC unroll 7
-  for (int r = 2; r < 9; ++r) {
-    const __m512i ka = _mm512_set1_epi64(a), kb = _mm512_set1_epi64(b);
-#pragma GCC unroll 4
-    for (int q = 0; q < 4; ++q) {
-      const __m512i pb = _mm512_mul_epu32(B, c2[q]);
-      const __m512i pa = _mm512_mul_epu32(A, c0[q]);
-      c0[q] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pb, 32), c1[q], ka, 0x96);
-      c2[q] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pa, 32), c3[q], kb, 0x96);
-      c1[q] = pb;
-      c3[q] = pa;
-    }
-    a += 0x9E3779B9u;
-    b += 0xBB67AE85u;
-  }
-  // round 9: word 0 only
-  const __m512i ka = _mm512_set1_epi64(a);
-#pragma GCC unroll 4
-  for (int q = 0; q < 4; ++q) {
-    const __m512i pb = _mm512_mul_epu32(B, c2[q]);
-    c0[q] = _mm512_ternarylogic_epi64(_mm512_srli_epi64(pb, 32), c1[q], ka, 0x96);
-  }
-  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-  out0 = _mm512_permutex2var_epi32(c0[0], even, c0[1]);
-  out1 = _mm512_permutex2var_epi32(c0[2], even, c0[3]);
-}
-
-// Word 0 of counters base .. base+31, any base (the scalar philox.h where the 32 counters
-// cross a multiple of 2^32).
-inline void philox32_w0_any(const uint32_t k0, const uint32_t k1, const uint64_t base, __m512i& out0,
-                            __m512i& out1) {
-  if ((base >> 32) == ((base + 31) >> 32)) {
-    philox32_w0(k0, k1, base, out0, out1);
-    return;
-  }
-  alignas(64) uint32_t w[32];
-  for (int j = 0; j < 32; ++j) w[j] = element_words(k0, k1, base + (uint64_t)j).w0;
-  out0 = _mm512_load_si512((const void*)w);
-  out1 = _mm512_load_si512((const void*)(w + 16));
-}
-
-// Word 0 only of elements base .. base+n-1 (the tiles' Philox when no rounding is stochastic).
-inline void philox_w0_range(const uint32_t k0, const uint32_t k1, const uint64_t base, const int64_t n,
-                            uint32_t* __restrict W0) {
-  int64_t j = 0;
-  for (; j + 32 <= n; j += 32) {
-    __m512i a, b;
-    philox32_w0_any(k0, k1, base + (uint64_t)j, a, b);
-    _mm512_storeu_si512((void*)(W0 + j), a);
-    _mm512_storeu_si512((void*)(W0 + j + 16), b);
-  }
-  if (j < n) {
-    alignas(64) uint32_t w[32];
-    __m512i a, b;
-    philox32_w0_any(k0, k1, base + (uint64_t)j, a, b);
-    _mm512_store_si512((void*)w, a);
-    _mm512_store_si512((void*)(w + 16), b);
-    for (int64_t i = 0; j + i < n; ++i) W0[j + i] = w[i];
-  }
-}
-
 constexpr bool sto_covered(int k) {
   return k == K_STO_SGD || k == K_STO_MOMENTUM || k == K_STO_LION || k == K_STO_ADAMW;
 }
@@ -708,13 +603,13 @@ struct StoLoop {
   const bool from_grad;
   StoLoop(const Scalars& sc, const float bc1f, const float bc2f, const uint32_t key0, const uint32_t key1)
       : R(sc),
-        gam(_mm512_set1_ps(sc.env_decay)),
+        gam(_mm512_set1_ps(sc.envelope_decay)),
         eps(_mm512_set1_ps(sc.eps)),
         bc1(_mm512_set1_ps(bc1f)),
         bc2(_mm512_set1_ps(bc2f)),
         k0(key0),
         k1(key1),
-        from_grad(sc.env_from_grad != 0) {}
+        from_grad(sc.envelope_from_grad != 0) {}
 
   int64_t run(const uint64_t idx, const int64_t n, PR* __restrict p, const PR* __restrict g, SR* __restrict m,
               SR* __restrict v, SR* __restrict E, const float msf = 0.0f, const float vsf = 0.0f,

@@ -50,10 +50,10 @@ __device__ __forceinline__ bool skipped(const Launch& L) { return L.sp.found_inf
 
 __device__ __forceinline__ float load_elem(int fmt, const void* raw, int64_t i, const float* scale, int64_t block) {
   switch (fmt) {
-    case 0: return ((const float*)raw)[i];
-    case 1: return bf16_to_f32(((const uint16_t*)raw)[i]);
-    case 2: return f16_to_f32(((const uint16_t*)raw)[i]);
-    case 3: return FmtE4M3::load(((const uint8_t*)raw)[i], scale[i / block]);
+    case FMT_FP32: return ((const float*)raw)[i];
+    case FMT_BF16: return bf16_to_f32(((const uint16_t*)raw)[i]);
+    case FMT_FP16: return f16_to_f32(((const uint16_t*)raw)[i]);
+    case FMT_FP8_E4M3: return FmtE4M3::load(((const uint8_t*)raw)[i], scale[i / block]);
     default: return FmtE5M2::load(((const uint8_t*)raw)[i], scale[i / block]);
   }
 }
@@ -88,8 +88,8 @@ __device__ __forceinline__ void load8_t(const void* raw, int64_t i, int cnt, boo
 }
 
 __device__ __forceinline__ void load8(int fmt, const void* raw, int64_t i, int cnt, bool vec, float* out) {
-  if (fmt == 0) load8_t<FmtF32>(raw, i, cnt, vec, out);
-  else if (fmt == 1) load8_t<FmtBF16>(raw, i, cnt, vec, out);
+  if (fmt == FMT_FP32) load8_t<FmtF32>(raw, i, cnt, vec, out);
+  else if (fmt == FMT_BF16) load8_t<FmtBF16>(raw, i, cnt, vec, out);
   else load8_t<FmtF16>(raw, i, cnt, vec, out);
 }
 
@@ -129,8 +129,8 @@ __device__ __forceinline__ void load8_fp8(const void* raw, int64_t i, int e, int
 
 __device__ __forceinline__ void load8_state(int fmt, const void* raw, int64_t i, int e, int cnt, bool vec,
                                             const float* scale, const BlockOf& blk, float* out) {
-  if (fmt == 3) load8_fp8<FmtE4M3>(raw, i, e, cnt, vec, scale, blk, out);
-  else if (fmt == 4) load8_fp8<FmtE5M2>(raw, i, e, cnt, vec, scale, blk, out);
+  if (fmt == FMT_FP8_E4M3) load8_fp8<FmtE4M3>(raw, i, e, cnt, vec, scale, blk, out);
+  else if (fmt == FMT_FP8_E5M2) load8_fp8<FmtE5M2>(raw, i, e, cnt, vec, scale, blk, out);
   else load8(fmt, raw, i, cnt, vec, out);
 }
 
@@ -166,8 +166,8 @@ __device__ __forceinline__ void store8_t(void* raw, int64_t i, int cnt, bool vec
 
 __device__ __forceinline__ void store8(int fmt, void* raw, int64_t i, int cnt, bool vec, const float* x, bool sr,
                                        const uint32_t* w) {
-  if (fmt == 0) store8_t<FmtF32, false>(raw, i, cnt, vec, x, w);
-  else if (fmt == 1) sr ? store8_t<FmtBF16, true>(raw, i, cnt, vec, x, w) : store8_t<FmtBF16, false>(raw, i, cnt, vec, x, w);
+  if (fmt == FMT_FP32) store8_t<FmtF32, false>(raw, i, cnt, vec, x, w);
+  else if (fmt == FMT_BF16) sr ? store8_t<FmtBF16, true>(raw, i, cnt, vec, x, w) : store8_t<FmtBF16, false>(raw, i, cnt, vec, x, w);
   else sr ? store8_t<FmtF16, true>(raw, i, cnt, vec, x, w) : store8_t<FmtF16, false>(raw, i, cnt, vec, x, w);
 }
 
@@ -250,7 +250,7 @@ __global__ void finalize_kernel(Launch L) {
   if (kind_stochastic(K)) {
     float mx = 0.0f;
     for (int64_t k = k0; k < k1; ++k) mx = nanmax(mx, (float)pp[k]);
-    const float G = fmax_ign(((const float*)r.G)[sidx] * s.env_decay, mx);
+    const float G = fmax_ign(((const float*)r.G)[sidx] * s.envelope_decay, mx);
     L.segv[gs] = G;
     ((float*)r.G)[sidx] = G;  // the apply pass reads segv, never the cells
   } else {
@@ -270,12 +270,12 @@ __global__ void __launch_bounds__(THREADS) count_kernel(Launch L) {
   const TensorRef r = L.refs[t];
   const int64_t a = (blockIdx.x - L.tile_start[t]) * L.tile;
   const int64_t n = (r.numel - a) < L.tile ? (r.numel - a) : L.tile;
-  const bool needs_seg = kind_kappa_norm(K) || (kind_stochastic(K) && s.envelope == ENV_SEGMENT);
+  const bool needs_seg = kind_kappa_norm(K) || (kind_stochastic(K) && s.envelope != ENV_ELEMENT);
   const bool elem_env = kind_stochastic(K) && s.envelope == ENV_ELEMENT;
   unsigned long long kept = 0;
   for (int64_t j = threadIdx.x; j < n; j += THREADS) {
     const uint64_t idx = r.offset + (uint64_t)(a + j);
-    const uint32_t w0 = kind_stochastic(K) ? element_words(r.k0, r.k1, idx).w0 : 0u;
+    const uint32_t w0 = kind_draws_sign(K) ? element_words(r.k0, r.k1, idx).w0 : 0u;
     const ElemOut o = eval_elem<K>(L, s, r, t, a + j, needs_seg, elem_env, w0);
     kept += cautious_keep(o.u, o.g) ? 1ull : 0ull;
   }
@@ -323,7 +323,7 @@ __device__ __forceinline__ void encode_run_t(const float* x, const uint32_t* w, 
 __device__ __forceinline__ void encode_run(int sfmt, const float* x, const uint32_t* w, int cnt, int lanes,
                                            bool sr, uint8_t* codes, float* scale, int64_t i, int e, bool vec,
                                            const BlockOf& blk) {
-  if (sfmt == 3) {
+  if (sfmt == FMT_FP8_E4M3) {
     if (sr) encode_run_t<FmtE4M3, true>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
     else encode_run_t<FmtE4M3, false>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
   } else {
@@ -359,11 +359,14 @@ __device__ __forceinline__ void encode_staged_t(const float* vals, const uint32_
 
 __device__ __forceinline__ void encode_staged(int sfmt, const float* vals, const uint32_t* w, bool sr, int n, int block,
                                               uint8_t* codes, float* scale) {
-  if (sfmt == 3) encode_staged_t<FmtE4M3>(vals, w, sr, n, block, codes, scale);
+  if (sfmt == FMT_FP8_E4M3) encode_staged_t<FmtE4M3>(vals, w, sr, n, block, codes, scale);
   else encode_staged_t<FmtE5M2>(vals, w, sr, n, block, codes, scale);
 }
 
 // ------------------------------------------------------------------ apply
+static_assert(WORD_SIGN == 0 && WORD_STATE_ROUNDING == 1 && WORD_PARAM_ROUNDING == 2,
+              "apply_run reads the sign from word 0, state rounding from word 1, parameter rounding from 2");
+
 // One apply tile's tensor, offsets and flags (set up once per CUDA block).
 struct Tile {
   TensorRef r;
@@ -419,14 +422,14 @@ __device__ __forceinline__ void apply_run(const Launch& L, const Scalars& s, con
     G[k] = o.G;
     bad += o.bad ? 1u : 0u;
   }
-  store8(L.pfmt, r.p, i, cnt, T.pvec, p, s.param_sr != 0, w2);
-  if (L.sfmt < 3) {
-    if (kind_has_m(K)) store8(L.sfmt, r.m, i, cnt, T.svec, m, s.state_sr != 0, w1);
-    if (kind_has_v(K)) store8(L.sfmt, r.v, i, cnt, T.svec, v, s.state_sr != 0, w1);
-    if (T.elem_env) store8(L.sfmt, r.G, i, cnt, T.svec, G, s.state_sr != 0, w1);
+  store8(L.pfmt, r.p, i, cnt, T.pvec, p, s.param_stochastic_rounding != 0, w2);
+  if (!fmt_block_scaled(L.sfmt)) {
+    if (kind_has_m(K)) store8(L.sfmt, r.m, i, cnt, T.svec, m, s.state_stochastic_rounding != 0, w1);
+    if (kind_has_v(K)) store8(L.sfmt, r.v, i, cnt, T.svec, v, s.state_stochastic_rounding != 0, w1);
+    if (T.elem_env) store8(L.sfmt, r.G, i, cnt, T.svec, G, s.state_stochastic_rounding != 0, w1);
   } else if (REGS) {
     const int lanes = (int)L.block / VEC;
-    const bool sr = s.state_sr != 0;
+    const bool sr = s.state_stochastic_rounding != 0;
     if (kind_has_m(K)) encode_run(L.sfmt, m, w1, cnt, lanes, sr, (uint8_t*)r.m, r.m_scale, i, e, T.svec, T.blk);
     if (kind_has_v(K)) encode_run(L.sfmt, v, w1, cnt, lanes, sr, (uint8_t*)r.v, r.v_scale, i, e, T.svec, T.blk);
     if (T.elem_env) encode_run(L.sfmt, G, w1, cnt, lanes, sr, (uint8_t*)r.G, r.G_scale, i, e, T.svec, T.blk);
@@ -437,7 +440,7 @@ __device__ __forceinline__ void apply_run(const Launch& L, const Scalars& s, con
       if (kind_has_m(K)) T.st_m[e + k] = m[k];
       if (kind_has_v(K)) T.st_v[e + k] = v[k];
       if (T.elem_env) T.st_G[e + k] = G[k];
-      if (s.state_sr) T.st_w[e + k] = w1[k];
+      if (s.state_stochastic_rounding) T.st_w[e + k] = w1[k];
     }
   }
 }
@@ -479,10 +482,10 @@ __global__ void __launch_bounds__(THREADS, kind_stochastic(K) ? 1 : 3) apply_ker
     return;
   }
   const bool sto = kind_stochastic(K);
-  const bool blocked = L.sfmt >= 3;
-  T.needs_seg = kind_kappa_norm(K) || (sto && s.envelope == ENV_SEGMENT);
+  const bool blocked = fmt_block_scaled(L.sfmt);
+  T.needs_seg = kind_kappa_norm(K) || (sto && s.envelope != ENV_ELEMENT);
   T.elem_env = sto && s.envelope == ENV_ELEMENT;
-  T.words = sto || s.state_sr || s.param_sr;
+  T.words = kind_draws_sign(K) || s.state_stochastic_rounding || s.param_stochastic_rounding;
   T.st_m = stage;
   T.st_v = stage + L.tile;
   T.st_G = stage + 2 * L.tile;
@@ -510,7 +513,7 @@ __global__ void __launch_bounds__(THREADS, kind_stochastic(K) ? 1 : 3) apply_ker
   if (!blocked || REGS) return;
   __syncthreads();
   // FP8: one warp per state block: absmax of the finite new values -> scale -> codes.
-  const bool sr = s.state_sr != 0;
+  const bool sr = s.state_stochastic_rounding != 0;
   if (kind_has_m(K)) encode_staged(L.sfmt, T.st_m, T.st_w, sr, n, (int)L.block, (uint8_t*)r.m + a, r.m_scale + T.blk.first);
   if (kind_has_v(K)) encode_staged(L.sfmt, T.st_v, T.st_w, sr, n, (int)L.block, (uint8_t*)r.v + a, r.v_scale + T.blk.first);
   if (T.elem_env) encode_staged(L.sfmt, T.st_G, T.st_w, sr, n, (int)L.block, (uint8_t*)r.G + a, r.G_scale + T.blk.first);
@@ -519,7 +522,7 @@ __global__ void __launch_bounds__(THREADS, kind_stochastic(K) ? 1 : 3) apply_ker
 template <int K>
 cudaError_t launch_kind(const Launch& L, cudaStream_t stream) {
   const bool sto = kind_stochastic(K);
-  const bool needs_seg = kind_kappa_norm(K) || (sto && L.s.envelope == ENV_SEGMENT);
+  const bool needs_seg = kind_kappa_norm(K) || (sto && L.s.envelope != ENV_ELEMENT);
   if (needs_seg && L.nred > 0) {
     reduce_kernel<K><<<(unsigned)L.nred, THREADS, 0, stream>>>(L);
     finalize_kernel<K><<<(unsigned)((L.nseg + THREADS - 1) / THREADS), THREADS, 0, stream>>>(L);
@@ -528,7 +531,7 @@ cudaError_t launch_kind(const Launch& L, cudaStream_t stream) {
   if (fp8_in_registers(L.sfmt, L.block)) {
     apply_kernel<K, true><<<(unsigned)L.ntiles, THREADS, 0, stream>>>(L);
   } else {
-    const size_t stage_bytes = L.sfmt >= 3 ? (size_t)L.tile * 4 * sizeof(float) : 0;
+    const size_t stage_bytes = fmt_block_scaled(L.sfmt) ? (size_t)L.tile * 4 * sizeof(float) : 0;
     apply_kernel<K, false><<<(unsigned)L.ntiles, THREADS, stage_bytes, stream>>>(L);
   }
   return cudaGetLastError();

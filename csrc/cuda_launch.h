@@ -18,12 +18,12 @@ constexpr int64_t MAX_FP8_BLOCK = FP8_TILE;       // FP8 state_block limit
 // FP8 state whose blocks (8..256, powers of two) each lie within one warp's eight-element run:
 // encoded from registers, over ELEM_TILE tiles.
 inline __host__ __device__ bool fp8_in_registers(int sfmt, int64_t block) {
-  return sfmt >= 3 && (block & (block - 1)) == 0 && block >= 8 && block <= 256;
+  return fmt_block_scaled(sfmt) && (block & (block - 1)) == 0 && block >= 8 && block <= 256;
 }
 
 // Elements per apply tile (a multiple of the FP8 block).
 inline int64_t apply_tile(int sfmt, int64_t block) {
-  if (sfmt < 3 || fp8_in_registers(sfmt, block)) return ELEM_TILE;
+  if (!fmt_block_scaled(sfmt) || fp8_in_registers(sfmt, block)) return ELEM_TILE;
   return block * (FP8_TILE / block > 1 ? FP8_TILE / block : 1);
 }
 

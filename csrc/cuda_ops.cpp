@@ -34,16 +34,10 @@ std::vector<at::Tensor> g_captured_meta;
 
 }  // namespace
 
-at::Tensor step_cuda(at::TensorList params, at::TensorList grads, at::TensorList m, at::TensorList v,
-                     at::TensorList env, at::TensorList m_scale, at::TensorList v_scale, at::TensorList env_scale,
-                     at::IntArrayRef config, at::ArrayRef<double> hyper, at::IntArrayRef keys,
-                     at::IntArrayRef offsets, at::IntArrayRef seglens, at::ArrayRef<double> bias,
-                     const c10::optional<at::Tensor>& lr, const c10::optional<at::Tensor>& decay,
-                     const c10::optional<at::Tensor>& inv_scale, const c10::optional<at::Tensor>& found_inf) {
-  const StepConfig cfg = check_step_args(params, grads, m, v, env, m_scale, v_scale, env_scale, config, hyper, keys,
-                                         offsets, seglens, bias, at::kCUDA);
-  TORCH_CHECK(cfg.sfmt < 3 || cfg.block <= cuda::MAX_FP8_BLOCK,
-              "signopt::step: FP8 state on CUDA needs state_block <= ", cuda::MAX_FP8_BLOCK, ", got ", cfg.block);
+at::Tensor step_cuda(SIGNOPT_STEP_PARAMS) {
+  check_step_args(SIGNOPT_STEP_ARGS, at::kCUDA);
+  TORCH_CHECK(!fmt_block_scaled((int)state_format) || state_block <= cuda::MAX_FP8_BLOCK,
+              "signopt::step: FP8 state on CUDA needs state_block <= ", cuda::MAX_FP8_BLOCK, ", got ", state_block);
   const at::Device device = params[0].device();
   c10::cuda::CUDAGuard guard(device);
   const std::vector<TensorRef> refs =
@@ -53,12 +47,12 @@ at::Tensor step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   const int64_t nt = (int64_t)refs.size();
 
   cuda::Launch L{};
-  L.kind = cfg.kind;
-  L.pfmt = cfg.pfmt;
-  L.sfmt = cfg.sfmt;
-  L.block = cfg.block;
-  L.s = scalars_from(cfg, hyper);
-  L.tile = cuda::apply_tile(cfg.sfmt, cfg.block);
+  L.kind = (int)kind;
+  L.pfmt = (int)param_format;
+  L.sfmt = (int)state_format;
+  L.block = state_block;
+  L.s = step_scalars(SIGNOPT_STEP_ARGS);
+  L.tile = cuda::apply_tile(L.sfmt, L.block);
   L.ntensors = (int)nt;
 
   // Host tables: tile / reduction-chunk / segment prefixes.
@@ -76,8 +70,7 @@ at::Tensor step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   L.ntiles = tiles[nt];
   L.nred = red[nt];
   L.nseg = seg[nt];
-  const bool sto = kind_stochastic(cfg.kind);
-  const bool needs_seg = kind_kappa_norm(cfg.kind) || (sto && cfg.envelope == ENV_SEGMENT);
+  const bool needs_seg = needs_segments(kind, envelope);
 
   const size_t ref_bytes = sizeof(TensorRef) * nt, tab_bytes = sizeof(int64_t) * (nt + 1);
   const size_t total = ref_bytes + 3 * tab_bytes;
@@ -102,8 +95,8 @@ at::Tensor step_cuda(at::TensorList params, at::TensorList grads, at::TensorList
   L.seg_base = (const int64_t*)(d + ref_bytes + 2 * tab_bytes);
 
   std::vector<at::Tensor> keep;
-  L.sp.lr = dev_ptr(lr, device, keep);
-  L.sp.decay = dev_ptr(decay, device, keep);
+  L.sp.lr = dev_ptr(lr_tensor, device, keep);
+  L.sp.decay = dev_ptr(decay_tensor, device, keep);
   L.sp.inv_scale = dev_ptr(inv_scale, device, keep);
   L.sp.found_inf = dev_ptr(found_inf, device, keep);
   at::Tensor partials = at::empty({needs_seg ? L.nred : 0}, params[0].options().dtype(at::kDouble));

@@ -1,18 +1,21 @@
 // Operator schemas of torch.ops.signopt.* (TORCH_LIBRARY) and their CPU implementations.
 // The CUDA implementations are registered by cuda_ops.cpp when torch has CUDA.
 //
-// step(params, grads, m, v, env, m_scale, v_scale, env_scale, config, hyper, keys, offsets,
-//      seglens, bias, lr?, decay?, inv_scale?, found_inf?) -> non-finite count (0-dim int64)
-//   one call = one param group's tensors of one (param dtype, state format) combination;
-//   lists that a rule does not use are empty.
-//   config = [kind, param_fmt, state_fmt, state_block, maximize, cautious, env_from_grad,
-//             envelope, state_sr, param_sr]
-//   hyper  = [lr, decay, l2, beta1, 1-beta1, beta2, 1-beta2, eps, huber_delta, p-1,
-//             envelope_decay, p, (p-1)/p]      (fp32-exact except the last two, fp64)
-//   keys = [k0, k1] per tensor; offsets = index_offset per tensor; seglens = reduction
-//   segment per tensor (0: none); bias = [bc1, bc2] per tensor.
+// step: the schema is SIGNOPT_STEP_SCHEMA (signopt.declaration.step_schema()): the eight tensor
+//   lists by position (params, grads, m, v, env, m_scale, v_scale, env_scale: lists a rule does
+//   not use are empty), everything else by name (kind, formats, state_block, envelope, the flags,
+//   the per-step scalars, per-tensor keys/offsets/seglens/bias, the optional tensors);
+//   returns the non-finite gradient count (0-dim int64).  One call = one param group's tensors
+//   of one (param dtype, state format) combination.
+// declared: the declaration this extension was compiled with, rendered from the generated
+//   header's ids and functions (tests/test_cpp_declaration.py compares it with signopt.declaration;
+//   encode's output dtypes check fmt_dtype).
 #include <torch/library.h>
 #include <ATen/ATen.h>
+
+#include <sstream>
+#include <string>
+#include <type_traits>
 
 #include "cpu_kernels.h"
 #include "step_args.h"
@@ -71,13 +74,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> encode_cpu(const at::Tensor& x, i
                                                           const c10::optional<at::Tensor>& words) {
   TORCH_CHECK(x.scalar_type() == at::kFloat, "encode: x must be float32");
   TORCH_CHECK(block >= 1, "encode: block must be >= 1");
+  TORCH_CHECK(fmt >= 0 && fmt < FMT_COUNT, "encode: fmt must be in [0, ", FMT_COUNT - 1, "]");
   at::Tensor xc = x.contiguous().clone();
   const int64_t n = xc.numel();
-  static const at::ScalarType dtypes[] = {at::kFloat, at::kBFloat16, at::kHalf, at::kFloat8_e4m3fn,
-                                          at::kFloat8_e5m2};
-  TORCH_CHECK(fmt >= 0 && fmt <= 4, "encode: fmt must be in [0, 4]");
-  at::Tensor out = fmt == cpu::FMT_F32 ? xc : at::empty_like(xc, xc.options().dtype(dtypes[fmt]));
-  at::Tensor scales = at::zeros({cpu::fmt_blocked(fmt) ? (n + block - 1) / block : 0}, xc.options());
+  const bool blocked = fmt_block_scaled((int)fmt);
+  at::Tensor out = fmt == FMT_FP32 ? xc : at::empty_like(xc, xc.options().dtype(fmt_dtype(fmt)));
+  at::Tensor scales = at::zeros({blocked ? (n + block - 1) / block : 0}, xc.options());
   std::vector<uint32_t> w(n, 0u);
   const bool sr = words.has_value();
   if (sr) {
@@ -85,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> encode_cpu(const at::Tensor& x, i
     TORCH_CHECK(wc.numel() == n, "encode: words must have one word per element");
     for (int64_t i = 0; i < n; ++i) w[i] = (uint32_t)wc.data_ptr<int64_t>()[i];
   }
-  const int64_t step = cpu::fmt_blocked(fmt) ? block : std::max<int64_t>(n, 1);
+  const int64_t step = blocked ? block : std::max<int64_t>(n, 1);
   const bool simd = cpu::simd::mxcsr_ok();
   for (int64_t a = 0; a < n; a += step) {
     const int64_t len = std::min(step, n - a);
@@ -100,43 +102,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> encode_cpu(const at::Tensor& x, i
   return {out, scales, dec};
 }
 
+// One line per declared id (tests/test_cpp_declaration.py renders signopt.declaration the same way).
+std::string declared() {
+  std::ostringstream o;
+  for (int k = 0; k < K_COUNT; ++k) {
+    o << "kind " << k << " family=" << kind_family(k) << " m=" << kind_has_m(k) << " v=" << kind_has_v(k)
+      << " env=" << kind_has_env(k) << " kappa_norm=" << kind_kappa_norm(k) << " draws_sign=" << kind_draws_sign(k)
+      << " bias_correction=" << kind_bias_correction(k) << "\n";
+  }
+  for (int f = 0; f < FMT_COUNT; ++f) {
+    o << "format " << f << " bits=" << fmt_bits(f) << " block_scaled=" << fmt_block_scaled(f)
+      << " param=" << fmt_param(f) << " state=" << fmt_state(f) << " mantissa_bits=" << fmt_mantissa_bits(f)
+      << " emin=" << fmt_emin(f) << " max_finite=" << f2u(fmt_max_finite(f)) << "\n";
+  }
+  o << "families=" << FAMILY_COUNT << " envelopes=" << ENV_COUNT << " element=" << ENV_ELEMENT << "\n";
+  o << "purposes sign=" << PURPOSE_SIGN << " state_rounding=" << PURPOSE_STATE_ROUNDING
+    << " param_rounding=" << PURPOSE_PARAM_ROUNDING << "\n";
+  return o.str();
+}
+
 }  // namespace
 
-at::Tensor step_cpu(at::TensorList params, at::TensorList grads, at::TensorList m, at::TensorList v,
-                    at::TensorList env, at::TensorList m_scale, at::TensorList v_scale,
-                    at::TensorList env_scale, at::IntArrayRef config, at::ArrayRef<double> hyper,
-                    at::IntArrayRef keys, at::IntArrayRef offsets, at::IntArrayRef seglens,
-                    at::ArrayRef<double> bias, const c10::optional<at::Tensor>& lr,
-                    const c10::optional<at::Tensor>& decay, const c10::optional<at::Tensor>& inv_scale,
-                    const c10::optional<at::Tensor>& found_inf) {
-  const StepConfig cfg = check_step_args(params, grads, m, v, env, m_scale, v_scale, env_scale, config, hyper,
-                                         keys, offsets, seglens, bias, at::kCPU);
+at::Tensor step_cpu(SIGNOPT_STEP_PARAMS) {
+  check_step_args(SIGNOPT_STEP_ARGS, at::kCPU);
   cpu::Call call;
-  call.s = scalars_from(cfg, hyper);
-  if (lr.has_value()) call.s.lr = read_scalar(lr);
-  if (decay.has_value()) call.s.decay = read_scalar(decay);
+  call.s = step_scalars(SIGNOPT_STEP_ARGS);
+  if (lr_tensor.has_value()) call.s.lr = read_scalar(lr_tensor);
+  if (decay_tensor.has_value()) call.s.decay = read_scalar(decay_tensor);
   if (inv_scale.has_value()) {
     call.s.inv_scale = read_scalar(inv_scale);
     call.s.has_inv_scale = 1;
   }
   call.skip = found_inf.has_value() && read_scalar(found_inf) > 0.0f;
-  call.block = cfg.block;
+  call.block = state_block;
   call.t = tensor_refs(params, grads, m, v, env, m_scale, v_scale, env_scale, keys, offsets, seglens, bias);
-  const int64_t count = run_cpu(cfg.kind, cfg.pfmt, cfg.sfmt, call);
+  const int64_t count = run_cpu((int)kind, (int)param_format, (int)state_format, call);
   return at::scalar_tensor(count, at::TensorOptions().dtype(at::kLong));
 }
+
+static_assert(std::is_same_v<decltype(step_cpu), StepImpl>, "step_cpu differs from step_impl.h");
 
 }  // namespace signopt
 
 TORCH_LIBRARY(signopt, m) {
-  m.def(
-      "step(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] m, Tensor(c!)[] v, Tensor(d!)[] env, "
-      "Tensor(e!)[] m_scale, Tensor(f!)[] v_scale, Tensor(g!)[] env_scale, int[] config, float[] hyper, "
-      "int[] keys, int[] offsets, int[] seglens, float[] bias, Tensor? lr, Tensor? decay, "
-      "Tensor? inv_scale, Tensor? found_inf) -> Tensor");
+  m.def(SIGNOPT_STEP_SCHEMA);
   m.def("philox(int k0, int k1, Tensor idx) -> Tensor");
   m.def("philox_word0(int k0, int k1, int base, Tensor(a!) out) -> ()");
   m.def("encode(Tensor x, int fmt, int block, Tensor? words) -> (Tensor, Tensor, Tensor)");
+  m.def("declared() -> str", &signopt::declared);
 }
 
 TORCH_LIBRARY_IMPL(signopt, CPU, m) {

@@ -18,39 +18,12 @@
 #include <math.h>
 #include "config.h"
 #include "philox.h"
+#include "signopt_declaration.h"
 
 namespace signopt {
 
-// Direction kinds (the Python side maps UpdateRule -> Kind).
-enum Kind : int {
-  K_SIGN = 0,
-  K_SIGNUM = 1,
-  K_LION_L1 = 2,
-  K_LION_L2SQ = 3,
-  K_LION_HUBER = 4,
-  K_LION_NORM = 5,  // l2 and row_l2: c / norm of its segment
-  K_LION_LP = 6,
-  K_STO_SGD = 7,
-  K_STO_MOMENTUM = 8,
-  K_STO_LION = 9,
-  K_STO_ADAMW = 10,
-  K_COUNT = 11,
-};
-
-SIGNOPT_HD constexpr bool kind_stochastic(int k) { return k >= K_STO_SGD; }
-SIGNOPT_HD constexpr bool kind_has_m(int k) { return k != K_SIGN && k != K_STO_SGD; }
-SIGNOPT_HD constexpr bool kind_has_v(int k) { return k == K_STO_ADAMW; }
-SIGNOPT_HD constexpr bool kind_kappa_norm(int k) { return k == K_LION_NORM || k == K_LION_LP; }
-
-// Envelope granularity of the stochastic kinds.
-enum Envelope : int { ENV_ELEMENT = 0, ENV_SEGMENT = 1 };
-
-// fp32 scalars of one group step (host-computed), plus flags.
-struct Scalars {
-  float lr, decay, l2, beta1, omb1, beta2, omb2, eps, delta, pm1, env_decay, inv_scale;
-  double lp_p, lp_root;  // lp: p and (p-1)/p (fp64, as kappa.lp_norm_pow uses them)
-  int maximize, has_inv_scale, cautious, env_from_grad, envelope, state_sr, param_sr;
-};
+// Kinds, envelopes and the Scalars struct come from the generated header (signopt.declaration).
+SIGNOPT_HD constexpr bool kind_stochastic(int k) { return kind_family(k) == FAMILY_STOCHASTIC; }
 
 // torch.sign (0 for 0 and NaN)
 SIGNOPT_HD float sgn(float x) { return (float)((x > 0.0f) - (x < 0.0f)); }
@@ -166,20 +139,20 @@ SIGNOPT_HD ElemOut direction_after_prologue(const Scalars& s, const ElemIn& in, 
     } else if (K == K_LION_L2SQ) {
       o.u = c;
     } else if (K == K_LION_HUBER) {
-      const float x = c / s.delta;
+      const float x = c / s.huber_delta;
       o.u = x < -1.0f ? -1.0f : (x > 1.0f ? 1.0f : x);  // clamp; NaN stays NaN
     } else if (K == K_LION_NORM) {
       o.u = seg > 0.0f ? c / seg : 0.0f;
     } else {  // K_LION_LP
-      const float mag = sgn(c) * pow_aten(fabsf(c), s.pm1);
+      const float mag = sgn(c) * pow_aten(fabsf(c), s.p_minus_1);
       o.u = seg > 0.0f ? mag / seg : 0.0f;
     }
   } else {
     const float d = base_direction<K>(s, in, g, bad, bc1, bc2, o);
-    const float src = s.env_from_grad ? fabsf(g) : fabsf(d);
+    const float src = s.envelope_from_grad ? fabsf(g) : fabsf(d);
     o.red = src;
     // element envelope: G <- bad ? G : fmax(G*gamma, src); a segment envelope comes as seg
-    const float Ge = bad ? in.G : fmax_ign(in.G * s.env_decay, src);
+    const float Ge = bad ? in.G : fmax_ign(in.G * s.envelope_decay, src);
     o.G = Ge;  // stored for element envelopes only
     const float G = s.envelope == ENV_ELEMENT ? Ge : seg;
     o.u = stochastic_sign(d, G, uniform_from_word(word0));

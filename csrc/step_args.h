@@ -1,5 +1,7 @@
 // Argument checking and unpacking of signopt::step, shared by the CPU and CUDA bindings.
-// Every check runs before any tensor is touched; messages name the argument.
+// The op's arguments are declared once (signopt.declaration: SIGNOPT_STEP_SCHEMA,
+// SIGNOPT_STEP_PARAMS and SIGNOPT_STEP_ARGS of the generated header).  Every check runs before
+// any tensor is touched; messages name the argument.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -7,18 +9,20 @@
 
 #include "group.h"
 #include "rules.h"
+#include "signopt_declaration.h"
 
 namespace signopt {
 
-struct StepConfig {
-  int kind, pfmt, sfmt;
-  int64_t block;
-  int maximize, cautious, env_from_grad, envelope, state_sr, param_sr;
-};
-
-inline at::ScalarType fmt_dtype(int fmt) {
-  static const at::ScalarType d[] = {at::kFloat, at::kBFloat16, at::kHalf, at::kFloat8_e4m3fn, at::kFloat8_e5m2};
-  return d[fmt];
+// The dtype of storage format f (an FMT_* id of the generated header).
+inline at::ScalarType fmt_dtype(int64_t f) {
+  switch (f) {
+    case FMT_FP32: return at::kFloat;
+    case FMT_BF16: return at::kBFloat16;
+    case FMT_FP16: return at::kHalf;
+    case FMT_FP8_E4M3: return at::kFloat8_e4m3fn;
+    case FMT_FP8_E5M2: return at::kFloat8_e5m2;
+    default: TORCH_CHECK(false, "signopt: storage format ", f, " has no dtype here");
+  }
 }
 
 inline void check_list(const char* name, at::TensorList list, size_t n, bool required) {
@@ -26,35 +30,45 @@ inline void check_list(const char* name, at::TensorList list, size_t n, bool req
               required ? "" : "0 or ", n, " tensors, got ", list.size());
 }
 
-inline StepConfig check_step_args(at::TensorList params, at::TensorList grads, at::TensorList m, at::TensorList v,
-                                  at::TensorList env, at::TensorList m_scale, at::TensorList v_scale,
-                                  at::TensorList env_scale, at::IntArrayRef config, at::ArrayRef<double> hyper,
-                                  at::IntArrayRef keys, at::IntArrayRef offsets, at::IntArrayRef seglens,
-                                  at::ArrayRef<double> bias, at::DeviceType dev) {
-  TORCH_CHECK(config.size() == 10, "signopt::step: config must have 10 entries, got ", config.size());
-  TORCH_CHECK(hyper.size() == 13, "signopt::step: hyper must have 13 entries, got ", hyper.size());
-  StepConfig c{(int)config[0], (int)config[1], (int)config[2], config[3], (int)config[4], (int)config[5],
-               (int)config[6], (int)config[7], (int)config[8], (int)config[9]};
-  TORCH_CHECK(c.kind >= 0 && c.kind < K_COUNT, "signopt::step: unknown rule kind ", c.kind);
-  TORCH_CHECK(c.pfmt >= 0 && c.pfmt <= 2, "signopt::step: param format must be 0..2, got ", c.pfmt);
-  TORCH_CHECK(c.sfmt >= 0 && c.sfmt <= 4, "signopt::step: state format must be 0..4, got ", c.sfmt);
-  TORCH_CHECK(c.block >= 1, "signopt::step: state_block must be >= 1, got ", c.block);
-  TORCH_CHECK(c.envelope == ENV_ELEMENT || c.envelope == ENV_SEGMENT, "signopt::step: envelope must be 0 or 1");
+// Whether a call draws Philox words (and so needs keys).
+inline bool draws_words(int64_t kind, bool state_stochastic_rounding, bool param_stochastic_rounding) {
+  return kind_draws_sign((int)kind) || state_stochastic_rounding || param_stochastic_rounding;
+}
+
+// Whether the call reduces over segments (a kappa norm, a row/block/tensor envelope): seglens >= 1.
+inline bool needs_segments(int64_t kind, int64_t envelope) {
+  return kind_kappa_norm((int)kind) || (kind_has_env((int)kind) && envelope != ENV_ELEMENT);
+}
+
+inline void check_step_args(SIGNOPT_STEP_PARAMS, at::DeviceType dev) {
+  TORCH_CHECK(kind >= 0 && kind < K_COUNT, "signopt::step: unknown rule kind ", kind);
+  TORCH_CHECK(param_format >= 0 && param_format < FMT_COUNT && fmt_param((int)param_format),
+              "signopt::step: param_format ", param_format, " is not a parameter format");
+  TORCH_CHECK(state_format >= 0 && state_format < FMT_COUNT && fmt_state((int)state_format),
+              "signopt::step: state_format ", state_format, " is not a state format");
+  TORCH_CHECK(state_block >= 1, "signopt::step: state_block must be >= 1, got ", state_block);
+  TORCH_CHECK(envelope >= 0 && envelope < ENV_COUNT, "signopt::step: unknown envelope ", envelope);
   const size_t n = params.size();
   TORCH_CHECK(n >= 1, "signopt::step: params must not be empty");
   check_list("grads", grads, n, true);
-  const bool sto = kind_stochastic(c.kind), blocked = c.sfmt >= 3;
-  check_list("m", m, n, kind_has_m(c.kind));
-  check_list("v", v, n, kind_has_v(c.kind));
-  check_list("env", env, n, sto);
-  check_list("m_scale", m_scale, n, blocked && kind_has_m(c.kind));
-  check_list("v_scale", v_scale, n, blocked && kind_has_v(c.kind));
-  check_list("env_scale", env_scale, n, blocked && sto && c.envelope == ENV_ELEMENT);
-  TORCH_CHECK(keys.size() == 2 * n, "signopt::step: keys must hold 2 entries per tensor");
+  const int k = (int)kind;
+  const bool blocked = fmt_block_scaled((int)state_format);
+  const bool elem_env = kind_has_env(k) && envelope == ENV_ELEMENT;
+  check_list("m", m, n, kind_has_m(k));
+  check_list("v", v, n, kind_has_v(k));
+  check_list("env", env, n, kind_has_env(k));
+  check_list("m_scale", m_scale, n, blocked && kind_has_m(k));
+  check_list("v_scale", v_scale, n, blocked && kind_has_v(k));
+  check_list("env_scale", env_scale, n, blocked && elem_env);
+  const bool words = draws_words(kind, state_stochastic_rounding, param_stochastic_rounding);
+  TORCH_CHECK(keys.size() == 2 * n || (keys.empty() && !words), "signopt::step: keys must hold 2 entries per tensor",
+              words ? "" : " (or none)", ", got ", keys.size(), " for ", n, " tensors");
   TORCH_CHECK(offsets.size() == n, "signopt::step: offsets must hold 1 entry per tensor");
   TORCH_CHECK(seglens.size() == n, "signopt::step: seglens must hold 1 entry per tensor");
-  TORCH_CHECK(bias.size() == 2 * n, "signopt::step: bias must hold 2 entries per tensor");
-  const bool needs_seg = kind_kappa_norm(c.kind) || (sto && c.envelope == ENV_SEGMENT);
+  const bool bc = kind_bias_correction(k);
+  TORCH_CHECK(bias.size() == 2 * n || (bias.empty() && !bc), "signopt::step: bias must hold 2 entries per tensor",
+              bc ? "" : " (or none)", ", got ", bias.size(), " for ", n, " tensors");
+  const bool needs_seg = needs_segments(kind, envelope);
   const at::Device device = params[0].device();
   TORCH_CHECK(device.type() == dev, "signopt::step: tensors on ", device, " reached the ", dev, " kernel");
   auto same = [&](const at::Tensor& t, const char* what, size_t i, at::ScalarType dt, int64_t numel) {
@@ -66,12 +80,12 @@ inline StepConfig check_step_args(at::TensorList params, at::TensorList grads, a
     TORCH_CHECK(t.numel() == numel, "signopt::step: ", what, "[", i, "] has ", t.numel(), " elements, expected ",
                 numel);
   };
-  const at::ScalarType pdt = fmt_dtype(c.pfmt), sdt = fmt_dtype(c.sfmt);
+  const at::ScalarType pdt = fmt_dtype(param_format), sdt = fmt_dtype(state_format);
   for (size_t i = 0; i < n; ++i) {
     const int64_t numel = params[i].numel();
     same(params[i], "params", i, pdt, numel);
     same(grads[i], "grads", i, pdt, numel);
-    const int64_t nblocks = (numel + c.block - 1) / c.block;
+    const int64_t nblocks = (numel + state_block - 1) / state_block;
     if (!m.empty()) same(m[i], "m", i, sdt, numel);
     if (!v.empty()) same(v[i], "v", i, sdt, numel);
     if (!m_scale.empty()) same(m_scale[i], "m_scale", i, at::kFloat, nblocks);
@@ -81,50 +95,34 @@ inline StepConfig check_step_args(at::TensorList params, at::TensorList grads, a
       TORCH_CHECK(seglens[i] >= 1, "signopt::step: seglens[", i, "] must be >= 1 for this rule");
     }
     if (!env.empty()) {
-      if (c.envelope == ENV_ELEMENT) {
+      if (elem_env) {
         same(env[i], "env", i, sdt, numel);
       } else if (numel > 0) {
         const int64_t L = std::min(seglens[i], numel);
         same(env[i], "env", i, at::kFloat, (numel + L - 1) / L);
       }
     }
-    TORCH_CHECK(keys[2 * i] >= 0 && keys[2 * i] <= 0xFFFFFFFFll && keys[2 * i + 1] >= 0 &&
-                    keys[2 * i + 1] <= 0xFFFFFFFFll,
-                "signopt::step: keys must be uint32 values");
+    if (!keys.empty()) {
+      TORCH_CHECK(keys[2 * i] >= 0 && keys[2 * i] <= 0xFFFFFFFFll && keys[2 * i + 1] >= 0 &&
+                      keys[2 * i + 1] <= 0xFFFFFFFFll,
+                  "signopt::step: keys must be uint32 values");
+    }
     TORCH_CHECK(offsets[i] >= 0, "signopt::step: offsets[", i, "] must be >= 0");
   }
-  return c;
 }
 
-inline Scalars scalars_from(const StepConfig& c, at::ArrayRef<double> h) {
+// The Scalars of a call from its named arguments (lr, decay and the GradScaler's inv_scale as
+// given by the float arguments; the bindings substitute lr_tensor, decay_tensor, inv_scale).
+inline Scalars step_scalars(SIGNOPT_STEP_PARAMS) {
   Scalars s;
-  s.lr = (float)h[0];
-  s.decay = (float)h[1];
-  s.l2 = (float)h[2];
-  s.beta1 = (float)h[3];
-  s.omb1 = (float)h[4];
-  s.beta2 = (float)h[5];
-  s.omb2 = (float)h[6];
-  s.eps = (float)h[7];
-  s.delta = (float)h[8];
-  s.pm1 = (float)h[9];
-  s.env_decay = (float)h[10];
-  s.lp_p = h[11];
-  s.lp_root = h[12];
-  s.inv_scale = 1.0f;
-  s.has_inv_scale = 0;
-  s.maximize = c.maximize;
-  s.cautious = c.cautious;
-  s.env_from_grad = c.env_from_grad;
-  s.envelope = c.envelope;
-  s.state_sr = c.state_sr;
-  s.param_sr = c.param_sr;
+  SIGNOPT_SCALARS_FROM_ARGS(s);
   return s;
 }
 
 inline void* ptr_or_null(at::TensorList l, size_t i) { return l.empty() ? nullptr : l[i].data_ptr(); }
 
-// TensorRefs of the non-empty tensors (zero-size tensors have nothing to update).
+// TensorRefs of the non-empty tensors (zero-size tensors have nothing to update); keys and bias
+// may be empty (no random bits: key (0, 0); no bias correction: 1).
 inline std::vector<TensorRef> tensor_refs(at::TensorList params, at::TensorList grads, at::TensorList m,
                                           at::TensorList v, at::TensorList env, at::TensorList m_scale,
                                           at::TensorList v_scale, at::TensorList env_scale, at::IntArrayRef keys,
@@ -146,10 +144,10 @@ inline std::vector<TensorRef> tensor_refs(at::TensorList params, at::TensorList 
     r.numel = numel;
     r.seglen = seglens[i] >= 1 ? seglens[i] : numel;
     r.offset = (uint64_t)offsets[i];
-    r.k0 = (uint32_t)keys[2 * i];
-    r.k1 = (uint32_t)keys[2 * i + 1];
-    r.bc1 = (float)bias[2 * i];
-    r.bc2 = (float)bias[2 * i + 1];
+    r.k0 = keys.empty() ? 0u : (uint32_t)keys[2 * i];
+    r.k1 = keys.empty() ? 0u : (uint32_t)keys[2 * i + 1];
+    r.bc1 = bias.empty() ? 1.0f : (float)bias[2 * i];
+    r.bc2 = bias.empty() ? 1.0f : (float)bias[2 * i + 1];
     out.push_back(r);
   }
   return out;

@@ -4,16 +4,13 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include "signopt_declaration.h"
+
 namespace signopt {
 
-// signopt::step's C++ signature (the schema's arguments in order: see ops.cpp).
-using StepImpl = at::Tensor(at::TensorList params, at::TensorList grads, at::TensorList m, at::TensorList v,
-                            at::TensorList env, at::TensorList m_scale, at::TensorList v_scale,
-                            at::TensorList env_scale, at::IntArrayRef config, at::ArrayRef<double> hyper,
-                            at::IntArrayRef keys, at::IntArrayRef offsets, at::IntArrayRef seglens,
-                            at::ArrayRef<double> bias, const c10::optional<at::Tensor>& lr,
-                            const c10::optional<at::Tensor>& decay, const c10::optional<at::Tensor>& inv_scale,
-                            const c10::optional<at::Tensor>& found_inf);
+// signopt::step's C++ signature: the schema's arguments in order (SIGNOPT_STEP_PARAMS, generated
+// from signopt.declaration.step_arguments).
+using StepImpl = at::Tensor(SIGNOPT_STEP_PARAMS);
 
 StepImpl step_cpu;
 #if defined(SIGNOPT_CUDA)

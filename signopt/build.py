@@ -11,6 +11,11 @@ Prebuild with ``python -m signopt.build``.
 
 C++ is compiled with ``-O3 -ffp-contract=off`` (no FMA contraction: the kernels must round
 exactly like the torch reference; no fast-math) and CUDA with ``--fmad=false``.
+
+The kernel ABI (rule kinds, storage formats, the per-step scalars, the ``signopt::step`` schema)
+comes from :mod:`signopt.declaration`: :func:`declaration_header` writes
+``declaration.cpp_header()`` as ``signopt_declaration.h`` into the build directory, which is on
+the include path of the C++ and nvcc compiles, and its text is part of the cache key.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from pathlib import Path
 import torch
 
 NAME = "signopt_ext"
+HEADER = "signopt_declaration.h"  # generated from signopt.declaration into the build directory
 CPU_SOURCES = ("ops.cpp", "group_step.cpp", "cpu_formats.cpp", "cpu_sign.cpp", "cpu_lion.cpp", "cpu_lion_norm.cpp",
                "cpu_stochastic.cpp")
 CUDA_SOURCES = ("cuda_ops.cpp", "cuda_kernels.cu")
@@ -90,14 +96,35 @@ def _sources(cuda: bool) -> list[Path]:
     return [root / s for s in CPU_SOURCES + (CUDA_SOURCES if cuda else ())]
 
 
+def header_text() -> str:
+    """The generated header of the kernel ABI (:func:`signopt.declaration.cpp_header`)."""
+    from . import declaration
+    return declaration.cpp_header()
+
+
+def declaration_header(directory: Path) -> Path:
+    """Write :data:`HEADER` (:func:`header_text`) into ``directory`` (unless it already holds that
+    text) and return its path."""
+    path = Path(directory) / HEADER
+    text = header_text()
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
+
+
 def build_dir(cuda: bool | None = None) -> Path:
-    """The cache directory of the build matching the current sources, flags and machine."""
+    """The cache directory of the build matching the current sources, generated header, flags
+    and machine."""
     cuda = with_cuda() if cuda is None else cuda
     h = hashlib.sha256()
     root = csrc_dir()
     for f in sorted(root.iterdir()):
         if f.suffix in (".h", ".cuh", ".cpp", ".cu"):
             h.update(f.name.encode() + f.read_bytes())
+    h.update(HEADER.encode() + header_text().encode())
     for part in (cxx_flags(), NVCC_FLAGS if cuda else [], [torch.__version__, sys.version, _cpu_tag(),
                                                          str(cuda)]):
         h.update(repr(part).encode())
@@ -182,12 +209,14 @@ def load(verbose: bool = False) -> str:
             from torch.utils.cpp_extension import load as jit_load
             root = csrc_dir()
             sources = _sources(cuda)
+            declaration_header(directory)
             try:
                 with BuildProgress(sources, directory):
+                    # extra_include_paths reach both the C++ and the nvcc compiles
                     jit_load(name=NAME, sources=[str(s) for s in sources],
                              extra_cflags=cxx_flags() + (["-DSIGNOPT_CUDA"] if cuda else []),
                              extra_cuda_cflags=NVCC_FLAGS, extra_ldflags=["-fopenmp"],
-                             extra_include_paths=[str(root)], build_directory=str(directory),
+                             extra_include_paths=[str(root), str(directory)], build_directory=str(directory),
                              is_python_module=False, verbose=verbose)
             except Exception as exc:  # compiler errors arrive as RuntimeError/CalledProcessError
                 raise BuildUnavailable(f"building the signopt extension failed: {exc}") from exc

@@ -109,6 +109,9 @@ SCALARS = (
     Scalar("lp_root", "double", "lp kappa: (p-1)/p, the root of that sum"),
 )
 SCALAR_NAMES = tuple(s.name for s in SCALARS)
+TENSOR_SCALARS = ("lr", "decay")
+"""Scalars that may be a 1-element tensor (a tensor lr): ``signopt::step`` takes such a value as
+its optional ``<name>_tensor`` argument."""
 
 FLAGS = ("maximize", "cautious", "envelope_from_grad", "state_stochastic_rounding",
          "param_stochastic_rounding")
@@ -126,14 +129,17 @@ class Slot:
 
 
 M, V, G = Slot("m", "element"), Slot("v", "element"), Slot("G", "envelope")
+STEP_LISTS = {M.name: ("m", "m_scale"), V.name: ("v", "v_scale"), G.name: ("env", "env_scale")}
+"""``signopt::step``'s tensor lists of each slot: its stored tensors and their FP8 scales."""
 
 
 @dataclass(frozen=True)
 class Kind:
     """A fused kernel kind: the rules it runs (``family`` with one of ``variants``: kappas for
     Lion, bases for the stochastic family), the state it keeps, the scalars it reads, its
-    reduction (``"kappa_norm"``, ``"envelope"`` for non-element envelopes, or None) and the
-    purposes it draws random bits for (besides state/parameter rounding, which any kind may)."""
+    reduction (``"kappa_norm"``, ``"envelope"`` for non-element envelopes, or None), the
+    purposes it draws random bits for (besides state/parameter rounding, which any kind may) and
+    whether it reads per-tensor bias corrections (``signopt::step``'s ``bias``)."""
 
     id: int
     name: str
@@ -143,6 +149,7 @@ class Kind:
     scalars: tuple[str, ...]
     reduction: str | None = None
     random: tuple[str, ...] = ()
+    bias_correction: bool = False
 
 
 _PROLOGUE = ("lr", "decay", "l2")
@@ -164,7 +171,7 @@ KINDS = (
     Kind(9, "sto_lion", "stochastic", ("lion",), (M, G), _PROLOGUE + _EMA1 + _EMA2 + _STO,
          "envelope", ("sign",)),
     Kind(10, "sto_adamw", "stochastic", ("adamw",), (M, V, G),
-         _PROLOGUE + _EMA1 + _EMA2 + ("eps",) + _STO, "envelope", ("sign",)),
+         _PROLOGUE + _EMA1 + _EMA2 + ("eps",) + _STO, "envelope", ("sign",), bias_correction=True),
 )
 KINDS_BY_NAME = {k.name: k for k in KINDS}
 
@@ -192,17 +199,27 @@ def _cpp_enum(name: str, prefix: str, ids: dict[str, int]) -> list[str]:
     return [f"enum {name} : int {{ {body}, {prefix}COUNT = {len(ids)} }};"]
 
 
-def _cpp_table(ctype: str, name: str, values: list) -> str:
-    return f"SIGNOPT_TABLE {ctype} {name}[] = {{{', '.join(values)}}};"
+def _cpp_bool(name: str, arg: str, true_ids: list[str]) -> str:
+    test = " || ".join(f"{arg} == {i}" for i in true_ids) or "false"
+    return f"SIGNOPT_DECL bool {name}(int {arg}) {{ return {test}; }}"
 
 
-def _cxx_bool(b: bool) -> str:
-    return "true" if b else "false"
+def _cpp_switch(ctype: str, name: str, arg: str, cases: list[tuple[str, str]], default: str) -> str:
+    body = " ".join(f"case {i}: return {v};" for i, v in cases)
+    return f"SIGNOPT_DECL {ctype} {name}(int {arg}) {{ switch ({arg}) {{ {body} default: return {default}; }} }}"
+
+
+def _f32_literal(x: float) -> str:
+    return f"{x!r}f"
 
 
 _CPP_TYPES = {"Tensor(a!)[]": "at::TensorList", "Tensor[]": "at::TensorList", "int": "int64_t",
               "bool": "bool", "float": "double", "int[]": "at::IntArrayRef", "float[]": "at::ArrayRef<double>",
               "Tensor?": "const c10::optional<at::Tensor>&"}
+# The same arguments as owned values (torch.classes methods take these: csrc/group_step.cpp).
+_CPP_VALUE_TYPES = {"Tensor(a!)[]": "std::vector<at::Tensor>", "Tensor[]": "std::vector<at::Tensor>",
+                    "int": "int64_t", "bool": "bool", "float": "double", "int[]": "std::vector<int64_t>",
+                    "float[]": "std::vector<double>", "Tensor?": "c10::optional<at::Tensor>"}
 
 
 def step_arguments() -> tuple[tuple[str, str, bool], ...]:
@@ -210,18 +227,21 @@ def step_arguments() -> tuple[tuple[str, str, bool], ...]:
 
     The eight tensor lists come by position (a list the rule does not use is empty); everything
     else by name: the kernel kind, formats and flags, the :data:`SCALARS`, per-tensor ``keys``
-    (two uint32 Philox key words), ``offsets`` (index of element 0 in the full tensor),
-    ``seglens`` (reduction segment, 0: none) and ``bias`` (AdamW's two bias corrections), and
-    optional tensors: ``lr_tensor``/``decay_tensor`` replace ``lr``/``decay`` (a tensor lr),
-    ``inv_scale`` and ``found_inf`` come from a GradScaler."""
+    (two uint32 Philox key words; empty when the call draws no random bits), ``offsets`` (index
+    of element 0 in the full tensor), ``seglens`` (reduction segment, 0: none) and ``bias``
+    (AdamW's two bias corrections; empty unless the kind bias-corrects), and optional tensors:
+    ``lr_tensor``/``decay_tensor`` replace ``lr``/``decay`` (a tensor lr), ``inv_scale`` and
+    ``found_inf`` come from a GradScaler."""
     lists = [("Tensor(a!)[]", n, False) for n in ("params",)] + [("Tensor[]", "grads", False)]
-    lists += [("Tensor(a!)[]", n, False) for n in ("m", "v", "env", "m_scale", "v_scale", "env_scale")]
+    lists += [("Tensor(a!)[]", codes, False) for codes, _ in STEP_LISTS.values()]
+    lists += [("Tensor(a!)[]", scales, False) for _, scales in STEP_LISTS.values()]
     named = [("int", n, True) for n in ("kind", "param_format", "state_format", "state_block", "envelope")]
     named += [("bool", f, True) for f in FLAGS]
     named += [("float", s.name, True) for s in SCALARS]
     named += [("int[]", "keys", True), ("int[]", "offsets", True), ("int[]", "seglens", True),
               ("float[]", "bias", True)]
-    named += [("Tensor?", n, True) for n in ("lr_tensor", "decay_tensor", "inv_scale", "found_inf")]
+    named += [("Tensor?", f"{n}_tensor", True) for n in TENSOR_SCALARS]
+    named += [("Tensor?", n, True) for n in ("inv_scale", "found_inf")]
     return tuple(lists + named)
 
 
@@ -240,16 +260,71 @@ def step_schema() -> str:
     return f"step({', '.join(parts)}) -> Tensor"
 
 
+def _held_role(name: str) -> str:
+    """How ``torch.classes.signopt.GroupStep`` (csrc/group_step.cpp) gets each argument of
+    ``signopt::step``: ``"slots"`` (params and grads: its own), ``"fixed"`` (given once per call by
+    ``add_call``: state lists, kind, formats, flags, offsets, segment lengths) or ``"step"`` (given to
+    every ``run``: per-slot keys and bias corrections, the scalars and the optional tensors)."""
+    if name in ("params", "grads"):
+        return "slots"
+    if name in ("keys", "bias") or name in SCALAR_NAMES:
+        return "step"
+    return "step" if dict((n, t) for t, n, _ in step_arguments())[name] == "Tensor?" else "fixed"
+
+
+def _cpp_step_macros() -> list[str]:
+    args = step_arguments()
+    schema = step_schema().replace("\\", "\\\\").replace('"', '\\"')
+    fixed = [(t, n) for t, n, _ in args if _held_role(n) == "fixed"]
+    step = [(t, n) for t, n, _ in args if _held_role(n) == "step"]
+    held_call = []
+    for t, n, _ in args:
+        role = _held_role(n)
+        if n == "params":
+            held_call.append("(CALL).params")
+        elif role == "slots" or n in ("keys", "bias"):
+            held_call.append(n.upper())
+        else:
+            held_call.append(f"(CALL).{n}" if role == "fixed" else n)
+    flag_fill = [f"(S).{f} = (int)({f});" for f in FLAGS]
+    scalar_fill = [f"(S).{s.name} = ({s.ctype})({s.name});" for s in SCALARS]
+    return [
+        f'#define SIGNOPT_STEP_SCHEMA "{schema}"',
+        "// signopt::step's C++ parameters and arguments, in schema order (ATen callers only)",
+        "#define SIGNOPT_STEP_PARAMS " + ", ".join(f"{_CPP_TYPES[t]} {n}" for t, n, _ in args),
+        "#define SIGNOPT_STEP_ARGS " + ", ".join(n for _, n, _ in args),
+        "// Scalars S from signopt::step's named arguments in scope (no GradScaler yet)",
+        "#define SIGNOPT_SCALARS_FROM_ARGS(S) do { " + " ".join(scalar_fill + flag_fill)
+        + " (S).envelope = (int)(envelope); (S).inv_scale = 1.0f; (S).has_inv_scale = 0; } while (0)",
+        "// torch.classes.signopt.GroupStep: the arguments add_call keeps per call (members, parameters",
+        "// by value, names, the store into call CALL) and those every run() takes (parameters, names)",
+        "#define SIGNOPT_HELD_FIELDS " + " ".join(f"{_CPP_VALUE_TYPES[t]} {n};" for t, n in fixed),
+        "#define SIGNOPT_HELD_PARAMS " + ", ".join(f"{_CPP_VALUE_TYPES[t]} {n}" for t, n in fixed),
+        "#define SIGNOPT_HELD_NAMES " + ", ".join(f'torch::arg("{n}")' for _, n in fixed),
+        "#define SIGNOPT_HELD_STORE(CALL) " + " ".join(f"(CALL).{n} = std::move({n});" for _, n in fixed),
+        "#define SIGNOPT_HELD_RUN_PARAMS " + ", ".join(f"{_CPP_VALUE_TYPES[t]} {n}" for t, n in step),
+        "#define SIGNOPT_HELD_RUN_NAMES " + ", ".join(
+            f'torch::arg("{n}")' + (" = torch::arg::none()" if t == "Tensor?" else "") for t, n in step),
+        "// signopt::step's arguments from held call CALL, this step's GRADS and the call's KEYS and BIAS",
+        "// (the other per-step arguments by their names in scope)",
+        "#define SIGNOPT_HELD_CALL_ARGS(CALL, GRADS, KEYS, BIAS) " + ", ".join(held_call),
+    ]
+
+
 def cpp_header() -> str:
-    """The C++ header generated from this module (``signopt_declaration.h`` in the build)."""
+    """The C++ header generated from this module (``signopt_declaration.h`` in the build).
+
+    Ids are enums; the per-kind and per-format facts are ``constexpr`` functions of an id
+    (``kind_has_m(k)``, ``fmt_block_scaled(f)``, ...), usable in constant expressions and in host
+    and device code alike (nvcc lets host code read no ``__device__`` table)."""
     lines = [
         "// Generated by signopt.declaration.cpp_header() at build time; do not edit.",
         "#pragma once",
         "#include <stdint.h>",
         "#if defined(__CUDACC__)",
-        "#define SIGNOPT_TABLE static constexpr __device__",
+        "#define SIGNOPT_DECL __host__ __device__ constexpr inline",
         "#else",
-        "#define SIGNOPT_TABLE static constexpr",
+        "#define SIGNOPT_DECL constexpr inline",
         "#endif",
         "namespace signopt {",
     ]
@@ -257,37 +332,35 @@ def cpp_header() -> str:
     lines += _cpp_enum("Family", "FAMILY_", FAMILIES)
     lines += _cpp_enum("Envelope", "ENV_", ENVELOPES)
     lines += _cpp_enum("Fmt", "FMT_", {f.name: f.id for f in FORMATS.values()})
-    ordered = sorted(KINDS, key=lambda k: k.id)
-    lines += [
-        _cpp_table("int", "KIND_FAMILY", [f"FAMILY_{k.family.upper()}" for k in ordered]),
-        _cpp_table("bool", "KIND_HAS_M", [_cxx_bool(M in k.slots) for k in ordered]),
-        _cpp_table("bool", "KIND_HAS_V", [_cxx_bool(V in k.slots) for k in ordered]),
-        _cpp_table("bool", "KIND_HAS_ENV", [_cxx_bool(G in k.slots) for k in ordered]),
-        _cpp_table("bool", "KIND_KAPPA_NORM", [_cxx_bool(k.reduction == "kappa_norm") for k in ordered]),
-        _cpp_table("bool", "KIND_DRAWS_SIGN", [_cxx_bool("sign" in k.random) for k in ordered]),
-    ]
-    fmts = sorted(FORMATS.values(), key=lambda f: f.id)
-    lines += [
-        _cpp_table("int", "FMT_BITS", [str(f.bits) for f in fmts]),
-        _cpp_table("bool", "FMT_BLOCK_SCALED", [_cxx_bool(f.block_scaled) for f in fmts]),
-        _cpp_table("bool", "FMT_PARAM", [_cxx_bool(f.param) for f in fmts]),
-        _cpp_table("bool", "FMT_STATE", [_cxx_bool(f.state) for f in fmts]),
-        _cpp_table("int", "FMT_MANTISSA_BITS", [str(f.mantissa_bits) for f in fmts]),
-        _cpp_table("int", "FMT_EMIN", [str(f.emin) for f in fmts]),
-        _cpp_table("float", "FMT_MAX_FINITE", [f"{f.max_finite!r}f" for f in fmts]),
-    ]
-    lines += [f"constexpr int PURPOSE_{p.upper()} = {w};" for p, w in RANDOM_PURPOSES.items()]
+    kid = {k.name: f"K_{k.name.upper()}" for k in KINDS}
+    lines.append("// per kind: its family, its state slots, its reduction, its random bits, its bias corrections")
+    lines.append(_cpp_switch("int", "kind_family", "k", [(kid[k.name], f"FAMILY_{k.family.upper()}") for k in KINDS],
+                             "-1"))
+    for fn, test in (("kind_has_m", lambda k: M in k.slots), ("kind_has_v", lambda k: V in k.slots),
+                     ("kind_has_env", lambda k: G in k.slots),
+                     ("kind_kappa_norm", lambda k: k.reduction == "kappa_norm"),
+                     ("kind_draws_sign", lambda k: "sign" in k.random),
+                     ("kind_bias_correction", lambda k: k.bias_correction)):
+        lines.append(_cpp_bool(fn, "k", [kid[k.name] for k in KINDS if test(k)]))
+    fid = {f.name: f"FMT_{f.name.upper()}" for f in FORMATS.values()}
+    fmts = list(FORMATS.values())
+    lines.append("// per storage format")
+    lines.append(_cpp_switch("int", "fmt_bits", "f", [(fid[f.name], str(f.bits)) for f in fmts], "0"))
+    for fn, attr in (("fmt_block_scaled", "block_scaled"), ("fmt_param", "param"), ("fmt_state", "state")):
+        lines.append(_cpp_bool(fn, "f", [fid[f.name] for f in fmts if getattr(f, attr)]))
+    lines.append(_cpp_switch("int", "fmt_mantissa_bits", "f", [(fid[f.name], str(f.mantissa_bits)) for f in fmts],
+                             "0"))
+    lines.append(_cpp_switch("int", "fmt_emin", "f", [(fid[f.name], str(f.emin)) for f in fmts], "0"))
+    lines.append(_cpp_switch("float", "fmt_max_finite", "f",
+                             [(fid[f.name], _f32_literal(f.max_finite)) for f in fmts], "0.0f"))
+    lines += [f"constexpr int PURPOSE_{p.upper()} = {w};  // third Philox counter word of the {p} draws"
+              for p, w in RANDOM_PURPOSES.items()]
     lines.append("// fp32 scalars of one group step (host-computed: signopt/scalars.py), plus flags.")
     lines.append("struct Scalars {")
     lines += [f"  {s.ctype} {s.name};  // {s.doc}" for s in SCALARS]
     lines += ["  float inv_scale;  // 1/grad_scale (has_inv_scale)", "  int has_inv_scale;"]
     lines += [f"  int {f};" for f in FLAGS]
     lines += ["  int envelope;  // Envelope", "};"]
-    schema = step_schema().replace("\\", "\\\\").replace('"', '\\"')
-    lines.append(f'#define SIGNOPT_STEP_SCHEMA "{schema}"')
-    lines.append("// signopt::step's C++ parameters and arguments, in schema order (ATen callers only)")
-    params = ", ".join(f"{_CPP_TYPES[t]} {n}" for t, n, _ in step_arguments())
-    lines.append(f"#define SIGNOPT_STEP_PARAMS {params}")
-    lines.append(f"#define SIGNOPT_STEP_ARGS {', '.join(n for _, n, _ in step_arguments())}")
+    lines += _cpp_step_macros()
     lines.append("}  // namespace signopt")
     return "\n".join(lines) + "\n"

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from signopt import backends as backend_registry
-from signopt import casting, state_format
+from signopt import casting, declaration, state_format
 from signopt.declaration import RANDOM_PURPOSES
 from signopt.philox import MASK32, element_word, philox4x32
 
@@ -24,7 +24,8 @@ except backend_registry.BackendUnavailable:
     HAVE_CPP = False
 pytestmark = pytest.mark.skipif(not HAVE_CPP, reason="the cpp backend cannot be built here")
 
-FMT = {"fp32": 0, "bf16": 1, "fp16": 2, "fp8_e4m3": 3, "fp8_e5m2": 4}
+FMT = {name: f.id for name, f in declaration.FORMATS.items()}
+KIND = {k.name: k.id for k in declaration.KINDS}
 
 
 def edge_values() -> torch.Tensor:
@@ -129,41 +130,60 @@ def test_fp8_block_encode_decode(fmt, block, stochastic):
 
 def test_fp8_every_code_decodes_like_torch():
     codes = torch.arange(256, dtype=torch.uint8)
-    for fmt, dtype in [(3, torch.float8_e4m3fn), (4, torch.float8_e5m2)]:
+    for name in ("fp8_e4m3", "fp8_e5m2"):
         # encode(decode) through the kernels' layer: scale 1 blocks of one element each
-        vals = codes.view(dtype).float()
+        vals = codes.view(declaration.FORMATS[name].dtype).float()
         finite = torch.isfinite(vals)
-        c, s, dec = torch.ops.signopt.encode(vals[finite], fmt, 1, None)
-        ref_c, ref_s = state_format.fp8_encode(vals[finite], state_format.FP8[
-            "fp8_e4m3" if fmt == 3 else "fp8_e5m2"], 1)
+        c, s, dec = torch.ops.signopt.encode(vals[finite], FMT[name], 1, None)
+        ref_c, ref_s = state_format.fp8_encode(vals[finite], state_format.FP8[name], 1)
         assert torch.equal(c.view(torch.uint8), ref_c.view(torch.uint8))
         assert torch.equal(dec, state_format.fp8_decode(ref_c, ref_s, 1))
 
 
+LISTS = ("params", "grads", "m", "v", "env", "m_scale", "v_scale", "env_scale")
+
+
 def _step_args(n=5, **over):
+    """A Lion (l1) step of one fp32 tensor, as signopt::step's arguments by name."""
     p, g, m = torch.zeros(n), torch.ones(n), torch.zeros(n)
     args = dict(params=[p], grads=[g], m=[m], v=[], env=[], m_scale=[], v_scale=[], env_scale=[],
-                config=[2, 0, 0, 256, 0, 0, 0, 0, 0, 0],
-                hyper=[0.1, 1.0, 0.0, 0.9, 0.1, 0.99, 0.01, 1e-8, 1.0, 1.0, 1.0, 2.0, 0.5],
-                keys=[0, 0], offsets=[0], seglens=[0], bias=[1.0, 1.0], lr=None, decay=None,
+                kind=KIND["lion_l1"], param_format=FMT["fp32"], state_format=FMT["fp32"], state_block=256,
+                envelope=declaration.ENVELOPES["element"], maximize=False, cautious=False,
+                envelope_from_grad=False, state_stochastic_rounding=False, param_stochastic_rounding=False,
+                lr=0.1, decay=1.0, l2=0.0, beta1=0.9, omb1=0.1, beta2=0.99, omb2=0.01, eps=1e-8, huber_delta=1.0,
+                p_minus_1=1.0, envelope_decay=1.0, lp_p=2.0, lp_root=0.5,
+                keys=[0, 0], offsets=[0], seglens=[0], bias=[1.0, 1.0], lr_tensor=None, decay_tensor=None,
                 inv_scale=None, found_inf=None)
     args.update(over)
     return args
 
 
+def _split(a):
+    """(positional tensor lists, keyword arguments) of a signopt::step call."""
+    return [a[n] for n in LISTS], {k: v for k, v in a.items() if k not in LISTS}
+
+
 def _call(a):
-    return torch.ops.signopt.step(a["params"], a["grads"], a["m"], a["v"], a["env"], a["m_scale"],
-                                  a["v_scale"], a["env_scale"], a["config"], a["hyper"], a["keys"],
-                                  a["offsets"], a["seglens"], a["bias"], a["lr"], a["decay"],
-                                  a["inv_scale"], a["found_inf"])
+    lists, named = _split(a)
+    return torch.ops.signopt.step(*lists, **named)
+
+
+def test_step_arguments_name_the_schema():
+    """_step_args passes every argument of the declared schema by its name."""
+    assert list(_step_args()) == [name for _, name, _ in declaration.step_arguments()]
 
 
 @pytest.mark.parametrize("override,message", [
     (dict(grads=[]), "grads must hold 1 tensors"),
     (dict(m=[]), "m must hold 1 tensors"),
     (dict(keys=[0]), "keys must hold 2 entries"),
-    (dict(config=[2, 0, 0]), "config must have 10 entries"),
-    (dict(config=[99, 0, 0, 256, 0, 0, 0, 0, 0, 0]), "unknown rule kind"),
+    (dict(keys=[], state_stochastic_rounding=True), "keys must hold 2 entries per tensor, got 0"),
+    (dict(bias=[1.0]), "bias must hold 2 entries"),
+    (dict(kind=99), "unknown rule kind"),
+    (dict(param_format=FMT["fp8_e4m3"]), "param_format 3 is not a parameter format"),
+    (dict(state_format=FMT["fp16"]), "state_format 2 is not a state format"),
+    (dict(state_block=0), "state_block must be >= 1"),
+    (dict(envelope=len(declaration.ENVELOPES)), "unknown envelope"),
     (dict(grads=[torch.ones(4)]), r"grads\[0\] has 4 elements"),
     (dict(m=[torch.zeros(5, dtype=torch.bfloat16)]), r"m\[0\] has dtype BFloat16"),
     (dict(params=[torch.zeros(10)[::2]]), r"params\[0\] must be contiguous"),
@@ -176,6 +196,16 @@ def test_step_checks_arguments_before_touching_tensors(override, message):
     assert all(torch.equal(x, y) for x, y in zip(before, a["params"]))
 
 
+def test_keys_and_bias_may_be_empty_where_unused():
+    """A rule that draws no random bits takes no keys and one without bias corrections no bias:
+    the same bits as zero keys and unit corrections."""
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(300, generator=gen)
+    a, b = _step_args(n=300, grads=[g]), _step_args(n=300, grads=[g.clone()], keys=[], bias=[])
+    _call(a), _call(b)
+    assert torch.equal(a["params"][0], b["params"][0]) and torch.equal(a["m"][0], b["m"][0])
+
+
 def test_found_inf_skips_everything_but_counts():
     g = torch.tensor([1.0, float("nan"), -2.0, float("inf"), 0.5])
     a = _step_args(grads=[g], found_inf=torch.tensor(1.0))
@@ -185,21 +215,18 @@ def test_found_inf_skips_everything_but_counts():
 
 
 def test_fake_impl_opcheck():
-    a = _step_args(n=37)
-    torch.library.opcheck(torch.ops.signopt.step.default,
-                          (a["params"], a["grads"], a["m"], a["v"], a["env"], a["m_scale"], a["v_scale"],
-                           a["env_scale"], a["config"], a["hyper"], a["keys"], a["offsets"], a["seglens"],
-                           a["bias"], a["lr"], a["decay"], a["inv_scale"], a["found_inf"]),
+    lists, named = _split(_step_args(n=37))
+    torch.library.opcheck(torch.ops.signopt.step.default, tuple(lists), named,
                           test_utils=("test_schema", "test_faketensor"))
 
 
 def test_torch_compile_traces_without_graph_breaks():
     a = _step_args(n=33)
     ref = _step_args(n=33)
+    _, named = _split(a)
 
     def f(p, g, m):
-        return torch.ops.signopt.step([p], [g], [m], [], [], [], [], [], a["config"], a["hyper"], [0, 0], [0],
-                                      [0], [1.0, 1.0], None, None, None, None)
+        return torch.ops.signopt.step([p], [g], [m], [], [], [], [], [], **named)
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     compiled(a["params"][0], a["grads"][0], a["m"][0])
@@ -334,16 +361,17 @@ for cls, kw in [(signopt.Signum, {"momentum": 0.9}), (signopt.Lion, {"betas": (0
                 for a, b in zip(out["cpp"], out["torch"]):
                     assert torch.equal(bits(a), bits(b)) if a.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else same(a, b), (cls.__name__, pdt, sd, do_poison)
                 checked += 1
+from signopt.declaration import FORMATS
 x = torch.randn(5000) * torch.exp2(torch.randint(-40, 40, (5000,)).float())
 x[2560:] *= 1e-3; x[2600] = -0.0; x[2700] = 0.0
-for fmt, name in [(3, "fp8_e4m3"), (4, "fp8_e5m2")]:
+for fmt, name in [(FORMATS[n].id, n) for n in ("fp8_e4m3", "fp8_e5m2")]:
     for block in (64, 256, 5000):  # finite values only
         c, s, _ = torch.ops.signopt.encode(x, fmt, block, None)
         rc, rs = state_format.fp8_encode(x, state_format.FP8[name], block)
         assert torch.equal(s, rs) and torch.equal(c.view(torch.uint8), rc.view(torch.uint8)), (name, block)
 # every FP8 value, every midpoint between neighbours and the fp32 values either side of it, in
 # blocks of 256 whose absmax is qmax (scale 1): the nearest-even ties of the integer encode
-for fmt, name, dt, q in [(3, "fp8_e4m3", torch.float8_e4m3fn, 448.0), (4, "fp8_e5m2", torch.float8_e5m2, 57344.0)]:
+for fmt, name, dt, q in [(FORMATS[n].id, n, FORMATS[n].dtype, FORMATS[n].max_finite) for n in ("fp8_e4m3", "fp8_e5m2")]:
     v = torch.arange(256, dtype=torch.uint8).view(dt).float()
     v = v[v.isfinite()].unique()
     mids = (v[1:] + v[:-1]) / 2
@@ -355,7 +383,7 @@ for fmt, name, dt, q in [(3, "fp8_e4m3", torch.float8_e4m3fn, 448.0), (4, "fp8_e
     rc, rs = state_format.fp8_encode(t, state_format.FP8[name], 256)
     assert (rs == 1).all() and torch.equal(s, rs) and torch.equal(c.view(torch.uint8), rc.view(torch.uint8)), name
 x[::97] = float("nan"); x[1::89] = float("inf")
-for fmt, name in [(3, "fp8_e4m3"), (4, "fp8_e5m2")]:
+for fmt, name in [(FORMATS[n].id, n) for n in ("fp8_e4m3", "fp8_e5m2")]:
     for block in (1, 3, 32, 256):
         c, s, _ = torch.ops.signopt.encode(x, fmt, block, None)
         rc, rs = state_format.fp8_encode(x, state_format.FP8[name], block)

@@ -1,6 +1,9 @@
 """Every CUDA source in csrc/ compiles with nvcc for sm_80 and sm_90 (compile only).
 
 The .cu files include no torch headers, so this runs without a GPU or a CUDA build of torch.
+The header generated from signopt.declaration (``signopt_declaration.h``, written into the build
+directory by signopt.build) is written into the test's directory and put on the include path,
+as the build does.
 """
 from __future__ import annotations
 
@@ -16,6 +19,12 @@ NVCC = shutil.which("nvcc") or (os.path.exists("/usr/local/cuda/bin/nvcc") and "
 CU_FILES = sorted(CSRC.glob("*.cu"))
 
 
+def generated_header(directory: Path) -> Path:
+    """signopt.build's generated header of the kernel ABI, written into ``directory``."""
+    from signopt import build
+    return build.declaration_header(directory).parent
+
+
 def test_there_are_cuda_sources():
     assert CU_FILES, "csrc/ holds no .cu file"
 
@@ -27,7 +36,8 @@ def test_nvcc_compiles(source, tmp_path):
     (front end and ptxas, as in the GPU build) run in parallel; both front-end passes are
     needed, since the sources branch on __CUDA_ARCH__ (bf16 conversions from sm_80, FP8 from
     sm_89)."""
-    cmd = [NVCC, "-c", "-std=c++17", "--fmad=false", "-O1", f"-I{CSRC}", "--threads", "2",
+    cmd = [NVCC, "-c", "-std=c++17", "--fmad=false", "-O1", f"-I{CSRC}", f"-I{generated_header(tmp_path)}",
+           "--threads", "2",
            "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
            str(source), "-o", str(tmp_path / (source.stem + ".o"))]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -53,7 +63,8 @@ def test_cuda_bindings_parse(name, tmp_path):
     stub = tmp_path / "c10" / "cuda" / "impl"
     stub.mkdir(parents=True)
     (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
-    cmd = ["g++", "-std=c++17", "-fsyntax-only", "-DSIGNOPT_CUDA", f"-I{CSRC}", "-isystem", str(tmp_path)]
+    cmd = ["g++", "-std=c++17", "-fsyntax-only", "-DSIGNOPT_CUDA", f"-I{CSRC}", f"-I{generated_header(tmp_path)}",
+           "-isystem", str(tmp_path)]
     for inc in include_paths() + [str(CUDA_INCLUDE)]:
         cmd += ["-isystem", inc]
     out = subprocess.run(cmd + [str(CSRC / name)], capture_output=True, text=True, timeout=600)

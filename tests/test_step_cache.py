@@ -360,10 +360,10 @@ def test_kept_plan_does_not_keep_gradients_alive(backend):
 
 @pytest.mark.parametrize("rule", list(RULES))
 def test_cpp_kept_plan_checks_gradients_in_cpp(rule):
-    """On a kept cpp plan the extension reads and checks the gradients (``held``): the plan's
-    ``grads`` is ``HELD_GRADS`` while they fit and None once one does not; complex parameters
-    keep the Python path."""
-    from signopt.backends.slot import HELD_GRADS
+    """On a kept cpp plan the extension reads and checks the gradients (``held``): the plan
+    holds them (``holds_gradients``) while they fit, and neither the held step nor the Python
+    path takes them once one does not; complex parameters keep the Python path."""
+    from signopt.backends.cpp_backend import HeldGroup
 
     a, opt, _, _ = pair(rule, "cpp")
     for t in range(2):
@@ -372,12 +372,12 @@ def test_cpp_kept_plan_checks_gradients_in_cpp(rule):
     half = len(a) // 2
     for gi, params in ((0, a[:half]), (1, a[half:])):
         plan = opt._plans[gi]
-        assert plan.held is not None
-        assert plan.grads(params) is HELD_GRADS
+        assert isinstance(plan.held, HeldGroup)
+        assert plan.holds_gradients()
         plan.held.release()
     g = a[-1].grad
     a[-1].grad = torch.stack([g, g], -1)[..., 0]  # non-contiguous
-    assert opt._plans[1].grads(a[half:]) is None
+    assert not opt._plans[1].holds_gradients() and opt._plans[1].gradients(a[half:]) is None
     c = [torch.nn.Parameter(torch.randn(3, dtype=torch.complex64)), torch.nn.Parameter(torch.randn(4))]
     opt_c = signopt.Lion(c, lr=0.01, backend="cpp")
     for _ in range(2):
@@ -408,7 +408,7 @@ def test_held_group_of_several_calls_matches_uncached():
         opt_a.step()
         uncached_step(opt_b)
     plan = opt_a._plans[0]
-    assert len(plan.run.calls) == 4 and plan.held is not None
+    assert len(plan.prepared.calls) == 4 and plan.held is not None
     assert_snapshot_equal(snapshot(opt_a, a), snapshot(opt_b, b))
 
 
@@ -430,30 +430,44 @@ def test_failed_step_releases_held_gradients():
     assert all(r() is None for r in refs)
 
 
-def test_held_advance_equals_python_keys_and_bias():
-    """``GroupStep.advance`` (C++) steps the counters and derives the same keys as
-    ``derive_key`` and the same bias corrections as ``bias_corrections``, for step counts past
-    2**32 and seeds past 2**63."""
-    from signopt.scalars import bias_corrections
+def test_held_run_takes_keys_and_bias_as_given():
+    """``GroupStep.run`` takes this step's per-slot keys and bias corrections as arguments (the
+    one derivation is ``signopt.scalars.step_values``, in Python) and gives the bits that
+    ``signopt::step`` gives with the same values, for every slot of several calls: keys past
+    2**31 and (AdamW base) bias corrections that differ per slot."""
+    from signopt.backends.cpp_backend import HeldGroup
+    from signopt.scalars import StepValues, group_scalars
 
     backend_or_skip("cpp")
-    rng = random.Random(1)
-    n = 40
-    params = [torch.zeros(1) for _ in range(n)]
-    held = torch.classes.signopt.GroupStep(params)
-    starts = [rng.choice([0, 1, 7, 2**32 - 1, 2**32 + 5, 2**40 + rng.randrange(2**20), rng.randrange(2**62)])
-              for _ in range(n)]
-    steps = [torch.tensor(t, dtype=torch.int64) for t in starts]
-    indices = [rng.randrange(2**31) for _ in range(n)]
-    held.set_counters(steps, indices)
-    for seed, betas in ((5, (0.9, 0.999)), (2**64 - 3, (0.31, 0.7)), (rng.randrange(2**64), (0.0, 1.0))):
-        held.advance(seed & 0xFFFFFFFF, seed >> 32, betas[0], betas[1], True)
-        ts = [int(s) for s in steps]
-        assert ts == [t + 1 for t in starts]
-        starts = ts
-        keys = [k for t, i in zip(ts, indices) for k in derive_key(seed, t, i)]
-        bias = [b for t in ts for b in bias_corrections({"betas": betas}, t)]
-        assert held.derived() == (keys, bias)
+
+    def make():
+        gen = torch.Generator().manual_seed(5)
+        ps = [torch.nn.Parameter(torch.randn(n, generator=gen).to(dt))
+              for n, dt in ((40, torch.float32), (0, torch.float32), (70, torch.bfloat16), (300, torch.float32))]
+        opt = signopt.SignConversion(ps, lr=1e-2, base="adamw", seed=9, backend="cpp", state_dtype="bf16",
+                                     state_rounding="stochastic")
+        for t in range(2):  # state allocated, plan kept
+            for p in ps:
+                p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
+            opt.step()
+        return ps, opt
+
+    (a, opt_a), (b, opt_b) = make(), make()
+    rng = random.Random(3)
+    n = len(a)
+    values = StepValues(group_scalars(opt_a._plans[0].rule, opt_a.param_groups[0], None, None),
+                        keys=[(rng.randrange(2**32), rng.randrange(2**32)) for _ in range(n)],
+                        bias=[(rng.uniform(0.05, 1.0), rng.uniform(0.001, 1.0)) for _ in range(n)])
+    gen = torch.Generator().manual_seed(11)
+    for x, y in zip(a, b):
+        x.grad = torch.randn(x.shape, generator=gen).to(x.dtype)
+        y.grad = x.grad.clone()
+    held = opt_a._plans[0].held
+    assert isinstance(held, HeldGroup) and len(opt_a._plans[0].prepared.calls) == 2
+    assert held.check()
+    held.run(values)
+    opt_b._plans[0].prepared.run([p.grad for p in b], values, False)
+    assert_snapshot_equal(snapshot(opt_a, a), snapshot(opt_b, b))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,7 +1,11 @@
 """The fused C++/CUDA backend: ``torch.ops.signopt.step`` (``csrc/``), one call per param
-group and (device, parameter dtype, state format) combination over all its tensors.
-:meth:`CppBackend.prepare` builds those calls' tensor lists once; ``SignOptimizer`` keeps them
-between steps and passes only the gradients, keys and scalars of each step.
+group and (device, parameter format, state format) combination over all its tensors.
+:meth:`CppBackend.prepare` builds those calls' tensor lists and fixed arguments once;
+``SignOptimizer`` keeps them between steps and passes only each step's gradients and
+:class:`~signopt.scalars.StepValues`.
+
+The op's arguments, kinds, formats and flags are those of :mod:`signopt.declaration` (the C++
+side includes the header generated from it); state is walked through :mod:`signopt.state_layout`.
 
 ``load()`` builds the extension just in time (cached; see :mod:`signopt.build`), so a group
 resolved to ``"cpp"`` never compiles inside ``step``.
@@ -9,64 +13,45 @@ resolved to ``"cpp"`` never compiles inside ``step``.
 from __future__ import annotations
 
 import logging
-from itertools import chain
-from typing import Any
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .. import build, state_format
+from .. import build, declaration, state_layout
+from ..declaration import FORMATS, PARAM_FORMATS, SCALARS, STEP_LISTS, Format
 from ..rule import UpdateRule
-from ..scalars import GroupScalars
+from ..scalars import GroupScalars, StepValues
 from . import BackendUnavailable
-from .slot import HELD_GRADS, HeldGrads, ParamSlot
+from .slot import ParamSlot
 from .torch_backend import real_view
 
 log = logging.getLogger("signopt")
 
-# Rule kinds and storage formats: the enums of csrc/rules.h and csrc/cpu_kernels.h.
-LION_KINDS = {"l1": 2, "l2sq": 3, "huber": 4, "l2": 5, "row_l2": 5, "lp": 6}
-STOCHASTIC_KINDS = {"sgd": 7, "momentum": 8, "lion": 9, "adamw": 10}
-PARAM_FMT = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-STATE_FMT = {"fp32": 0, "bf16": 1, "fp8_e4m3": 3, "fp8_e5m2": 4}
 SUPPORTED_DEVICES = ("cpu", "cuda")
 MAX_CUDA_FP8_BLOCK = 2048  # csrc/cuda_launch.h: FP8 blocks are staged in shared memory
 
+# signopt::step's state lists (after params and grads), in the schema's order.
+_LIST_NAMES = tuple(n for t, n, kw in declaration.step_arguments() if t.endswith("[]") and t.startswith("Tensor")
+                    and n not in ("params", "grads"))
 
-def kind_of(rule: UpdateRule) -> int:
-    """The kernel kind of ``rule`` (``ValueError`` for a rule without a fused kernel)."""
-    if rule.family == "sign":
-        return 0
-    if rule.family == "signum":
-        return 1
-    if rule.family == "lion":
-        if rule.kappa not in LION_KINDS:
-            raise ValueError(f"kappa {rule.kappa!r} has no fused kernel")
-        return LION_KINDS[rule.kappa]
-    return STOCHASTIC_KINDS[rule.base]
+# The value of each of declaration.FLAGS for a rule.
+_FLAGS: dict[str, Callable[[UpdateRule], bool]] = {
+    "maximize": lambda r: r.maximize,
+    "cautious": lambda r: r.cautious,
+    "envelope_from_grad": lambda r: r.envelope_source == "grad",
+    "state_stochastic_rounding": lambda r: r.state_rounding == "stochastic",
+    "param_stochastic_rounding": lambda r: r.param_rounding == "stochastic",
+}
+
+
+def flags(rule: UpdateRule) -> dict[str, bool]:
+    """``signopt::step``'s flags of ``rule``, by name."""
+    return {f: bool(_FLAGS[f](rule)) for f in declaration.FLAGS}
 
 
 def _real_dtype(t: Tensor) -> torch.dtype:
     return real_view(t).dtype if t.is_complex() else t.dtype
-
-
-def _rows(shape: torch.Size) -> int:
-    """Rows of ``kappa.rows_view`` for a tensor of ``shape``."""
-    return shape[0] if len(shape) >= 2 else 1
-
-
-def _seglen(rule: UpdateRule, p: Tensor) -> int:
-    """Length of the reduction segment of ``p`` (its real view), 0 when the rule has none."""
-    n = p.numel()
-    if rule.family == "lion":
-        if rule.kappa == "row_l2":
-            return n // _rows(p.shape)
-        return n if rule.kappa in ("l2", "lp") else 0
-    if rule.family != "stochastic" or rule.envelope == "element":
-        return 0
-    if rule.envelope == "row":
-        return n // _rows(p.shape)
-    return rule.envelope_block if rule.envelope == "block" else n
 
 
 class CppBackend:
@@ -81,164 +66,162 @@ class CppBackend:
         if rule.kappa_fn is not None:
             return "a callable kappa runs on the torch backend only"
         try:
-            kind_of(rule)
+            declaration.kind(rule.family, rule.kappa, rule.base)
         except ValueError as exc:
             return str(exc)
-        if rule.state_dtype not in STATE_FMT:
+        fmt = FORMATS.get(rule.state_dtype)
+        if fmt is None or not fmt.state:
             return f"state_dtype {rule.state_dtype!r} has no fused kernel"
         for i, p in enumerate(params):
             if p.device.type not in SUPPORTED_DEVICES:
                 return f"params[{i}] is on {p.device}; the cpp backend runs on CPU and CUDA"
             if p.device.type == "cuda" and not self.has_cuda:
                 return "the signopt extension was built without CUDA kernels"
-            if (p.device.type == "cuda" and rule.state_dtype.startswith("fp8")
-                    and rule.state_block > MAX_CUDA_FP8_BLOCK):
+            if p.device.type == "cuda" and fmt.block_scaled and rule.state_block > MAX_CUDA_FP8_BLOCK:
                 return f"FP8 state on CUDA needs state_block <= {MAX_CUDA_FP8_BLOCK}"
-            if _real_dtype(p) not in PARAM_FMT:
-                return (f"params[{i}] has dtype {p.dtype}; the cpp backend supports float32, bfloat16, "
-                        "float16 (and complex64/complex32 through their real views)")
+            if _real_dtype(p) not in PARAM_FORMATS:
+                return (f"params[{i}] has dtype {p.dtype}; the cpp backend supports "
+                        f"{', '.join(str(d).removeprefix('torch.') for d in PARAM_FORMATS)} "
+                        "(and complex64/complex32 through their real views)")
             if not p.is_contiguous():
                 return f"params[{i}] is not contiguous"
             if p.grad is not None and p.grad.dtype != p.dtype:
                 return f"params[{i}] has dtype {p.dtype} but its gradient has dtype {p.grad.dtype}"
         return None
 
-    def step(self, rule: UpdateRule, slots: list[ParamSlot], scalars: GroupScalars) -> Tensor | None:
-        keys = None if all(s.key is None for s in slots) else [s.key or (0, 0) for s in slots]
-        bias = None if all(s.bias is None for s in slots) else [s.bias or (1.0, 1.0) for s in slots]
-        return self.prepare(rule, slots)([s.grad for s in slots], keys, bias, scalars, False)
-
-    def prepare(self, rule: UpdateRule, slots: list[ParamSlot]) -> "PreparedGroup":
+    def prepare(self, rule: UpdateRule, slots: list[ParamSlot]) -> PreparedGroup:
         """The group's calls with everything that stays the same from step to step (params,
-        state tensors, offsets, segment lengths, config), for ``SignOptimizer`` to reuse."""
+        state tensors, offsets, segment lengths, kind, formats, flags), for ``SignOptimizer`` to
+        reuse."""
         return PreparedGroup(rule, slots)
 
 
 class PreparedGroup:
-    """One ``torch.ops.signopt.step`` call per (device, parameter dtype, state format) of a
+    """One ``torch.ops.signopt.step`` call per (device, parameter format, state format) of a
     group's slots, in the order the slots first show each combination; zero-size tensors are
-    left out. Calling it runs one step: ``grads``, ``keys`` and ``bias`` are per slot (``keys``
-    and ``bias`` ``None`` when the rule has none); ``contiguous`` promises that every gradient
-    is contiguous (otherwise non-contiguous ones are copied)."""
+    left out. :meth:`run` runs one step; :meth:`hold` makes the :class:`HeldGroup` that reads
+    the gradients in C++."""
 
     def __init__(self, rule: UpdateRule, slots: list[ParamSlot]) -> None:
-        kind = kind_of(rule)
-        elem = [n for n in rule.state_names() if not (n == "G" and rule.envelope != "element")]
+        kind = declaration.kind(rule.family, rule.kappa, rule.base)
         parts: dict[tuple, list[int]] = {}
         for i, slot in enumerate(slots):
             p = real_view(slot.param)
             if p.numel() == 0:
                 continue
-            sfmt = STATE_FMT[state_format.format_of(slot.state[elem[0]])] if elem else 0
-            parts.setdefault((p.device, PARAM_FMT[p.dtype], sfmt), []).append(i)
+            state_fmt = FORMATS[state_layout.stored_format(rule, slot.state)]
+            parts.setdefault((p.device, PARAM_FORMATS[p.dtype], state_fmt), []).append(i)
         whole = len(parts) == 1 and len(next(iter(parts.values()))) == len(slots)
+        self.slots = slots
         self.calls = [_Call(rule, kind, key, [slots[i] for i in pos], None if whole else pos)
                       for key, pos in parts.items()]
-        self.held = None
 
-    def hold(self, slots: list[ParamSlot]) -> Any:
-        """Build the calls' ``GroupStep`` over the ``slots`` they were prepared from, for a plan
-        that is kept (see :func:`_held_step`): the held object, or None where the Python path
-        must run."""
-        self.held = _held_step(self.calls, slots)
-        return self.held
-
-    def __call__(self, grads: list[Tensor] | HeldGrads, keys: list[tuple[int, int]] | None,
-                 bias: list[tuple[float, float]] | None, sc: GroupScalars,
-                 contiguous: bool) -> Tensor | None:
-        if grads is HELD_GRADS:  # held.check() passed (and held.advance() made keys and bias)
-            return self.held.run(*_scalar_args(sc, self.calls[0].device))
-        counts = [call(grads, keys, bias, sc, contiguous) for call in self.calls]
+    def run(self, grads: list[Tensor], values: StepValues, contiguous: bool) -> Tensor | None:
+        """One step with ``grads`` (per slot; ``contiguous`` promises every one is, otherwise
+        non-contiguous ones are copied) and ``values``; the non-finite gradient count, or None
+        when no tensor has elements."""
+        counts = [call(grads, values, contiguous) for call in self.calls]
         if not counts:
             return None
         return counts[0] if len(counts) == 1 else torch.stack(counts).sum()
 
-
-def _pick(items: list, pos: list[int] | None) -> list:
-    return items if pos is None else [items[i] for i in pos]
-
-
-def _held_step(calls: list[_Call], slots: list[ParamSlot]) -> Any:
-    """A ``torch.classes.signopt.GroupStep`` holding ``calls`` (see csrc/group_step.cpp), or
-    None where the calls need per-step Python (complex real views) or span several devices."""
-    if not calls or any(c.complex for c in calls) or len({c.device for c in calls}) != 1:
-        return None
-    held = torch.classes.signopt.GroupStep([s.param for s in slots])
-    for c in calls:
-        held.add_call(list(range(len(slots))) if c.pos is None else c.pos, *c.state, c.config,
-                      c.offsets, c.seglens)
-    if "step" in slots[0].state:
-        held.set_counters([s.state["step"] for s in slots], [s.index for s in slots])
-    return held
+    def hold(self) -> HeldGroup | None:
+        """The calls held in C++ (``torch.classes.signopt.GroupStep``, csrc/group_step.cpp) over
+        the slots they were prepared from, or None where they need per-step Python (complex real
+        views) or span several devices."""
+        calls = self.calls
+        if not calls or any(c.complex for c in calls) or len({c.device for c in calls}) != 1:
+            return None
+        step = torch.classes.signopt.GroupStep([s.param for s in self.slots])
+        for c in calls:
+            step.add_call(slots=list(range(len(self.slots))) if c.pos is None else c.pos, **c.lists, **c.fixed)
+        return HeldGroup(step, calls[0].device)
 
 
-def _scalar_args(sc: GroupScalars, device: torch.device) -> tuple:
-    """signopt::step's ``hyper, lr, decay, inv_scale, found_inf`` for a call on ``device``."""
-    lr_t = sc.lr.to(device=device, dtype=torch.float32) if isinstance(sc.lr, Tensor) else None
-    decay_t = sc.decay.to(device=device, dtype=torch.float32) if isinstance(sc.decay, Tensor) else None
-    hyper = [0.0 if lr_t is not None else float(sc.lr), 0.0 if decay_t is not None else float(sc.decay),
-             sc.l2, sc.beta1, sc.omb1, sc.beta2, sc.omb2, sc.eps, sc.huber_delta, sc.p - 1.0,
-             sc.envelope_decay, sc.p, (sc.p - 1.0) / sc.p]
-    inv_scale = None if sc.inv_scale is None else sc.inv_scale.to(device=device, dtype=torch.float32)
-    found_inf = None if sc.found_inf is None else sc.found_inf.to(device=device, dtype=torch.float32)
-    return hyper, lr_t, decay_t, inv_scale, found_inf
+class HeldGroup:
+    """A :class:`PreparedGroup`'s calls held in C++ (the :class:`~signopt.backends.Held`
+    protocol): ``check`` reads and checks every slot's ``.grad`` in C++ and keeps them,
+    ``release`` drops them, ``run`` runs one step on them."""
+
+    def __init__(self, step: torch.ScriptObject, device: torch.device) -> None:
+        self.step = step
+        self.device = device
+
+    def check(self) -> bool:
+        return self.step.check()
+
+    def release(self) -> None:
+        self.step.release()
+
+    def run(self, values: StepValues) -> Tensor | None:
+        return self.step.run(keys=_flat(values.keys, None), bias=_flat(values.bias, None),
+                             **scalar_arguments(values.scalars, self.device))
+
+
+def _flat(pairs: list[tuple] | None, pos: list[int] | None) -> list:
+    """The per-slot pairs of slots ``pos`` (None: all) as one flat list; [] for None."""
+    if pairs is None:
+        return []
+    return [x for i in (range(len(pairs)) if pos is None else pos) for x in pairs[i]]
+
+
+def scalar_arguments(sc: GroupScalars, device: torch.device) -> dict:
+    """``signopt::step``'s scalar arguments by name for a call on ``device``: every one of
+    :data:`~signopt.declaration.SCALARS` (a tensor value goes to its ``<name>_tensor`` argument,
+    on ``device``, with 0.0 in its place) and the GradScaler's ``inv_scale``/``found_inf``."""
+    args: dict = {}
+    for s in SCALARS:
+        value = getattr(sc, s.name)
+        if isinstance(value, Tensor):
+            args[f"{s.name}_tensor"] = value.to(device=device, dtype=torch.float32)
+            value = 0.0
+        args[s.name] = float(value)
+    for name in ("inv_scale", "found_inf"):
+        t = getattr(sc, name)
+        args[name] = None if t is None else t.to(device=device, dtype=torch.float32)
+    return args
 
 
 class _Call:
-    """One kernel call of a :class:`PreparedGroup`: slots ``pos`` of the group (``None``: all)."""
+    """One kernel call of a :class:`PreparedGroup`: slots ``pos`` of the group (``None``: all),
+    their state lists (``lists``, by argument name, in the op's order) and fixed arguments
+    (``fixed``: kind, formats, block, envelope, flags, offsets, segment lengths)."""
 
-    def __init__(self, rule: UpdateRule, kind: int, key: tuple, slots: list[ParamSlot],
-                 pos: list[int] | None) -> None:
-        self.device, pfmt, sfmt = key
+    def __init__(self, rule: UpdateRule, kind: declaration.Kind, key: tuple[torch.device, Format, Format],
+                 slots: list[ParamSlot], pos: list[int] | None) -> None:
+        self.device, param_fmt, state_fmt = key
         self.pos = pos
-        blocked = sfmt >= 3
-        stochastic = rule.family == "stochastic"
-        has_m = "m" in rule.state_names()
-        has_v = "v" in rule.state_names()
-        elem_env = stochastic and rule.envelope == "element"
         self.complex = any(s.param.is_complex() for s in slots)  # real views taken per step
         self.params = [s.param for s in slots]
-        m, v, env, m_s, v_s, env_s = [], [], [], [], [], []
-        for slot in slots:
-            st = slot.state
-            if has_m:
-                m.append(st["m"])
-                if blocked:
-                    m_s.append(st["m" + state_format.SCALE_SUFFIX])
-            if has_v:
-                v.append(st["v"])
-                if blocked:
-                    v_s.append(st["v" + state_format.SCALE_SUFFIX])
-            if stochastic:
-                env.append(st["G"])
-                if elem_env and blocked:
-                    env_s.append(st["G" + state_format.SCALE_SUFFIX])
-        self.state = (m, v, env, m_s, v_s, env_s)
-        self.offsets = [int(s.index_offset) for s in slots]
-        self.seglens = [_seglen(rule, real_view(s.param)) for s in slots]
-        self.no_keys = [0, 0] * len(slots)
-        self.no_bias = [1.0, 1.0] * len(slots)
-        self.config = [kind, pfmt, sfmt, rule.state_block, int(rule.maximize), int(rule.cautious),
-                       int(rule.envelope_source == "grad"), 0 if rule.envelope == "element" else 1,
-                       int(rule.state_rounding == "stochastic"), int(rule.param_rounding == "stochastic")]
+        self.lists: dict[str, list[Tensor]] = {n: [] for n in _LIST_NAMES}
+        for slot in state_layout.slots(rule):
+            codes_list, scales_list = STEP_LISTS[slot.name]
+            scaled = state_fmt.block_scaled and state_layout.per_element(rule, slot)
+            for s in slots:
+                codes, scales = state_layout.stored(rule, s.state, slot)
+                self.lists[codes_list].append(codes)
+                if scaled:
+                    self.lists[scales_list].append(scales)
+        seglens = []
+        for s in slots:
+            seg = state_layout.segment(rule, tuple(real_view(s.param).shape))
+            seglens.append(0 if seg is None else seg[0])
+        self.fixed = dict(kind=kind.id, param_format=param_fmt.id, state_format=state_fmt.id,
+                          state_block=rule.state_block, envelope=declaration.ENVELOPES[rule.envelope],
+                          **flags(rule), offsets=[int(s.index_offset) for s in slots], seglens=seglens)
+        self.args = tuple(self.lists.values())
 
-    def __call__(self, grads: list[Tensor], keys: list[tuple[int, int]] | None,
-                 bias: list[tuple[float, float]] | None, sc: GroupScalars,
-                 contiguous: bool) -> Tensor:
-        device = self.device
+    def __call__(self, grads: list[Tensor], values: StepValues, contiguous: bool) -> Tensor:
         params = self.params
-        grads = _pick(grads, self.pos)
+        grads = grads if self.pos is None else [grads[i] for i in self.pos]
         if self.complex:
             params = [real_view(p) for p in params]
             grads = [real_view(g) for g in grads]
         if not contiguous:
             grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
-        flat_keys = self.no_keys if keys is None else list(chain.from_iterable(_pick(keys, self.pos)))
-        flat_bias = self.no_bias if bias is None else list(chain.from_iterable(_pick(bias, self.pos)))
-        hyper, lr_t, decay_t, inv_scale, found_inf = _scalar_args(sc, device)
-        return torch.ops.signopt.step(params, grads, *self.state, self.config, hyper, flat_keys,
-                                      self.offsets, self.seglens, flat_bias, lr_t, decay_t,
-                                      inv_scale, found_inf)
+        return torch.ops.signopt.step(params, grads, *self.args, **self.fixed,
+                                      **scalar_arguments(values.scalars, self.device),
+                                      keys=_flat(values.keys, self.pos), bias=_flat(values.bias, self.pos))
 
 
 def load() -> CppBackend:
