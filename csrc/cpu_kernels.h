@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstring>
 #include <memory>
+#include <stdexcept>
 #include <type_traits>
 #include <vector>
 
@@ -412,12 +413,11 @@ struct GroupKernel {
   void fused_items_p(const Span r) const {
     if constexpr (!HAS_M) return fused_items<PF, FmtF32>(r);
     else {
-      switch (sf) {
-        case FMT_FP32: return fused_items<PF, FmtF32>(r);
-        case FMT_BF16: return fused_items<PF, FmtBF16>(r);
-        case FMT_FP8_E4M3: return fused_items<PF, FmtE4M3>(r);
-        default: return fused_items<PF, FmtE5M2>(r);
-      }
+#define SIGNOPT_FUSED_CASE(F, SF) \
+  case F:                         \
+    return fused_items<PF, SF>(r);
+      switch (sf) { SIGNOPT_STATE_FORMATS(SIGNOPT_FUSED_CASE) }
+#undef SIGNOPT_FUSED_CASE
     }
   }
 
@@ -483,12 +483,11 @@ struct GroupKernel {
 #if defined(SIGNOPT_AVX512)
   template <class PF>
   void sto_items_p(const Span r) const {
-    switch (sf) {
-      case FMT_FP32: return sto_items<PF, FmtF32>(r);
-      case FMT_BF16: return sto_items<PF, FmtBF16>(r);
-      case FMT_FP8_E4M3: return sto_items<PF, FmtE4M3>(r);
-      default: return sto_items<PF, FmtE5M2>(r);
-    }
+#define SIGNOPT_STO_CASE(F, SF) \
+  case F:                       \
+    return sto_items<PF, SF>(r);
+    switch (sf) { SIGNOPT_STATE_FORMATS(SIGNOPT_STO_CASE) }
+#undef SIGNOPT_STO_CASE
   }
 #endif
 
@@ -855,7 +854,11 @@ int64_t run_group(int pfmt, int sfmt, const Call& call) {
   return k.run();
 }
 
-// Entry points, one per translation unit of kinds (cpu_*.cpp).
+// Entry points, one per kernel group of the generated SIGNOPT_KINDS_<GROUP> lists (cpu_*.cpp;
+// signopt.declaration.kernel_group), each a switch over its list's kinds.
+#define SIGNOPT_RUN_GROUP_CASE(K) \
+  case K:                         \
+    return run_group<K>(pfmt, sfmt, call);
 int64_t run_sign(int kind, int pfmt, int sfmt, const Call& call);
 int64_t run_lion(int kind, int pfmt, int sfmt, const Call& call);
 int64_t run_lion_norm(int kind, int pfmt, int sfmt, const Call& call);

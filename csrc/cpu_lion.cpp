@@ -1,15 +1,12 @@
-// CPU instantiations: Lion and the elementwise Lion-kappa maps (l1, l2sq, huber).
+// CPU instantiations of the kinds in SIGNOPT_KINDS_LION (Lion and the elementwise Lion-kappa maps).
 #include "cpu_kernels.h"
 
 namespace signopt {
 namespace cpu {
 
 int64_t run_lion(int kind, int pfmt, int sfmt, const Call& call) {
-  switch (kind) {
-    case K_LION_L1: return run_group<K_LION_L1>(pfmt, sfmt, call);
-    case K_LION_L2SQ: return run_group<K_LION_L2SQ>(pfmt, sfmt, call);
-    default: return run_group<K_LION_HUBER>(pfmt, sfmt, call);
-  }
+  switch (kind) { SIGNOPT_KINDS_LION(SIGNOPT_RUN_GROUP_CASE) }
+  throw std::invalid_argument("signopt: run_lion got a kind outside SIGNOPT_KINDS_LION");
 }
 
 }  // namespace cpu

@@ -1,16 +1,12 @@
-// CPU instantiations: the stochastic-sign family (bases sgd, momentum, lion, adamw).
+// CPU instantiations of the kinds in SIGNOPT_KINDS_STOCHASTIC (the stochastic-sign family).
 #include "cpu_kernels.h"
 
 namespace signopt {
 namespace cpu {
 
 int64_t run_stochastic(int kind, int pfmt, int sfmt, const Call& call) {
-  switch (kind) {
-    case K_STO_SGD: return run_group<K_STO_SGD>(pfmt, sfmt, call);
-    case K_STO_MOMENTUM: return run_group<K_STO_MOMENTUM>(pfmt, sfmt, call);
-    case K_STO_LION: return run_group<K_STO_LION>(pfmt, sfmt, call);
-    default: return run_group<K_STO_ADAMW>(pfmt, sfmt, call);
-  }
+  switch (kind) { SIGNOPT_KINDS_STOCHASTIC(SIGNOPT_RUN_GROUP_CASE) }
+  throw std::invalid_argument("signopt: run_stochastic got a kind outside SIGNOPT_KINDS_STOCHASTIC");
 }
 
 }  // namespace cpu

@@ -543,19 +543,12 @@ cudaError_t launch_kind(const Launch& L, cudaStream_t stream) {
 
 cudaError_t launch_step(const Launch& L, cudaStream_t stream) {
   if (L.ntiles == 0) return cudaSuccess;
-  switch (L.kind) {
-    case K_SIGN: return launch_kind<K_SIGN>(L, stream);
-    case K_SIGNUM: return launch_kind<K_SIGNUM>(L, stream);
-    case K_LION_L1: return launch_kind<K_LION_L1>(L, stream);
-    case K_LION_L2SQ: return launch_kind<K_LION_L2SQ>(L, stream);
-    case K_LION_HUBER: return launch_kind<K_LION_HUBER>(L, stream);
-    case K_LION_NORM: return launch_kind<K_LION_NORM>(L, stream);
-    case K_LION_LP: return launch_kind<K_LION_LP>(L, stream);
-    case K_STO_SGD: return launch_kind<K_STO_SGD>(L, stream);
-    case K_STO_MOMENTUM: return launch_kind<K_STO_MOMENTUM>(L, stream);
-    case K_STO_LION: return launch_kind<K_STO_LION>(L, stream);
-    default: return launch_kind<K_STO_ADAMW>(L, stream);
-  }
+#define SIGNOPT_LAUNCH_CASE(K) \
+  case K:                      \
+    return launch_kind<K>(L, stream);
+  switch (L.kind) { SIGNOPT_KINDS(SIGNOPT_LAUNCH_CASE) }
+#undef SIGNOPT_LAUNCH_CASE
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace cuda

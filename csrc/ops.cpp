@@ -26,16 +26,15 @@ namespace signopt {
 namespace {
 
 int64_t run_cpu(int kind, int pf, int sf, const cpu::Call& call) {
+#define SIGNOPT_CASE(K) case K:
   switch (kind) {
-    case K_SIGN:
-    case K_SIGNUM: return cpu::run_sign(kind, pf, sf, call);
-    case K_LION_L1:
-    case K_LION_L2SQ:
-    case K_LION_HUBER: return cpu::run_lion(kind, pf, sf, call);
-    case K_LION_NORM:
-    case K_LION_LP: return cpu::run_lion_norm(kind, pf, sf, call);
-    default: return cpu::run_stochastic(kind, pf, sf, call);
+    SIGNOPT_KINDS_SIGN(SIGNOPT_CASE) return cpu::run_sign(kind, pf, sf, call);
+    SIGNOPT_KINDS_LION(SIGNOPT_CASE) return cpu::run_lion(kind, pf, sf, call);
+    SIGNOPT_KINDS_LION_NORM(SIGNOPT_CASE) return cpu::run_lion_norm(kind, pf, sf, call);
+    SIGNOPT_KINDS_STOCHASTIC(SIGNOPT_CASE) return cpu::run_stochastic(kind, pf, sf, call);
   }
+#undef SIGNOPT_CASE
+  TORCH_CHECK(false, "signopt::step: kind ", kind, " has no CPU kernel group");
 }
 
 float read_scalar(const c10::optional<at::Tensor>& t) { return t->to(at::kFloat).item<float>(); }

@@ -65,15 +65,20 @@ class Format:
     max_finite: float  # largest finite value (Qmax of a block-scaled format)
     param: bool
     state: bool
+    codec: str  # its C++ codec type (csrc/casts.h), named in the generated dispatch lists
     block_scaled: bool = False
 
 
 FORMATS = {f.name: f for f in (
-    Format("fp32", 0, torch.float32, 32, 23, -126, 3.4028234663852886e38, param=True, state=True),
-    Format("bf16", 1, torch.bfloat16, 16, 7, -126, 3.3895313892515355e38, param=True, state=True),
-    Format("fp16", 2, torch.float16, 16, 10, -14, 65504.0, param=True, state=False),
-    Format("fp8_e4m3", 3, torch.float8_e4m3fn, 8, 3, -6, 448.0, param=False, state=True, block_scaled=True),
-    Format("fp8_e5m2", 4, torch.float8_e5m2, 8, 2, -14, 57344.0, param=False, state=True, block_scaled=True),
+    Format("fp32", 0, torch.float32, 32, 23, -126, 3.4028234663852886e38, param=True, state=True,
+           codec="FmtF32"),
+    Format("bf16", 1, torch.bfloat16, 16, 7, -126, 3.3895313892515355e38, param=True, state=True,
+           codec="FmtBF16"),
+    Format("fp16", 2, torch.float16, 16, 10, -14, 65504.0, param=True, state=False, codec="FmtF16"),
+    Format("fp8_e4m3", 3, torch.float8_e4m3fn, 8, 3, -6, 448.0, param=False, state=True, codec="FmtE4M3",
+           block_scaled=True),
+    Format("fp8_e5m2", 4, torch.float8_e5m2, 8, 2, -14, 57344.0, param=False, state=True, codec="FmtE5M2",
+           block_scaled=True),
 )}
 STATE_FORMATS = tuple(n for n, f in FORMATS.items() if f.state)
 PARAM_FORMATS = {f.dtype: f for f in FORMATS.values() if f.param}
@@ -311,6 +316,34 @@ def _cpp_step_macros() -> list[str]:
     ]
 
 
+def kernel_group(k: Kind) -> str:
+    """The C++ kernel template that runs kind ``k`` (one CPU translation unit each):
+    ``sign`` (no reduction, at most ``m``), ``lion``, ``lion_norm`` (a kappa norm pass) or
+    ``stochastic`` (an envelope)."""
+    if k.family in ("sign", "signum"):
+        return "sign"
+    if k.family == "lion":
+        return "lion_norm" if k.reduction == "kappa_norm" else "lion"
+    return "stochastic"
+
+
+def _cpp_dispatch_lists() -> list[str]:
+    """X-macro lists the C++ code dispatches over, so a new kind or format is one entry here."""
+    groups: dict[str, list[str]] = {}
+    for k in sorted(KINDS, key=lambda k: k.id):
+        groups.setdefault(kernel_group(k), []).append(f"X(K_{k.name.upper()})")
+    lines = ["// dispatch lists: SIGNOPT_KINDS(X) calls X(kind) for every kind, SIGNOPT_KINDS_<GROUP>(X)",
+             "// for the kinds one kernel template runs, SIGNOPT_STATE_FORMATS(X) / SIGNOPT_PARAM_FORMATS(X)",
+             "// call X(format id, codec type) for every state / parameter format"]
+    lines.append("#define SIGNOPT_KINDS(X) " + " ".join(f"X(K_{k.name.upper()})" for k in sorted(KINDS, key=lambda k: k.id)))
+    lines += [f"#define SIGNOPT_KINDS_{g.upper()}(X) " + " ".join(ks) for g, ks in groups.items()]
+    fmts = sorted(FORMATS.values(), key=lambda f: f.id)
+    for what in ("state", "param"):
+        lines.append(f"#define SIGNOPT_{what.upper()}_FORMATS(X) "
+                     + " ".join(f"X(FMT_{f.name.upper()}, {f.codec})" for f in fmts if getattr(f, what)))
+    return lines
+
+
 def cpp_header() -> str:
     """The C++ header generated from this module (``signopt_declaration.h`` in the build).
 
@@ -355,6 +388,7 @@ def cpp_header() -> str:
                              [(fid[f.name], _f32_literal(f.max_finite)) for f in fmts], "0.0f"))
     lines += [f"constexpr int PURPOSE_{p.upper()} = {w};  // third Philox counter word of the {p} draws"
               for p, w in RANDOM_PURPOSES.items()]
+    lines += _cpp_dispatch_lists()
     lines.append("// fp32 scalars of one group step (host-computed: signopt/scalars.py), plus flags.")
     lines.append("struct Scalars {")
     lines += [f"  {s.ctype} {s.name};  // {s.doc}" for s in SCALARS]
