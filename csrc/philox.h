@@ -51,12 +51,8 @@ SIGNOPT_HD PhiloxWords philox4x32_10(uint32_t k0, uint32_t k1, uint32_t c0, uint
 SIGNOPT_HD uint32_t element_word(uint32_t k0, uint32_t k1, uint64_t i, uint32_t purpose) {
   const uint64_t j = i >> 2;
   const PhiloxWords w = philox4x32_10(k0, k1, (uint32_t)j, (uint32_t)(j >> 32), purpose, 0u);
-  switch (i & 3) {
-    case 0: return w.w0;
-    case 1: return w.w1;
-    case 2: return w.w2;
-    default: return w.w3;
-  }
+  const uint32_t lane = (uint32_t)(i & 3);
+  return lane == 0 ? w.w0 : (lane == 1 ? w.w1 : (lane == 2 ? w.w2 : w.w3));
 }
 
 // The words for `purpose` of the N consecutive elements i0 .. i0+N-1 (N a multiple of 4), each
