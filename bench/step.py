@@ -11,9 +11,10 @@ without the per-step and per-tensor overhead.  A table sets it beside the row's 
 in DRAM from the large case: a row whose time barely drops in cache is compute-bound, and
 bytes/(time in cache) over the large case's streaming bandwidth is about the most of that
 bandwidth its compute allows (the cache time still includes L3 traffic).  With it, the Philox
-floor: word 0 of as many counters as the large case has parameters, computed by the stochastic
-kernels' own routine (``torch.ops.signopt.philox_word0``), and for each row that draws random
-bits the most of the streaming bandwidth it could reach if it computed nothing else.  Every
+floor: the stochastic-sign words of as many elements as the large case has parameters (random
+bits v2: one Philox4x32-10 call per four elements), computed by the stochastic kernels' own
+routine (``torch.ops.signopt.philox_word0``), and for each row that draws random bits the most
+of the streaming bandwidth it could reach if it computed nothing else.  Every
 signopt optimizer x backend x state dtype, and
 peers from PyPI when installed (torch AdamW foreach/fused, lion-pytorch, pytorch-optimizer
 Lion/SignSGD, bitsandbytes Lion8bit); a missing peer prints a line.
@@ -334,9 +335,9 @@ def compute_bound_check(large: dict, rows: list[dict], repeats: int, out) -> Non
 
 
 def philox_floor(n: int, repeats: int) -> float:
-    """Seconds per element of Philox word 0 of n consecutive counters with the stochastic kernels'
-    own routine (torch.ops.signopt.philox_word0, every thread), written into a 4 MB buffer that
-    stays in cache; the min over repeats."""
+    """Seconds per element of the stochastic-sign words of n consecutive elements with the
+    stochastic kernels' own routine (torch.ops.signopt.philox_word0, every thread), written into
+    a 4 MB buffer that stays in cache; the min over repeats."""
     out = torch.empty(1 << 20, dtype=torch.int32)
     calls = -(-n // out.numel())
     best = float("inf")
@@ -349,20 +350,21 @@ def philox_floor(n: int, repeats: int) -> float:
 
 
 def philox_floor_table(large: dict, rows: list[dict], repeats: int, out) -> None:
-    """Rows that draw random bits (StoSignSGD, SignConversion) compute one Philox4x32-10 per
-    element (the numerics contract fixes the counter), so their step takes at least the time of
-    word 0 alone: bytes / that time over the streaming bandwidth bounds the row's %stream."""
+    """Rows that draw random bits (StoSignSGD, SignConversion) draw their sign words from
+    Philox4x32-10 (random bits v2: one call per four elements; the numerics contract fixes the
+    counters), so their step takes at least the time of those words alone: bytes / that time
+    over the streaming bandwidth bounds the row's %stream."""
     sto = [r for r in rows if r["backend"] == "cpp" and r["cls"] in (signopt.StoSignSGD, signopt.SignConversion)
            and (r["name"], r["backend"], r["pdtype"], r["state"]) in large]
     if not sto:
         return
     floor = philox_floor(large["numel"], 2 * repeats)
     sbest, smed = large["stream"]
-    print(f"\n== Philox floor: word 0 of {large['numel'] / 1e6:.1f}M counters with the kernels' routine, "
+    print(f"\n== Philox floor: the sign words of {large['numel'] / 1e6:.1f}M elements with the kernels' routine, "
           f"{torch.get_num_threads()} threads: {floor * 1e9:.3f} ns/p (min of {2 * repeats}); the most %stream "
           f"a row that draws random bits can reach = bytes / floor over streaming ({sbest / 1e9:.1f} GB/s best, "
           f"{smed / 1e9:.1f} GB/s median) ==", file=out)
-    print("left best/med: ns/p that 85% of streaming (best / median) leaves for everything but word 0 "
+    print("left best/med: ns/p that 85% of streaming (best / median) leaves for everything but the sign words "
           "(loads, the rule, stores); negative: 85% is out of reach", file=out)
     print(f"{'optimizer':26s} {'param':5s} {'state':8s} {'B/param':>7s} {'ns/p DRAM':>9s} {'floor/DRAM':>10s} "
           f"{'max best':>8s} {'max med':>7s} {'left best':>9s} {'left med':>8s}", file=out)

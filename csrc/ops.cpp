@@ -115,8 +115,8 @@ std::string declared() {
       << " emin=" << fmt_emin(f) << " max_finite=" << f2u(fmt_max_finite(f)) << "\n";
   }
   o << "families=" << FAMILY_COUNT << " envelopes=" << ENV_COUNT << " element=" << ENV_ELEMENT << "\n";
-  o << "words sign=" << WORD_SIGN << " state_rounding=" << WORD_STATE_ROUNDING
-    << " param_rounding=" << WORD_PARAM_ROUNDING << "\n";
+  o << "purposes sign=" << PURPOSE_SIGN << " state_rounding=" << PURPOSE_STATE_ROUNDING
+    << " param_rounding=" << PURPOSE_PARAM_ROUNDING << "\n";
   return o.str();
 }
 

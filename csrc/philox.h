@@ -3,8 +3,10 @@
 // targets AVX-512F).
 //   round:  (c0, c1, c2, c3) <- (hi(B*c2) ^ c1 ^ k0, lo(B*c2), hi(A*c0) ^ c3 ^ k1, lo(A*c0))
 //           k0 += 0x9E3779B9, k1 += 0xBB67AE85            (A = 0xD2511F53, B = 0xCD9E8D57)
-// Element i of a tensor uses counter (i mod 2^32, i >> 32, 0, 0) with its per-(step, tensor)
-// key; which word an element's random bits read is declared (signopt.declaration.RANDOM_WORDS).
+// Random bits v2 (element_word): with the per-(step, tensor) key, the call on counter
+// (j mod 2^32, j >> 32, purpose, 0) serves the four elements i = 4j .. 4j+3 of the full tensor,
+// element i taking word i & 3; the purposes are declared (signopt.declaration.RANDOM_PURPOSES,
+// PURPOSE_* in the generated header).
 #pragma once
 #include "config.h"
 #if defined(__AVX512F__) && !defined(__CUDACC__)
@@ -43,10 +45,27 @@ SIGNOPT_HD PhiloxWords philox4x32_10(uint32_t k0, uint32_t k1, uint32_t c0, uint
   return PhiloxWords{c0, c1, c2, c3};
 }
 
-// The four words of element index i (full-tensor flat index).
+// The word of element i (full-tensor flat index) for a purpose: random bits v2, as
+// signopt.philox.element_word. Runs of consecutive elements make each call once by calling
+// philox4x32_10 themselves (counter (j, j >> 32, purpose, 0), word i & 3) and must agree with this.
+SIGNOPT_HD uint32_t element_word(uint32_t k0, uint32_t k1, uint64_t i, uint32_t purpose) {
+  const uint64_t j = i >> 2;
+  const PhiloxWords w = philox4x32_10(k0, k1, (uint32_t)j, (uint32_t)(j >> 32), purpose, 0u);
+  switch (i & 3) {
+    case 0: return w.w0;
+    case 1: return w.w1;
+    case 2: return w.w2;
+    default: return w.w3;
+  }
+}
+
+// Random bits v1, still drawn by the CPU loops (csrc/cpu_*) until they move to v2: one call per
+// element on counter (i mod 2^32, i >> 32, 0, 0), word WORD_* of it for each purpose. Remove
+// with the last v1 caller.
 SIGNOPT_HD PhiloxWords element_words(uint32_t k0, uint32_t k1, uint64_t i) {
   return philox4x32_10(k0, k1, (uint32_t)i, (uint32_t)(i >> 32), 0u, 0u);
 }
+constexpr int WORD_SIGN = 0, WORD_STATE_ROUNDING = 1, WORD_PARAM_ROUNDING = 2;
 
 // u = (word >> 8) * 2^-24, exact in fp32, in [0, 1).
 SIGNOPT_HD float uniform_from_word(uint32_t w) { return (float)(w >> 8) * 5.9604644775390625e-08f; }

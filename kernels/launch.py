@@ -193,7 +193,6 @@ def rule_flags(rule: UpdateRule, p_dtype: torch.dtype, g_dtype: torch.dtype, sta
         P_KIND=p_kind, G_KIND=PARAM_KINDS[g_dtype], S_KIND=s_kind,
         HAS_M=declaration.M in element, HAS_V=declaration.V in element,
         ELEMENT_G=declaration.G in element,
-        NEED_WORDS=rule.stochastic or _param_sr(rule, p_kind) or _state_sr(rule, s_kind),
     )
 
 

@@ -10,8 +10,10 @@ and reproduces it bit for bit:
   plain ``/`` compiles to an approximate division);
 * NaN-ignoring max is written out (``fmax``), because ``tl.maximum`` ignores NaN on the GPU but
   propagates it in the interpreter;
-* random bits come from ``tl.philox`` keyed by the slot's 64-bit seed ``k0 | k1 << 32`` with
-  counter ``(i mod 2**32, i >> 32, 0, 0)`` (:mod:`signopt.philox`).
+* random bits come from ``tl.philox`` keyed by the slot's 64-bit seed ``k0 | k1 << 32``
+  (random bits v2, :mod:`signopt.philox`): the call on counter ``(j mod 2**32, j >> 32, P, 0)``
+  serves the four elements ``i = 4j .. 4j+3`` for purpose ``P``, element ``i`` taking word
+  ``i & 3``; :func:`row_words` makes each call once and interleaves its four words.
 
 Storage kinds (``KIND`` constexprs) are shared by parameters, gradients and state: the
 format ids of :data:`signopt.declaration.FORMATS` (fp32, bf16 accessed as raw 16-bit patterns,
@@ -25,7 +27,7 @@ import triton
 import triton.language as tl
 
 from signopt.casting import BF16_MAX_BITS as _BF16_MAX_BITS, BF16_QNAN as _BF16_QNAN
-from signopt.declaration import FORMATS, RANDOM_WORDS
+from signopt.declaration import FORMATS, RANDOM_PURPOSES
 from signopt.state_format import MIN_SCALE as _MIN_SCALE
 
 KIND_FP32 = tl.constexpr(FORMATS["fp32"].id)
@@ -50,10 +52,10 @@ E5M2_BIAS = tl.constexpr(1 - FORMATS["fp8_e5m2"].emin)
 E5M2_MAX = tl.constexpr(FORMATS["fp8_e5m2"].max_finite)
 E5M2_HAS_INF = tl.constexpr(True)  # IEEE-like: exponent all ones is inf / NaN
 
-# which Philox output word each purpose reads
-WORD_SIGN = tl.constexpr(RANDOM_WORDS["sign"])
-WORD_STATE_ROUNDING = tl.constexpr(RANDOM_WORDS["state_rounding"])
-WORD_PARAM_ROUNDING = tl.constexpr(RANDOM_WORDS["param_rounding"])
+# the purpose of each draw: the third Philox counter word
+PURPOSE_SIGN = tl.constexpr(RANDOM_PURPOSES["sign"])
+PURPOSE_STATE_ROUNDING = tl.constexpr(RANDOM_PURPOSES["state_rounding"])
+PURPOSE_PARAM_ROUNDING = tl.constexpr(RANDOM_PURPOSES["param_rounding"])
 
 TWO_POW_M24 = tl.constexpr(5.9604644775390625e-08)  # 2**-24
 MIN_SCALE = tl.constexpr(_MIN_SCALE)  # 2**-126, smallest FP8 block scale
@@ -121,36 +123,62 @@ def pow_f64(x, e):
 
 # ----------------------------------------------------------------------------- Philox
 @triton.jit
-def philox_words(seed, idx):
-    """Philox4x32-10 words for full-tensor element indices ``idx`` (int64, >= 0):
-    key = ``seed`` (``k0 | k1 << 32``), counter = ``(idx mod 2**32, idx >> 32, 0, 0)``."""
-    lo = (idx & 0xFFFFFFFF).to(tl.uint32)
-    hi = (idx >> 32).to(tl.uint32)
+def philox_calls(seed, j, PURPOSE: tl.constexpr):
+    """The four words of the Philox4x32-10 calls on counters ``(j mod 2**32, j >> 32, PURPOSE,
+    0)`` (``j`` int64, >= 0) keyed by ``seed`` (``k0 | k1 << 32``): ``philox._calls``."""
+    lo = (j & 0xFFFFFFFF).to(tl.uint32)
+    hi = (j >> 32).to(tl.uint32)
     zero = lo * 0
-    return tl.philox(seed, lo, hi, zero, zero)
+    return tl.philox(seed, lo, hi, zero + PURPOSE, zero)
 
 
 @triton.jit
-def _word(w0, w1, w2, w3, WORD: tl.constexpr):
-    if WORD == 0:
-        return w0
-    elif WORD == 1:
-        return w1
-    elif WORD == 2:
-        return w2
+def _select4(s, v0, v1, v2, v3):
+    """``(v0, v1, v2, v3)[s]`` elementwise, ``s`` in 0..3."""
+    return tl.where(s == 0, v0, tl.where(s == 1, v1, tl.where(s == 2, v2, v3)))
+
+
+@triton.jit
+def element_word(seed, idx, PURPOSE: tl.constexpr):
+    """``philox.element_word``: the word of each full-tensor element index ``idx`` (int64,
+    >= 0, any pattern) for ``PURPOSE``: word ``idx & 3`` of the call on ``j = idx >> 2``. One
+    call per element; :func:`row_words` serves runs of consecutive indices with a quarter of
+    the calls."""
+    w0, w1, w2, w3 = philox_calls(seed, idx >> 2, PURPOSE)
+    return _select4(idx & 3, w0, w1, w2, w3)
+
+
+@triton.jit
+def row_words(seed, base, PURPOSE: tl.constexpr, COLS: tl.constexpr):
+    """The random words for ``PURPOSE`` of the elements ``base + arange(COLS)`` of each row
+    (``base``: ``[ROWS, 1]`` int64 full-tensor indices, ``seed`` a scalar or ``[ROWS, 1]``):
+    ``[ROWS, COLS]`` uint32, equal to :func:`element_word` at those indices. The only place the
+    kernels draw random bits.
+
+    Column ``c = 4k + l`` of a row with ``a = base & 3`` is element ``base + c``, which takes
+    word ``(a + l) & 3`` of call ``(base >> 2) + k + ((a + l) >> 2)``. The ``COLS/4`` calls
+    ``x`` at ``(base >> 2) + k`` serve every column of a row whose ``base`` is a multiple of 4
+    (lane ``l`` is word ``l`` of call ``k``: one call per four elements); otherwise the lanes
+    past the row's call boundary read the next call, ``y`` at ``(base >> 2) + k + 1``, which is
+    only drawn when some row of the tile is misaligned (an unaligned shard offset, an FP8 block
+    or row segment whose length is not a multiple of 4). The four lanes are interleaved into
+    columns with :func:`tl.interleave`."""
+    if COLS % 4 != 0:  # tiles narrower than one call (FP8 blocks of 1 or 2): one call each
+        return element_word(seed, base + tl.arange(0, COLS)[None, :], PURPOSE)
     else:
-        tl.static_assert(WORD == 3, "a Philox4x32 call has four words")
-        return w3
-
-
-@triton.jit
-def random_words(seed, idx):
-    """The Philox words of elements ``idx`` for each purpose, as
-    :data:`signopt.declaration.RANDOM_WORDS` assigns them: ``(sign, state rounding, parameter
-    rounding)``. The only place the kernels draw random bits."""
-    w0, w1, w2, w3 = philox_words(seed, idx)
-    return (_word(w0, w1, w2, w3, WORD_SIGN), _word(w0, w1, w2, w3, WORD_STATE_ROUNDING),
-            _word(w0, w1, w2, w3, WORD_PARAM_ROUNDING))
+        K: tl.constexpr = COLS // 4
+        j = (base >> 2) + tl.arange(0, K)[None, :]
+        x0, x1, x2, x3 = philox_calls(seed, j, PURPOSE)
+        a = (base & 3) + j * 0  # [ROWS, K]
+        if tl.max(a) == 0:
+            l0, l1, l2, l3 = x0, x1, x2, x3
+        else:
+            y0, y1, y2, _ = philox_calls(seed, j + 1, PURPOSE)
+            l0 = _select4(a, x0, x1, x2, x3)
+            l1 = _select4(a, x1, x2, x3, y0)
+            l2 = _select4(a, x2, x3, y0, y1)
+            l3 = _select4(a, x3, y0, y1, y2)
+        return tl.interleave(tl.interleave(l0, l2), tl.interleave(l1, l3))
 
 
 @triton.jit

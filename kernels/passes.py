@@ -23,7 +23,8 @@ from .layout import (C_ENV, C_ENV_SCALE, C_FIRST_BLOCK, C_GRAD, C_INDEX_OFFSET, 
                      D_LP_P, F_BIAS1, F_BIAS2, F_NUMEL, N_COLS, N_FCOLS, N_RCOLS, R_CHUNKS,
                      R_SEG_BASE, R_SEG_LEN, R_UNIT_BASE, S_BETA1, S_BETA2, S_DECAY, S_ENVELOPE_DECAY,
                      S_EPS, S_HUBER_DELTA, S_INV_QMAX, S_L2, S_LR, S_OMB1, S_OMB2, S_P_MINUS_1)
-from .numerics import fmax, pow_f64, random_words, sign, uniform_from_word
+from .numerics import (PURPOSE_PARAM_ROUNDING, PURPOSE_SIGN, PURPOSE_STATE_ROUNDING, fmax, pow_f64,
+                       row_words, sign, uniform_from_word)
 from .rules import (ENVELOPE_ELEMENT, ENVELOPE_TENSOR, FAMILY_LION, FAMILY_SIGN, FAMILY_SIGNUM,
                     FAMILY_STOCHASTIC, KAPPA_L2, KAPPA_LP, KAPPA_ROW_L2,
                     cautious, kappa_direction, kappa_norm_term, lion_rule, prologue,
@@ -36,23 +37,26 @@ WANT_UPDATE = tl.constexpr(2)          # the direction u and the new state
 
 
 @triton.jit
-def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr, t, offs, mask,
+def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr, t, offs, row0, mask,
                  FAMILY: tl.constexpr, KAPPA: tl.constexpr, BASE: tl.constexpr,
                  ENVELOPE: tl.constexpr, ENV_FROM_GRAD: tl.constexpr, CAUTIOUS: tl.constexpr,
                  MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr, HAS_INV_SCALE: tl.constexpr,
                  P_KIND: tl.constexpr, G_KIND: tl.constexpr, S_KIND: tl.constexpr,
                  HAS_M: tl.constexpr, HAS_V: tl.constexpr, ELEMENT_G: tl.constexpr,
-                 NEED_WORDS: tl.constexpr, SBLK: tl.constexpr, WANT: tl.constexpr):
-    """Everything a pass needs about the elements ``offs`` of tensor ``t``.
+                 SBLK: tl.constexpr, COLS: tl.constexpr, WANT: tl.constexpr):
+    """Everything a pass needs about the elements ``offs`` of tensor ``t``: a tile of
+    ``COLS`` columns whose rows are runs of consecutive elements, row ``r`` starting at the
+    local offset ``row0[r]`` (``[ROWS, 1]``).
 
     ``HAS_M``, ``HAS_V``, ``ELEMENT_G``: which per-element state slots the rule's kernel kind
     keeps (``signopt.declaration``; ``ELEMENT_G``: an element envelope), loaded here in the
     state format.
 
-    Returns ``(p, g, bad, q, u, m_new, v_new, env_new, state_word, param_word)``: fp32
-    parameter, prologue-processed gradient, non-finite mask, the reduction quantity ``q``
-    (``WANT`` < ``WANT_UPDATE``), the direction ``u`` (after the cautious mask), the new fp32
-    state and the Philox words of the state and parameter rounding.
+    Returns ``(p, g, bad, q, u, m_new, v_new, env_new)``: fp32 parameter, prologue-processed
+    gradient, non-finite mask, the reduction quantity ``q`` (``WANT`` < ``WANT_UPDATE``), the
+    direction ``u`` (after the cautious mask) and the new fp32 state. The stochastic sign's
+    words are drawn here (only the passes that need ``u`` of the stochastic family); the
+    rounding words by :func:`update_kernel`.
     """
     p = load_values(tl.load(row + C_PARAM), offs, mask, P_KIND)
     graw = load_values(tl.load(row + C_GRAD), offs, mask, G_KIND)
@@ -61,12 +65,6 @@ def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr,
         inv_scale = tl.load(inv_scale_ptr)
     g, bad = prologue(graw, p, inv_scale, tl.load(sc_ptr + S_L2), MAXIMIZE, HAS_INV_SCALE, HAS_L2)
     zero = tl.zeros_like(g)
-    sign_word = zero.to(tl.uint32)
-    state_word = sign_word
-    param_word = sign_word
-    if NEED_WORDS:
-        sign_word, state_word, param_word = random_words(tl.load(row + C_SEED),
-                                                         tl.load(row + C_INDEX_OFFSET) + offs)
     block = offs // SBLK
     m = zero
     v = zero
@@ -132,12 +130,14 @@ def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr,
                 env = zero + tl.load(env_ptr)
             else:
                 env = tl.load(env_ptr + offs // tl.load(row + C_SEG_LEN), mask=mask, other=0.0)
+            sign_word = row_words(tl.load(row + C_SEED), tl.load(row + C_INDEX_OFFSET) + row0,
+                                  PURPOSE_SIGN, COLS)
             u = stochastic_sign(x, env, uniform_from_word(sign_word))
         if WANT == WANT_CAUTIOUS_COUNT:
             q = (u * g > 0.0).to(tl.float64)
         elif CAUTIOUS:
             u = cautious(u, g, tl.load(segb_ptr + t))
-    return p, g, bad, q, u, m_new, v_new, env_new, state_word, param_word
+    return p, g, bad, q, u, m_new, v_new, env_new
 
 
 @triton.jit
@@ -149,8 +149,7 @@ def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, f
                   HAS_FOUND_INF: tl.constexpr, P_KIND: tl.constexpr, G_KIND: tl.constexpr,
                   S_KIND: tl.constexpr, HAS_M: tl.constexpr, HAS_V: tl.constexpr,
                   ELEMENT_G: tl.constexpr, STATE_SR: tl.constexpr, PARAM_SR: tl.constexpr,
-                  NEED_WORDS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
-                  SB: tl.constexpr):
+                  ROWS: tl.constexpr, COLS: tl.constexpr, SB: tl.constexpr):
     """Pass 3: the update of ``ROWS*SB`` consecutive elements of one tensor per program.
 
     The tile is ``[ROWS, COLS]`` with row stride ``SB``: for FP8 state ``SB`` is the FP8 block
@@ -165,12 +164,21 @@ def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, f
     start = (pid - tl.load(row + C_FIRST_BLOCK)) * (ROWS * SB)
     r = tl.arange(0, ROWS).to(tl.int64)
     c = tl.arange(0, COLS)
-    offs = start + r[:, None] * SB + c[None, :]
+    row0 = start + r[:, None] * SB
+    offs = row0 + c[None, :]
     mask = (c[None, :] < SB) & (offs < numel)
-    p, g, bad, q, u, m_new, v_new, env_new, state_word, param_word = element_rule(
-        row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr, t, offs, mask,
+    p, g, bad, q, u, m_new, v_new, env_new = element_rule(
+        row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr, t, offs, row0, mask,
         FAMILY, KAPPA, BASE, ENVELOPE, ENV_FROM_GRAD, CAUTIOUS, MAXIMIZE, HAS_L2, HAS_INV_SCALE,
-        P_KIND, G_KIND, S_KIND, HAS_M, HAS_V, ELEMENT_G, NEED_WORDS, SB, WANT_UPDATE)
+        P_KIND, G_KIND, S_KIND, HAS_M, HAS_V, ELEMENT_G, SB, COLS, WANT_UPDATE)
+    param_word = tl.zeros_like(offs).to(tl.uint32)
+    state_word = param_word
+    if PARAM_SR:
+        param_word = row_words(tl.load(row + C_SEED), tl.load(row + C_INDEX_OFFSET) + row0,
+                               PURPOSE_PARAM_ROUNDING, COLS)
+    if STATE_SR and (HAS_M or HAS_V or ELEMENT_G):
+        state_word = row_words(tl.load(row + C_SEED), tl.load(row + C_INDEX_OFFSET) + row0,
+                               PURPOSE_STATE_ROUNDING, COLS)
     p_new = p * tl.load(sc_ptr + S_DECAY) - tl.load(sc_ptr + S_LR) * u
     p_new = tl.where(bad, p, p_new)
     row_start = start + r * SB
@@ -205,7 +213,7 @@ def reduce_chunks_kernel(tab_ptr, ftab_ptr, unit_ptr, rtab_ptr, sc_ptr, sc64_ptr
                          MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr,
                          HAS_INV_SCALE: tl.constexpr, P_KIND: tl.constexpr,
                          G_KIND: tl.constexpr, S_KIND: tl.constexpr, HAS_M: tl.constexpr,
-                         HAS_V: tl.constexpr, ELEMENT_G: tl.constexpr, NEED_WORDS: tl.constexpr,
+                         HAS_V: tl.constexpr, ELEMENT_G: tl.constexpr,
                          SBLK: tl.constexpr, WANT: tl.constexpr, UNITS: tl.constexpr,
                          RBLOCK: tl.constexpr):
     """Passes 1a/2a: one partial per chunk (``RBLOCK`` elements of one segment): an fp64 sum,
@@ -222,13 +230,14 @@ def reduce_chunks_kernel(tab_ptr, ftab_ptr, unit_ptr, rtab_ptr, sc_ptr, sc64_ptr
     seg_len = tl.load(rrow + R_SEG_LEN)
     seg = local // chunks
     seg_start = seg * seg_len
-    offs = seg_start + (local - seg * chunks) * RBLOCK + tl.arange(0, RBLOCK)[None, :].to(tl.int64)
+    row0 = seg_start + (local - seg * chunks) * RBLOCK
+    offs = row0 + tl.arange(0, RBLOCK)[None, :].to(tl.int64)
     end = tl.minimum(seg_start + seg_len, tl.load(row + C_NUMEL))
     mask = (offs < end) & live
-    p, g, bad, q, u, m_new, v_new, env_new, state_word, param_word = element_rule(
+    p, g, bad, q, u, m_new, v_new, env_new = element_rule(
         row, ftab_ptr + t * N_FCOLS, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, sega_ptr, t, offs,
-        mask, FAMILY, KAPPA, BASE, ENVELOPE, ENV_FROM_GRAD, False, MAXIMIZE, HAS_L2,
-        HAS_INV_SCALE, P_KIND, G_KIND, S_KIND, HAS_M, HAS_V, ELEMENT_G, NEED_WORDS, SBLK, WANT)
+        row0, mask, FAMILY, KAPPA, BASE, ENVELOPE, ENV_FROM_GRAD, False, MAXIMIZE, HAS_L2,
+        HAS_INV_SCALE, P_KIND, G_KIND, S_KIND, HAS_M, HAS_V, ELEMENT_G, SBLK, RBLOCK, WANT)
     q = tl.where(mask, q, 0.0)
     if WANT == WANT_STAGE_A and FAMILY == FAMILY_STOCHASTIC:
         partial = tl.max(q, axis=1)

@@ -6,7 +6,7 @@ stochastic) or :func:`store_fp8_blocks` (block-scaled FP8, :mod:`signopt.state_f
 
     s   = max(absmax_b * (1/Qmax), 2**-126)     absmax over finite |x| of the block
     inv = 1 / s                                 correctly rounded
-    q   = round(clamp(x * inv, -Qmax, Qmax))    nearest-even or stochastic (Philox word 1)
+    q   = round(clamp(x * inv, -Qmax, Qmax))    nearest-even or stochastic (the state-rounding words)
 
 Addresses arrive as int64 values from the tensor table and are cast to typed pointers here;
 bf16 is accessed as int16 bit patterns and FP8 as uint8 codes so that no float cast is used.

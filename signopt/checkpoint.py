@@ -5,6 +5,10 @@ Schema 2 records in every param group (DCP's ``get_optimizer_state_dict`` keeps 
 and ``param_groups``) the schema version and the rule's identity (:meth:`UpdateRule.identity`,
 e.g. ``"lion(kappa=l1)"``; the wrapper records ``"sign_conversion_wrapper(base=Adam)"``).
 Schema 1 (signopt 0.1.0) recorded only the version; its rule is read off the group's keys.
+Schema 3 is schema 2 written by a signopt that draws random bits v2 (:mod:`signopt.philox`);
+schema-1 and schema-2 dicts were written by runs that drew v1 bits, and load and continue with
+v2 bits: a stochastic rule resumed from one is not bit-identical to the uninterrupted v1 run
+(its state and step counters are; the draws after the resume differ).
 A state dict loads only into an optimizer running the same rule; its state may be in any
 storage format and is converted into the loading optimizer's.
 """
@@ -22,8 +26,8 @@ from .rule import UpdateRule
 
 SCHEMA_KEY = "signopt_schema"
 RULE_KEY = "signopt_rule"
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)
 CALLABLE_MARKER = "callable"
 BASE_PREFIX = "base."  # base-optimizer entries inside SignConversionWrapper's state dict
 

@@ -42,8 +42,9 @@ ROUNDINGS = ("nearest", "stochastic")
 KAPPA_SEGMENT = {"l1": None, "l2sq": None, "huber": None, "l2": "tensor", "row_l2": "row", "lp": "tensor"}
 """The segment whose norm each kappa reduces (``None``: elementwise)."""
 
-RANDOM_WORDS = {"sign": 0, "state_rounding": 1, "param_rounding": 2}
-"""Which Philox output word of an element each purpose of random bits reads."""
+RANDOM_PURPOSES = {"sign": 0, "state_rounding": 1, "param_rounding": 2}
+"""The purposes of random bits, by the id each puts in the third Philox counter word (random
+bits v2: see :mod:`signopt.philox`)."""
 
 
 # ------------------------------------------------------------------------------ formats
@@ -385,8 +386,8 @@ def cpp_header() -> str:
     lines.append(_cpp_switch("int", "fmt_emin", "f", [(fid[f.name], str(f.emin)) for f in fmts], "0"))
     lines.append(_cpp_switch("float", "fmt_max_finite", "f",
                              [(fid[f.name], _f32_literal(f.max_finite)) for f in fmts], "0.0f"))
-    lines += [f"constexpr int WORD_{p.upper()} = {w};  // Philox word of an element for {p}"
-              for p, w in RANDOM_WORDS.items()]
+    lines += [f"constexpr int PURPOSE_{p.upper()} = {w};  // third Philox counter word of the {p} draws"
+              for p, w in RANDOM_PURPOSES.items()]
     lines += _cpp_dispatch_lists()
     lines.append("// fp32 scalars of one group step (host-computed: signopt/scalars.py), plus flags.")
     lines.append("struct Scalars {")

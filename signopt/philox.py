@@ -7,9 +7,10 @@ reproducible across the torch reference, the C++/CUDA kernels and the Triton ker
   with key ``(seed & 0xffffffff, seed >> 32)`` and counter
   ``(step & 0xffffffff, step >> 32, tensor_index, 0x5349474E)`` and takes output words 0 and 1
   as the new key ``(k0, k1)``; the 64-bit Triton seed is ``k0 | k1 << 32``.
-* per element ``i`` of the full (unsharded, flattened) tensor: counter ``(i mod 2**32, i >> 32, 0, 0)``.
-  Which word drives what (the stochastic sign, the rounding of state writes, the rounding of
-  the parameter write) is :data:`signopt.declaration.RANDOM_WORDS`.
+* per element ``i`` of the full (unsharded, flattened) tensor and purpose ``P`` (random bits v2):
+  one Philox4x32-10 call serves 4 consecutive elements: counter ``(j mod 2**32, j >> 32, P, 0)``
+  with ``j = i >> 2``, and element ``i`` takes output word ``i & 3``. The purposes (stochastic
+  sign, state rounding, parameter rounding) are :data:`signopt.declaration.RANDOM_PURPOSES`.
 * uniform in [0, 1): ``u = (word >> 8) * 2**-24`` (exact in fp32).
 
 Values are held in int64 tensors in ``[0, 2**32)``; 32x32-bit products are split in 16-bit
@@ -112,12 +113,30 @@ def triton_seed(key: tuple[int, int]) -> int:
     return key[0] | (key[1] << 32)
 
 
-def element_words(key: tuple[int, int], indices: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The four Philox output words for element indices ``indices`` (int64, full-tensor indices)."""
-    lo = indices & MASK32
-    hi = (indices >> 32) & MASK32
-    zero = torch.zeros_like(lo)
-    return philox4x32(key[0], key[1], lo, hi, zero, zero)
+def element_word(key: tuple[int, int], indices: Tensor, purpose: int) -> Tensor:
+    """The random word of each element index in ``indices`` (int64, full-tensor indices) for
+    ``purpose``: word ``i & 3`` of the Philox call on counter ``(j mod 2**32, j >> 32, purpose,
+    0)``, ``j = i >> 2``. Where ``indices`` is a run of consecutive indices (the usual case: a
+    tensor or shard), each call is made once and serves its 4 elements."""
+    flat = indices.reshape(-1)
+    n = flat.numel()
+    if n == 0:
+        return torch.zeros_like(indices)
+    first = int(flat[0])
+    if torch.equal(flat, torch.arange(first, first + n, dtype=flat.dtype, device=flat.device)):
+        j = torch.arange(first >> 2, ((first + n - 1) >> 2) + 1, dtype=torch.int64, device=flat.device)
+        words = torch.stack(_calls(key, j, purpose), dim=1).reshape(-1)  # words of elements 4*j0 ...
+        start = first - 4 * (first >> 2)
+        return words[start:start + n].reshape(indices.shape)
+    words = torch.stack(_calls(key, flat >> 2, purpose), dim=1)
+    return words.gather(1, (flat & 3).reshape(-1, 1)).reshape(indices.shape)
+
+
+def _calls(key: tuple[int, int], j: Tensor, purpose: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The four output words of the Philox calls on counters ``(j mod 2**32, j >> 32, purpose, 0)``."""
+    lo = j & MASK32
+    hi = (j >> 32) & MASK32
+    return philox4x32(key[0], key[1], lo, hi, torch.full_like(lo, purpose), torch.zeros_like(lo))
 
 
 def uniform_from_word(word: Tensor) -> Tensor:

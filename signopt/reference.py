@@ -21,7 +21,8 @@ direction ``u`` (per family)::
                  lion: d = c as above;  adamw: m, v EMAs, d = (m/bc1) / (sqrt(v/bc2) + eps))
                  G <- fmax(G*gamma, reduce |src|)     src = d or g, reduced per element/row/block/tensor
                  u = S_G(d):  +1 if U < (1 + d/G)/2 else -1;  0 where d = G = 0
-                 with U = (philox word 0 >> 8) * 2**-24 for the element's full-tensor index
+                 with U = (word >> 8) * 2**-24, word = the element's random word for the stochastic
+                 sign (philox.element_word of its full-tensor index, random bits v2)
 
 cautious (optional)::
 
@@ -41,8 +42,8 @@ import torch
 from torch import Tensor
 
 from . import kappa as kappa_registry
-from .declaration import RANDOM_WORDS
-from .philox import element_words, uniform_from_word
+from .declaration import RANDOM_PURPOSES
+from .philox import element_word, uniform_from_word
 from .rule import UpdateRule
 from .scalars import GroupScalars
 
@@ -150,7 +151,7 @@ def direction(rule: UpdateRule, g: Tensor, st: dict[str, Tensor], sc: GroupScala
         env = torch.where(bad, st["G"], env)
     new["G"] = env
     assert key is not None and indices is not None
-    uniform = uniform_from_word(element_words(key, indices)[RANDOM_WORDS["sign"]]).reshape(g.shape)
+    uniform = uniform_from_word(element_word(key, indices, RANDOM_PURPOSES["sign"])).reshape(g.shape)
     return stochastic_sign(d, expand_envelope(rule, env, g.shape), uniform), new
 
 

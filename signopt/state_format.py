@@ -18,7 +18,7 @@ Block scaling (per block ``b``)::
 
     s   = max(absmax_b * (1/Qmax), 2**-126)      (absmax ignores NaN and inf; 1/Qmax is fp32)
     inv = 1 / s                                  (correctly rounded)
-    q   = round(clamp(x * inv, -Qmax, Qmax))     (nearest-even, or stochastic with word 1)
+    q   = round(clamp(x * inv, -Qmax, Qmax))     (nearest-even, or stochastic with the state-rounding words)
     x^  = q * s
 
 Every step decodes to fp32, computes in fp32 and encodes once at the write; this step's update

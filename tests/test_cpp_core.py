@@ -14,7 +14,8 @@ import torch
 
 from signopt import backends as backend_registry
 from signopt import casting, declaration, state_format
-from signopt.philox import element_words
+from signopt.declaration import RANDOM_PURPOSES
+from signopt.philox import MASK32, element_word, philox4x32
 
 try:
     backend_registry.load("cpp")
@@ -38,26 +39,40 @@ def edge_values() -> torch.Tensor:
     return torch.cat([x, -x, r])
 
 
+def philox_call_words(key, j, purpose):
+    """The four words of the Philox4x32-10 calls on counters ``(j mod 2**32, j >> 32, purpose, 0)``."""
+    zero = torch.zeros_like(j)
+    return philox4x32(key[0], key[1], j & MASK32, (j >> 32) & MASK32, zero + purpose, zero)
+
+
 def test_philox_matches_reference():
+    """``signopt::philox(k0, k1, j)``: the four words of the Philox call on counter
+    ``(j mod 2**32, j >> 32, 0, 0)``, which in random bits v2 are the stochastic-sign words of
+    elements ``4j .. 4j+3``."""
     idx = torch.tensor([0, 1, 2, 255, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**32 + 5, 2**40 + 3,
                         2**62], dtype=torch.int64)
     idx = torch.cat([idx, torch.arange(1000, dtype=torch.int64) * 7919])
+    v2 = idx < 2**61  # j of an int64 element index
     for key in [(0, 0), (1, 2), (0xFFFFFFFF, 0x12345678), (0xDEADBEEF, 0xFFFFFFFF)]:
         got = torch.ops.signopt.philox(key[0], key[1], idx)
-        ref = element_words(key, idx)
+        ref = philox_call_words(key, idx, 0)
         for w in range(4):
             assert torch.equal(got[:, w], ref[w]), f"word {w} differs for key {key}"
+            assert torch.equal(got[v2, w], element_word(key, 4 * idx[v2] + w, RANDOM_PURPOSES["sign"]))
 
 
 @pytest.mark.parametrize("base,n", [(0, 0), (0, 1), (5, 31), (0, 32), (7, 1000), (2**32 - 40, 100),
-                                    (2**32 - 3, 5), (2**40 + 3, 77), (2**62, 33), (123, 20000)])
+                                    (2**32 - 3, 5), (2**40 + 3, 77), (2**62, 33), (123, 20000),
+                                    (1, 3), (2, 64), (3, 37), (2**34 - 6, 50), (2**34 - 33, 2000)])
 def test_philox_word0_matches_reference(base, n):
-    """philox_word0 (the stochastic kernels' word-0 routine, the bench's Philox floor) writes word 0
-    of counters base .. base+n-1, runs crossing a multiple of 2^32 and every tail length included."""
+    """philox_word0 (the stochastic kernels' sign-word routine, the bench's Philox floor) writes
+    the stochastic-sign words (random bits v2, purpose 0) of elements base .. base+n-1: runs
+    starting at every residue mod 4, crossing a multiple of 2^32 in the element index and in the
+    call index (2^34), every tail length included."""
     key = (0xDEADBEEF, 0x12345678)
     out = torch.full((n,), -1, dtype=torch.int32)
     torch.ops.signopt.philox_word0(key[0], key[1], base, out)
-    ref = element_words(key, torch.arange(n, dtype=torch.int64) + base)[0]
+    ref = element_word(key, torch.arange(n, dtype=torch.int64) + base, RANDOM_PURPOSES["sign"])
     assert torch.equal(out.to(torch.int64) & 0xFFFFFFFF, ref)
 
 
@@ -83,7 +98,7 @@ def test_bf16_nearest_and_stochastic():
     ref = casting.fp32_to_bf16_nearest(x)
     assert torch.equal(codes.view(torch.int16), ref.view(torch.int16))
     assert torch.equal(dec[:-1], ref.float()[:-1])
-    words = element_words((7, 9), torch.arange(x.numel()))[1]
+    words = element_word((7, 9), torch.arange(x.numel()), RANDOM_PURPOSES["state_rounding"])
     codes, _, _ = torch.ops.signopt.encode(x, FMT["bf16"], 1, words)
     assert torch.equal(codes.view(torch.int16), casting.fp32_to_bf16_stochastic(x, words).view(torch.int16))
 
@@ -93,7 +108,7 @@ def test_fp16_nearest_and_stochastic():
     codes, _, dec = torch.ops.signopt.encode(x, FMT["fp16"], 1, None)
     ref = x.to(torch.float16)
     assert torch.equal(codes.view(torch.int16), ref.view(torch.int16))
-    words = element_words((3, 4), torch.arange(x.numel()))[1]
+    words = element_word((3, 4), torch.arange(x.numel()), RANDOM_PURPOSES["param_rounding"])
     codes, _, _ = torch.ops.signopt.encode(x, FMT["fp16"], 1, words)
     ref = casting.round_to_dtype(x, torch.float16, words)
     assert torch.equal(codes.float(), ref.float())
@@ -105,7 +120,7 @@ def test_fp16_nearest_and_stochastic():
 def test_fp8_block_encode_decode(fmt, block, stochastic):
     x = edge_values()
     x = torch.cat([x, torch.zeros(block), torch.tensor([float("inf"), 1.0, float("-inf")])])
-    words = element_words((11, 13), torch.arange(x.numel()))[1] if stochastic else None
+    words = element_word((11, 13), torch.arange(x.numel()), RANDOM_PURPOSES["state_rounding"]) if stochastic else None
     codes, scales, dec = torch.ops.signopt.encode(x, FMT[fmt], block, words)
     ref_codes, ref_scales = state_format.fp8_encode(x, state_format.FP8[fmt], block, words)
     assert torch.equal(scales, ref_scales)
@@ -295,7 +310,8 @@ SCRIPT_HELPERS = "import torch\n" + "\n".join(inspect.getsource(f) for f in (bit
 PORTABLE_VS_REFERENCE = SCRIPT_HELPERS + r"""
 import torch, signopt
 from signopt import state_format
-from signopt.philox import element_words
+from signopt.declaration import RANDOM_PURPOSES
+from signopt.philox import MASK32, element_word, philox4x32
 
 checked = 0
 # Lion-kappa l2/row_l2 (u = c/norm): 1-D tensors (one segment each) and 2-D ones (rows: row_l2
@@ -488,12 +504,16 @@ from signopt import build
 assert "x86-64-v3" in str(build.cxx_flags())
 idx = torch.cat([torch.arange(1000, dtype=torch.int64) * 7919, torch.tensor([2**32 - 1, 2**32, 2**40 + 3])])
 got = torch.ops.signopt.philox(0xDEADBEEF, 0x12345678, idx)
-ref = element_words((0xDEADBEEF, 0x12345678), idx)
+zero = torch.zeros_like(idx)
+ref = philox4x32(0xDEADBEEF, 0x12345678, idx & MASK32, (idx >> 32) & MASK32, zero, zero)
 assert all(torch.equal(got[:, w], ref[w]) for w in range(4))
-w0 = torch.empty(1003, dtype=torch.int32)
-torch.ops.signopt.philox_word0(0xDEADBEEF, 0x12345678, 2**32 - 500, w0)
-assert torch.equal(w0.to(torch.int64) & 0xFFFFFFFF,
-                   element_words((0xDEADBEEF, 0x12345678), torch.arange(1003) + 2**32 - 500)[0])
+assert all(torch.equal(got[:, w], element_word((0xDEADBEEF, 0x12345678), 4 * idx + w, RANDOM_PURPOSES["sign"]))
+           for w in range(4))
+for base in (2**32 - 500, 2**34 - 501):
+    w0 = torch.empty(1003, dtype=torch.int32)
+    torch.ops.signopt.philox_word0(0xDEADBEEF, 0x12345678, base, w0)
+    assert torch.equal(w0.to(torch.int64) & 0xFFFFFFFF,
+                       element_word((0xDEADBEEF, 0x12345678), torch.arange(1003) + base, RANDOM_PURPOSES["sign"]))
 print("PHILOX OK")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1200)

@@ -93,9 +93,9 @@ def _render() -> str:
         lines.append(f"format {f.id} bits={f.bits} block_scaled={int(f.block_scaled)} param={int(f.param)} "
                      f"state={int(f.state)} mantissa_bits={f.mantissa_bits} emin={f.emin} max_finite={bits}")
     lines.append(f"families={len(D.FAMILIES)} envelopes={len(D.ENVELOPES)} element={D.ENVELOPES['element']}")
-    words = D.RANDOM_WORDS
-    lines.append(f"words sign={words['sign']} state_rounding={words['state_rounding']} "
-                 f"param_rounding={words['param_rounding']}")
+    purposes = D.RANDOM_PURPOSES
+    lines.append(f"purposes sign={purposes['sign']} state_rounding={purposes['state_rounding']} "
+                 f"param_rounding={purposes['param_rounding']}")
     return "\n".join(lines) + "\n"
 
 
@@ -122,7 +122,7 @@ def test_generated_header_evaluates_as_declared(tmp_path):
                    f"fmt_mantissa_bits({e}) == {f.mantissa_bits}", f"fmt_emin({e}) == {f.emin}",
                    f"fmt_max_finite({e}) == {float(f.max_finite).hex()}f"]
     checks += [f"ENV_{n.upper()} == {i}" for n, i in D.ENVELOPES.items()]
-    checks += [f"WORD_{p.upper()} == {w}" for p, w in D.RANDOM_WORDS.items()]
+    checks += [f"PURPOSE_{p.upper()} == {w}" for p, w in D.RANDOM_PURPOSES.items()]
     checks += [f"K_COUNT == {len(D.KINDS)}", f"FMT_COUNT == {len(D.FORMATS)}"]
     src = tmp_path / "check.cpp"
     src.write_text('#include "signopt_declaration.h"\nusing namespace signopt;\n'

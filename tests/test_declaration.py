@@ -29,7 +29,7 @@ def test_ids_are_dense_and_unique():
         assert sorted(table.values()) == list(range(len(table)))
     assert sorted(f.id for f in D.FORMATS.values()) == list(range(len(D.FORMATS)))
     assert sorted(k.id for k in D.KINDS) == list(range(len(D.KINDS)))
-    assert sorted(D.RANDOM_WORDS.values()) == list(range(len(D.RANDOM_WORDS)))
+    assert sorted(D.RANDOM_PURPOSES.values()) == list(range(len(D.RANDOM_PURPOSES)))
 
 
 def test_every_rule_choice_has_exactly_one_kind():
@@ -63,7 +63,7 @@ def test_kind_scalars_and_slots_are_declared_names():
     for k in D.KINDS:
         assert set(k.scalars) <= set(D.SCALAR_NAMES), k
         assert {s.name for s in k.slots} <= {"m", "v", "G"}
-        assert set(k.random) <= set(D.RANDOM_WORDS)
+        assert set(k.random) <= set(D.RANDOM_PURPOSES)
         assert (k.reduction == "envelope") == (k.family == "stochastic")
 
 

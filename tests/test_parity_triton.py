@@ -91,3 +91,21 @@ def test_zero_size_and_no_grad():
 
 def test_explicit_backend_rejects_unsupported():
     tp.test_explicit_backend_rejects_unsupported(BACKEND)
+
+
+@pytest.mark.parametrize("offset", [2, 2**34 - 101])
+@pytest.mark.parametrize("rule,state_block", [("stosign_element", 7), ("conv_lion_grad", 32),
+                                              ("lion", 3)])
+def test_parity_triton_shard_offset(rule, state_block, offset, monkeypatch):
+    """Random bits v2 follow the full-tensor index: parameters that are shards starting at an
+    index that is not a multiple of 4 (so no update tile, FP8 block row or cautious-count chunk
+    starts on a Philox call boundary), and whose Philox call index crosses 2**32, draw the
+    reference's stochastic signs and stochastic state and parameter roundings."""
+    from signopt import sharding
+
+    monkeypatch.setattr(sharding, "index_offset", lambda p: offset)
+    opts = dict(weight_decay=0.1, wd_mode="decoupled", maximize=False, cautious=True,
+                state_dtype="fp8_e4m3", state_block=state_block, fp8_min_numel=0,
+                state_rounding="stochastic", param_rounding="stochastic")
+    ex = dict(tensor_lr=False, scaler=None, nonfinite=True, seed=11)
+    tp.run_and_compare(BACKEND, rule, torch.bfloat16, SHAPES, opts, ex)

@@ -21,7 +21,8 @@ from torch import Tensor
 
 import signopt
 from signopt.casting import fp32_to_bf16_nearest
-from signopt.philox import derive_key, element_words, philox4x32_ints, triton_seed, uniform_from_word
+from signopt.declaration import RANDOM_PURPOSES
+from signopt.philox import derive_key, element_word, philox4x32_ints, triton_seed, uniform_from_word
 
 N = 24  # coordinates per property example
 LR = 2.0 ** -10  # dyadic: p +- lr is exact for dyadic p of moderate size
@@ -339,12 +340,13 @@ _TRITON_SCRIPT = textwrap.dedent("""
     import torch, triton, triton.language as tl
 
     @triton.jit
-    def words(c0_ptr, c1_ptr, out_ptr, rint_ptr, seed, N: tl.constexpr):
+    def words(c0_ptr, c1_ptr, c2_ptr, out_ptr, rint_ptr, seed, N: tl.constexpr):
         offs = tl.arange(0, N)
         c0 = tl.load(c0_ptr + offs)
         c1 = tl.load(c1_ptr + offs)
+        c2 = tl.load(c2_ptr + offs)
         z = tl.zeros_like(c0)
-        r0, r1, r2, r3 = tl.philox(seed, c0, c1, z, z)
+        r0, r1, r2, r3 = tl.philox(seed, c0, c1, c2, z)
         tl.store(out_ptr + 4 * offs + 0, r0)
         tl.store(out_ptr + 4 * offs + 1, r1)
         tl.store(out_ptr + 4 * offs + 2, r2)
@@ -355,32 +357,42 @@ _TRITON_SCRIPT = textwrap.dedent("""
     idx = torch.tensor(args["idx"], dtype=torch.int64)
     c0 = (idx & 0xFFFFFFFF).to(torch.uint32)
     c1 = (idx >> 32).to(torch.uint32)
+    c2 = torch.tensor(args["purpose"], dtype=torch.int64).to(torch.uint32)
     n = idx.numel()
     out = torch.zeros(4 * n, dtype=torch.uint32)
     rint = torch.zeros(n, dtype=torch.uint32)
-    words[(1,)](c0, c1, out, rint, args["seed"], N=n)
+    words[(1,)](c0, c1, c2, out, rint, args["seed"], N=n)
     print(json.dumps({"words": out.to(torch.int64).tolist(), "randint": rint.to(torch.int64).tolist()}))
 """)
 
 
 def test_philox_matches_triton_interpreter() -> None:
-    """The torch Philox equals ``tl.philox`` (and word 0 equals ``tl.randint``), large counters too."""
+    """The torch Philox equals ``tl.philox`` on the counters of random bits v2 (``(j mod 2**32,
+    j >> 32, purpose, 0)``: word ``w`` of call ``j`` is ``element_word`` of element ``4j + w``),
+    large counters too, for every purpose; word 0 of purpose 0 equals ``tl.randint``."""
     pytest.importorskip("triton")
     key = derive_key(0x0123456789ABCDEF, 7, 3)
     seed = triton_seed(key)
-    idx = list(range(12)) + [2**31 - 1, 2**31, 2**32 - 1, 2**32 + 5]  # power of 2 in total (16)
+    calls = list(range(12)) + [2**31 - 1, 2**31, 2**32 - 1, 2**32 + 5]
+    purposes = sorted(RANDOM_PURPOSES.values())
+    js = [j for _ in purposes for j in calls] + calls[:64 - len(purposes) * len(calls)]  # 64 in all
+    ps = [p for p in purposes for _ in calls] + [0] * (64 - len(purposes) * len(calls))
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT, json.dumps({"idx": idx, "seed": seed})],
+    proc = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT,
+                           json.dumps({"idx": js, "purpose": ps, "seed": seed})],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    w = element_words(key, torch.tensor(idx, dtype=torch.int64))
-    ours = torch.stack(w, dim=1).reshape(-1).tolist()
+    j = torch.tensor(js, dtype=torch.int64)
+    ours = []
+    for c in range(len(js)):
+        ours += element_word(key, 4 * j[c] + torch.arange(4), ps[c]).tolist()
     assert got["words"] == ours
-    small = [i for i, j in enumerate(idx) if j < 2**31]
-    assert [got["randint"][i] for i in small] == [ours[4 * i] for i in small]
+    small = [c for c in range(len(js)) if js[c] < 2**31 and ps[c] == 0]
+    assert len(small) >= 12 and [got["randint"][c] for c in small] == [ours[4 * c] for c in small]
     # the scalar host version agrees with the tensor version
-    assert list(philox4x32_ints(key[0], key[1], idx[13] & 0xFFFFFFFF, idx[13] >> 32, 0, 0)) == ours[52:56]
+    for c in (13, len(calls) + 14, 2 * len(calls) + 15):
+        assert list(philox4x32_ints(key[0], key[1], js[c] & 0xFFFFFFFF, js[c] >> 32, ps[c], 0)) == ours[4 * c:4 * c + 4]
 
 
 @given(words=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=64))

@@ -4,9 +4,10 @@ Helpers (``signopt.kernels.numerics`` / ``state_io``) run in a one-program test 
 the interpreter and are compared bit for bit with :mod:`signopt.casting` /
 :mod:`signopt.state_format` on ties, subnormals, the largest finite values, inf and NaN.
 Plumbing: one update launch for any number of tensors, a prepared plan that keeps its tables
-between steps (and steps non-contiguous parameters through refreshed work copies), ids, Philox
-words and scalar-table order taken from ``signopt.declaration``, no triton import from
-``import signopt``, clear availability errors.
+between steps (and steps non-contiguous parameters through refreshed work copies), ids,
+random-bit purposes and scalar-table order taken from ``signopt.declaration``, no triton import
+from ``import signopt``, clear availability errors. Random bits v2: the kernels' words at any
+indices and in rows of any alignment equal ``signopt.philox.element_word``.
 """
 from __future__ import annotations
 
@@ -103,16 +104,43 @@ def test_fp8_codes_and_values(kernels, fmt):
     assert torch.equal(values[keep], want[keep])
 
 
-def test_random_words_follow_the_declaration(kernels):
+def _triton_seed(key):
+    from signopt import philox
+
+    seed = philox.triton_seed(key)
+    return seed - (1 << 64) if seed >= 1 << 63 else seed  # a signed int64 kernel argument
+
+
+def test_element_word_follows_the_reference(kernels):
+    """Random bits v2 at arbitrary indices: word ``i & 3`` of the call on ``i >> 2``, for every
+    declared purpose, across multiples of 2**32 in ``j`` and in ``i``."""
     from signopt import declaration, philox
 
     key = (0x9E3779B9, 0xDEADBEEF)
-    idx = torch.tensor([0, 1, 2, 255, 1000, 2**32 - 1, 2**32 + 5, 3 * 2**32 + 7], dtype=torch.int64)
-    seed = philox.triton_seed(key)
-    got = kernels.random_words(seed - (1 << 64) if seed >= 1 << 63 else seed, idx)
-    words = philox.element_words(key, idx)
-    for col, purpose in enumerate(("sign", "state_rounding", "param_rounding")):
-        assert torch.equal(got[:, col], words[declaration.RANDOM_WORDS[purpose]]), purpose
+    idx = torch.tensor([0, 1, 2, 3, 4, 255, 1000, 2**32 - 1, 2**32 + 5, 3 * 2**32 + 7,
+                        2**34 - 1, 2**34, 2**34 + 3, 5 * 2**34 + 6, 2**62 + 1], dtype=torch.int64)
+    for purpose, p in declaration.RANDOM_PURPOSES.items():
+        got = kernels.element_word(_triton_seed(key), idx, p)
+        assert torch.equal(got, philox.element_word(key, idx, p)), purpose
+
+
+@pytest.mark.parametrize("cols", [1, 2, 4, 8, 16, 64])
+def test_row_words_follow_the_reference(kernels, cols):
+    """The kernels' one draw: rows of consecutive elements starting at any residue mod 4
+    (aligned tiles, misaligned ones, and a tile mixing both), runs crossing a multiple of 2**32
+    in ``j`` (index 2**34) and in ``i``, every purpose."""
+    from signopt import declaration, philox
+
+    key = (0x0BADF00D, 0x12345678)
+    tiles = [[0, 4, 64, 2**34 - 4 * cols],  # every row aligned: one call per four elements
+             [1, 2, 3, 7], [0, 5, 2**34 - 2, 2**32 - 3],  # misaligned rows, alone or beside aligned ones
+             [2**34 - cols // 2 - 1, 2**61 - 4 * cols, 2**32 + 1, 6]]
+    for bases in tiles:
+        b = torch.tensor(bases, dtype=torch.int64)
+        for purpose, p in declaration.RANDOM_PURPOSES.items():
+            got = kernels.row_words(_triton_seed(key), b, p, cols)
+            want = torch.stack([philox.element_word(key, x + torch.arange(cols), p) for x in b])
+            assert torch.equal(got, want), (bases, purpose)
 
 
 def _constants(module, prefix: str) -> dict[str, int]:
@@ -122,7 +150,7 @@ def _constants(module, prefix: str) -> dict[str, int]:
 
 def test_kernel_ids_follow_the_declaration(kernels):
     """Every id the kernels compare against is the declared one, and every declared choice has
-    one: a new or renumbered family, kappa, base, envelope, format or Philox word in
+    one: a new or renumbered family, kappa, base, envelope, format or random-bit purpose in
     ``signopt.declaration`` cannot leave the Triton kernels behind."""
     from signopt import declaration
     from signopt.kernels import launch, numerics, rules
@@ -142,7 +170,7 @@ def test_kernel_ids_follow_the_declaration(kernels):
         assert (got["m"], got["emin"], got["max"]) == (f.mantissa_bits, f.emin, f.max_finite)
         if "bias" in got:
             assert got["bias"] == 1 - f.emin
-    assert _constants(numerics, "WORD_") == declaration.RANDOM_WORDS
+    assert _constants(numerics, "PURPOSE_") == declaration.RANDOM_PURPOSES
 
 
 def test_scalar_tables_follow_the_declaration(kernels):

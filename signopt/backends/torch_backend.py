@@ -6,8 +6,8 @@ from torch import Tensor
 
 from .. import reference, state_layout
 from ..casting import round_to_dtype
-from ..declaration import RANDOM_WORDS
-from ..philox import element_words
+from ..declaration import RANDOM_PURPOSES
+from ..philox import element_word
 from ..rule import UpdateRule
 from ..scalars import StepValues
 from .slot import ParamSlot
@@ -50,15 +50,18 @@ class TorchStep:
             bias = None if values.bias is None else values.bias[i]
             slots = state_layout.slots(rule)
             st = {s.name: state_layout.read(rule, slot.state, s) for s in slots}
-            indices = words = None
+            indices = None
             if rule.draws_random_bits:
                 indices = torch.arange(p.numel(), device=p.device, dtype=torch.int64) + slot.index_offset
-                words = element_words(key, indices)
             p_new, new_state, bad = reference.update(
                 rule, p.to(reference.compute_dtype(p.dtype)), g, st, sc, bias, key, indices)
-            param_word = words[RANDOM_WORDS["param_rounding"]] if rule.param_rounding == "stochastic" else None
+            param_word = None
+            if rule.param_rounding == "stochastic":
+                param_word = element_word(key, indices, RANDOM_PURPOSES["param_rounding"])
             p.copy_(round_to_dtype(p_new, p.dtype, param_word))
-            state_word = words[RANDOM_WORDS["state_rounding"]] if rule.state_rounding == "stochastic" else None
+            state_word = None
+            if rule.state_rounding == "stochastic":
+                state_word = element_word(key, indices, RANDOM_PURPOSES["state_rounding"])
             for s in slots:
                 if state_layout.per_element(rule, s):
                     state_layout.write(rule, slot.state, s, new_state[s.name], state_word, skip)

@@ -93,19 +93,33 @@ def fp8_values(codes, spec):
 
 
 @triton.jit
-def _words_kernel(seed, idx_ptr, out_ptr, n, BLOCK: tl.constexpr):
+def _element_word_kernel(seed, idx_ptr, out_ptr, n, PURPOSE: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     mask = offs < n
     idx = tl.load(idx_ptr + offs, mask=mask, other=0)
-    sign_word, state_word, param_word = nm.random_words(seed, idx)
-    tl.store(out_ptr + offs * 3, sign_word.to(tl.int64), mask=mask)
-    tl.store(out_ptr + offs * 3 + 1, state_word.to(tl.int64), mask=mask)
-    tl.store(out_ptr + offs * 3 + 2, param_word.to(tl.int64), mask=mask)
+    tl.store(out_ptr + offs, nm.element_word(seed, idx, PURPOSE).to(tl.int64), mask=mask)
 
 
-def random_words(seed, idx):
-    """``numerics.random_words`` at element indices ``idx`` (int64): columns sign, state
-    rounding, parameter rounding (uint32 values in int64)."""
-    out = torch.empty(idx.numel(), 3, dtype=torch.int64)
-    _words_kernel[(1,)](seed, idx, out, idx.numel(), BLOCK=N)
+def element_word(seed, idx, purpose):
+    """``numerics.element_word`` at element indices ``idx`` (int64, any pattern) for
+    ``purpose`` (uint32 values in int64)."""
+    out = torch.empty(idx.numel(), dtype=torch.int64)
+    _element_word_kernel[(1,)](seed, idx, out, idx.numel(), PURPOSE=purpose, BLOCK=N)
+    return out
+
+
+@triton.jit
+def _row_words_kernel(seed, base_ptr, out_ptr, PURPOSE: tl.constexpr, ROWS: tl.constexpr,
+                      COLS: tl.constexpr):
+    r = tl.arange(0, ROWS)
+    base = tl.load(base_ptr + r)[:, None]
+    words = nm.row_words(seed, base, PURPOSE, COLS)
+    tl.store(out_ptr + r[:, None] * COLS + tl.arange(0, COLS)[None, :], words.to(tl.int64))
+
+
+def row_words(seed, bases, purpose, cols):
+    """``numerics.row_words``: row ``r`` holds the words of elements ``bases[r] + arange(cols)``
+    for ``purpose`` (``bases``: int64, a power of two of them)."""
+    out = torch.empty(bases.numel(), cols, dtype=torch.int64)
+    _row_words_kernel[(1,)](seed, bases, out, PURPOSE=purpose, ROWS=bases.numel(), COLS=cols)
     return out
