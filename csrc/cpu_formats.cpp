@@ -1,5 +1,7 @@
-// CPU load/store layer: decode a range of a stored tensor to fp32 and encode it back, one
-// vectorisable loop per storage format (casts.h holds the bit operations).
+// CPU load/store layer of the tiles and reductions: decode a range of a stored tensor to fp32 and
+// encode it back, per storage format (the generated SIGNOPT_FORMATS list): the vector codecs of
+// cpu_vformats.h where the format has one and the caller's thread may run them (simd), the
+// scalar codecs of casts.h otherwise (the same bits).
 #include "cpu_kernels.h"
 
 namespace signopt {
@@ -8,29 +10,52 @@ namespace cpu {
 namespace {
 
 template <class F>
-void load_elems(const void* raw, int64_t a, int64_t n, float* out) {
+void load_elems(const void* raw, int64_t a, int64_t n, float* out, bool simd) {
   const typename F::raw* r = (const typename F::raw*)raw + a;
-  for (int64_t j = 0; j < n; ++j) out[j] = F::load(r[j]);
+  int64_t j = 0;
+  if constexpr (vec::VFmt<F>::ok) {
+    if (simd)
+      for (; j + vec::W <= n; j += vec::W) vec::storeu(out + j, vec::VFmt<F>::load(r + j));
+  }
+  for (; j < n; ++j) out[j] = F::load(r[j]);
 }
 
 template <class F>
-void load_blocks(const void* raw, const float* scale, int64_t block, int64_t a, int64_t n, float* out) {
+void load_blocks(const void* raw, const float* scale, int64_t block, int64_t a, int64_t n, float* out, bool simd) {
   const typename F::raw* r = (const typename F::raw*)raw;
   for (int64_t i = a; i < a + n;) {
     const int64_t b = i / block;
     const int64_t e = std::min((b + 1) * block, a + n);
-    load_block<F>(r + i, scale[b], e - i, out + (i - a));
+    int64_t j = i;
+    if constexpr (vec::VFmt<F>::ok) {
+      if (simd) {
+        const typename vec::VFmt<F>::Dec d(r + i, e - i, scale[b]);
+        for (; j + vec::W <= e; j += vec::W) vec::storeu(out + (j - a), vec::VFmt<F>::load(r + j, d));
+      }
+    }
+    load_block<F>(r + j, scale[b], e - j, out + (j - a));
     i = e;
   }
 }
 
 template <class F>
-void store_elems(void* raw, int64_t a, int64_t n, const float* vals, bool sr, const uint32_t* words) {
+void store_elems(void* raw, int64_t a, int64_t n, const float* vals, bool sr, const uint32_t* words, bool simd) {
   typename F::raw* r = (typename F::raw*)raw + a;
+  int64_t j = 0;
+  if constexpr (vec::VFmt<F>::ok) {
+    if (simd) {
+      if (sr) {
+        for (; j + vec::W <= n; j += vec::W)
+          vec::VFmt<F>::store_sr(r + j, vec::loadu<vec::vf>(vals + j), vec::loadu<vec::vu>(words + j));
+      } else {
+        for (; j + vec::W <= n; j += vec::W) vec::VFmt<F>::store(r + j, vec::loadu<vec::vf>(vals + j));
+      }
+    }
+  }
   if (sr) {
-    for (int64_t j = 0; j < n; ++j) r[j] = F::store(vals[j], true, words[j]);
+    for (; j < n; ++j) r[j] = F::store(vals[j], true, words[j]);
   } else {
-    for (int64_t j = 0; j < n; ++j) r[j] = F::store(vals[j], false, 0u);
+    for (; j < n; ++j) r[j] = F::store(vals[j], false, 0u);
   }
 }
 
@@ -38,31 +63,60 @@ void store_elems(void* raw, int64_t a, int64_t n, const float* vals, bool sr, co
 template <class F>
 void store_block(void* raw, float* scale, int64_t block, int64_t a, int64_t n, const float* vals, bool sr,
                  const uint32_t* words, bool simd) {
-  scale[a / block] = encode_block<F>((typename F::raw*)raw + a, n, vals, sr, words, simd);
+  typename F::raw* r = (typename F::raw*)raw + a;
+  if constexpr (vec::VFmt<F>::ok) {
+    if (simd) {
+      scale[a / block] = vec::VFmt<F>::encode_block(r, n, vals, sr ? words : nullptr);
+      return;
+    }
+  }
+  scale[a / block] = encode_block<F>(r, n, vals, sr, words);
 }
 
-}  // namespace
-
-float* load_range(int fmt, void* raw, const float* scale, int64_t block, int64_t a, int64_t n, float* out) {
-  switch (fmt) {
-    case FMT_FP32: return (float*)raw + a;
-    case FMT_BF16: load_elems<FmtBF16>(raw, a, n, out); break;
-    case FMT_FP16: load_elems<FmtF16>(raw, a, n, out); break;
-    case FMT_FP8_E4M3: load_blocks<FmtE4M3>(raw, scale, block, a, n, out); break;
-    default: load_blocks<FmtE5M2>(raw, scale, block, a, n, out); break;
+template <class F>
+float* load_fmt(void* raw, const float* scale, int64_t block, int64_t a, int64_t n, float* out, bool simd) {
+  if constexpr (std::is_same<F, FmtF32>::value) {
+    return (float*)raw + a;  // fp32: the tensor memory itself
+  } else if constexpr (F::blocked) {
+    load_blocks<F>(raw, scale, block, a, n, out, simd);
+  } else {
+    load_elems<F>(raw, a, n, out, simd);
   }
   return out;
 }
 
+template <class F>
+void store_fmt(void* raw, float* scale, int64_t block, int64_t a, int64_t n, const float* vals, bool sr,
+               const uint32_t* words, bool simd) {
+  if constexpr (std::is_same<F, FmtF32>::value) {
+    return;  // computed in place
+  } else if constexpr (F::blocked) {
+    store_block<F>(raw, scale, block, a, n, vals, sr, words, simd);
+  } else {
+    store_elems<F>(raw, a, n, vals, sr, words, simd);
+  }
+}
+
+}  // namespace
+
+float* load_range(int fmt, void* raw, const float* scale, int64_t block, int64_t a, int64_t n, float* out,
+                  bool simd) {
+#define SIGNOPT_LOAD_CASE(F, C) \
+  case F:                       \
+    return load_fmt<C>(raw, scale, block, a, n, out, simd);
+  switch (fmt) { SIGNOPT_FORMATS(SIGNOPT_LOAD_CASE) }
+#undef SIGNOPT_LOAD_CASE
+  throw std::invalid_argument("signopt: load_range of an unknown format");
+}
+
 void store_range(int fmt, void* raw, float* scale, int64_t block, int64_t a, int64_t n, const float* vals,
                  bool sr, const uint32_t* words, bool simd) {
-  switch (fmt) {
-    case FMT_FP32: return;  // computed in place
-    case FMT_BF16: store_elems<FmtBF16>(raw, a, n, vals, sr, words); return;
-    case FMT_FP16: store_elems<FmtF16>(raw, a, n, vals, sr, words); return;
-    case FMT_FP8_E4M3: store_block<FmtE4M3>(raw, scale, block, a, n, vals, sr, words, simd); return;
-    default: store_block<FmtE5M2>(raw, scale, block, a, n, vals, sr, words, simd); return;
-  }
+#define SIGNOPT_STORE_CASE(F, C) \
+  case F:                        \
+    return store_fmt<C>(raw, scale, block, a, n, vals, sr, words, simd);
+  switch (fmt) { SIGNOPT_FORMATS(SIGNOPT_STORE_CASE) }
+#undef SIGNOPT_STORE_CASE
+  throw std::invalid_argument("signopt: store_range of an unknown format");
 }
 
 }  // namespace cpu

@@ -40,21 +40,24 @@ int64_t run_cpu(int kind, int pf, int sf, const cpu::Call& call) {
 float read_scalar(const c10::optional<at::Tensor>& t) { return t->to(at::kFloat).item<float>(); }
 
 // ------------------------------------------------------------------ rule-core unit-test ops
-// Philox words of element indices idx (int64) -> int64 [n, 4] (uint32 values).
+// The four words of the Philox calls on counters (idx mod 2^32, idx >> 32, 0, 0) (int64 idx) ->
+// int64 [n, 4] (uint32 values): in random bits v2, the stochastic-sign words of elements
+// 4*idx .. 4*idx+3.
 at::Tensor philox_cpu(int64_t k0, int64_t k1, const at::Tensor& idx) {
   TORCH_CHECK(idx.scalar_type() == at::kLong, "philox: idx must be int64");
   at::Tensor ic = idx.contiguous();
   at::Tensor out = at::empty({ic.numel(), 4}, ic.options());
   const int64_t* ip = ic.data_ptr<int64_t>();
   int64_t* op = out.data_ptr<int64_t>();
-  cpu::philox_indices((uint32_t)k0, (uint32_t)k1, ip, ic.numel(), op);  // vector path + scalar tail
+  cpu::philox_indices((uint32_t)k0, (uint32_t)k1, ip, ic.numel(), op);  // vector form + scalar tail
   return out;
 }
 
-// Word 0 of the Philox counters of elements base .. base+n-1 into out (int32: the uint32 bits),
-// with the routine the stochastic kernels draw their signs from (cpu::philox_word0_range),
-// split over threads in runs of 32.  bench/step.py times it: every rule that draws random bits
-// computes at least these words, so their time is a floor under such a rule's step.
+// The stochastic-sign words (random bits v2, purpose PURPOSE_SIGN) of elements base .. base+n-1
+// into out (int32: the uint32 bits), with the routine the stochastic kernels draw their words
+// from (cpu::philox_words: the vector form unless SIGNOPT_CPU_SIMD=0), split over threads in runs
+// of 32.  bench/step.py times it: every rule that draws random bits computes at least these
+// words, so their time is a floor under such a rule's step.
 void philox_word0_cpu(int64_t k0, int64_t k1, int64_t base, const at::Tensor& out) {
   TORCH_CHECK(out.scalar_type() == at::kInt && out.is_contiguous(),
               "philox_word0: out must be a contiguous int32 tensor, got ", out.scalar_type());
@@ -63,7 +66,8 @@ void philox_word0_cpu(int64_t k0, int64_t k1, int64_t base, const at::Tensor& ou
   const int64_t n = out.numel();
   at::parallel_for(0, (n + 31) / 32, 256, [&](int64_t b, int64_t e) {
     const int64_t a = 32 * b, len = std::min(32 * e, n) - a;
-    cpu::philox_word0_range((uint32_t)k0, (uint32_t)k1, (uint64_t)base + (uint64_t)a, len, o + a);
+    cpu::philox_words((uint32_t)k0, (uint32_t)k1, PURPOSE_SIGN, (uint64_t)base + (uint64_t)a, len, o + a,
+                      cpu::simd_here());
   });
 }
 
@@ -87,7 +91,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> encode_cpu(const at::Tensor& x, i
     for (int64_t i = 0; i < n; ++i) w[i] = (uint32_t)wc.data_ptr<int64_t>()[i];
   }
   const int64_t step = blocked ? block : std::max<int64_t>(n, 1);
-  const bool simd = cpu::simd::mxcsr_ok();
+  const bool simd = cpu::simd_here();
   for (int64_t a = 0; a < n; a += step) {
     const int64_t len = std::min(step, n - a);
     cpu::store_range((int)fmt, out.data_ptr(), scales.data_ptr<float>(), block, a, len, xc.data_ptr<float>() + a,
@@ -95,7 +99,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> encode_cpu(const at::Tensor& x, i
   }
   at::Tensor dec = at::empty_like(xc);
   if (n > 0) {
-    float* d = cpu::load_range((int)fmt, out.data_ptr(), scales.data_ptr<float>(), block, 0, n, dec.data_ptr<float>());
+    float* d = cpu::load_range((int)fmt, out.data_ptr(), scales.data_ptr<float>(), block, 0, n, dec.data_ptr<float>(),
+                               simd);
     if (d != dec.data_ptr<float>()) std::memcpy(dec.data_ptr<float>(), d, sizeof(float) * n);
   }
   return {out, scales, dec};

@@ -333,11 +333,13 @@ def _cpp_dispatch_lists() -> list[str]:
     for k in sorted(KINDS, key=lambda k: k.id):
         groups.setdefault(kernel_group(k), []).append(f"X(K_{k.name.upper()})")
     lines = ["// dispatch lists: SIGNOPT_KINDS(X) calls X(kind) for every kind, SIGNOPT_KINDS_<GROUP>(X)",
-             "// for the kinds one kernel template runs, SIGNOPT_STATE_FORMATS(X) / SIGNOPT_PARAM_FORMATS(X)",
-             "// call X(format id, codec type) for every state / parameter format"]
+             "// for the kinds one kernel template runs, SIGNOPT_FORMATS(X) / SIGNOPT_STATE_FORMATS(X) /",
+             "// SIGNOPT_PARAM_FORMATS(X) call X(format id, codec type) for every format / state format /",
+             "// parameter format"]
     lines.append("#define SIGNOPT_KINDS(X) " + " ".join(f"X(K_{k.name.upper()})" for k in sorted(KINDS, key=lambda k: k.id)))
     lines += [f"#define SIGNOPT_KINDS_{g.upper()}(X) " + " ".join(ks) for g, ks in groups.items()]
     fmts = sorted(FORMATS.values(), key=lambda f: f.id)
+    lines.append("#define SIGNOPT_FORMATS(X) " + " ".join(f"X(FMT_{f.name.upper()}, {f.codec})" for f in fmts))
     for what in ("state", "param"):
         lines.append(f"#define SIGNOPT_{what.upper()}_FORMATS(X) "
                      + " ".join(f"X(FMT_{f.name.upper()}, {f.codec})" for f in fmts if getattr(f, what)))

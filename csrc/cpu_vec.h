@@ -1,0 +1,225 @@
+// The portable vector layer of the CPU loops: fixed-width vectors of the build target's native
+// width (GCC/Clang vector extensions), so that the vector loops (cpu_vformats.h, cpu_vloops.h,
+// cpu_philox.h) are written once and the compiler emits them for whatever -march the build has:
+// AVX-512 (64-byte vectors: 16 fp32 lanes), AVX2 (32 bytes: 8 lanes), SSE2/SSE4, NEON, SVE at
+// 128 bits, VSX... (16 bytes: 4 lanes).  Arithmetic, comparisons (lane masks of -1/0), selects
+// (`mask ? a : b`), shifts, bit casts (`(vu)x`) and lane conversions (__builtin_convertvector)
+// are the compiler's own, lane by lane with IEEE semantics: a vector loop computes exactly what
+// the scalar loop of the same operations computes (no FMA: -ffp-contract=off).
+//
+// Three primitives have an ISA form because the generic one compiles badly (g++ 12, objdump of
+// the builds; the figures are bench/vec_primitives.cpp's, on the 2-core Xeon (Ice Lake) of
+// bench/results/step_cpu_*.txt):
+//   * mul32 (Philox's 32x32->64-bit products): g++ lowers a 64-bit lane product to vpmullq (3
+//     uops) on AVX-512 and to three vpmuludq on AVX2, and to scalar multiplies on aarch64;
+//     vpmuludq/umull are one instruction: TODO_MUL32_FIGURES;
+//   * narrow_u8 (32-bit lanes to bytes: FP8 codes): on AVX2 g++ inserts byte by byte (vpinsrb);
+//     TODO_NARROW_FIGURES;
+//   * sqrt: a lane loop over __builtin_sqrtf is split and spilled on AVX-512; vsqrtps is exact
+//     (correctly rounded) like sqrtf.
+// SIGNOPT_VEC_GENERIC=1 (a -D flag) compiles the generic forms everywhere (for measuring them).
+#pragma once
+#include <stdint.h>
+#include <string.h>
+
+#include "config.h"
+
+#if !defined(SIGNOPT_VEC_GENERIC)
+#define SIGNOPT_VEC_GENERIC 0
+#endif
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
+#define SIGNOPT_VEC_X86 1
+#include <immintrin.h>
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#define SIGNOPT_VEC_NEON 1
+#include <arm_neon.h>
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#define SIGNOPT_VEC_BYTES 64
+#elif defined(__AVX2__)
+#define SIGNOPT_VEC_BYTES 32
+#else
+#define SIGNOPT_VEC_BYTES 16
+#endif
+
+#define SIGNOPT_VI inline __attribute__((always_inline))
+
+namespace signopt {
+namespace cpu {
+namespace vec {
+
+constexpr int BYTES = SIGNOPT_VEC_BYTES;
+constexpr int W = BYTES / 4;  // fp32 lanes of a vector
+constexpr int Q = BYTES / 8;  // 64-bit lanes
+
+typedef float vf __attribute__((vector_size(BYTES)));
+typedef int32_t vi __attribute__((vector_size(BYTES)));
+typedef uint32_t vu __attribute__((vector_size(BYTES)));
+typedef uint64_t vq __attribute__((vector_size(BYTES)));
+typedef int64_t vqi __attribute__((vector_size(BYTES)));
+typedef double vd __attribute__((vector_size(BYTES)));         // W/2 fp64 lanes
+typedef float vfh __attribute__((vector_size(BYTES / 2)));     // W/2 fp32 lanes (half a vector)
+typedef uint16_t vh __attribute__((vector_size(BYTES / 2)));   // W 16-bit lanes
+typedef uint8_t vb __attribute__((vector_size(BYTES / 4)));    // W 8-bit lanes
+typedef int8_t vsb __attribute__((vector_size(BYTES / 4)));
+
+// A short name of the target, for messages and tests (signopt::vector_isa).
+inline const char* isa_name() {
+#if SIGNOPT_VEC_GENERIC
+  constexpr const char* kind = "generic";
+#elif defined(SIGNOPT_VEC_X86)
+  constexpr const char* kind = BYTES == 64 ? "avx512" : (BYTES == 32 ? "avx2" : "sse2");
+#elif defined(SIGNOPT_VEC_NEON)
+  constexpr const char* kind = "neon";
+#else
+  constexpr const char* kind = "generic";
+#endif
+  return kind;
+}
+
+// ---------------------------------------------------------------- memory
+template <class V, class T>
+SIGNOPT_VI V loadu(const T* p) {
+  V v;
+  memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <class V, class T>
+SIGNOPT_VI void storeu(T* p, const V v) {
+  memcpy(p, &v, sizeof(V));
+}
+
+// ---------------------------------------------------------------- lanes
+SIGNOPT_VI vf splat(const float x) { return vf{} + x; }
+SIGNOPT_VI vu splatu(const uint32_t x) { return vu{} + x; }
+SIGNOPT_VI vi splati(const int32_t x) { return vi{} + x; }
+SIGNOPT_VI vq splatq(const uint64_t x) { return vq{} + x; }
+
+// Lane i = i (0 .. W-1) / 64-bit lane i = i.
+SIGNOPT_VI vq iotaq() {
+  vq r;
+  for (int i = 0; i < Q; ++i) r[i] = (uint64_t)i;
+  return r;
+}
+
+// Bit casts.
+SIGNOPT_VI vu bits(const vf x) { return (vu)x; }
+SIGNOPT_VI vf fbits(const vu x) { return (vf)x; }
+
+// Selects on a lane mask (comparisons give -1 where true, 0 where false).
+SIGNOPT_VI vf sel(const vi m, const vf a, const vf b) { return m ? a : b; }
+SIGNOPT_VI vu selu(const vi m, const vu a, const vu b) { return m ? a : b; }
+
+// Integer max of lanes known to be < 2^31 (signed compare: AVX2 has no unsigned one).
+SIGNOPT_VI vu maxu31(const vu a, const vu b) { return (vi)a > (vi)b ? a : b; }
+
+// The largest lane of a (lanes < 2^31).
+SIGNOPT_VI uint32_t hmax31(const vu a) {
+  uint32_t m = a[0];
+  for (int i = 1; i < W; ++i) m = a[i] > m ? a[i] : m;
+  return m;
+}
+SIGNOPT_VI int64_t hsum(const vi a) {
+  int64_t s = 0;
+  for (int i = 0; i < W; ++i) s += a[i];
+  return s;
+}
+SIGNOPT_VI bool any(const vi m) {
+  vi x = m;
+  for (int s = W / 2; s >= 1; s /= 2) {
+    vi y;
+    for (int i = 0; i < W; ++i) y[i] = i + s < W ? x[i + s] : 0;
+    x |= y;
+  }
+  return x[0] != 0;
+}
+
+// fp32 of a lane integer (|x| < 2^31: exact when < 2^24).
+SIGNOPT_VI vf to_float(const vi x) { return __builtin_convertvector(x, vf); }
+// Truncation toward 0 (x in int32 range).
+SIGNOPT_VI vi trunc_int(const vf x) { return __builtin_convertvector(x, vi); }
+
+// The two halves of a as fp64 lanes.
+SIGNOPT_VI void to_double(const vf a, vd& lo, vd& hi) {
+  vfh l, h;
+  memcpy(&l, &a, sizeof(vfh));
+  memcpy(&h, (const char*)&a + sizeof(vfh), sizeof(vfh));
+  lo = __builtin_convertvector(l, vd);
+  hi = __builtin_convertvector(h, vd);
+}
+
+// ---------------------------------------------------------------- primitives with an ISA form
+// (a mod 2^32) * b, the full 64-bit product, per 64-bit lane (the high halves of a are ignored).
+SIGNOPT_VI vq mul32(const vq a, const uint32_t b) {
+#if !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 64
+  return (vq)_mm512_mul_epu32((__m512i)a, _mm512_set1_epi64((long long)b));
+#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 32
+  return (vq)_mm256_mul_epu32((__m256i)a, _mm256_set1_epi64x((long long)b));
+#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86)
+  return (vq)_mm_mul_epu32((__m128i)a, _mm_set1_epi64x((long long)b));
+#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_NEON)
+  return (vq)vmull_n_u32(vmovn_u64((uint64x2_t)a), b);
+#else
+  return (a & 0xFFFFFFFFull) * (uint64_t)b;
+#endif
+}
+
+// Lanes of x (each < 256) as bytes.
+SIGNOPT_VI vb narrow_u8(const vu x) {
+#if !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 32
+  const __m256i v = (__m256i)x;
+  const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  const __m128i w8 = _mm_packus_epi16(w16, w16);
+  vb r;
+  const int64_t lo = _mm_cvtsi128_si64(w8);
+  memcpy(&r, &lo, sizeof(vb));
+  return r;
+#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 16 && defined(__SSE4_1__)
+  const __m128i w16 = _mm_packus_epi32((__m128i)x, (__m128i)x);
+  const __m128i w8 = _mm_packus_epi16(w16, w16);
+  vb r;
+  const int32_t lo = _mm_cvtsi128_si32(w8);
+  memcpy(&r, &lo, sizeof(vb));
+  return r;
+#else
+  return __builtin_convertvector(x, vb);
+#endif
+}
+
+// Lanes of x (each < 65536) as 16-bit lanes.
+SIGNOPT_VI vh narrow_u16(const vu x) { return __builtin_convertvector(x, vh); }
+
+// Correctly rounded square root (as sqrtf).
+SIGNOPT_VI vf vsqrt(const vf x) {
+#if !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 64
+  return (vf)_mm512_sqrt_ps((__m512)x);
+#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 32
+  return (vf)_mm256_sqrt_ps((__m256)x);
+#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86)
+  return (vf)_mm_sqrt_ps((__m128)x);
+#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_NEON)
+  return (vf)vsqrtq_f32((float32x4_t)x);
+#else
+  vf r;
+  for (int i = 0; i < W; ++i) r[i] = __builtin_sqrtf(x[i]);
+  return r;
+#endif
+}
+
+// ---------------------------------------------------------------- the floating-point environment
+// The vector loops compute what the scalar loops compute under the same floating-point
+// environment; the FP8 decode relies on fp32 subnormals (no flush to zero) and the rounding of
+// the lane conversions on round-to-nearest.  env_ok: that environment (x86: MXCSR as at process
+// start; elsewhere the default is assumed).
+inline bool env_ok() {
+#if defined(SIGNOPT_VEC_X86)
+  return (_mm_getcsr() & 0xE040u) == 0u;  // round to nearest, no DAZ/FTZ
+#else
+  return true;
+#endif
+}
+
+}  // namespace vec
+}  // namespace cpu
+}  // namespace signopt

@@ -1,0 +1,365 @@
+// The CPU kernels' vector loops, written once on the portable vector layer (cpu_vec.h) and its
+// format codecs (cpu_vformats.h): rules.h's per-element rule on W lanes (every kind but Lion-kappa
+// lp, whose pow has no exact vector form), with the prologue, cautious masking and the epilogue,
+// stochastic signs and roundings from the random bits v2 of cpu_philox.h, fp32/bf16 parameters
+// and every state format with a vector codec; the cautious count; the reductions (the Lion-kappa
+// norm's fp64 lane sums, the envelopes' maxima).  The same fp32 operations in the same order as
+// the scalar loops of cpu_kernels.h (SIGNOPT_CPU_SIMD=0 runs those), so the same bits:
+//   * a select `m ? a : b` computes both sides and picks per lane, as the scalar ternaries do;
+//   * the update p*decay - lr*u, the EMAs and the envelope are the scalar expressions;
+//   * the stores are the codecs of casts.h (cpu_vformats.h).
+#pragma once
+#include "cpu_philox.h"
+#include "cpu_vformats.h"
+#include "rules.h"
+
+namespace signopt {
+namespace cpu {
+namespace vec {
+
+// ---------------------------------------------------------------- rule core on W lanes
+// The scalars of a call, broadcast once.
+struct VScalars {
+  vf mul, sg, l2, b1, omb1, b2, omb2, lr, decay, eps, hdelta, gamma;
+  bool prol, has_l2, from_grad;
+  explicit VScalars(const Scalars& s)
+      : mul(splat(s.has_inv_scale ? s.inv_scale : 1.0f)),
+        sg(splat(s.maximize ? -1.0f : 1.0f)),
+        l2(splat(s.l2)),
+        b1(splat(s.beta1)),
+        omb1(splat(s.omb1)),
+        b2(splat(s.beta2)),
+        omb2(splat(s.omb2)),
+        lr(splat(s.lr)),
+        decay(splat(s.decay)),
+        eps(splat(s.eps)),
+        hdelta(splat(s.huber_delta)),
+        gamma(splat(s.envelope_decay)),
+        prol(s.has_inv_scale || s.maximize),
+        has_l2(s.l2 != 0.0f),
+        from_grad(s.envelope_from_grad != 0) {}
+};
+
+// torch.sign (0 for 0 and NaN)
+SIGNOPT_VI vf vsgn(const vf x) { return sel(x > 0.0f, splat(1.0f), sel(x < 0.0f, splat(-1.0f), splat(0.0f))); }
+SIGNOPT_VI vf vema(const vf x, const vf y, const vf beta, const vf omb) { return x * beta + y * omb; }
+// rules.h's fmax_ign and nanmax
+SIGNOPT_VI vf vfmax_ign(const vf a, const vf b) { return sel(a != a, b, sel(b != b, a, sel(a > b, a, b))); }
+SIGNOPT_VI vf vnanmax(const vf a, const vf b) { return sel(a != a, a, sel(b != b, b, sel(b > a, b, a))); }
+// rules.h's stochastic_sign
+SIGNOPT_VI vf vstochastic_sign(const vf d, const vf G, const vf U) {
+  const vf thr = (1.0f + d / G) * 0.5f;
+  const vf s = sel(U < thr, splat(1.0f), splat(-1.0f));
+  return sel((vi)(((bits(d) | bits(G)) & 0x7FFFFFFFu) == 0u), splat(0.0f), s);
+}
+
+struct In {
+  vf p, g, m, v, G;  // decoded parameter, raw gradient, state (G: old element envelope)
+};
+struct Out {
+  vf gg;   // gradient after the prologue
+  vf u;    // direction before cautious masking
+  vf m, v, G;
+  vf red;  // c (Lion norms) or |src| (envelopes)
+  vi bad;  // -1 where the gradient is not finite
+};
+
+// rules.h's prologue and direction_after_prologue<K> on W lanes.  seg: the segment's value
+// (Lion-kappa norm, or the envelope of a row/block/tensor cell), segpos: seg > 0; elem_env:
+// the element envelope (G from in.G) or a segment one (seg); w0: the sign words.
+template <int K>
+SIGNOPT_VI Out rule(const VScalars& S, const In& in, const vf seg, const bool segpos, const bool elem_env,
+                    const vu w0, const vf bc1, const vf bc2) {
+  static_assert(K != K_LION_LP, "Lion-kappa lp has no vector form (pow)");
+  Out o;
+  vf x = in.g;
+  if (S.prol) x = (x * S.mul) * S.sg;
+  o.bad = ~finite(x);
+  vf g = sel(o.bad, splat(0.0f), x);
+  if (S.has_l2) g = g + S.l2 * in.p;
+  o.gg = g;
+  o.m = in.m;
+  o.v = in.v;
+  o.G = in.G;
+  o.red = splat(0.0f);
+  if constexpr (K == K_SIGN) {
+    o.u = vsgn(g);
+  } else if constexpr (K == K_SIGNUM) {
+    o.m = sel(o.bad, in.m, vema(in.m, g, S.b1, S.omb1));
+    o.u = vsgn(o.m);
+  } else if constexpr (!kind_stochastic(K)) {  // Lion: c and m from the old m
+    const vf c = sel(o.bad, splat(0.0f), vema(in.m, g, S.b1, S.omb1));
+    o.m = sel(o.bad, in.m, vema(in.m, g, S.b2, S.omb2));
+    o.red = c;
+    if constexpr (K == K_LION_L1) {
+      o.u = vsgn(c);
+    } else if constexpr (K == K_LION_L2SQ) {
+      o.u = c;
+    } else if constexpr (K == K_LION_HUBER) {
+      const vf h = c / S.hdelta;
+      o.u = sel(h < -1.0f, splat(-1.0f), sel(h > 1.0f, splat(1.0f), h));
+    } else {  // K_LION_NORM
+      o.u = segpos ? c / seg : splat(0.0f);
+    }
+  } else {
+    vf d;
+    if constexpr (K == K_STO_SGD) {
+      d = g;
+    } else if constexpr (K == K_STO_MOMENTUM) {
+      o.m = sel(o.bad, in.m, vema(in.m, g, S.b1, S.omb1));
+      d = o.m;
+    } else if constexpr (K == K_STO_ADAMW) {
+      o.m = sel(o.bad, in.m, vema(in.m, g, S.b1, S.omb1));
+      o.v = sel(o.bad, in.v, vema(in.v, g * g, S.b2, S.omb2));
+      d = sel(o.bad, splat(0.0f), (o.m / bc1) / (vsqrt(o.v / bc2) + S.eps));
+    } else {  // K_STO_LION
+      d = sel(o.bad, splat(0.0f), vema(in.m, g, S.b1, S.omb1));
+      o.m = sel(o.bad, in.m, vema(in.m, g, S.b2, S.omb2));
+    }
+    const vf src = vabs(S.from_grad ? g : d);
+    o.red = src;
+    const vf Ge = sel(o.bad, in.G, vfmax_ign(in.G * S.gamma, src));
+    o.G = Ge;
+    o.u = vstochastic_sign(d, elem_env ? Ge : seg, uniform(w0));
+  }
+  return o;
+}
+
+// ---------------------------------------------------------------- the apply and count loops
+// Kind K over fp32/bf16 parameters (PF) and state format SF (both with a vector codec), one
+// piece of a tensor at a time: elements [0, n) of constant segment value, inside one FP8 block
+// for a block-scaled SF.  Element-format state is read and written in place; FP8 state is read
+// with the block's decoders and its new fp32 values written to mo/vo/Go (W floats of slack), the
+// block's finite absmax bits kept in the accumulators (GroupKernel encodes the block).
+// The block decoder of a block-scaled format (an empty one for element formats).
+struct NoDec {
+  NoDec() {}
+};
+template <class SF, bool BLK>
+struct DecOf {
+  using type = NoDec;
+};
+template <class SF>
+struct DecOf<SF, true> {
+  using type = typename VFmt<SF>::Dec;
+};
+
+template <int K, class PF, class SF>
+struct Loop {
+  using VP = VFmt<PF>;
+  using VS = VFmt<SF>;
+  using PR = typename PF::raw;
+  using SR = typename SF::raw;
+  static constexpr bool HM = kind_has_m(K), HV = kind_has_v(K), STO = kind_stochastic(K);
+  static constexpr bool BLK = SF::blocked;
+  static_assert(VP::ok && VS::ok, "formats with a vector codec");
+  using Dec = typename DecOf<SF, BLK>::type;
+
+  // The pointers of a piece: element j at [j].
+  struct Ptr {
+    PR* p;
+    const PR* g;
+    SR *m, *v, *E;                   // state codes (null where the kind or envelope has none)
+    float *mo, *vo, *Go;             // FP8: the new fp32 values
+    const uint32_t *w0, *w1, *w2;    // words: sign, state rounding, parameter rounding (null: none)
+  };
+  struct Acc {
+    vu am{}, av{}, aG{};  // FP8: finite absmax bits of the new m, v, G
+    vi n{};               // minus the non-finite (apply) or kept (count) lanes
+  };
+
+  const VScalars& S;
+  const vf bc1, bc2, cs;
+  const bool elem_env, cautious;
+
+  Loop(const VScalars& vs, const float bc1f, const float bc2f, const float csf, const bool elem, const bool caut)
+      : S(vs), bc1(splat(bc1f)), bc2(splat(bc2f)), cs(splat(csf)), elem_env(elem), cautious(caut) {}
+
+  template <class D>
+  static SIGNOPT_VI vf load_state(const SR* r, const D& d) {
+    if constexpr (BLK) {
+      return VS::load(r, d);
+    } else {
+      return VS::load(r);
+    }
+  }
+  template <class D>
+  static SIGNOPT_VI vf load_state_t(const SR* r, const D& d, std::true_type) {  // short FP8 decode
+    return VS::load_short(r, d.sfold);
+  }
+  template <class D>
+  static SIGNOPT_VI vf load_state_t(const SR* r, const D& d, std::false_type) {
+    return load_state(r, d);
+  }
+
+  static SIGNOPT_VI void store_state(SR* r, float* o, const int64_t j, const vf x, vu& amax, const uint32_t* w) {
+    if constexpr (BLK) {
+      storeu(o + j, x);
+      amax = maxu31(amax, abs_bits(x));
+    } else if (w) {
+      VS::store_sr(r + j, x, loadu<vu>(w + j));
+    } else {
+      VS::store(r + j, x);
+    }
+  }
+
+  // W lanes at element j.  COUNT: the cautious count (kept lanes into acc.n), nothing stored.
+  template <bool COUNT, class SHORT>
+  SIGNOPT_VI void lanes(const Ptr& P, const int64_t j, const vf seg, const bool segpos, const Dec& md, const Dec& vd,
+                        const Dec& Gd, Acc& acc) const {
+    In in;
+    in.p = VP::load(P.p + j);
+    in.g = VP::load(P.g + j);
+    in.m = HM ? load_state_t(P.m + j, md, SHORT{}) : splat(0.0f);
+    in.v = HV ? load_state_t(P.v + j, vd, SHORT{}) : splat(0.0f);
+    in.G = STO && elem_env ? load_state_t(P.E + j, Gd, SHORT{}) : splat(0.0f);
+    const vu w0 = kind_draws_sign(K) ? loadu<vu>(P.w0 + j) : vu{};
+    const Out o = rule<K>(S, in, seg, segpos, elem_env, w0, bc1, bc2);
+    if constexpr (COUNT) {
+      acc.n += (vi)(o.u * o.gg > 0.0f);  // cautious_keep
+      return;
+    }
+    vf u = o.u;
+    if (cautious) u = sel(u * o.gg > 0.0f, u * cs, splat(0.0f));  // cautious_apply
+    const vf q = in.p * S.decay - S.lr * u;                         // epilogue
+    const vf pn = sel(o.bad, in.p, q);
+    if (P.w2) {
+      VP::store_sr(P.p + j, pn, loadu<vu>(P.w2 + j));
+    } else {
+      VP::store(P.p + j, pn);
+    }
+    if constexpr (HM) store_state(P.m, P.mo, j, o.m, acc.am, P.w1);
+    if constexpr (HV) store_state(P.v, P.vo, j, o.v, acc.av, P.w1);
+    if constexpr (STO) {
+      if (elem_env) store_state(P.E, P.Go, j, o.G, acc.aG, P.w1);
+    }
+    acc.n += o.bad;
+  }
+
+  // Elements [0, n) of the piece; returns the non-finite count (apply) or the kept count (COUNT).
+  template <bool COUNT>
+  int64_t run(const Ptr& P, const int64_t n, const float seg, const Dec& md, const Dec& vd, const Dec& Gd) const {
+    Acc acc;
+    const int64_t na = run_acc<COUNT>(P, n, seg, md, vd, Gd, acc);
+    return na;
+  }
+
+  template <bool COUNT>
+  int64_t run_acc(const Ptr& P, const int64_t n, const float seg, const Dec& md, const Dec& vd, const Dec& Gd,
+                  Acc& acc) const {
+    const vf segv = splat(seg);
+    const bool segpos = seg > 0.0f;
+    int64_t j = 0;
+    bool short_all = false;
+    if constexpr (BLK) short_all = (!HM || md.short_dec) && (!HV || vd.short_dec) && (!(STO && elem_env) || Gd.short_dec);
+    const vi n0 = acc.n;
+    if (short_all) {
+      if constexpr (BLK) {
+        for (; j + W <= n; j += W) lanes<COUNT, std::true_type>(P, j, segv, segpos, md, vd, Gd, acc);
+      }
+    } else {
+      for (; j + W <= n; j += W) lanes<COUNT, std::false_type>(P, j, segv, segpos, md, vd, Gd, acc);
+    }
+    if (j < n) tail<COUNT>(P, j, n - j, segv, segpos, md, vd, Gd, acc);
+    return -hsum(acc.n - n0);
+  }
+
+  // The last n < W elements: copied into zero-padded lanes (a padded lane has p = g = 0 and
+  // state code 0: finite, not kept, new state 0, so it changes no count and no absmax), run,
+  // and the n results copied back.
+  template <bool COUNT>
+  void tail(const Ptr& P, const int64_t j, const int64_t n, const vf segv, const bool segpos, const Dec& md,
+            const Dec& vd, const Dec& Gd, Acc& acc) const {
+    PR p[W] = {}, g[W] = {};
+    SR m[W] = {}, v[W] = {}, E[W] = {};
+    uint32_t w0[W] = {}, w1[W] = {}, w2[W] = {};
+    float mo[W], vo[W], Go[W];
+    memcpy(p, P.p + j, sizeof(PR) * (size_t)n);
+    memcpy(g, P.g + j, sizeof(PR) * (size_t)n);
+    if (HM) memcpy(m, P.m + j, sizeof(SR) * (size_t)n);
+    if (HV) memcpy(v, P.v + j, sizeof(SR) * (size_t)n);
+    if (STO && elem_env) memcpy(E, P.E + j, sizeof(SR) * (size_t)n);
+    if (P.w0) memcpy(w0, P.w0 + j, sizeof(uint32_t) * (size_t)n);
+    if (P.w1) memcpy(w1, P.w1 + j, sizeof(uint32_t) * (size_t)n);
+    if (P.w2) memcpy(w2, P.w2 + j, sizeof(uint32_t) * (size_t)n);
+    const Ptr T{p, g, m, v, E, mo, vo, Go, P.w0 ? w0 : nullptr, P.w1 ? w1 : nullptr, P.w2 ? w2 : nullptr};
+    lanes<COUNT, std::false_type>(T, 0, segv, segpos, md, vd, Gd, acc);
+    if (COUNT) return;
+    memcpy(P.p + j, p, sizeof(PR) * (size_t)n);
+    if (BLK) {
+      if (HM) memcpy(P.mo + j, mo, sizeof(float) * (size_t)n);
+      if (HV) memcpy(P.vo + j, vo, sizeof(float) * (size_t)n);
+      if (STO && elem_env) memcpy(P.Go + j, Go, sizeof(float) * (size_t)n);
+    } else {
+      if (HM) memcpy(P.m + j, m, sizeof(SR) * (size_t)n);
+      if (HV) memcpy(P.v + j, v, sizeof(SR) * (size_t)n);
+      if (STO && elem_env) memcpy(P.E + j, E, sizeof(SR) * (size_t)n);
+    }
+  }
+};
+
+// ---------------------------------------------------------------- reductions (fp32 inputs)
+// GroupKernel::sum_loop on W lanes: c (the Lion c, 0 where bad) squared in fp64 and added to
+// lane e mod RED_LANES for the chunk's element e, in element order, then the pairwise tree.
+// Past n the padded lanes have c = 0 and add +0 (a lane is never -0).
+template <int K>
+inline double norm_sum(const VScalars& S, const int64_t n, const float* p, const float* g, const float* m) {
+  static_assert(RED_LANES % W == 0, "W-element groups stay in one run of lanes");
+  alignas(64) double lanes[RED_LANES] = {};
+  auto group = [&](const vf pv, const vf gv, const vf mv, const int64_t e) {
+    In in{pv, gv, mv, splat(0.0f), splat(0.0f)};
+    const Out o = rule<K>(S, in, splat(1.0f), true, false, vu{}, splat(1.0f), splat(1.0f));
+    vd lo, hi;
+    to_double(o.red, lo, hi);
+    double* L = lanes + e % RED_LANES;
+    storeu(L, loadu<vd>(L) + lo * lo);
+    storeu(L + W / 2, loadu<vd>(L + W / 2) + hi * hi);
+  };
+  int64_t e = 0;
+  for (; e + W <= n; e += W)
+    group(S.has_l2 ? loadu<vf>(p + e) : splat(0.0f), loadu<vf>(g + e), loadu<vf>(m + e), e);
+  if (e < n) {
+    float pt[W] = {}, gt[W] = {}, mt[W] = {};
+    if (S.has_l2) memcpy(pt, p + e, sizeof(float) * (size_t)(n - e));
+    memcpy(gt, g + e, sizeof(float) * (size_t)(n - e));
+    memcpy(mt, m + e, sizeof(float) * (size_t)(n - e));
+    group(loadu<vf>(pt), loadu<vf>(gt), loadu<vf>(mt), e);
+  }
+  for (int stride = RED_LANES / 2; stride >= 1; stride /= 2)
+    for (int j = 0; j < stride; ++j) lanes[j] += lanes[j + stride];
+  return lanes[0];
+}
+
+// The NaN-propagating max of |src| (envelope reductions: red_loop and chunk_max) over n elements
+// (order-independent: any NaN gives NaN, the rest are exact maxima of values >= +0).
+template <int K>
+inline float env_max(const VScalars& S, const int64_t n, const float* p, const float* g, const float* m,
+                     const float* v, const float bc1f, const float bc2f) {
+  constexpr bool HM = kind_has_m(K), HV = kind_has_v(K);
+  const vf bc1 = splat(bc1f), bc2 = splat(bc2f);
+  vf mx = splat(0.0f);
+  auto group = [&](const vf pv, const vf gv, const vf mv, const vf vv) {
+    In in{pv, gv, mv, vv, splat(0.0f)};
+    mx = vnanmax(mx, rule<K>(S, in, splat(0.0f), false, true, vu{}, bc1, bc2).red);
+  };
+  int64_t e = 0;
+  for (; e + W <= n; e += W)
+    group(S.has_l2 ? loadu<vf>(p + e) : splat(0.0f), loadu<vf>(g + e), HM ? loadu<vf>(m + e) : splat(0.0f),
+          HV ? loadu<vf>(v + e) : splat(0.0f));
+  if (e < n) {  // padded lanes: g = 0 gives src = 0 (or 0/(sqrt(0)+eps) = 0): no change
+    float pt[W] = {}, gt[W] = {}, mt[W] = {}, vt[W] = {};
+    const size_t b = sizeof(float) * (size_t)(n - e);
+    if (S.has_l2) memcpy(pt, p + e, b);
+    memcpy(gt, g + e, b);
+    if (HM) memcpy(mt, m + e, b);
+    if (HV) memcpy(vt, v + e, b);
+    group(loadu<vf>(pt), loadu<vf>(gt), loadu<vf>(mt), loadu<vf>(vt));
+  }
+  float r = 0.0f;
+  for (int i = 0; i < W; ++i) r = nanmax(r, mx[i]);
+  return r;
+}
+
+}  // namespace vec
+}  // namespace cpu
+}  // namespace signopt
