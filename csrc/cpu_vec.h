@@ -7,14 +7,13 @@
 // are the compiler's own, lane by lane with IEEE semantics: a vector loop computes exactly what
 // the scalar loop of the same operations computes (no FMA: -ffp-contract=off).
 //
-// Three primitives have an ISA form because the generic one compiles badly (g++ 12, objdump of
-// the builds; the figures are bench/vec_primitives.cpp's, on the 2-core Xeon (Ice Lake) of
-// bench/results/step_cpu_*.txt):
+// Three primitives have an ISA form because the generic one compiles badly (g++ 12, read off the
+// objdump of the builds; their speed against the generic forms is not measured yet: issue 18's
+// benchmark, with SIGNOPT_VEC_GENERIC=1 below, is still to run):
 //   * mul32 (Philox's 32x32->64-bit products): g++ lowers a 64-bit lane product to vpmullq (3
 //     uops) on AVX-512 and to three vpmuludq on AVX2, and to scalar multiplies on aarch64;
-//     vpmuludq/umull are one instruction: TODO_MUL32_FIGURES;
+//     vpmuludq/umull are one instruction;
 //   * narrow_u8 (32-bit lanes to bytes: FP8 codes): on AVX2 g++ inserts byte by byte (vpinsrb);
-//     TODO_NARROW_FIGURES;
 //   * sqrt: a lane loop over __builtin_sqrtf is split and spilled on AVX-512; vsqrtps is exact
 //     (correctly rounded) like sqrtf.
 // SIGNOPT_VEC_GENERIC=1 (a -D flag) compiles the generic forms everywhere (for measuring them).
