@@ -60,12 +60,17 @@ def test_csrc_holds_no_copy_of_the_declaration(source):
 
 
 def test_one_philox_in_csrc():
-    """Philox4x32-10's constants (and so its rounds) live in philox.h only, each written once."""
+    """Philox4x32-10's constants live in philox.h only, each written once; its scalar rounds are
+    philox.h's and its vector rounds cpu_philox.h's."""
     for const in ("D2511F53", "CD9E8D57", "9E3779B9", "BB67AE85"):
         where = {p.name: _code(p).upper().count("0X" + const) for p in SOURCES}
         assert {n: c for n, c in where.items() if c} == {"philox.h": 1}, const
-    rounds = {p.name for p in SOURCES if "_mm512_mul_epu32" in _code(p)}
-    assert rounds == {"philox.h"}, rounds
+    # its vector form: the rounds on the portable layer's 32x32->64 product, in one header; the
+    # product's ISA forms live in the portable layer only
+    rounds = {p.name for p in SOURCES if re.search(r"mul32\([^;]*PHILOX_[AB]", _code(p))}
+    assert rounds == {"cpu_philox.h"}, rounds
+    products = {p.name for p in SOURCES if "_mm512_mul_epu32" in _code(p) or "_mm256_mul_epu32" in _code(p)}
+    assert products == {"cpu_vec.h"}, products
 
 
 def test_cpp_backend_python_takes_ids_from_the_declaration():
