@@ -10,7 +10,9 @@
 //                   step with 128-bit loads when aligned (64-bit for FP8 codes); the FP8 block
 //                   absmax by warp shuffles (blocks of 8..256) or through shared memory.
 // found_inf, lr, decay and inv_scale are read from device memory inside the kernels (no host
-// synchronisation; capturable).  Compile with --fmad=false.
+// synchronisation; capturable).  Random bits v2 through philox.h's element_word: runs of 4 or 8
+// consecutive elements (run_words) make one Philox call per four elements and purpose, each
+// purpose drawn only where it is used.  Compile with --fmad=false.
 #include <cuda_runtime.h>
 
 #include <type_traits>
@@ -273,11 +275,16 @@ __global__ void __launch_bounds__(THREADS) count_kernel(Launch L) {
   const bool needs_seg = kind_kappa_norm(K) || (kind_stochastic(K) && s.envelope != ENV_ELEMENT);
   const bool elem_env = kind_stochastic(K) && s.envelope == ENV_ELEMENT;
   unsigned long long kept = 0;
-  for (int64_t j = threadIdx.x; j < n; j += THREADS) {
-    const uint64_t idx = r.offset + (uint64_t)(a + j);
-    const uint32_t w0 = kind_draws_sign(K) ? element_words(r.k0, r.k1, idx).w0 : 0u;
-    const ElemOut o = eval_elem<K>(L, s, r, t, a + j, needs_seg, elem_env, w0);
-    kept += cautious_keep(o.u, o.g) ? 1ull : 0ull;
+  // four consecutive elements a thread (one Philox call serves their stochastic signs)
+  for (int64_t j = 4 * (int64_t)threadIdx.x; j < n; j += 4 * THREADS) {
+    uint32_t w[4] = {};
+    if (kind_draws_sign(K)) run_words(r.k0, r.k1, r.offset + (uint64_t)(a + j), PURPOSE_SIGN, w);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if (j + k >= n) break;
+      const ElemOut o = eval_elem<K>(L, s, r, t, a + j + k, needs_seg, elem_env, w[k]);
+      kept += cautious_keep(o.u, o.g) ? 1ull : 0ull;
+    }
   }
   sh[threadIdx.x] = kept;
   __syncthreads();
@@ -364,16 +371,14 @@ __device__ __forceinline__ void encode_staged(int sfmt, const float* vals, const
 }
 
 // ------------------------------------------------------------------ apply
-static_assert(WORD_SIGN == 0 && WORD_STATE_ROUNDING == 1 && WORD_PARAM_ROUNDING == 2,
-              "apply_run reads the sign from word 0, state rounding from word 1, parameter rounding from 2");
-
 // One apply tile's tensor, offsets and flags (set up once per CUDA block).
 struct Tile {
   TensorRef r;
   int t, n;
   int64_t a;          // first element of the tile in its tensor
   bool pvec, svec;    // 128-bit loads of p/g and of the element-format state
-  bool needs_seg, elem_env, words;
+  bool needs_seg, elem_env;
+  bool sign_words, state_words, param_words;  // which purposes this kind and these formats draw
   float cs;           // cautious scale numel/(kept+1)
   BlockOf blk;        // FP8 block of a tile-local element
   float *st_m, *st_v, *st_G;  // FP8 state staged in shared memory (non-REGS)
@@ -389,21 +394,15 @@ __device__ __forceinline__ void apply_run(const Launch& L, const Scalars& s, con
   const TensorRef& r = T.r;
   const int64_t i = T.a + e;
   float p[VEC], g[VEC], m[VEC], v[VEC], G[VEC];
-  uint32_t w0[VEC] = {}, w1[VEC] = {}, w2[VEC] = {};
+  uint32_t w0[VEC] = {}, w1[VEC] = {}, w2[VEC] = {};  // random words: sign, state / parameter rounding
   load8(L.pfmt, r.g, i, cnt, T.pvec, g);
   load8(L.pfmt, r.p, i, cnt, T.pvec, p);
   if (kind_has_m(K)) load8_state(L.sfmt, r.m, i, e, cnt, T.svec, r.m_scale, T.blk, m);
   if (kind_has_v(K)) load8_state(L.sfmt, r.v, i, e, cnt, T.svec, r.v_scale, T.blk, v);
   if (T.elem_env) load8_state(L.sfmt, r.G, i, e, cnt, T.svec, r.G_scale, T.blk, G);
-  if (T.words) {
-#pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      if (k < cnt) {
-        const PhiloxWords w = element_words(r.k0, r.k1, r.offset + (uint64_t)(i + k));
-        w0[k] = w.w0; w1[k] = w.w1; w2[k] = w.w2;
-      }
-    }
-  }
+  if (T.sign_words) run_words(r.k0, r.k1, r.offset + (uint64_t)i, PURPOSE_SIGN, w0);
+  if (T.state_words) run_words(r.k0, r.k1, r.offset + (uint64_t)i, PURPOSE_STATE_ROUNDING, w1);
+  if (T.param_words) run_words(r.k0, r.k1, r.offset + (uint64_t)i, PURPOSE_PARAM_ROUNDING, w2);
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
     if (k >= cnt) break;
@@ -485,7 +484,10 @@ __global__ void __launch_bounds__(THREADS, kind_stochastic(K) ? 1 : 3) apply_ker
   const bool blocked = fmt_block_scaled(L.sfmt);
   T.needs_seg = kind_kappa_norm(K) || (sto && s.envelope != ENV_ELEMENT);
   T.elem_env = sto && s.envelope == ENV_ELEMENT;
-  T.words = kind_draws_sign(K) || s.state_stochastic_rounding || s.param_stochastic_rounding;
+  T.sign_words = kind_draws_sign(K);
+  T.state_words = s.state_stochastic_rounding && L.sfmt != FMT_FP32 &&
+                  (kind_has_m(K) || kind_has_v(K) || T.elem_env);
+  T.param_words = s.param_stochastic_rounding && L.pfmt != FMT_FP32;
   T.st_m = stage;
   T.st_v = stage + L.tile;
   T.st_G = stage + 2 * L.tile;

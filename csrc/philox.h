@@ -46,11 +46,40 @@ SIGNOPT_HD PhiloxWords philox4x32_10(uint32_t k0, uint32_t k1, uint32_t c0, uint
 SIGNOPT_HD uint32_t element_word(uint32_t k0, uint32_t k1, uint64_t i, uint32_t purpose) {
   const uint64_t j = i >> 2;
   const PhiloxWords w = philox4x32_10(k0, k1, (uint32_t)j, (uint32_t)(j >> 32), purpose, 0u);
-  switch (i & 3) {
-    case 0: return w.w0;
-    case 1: return w.w1;
-    case 2: return w.w2;
-    default: return w.w3;
+  const uint32_t lane = (uint32_t)(i & 3);
+  return lane == 0 ? w.w0 : (lane == 1 ? w.w1 : (lane == 2 ? w.w2 : w.w3));
+}
+
+// The words for `purpose` of the N consecutive elements i0 .. i0+N-1 (N a multiple of 4), each
+// element_word(k0, k1, i, purpose).  The indices are spelled 4j + l, so once inlined the four
+// element_word calls of one j are one Philox call: N/4 calls where i0 is a multiple of 4,
+// N/4 + 1 otherwise (the words then shifted by i0 & 3; a branch uniform over a run).
+template <int N>
+SIGNOPT_HD void run_words(uint32_t k0, uint32_t k1, uint64_t i0, uint32_t purpose, uint32_t (&w)[N]) {
+  static_assert(N % 4 == 0, "run_words: whole Philox calls");
+  const uint64_t j0 = i0 >> 2;
+  const int a = (int)(i0 & 3);
+  if (a == 0) {
+#if defined(__CUDACC__)
+#pragma unroll
+#else
+#pragma GCC unroll 64
+#endif
+    for (int k = 0; k < N; ++k) w[k] = element_word(k0, k1, ((j0 + (k >> 2)) << 2) | (uint64_t)(k & 3), purpose);
+  } else {
+    uint32_t f[N + 4];
+#if defined(__CUDACC__)
+#pragma unroll
+#else
+#pragma GCC unroll 64
+#endif
+    for (int k = 0; k < N + 4; ++k) f[k] = element_word(k0, k1, ((j0 + (k >> 2)) << 2) | (uint64_t)(k & 3), purpose);
+#if defined(__CUDACC__)
+#pragma unroll
+#else
+#pragma GCC unroll 64
+#endif
+    for (int k = 0; k < N; ++k) w[k] = a == 1 ? f[k + 1] : (a == 2 ? f[k + 2] : f[k + 3]);
   }
 }
 
