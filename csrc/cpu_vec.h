@@ -7,17 +7,22 @@
 // are the compiler's own, lane by lane with IEEE semantics: a vector loop computes exactly what
 // the scalar loop of the same operations computes (no FMA: -ffp-contract=off).
 //
-// A few primitives have an ISA form because the generic one compiles badly (g++ 12, objdump of
-// the builds; the figures are bench/vec_primitives.cpp's, on the 2-core Xeon (Ice Lake) of
-// bench/results/step_cpu_*.txt):
-//   * mul32 (Philox's 32x32->64-bit products): g++ lowers a 64-bit lane product to vpmullq (3
-//     uops) on AVX-512 and to three vpmuludq on AVX2, and to scalar multiplies on aarch64;
-//     vpmuludq/umull are one instruction: TODO_MUL32_FIGURES;
-//   * the conversions between bytes or 16-bit values and 32-bit lanes (FP8 codes, bf16): g++
-//     widens and narrows vectors of bytes lane by lane through general registers (vpinsrb, movsbl,
-//     ...) on AVX-512, AVX2 and NEON alike, and 16-bit ones on NEON: TODO_NARROW_FIGURES;
-//   * sqrt: a lane loop over __builtin_sqrtf is split and spilled on AVX-512; vsqrtps is exact
-//     (correctly rounded) like sqrtf.
+// A few primitives have an ISA form because g++ 12 compiles the generic one badly (read in the
+// assembly; timed by bench/vec_primitives.py against -DSIGNOPT_VEC_GENERIC=1 on the Xeon of
+// bench/results/vec_primitives_cpu.txt, ns per element generic -> ISA, AVX2 | AVX-512):
+//   * mul32 (Philox's 32x32->64-bit products): g++ lowers a 64-bit lane product to three
+//     vpmuludq and shifts on AVX2, to vpmullq (3 uops) on AVX-512 and to scalar multiplies on
+//     aarch64; vpmuludq / umull are one instruction.  Random bits v2 of a run: 2.31 -> 0.86 |
+//     0.71 -> 0.35;
+//   * the lane conversions between bytes / 16-bit values and 32-bit lanes (FP8 codes, bf16) and
+//     max/min: g++ widens and narrows vectors of bytes lane by lane through general registers
+//     (movsbl, vpinsrb, ...) on AVX2, AVX-512 and NEON alike (16-bit ones on NEON), and keeps a
+//     compare and blend for `a > b ? a : b`.  FP8 block decode + encode: 1.69 -> 0.73 |
+//     1.01 -> 0.52; bf16 load + store: 0.24 -> 0.22 | 0.23 -> 0.18;
+//   * sqrt on AVX-512 (a lane loop over __builtin_sqrtf is split into halves and spilled): 0.40 ->
+//     0.22 (AVX2: the generic form is as fast, 0.22, and is kept); NEON's and its fp64 widening
+//     (fcvt and ins lane by lane) are read in the assembly only (tests/test_cpu_vec.py checks
+//     that no probe function moves lanes one at a time).
 // SIGNOPT_VEC_GENERIC=1 (a -D flag) compiles the generic forms everywhere (for measuring them).
 #pragma once
 #include <stdint.h>
@@ -274,10 +279,6 @@ SIGNOPT_VI void store_u16(uint16_t* p, const vu x) { storeu(p, __builtin_convert
 SIGNOPT_VI vf vsqrt(const vf x) {
 #if !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 64
   return (vf)_mm512_sqrt_ps((__m512)x);
-#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 32
-  return (vf)_mm256_sqrt_ps((__m256)x);
-#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86)
-  return (vf)_mm_sqrt_ps((__m128)x);
 #elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_NEON)
   return (vf)vsqrtq_f32((float32x4_t)x);
 #else
