@@ -217,10 +217,15 @@ def build(results: Path, out: Path) -> list[Path]:
              "", "`%` of streaming: the row's bandwidth over the in-place streaming bandwidth "
              "(`a.add_(b)`) sampled beside its own steps (CPU: min over min and median over median; "
              "GPU: min times).", ""]
-    cpu_text = read(results / "step_cpu.txt")
-    if cpu_text:
-        lines += step_section("CPU", parse_step(cpu_text), read_provenance(cpu_text),
-                              [f"{rel}/step_cpu.txt"], plot_dir, "step_cpu")
+    # step_cpu.txt: the default build (-march=native); step_cpu_<arch>.txt: the same machine with
+    # the build for another -march (SIGNOPT_CXX_ARCH), e.g. x86-64-v3
+    for path in sorted(results.glob("step_cpu*.txt")):
+        cpu_text = read(path)
+        if not cpu_text:
+            continue
+        arch = path.stem[len("step_cpu_"):] if path.stem != "step_cpu" else ""
+        lines += step_section(f"CPU, -march={arch}" if arch else "CPU", parse_step(cpu_text),
+                              read_provenance(cpu_text), [f"{rel}/{path.name}"], plot_dir, path.stem)
     for gdir in sorted(results.glob("gpu_*")):
         step_text, summary = read(gdir / "step_cuda.txt"), read(gdir / "summary.txt")
         if not step_text:

@@ -93,15 +93,20 @@ def signopt_rows(quick: bool) -> list[dict]:
         ("LionKappa-l2", signopt.LionKappa, {"kappa": "l2"}, 1),
         ("StoSignSGD", signopt.StoSignSGD, {}, 2),          # m and the element envelope G
         ("SignConversion-adamw", signopt.SignConversion, {"base": "adamw"}, 3),
+        # Lion on bf16 parameters rounded stochastically (beside the Lion bf16 rows: nearest)
+        ("Lion-psr", signopt.Lion, {"param_rounding": "stochastic"}, 1),
     ]
     two_pass = {"LionKappa-l2"}  # a reduction pass reads g and m before the update pass
     for name, cls, kw, n_states in specs:
         for backend in ("cpp", "torch"):
             fmts = ["fp32"] if n_states == 0 else ["fp32", "bf16", "fp8_e4m3"]
             for fmt in fmts:
-                for pdt in (("fp32", "bf16") if name == "Lion" else ("fp32",)):
+                pdts = {"Lion": ("fp32", "bf16"), "Lion-psr": ("bf16",)}.get(name, ("fp32",))
+                for pdt in pdts:
                     rows.append(dict(kind="signopt", name=name, cls=cls, kw=kw, backend=backend,
-                                     state=fmt, pdtype=pdt, n_states=n_states, two_pass=name in two_pass))
+                                     state=fmt, pdtype=pdt, n_states=n_states, two_pass=name in two_pass,
+                                     random=cls in (signopt.StoSignSGD, signopt.SignConversion)
+                                     or kw.get("param_rounding") == "stochastic"))
     return rows
 
 
@@ -273,6 +278,7 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
         results_rel[(row["name"], row["backend"], row["pdtype"], row["state"])] = statistics.median(
             t / st for t, st in zip(times[i], adj[i]))
         per_param[(row["name"], row["backend"], row["pdtype"], row["state"])] = (tmin / n, tmed / n, bpp)
+        per_param.setdefault("pct", {})[(row["name"], row["backend"], row["pdtype"], row["state"])] = (pmin, pmed)
     ratios = [
         ("cpp Lion fp32 vs lion-pytorch", ("Lion", "cpp", "fp32", "fp32"), ("lion-pytorch Lion", "-", "fp32", "fp32")),
         ("cpp Lion fp32 vs torch AdamW fused", ("Lion", "cpp", "fp32", "fp32"), ("torch AdamW fused", "-", "fp32", "fp32")),
@@ -350,11 +356,11 @@ def philox_floor(n: int, repeats: int) -> float:
 
 
 def philox_floor_table(large: dict, rows: list[dict], repeats: int, out) -> None:
-    """Rows that draw random bits (StoSignSGD, SignConversion) draw their sign words from
-    Philox4x32-10 (random bits v2: one call per four elements; the numerics contract fixes the
-    counters), so their step takes at least the time of those words alone: bytes / that time
-    over the streaming bandwidth bounds the row's %stream."""
-    sto = [r for r in rows if r["backend"] == "cpp" and r["cls"] in (signopt.StoSignSGD, signopt.SignConversion)
+    """Rows that draw random bits (StoSignSGD, SignConversion: sign words; Lion-psr: parameter
+    rounding words) draw them from Philox4x32-10 (random bits v2: one call per four elements;
+    the numerics contract fixes the counters), so their step takes at least the time of those
+    words alone: bytes / that time over the streaming bandwidth bounds the row's %stream."""
+    sto = [r for r in rows if r["backend"] == "cpp" and r.get("random")
            and (r["name"], r["backend"], r["pdtype"], r["state"]) in large]
     if not sto:
         return
@@ -374,6 +380,72 @@ def philox_floor_table(large: dict, rows: list[dict], repeats: int, out) -> None
         print(f"{r['name']:26s} {r['pdtype']:5s} {r['state']:8s} {bpp:7.2f} {tmin * 1e9:9.3f} "
               f"{floor / tmin:9.0%} {100 * bpp / floor / sbest:7.0f}% {100 * bpp / floor / smed:6.0f}% "
               f"{left[0] * 1e9:9.3f} {left[1] * 1e9:8.3f}", file=out)
+
+
+TARGETS = (85.0, 70.0)  # % of streaming: rows without / with random bits
+
+
+def targets_table(large: dict, rows: list[dict], out) -> None:
+    """The large case's cpp rows against the CPU targets: every row without random bits at >= 85%
+    of the streaming bandwidth sampled beside it, every row with random bits at >= 70%; Lion
+    bf16/E4M3 at <= 0.55x the time of Lion fp32/fp32; stochastic parameter rounding (Lion-psr) at
+    <= 1.2x the time of nearest (Lion, the same formats); StoSignSGD fp32/E4M3 at <= 1.2x Lion
+    fp32/E4M3.  Each from min times (min over min for %stream) and from median times."""
+    pct = large.get("pct", {})
+    cpp = [r for r in rows if r["backend"] == "cpp" and (r["name"], "cpp", r["pdtype"], r["state"]) in pct]
+    if not cpp:
+        return
+    print(f"\n== targets (large case, cpp rows): >= {TARGETS[0]:.0f}% of streaming without random bits, "
+          f">= {TARGETS[1]:.0f}% with; ratios of step times; each from min and from median times ==", file=out)
+    met_all = True
+
+    def verdict(ok_min: bool, ok_med: bool) -> str:
+        nonlocal met_all
+        met_all &= ok_min and ok_med
+        return "met" if ok_min and ok_med else ("met (median only)" if ok_med else
+                                                ("met (min only)" if ok_min else "NOT met"))
+
+    for r in cpp:
+        key = (r["name"], "cpp", r["pdtype"], r["state"])
+        pmin, pmed = pct[key]
+        goal = TARGETS[1] if r.get("random") else TARGETS[0]
+        print(f"{r['name']:26s} {r['pdtype']:5s} {r['state']:8s} {'random' if r.get('random') else '      '} "
+              f"{pmin:6.1f}% min {pmed:6.1f}% med  >= {goal:.0f}%: {verdict(pmin >= goal, pmed >= goal)}", file=out)
+
+    def ratio(label: str, a: tuple, b: tuple, limit: float) -> None:
+        if a not in large or b not in large:
+            return
+        rmin, rmed = large[a][0] / large[b][0], large[a][1] / large[b][1]
+        print(f"{label}: {rmin:.3f}x (min) {rmed:.3f}x (median), <= {limit}x: "
+              f"{verdict(rmin <= limit, rmed <= limit)}", file=out)
+
+    ratio("Lion bf16/E4M3 over Lion fp32/fp32", ("Lion", "cpp", "bf16", "fp8_e4m3"), ("Lion", "cpp", "fp32", "fp32"),
+          0.55)
+    for st in ("fp32", "bf16", "fp8_e4m3"):
+        ratio(f"Lion bf16/{st} stochastic over nearest parameter rounding", ("Lion-psr", "cpp", "bf16", st),
+              ("Lion", "cpp", "bf16", st), 1.2)
+    ratio("StoSignSGD fp32/E4M3 over Lion fp32/E4M3", ("StoSignSGD", "cpp", "fp32", "fp8_e4m3"),
+          ("Lion", "cpp", "fp32", "fp8_e4m3"), 1.2)
+    print(f"all targets met: {'yes' if met_all else 'no'}", file=out)
+
+
+def build_line() -> str:
+    """Which C++ build the cpp rows ran: its -march (SIGNOPT_CXX_ARCH) and the vector layer it
+    compiled (torch.ops.signopt.vector_isa)."""
+    from signopt import build
+    arch = next((f for f in build.cxx_flags() if f.startswith("-march")), "?")
+    try:
+        isa = torch.ops.signopt.vector_isa()
+    except (AttributeError, RuntimeError):
+        isa = "unknown"
+    try:
+        flags = next((ln.split(":", 1)[1].split() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                      if ln.startswith(("flags", "Features"))), [])
+    except OSError:
+        flags = []
+    simd = [f for f in flags if f.startswith(("sse", "ssse", "avx", "fma", "f16c", "asimd", "sve", "neon"))]
+    return (f"cpp build: {arch} (SIGNOPT_CXX_ARCH={os.environ.get('SIGNOPT_CXX_ARCH', 'native')}), vector layer: "
+            f"{isa}; CPU vector flags: {' '.join(simd) or 'unknown'}")
 
 
 def main() -> None:
@@ -423,6 +495,7 @@ def main() -> None:
         r["slow"] = r["name"] == "bitsandbytes Lion8bit"  # ~5 s per 1M-parameter step on this CPU
     print(f"signopt step benchmark: torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start, {repeats} rounds", file=out)
+    print(build_line(), file=out)
     for line in missing:
         print(f"peer missing: {line}", file=out)
     print("triton rows (and lion-pytorch's Triton Lion) are GPU-only: on CPU the triton backend runs only "
@@ -439,6 +512,8 @@ def main() -> None:
             compute_bound_check(measured["large"], rows + peers, repeats, out)
         else:
             print("the cache check needs the large case in the same run", file=out)
+    if "large" in measured:
+        targets_table(measured["large"], rows, out)
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end", file=out)
     if fh:
         fh.close()

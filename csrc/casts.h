@@ -61,14 +61,21 @@ SIGNOPT_HD float f16_to_f32(uint16_t b) {
   return __half2float(__half(r));
 }
 #else
+// IEEE binary16 of the host compiler: _Float16; g++ before 13 has no _Float16 in C++ on Arm,
+// where __fp16 is the same IEEE format (__ARM_FP16_FORMAT_IEEE; conversions round to nearest even).
+#if defined(__aarch64__) && defined(__ARM_FP16_FORMAT_IEEE) && !defined(__clang__) && __GNUC__ < 13
+typedef __fp16 host_half;
+#else
+typedef _Float16 host_half;
+#endif
 SIGNOPT_HD uint16_t f32_to_f16_rn(float x) {
-  const _Float16 h = (_Float16)x;
+  const host_half h = (host_half)x;
   uint16_t b;
   __builtin_memcpy(&b, &h, 2);
   return b;
 }
 SIGNOPT_HD float f16_to_f32(uint16_t b) {
-  _Float16 h;
+  host_half h;
   __builtin_memcpy(&h, &b, 2);
   return (float)h;
 }

@@ -511,25 +511,25 @@ struct GroupKernel {
         }
       }
     });
-    at::parallel_for(t0, t1, 1, [&](int64_t ib, int64_t ie) {
-      for (int64_t i = ib; i < ie; ++i) {
-        const TensorRef& t = c.t[i];
-        const int64_t nseg = seg_count(t), cps = ch[i].cps;
-        for (int64_t sidx = 0; sidx < nseg; ++sidx) {
-          const int64_t k0 = sidx * cps, k1 = std::min(k0 + cps, ch[i].count);
-          const double* pp = part.data() + ch[i].first;
-          if (STO) {
-            float mx = 0.0f;
-            for (int64_t k = k0; k < k1; ++k) mx = nanmax(mx, (float)pp[k]);
-            segv[seg_base[i] + sidx] = fmax_ign(((const float*)t.G)[sidx] * s.envelope_decay, mx);
-          } else {
-            double sum = 0.0;
-            for (int64_t k = k0; k < k1; ++k) sum += pp[k];
-            segv[seg_base[i] + sidx] = norm_from_sum<K>(sum, s.lp_root);
-          }
+    // the segments' values from their chunks' partials (one pass over the partials, on this
+    // thread: a second parallel section would cost a synchronisation of the threads per group)
+    for (int64_t i = t0; i < t1; ++i) {
+      const TensorRef& t = c.t[i];
+      const int64_t nseg = seg_count(t), cps = ch[i].cps;
+      for (int64_t sidx = 0; sidx < nseg; ++sidx) {
+        const int64_t k0 = sidx * cps, k1 = std::min(k0 + cps, ch[i].count);
+        const double* pp = part.data() + ch[i].first;
+        if (STO) {
+          float mx = 0.0f;
+          for (int64_t k = k0; k < k1; ++k) mx = nanmax(mx, (float)pp[k]);
+          segv[seg_base[i] + sidx] = fmax_ign(((const float*)t.G)[sidx] * s.envelope_decay, mx);
+        } else {
+          double sum = 0.0;
+          for (int64_t k = k0; k < k1; ++k) sum += pp[k];
+          segv[seg_base[i] + sidx] = norm_from_sum<K>(sum, s.lp_root);
         }
       }
-    });
+    }
   }
 
   // The partial of one chunk: the fp64 norm sum (Lion-kappa) or the max of the envelope source

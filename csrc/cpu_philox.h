@@ -23,11 +23,20 @@ constexpr int GROUP = 4 * CALLS;       // elements of one group
 // A run's buffer (philox_run) holds n + WORD_SLACK words.
 constexpr int64_t WORD_SLACK = GROUP + 4;
 
+// The high 32-bit half of each 64-bit lane moved to its low half (and the low one up, for
+// lanes whose high halves are don't-care): a shuffle, which issues on another port than the
+// products (a shift would compete with them).
+template <size_t... I>
+SIGNOPT_VI vq swap_halves(const vq x, std::index_sequence<I...>) {
+  return (vq)__builtin_shufflevector((vu)x, (vu)x, (int)(I ^ 1)...);
+}
+SIGNOPT_VI vq hi32(const vq x) { return swap_halves(x, std::make_index_sequence<W>{}); }
+
 // Philox4x32-10 of NQ vectors of Q counters (lo32(j), hi32(j), purpose, 0), j in the 64-bit lanes
 // of j[q]; c[0..3][q]: the four words, in the low halves of the lanes.  mul32 multiplies the low
-// halves into the full 64-bit product (hi = product >> 32, lo = its low half); lanes carry
-// garbage in their high halves between rounds (lo words, xors), which neither the next
-// multiplication (it reads the low halves) nor the results (low halves) see.  Products whose
+// halves into the full 64-bit product (hi: its high half, moved down by hi32; lo: its low half);
+// lanes carry garbage in their high halves between rounds (lo words, xors, hi32's swap), which
+// neither the next multiplication (it reads the low halves) nor the results (low halves) see.  Products whose
 // result is known are scalars: round 0's B*purpose, and with SAME_HI (every lane of every vector
 // has the same hi32(j): the caller checks) round 1's A*c0.  The same words as philox4x32_10.
 template <int N, bool SAME_HI>
@@ -40,9 +49,9 @@ SIGNOPT_VI void philox_calls(const uint32_t k0, const uint32_t k1, const uint32_
 #pragma GCC unroll 4
   for (int q = 0; q < N; ++q) {
     const vq pa = mul32(j[q], PHILOX_A);
-    c[0][q] = (j[q] >> 32) ^ (uint64_t)x0;
+    c[0][q] = hi32(j[q]) ^ (uint64_t)x0;
     c[1][q] = splatq((uint32_t)pb0);
-    c[2][q] = (pa >> 32) ^ (uint64_t)b;
+    c[2][q] = hi32(pa) ^ (uint64_t)b;
     c[3][q] = pa;
   }
   a += PHILOX_W0;
@@ -55,7 +64,7 @@ SIGNOPT_VI void philox_calls(const uint32_t k0, const uint32_t k1, const uint32_
 #pragma GCC unroll 4
     for (int q = 0; q < N; ++q) {
       const vq pb = mul32(c[2][q], PHILOX_B);
-      c[0][q] = (pb >> 32) ^ (uint64_t)xa;
+      c[0][q] = hi32(pb) ^ (uint64_t)xa;
       c[2][q] = c[3][q] ^ (uint64_t)xb;
       c[1][q] = pb;
       c[3][q] = splatq((uint32_t)P);
@@ -70,8 +79,8 @@ SIGNOPT_VI void philox_calls(const uint32_t k0, const uint32_t k1, const uint32_
     for (int q = 0; q < N; ++q) {
       const vq pb = mul32(c[2][q], PHILOX_B);
       const vq pa = mul32(c[0][q], PHILOX_A);
-      c[0][q] = (pb >> 32) ^ c[1][q] ^ (uint64_t)a;
-      c[2][q] = (pa >> 32) ^ c[3][q] ^ (uint64_t)b;
+      c[0][q] = hi32(pb) ^ c[1][q] ^ (uint64_t)a;
+      c[2][q] = hi32(pa) ^ c[3][q] ^ (uint64_t)b;
       c[1][q] = pb;
       c[3][q] = pa;
     }

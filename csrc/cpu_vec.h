@@ -7,15 +7,22 @@
 // are the compiler's own, lane by lane with IEEE semantics: a vector loop computes exactly what
 // the scalar loop of the same operations computes (no FMA: -ffp-contract=off).
 //
-// Three primitives have an ISA form because the generic one compiles badly (g++ 12, read off the
-// objdump of the builds; their speed against the generic forms is not measured yet: issue 18's
-// benchmark, with SIGNOPT_VEC_GENERIC=1 below, is still to run):
-//   * mul32 (Philox's 32x32->64-bit products): g++ lowers a 64-bit lane product to vpmullq (3
-//     uops) on AVX-512 and to three vpmuludq on AVX2, and to scalar multiplies on aarch64;
-//     vpmuludq/umull are one instruction;
-//   * narrow_u8 (32-bit lanes to bytes: FP8 codes): on AVX2 g++ inserts byte by byte (vpinsrb);
-//   * sqrt: a lane loop over __builtin_sqrtf is split and spilled on AVX-512; vsqrtps is exact
-//     (correctly rounded) like sqrtf.
+// A few primitives have an ISA form because g++ 12 compiles the generic one badly (read in the
+// assembly; timed by bench/vec_primitives.py against -DSIGNOPT_VEC_GENERIC=1 on the Xeon of
+// bench/results/vec_primitives_cpu.txt, ns per element generic -> ISA, AVX2 | AVX-512):
+//   * mul32 (Philox's 32x32->64-bit products): g++ lowers a 64-bit lane product to three
+//     vpmuludq and shifts on AVX2, to vpmullq (3 uops) on AVX-512 and to scalar multiplies on
+//     aarch64; vpmuludq / umull are one instruction.  Random bits v2 of a run: 2.31 -> 0.86 |
+//     0.71 -> 0.35;
+//   * the lane conversions between bytes / 16-bit values and 32-bit lanes (FP8 codes, bf16) and
+//     max/min: g++ widens and narrows vectors of bytes lane by lane through general registers
+//     (movsbl, vpinsrb, ...) on AVX2, AVX-512 and NEON alike (16-bit ones on NEON), and keeps a
+//     compare and blend for `a > b ? a : b`.  FP8 block decode + encode: 1.69 -> 0.73 |
+//     1.01 -> 0.52; bf16 load + store: 0.24 -> 0.22 | 0.23 -> 0.18;
+//   * sqrt on AVX-512 (a lane loop over __builtin_sqrtf is split into halves and spilled): 0.40 ->
+//     0.22 (AVX2: the generic form is as fast, 0.22, and is kept); NEON's and its fp64 widening
+//     (fcvt and ins lane by lane) are read in the assembly only (tests/test_cpu_vec.py checks
+//     that no probe function moves lanes one at a time).
 // SIGNOPT_VEC_GENERIC=1 (a -D flag) compiles the generic forms everywhere (for measuring them).
 #pragma once
 #include <stdint.h>
@@ -68,7 +75,12 @@ inline const char* isa_name() {
 #if SIGNOPT_VEC_GENERIC
   constexpr const char* kind = "generic";
 #elif defined(SIGNOPT_VEC_X86)
-  constexpr const char* kind = BYTES == 64 ? "avx512" : (BYTES == 32 ? "avx2" : "sse2");
+#if defined(__SSE4_1__)
+  constexpr const char* sse = "sse4";
+#else
+  constexpr const char* sse = "sse2";
+#endif
+  constexpr const char* kind = BYTES == 64 ? "avx512" : (BYTES == 32 ? "avx2" : sse);
 #elif defined(SIGNOPT_VEC_NEON)
   constexpr const char* kind = "neon";
 #else
@@ -110,8 +122,28 @@ SIGNOPT_VI vf fbits(const vu x) { return (vf)x; }
 SIGNOPT_VI vf sel(const vi m, const vf a, const vf b) { return m ? a : b; }
 SIGNOPT_VI vu selu(const vi m, const vu a, const vu b) { return m ? a : b; }
 
+// a > b ? a : b and a < b ? a : b lane by lane (b where unordered), and the signed integer max:
+// x86's maxps/minps/pmaxsd are exactly these (g++ keeps the compare and blend of the select).
+#if !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 64
+SIGNOPT_VI vf vmax(const vf a, const vf b) { return (vf)_mm512_max_ps((__m512)a, (__m512)b); }
+SIGNOPT_VI vf vmin(const vf a, const vf b) { return (vf)_mm512_min_ps((__m512)a, (__m512)b); }
+SIGNOPT_VI vi vmaxi(const vi a, const vi b) { return (vi)_mm512_max_epi32((__m512i)a, (__m512i)b); }
+#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 32
+SIGNOPT_VI vf vmax(const vf a, const vf b) { return (vf)_mm256_max_ps((__m256)a, (__m256)b); }
+SIGNOPT_VI vf vmin(const vf a, const vf b) { return (vf)_mm256_min_ps((__m256)a, (__m256)b); }
+SIGNOPT_VI vi vmaxi(const vi a, const vi b) { return (vi)_mm256_max_epi32((__m256i)a, (__m256i)b); }
+#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && defined(__SSE4_1__)
+SIGNOPT_VI vf vmax(const vf a, const vf b) { return (vf)_mm_max_ps((__m128)a, (__m128)b); }
+SIGNOPT_VI vf vmin(const vf a, const vf b) { return (vf)_mm_min_ps((__m128)a, (__m128)b); }
+SIGNOPT_VI vi vmaxi(const vi a, const vi b) { return (vi)_mm_max_epi32((__m128i)a, (__m128i)b); }
+#else
+SIGNOPT_VI vf vmax(const vf a, const vf b) { return a > b ? a : b; }
+SIGNOPT_VI vf vmin(const vf a, const vf b) { return a < b ? a : b; }
+SIGNOPT_VI vi vmaxi(const vi a, const vi b) { return a > b ? a : b; }
+#endif
+
 // Integer max of lanes known to be < 2^31 (signed compare: AVX2 has no unsigned one).
-SIGNOPT_VI vu maxu31(const vu a, const vu b) { return (vi)a > (vi)b ? a : b; }
+SIGNOPT_VI vu maxu31(const vu a, const vu b) { return (vu)vmaxi((vi)a, (vi)b); }
 
 // The largest lane of a (lanes < 2^31).
 SIGNOPT_VI uint32_t hmax31(const vu a) {
@@ -139,8 +171,14 @@ SIGNOPT_VI vf to_float(const vi x) { return __builtin_convertvector(x, vf); }
 // Truncation toward 0 (x in int32 range).
 SIGNOPT_VI vi trunc_int(const vf x) { return __builtin_convertvector(x, vi); }
 
-// The two halves of a as fp64 lanes.
+// The two halves of a as fp64 lanes (exact).
 SIGNOPT_VI void to_double(const vf a, vd& lo, vd& hi) {
+#if !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_NEON)
+  // g++ converts 2-lane halves lane by lane (fcvt, ins); fcvtl/fcvtl2 convert them whole
+  lo = (vd)vcvt_f64_f32(vget_low_f32((float32x4_t)a));
+  hi = (vd)vcvt_high_f64_f32((float32x4_t)a);
+  return;
+#endif
   vfh l, h;
   memcpy(&l, &a, sizeof(vfh));
   memcpy(&h, (const char*)&a + sizeof(vfh), sizeof(vfh));
@@ -164,39 +202,83 @@ SIGNOPT_VI vq mul32(const vq a, const uint32_t b) {
 #endif
 }
 
-// Lanes of x (each < 256) as bytes.
-SIGNOPT_VI vb narrow_u8(const vu x) {
-#if !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 32
+// Lane conversions between bytes / 16-bit values in memory and 32-bit lanes:
+//   load_u8 / load_s8: W bytes zero- / sign-extended; store_u8: lanes (each < 256) as W bytes;
+//   load_u16: W 16-bit values zero-extended; store_u16: lanes (each < 65536) as 16-bit values.
+#if !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 64
+SIGNOPT_VI vu load_u8(const uint8_t* p) { return (vu)_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)p)); }
+SIGNOPT_VI vi load_s8(const uint8_t* p) { return (vi)_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)); }
+SIGNOPT_VI void store_u8(uint8_t* p, const vu x) { _mm_storeu_si128((__m128i*)p, _mm512_cvtepi32_epi8((__m512i)x)); }
+SIGNOPT_VI vu load_u16(const uint16_t* p) {
+  return (vu)_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p));
+}
+SIGNOPT_VI void store_u16(uint16_t* p, const vu x) {
+  _mm256_storeu_si256((__m256i*)p, _mm512_cvtepi32_epi16((__m512i)x));
+}
+#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 32
+SIGNOPT_VI vu load_u8(const uint8_t* p) { return (vu)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
+SIGNOPT_VI vi load_s8(const uint8_t* p) { return (vi)_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)p)); }
+SIGNOPT_VI void store_u8(uint8_t* p, const vu x) {
   const __m256i v = (__m256i)x;
   const __m128i w16 = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-  const __m128i w8 = _mm_packus_epi16(w16, w16);
-  vb r;
-  const int64_t lo = _mm_cvtsi128_si64(w8);
-  memcpy(&r, &lo, sizeof(vb));
-  return r;
-#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 16 && defined(__SSE4_1__)
-  const __m128i w16 = _mm_packus_epi32((__m128i)x, (__m128i)x);
-  const __m128i w8 = _mm_packus_epi16(w16, w16);
-  vb r;
-  const int32_t lo = _mm_cvtsi128_si32(w8);
-  memcpy(&r, &lo, sizeof(vb));
-  return r;
-#else
-  return __builtin_convertvector(x, vb);
-#endif
+  _mm_storel_epi64((__m128i*)p, _mm_packus_epi16(w16, w16));
 }
-
-// Lanes of x (each < 65536) as 16-bit lanes.
-SIGNOPT_VI vh narrow_u16(const vu x) { return __builtin_convertvector(x, vh); }
+SIGNOPT_VI vu load_u16(const uint16_t* p) { return (vu)_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)); }
+SIGNOPT_VI void store_u16(uint16_t* p, const vu x) {
+  const __m256i v = (__m256i)x;
+  _mm_storeu_si128((__m128i*)p, _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1)));
+}
+#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && defined(__SSE4_1__)
+SIGNOPT_VI vu load_u8(const uint8_t* p) {
+  int32_t b;
+  memcpy(&b, p, 4);
+  return (vu)_mm_cvtepu8_epi32(_mm_cvtsi32_si128(b));
+}
+SIGNOPT_VI vi load_s8(const uint8_t* p) {
+  int32_t b;
+  memcpy(&b, p, 4);
+  return (vi)_mm_cvtepi8_epi32(_mm_cvtsi32_si128(b));
+}
+SIGNOPT_VI void store_u8(uint8_t* p, const vu x) {
+  const __m128i w16 = _mm_packus_epi32((__m128i)x, (__m128i)x);
+  const int32_t b = _mm_cvtsi128_si32(_mm_packus_epi16(w16, w16));
+  memcpy(p, &b, 4);
+}
+SIGNOPT_VI vu load_u16(const uint16_t* p) { return (vu)_mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i*)p)); }
+SIGNOPT_VI void store_u16(uint16_t* p, const vu x) {
+  _mm_storel_epi64((__m128i*)p, _mm_packus_epi32((__m128i)x, (__m128i)x));
+}
+#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_NEON)
+SIGNOPT_VI vu load_u8(const uint8_t* p) {
+  uint32_t b;
+  memcpy(&b, p, 4);
+  return (vu)vmovl_u16(vget_low_u16(vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(b)))));
+}
+SIGNOPT_VI vi load_s8(const uint8_t* p) {
+  uint32_t b;
+  memcpy(&b, p, 4);
+  return (vi)vmovl_s16(vget_low_s16(vmovl_s8(vreinterpret_s8_u32(vdup_n_u32(b)))));
+}
+SIGNOPT_VI void store_u8(uint8_t* p, const vu x) {
+  const uint16x4_t h = vmovn_u32((uint32x4_t)x);
+  const uint8x8_t b = vmovn_u16(vcombine_u16(h, h));
+  const uint32_t w = vget_lane_u32(vreinterpret_u32_u8(b), 0);
+  memcpy(p, &w, 4);
+}
+SIGNOPT_VI vu load_u16(const uint16_t* p) { return (vu)vmovl_u16(vld1_u16(p)); }
+SIGNOPT_VI void store_u16(uint16_t* p, const vu x) { vst1_u16(p, vmovn_u32((uint32x4_t)x)); }
+#else
+SIGNOPT_VI vu load_u8(const uint8_t* p) { return __builtin_convertvector(loadu<vb>(p), vu); }
+SIGNOPT_VI vi load_s8(const uint8_t* p) { return __builtin_convertvector(loadu<vsb>(p), vi); }
+SIGNOPT_VI void store_u8(uint8_t* p, const vu x) { storeu(p, __builtin_convertvector(x, vb)); }
+SIGNOPT_VI vu load_u16(const uint16_t* p) { return __builtin_convertvector(loadu<vh>(p), vu); }
+SIGNOPT_VI void store_u16(uint16_t* p, const vu x) { storeu(p, __builtin_convertvector(x, vh)); }
+#endif
 
 // Correctly rounded square root (as sqrtf).
 SIGNOPT_VI vf vsqrt(const vf x) {
 #if !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 64
   return (vf)_mm512_sqrt_ps((__m512)x);
-#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 32
-  return (vf)_mm256_sqrt_ps((__m256)x);
-#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86)
-  return (vf)_mm_sqrt_ps((__m128)x);
 #elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_NEON)
   return (vf)vsqrtq_f32((float32x4_t)x);
 #else

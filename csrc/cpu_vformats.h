@@ -49,7 +49,7 @@ template <>
 struct VFmt<FmtBF16> {
   static constexpr bool ok = true;
   using raw = uint16_t;
-  static SIGNOPT_VI vf load(const uint16_t* p) { return fbits(__builtin_convertvector(loadu<vh>(p), vu) << 16); }
+  static SIGNOPT_VI vf load(const uint16_t* p) { return fbits(load_u16(p) << 16); }
   // f32_to_bf16_rn
   static SIGNOPT_VI vu rn(const vf x) {
     const vu b = bits(x);
@@ -63,8 +63,8 @@ struct VFmt<FmtBF16> {
     r = selu(finite(x) & (vi)((r & 0x7FFFu) == 0x7F80u), (r & 0x8000u) | 0x7F7Fu, r);
     return selu(isnan(x), splatu(0x7FC0u), r);
   }
-  static SIGNOPT_VI void store(uint16_t* p, const vf x) { storeu(p, narrow_u16(rn(x))); }
-  static SIGNOPT_VI void store_sr(uint16_t* p, const vf x, const vu w) { storeu(p, narrow_u16(sr(x, w))); }
+  static SIGNOPT_VI void store(uint16_t* p, const vf x) { store_u16(p, rn(x)); }
+  static SIGNOPT_VI void store_sr(uint16_t* p, const vf x, const vu w) { store_u16(p, sr(x, w)); }
 };
 
 // 2^e (exact), for constants.
@@ -125,41 +125,51 @@ struct VFmt<FmtFP8<FMT, HAS_INF>> {
         : scale(splat(sc)), sfold(splat(sc * POW)), short_dec(fabsf(sc) < SMAX && !has_special(r, n)) {}
   };
   static SIGNOPT_VI vf load_short(const uint8_t* p, const vf sfold) {
-    const vi c = __builtin_convertvector(loadu<vsb>(p), vi);
-    return fbits(((vu)c << SHIFT) & MASK) * sfold;
+    return fbits(((vu)load_s8(p) << SHIFT) & MASK) * sfold;
   }
   static SIGNOPT_VI vf load_long(const uint8_t* p, const vf scale) {
-    return value(__builtin_convertvector(loadu<vb>(p), vu)) * scale;
+    return value(load_u8(p)) * scale;
   }
   static SIGNOPT_VI vf load(const uint8_t* p, const Dec& d) {
     return d.short_dec ? load_short(p, d.sfold) : load_long(p, d.scale);
   }
 
-  // FmtFP8::encode of x*inv: clamp to +-Qmax, e = max(exponent, EMIN), k = |y| / 2^(e-M) (exact),
-  // rounded (nearest even: k + 2^23 - 2^23, k < 2^23; stochastic: floor(k) + (U < k - floor(k))),
-  // code = ((e - EMIN) << M) + k with the sign; NaN -> 0x7F with the sign.
-  template <bool SR>
-  static SIGNOPT_VI vu codes(const vf x, const vf inv, const vu w) {
+  // FmtFP8::encode of x*inv, stochastic: clamp to +-Qmax, e = max(exponent, EMIN),
+  // k = |y| / 2^(e-M) (exact), floor(k) + (U < k - floor(k)), code = ((e - EMIN) << M) + k with
+  // the sign; NaN -> 0x7F with the sign.
+  static SIGNOPT_VI vu codes_sr(const vf x, const vf inv, const vu w) {
     const float q = F::qmax;
     vf y = x * inv;
-    y = sel(y < -q, splat(-q), sel(y > q, splat(q), y));
+    y = vmin(splat(q), vmax(splat(-q), y));  // clamp (NaN stays NaN)
     const vu b = bits(y);
     const vu a = b & 0x7FFFFFFFu;
     vi e = (vi)(a >> 23) - 127;
-    e = sel_i(e < EMIN, splati(EMIN), e);
+    e = vmaxi(e, splati(EMIN));
     const vf k = fbits(a) * fbits((vu)(127 + M - e) << 23);
-    vi ki;
-    if (SR) {
-      const vi lo = trunc_int(k);
-      ki = lo - (vi)(uniform(w) < k - to_float(lo));
-    } else {
-      ki = trunc_int((k + 8388608.0f) - 8388608.0f);
-    }
+    const vi lo = trunc_int(k);
+    const vi ki = lo - (vi)(uniform(w) < k - to_float(lo));
     vu code = (vu)((e - EMIN) << M) + (vu)ki;
     code = selu((vi)a > 0x7F800000, splatu(0x7Fu), code);
     return ((b >> 24) & 0x80u) | code;
   }
-  static SIGNOPT_VI vi sel_i(const vi m, const vi a, const vi b) { return m ? a : b; }
+  // The same, nearest even, in integer form: a normal |y| (>= 2^EMIN) rounds at bit SH of its
+  // fp32 bits like bf16 (a carry moves into the exponent), the exponent rebiased by the same
+  // addition: code = (a + 2^(SH-1) - 1 + lsb - ((126 + EMIN) << 23)) >> SH; a subnormal one: a + C
+  // with C = 2^(EMIN-M+23) rounds a to a multiple of the subnormal ulp 2^(EMIN-M) (nearest even:
+  // C's last mantissa bit is k's parity) and bits(a + C) - bits(C) = k (k <= 2^M: the result
+  // stays in C's binade).  k = |y| / ulp as in the float form, so the same codes.
+  static SIGNOPT_VI vu codes_rn(const vf x, const vf inv) {
+    constexpr uint32_t CB = (uint32_t)(EMIN - M + 23 + 127) << 23;
+    const float q = F::qmax;
+    const vf y = vmin(splat(q), vmax(splat(-q), x * inv));
+    const vu b = bits(y);
+    const vu a = b & 0x7FFFFFFFu;
+    vu code = (a + ((1u << (SHIFT - 1)) - 1u - ((uint32_t)(126 + EMIN) << 23)) + ((a >> SHIFT) & 1u)) >> SHIFT;
+    const vu sub = bits(fbits(a) + fbits(splatu(CB))) - CB;
+    code = selu((vi)a < (int32_t)((uint32_t)(127 + EMIN) << 23), sub, code);
+    code = selu((vi)a > 0x7F800000, splatu(0x7Fu), code);
+    return ((b >> 24) & 0x80u) | code;
+  }
 
   // The codes of n values (one block) with inv = 1/scale, nearest or stochastic (words).
   static inline void encode_codes(uint8_t* r, const int64_t n, const float* vals, const float inv,
@@ -167,23 +177,24 @@ struct VFmt<FmtFP8<FMT, HAS_INF>> {
     const vf iv = splat(inv);
     int64_t j = 0;
     if (words) {
-      for (; j + W <= n; j += W) storeu(r + j, narrow_u8(codes<true>(loadu<vf>(vals + j), iv, loadu<vu>(words + j))));
+      for (; j + W <= n; j += W) store_u8(r + j, codes_sr(loadu<vf>(vals + j), iv, loadu<vu>(words + j)));
     } else {
       for (; j + 2 * W <= n; j += 2 * W) {  // two independent vectors a step
-        const vu c0 = codes<false>(loadu<vf>(vals + j), iv, vu{});
-        const vu c1 = codes<false>(loadu<vf>(vals + j + W), iv, vu{});
-        storeu(r + j, narrow_u8(c0));
-        storeu(r + j + W, narrow_u8(c1));
+        const vu c0 = codes_rn(loadu<vf>(vals + j), iv);
+        const vu c1 = codes_rn(loadu<vf>(vals + j + W), iv);
+        store_u8(r + j, c0);
+        store_u8(r + j + W, c1);
       }
-      for (; j + W <= n; j += W) storeu(r + j, narrow_u8(codes<false>(loadu<vf>(vals + j), iv, vu{})));
+      for (; j + W <= n; j += W) store_u8(r + j, codes_rn(loadu<vf>(vals + j), iv));
     }
     if (j < n) {
       float x[W] = {};
       uint32_t w[W] = {};
       memcpy(x, vals + j, sizeof(float) * (size_t)(n - j));
       if (words) memcpy(w, words + j, sizeof(uint32_t) * (size_t)(n - j));
-      const vb c = narrow_u8(words ? codes<true>(loadu<vf>(x), iv, loadu<vu>(w)) : codes<false>(loadu<vf>(x), iv, vu{}));
-      memcpy(r + j, &c, (size_t)(n - j));
+      uint8_t c[W];
+      store_u8(c, words ? codes_sr(loadu<vf>(x), iv, loadu<vu>(w)) : codes_rn(loadu<vf>(x), iv));
+      memcpy(r + j, c, (size_t)(n - j));
     }
   }
 

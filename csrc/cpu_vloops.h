@@ -40,17 +40,20 @@ struct VScalars {
         from_grad(s.envelope_from_grad != 0) {}
 };
 
-// torch.sign (0 for 0 and NaN)
-SIGNOPT_VI vf vsgn(const vf x) { return sel(x > 0.0f, splat(1.0f), sel(x < 0.0f, splat(-1.0f), splat(0.0f))); }
+// torch.sign (0 for 0 and NaN): +-1.0 with x's sign bit where |x| > 0 (false for NaN), else +0
+SIGNOPT_VI vf vsgn(const vf x) {
+  return fbits(((bits(x) & 0x80000000u) | 0x3F800000u) & (vu)(vabs(x) > 0.0f));
+}
 SIGNOPT_VI vf vema(const vf x, const vf y, const vf beta, const vf omb) { return x * beta + y * omb; }
-// rules.h's fmax_ign and nanmax
-SIGNOPT_VI vf vfmax_ign(const vf a, const vf b) { return sel(a != a, b, sel(b != b, a, sel(a > b, a, b))); }
+// rules.h's fmax_ign (a NaN operand gives the other; vmax gives b where either is NaN) and nanmax
+SIGNOPT_VI vf vfmax_ign(const vf a, const vf b) { return sel(a != a, b, sel(b != b, a, vmax(a, b))); }
 SIGNOPT_VI vf vnanmax(const vf a, const vf b) { return sel(a != a, a, sel(b != b, b, sel(b > a, b, a))); }
 // rules.h's stochastic_sign
 SIGNOPT_VI vf vstochastic_sign(const vf d, const vf G, const vf U) {
   const vf thr = (1.0f + d / G) * 0.5f;
-  const vf s = sel(U < thr, splat(1.0f), splat(-1.0f));
-  return sel((vi)(((bits(d) | bits(G)) & 0x7FFFFFFFu) == 0u), splat(0.0f), s);
+  // +1.0 where U < thr, else -1.0; +0 where d = G = 0 (either sign)
+  const vu s = 0x3F800000u | (~(vu)(U < thr) & 0x80000000u);
+  return fbits(s & ~(vu)(((bits(d) | bits(G)) & 0x7FFFFFFFu) == 0u));
 }
 
 struct In {
@@ -97,7 +100,7 @@ SIGNOPT_VI Out rule(const VScalars& S, const In& in, const vf seg, const bool se
       o.u = c;
     } else if constexpr (K == K_LION_HUBER) {
       const vf h = c / S.hdelta;
-      o.u = sel(h < -1.0f, splat(-1.0f), sel(h > 1.0f, splat(1.0f), h));
+      o.u = vmin(splat(1.0f), vmax(splat(-1.0f), h));  // clamp (NaN stays NaN)
     } else {  // K_LION_NORM
       o.u = segpos ? c / seg : splat(0.0f);
     }
@@ -168,7 +171,7 @@ struct Loop {
     vi n{};               // minus the non-finite (apply) or kept (count) lanes
   };
 
-  const VScalars& S;
+  const VScalars S;
   const vf bc1, bc2, cs;
   const bool elem_env, cautious;
 
@@ -252,16 +255,22 @@ struct Loop {
     int64_t j = 0;
     bool short_all = false;
     if constexpr (BLK) short_all = (!HM || md.short_dec) && (!HV || vd.short_dec) && (!(STO && elem_env) || Gd.short_dec);
-    const vi n0 = acc.n;
+    // local copies of the loop's scalars, pointers and accumulators: the stores through the
+    // tensors' pointers cannot alias them, so they stay in registers
+    const Loop L = *this;
+    const Ptr Q = P;
+    Acc a = acc;
+    const vi n0 = a.n;
     if (short_all) {
       if constexpr (BLK) {
-        for (; j + W <= n; j += W) lanes<COUNT, std::true_type>(P, j, segv, segpos, md, vd, Gd, acc);
+        for (; j + W <= n; j += W) L.template lanes<COUNT, std::true_type>(Q, j, segv, segpos, md, vd, Gd, a);
       }
     } else {
-      for (; j + W <= n; j += W) lanes<COUNT, std::false_type>(P, j, segv, segpos, md, vd, Gd, acc);
+      for (; j + W <= n; j += W) L.template lanes<COUNT, std::false_type>(Q, j, segv, segpos, md, vd, Gd, a);
     }
-    if (j < n) tail<COUNT>(P, j, n - j, segv, segpos, md, vd, Gd, acc);
-    return -hsum(acc.n - n0);
+    if (j < n) L.template tail<COUNT>(Q, j, n - j, segv, segpos, md, vd, Gd, a);
+    acc = a;
+    return -hsum(a.n - n0);
   }
 
   // The last n < W elements: copied into zero-padded lanes (a padded lane has p = g = 0 and

@@ -106,6 +106,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> encode_cpu(const at::Tensor& x, i
   return {out, scales, dec};
 }
 
+// The vector layer this build's CPU loops were compiled for (cpu_vec.h): "<isa> <lanes> fp32 lanes",
+// e.g. "avx512 16 fp32 lanes" (-march with AVX-512), "avx2 8 fp32 lanes" (x86-64-v3), "neon 4 ...".
+std::string vector_isa() {
+  return std::string(cpu::vec::isa_name()) + " " + std::to_string(cpu::vec::W) + " fp32 lanes";
+}
+
 // One line per declared id (tests/test_cpp_declaration.py renders signopt.declaration the same way).
 std::string declared() {
   std::ostringstream o;
@@ -154,6 +160,7 @@ TORCH_LIBRARY(signopt, m) {
   m.def("philox_word0(int k0, int k1, int base, Tensor(a!) out) -> ()");
   m.def("encode(Tensor x, int fmt, int block, Tensor? words) -> (Tensor, Tensor, Tensor)");
   m.def("declared() -> str", &signopt::declared);
+  m.def("vector_isa() -> str", &signopt::vector_isa);
 }
 
 TORCH_LIBRARY_IMPL(signopt, CPU, m) {

@@ -83,14 +83,6 @@ SIGNOPT_HD void run_words(uint32_t k0, uint32_t k1, uint64_t i0, uint32_t purpos
   }
 }
 
-// Random bits v1, still drawn by the CPU loops (csrc/cpu_*) until they move to v2: one call per
-// element on counter (i mod 2^32, i >> 32, 0, 0), word WORD_* of it for each purpose. Remove
-// with the last v1 caller.
-SIGNOPT_HD PhiloxWords element_words(uint32_t k0, uint32_t k1, uint64_t i) {
-  return philox4x32_10(k0, k1, (uint32_t)i, (uint32_t)(i >> 32), 0u, 0u);
-}
-constexpr int WORD_SIGN = 0, WORD_STATE_ROUNDING = 1, WORD_PARAM_ROUNDING = 2;
-
 // u = (word >> 8) * 2^-24, exact in fp32, in [0, 1).
 SIGNOPT_HD float uniform_from_word(uint32_t w) { return (float)(w >> 8) * 5.9604644775390625e-08f; }
 

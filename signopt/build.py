@@ -7,7 +7,10 @@ Prebuild with ``python -m signopt.build``.
 
 * ``SIGNOPT_BUILD_DIR``: cache root (default ``~/.cache/signopt``).
 * ``SIGNOPT_CUDA=0``: skip the CUDA kernels even when torch has CUDA.
-* ``SIGNOPT_CXX_ARCH``: ``-march`` of the C++ build (default ``native``).
+* ``SIGNOPT_CXX_ARCH``: ``-march`` of the C++ build (default ``native``: the build machine's CPU;
+  e.g. ``x86-64-v3`` for any AVX2 machine, ``x86-64-v4`` for AVX-512). The CPU loops are written
+  once on a portable vector layer (``csrc/cpu_vec.h``) that compiles to whatever vectors the
+  target has; each ``-march`` is its own cached build.
 
 C++ is compiled with ``-O3 -ffp-contract=off`` (no FMA contraction: the kernels must round
 exactly like the torch reference; no fast-math) and CUDA with ``--fmad=false``.

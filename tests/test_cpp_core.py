@@ -342,7 +342,7 @@ for cls, kw, shapes in [(signopt.SignSGD, {}, SHAPES_1D), (signopt.Signum, {"mom
                 for a, b in zip(out["cpp"], out["torch"]):
                     assert same(a, b), (cls.__name__, pdt, sd, extra)
                 checked += 1
-# FP8 state with 256-element blocks (the 64-code encode steps of cpu_simd.h), with and without NaN
+# FP8 state with 256-element blocks (the FP8 encoder's two-vector steps of cpu_vformats.h), with and without NaN
 # codes injected (blocks without NaN take the encode without the NaN select)
 for cls, kw in [(signopt.Signum, {"momentum": 0.9}), (signopt.Lion, {"betas": (0.9, 0.99)})]:
     for pdt in (torch.float32, torch.bfloat16):
@@ -395,8 +395,8 @@ print("CHECKED", checked)
 @pytest.mark.parametrize("simd", ["0", "1"])
 def test_cpu_simd_and_portable_loops_match_reference(simd):
     """SignSGD/Signum/Lion/Lion-kappa l2 and row_l2 and FP8 encoding are bit-identical to the torch reference both through
-    the AVX-512 loops (csrc/cpu_simd.h, where the build has them) and through the portable loops
-    (SIGNOPT_CPU_SIMD=0: what machines without AVX-512 run), with non-finite gradients, signed
+    the vector loops (csrc/cpu_vloops.h on the build's vector layer, csrc/cpu_vec.h) and through the scalar loops
+    (SIGNOPT_CPU_SIMD=0: the tiles of csrc/cpu_kernels.h), with non-finite gradients, signed
     zeros, subnormal and NaN parameters, NaN/inf FP8 state codes, huge gradients (large block
     scales), odd sizes, every weight-decay mode, maximize and lr = 0."""
     env = dict(os.environ, SIGNOPT_CPU_SIMD=simd)
@@ -458,16 +458,17 @@ print("RAN", len(results))
 EXPECTED_STO = 468
 
 
-@pytest.mark.parametrize("offset", [0, 2**32 - 40])
+@pytest.mark.parametrize("offset", [0, 2**34 - 41])
 def test_cpu_simd_stochastic_matches_portable_and_reference(tmp_path, offset):
-    """The stochastic kinds (StoSignSGD, SignConversion bases sgd/momentum/lion/adamw) with the
-    element envelope through the AVX-512 fused loop (simd::fused_sto, where the build has it) and
-    through the portable tiles (SIGNOPT_CPU_SIMD=0) give the same bits, and both match the torch
-    reference (adamw: across the loops only); fp32/bf16 parameters and state (and FP8 E4M3
-    and E5M2 state with NaN/inf codes, cautious masking and a block envelope), 0..16400 elements
-    (sizes not multiples of 16 or 32, more than one work item), NaN/inf/subnormal/huge inputs,
-    weight decay modes, maximize, lr = 0, the grad envelope source with decay, stochastic rounding
-    on (the tile path) and off, and Philox counters crossing 2^32."""
+    """The stochastic kinds (StoSignSGD, SignConversion bases sgd/momentum/lion/adamw) through the
+    vector loops (csrc/cpu_vloops.h) and through the scalar tiles (SIGNOPT_CPU_SIMD=0) give the
+    same bits, and both match the torch reference (adamw: across the loops only); fp32/bf16
+    parameters and state (and FP8 E4M3 and E5M2 state with NaN/inf codes, cautious masking and a
+    block envelope), 0..16400 elements (sizes not multiples of 16 or 32, more than one work item),
+    NaN/inf/subnormal/huge inputs, weight decay modes, maximize, lr = 0, the grad envelope source
+    with decay, stochastic state and parameter rounding on and off; with random bits v2 from
+    element 0 and from an offset that is not a multiple of 4 (the Philox calls serve elements
+    across work-item and block boundaries) whose calls cross 2^32 in the call index."""
     import torch
     res = {}
     for simd in ("1", "0"):
@@ -496,12 +497,13 @@ def test_cpu_simd_stochastic_matches_portable_and_reference(tmp_path, offset):
 
 @pytest.mark.slow
 def test_build_without_avx512_matches_reference(tmp_path):
-    """The extension built for x86-64-v3 (AVX2, no AVX-512: no csrc/cpu_simd.h loops, scalar Philox)
-    passes the same bit-exactness check and the Philox check."""
+    """The extension built for x86-64-v3 (AVX2, no AVX-512: the vector layer's 8-lane form) passes
+    the same bit-exactness check and the Philox check."""
     env = dict(os.environ, SIGNOPT_CXX_ARCH="x86-64-v3", SIGNOPT_BUILD_DIR=str(tmp_path))
     code = PORTABLE_VS_REFERENCE + r"""
 from signopt import build
 assert "x86-64-v3" in str(build.cxx_flags())
+assert torch.ops.signopt.vector_isa().startswith("avx2 8 "), torch.ops.signopt.vector_isa()
 idx = torch.cat([torch.arange(1000, dtype=torch.int64) * 7919, torch.tensor([2**32 - 1, 2**32, 2**40 + 3])])
 got = torch.ops.signopt.philox(0xDEADBEEF, 0x12345678, idx)
 zero = torch.zeros_like(idx)
@@ -526,10 +528,10 @@ print("PHILOX OK")
 @pytest.mark.parametrize("pdtype", [torch.float32, torch.bfloat16])
 def test_fp8_state_blocks_at_the_subnormal_boundary(fmt, weight_decay, pdtype):
     """FP8 state blocks whose smallest |m| sits on either side of the smallest normal code times
-    the block scale (the AVX-512 encoder leaves the subnormal path out of blocks with none), with
-    zeros, subnormal codes and scales that are and are not powers of two; with and without weight
-    decay (decay = 1 leaves the multiply out): bit-identical to the torch reference. beta2 = 0
-    makes the new m the gradient itself; blocks of 64 (the encoder's 64-value loop)."""
+    the block scale (the vector encoder's nearest-even integer form switches there between its
+    normal and subnormal paths), with zeros, subnormal codes and scales that are and are not powers
+    of two; with and without weight decay: bit-identical to the torch reference. beta2 = 0 makes
+    the new m the gradient itself; blocks of 64 (several two-vector encoder steps)."""
     import signopt
 
     emin, m_bits, qmax = (-6, 3, 448.0) if fmt == "fp8_e4m3" else (-14, 2, 57344.0)

@@ -60,17 +60,20 @@ def test_csrc_holds_no_copy_of_the_declaration(source):
 
 
 def test_one_philox_in_csrc():
-    """Philox4x32-10's constants live in philox.h only, each written once; its scalar rounds are
-    philox.h's and its vector rounds cpu_philox.h's."""
+    """Philox4x32-10's constants live in philox.h only, each written once, and its rounds once
+    per form: the scalar one in philox.h (philox4x32_10: the CPU's oracle and the CUDA kernels'),
+    the vector one in cpu_philox.h (philox_calls, the CPU's runs), the only sources that step the
+    key (PHILOX_W0/W1); cpu_philox.h's products are cpu_vec.h's mul32, the one place with the
+    ISA's widening multiplies."""
     for const in ("D2511F53", "CD9E8D57", "9E3779B9", "BB67AE85"):
         where = {p.name: _code(p).upper().count("0X" + const) for p in SOURCES}
         assert {n: c for n, c in where.items() if c} == {"philox.h": 1}, const
-    # its vector form: the rounds on the portable layer's 32x32->64 product, in one header; the
-    # product's ISA forms live in the portable layer only
-    rounds = {p.name for p in SOURCES if re.search(r"mul32\([^;]*PHILOX_[AB]", _code(p))}
-    assert rounds == {"cpu_philox.h"}, rounds
-    products = {p.name for p in SOURCES if "_mm512_mul_epu32" in _code(p) or "_mm256_mul_epu32" in _code(p)}
-    assert products == {"cpu_vec.h"}, products
+    rounds = {p.name for p in SOURCES if re.search(r"\bPHILOX_W[01]\b", _code(p))}
+    assert rounds == {"philox.h", "cpu_philox.h"}, rounds
+    widening = {p.name for p in SOURCES if re.search(r"_mul_epu32|vmull_", _code(p))}
+    assert widening == {"cpu_vec.h"}, widening
+    users = {p.name for p in SOURCES if re.search(r"\bmul32\(", _code(p))}
+    assert users == {"cpu_vec.h", "cpu_philox.h"}, users
 
 
 def test_cpp_backend_python_takes_ids_from_the_declaration():
