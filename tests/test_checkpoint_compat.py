@@ -5,6 +5,10 @@ commit b752096 (schema 1): per scenario, the parameters and the optimizer's ``st
 after ``STEPS`` steps. The test replays each scenario from scratch with today's code, loads the
 old state dict into a new optimizer over the saved parameters and checks that both continue
 bit for bit (parameters and every state tensor) — so neither the loader nor the update may drift.
+The fixture's runs drew random bits v1 (one Philox call per element, word ``purpose`` of it); the
+replay draws them too (:func:`v1_element_word` in place of ``signopt.philox.element_word``), and
+both continuations draw random bits v2, as a run resumed from a schema-1 state dict does
+(``docs/numerics.md``).
 Run this file as a script only when the schema changes on purpose, to record a new fixture.
 """
 from __future__ import annotations
@@ -17,6 +21,9 @@ import pytest
 import torch
 
 import signopt
+from signopt import reference
+from signopt.backends import torch_backend
+from signopt.philox import MASK32, philox4x32
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "schema1_checkpoints.pt"
 STEPS = 3
@@ -66,15 +73,27 @@ def make_fixture() -> None:
     torch.save(out, FIXTURE)
 
 
+def v1_element_word(key: tuple[int, int], indices: torch.Tensor, purpose: int) -> torch.Tensor:
+    """Random bits v1 (the code of the fixture): word ``purpose`` of the Philox call on counter
+    ``(i mod 2**32, i >> 32, 0, 0)`` of element ``i``."""
+    flat = indices.reshape(-1)
+    zero = torch.zeros_like(flat)
+    words = philox4x32(key[0], key[1], flat & MASK32, (flat >> 32) & MASK32, zero, zero)
+    return words[purpose].reshape(indices.shape)
+
+
 def _flat_state(opt: torch.optim.Optimizer) -> dict:
     sd = opt.state_dict()
     return {(k, name): v for k, st in sd["state"].items() for name, v in st.items() if torch.is_tensor(v)}
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_schema1_checkpoint_loads_and_continues_exactly(name):
+def test_schema1_checkpoint_loads_and_continues_exactly(name, monkeypatch):
     saved = torch.load(FIXTURE, weights_only=True)[name]
-    fresh_params, fresh = run(name, STEPS)
+    with monkeypatch.context() as m:  # the old run's random bits (v1)
+        for module in (reference, torch_backend):
+            m.setattr(module, "element_word", v1_element_word)
+        fresh_params, fresh = run(name, STEPS)
     for p, q in zip(fresh_params, saved["params"]):  # today's code replays the old run bit for bit
         assert torch.equal(p.detach(), q)
     params = [torch.nn.Parameter(q.clone()) for q in saved["params"]]
