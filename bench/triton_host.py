@@ -122,8 +122,9 @@ def _stepper(launch, rule, slots, grads, sc):
     def step():  # the pre-plan API: every step rebuilds its tables from the slots
         counter[0] += 1
         if rule.keeps_step():
-            for s, k in zip(slots, derive_keys(GROUP["seed"], [counter[0]] * len(slots), indices)):
-                s.key = k
+            words = derive_keys(GROUP["seed"], [counter[0]] * len(slots), indices)
+            for j, s in enumerate(slots):
+                s.key = (words[2 * j], words[2 * j + 1])
         return launch.step(rule, slots, sc)
     return step
 

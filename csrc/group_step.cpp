@@ -6,14 +6,19 @@
 //   add_call(slots, <the call's fixed arguments>) adds one call over slots (indices into the
 //     group's slots): its state lists, kind, formats, state_block, envelope, flags, offsets and
 //     segment lengths;
+//   count(steps, indices, domain, keys, bias): the slots' step counters (0-dim int64 tensors of
+//     the state) and tensor indices, for rules that keep a step: whether they draw random bits
+//     (keys) and bias-correct (bias);
+//   advance(seed_lo, seed_hi, beta1, beta2): adds 1 to each counter and derives this step's
+//     per-slot keys and bias corrections from them (csrc/step_values.h: the values
+//     signopt.scalars.step_values gives);
 //   check() reads every slot's .grad here, in C++, and says whether it and the parameter still
 //     have the layout the plan was built for (strided, contiguous, with the parameter's dtype,
 //     shape and device when built); it keeps the gradients for run() and touches nothing;
-//   run(<this step's arguments>) runs the calls on the gradients check() kept (the CPU or CUDA
-//     implementation, called directly): keys and bias are per slot (two entries each, or empty
-//     when the rule has none; signopt.scalars.step_values derives them), the scalars and the
-//     optional tensors as signopt::step takes them; it drops the gradients and returns the
-//     non-finite count; release() drops them unrun.
+//   run(<this step's scalars and optional tensors>) runs the calls on the gradients check() kept
+//     with the keys and bias corrections advance() derived (the CPU or CUDA implementation,
+//     called directly); it drops the gradients and returns the non-finite count; release() drops
+//     them unrun.
 #include <ATen/ATen.h>
 #include <torch/custom_class.h>
 #include <torch/library.h>
@@ -22,6 +27,7 @@
 
 #include "signopt_declaration.h"
 #include "step_impl.h"
+#include "step_values.h"
 
 namespace signopt {
 
@@ -58,6 +64,13 @@ struct GroupStep : torch::CustomClassHolder {
   std::vector<Layout> layouts;     // per slot: its parameter's when built
   std::vector<HeldCall> calls;
   std::vector<at::Tensor> grads;   // per slot, between check() and run()
+  // count(): the slots' step counters and tensor indices, what advance() derives from them
+  c10::intrusive_ptr<StepCounters> counters;
+  std::vector<int64_t> indices, steps;
+  int64_t domain = 0;
+  bool derives_keys = false, derives_bias = false, advanced = false;
+  std::vector<int64_t> keys;  // per slot two words (advance(); empty: the rule draws no bits)
+  std::vector<double> bias;   // per slot two corrections (advance(); empty: none)
 
   explicit GroupStep(std::vector<at::Tensor> ps) : params(std::move(ps)) {
     for (const at::Tensor& p : params) layouts.push_back(Layout{p.scalar_type(), p.sizes().vec(), p.device()});
@@ -72,6 +85,28 @@ struct GroupStep : torch::CustomClassHolder {
     c.slots = std::move(slots);
     SIGNOPT_HELD_STORE(c)
     calls.push_back(std::move(c));
+  }
+
+  void count(std::vector<at::Tensor> step_tensors, std::vector<int64_t> idx, int64_t dom, bool with_keys,
+             bool with_bias) {
+    TORCH_CHECK(step_tensors.size() == params.size() && idx.size() == params.size(),
+                "GroupStep.count: one step counter and one index per slot");
+    counters = c10::make_intrusive<StepCounters>(std::move(step_tensors));
+    indices = std::move(idx);
+    domain = dom;
+    derives_keys = with_keys;
+    derives_bias = with_bias;
+  }
+
+  void advance(int64_t seed_lo, int64_t seed_hi, double beta1, double beta2) {
+    TORCH_CHECK(counters, "GroupStep.advance: call count() first");
+    counters->advance_into(steps);
+    const size_t n = steps.size();
+    keys.resize(derives_keys ? 2 * n : 0);
+    bias.resize(derives_bias ? 2 * n : 0);
+    if (derives_keys) derive_keys_into(seed_lo, seed_hi, domain, steps.data(), indices.data(), n, keys.data());
+    if (derives_bias) bias_corrections_into(beta1, beta2, steps.data(), n, bias.data());
+    advanced = true;
   }
 
   bool check() {
@@ -99,9 +134,8 @@ struct GroupStep : torch::CustomClassHolder {
 
   at::Tensor run(SIGNOPT_HELD_RUN_PARAMS) {
     TORCH_CHECK(grads.size() == params.size(), "GroupStep.run: call check() first");
-    const size_t n = params.size();
-    TORCH_CHECK(keys.empty() || keys.size() == 2 * n, "GroupStep.run: keys must hold 2 entries per slot (or none)");
-    TORCH_CHECK(bias.empty() || bias.size() == 2 * n, "GroupStep.run: bias must hold 2 entries per slot (or none)");
+    TORCH_CHECK(!counters || advanced, "GroupStep.run: call advance() first");
+    advanced = false;
     std::vector<at::Tensor> held = std::move(grads);
     grads.clear();  // a kept plan must not keep this step's gradients alive
     at::Tensor total;
@@ -131,6 +165,8 @@ TORCH_LIBRARY_FRAGMENT(signopt, m) {
   m.class_<signopt::GroupStep>("GroupStep")
       .def(torch::init<std::vector<at::Tensor>>())
       .def("add_call", &signopt::GroupStep::add_call, "", {torch::arg("slots"), SIGNOPT_HELD_NAMES})
+      .def("count", &signopt::GroupStep::count)
+      .def("advance", &signopt::GroupStep::advance)
       .def("check", &signopt::GroupStep::check)
       .def("run", &signopt::GroupStep::run, "", {SIGNOPT_HELD_RUN_NAMES})
       .def("release", &signopt::GroupStep::release);

@@ -411,13 +411,14 @@ class Partition:
         ftab = self._ftabs.table(self.device, (None if bias is None else tuple(bias),), build_ftab)
         return tab, ftab
 
-    def run(self, grad_ptrs: list[int], keys: list[tuple[int, int]] | None,
-            bias: list[tuple[float, float]] | None, sc: GroupScalars) -> Tensor:
+    def run(self, grad_ptrs: list[int], values: StepValues) -> Tensor:
         """Launch this partition's passes with this step's gradients (addresses of contiguous
         tensors, in item order), keys and bias corrections (per prepared slot)."""
         device, cfg = self.device, self.cfg
-        seeds = [0] * len(self.slots) if keys is None else [_signed64(triton_seed(keys[i])) for i in self.slots]
-        tab, ftab = self.tables(grad_ptrs, seeds, None if bias is None else [bias[i] for i in self.slots])
+        sc = values.scalars
+        seeds = [0] * len(self.slots) if values.keys is None else [
+            _signed64(triton_seed(values.key(i))) for i in self.slots]
+        tab, ftab = self.tables(grad_ptrs, seeds, None if values.bias is None else [values.bias_of(i) for i in self.slots])
         for dst, work in self.writeback:
             work.copy_(dst)
         scal = _scalar_table(sc, self.state_kind, device)
@@ -522,7 +523,7 @@ class Plan:
             ptrs[i] = g.data_ptr()
         if rebuild:
             self._build([grads[i].dtype if i in ptrs else s.param.dtype for i, s in enumerate(self.slots)])
-        counts = [part.run([ptrs[i] for i in part.slots], values.keys, values.bias, values.scalars)
+        counts = [part.run([ptrs[i] for i in part.slots], values)
                   for part in self.partitions]
         if not counts:
             return None

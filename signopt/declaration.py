@@ -268,13 +268,22 @@ def step_schema() -> str:
 def _held_role(name: str) -> str:
     """How ``torch.classes.signopt.GroupStep`` (csrc/group_step.cpp) gets each argument of
     ``signopt::step``: ``"slots"`` (params and grads: its own), ``"fixed"`` (given once per call by
-    ``add_call``: state lists, kind, formats, flags, offsets, segment lengths) or ``"step"`` (given to
-    every ``run``: per-slot keys and bias corrections, the scalars and the optional tensors)."""
+    ``add_call``: state lists, kind, formats, flags, offsets, segment lengths), ``"derived"``
+    (per-slot keys and bias corrections: it derives them from its step counters, see ``advance``)
+    or ``"step"`` (given to every ``run``: the scalars and the optional tensors)."""
     if name in ("params", "grads"):
         return "slots"
-    if name in ("keys", "bias") or name in SCALAR_NAMES:
+    if name in ("keys", "bias"):
+        return "derived"
+    if name in SCALAR_NAMES:
         return "step"
     return "step" if dict((n, t) for t, n, _ in step_arguments())[name] == "Tensor?" else "fixed"
+
+
+def held_run_arguments() -> tuple[str, ...]:
+    """The names ``torch.classes.signopt.GroupStep.run`` takes, in order: ``signopt::step``'s
+    per-step arguments but the keys and bias corrections the held step derives itself."""
+    return tuple(n for _, n, _ in step_arguments() if _held_role(n) == "step")
 
 
 def _cpp_step_macros() -> list[str]:

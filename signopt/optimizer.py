@@ -424,15 +424,14 @@ class SignOptimizer(Optimizer):
 
     @staticmethod
     def _run(w: _GroupWork, scalars: GroupScalars, found_inf: Tensor | None) -> Tensor | None:
-        """One step of a group's plan: step counters, this step's values, the update."""
+        """One step of a group's plan: step counters, this step's values, the update (a held
+        step advances its counters and derives the values itself)."""
         plan, rule = w.plan, w.rule
-        steps: list[int] = []
-        if rule.keeps_step():
-            steps = plan.steps.advance()
-        values = step_values(rule, w.group, scalars, steps, plan.indices)
         if w.held:
-            count = plan.held.run(values)
+            count = plan.held.run(w.group, scalars)
         else:
+            steps = plan.steps.advance() if rule.keeps_step() else []
+            values = step_values(rule, w.group, scalars, steps, plan.indices)
             count = plan.prepared.run(w.grads, values, w.keep)
         if found_inf is not None and rule.keeps_step():
             # As fused AdamW: a step GradScaler skips (inf/NaN) does not advance the counter.

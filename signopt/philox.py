@@ -81,22 +81,22 @@ def derive_key(seed: int, step: int, tensor_index: int) -> tuple[int, int]:
 VECTOR_MIN = 16  # below this many keys the Python loop is faster than NumPy's call overhead
 
 
-def derive_keys(seed: int, steps: list[int], indices: list[int]) -> list[tuple[int, int]]:
-    """``[derive_key(seed, t, i) for t, i in zip(steps, indices)]``: from :data:`VECTOR_MIN`
-    keys on, in one C++ call where the extension is loaded (``signopt::derive_keys``, the same
-    Philox), else with the same uint32 arithmetic on NumPy uint64 arrays (32x32-bit products fit
-    exactly; ``steps`` and ``indices`` are int64 values, viewed as two's complement as
-    Python's ``&``/``>>`` treat negative ints)."""
+def derive_keys(seed: int, steps: list[int], indices: list[int]) -> list[int]:
+    """The keys ``derive_key(seed, t, i)`` for ``t, i in zip(steps, indices)``, flat
+    (``[k0, k1, k0, k1, ...]``, as the kernels take them): from :data:`VECTOR_MIN` keys on, in
+    one C++ call where the extension is loaded (``signopt::derive_keys``, the same Philox), else
+    with the same uint32 arithmetic on NumPy uint64 arrays (32x32-bit products fit exactly;
+    ``steps`` and ``indices`` are int64 values, viewed as two's complement as Python's
+    ``&``/``>>`` treat negative ints)."""
     if len(steps) < VECTOR_MIN:
-        return [derive_key(seed, t, i) for t, i in zip(steps, indices)]
+        return [k for t, i in zip(steps, indices) for k in derive_key(seed, t, i)]
     op = None if torch.compiler.is_compiling() else loaded_op("derive_keys")
     if op is not None:
         if not 0 <= seed < 2**64:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
-        flat = op(seed & MASK32, seed >> 32, KEY_DOMAIN, steps, indices)
-        return list(zip(flat[0::2], flat[1::2]))
+        return op(seed & MASK32, seed >> 32, KEY_DOMAIN, steps, indices)
     if _np is None:
-        return [derive_key(seed, t, i) for t, i in zip(steps, indices)]
+        return [k for t, i in zip(steps, indices) for k in derive_key(seed, t, i)]
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2**64), got {seed}")
     u64 = _np.uint64
@@ -114,7 +114,7 @@ def derive_keys(seed: int, steps: list[int], indices: list[int]) -> list[tuple[i
                           (prod_a >> s32) ^ c3 ^ u64(k1), prod_a & mask)
         k0 = (k0 + PHILOX_KEY_A) & MASK32
         k1 = (k1 + PHILOX_KEY_B) & MASK32
-    return list(zip(c0.tolist(), c1.tolist()))
+    return _np.stack([c0, c1], axis=1).reshape(-1).tolist()
 
 
 def loaded_op(name: str):

@@ -42,14 +42,22 @@ coefficient added to the gradient as ``g + l2*p``. ``inv_scale`` (``1/grad_scale
 @dataclass(frozen=True)
 class StepValues:
     """What one step of a group needs besides its gradients, derived once per step by
-    :func:`step_values`: the group's scalars, per slot the Philox key
-    ``(k0, k1)`` of this (step, tensor) (``keys`` None when the rule draws no random bits) and
-    AdamW's bias corrections ``(1 - beta1**t, 1 - beta2**t)`` (``bias`` None unless the rule
-    bias-corrects)."""
+    :func:`step_values`: the group's scalars, the Philox keys of this step's (step, tensor)
+    pairs (``keys``: two words per slot, ``[k0, k1, k0, k1, ...]``, as the kernels take them;
+    None when the rule draws no random bits) and AdamW's bias corrections (``bias``: per slot
+    ``1 - beta1**t, 1 - beta2**t``, flat the same way; None unless the rule bias-corrects)."""
 
     scalars: GroupScalars
-    keys: list[tuple[int, int]] | None = None
-    bias: list[tuple[float, float]] | None = None
+    keys: list[int] | None = None
+    bias: list[float] | None = None
+
+    def key(self, slot: int) -> tuple[int, int] | None:
+        """Slot ``slot``'s key ``(k0, k1)``, or None."""
+        return None if self.keys is None else (self.keys[2 * slot], self.keys[2 * slot + 1])
+
+    def bias_of(self, slot: int) -> tuple[float, float] | None:
+        """Slot ``slot``'s bias corrections, or None."""
+        return None if self.bias is None else (self.bias[2 * slot], self.bias[2 * slot + 1])
 
 
 def _betas(family: str, group: dict) -> tuple[float, float]:
@@ -96,10 +104,16 @@ def group_scalars(rule: UpdateRule, group: dict, grad_scale: Tensor | None,
     )
 
 
+def bias_betas(group: dict) -> tuple[float, float]:
+    """The betas a bias-correcting group's corrections are taken of."""
+    b1, b2 = group["betas"]
+    return float(b1), float(b2)
+
+
 def bias_corrections(group: dict, step: int) -> tuple[float, float]:
     """AdamW bias corrections ``(1 - beta1**t, 1 - beta2**t)`` in fp64, rounded once to fp32."""
-    b1, b2 = group["betas"]
-    return f32(1.0 - float(b1) ** step), f32(1.0 - float(b2) ** step)
+    b1, b2 = bias_betas(group)
+    return f32(1.0 - b1 ** step), f32(1.0 - b2 ** step)
 
 
 class StepCounters:
@@ -138,6 +152,10 @@ def step_values(rule: UpdateRule, group: dict, scalars: GroupScalars, steps: lis
     if rule.draws_random_bits:
         keys = derive_keys(group["seed"], steps, indices)
     if rule.uses_bias_correction:
-        memo: dict[int, tuple[float, float]] = {}
-        bias = [memo[t] if t in memo else memo.setdefault(t, bias_corrections(group, t)) for t in steps]
+        if steps and steps.count(steps[0]) == len(steps):  # the usual case: one step for all
+            bias = list(bias_corrections(group, steps[0])) * len(steps)
+        else:
+            memo: dict[int, tuple[float, float]] = {}
+            bias = [b for t in steps for b in (memo[t] if t in memo else
+                                               memo.setdefault(t, bias_corrections(group, t)))]
     return StepValues(scalars, keys, bias)

@@ -430,43 +430,50 @@ def test_failed_step_releases_held_gradients():
     assert all(r() is None for r in refs)
 
 
-def test_held_run_takes_keys_and_bias_as_given():
-    """``GroupStep.run`` takes this step's per-slot keys and bias corrections as arguments (the
-    one derivation is ``signopt.scalars.step_values``, in Python) and gives the bits that
-    ``signopt::step`` gives with the same values, for every slot of several calls: keys past
-    2**31 and (AdamW base) bias corrections that differ per slot."""
+def test_held_run_derives_the_values_step_values_gives():
+    """``GroupStep`` advances the slots' step counters and derives this step's keys and bias
+    corrections in C++ (csrc/step_values.h); they are those of the Python statement
+    (``signopt.scalars.step_values``): the held step and ``signopt::step`` given
+    ``step_values``' values leave the same bits, for every slot of several calls, with a seed
+    past 2**63, step counters that differ per slot (past 2**32 too) and AdamW bias corrections
+    that differ per slot."""
     from signopt.backends.cpp_backend import HeldGroup
-    from signopt.scalars import StepValues, group_scalars
+    from signopt.scalars import group_scalars, step_values
 
     backend_or_skip("cpp")
+    seed = 2**64 - 12345
 
     def make():
         gen = torch.Generator().manual_seed(5)
         ps = [torch.nn.Parameter(torch.randn(n, generator=gen).to(dt))
               for n, dt in ((40, torch.float32), (0, torch.float32), (70, torch.bfloat16), (300, torch.float32))]
-        opt = signopt.SignConversion(ps, lr=1e-2, base="adamw", seed=9, backend="cpp", state_dtype="bf16",
-                                     state_rounding="stochastic")
+        opt = signopt.SignConversion(ps, lr=1e-2, base="adamw", betas=(0.8, 0.97), seed=seed, backend="cpp",
+                                     state_dtype="bf16", state_rounding="stochastic")
         for t in range(2):  # state allocated, plan kept
             for p in ps:
                 p.grad = torch.randn(p.shape, generator=gen).to(p.dtype)
             opt.step()
+        for p, t in zip(ps, (3, 11, 2**33 + 5, 1)):  # per-slot step counters
+            opt.state[p]["step"].fill_(t)
         return ps, opt
 
     (a, opt_a), (b, opt_b) = make(), make()
-    rng = random.Random(3)
-    n = len(a)
-    values = StepValues(group_scalars(opt_a._plans[0].rule, opt_a.param_groups[0], None, None),
-                        keys=[(rng.randrange(2**32), rng.randrange(2**32)) for _ in range(n)],
-                        bias=[(rng.uniform(0.05, 1.0), rng.uniform(0.001, 1.0)) for _ in range(n)])
     gen = torch.Generator().manual_seed(11)
     for x, y in zip(a, b):
         x.grad = torch.randn(x.shape, generator=gen).to(x.dtype)
         y.grad = x.grad.clone()
-    held = opt_a._plans[0].held
-    assert isinstance(held, HeldGroup) and len(opt_a._plans[0].prepared.calls) == 2
+    plan_a, plan_b = opt_a._plans[0], opt_b._plans[0]
+    group, rule = opt_a.param_groups[0], plan_a.rule
+    scalars = group_scalars(rule, group, None, None)
+    held = plan_a.held
+    assert isinstance(held, HeldGroup) and len(plan_a.prepared.calls) == 2
     assert held.check()
-    held.run(values)
-    opt_b._plans[0].prepared.run([p.grad for p in b], values, False)
+    held.run(group, scalars)
+    steps = plan_b.steps.advance()
+    assert steps == [4, 12, 2**33 + 6, 2]
+    values = step_values(rule, group, scalars, steps, plan_b.indices)
+    assert len(set(values.bias)) == 7 and max(values.keys) >= 2**31  # t = 2**33 + 6: both corrections 1.0
+    plan_b.prepared.run([p.grad for p in b], values, False)
     assert_snapshot_equal(snapshot(opt_a, a), snapshot(opt_b, b))
 
 
@@ -506,7 +513,7 @@ def test_derive_keys_equals_derive_key():
                      for _ in range(n)]
             indices = [rng.randrange(2**40) for _ in range(n)]
             keys = derive_keys(seed, steps, indices)
-            assert keys == [derive_key(seed, s, i) for s, i in zip(steps, indices)]
-            assert all(type(k0) is int and type(k1) is int for k0, k1 in keys)
+            assert keys == [k for s, i in zip(steps, indices) for k in derive_key(seed, s, i)]
+            assert all(type(k) is int for k in keys)
     with pytest.raises(ValueError, match="seed"):
         derive_keys(2**64, [1] * VECTOR_MIN, list(range(VECTOR_MIN)))

@@ -20,7 +20,7 @@ from typing import Protocol
 from torch import Tensor
 
 from ..rule import UpdateRule
-from ..scalars import StepValues
+from ..scalars import GroupScalars, StepValues
 from .slot import ParamSlot
 
 log = logging.getLogger("signopt")
@@ -44,13 +44,15 @@ class BackendUnavailable(RuntimeError):
 class Held(Protocol):
     """A prepared call that reads the gradients itself (C++): ``check`` reads every slot's
     ``.grad`` and says whether each still has the layout the plan was built for (keeping them for
-    ``run``; touches nothing), ``release`` drops them unrun, ``run`` runs one step on them."""
+    ``run``; touches nothing), ``release`` drops them unrun, ``run`` runs one step on them with
+    the group's ``scalars``: it advances the slots' step counters and derives the values
+    :func:`~signopt.scalars.step_values` gives from them and ``group`` (seed, betas) itself."""
 
     def check(self) -> bool: ...
 
     def release(self) -> None: ...
 
-    def run(self, values: StepValues) -> Tensor | None: ...
+    def run(self, group: dict, scalars: GroupScalars) -> Tensor | None: ...
 
 
 class Prepared(Protocol):

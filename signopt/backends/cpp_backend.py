@@ -21,7 +21,8 @@ from torch import Tensor
 from .. import build, declaration, state_layout
 from ..declaration import FORMATS, PARAM_FORMATS, SCALARS, STEP_LISTS, Format
 from ..rule import UpdateRule
-from ..scalars import GroupScalars, StepValues
+from ..philox import KEY_DOMAIN, MASK32
+from ..scalars import GroupScalars, StepValues, bias_betas
 from . import BackendUnavailable
 from .slot import ParamSlot
 from .torch_backend import real_view
@@ -34,6 +35,8 @@ MAX_CUDA_FP8_BLOCK = 2048  # csrc/cuda_launch.h: FP8 blocks are staged in shared
 # signopt::step's state lists (after params and grads), in the schema's order.
 _LIST_NAMES = tuple(n for t, n, kw in declaration.step_arguments() if t.endswith("[]") and t.startswith("Tensor")
                     and n not in ("params", "grads"))
+
+_HELD_RUN_ARGUMENTS = declaration.held_run_arguments()
 
 # The value of each of declaration.FLAGS for a rule.
 _FLAGS: dict[str, Callable[[UpdateRule], bool]] = {
@@ -104,6 +107,7 @@ class PreparedGroup:
 
     def __init__(self, rule: UpdateRule, slots: list[ParamSlot]) -> None:
         kind = declaration.kind(rule.family, rule.kappa, rule.base)
+        self.rule = rule
         parts: dict[tuple, list[int]] = {}
         for i, slot in enumerate(slots):
             p = real_view(slot.param)
@@ -135,17 +139,24 @@ class PreparedGroup:
         step = torch.classes.signopt.GroupStep([s.param for s in self.slots])
         for c in calls:
             step.add_call(slots=list(range(len(self.slots))) if c.pos is None else c.pos, **c.lists, **c.fixed)
-        return HeldGroup(step, calls[0].device)
+        rule = self.rule
+        if rule.keeps_step():
+            step.count([s.state[state_layout.STEP_KEY] for s in self.slots], [s.index for s in self.slots],
+                       KEY_DOMAIN, rule.draws_random_bits, rule.uses_bias_correction)
+        return HeldGroup(step, calls[0].device, rule)
 
 
 class HeldGroup:
     """A :class:`PreparedGroup`'s calls held in C++ (the :class:`~signopt.backends.Held`
     protocol): ``check`` reads and checks every slot's ``.grad`` in C++ and keeps them,
-    ``release`` drops them, ``run`` runs one step on them."""
+    ``release`` drops them, ``run`` runs one step on them: it advances the slots' step counters
+    and derives the keys and bias corrections :func:`~signopt.scalars.step_values` would give, in
+    C++ (``csrc/step_values.h``), so a step costs no Python per tensor."""
 
-    def __init__(self, step: torch.ScriptObject, device: torch.device) -> None:
+    def __init__(self, step: torch.ScriptObject, device: torch.device, rule: UpdateRule) -> None:
         self.step = step
         self.device = device
+        self.rule = rule
 
     def check(self) -> bool:
         return self.step.check()
@@ -153,22 +164,29 @@ class HeldGroup:
     def release(self) -> None:
         self.step.release()
 
-    def run(self, values: StepValues) -> Tensor | None:
-        return self.step.run(keys=_flat(values.keys, None), bias=_flat(values.bias, None),
-                             **scalar_arguments(values.scalars, self.device))
+    def run(self, group: dict, scalars: GroupScalars) -> Tensor | None:
+        if self.rule.keeps_step():
+            seed = group["seed"]
+            b1, b2 = bias_betas(group) if self.rule.uses_bias_correction else (0.0, 0.0)
+            self.step.advance(seed & MASK32, seed >> 32, b1, b2)
+        args = scalar_arguments(scalars, self.device)
+        return self.step.run(*[args.get(n) for n in _HELD_RUN_ARGUMENTS])
 
 
-def _flat(pairs: list[tuple] | None, pos: list[int] | None) -> list:
-    """The per-slot pairs of slots ``pos`` (None: all) as one flat list; [] for None."""
-    if pairs is None:
+def _pairs(flat: list | None, pos: list[int] | None) -> list:
+    """The entries of slots ``pos`` (None: all) of a flat two-per-slot list; [] for None."""
+    if flat is None:
         return []
-    return [x for i in (range(len(pairs)) if pos is None else pos) for x in pairs[i]]
+    if pos is None:
+        return flat
+    return [x for i in pos for x in (flat[2 * i], flat[2 * i + 1])]
 
 
 def scalar_arguments(sc: GroupScalars, device: torch.device) -> dict:
     """``signopt::step``'s scalar arguments by name for a call on ``device``: every one of
     :data:`~signopt.declaration.SCALARS` (a tensor value goes to its ``<name>_tensor`` argument,
-    on ``device``, with 0.0 in its place) and the GradScaler's ``inv_scale``/``found_inf``."""
+    on ``device``, with 0.0 in its place; absent ``<name>_tensor``: None) and the GradScaler's
+    ``inv_scale``/``found_inf``."""
     args: dict = {}
     for s in SCALARS:
         value = getattr(sc, s.name)
@@ -221,7 +239,7 @@ class _Call:
             grads = [g if g.is_contiguous() else g.contiguous() for g in grads]
         return torch.ops.signopt.step(params, grads, *self.args, **self.fixed,
                                       **scalar_arguments(values.scalars, self.device),
-                                      keys=_flat(values.keys, self.pos), bias=_flat(values.bias, self.pos))
+                                      keys=_pairs(values.keys, self.pos), bias=_pairs(values.bias, self.pos))
 
 
 def load() -> CppBackend:

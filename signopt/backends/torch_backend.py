@@ -46,8 +46,7 @@ class TorchStep:
             if p.numel() == 0:
                 continue
             g = real_view(grads[i])
-            key = None if values.keys is None else values.keys[i]
-            bias = None if values.bias is None else values.bias[i]
+            key, bias = values.key(i), values.bias_of(i)
             slots = state_layout.slots(rule)
             st = {s.name: state_layout.read(rule, slot.state, s) for s in slots}
             indices = None
