@@ -364,7 +364,8 @@ void check_loop(const Opts& o, const int64_t n, const int64_t B, const int64_t s
       memcpy(&t, y + i, elem_size);
       if (u != t && !(nan_bits(u, elem_size, fp8) && nan_bits(t, elem_size, fp8))) {
         char buf[160];
-        snprintf(buf, sizeof buf, "%s kind %d pf %d sf %d opts %d%d%d%d%d%d%d n %ld", what, K, PF::fmt, SF::fmt,
+        snprintf(buf, sizeof buf, "%s kind %d param bytes %d state bytes %d%s opts %d%d%d%d%d%d%d n %ld", what, K,
+                 (int)sizeof(PR), (int)sizeof(SR), SF::blocked ? " (block-scaled)" : "",
                  o.maximize, o.scaler, o.l2, o.cautious, o.psr, o.ssr, o.elem_env, (long)n);
         fail(buf, (long)(i / elem_size), u, t);
         return;
