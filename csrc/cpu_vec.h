@@ -100,6 +100,22 @@ template <class V, class T>
 SIGNOPT_VI void storeu(T* p, const V v) {
   memcpy(p, &v, sizeof(V));
 }
+// The first n elements of s into d, for n shorter than a vector (the loops' tails): pieces of
+// constant size, so that no library call is made (a memcpy of a variable size is one).
+template <class T>
+SIGNOPT_VI void copy_short(T* d, const T* s, const int64_t n) {
+  static_assert(sizeof(T) * W <= 128, "copy_short: a tail is at most 127 bytes");
+  char* D = (char*)d;
+  const char* S = (const char*)s;
+  const size_t b = sizeof(T) * (size_t)n;
+  if (b & 64) { memcpy(D, S, 64); D += 64; S += 64; }
+  if (b & 32) { memcpy(D, S, 32); D += 32; S += 32; }
+  if (b & 16) { memcpy(D, S, 16); D += 16; S += 16; }
+  if (b & 8) { memcpy(D, S, 8); D += 8; S += 8; }
+  if (b & 4) { memcpy(D, S, 4); D += 4; S += 4; }
+  if (b & 2) { memcpy(D, S, 2); D += 2; S += 2; }
+  if (b & 1) *D = *S;
+}
 
 // ---------------------------------------------------------------- lanes
 SIGNOPT_VI vf splat(const float x) { return vf{} + x; }

@@ -20,21 +20,21 @@ namespace vec {
 // ---------------------------------------------------------------- rule core on W lanes
 // The scalars of a call, broadcast once.
 struct VScalars {
-  vf mul, sg, l2, b1, omb1, b2, omb2, lr, decay, eps, hdelta, gamma;
+  float mul, sg, l2, b1, omb1, b2, omb2, lr, decay, eps, hdelta, gamma;  // splat where used
   bool prol, has_l2, from_grad;
   explicit VScalars(const Scalars& s)
-      : mul(splat(s.has_inv_scale ? s.inv_scale : 1.0f)),
-        sg(splat(s.maximize ? -1.0f : 1.0f)),
-        l2(splat(s.l2)),
-        b1(splat(s.beta1)),
-        omb1(splat(s.omb1)),
-        b2(splat(s.beta2)),
-        omb2(splat(s.omb2)),
-        lr(splat(s.lr)),
-        decay(splat(s.decay)),
-        eps(splat(s.eps)),
-        hdelta(splat(s.huber_delta)),
-        gamma(splat(s.envelope_decay)),
+      : mul(s.has_inv_scale ? s.inv_scale : 1.0f),
+        sg(s.maximize ? -1.0f : 1.0f),
+        l2(s.l2),
+        b1(s.beta1),
+        omb1(s.omb1),
+        b2(s.beta2),
+        omb2(s.omb2),
+        lr(s.lr),
+        decay(s.decay),
+        eps(s.eps),
+        hdelta(s.huber_delta),
+        gamma(s.envelope_decay),
         prol(s.has_inv_scale || s.maximize),
         has_l2(s.l2 != 0.0f),
         from_grad(s.envelope_from_grad != 0) {}
@@ -76,10 +76,10 @@ SIGNOPT_VI Out rule(const VScalars& S, const In& in, const vf seg, const bool se
   static_assert(K != K_LION_LP, "Lion-kappa lp has no vector form (pow)");
   Out o;
   vf x = in.g;
-  if (S.prol) x = (x * S.mul) * S.sg;
+  if (S.prol) x = (x * splat(S.mul)) * splat(S.sg);
   o.bad = ~finite(x);
   vf g = sel(o.bad, splat(0.0f), x);
-  if (S.has_l2) g = g + S.l2 * in.p;
+  if (S.has_l2) g = g + splat(S.l2) * in.p;
   o.gg = g;
   o.m = in.m;
   o.v = in.v;
@@ -88,18 +88,18 @@ SIGNOPT_VI Out rule(const VScalars& S, const In& in, const vf seg, const bool se
   if constexpr (K == K_SIGN) {
     o.u = vsgn(g);
   } else if constexpr (K == K_SIGNUM) {
-    o.m = sel(o.bad, in.m, vema(in.m, g, S.b1, S.omb1));
+    o.m = sel(o.bad, in.m, vema(in.m, g, splat(S.b1), splat(S.omb1)));
     o.u = vsgn(o.m);
   } else if constexpr (!kind_stochastic(K)) {  // Lion: c and m from the old m
-    const vf c = sel(o.bad, splat(0.0f), vema(in.m, g, S.b1, S.omb1));
-    o.m = sel(o.bad, in.m, vema(in.m, g, S.b2, S.omb2));
+    const vf c = sel(o.bad, splat(0.0f), vema(in.m, g, splat(S.b1), splat(S.omb1)));
+    o.m = sel(o.bad, in.m, vema(in.m, g, splat(S.b2), splat(S.omb2)));
     o.red = c;
     if constexpr (K == K_LION_L1) {
       o.u = vsgn(c);
     } else if constexpr (K == K_LION_L2SQ) {
       o.u = c;
     } else if constexpr (K == K_LION_HUBER) {
-      const vf h = c / S.hdelta;
+      const vf h = c / splat(S.hdelta);
       o.u = vmin(splat(1.0f), vmax(splat(-1.0f), h));  // clamp (NaN stays NaN)
     } else {  // K_LION_NORM
       o.u = segpos ? c / seg : splat(0.0f);
@@ -109,19 +109,19 @@ SIGNOPT_VI Out rule(const VScalars& S, const In& in, const vf seg, const bool se
     if constexpr (K == K_STO_SGD) {
       d = g;
     } else if constexpr (K == K_STO_MOMENTUM) {
-      o.m = sel(o.bad, in.m, vema(in.m, g, S.b1, S.omb1));
+      o.m = sel(o.bad, in.m, vema(in.m, g, splat(S.b1), splat(S.omb1)));
       d = o.m;
     } else if constexpr (K == K_STO_ADAMW) {
-      o.m = sel(o.bad, in.m, vema(in.m, g, S.b1, S.omb1));
-      o.v = sel(o.bad, in.v, vema(in.v, g * g, S.b2, S.omb2));
-      d = sel(o.bad, splat(0.0f), (o.m / bc1) / (vsqrt(o.v / bc2) + S.eps));
+      o.m = sel(o.bad, in.m, vema(in.m, g, splat(S.b1), splat(S.omb1)));
+      o.v = sel(o.bad, in.v, vema(in.v, g * g, splat(S.b2), splat(S.omb2)));
+      d = sel(o.bad, splat(0.0f), (o.m / bc1) / (vsqrt(o.v / bc2) + splat(S.eps)));
     } else {  // K_STO_LION
-      d = sel(o.bad, splat(0.0f), vema(in.m, g, S.b1, S.omb1));
-      o.m = sel(o.bad, in.m, vema(in.m, g, S.b2, S.omb2));
+      d = sel(o.bad, splat(0.0f), vema(in.m, g, splat(S.b1), splat(S.omb1)));
+      o.m = sel(o.bad, in.m, vema(in.m, g, splat(S.b2), splat(S.omb2)));
     }
     const vf src = vabs(S.from_grad ? g : d);
     o.red = src;
-    const vf Ge = sel(o.bad, in.G, vfmax_ign(in.G * S.gamma, src));
+    const vf Ge = sel(o.bad, in.G, vfmax_ign(in.G * splat(S.gamma), src));
     o.G = Ge;
     o.u = vstochastic_sign(d, elem_env ? Ge : seg, uniform(w0));
   }
@@ -172,11 +172,11 @@ struct Loop {
   };
 
   const VScalars S;
-  const vf bc1, bc2, cs;
+  const float bc1, bc2, cs;  // splat where used
   const bool elem_env, cautious;
 
   Loop(const VScalars& vs, const float bc1f, const float bc2f, const float csf, const bool elem, const bool caut)
-      : S(vs), bc1(splat(bc1f)), bc2(splat(bc2f)), cs(splat(csf)), elem_env(elem), cautious(caut) {}
+      : S(vs), bc1(bc1f), bc2(bc2f), cs(csf), elem_env(elem), cautious(caut) {}
 
   template <class D>
   static SIGNOPT_VI vf load_state(const SR* r, const D& d) {
@@ -217,14 +217,14 @@ struct Loop {
     in.v = HV ? load_state_t(P.v + j, vd, SHORT{}) : splat(0.0f);
     in.G = STO && elem_env ? load_state_t(P.E + j, Gd, SHORT{}) : splat(0.0f);
     const vu w0 = kind_draws_sign(K) ? loadu<vu>(P.w0 + j) : vu{};
-    const Out o = rule<K>(S, in, seg, segpos, elem_env, w0, bc1, bc2);
+    const Out o = rule<K>(S, in, seg, segpos, elem_env, w0, splat(bc1), splat(bc2));
     if constexpr (COUNT) {
       acc.n += (vi)(o.u * o.gg > 0.0f);  // cautious_keep
       return;
     }
     vf u = o.u;
-    if (cautious) u = sel(u * o.gg > 0.0f, u * cs, splat(0.0f));  // cautious_apply
-    const vf q = in.p * S.decay - S.lr * u;                         // epilogue
+    if (cautious) u = sel(u * o.gg > 0.0f, u * splat(cs), splat(0.0f));  // cautious_apply
+    const vf q = in.p * splat(S.decay) - splat(S.lr) * u;                         // epilogue
     const vf pn = sel(o.bad, in.p, q);
     if (P.w2) {
       VP::store_sr(P.p + j, pn, loadu<vu>(P.w2 + j));
@@ -283,26 +283,26 @@ struct Loop {
     SR m[W] = {}, v[W] = {}, E[W] = {};
     uint32_t w0[W] = {}, w1[W] = {}, w2[W] = {};
     float mo[W], vo[W], Go[W];
-    memcpy(p, P.p + j, sizeof(PR) * (size_t)n);
-    memcpy(g, P.g + j, sizeof(PR) * (size_t)n);
-    if (HM) memcpy(m, P.m + j, sizeof(SR) * (size_t)n);
-    if (HV) memcpy(v, P.v + j, sizeof(SR) * (size_t)n);
-    if (STO && elem_env) memcpy(E, P.E + j, sizeof(SR) * (size_t)n);
-    if (P.w0) memcpy(w0, P.w0 + j, sizeof(uint32_t) * (size_t)n);
-    if (P.w1) memcpy(w1, P.w1 + j, sizeof(uint32_t) * (size_t)n);
-    if (P.w2) memcpy(w2, P.w2 + j, sizeof(uint32_t) * (size_t)n);
+    copy_short(p, P.p + j, n);
+    copy_short(g, P.g + j, n);
+    if (HM) copy_short(m, P.m + j, n);
+    if (HV) copy_short(v, P.v + j, n);
+    if (STO && elem_env) copy_short(E, P.E + j, n);
+    if (P.w0) copy_short(w0, P.w0 + j, n);
+    if (P.w1) copy_short(w1, P.w1 + j, n);
+    if (P.w2) copy_short(w2, P.w2 + j, n);
     const Ptr T{p, g, m, v, E, mo, vo, Go, P.w0 ? w0 : nullptr, P.w1 ? w1 : nullptr, P.w2 ? w2 : nullptr};
     lanes<COUNT, std::false_type>(T, 0, segv, segpos, md, vd, Gd, acc);
     if (COUNT) return;
-    memcpy(P.p + j, p, sizeof(PR) * (size_t)n);
+    copy_short(P.p + j, p, n);
     if (BLK) {
-      if (HM) memcpy(P.mo + j, mo, sizeof(float) * (size_t)n);
-      if (HV) memcpy(P.vo + j, vo, sizeof(float) * (size_t)n);
-      if (STO && elem_env) memcpy(P.Go + j, Go, sizeof(float) * (size_t)n);
+      if (HM) copy_short(P.mo + j, mo, n);
+      if (HV) copy_short(P.vo + j, vo, n);
+      if (STO && elem_env) copy_short(P.Go + j, Go, n);
     } else {
-      if (HM) memcpy(P.m + j, m, sizeof(SR) * (size_t)n);
-      if (HV) memcpy(P.v + j, v, sizeof(SR) * (size_t)n);
-      if (STO && elem_env) memcpy(P.E + j, E, sizeof(SR) * (size_t)n);
+      if (HM) copy_short(P.m + j, m, n);
+      if (HV) copy_short(P.v + j, v, n);
+      if (STO && elem_env) copy_short(P.E + j, E, n);
     }
   }
 };

@@ -15,8 +15,9 @@
 //   check() reads every slot's .grad here, in C++, and says whether it and the parameter still
 //     have the layout the plan was built for (strided, contiguous, with the parameter's dtype,
 //     shape and device when built); it keeps the gradients for run() and touches nothing;
-//   run(<this step's scalars and optional tensors>) runs the calls on the gradients check() kept
-//     with the keys and bias corrections advance() derived (the CPU or CUDA implementation,
+//   run(scalars, <this step's optional tensors>) runs the calls on the gradients check() kept
+//     with the scalars (the values of signopt.declaration.SCALARS, in order) and the keys and
+//     bias corrections advance() derived (the CPU or CUDA implementation,
 //     called directly); it drops the gradients and returns the non-finite count; release() drops
 //     them unrun.
 #include <ATen/ATen.h>
@@ -135,7 +136,10 @@ struct GroupStep : torch::CustomClassHolder {
   at::Tensor run(SIGNOPT_HELD_RUN_PARAMS) {
     TORCH_CHECK(grads.size() == params.size(), "GroupStep.run: call check() first");
     TORCH_CHECK(!counters || advanced, "GroupStep.run: call advance() first");
+    TORCH_CHECK(scalars.size() == SIGNOPT_HELD_SCALAR_COUNT, "GroupStep.run: scalars must hold ",
+                SIGNOPT_HELD_SCALAR_COUNT, " values (signopt.declaration.SCALARS), got ", scalars.size());
     advanced = false;
+    SIGNOPT_HELD_UNPACK_SCALARS(scalars)
     std::vector<at::Tensor> held = std::move(grads);
     grads.clear();  // a kept plan must not keep this step's gradients alive
     at::Tensor total;

@@ -280,17 +280,19 @@ def _held_role(name: str) -> str:
     return "step" if dict((n, t) for t, n, _ in step_arguments())[name] == "Tensor?" else "fixed"
 
 
-def held_run_arguments() -> tuple[str, ...]:
-    """The names ``torch.classes.signopt.GroupStep.run`` takes, in order: ``signopt::step``'s
-    per-step arguments but the keys and bias corrections the held step derives itself."""
-    return tuple(n for _, n, _ in step_arguments() if _held_role(n) == "step")
+def held_run_tensors() -> tuple[str, ...]:
+    """The optional tensors ``torch.classes.signopt.GroupStep.run`` takes after the list of
+    the :data:`SCALARS` values (in their order), in order: ``signopt::step``'s per-step
+    arguments but the scalars (one list: each argument costs a conversion per call) and the keys
+    and bias corrections the held step derives itself."""
+    return tuple(n for _, n, _ in step_arguments() if _held_role(n) == "step" and n not in SCALAR_NAMES)
 
 
 def _cpp_step_macros() -> list[str]:
     args = step_arguments()
     schema = step_schema().replace("\\", "\\\\").replace('"', '\\"')
     fixed = [(t, n) for t, n, _ in args if _held_role(n) == "fixed"]
-    step = [(t, n) for t, n, _ in args if _held_role(n) == "step"]
+    step = [(t, n) for t, n, _ in args if _held_role(n) == "step" and n not in SCALAR_NAMES]
     held_call = []
     for t, n, _ in args:
         role = _held_role(n)
@@ -316,9 +318,14 @@ def _cpp_step_macros() -> list[str]:
         "#define SIGNOPT_HELD_PARAMS " + ", ".join(f"{_CPP_VALUE_TYPES[t]} {n}" for t, n in fixed),
         "#define SIGNOPT_HELD_NAMES " + ", ".join(f'torch::arg("{n}")' for _, n in fixed),
         "#define SIGNOPT_HELD_STORE(CALL) " + " ".join(f"(CALL).{n} = std::move({n});" for _, n in fixed),
-        "#define SIGNOPT_HELD_RUN_PARAMS " + ", ".join(f"{_CPP_VALUE_TYPES[t]} {n}" for t, n in step),
-        "#define SIGNOPT_HELD_RUN_NAMES " + ", ".join(
+        "#define SIGNOPT_HELD_RUN_PARAMS std::vector<double> scalars, " + ", ".join(
+            f"{_CPP_VALUE_TYPES[t]} {n}" for t, n in step),
+        "#define SIGNOPT_HELD_RUN_NAMES torch::arg(\"scalars\"), " + ", ".join(
             f'torch::arg("{n}")' + (" = torch::arg::none()" if t == "Tensor?" else "") for t, n in step),
+        "// run()'s scalars by name from its list V (in SCALARS order)",
+        f"#define SIGNOPT_HELD_SCALAR_COUNT {len(SCALARS)}",
+        "#define SIGNOPT_HELD_UNPACK_SCALARS(V) " + " ".join(
+            f"const double {sc.name} = (V)[{i}];" for i, sc in enumerate(SCALARS)),
         "// signopt::step's arguments from held call CALL, this step's GRADS and the call's KEYS and BIAS",
         "// (the other per-step arguments by their names in scope)",
         "#define SIGNOPT_HELD_CALL_ARGS(CALL, GRADS, KEYS, BIAS) " + ", ".join(held_call),

@@ -13,6 +13,7 @@ resolved to ``"cpp"`` never compiles inside ``step``.
 from __future__ import annotations
 
 import logging
+import operator
 from typing import Callable
 
 import torch
@@ -36,7 +37,9 @@ MAX_CUDA_FP8_BLOCK = 2048  # csrc/cuda_launch.h: FP8 blocks are staged in shared
 _LIST_NAMES = tuple(n for t, n, kw in declaration.step_arguments() if t.endswith("[]") and t.startswith("Tensor")
                     and n not in ("params", "grads"))
 
-_HELD_RUN_ARGUMENTS = declaration.held_run_arguments()
+_HELD_RUN_TENSORS = declaration.held_run_tensors()
+_SCALARS_OF = operator.attrgetter(*(s.name for s in SCALARS))  # a GroupScalars' values, in order
+_TENSOR_SCALARS_OF = operator.attrgetter(*declaration.TENSOR_SCALARS)
 
 # The value of each of declaration.FLAGS for a rule.
 _FLAGS: dict[str, Callable[[UpdateRule], bool]] = {
@@ -169,8 +172,11 @@ class HeldGroup:
             seed = group["seed"]
             b1, b2 = bias_betas(group) if self.rule.uses_bias_correction else (0.0, 0.0)
             self.step.advance(seed & MASK32, seed >> 32, b1, b2)
+        if scalars.inv_scale is None and scalars.found_inf is None and not any(
+                isinstance(v, Tensor) for v in _TENSOR_SCALARS_OF(scalars)):
+            return self.step.run(list(_SCALARS_OF(scalars)))  # plain floats: the usual step
         args = scalar_arguments(scalars, self.device)
-        return self.step.run(*[args.get(n) for n in _HELD_RUN_ARGUMENTS])
+        return self.step.run([args[s.name] for s in SCALARS], *[args.get(n) for n in _HELD_RUN_TENSORS])
 
 
 def _pairs(flat: list | None, pos: list[int] | None) -> list:
