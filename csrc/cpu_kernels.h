@@ -58,9 +58,21 @@ inline bool simd_here() { return simd_enabled() && vec::env_ok(); }
 struct Call {
   std::vector<TensorRef> t;
   Scalars s;
-  int64_t block;  // FP8 state block
-  bool skip;      // found_inf > 0
+  int64_t block;            // FP8 state block
+  bool skip;                // found_inf > 0
+  double* stats = nullptr;  // step statistics (STAT_COUNT values accumulated into), or null: off
 };
+
+// One work item's step statistics (STAT_* of the generated header): the fp64 sum of the squared
+// update, the reversed update signs and the NaN-propagating max of |new state| per slot.
+struct ItemStats {
+  double sq = 0.0;
+  int64_t flips = 0;
+  float am = 0.0f, av = 0.0f, aG = 0.0f;
+};
+
+// The sign of an update direction as stored for step statistics: +1, -1, or 0 (0 and NaN).
+inline int8_t sign8(const float u) { return u > 0.0f ? 1 : (u < 0.0f ? -1 : 0); }
 
 // Decoded fp32 values of elements [a, a+n) (fp32 storage: the tensor memory itself, so the
 // rule computes in place).  Blocked formats: scale[i / block] multiplies each code.  simd: the
@@ -108,6 +120,7 @@ struct Item {
 struct Span {
   int64_t k0, k1;
   int64_t* out;
+  ItemStats* stats = nullptr;  // apply pass with step statistics: per item (else null)
 };
 
 struct Buffers {
@@ -217,14 +230,18 @@ struct GroupKernel {
     return in;
   }
 
-  template <bool CAUTIOUS>
+  // STATS: step statistics into st (the update p_new - p in fp32, 0 where bad, squared and summed
+  // in fp64; sign reversals against sgn, which takes this step's signs; |new state| maxima).
+  template <bool CAUTIOUS, bool STATS>
   __attribute__((noipa)) static int64_t apply_tile(const Scalars sc, const float cs, const float bc1,
                                                    const float bc2, const int64_t n, float* __restrict p,
                                                    const float* __restrict g, float* __restrict m,
                                                    float* __restrict v, float* __restrict E,
                                                    const float* __restrict seg, const uint32_t* __restrict W0,
-                                                   const uint32_t* __restrict badv) {
+                                                   const uint32_t* __restrict badv, int8_t* __restrict sgn,
+                                                   ItemStats* st) {
     const float lr = sc.lr, decay = sc.decay;
+    const bool elem_env = sc.envelope == ENV_ELEMENT;
     int64_t nbad = 0;
     for (int64_t j = 0; j < n; ++j) {
       const ElemIn in = elem_in(p, g, m, v, E, j);
@@ -237,6 +254,16 @@ struct GroupKernel {
       if (HAS_V) v[j] = bad ? in.v : o.v;
       if (STO) E[j] = bad ? in.G : o.G;
       nbad += bad ? 1 : 0;
+      if (STATS) {
+        const double d = bad ? 0.0 : (double)(p[j] - in.p);
+        st->sq += d * d;
+        const int8_t s8 = sign8(u);
+        st->flips += (!bad && s8 * sgn[j] < 0) ? 1 : 0;
+        if (!bad) sgn[j] = s8;
+        if (HAS_M) st->am = nanmax(st->am, fabsf(m[j]));
+        if (HAS_V) st->av = nanmax(st->av, fabsf(v[j]));
+        if (STO && elem_env) st->aG = nanmax(st->aG, fabsf(E[j]));
+      }
     }
     return nbad;
   }
@@ -245,9 +272,13 @@ struct GroupKernel {
                             const int64_t n, float* __restrict p, const float* __restrict g,
                             float* __restrict m, float* __restrict v, float* __restrict E,
                             const float* __restrict seg, const uint32_t* __restrict W0,
-                            const uint32_t* __restrict badv) {
-    return sc.cautious ? apply_tile<true>(sc, cs, bc1, bc2, n, p, g, m, v, E, seg, W0, badv)
-                       : apply_tile<false>(sc, cs, bc1, bc2, n, p, g, m, v, E, seg, W0, badv);
+                            const uint32_t* __restrict badv, int8_t* sgn, ItemStats* st) {
+    if (st) {
+      return sc.cautious ? apply_tile<true, true>(sc, cs, bc1, bc2, n, p, g, m, v, E, seg, W0, badv, sgn, st)
+                         : apply_tile<false, true>(sc, cs, bc1, bc2, n, p, g, m, v, E, seg, W0, badv, sgn, st);
+    }
+    return sc.cautious ? apply_tile<true, false>(sc, cs, bc1, bc2, n, p, g, m, v, E, seg, W0, badv, nullptr, nullptr)
+                       : apply_tile<false, false>(sc, cs, bc1, bc2, n, p, g, m, v, E, seg, W0, badv, nullptr, nullptr);
   }
 
   __attribute__((noipa)) static int64_t count_loop(const Scalars sc, const float bc1, const float bc2,
@@ -268,7 +299,8 @@ struct GroupKernel {
   // Decodes the tile, evaluates the rule and (STORE) writes the results, or (COUNT) returns
   // the number of kept cautious coordinates.  Returns the non-finite count when STORE.
   template <bool STORE>
-  int64_t tile_eval(const TensorRef& t, int64_t tix, int64_t a, int64_t n, Buffers& B, const bool simd) const {
+  int64_t tile_eval(const TensorRef& t, int64_t tix, int64_t a, int64_t n, Buffers& B, const bool simd,
+                    ItemStats* st) const {
     float* seg = B.seg.data();
     if (needs_seg) {
       const int64_t L = seg_len(t);
@@ -301,7 +333,8 @@ struct GroupKernel {
     uint32_t* badv = B.bad.data();
     prologue_loop(s, n, p, g, gp, badv);
     const float cs = s.cautious ? cscale[tix] : 1.0f;
-    const int64_t acc = STORE ? apply_loop(s, cs, t.bc1, t.bc2, n, p, gp, m, v, E, seg, W0, badv)
+    const int64_t acc = STORE ? apply_loop(s, cs, t.bc1, t.bc2, n, p, gp, m, v, E, seg, W0, badv,
+                                           st ? t.sign + a : nullptr, st)
                               : count_loop(s, t.bc1, t.bc2, n, p, gp, m, v, E, seg, W0, badv);
     if (STORE) {
       store_range(pf, t.p, nullptr, 0, a, n, p, param_words, W2, simd);
@@ -314,14 +347,14 @@ struct GroupKernel {
 
   // The tiles of work items [ib, ie) (STORE: apply, else the cautious count) into out[k].
   template <bool STORE>
-  void tile_items(const int64_t ib, const int64_t ie, int64_t* out, std::unique_ptr<Buffers>& B,
+  void tile_items(const int64_t ib, const int64_t ie, int64_t* out, ItemStats* stats, std::unique_ptr<Buffers>& B,
                   const bool simd) const {
     if (!B) B.reset(new Buffers(tile));
     for (int64_t k = ib; k < ie; ++k) {
       const Item& it = items[k];
       int64_t acc = 0;
       for (int64_t a = it.a; a < it.b; a += tile)
-        acc += tile_eval<STORE>(c.t[it.t], it.t, a, std::min(tile, it.b - a), *B, simd);
+        acc += tile_eval<STORE>(c.t[it.t], it.t, a, std::min(tile, it.b - a), *B, simd, stats ? stats + k : nullptr);
       out[k] = acc;
     }
   }
@@ -365,8 +398,8 @@ struct GroupKernel {
   // of TILE elements (their random words drawn first) split into pieces of constant segment;
   // FP8 state: one block at a time (items start on a block boundary), its pieces writing the new
   // fp32 values to VB's block buffers, then the block encoded.
-  template <bool COUNT, class PF, class SF>
-  int64_t vec_item(const Item& it, const vec::VScalars& VS, VecBuffers& VB) const {
+  template <bool COUNT, bool STATS, class PF, class SF>
+  int64_t vec_item(const Item& it, const vec::VScalars& VS, VecBuffers& VB, ItemStats* out) const {
     using L = vec::Loop<K, PF, SF>;
     using PR = typename PF::raw;
     using SR = typename SF::raw;
@@ -378,10 +411,13 @@ struct GroupKernel {
     SR* m = (SR*)t.m;
     SR* v = (SR*)t.v;
     SR* E = elem_env ? (SR*)t.G : nullptr;
+    int8_t* sg = STATS ? t.sign : nullptr;
     int64_t acc = 0;
     const uint32_t* w[3];
+    typename L::Stats st;
     if constexpr (!SF::blocked) {
       const Dec none;
+      typename L::Acc a;
       for (int64_t c0 = it.a; c0 < it.b; c0 += TILE) {
         const int64_t c1 = std::min(c0 + TILE, it.b);
         draw(t, c0, c1 - c0, !COUNT, VB, w);
@@ -389,8 +425,9 @@ struct GroupKernel {
           const int64_t o = a0 - c0;
           const typename L::Ptr P{p + a0, g + a0, HAS_M ? m + a0 : nullptr, HAS_V ? v + a0 : nullptr,
                                   E ? E + a0 : nullptr, nullptr, nullptr, nullptr,
-                                  w[0] ? w[0] + o : nullptr, w[1] ? w[1] + o : nullptr, w[2] ? w[2] + o : nullptr};
-          acc += loop.template run<COUNT>(P, a1 - a0, sv, none, none, none);
+                                  w[0] ? w[0] + o : nullptr, w[1] ? w[1] + o : nullptr, w[2] ? w[2] + o : nullptr,
+                                  sg ? sg + a0 : nullptr};
+          acc += loop.template run_acc<COUNT, STATS>(P, a1 - a0, sv, none, none, none, a, st);
         });
       }
     } else {
@@ -407,13 +444,23 @@ struct GroupKernel {
           const int64_t o = a0 - b0;
           const typename L::Ptr P{p + a0, g + a0, HAS_M ? m + a0 : nullptr, HAS_V ? v + a0 : nullptr,
                                   E ? E + a0 : nullptr, VB.mo.data() + o, VB.vo.data() + o, VB.Go.data() + o,
-                                  w[0] ? w[0] + o : nullptr, w[1] ? w[1] + o : nullptr, w[2] ? w[2] + o : nullptr};
-          acc += loop.template run_acc<COUNT>(P, a1 - a0, sv, md, vd, Gd, a);
+                                  w[0] ? w[0] + o : nullptr, w[1] ? w[1] + o : nullptr, w[2] ? w[2] + o : nullptr,
+                                  sg ? sg + a0 : nullptr};
+          acc += loop.template run_acc<COUNT, STATS>(P, a1 - a0, sv, md, vd, Gd, a, st);
         });
         if (COUNT) continue;
         if (HAS_M) t.m_scale[blk] = VSF::encode_amax(m + b0, nb, VB.mo.data(), vec::hmax31(a.am), w[1]);
         if (HAS_V) t.v_scale[blk] = VSF::encode_amax(v + b0, nb, VB.vo.data(), vec::hmax31(a.av), w[1]);
         if (E) t.G_scale[blk] = VSF::encode_amax(E + b0, nb, VB.Go.data(), vec::hmax31(a.aG), w[1]);
+      }
+    }
+    if constexpr (STATS) {  // the lanes in lane order
+      for (int i = 0; i < vec::W / 2; ++i) out->sq += st.sq[i];
+      out->flips = -vec::hsum(st.flips);
+      for (int i = 0; i < vec::W; ++i) {
+        out->am = nanmax(out->am, st.xm[i]);
+        out->av = nanmax(out->av, st.xv[i]);
+        out->aG = nanmax(out->aG, st.xG[i]);
       }
     }
     return acc;
@@ -430,11 +477,15 @@ struct GroupKernel {
         if (simd) {
           const vec::VScalars VS(s);
           VecBuffers VB(fmt_block_scaled(sf) ? c.block : TILE, fmt_block_scaled(sf) ? c.block : 0);
-          for (int64_t k = ib; k < ie; ++k) r.out[k] = vec_item<!STORE, PF, SF>(items[k], VS, VB);
+          if (STORE && r.stats) {
+            for (int64_t k = ib; k < ie; ++k) r.out[k] = vec_item<false, true, PF, SF>(items[k], VS, VB, r.stats + k);
+          } else {
+            for (int64_t k = ib; k < ie; ++k) r.out[k] = vec_item<!STORE, false, PF, SF>(items[k], VS, VB, nullptr);
+          }
           return;
         }
       }
-      tile_items<STORE>(ib, ie, r.out, B, simd);
+      tile_items<STORE>(ib, ie, r.out, r.stats, B, simd);
     });
   }
 
@@ -649,11 +700,19 @@ struct GroupKernel {
   // a reduce or count pass, the whole call is one group).  Each pass splits the group's chunks
   // or work items over the threads; the values do not depend on the grouping.
   int64_t run() {
-    if (c.skip) return count_nonfinite();
+    if (c.skip) {  // nothing changes: the statistics say so (state not read: its absmax NaN)
+      const int64_t n = count_nonfinite();
+      if (c.stats) {
+        c.stats[STAT_NONFINITE] += (double)n;
+        for (const int i : {STAT_M_ABSMAX, STAT_V_ABSMAX, STAT_G_ABSMAX}) c.stats[i] = NAN;
+      }
+      return n;
+    }
     const bool passes = needs_seg || s.cautious;
     if (needs_seg) reduce_layout();
     if (s.cautious) cscale.resize(c.t.size());
     std::vector<int64_t> bad(items.size(), 0), kept(s.cautious ? items.size() : 0, 0);
+    std::vector<ItemStats> istats(c.stats ? items.size() : 0);
     for (int64_t t0 = 0, t1; t0 < (int64_t)c.t.size(); t0 = t1) {
       t1 = passes ? group_end(t0) : (int64_t)c.t.size();
       if (needs_seg) reduce(t0, t1);
@@ -665,7 +724,7 @@ struct GroupKernel {
           cscale[i] = (float)c.t[i].numel / (float)(per + 1);
         }
       }
-      run_items<true>(Span{item_base[t0], item_base[t1], bad.data()});
+      run_items<true>(Span{item_base[t0], item_base[t1], bad.data(), c.stats ? istats.data() : nullptr});
     }
     if (STO && s.envelope != ENV_ELEMENT) {
       for (size_t i = 0; i < c.t.size(); ++i)
@@ -673,7 +732,32 @@ struct GroupKernel {
     }
     int64_t total = 0;
     for (int64_t b : bad) total += b;
+    if (c.stats) add_stats(istats, total);
     return total;
+  }
+
+  // The call's step statistics into c.stats (accumulated over a group's calls): the items' in
+  // item order (so the fp64 sum does not depend on the thread count) and the segment envelopes'.
+  void add_stats(const std::vector<ItemStats>& istats, const int64_t nonfinite) const {
+    ItemStats all;
+    for (const ItemStats& x : istats) {
+      all.sq += x.sq;
+      all.flips += x.flips;
+      all.am = nanmax(all.am, x.am);
+      all.av = nanmax(all.av, x.av);
+      all.aG = nanmax(all.aG, x.aG);
+    }
+    if (STO && s.envelope != ENV_ELEMENT) {
+      for (const float x : segv) all.aG = nanmax(all.aG, fabsf(x));
+    }
+    double* out = c.stats;
+    out[STAT_UPDATE_SQ_SUM] += all.sq;
+    out[STAT_SIGN_FLIPS] += (double)all.flips;
+    out[STAT_NONFINITE] += (double)nonfinite;
+    const auto mx = [](double& o, const float x) { o = (o != o || x != x) ? NAN : std::max(o, (double)x); };
+    mx(out[STAT_M_ABSMAX], all.am);
+    mx(out[STAT_V_ABSMAX], all.av);
+    mx(out[STAT_G_ABSMAX], all.aG);
   }
 
   int64_t count_nonfinite() const {

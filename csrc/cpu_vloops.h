@@ -165,10 +165,19 @@ struct Loop {
     SR *m, *v, *E;                   // state codes (null where the kind or envelope has none)
     float *mo, *vo, *Go;             // FP8: the new fp32 values
     const uint32_t *w0, *w1, *w2;    // words: sign, state rounding, parameter rounding (null: none)
+    int8_t* s;                       // step statistics: previous update signs (null: off)
   };
   struct Acc {
     vu am{}, av{}, aG{};  // FP8: finite absmax bits of the new m, v, G
     vi n{};               // minus the non-finite (apply) or kept (count) lanes
+  };
+  // Step statistics of the lanes (cpu_kernels.h's ItemStats per lane): the fp64 sum of the squared
+  // update (lane pairs of to_double), minus the reversed signs, the NaN-propagating max of |new m|,
+  // |new v|, |new element G|.
+  struct Stats {
+    vd sq{};
+    vi flips{};
+    vf xm{}, xv{}, xG{};
   };
 
   const VScalars S;
@@ -207,9 +216,10 @@ struct Loop {
   }
 
   // W lanes at element j.  COUNT: the cautious count (kept lanes into acc.n), nothing stored.
-  template <bool COUNT, class SHORT>
+  // STATS: the step statistics of the lanes where live (all but a tail's padding) into st.
+  template <bool COUNT, bool STATS, class SHORT>
   SIGNOPT_VI void lanes(const Ptr& P, const int64_t j, const vf seg, const bool segpos, const Dec& md, const Dec& vd,
-                        const Dec& Gd, Acc& acc) const {
+                        const Dec& Gd, Acc& acc, Stats& st, const vi live) const {
     In in;
     in.p = VP::load(P.p + j);
     in.g = VP::load(P.g + j);
@@ -237,19 +247,28 @@ struct Loop {
       if (elem_env) store_state(P.E, P.Go, j, o.G, acc.aG, P.w1);
     }
     acc.n += o.bad;
+    if constexpr (STATS) {
+      vec::vd lo, hi;  // (vd: the v decoder here)
+      to_double(sel(o.bad | ~live, splat(0.0f), q - in.p), lo, hi);  // the update, 0 where bad
+      st.sq += lo * lo;
+      st.sq += hi * hi;
+      const vi cur = (vi)(u < 0.0f) - (vi)(u > 0.0f);  // sign8(u)
+      const vi prev = load_s8((const uint8_t*)P.s + j);
+      st.flips += (vi)(prev * cur < 0) & ~o.bad;
+      store_u8((uint8_t*)P.s + j, (vu)(o.bad ? prev : cur) & 0xFFu);
+      if constexpr (HM) st.xm = vnanmax(st.xm, vabs(o.m));
+      if constexpr (HV) st.xv = vnanmax(st.xv, vabs(o.v));
+      if constexpr (STO) {
+        if (elem_env) st.xG = vnanmax(st.xG, vabs(o.G));
+      }
+    }
   }
 
-  // Elements [0, n) of the piece; returns the non-finite count (apply) or the kept count (COUNT).
-  template <bool COUNT>
-  int64_t run(const Ptr& P, const int64_t n, const float seg, const Dec& md, const Dec& vd, const Dec& Gd) const {
-    Acc acc;
-    const int64_t na = run_acc<COUNT>(P, n, seg, md, vd, Gd, acc);
-    return na;
-  }
-
-  template <bool COUNT>
+  // Elements [0, n) of the piece; returns the non-finite count (apply) or the kept count (COUNT);
+  // STATS: the step statistics into st.
+  template <bool COUNT, bool STATS>
   int64_t run_acc(const Ptr& P, const int64_t n, const float seg, const Dec& md, const Dec& vd, const Dec& Gd,
-                  Acc& acc) const {
+                  Acc& acc, Stats& st) const {
     const vf segv = splat(seg);
     const bool segpos = seg > 0.0f;
     int64_t j = 0;
@@ -260,29 +279,37 @@ struct Loop {
     const Loop L = *this;
     const Ptr Q = P;
     Acc a = acc;
+    Stats t = st;
+    const vi all = splati(-1);
     const vi n0 = a.n;
     if (short_all) {
       if constexpr (BLK) {
-        for (; j + W <= n; j += W) L.template lanes<COUNT, std::true_type>(Q, j, segv, segpos, md, vd, Gd, a);
+        for (; j + W <= n; j += W)
+          L.template lanes<COUNT, STATS, std::true_type>(Q, j, segv, segpos, md, vd, Gd, a, t, all);
       }
     } else {
-      for (; j + W <= n; j += W) L.template lanes<COUNT, std::false_type>(Q, j, segv, segpos, md, vd, Gd, a);
+      for (; j + W <= n; j += W)
+        L.template lanes<COUNT, STATS, std::false_type>(Q, j, segv, segpos, md, vd, Gd, a, t, all);
     }
-    if (j < n) L.template tail<COUNT>(Q, j, n - j, segv, segpos, md, vd, Gd, a);
+    if (j < n) L.template tail<COUNT, STATS>(Q, j, n - j, segv, segpos, md, vd, Gd, a, t);
     acc = a;
+    st = t;
     return -hsum(a.n - n0);
   }
 
   // The last n < W elements: copied into zero-padded lanes (a padded lane has p = g = 0 and
   // state code 0: finite, not kept, new state 0, so it changes no count and no absmax), run,
   // and the n results copied back.
-  template <bool COUNT>
+  template <bool COUNT, bool STATS>
   void tail(const Ptr& P, const int64_t j, const int64_t n, const vf segv, const bool segpos, const Dec& md,
-            const Dec& vd, const Dec& Gd, Acc& acc) const {
+            const Dec& vd, const Dec& Gd, Acc& acc, Stats& st) const {
     PR p[W] = {}, g[W] = {};
     SR m[W] = {}, v[W] = {}, E[W] = {};
     uint32_t w0[W] = {}, w1[W] = {}, w2[W] = {};
+    int8_t s[W] = {};
     float mo[W], vo[W], Go[W];
+    vi live;
+    for (int i = 0; i < W; ++i) live[i] = i < n ? -1 : 0;
     copy_short(p, P.p + j, n);
     copy_short(g, P.g + j, n);
     if (HM) copy_short(m, P.m + j, n);
@@ -291,10 +318,12 @@ struct Loop {
     if (P.w0) copy_short(w0, P.w0 + j, n);
     if (P.w1) copy_short(w1, P.w1 + j, n);
     if (P.w2) copy_short(w2, P.w2 + j, n);
-    const Ptr T{p, g, m, v, E, mo, vo, Go, P.w0 ? w0 : nullptr, P.w1 ? w1 : nullptr, P.w2 ? w2 : nullptr};
-    lanes<COUNT, std::false_type>(T, 0, segv, segpos, md, vd, Gd, acc);
+    if (STATS) copy_short(s, P.s + j, n);
+    const Ptr T{p, g, m, v, E, mo, vo, Go, P.w0 ? w0 : nullptr, P.w1 ? w1 : nullptr, P.w2 ? w2 : nullptr, s};
+    lanes<COUNT, STATS, std::false_type>(T, 0, segv, segpos, md, vd, Gd, acc, st, live);
     if (COUNT) return;
     copy_short(P.p + j, p, n);
+    if (STATS) copy_short(P.s + j, s, n);
     if (BLK) {
       if (HM) copy_short(P.mo + j, mo, n);
       if (HV) copy_short(P.vo + j, vo, n);

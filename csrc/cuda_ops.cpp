@@ -36,12 +36,14 @@ std::vector<at::Tensor> g_captured_meta;
 
 at::Tensor step_cuda(SIGNOPT_STEP_PARAMS) {
   check_step_args(SIGNOPT_STEP_ARGS, at::kCUDA);
+  TORCH_CHECK(stats.empty(), "signopt::step: step statistics (step_stats=True) are not implemented by the CUDA "
+              "kernels; use the torch backend for them");
   TORCH_CHECK(!fmt_block_scaled((int)state_format) || state_block <= cuda::MAX_FP8_BLOCK,
               "signopt::step: FP8 state on CUDA needs state_block <= ", cuda::MAX_FP8_BLOCK, ", got ", state_block);
   const at::Device device = params[0].device();
   c10::cuda::CUDAGuard guard(device);
   const std::vector<TensorRef> refs =
-      tensor_refs(params, grads, m, v, env, m_scale, v_scale, env_scale, keys, offsets, seglens, bias);
+      tensor_refs(params, grads, m, v, env, m_scale, v_scale, env_scale, signs, keys, offsets, seglens, bias);
   at::Tensor bad = at::zeros({}, params[0].options().dtype(at::kLong));
   if (refs.empty()) return bad;
   const int64_t nt = (int64_t)refs.size();

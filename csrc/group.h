@@ -16,6 +16,7 @@ struct TensorRef {
   float* m_scale;     // FP8 block scales of m / v / G (null otherwise)
   float* v_scale;
   float* G_scale;
+  int8_t* sign;       // step statistics: the previous update sign per element (-1, 0, +1), or null
   int64_t numel;
   int64_t seglen;     // reduction segment: row length, envelope block or numel (0: none)
   uint64_t offset;    // index_offset: Philox counter of element 0

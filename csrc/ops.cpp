@@ -1,9 +1,9 @@
 // Operator schemas of torch.ops.signopt.* (TORCH_LIBRARY) and their CPU implementations.
 // The CUDA implementations are registered by cuda_ops.cpp when torch has CUDA.
 //
-// step: the schema is SIGNOPT_STEP_SCHEMA (signopt.declaration.step_schema()): the eight tensor
-//   lists by position (params, grads, m, v, env, m_scale, v_scale, env_scale: lists a rule does
-//   not use are empty), everything else by name (kind, formats, state_block, envelope, the flags,
+// step: the schema is SIGNOPT_STEP_SCHEMA (signopt.declaration.step_schema()): the ten tensor
+//   lists by position (params, grads, m, v, env, m_scale, v_scale, env_scale, signs, stats: lists a
+//   rule does not use are empty, signs and stats unless step statistics are on), everything else by name (kind, formats, state_block, envelope, the flags,
 //   the per-step scalars, per-tensor keys/offsets/seglens/bias, the optional tensors);
 //   returns the non-finite gradient count (0-dim int64).  One call = one param group's tensors
 //   of one (param dtype, state format) combination.
@@ -145,7 +145,8 @@ at::Tensor step_cpu(SIGNOPT_STEP_PARAMS) {
   }
   call.skip = found_inf.has_value() && read_scalar(found_inf) > 0.0f;
   call.block = state_block;
-  call.t = tensor_refs(params, grads, m, v, env, m_scale, v_scale, env_scale, keys, offsets, seglens, bias);
+  call.t = tensor_refs(params, grads, m, v, env, m_scale, v_scale, env_scale, signs, keys, offsets, seglens, bias);
+  call.stats = stats.empty() ? nullptr : stats[0].data_ptr<double>();
   const int64_t count = run_cpu((int)kind, (int)param_format, (int)state_format, call);
   return at::scalar_tensor(count, at::TensorOptions().dtype(at::kLong));
 }

@@ -60,6 +60,10 @@ inline void check_step_args(SIGNOPT_STEP_PARAMS, at::DeviceType dev) {
   check_list("m_scale", m_scale, n, blocked && kind_has_m(k));
   check_list("v_scale", v_scale, n, blocked && kind_has_v(k));
   check_list("env_scale", env_scale, n, blocked && elem_env);
+  check_list("signs", signs, n, false);
+  TORCH_CHECK(signs.empty() == stats.empty(), "signopt::step: signs and stats must both be given (step statistics) "
+              "or both be empty, got ", signs.size(), " and ", stats.size(), " tensors");
+  TORCH_CHECK(stats.size() <= 1, "signopt::step: stats must hold 0 or 1 tensors, got ", stats.size());
   const bool words = draws_words(kind, state_stochastic_rounding, param_stochastic_rounding);
   TORCH_CHECK(keys.size() == 2 * n || (keys.empty() && !words), "signopt::step: keys must hold 2 entries per tensor",
               words ? "" : " (or none)", ", got ", keys.size(), " for ", n, " tensors");
@@ -81,6 +85,7 @@ inline void check_step_args(SIGNOPT_STEP_PARAMS, at::DeviceType dev) {
                 numel);
   };
   const at::ScalarType pdt = fmt_dtype(param_format), sdt = fmt_dtype(state_format);
+  if (!stats.empty()) same(stats[0], "stats", 0, at::kDouble, STAT_COUNT);
   for (size_t i = 0; i < n; ++i) {
     const int64_t numel = params[i].numel();
     same(params[i], "params", i, pdt, numel);
@@ -88,6 +93,7 @@ inline void check_step_args(SIGNOPT_STEP_PARAMS, at::DeviceType dev) {
     const int64_t nblocks = (numel + state_block - 1) / state_block;
     if (!m.empty()) same(m[i], "m", i, sdt, numel);
     if (!v.empty()) same(v[i], "v", i, sdt, numel);
+    if (!signs.empty()) same(signs[i], "signs", i, at::kChar, numel);
     if (!m_scale.empty()) same(m_scale[i], "m_scale", i, at::kFloat, nblocks);
     if (!v_scale.empty()) same(v_scale[i], "v_scale", i, at::kFloat, nblocks);
     if (!env_scale.empty()) same(env_scale[i], "env_scale", i, at::kFloat, nblocks);
@@ -122,10 +128,12 @@ inline Scalars step_scalars(SIGNOPT_STEP_PARAMS) {
 inline void* ptr_or_null(at::TensorList l, size_t i) { return l.empty() ? nullptr : l[i].data_ptr(); }
 
 // TensorRefs of the non-empty tensors (zero-size tensors have nothing to update); keys and bias
-// may be empty (no random bits: key (0, 0); no bias correction: 1).
+// may be empty (no random bits: key (0, 0); no bias correction: 1), and so may signs (no step
+// statistics: sign null).
 inline std::vector<TensorRef> tensor_refs(at::TensorList params, at::TensorList grads, at::TensorList m,
                                           at::TensorList v, at::TensorList env, at::TensorList m_scale,
-                                          at::TensorList v_scale, at::TensorList env_scale, at::IntArrayRef keys,
+                                          at::TensorList v_scale, at::TensorList env_scale, at::TensorList signs,
+                                          at::IntArrayRef keys,
                                           at::IntArrayRef offsets, at::IntArrayRef seglens,
                                           at::ArrayRef<double> bias) {
   std::vector<TensorRef> out;
@@ -141,6 +149,7 @@ inline std::vector<TensorRef> tensor_refs(at::TensorList params, at::TensorList 
     r.m_scale = (float*)ptr_or_null(m_scale, i);
     r.v_scale = (float*)ptr_or_null(v_scale, i);
     r.G_scale = (float*)ptr_or_null(env_scale, i);
+    r.sign = (int8_t*)ptr_or_null(signs, i);
     r.numel = numel;
     r.seglen = seglens[i] >= 1 ? seglens[i] : numel;
     r.offset = (uint64_t)offsets[i];

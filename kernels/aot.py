@@ -23,7 +23,7 @@ from . import launch, passes
 
 UPDATE_SIG = {"tab_ptr": "*i64", "ftab_ptr": "*fp32", "blk_ptr": "*i32", "sc_ptr": "*fp32",
               "sc64_ptr": "*fp64", "inv_scale_ptr": "*fp32", "found_inf_ptr": "*fp32",
-              "sega_ptr": "*fp32", "segb_ptr": "*fp32", "count_ptr": "*i64"}
+              "sega_ptr": "*fp32", "segb_ptr": "*fp32", "count_ptr": "*i64", "stats_ptr": "*fp64"}
 CHUNKS_SIG = {"tab_ptr": "*i64", "ftab_ptr": "*fp32", "unit_ptr": "*i32", "rtab_ptr": "*i64",
               "sc_ptr": "*fp32", "sc64_ptr": "*fp64", "inv_scale_ptr": "*fp32", "sega_ptr": "*fp32",
               "partial_ptr": "*fp64", "n_units": "i64"}

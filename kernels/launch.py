@@ -47,7 +47,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from signopt import declaration, state_layout
+from signopt import declaration, reference, state_layout
 from signopt.declaration import FORMATS
 from signopt.philox import triton_seed
 from signopt.rule import UpdateRule
@@ -205,12 +205,12 @@ def _state_sr(rule: UpdateRule, s_kind: int) -> bool:
 
 
 def update_constexprs(rule: UpdateRule, flags: dict, state_kind: str, has_found_inf: bool,
-                      cfg: LaunchConfig) -> dict:
-    """All constexprs of ``update_kernel``."""
+                      cfg: LaunchConfig, stats: bool = False) -> dict:
+    """All constexprs of ``update_kernel`` (``stats``: with step statistics)."""
     rows, cols, sb = update_tile(rule, state_kind, cfg)
     return dict(flags, CAUTIOUS=rule.cautious, HAS_FOUND_INF=has_found_inf,
                 STATE_SR=_state_sr(rule, flags["S_KIND"]), PARAM_SR=_param_sr(rule, flags["P_KIND"]),
-                ROWS=rows, COLS=cols, SB=sb)
+                STATS=stats, ROWS=rows, COLS=cols, SB=sb)
 
 
 def reduce_tile(longest_segment: int, cfg: LaunchConfig) -> tuple[int, int]:
@@ -278,6 +278,7 @@ class Item:
     numel: int
     index_offset: int
     segment: tuple[int, int] | None  # (length, segments) of the first reduction, or None
+    sign: Tensor | None = None  # step statistics: the previous update signs (int8), or None
 
 
 def _contiguous(t: Tensor, writeback: list[tuple[Tensor, Tensor]]) -> Tensor:
@@ -353,10 +354,12 @@ class Partition:
             row[int(L.C_FIRST_BLOCK)] = first
             row[int(L.C_SEG_BASE)] = base
             row[int(L.C_SEG_LEN)] = max(it.segment[0] if it.segment else 1, 1)
+            row[int(L.C_SIGN)] = _addr(it.sign)
             tab.extend(row)
             first += nb
         self._tab = tab
         self._numel32 = [f32(float(it.numel)) for it in items]
+        self.stats = items[0].sign is not None
         self._tabs = DeviceTableCache(PLAN_TABLES)
         self._ftabs = DeviceTableCache(PLAN_TABLES)
 
@@ -387,7 +390,8 @@ class Partition:
                     chunks[red.want] = reduce_constexprs(flags, red.want, self.sblk, red.units_per_prog,
                                                          red.rblock)
             finalize = {want: finalize_constexprs(flags, want, has_found_inf, cfg) for want in chunks}
-            hit = (update_constexprs(rule, flags, self.state_kind, has_found_inf, cfg), chunks, finalize)
+            hit = (update_constexprs(rule, flags, self.state_kind, has_found_inf, cfg, self.stats), chunks,
+                   finalize)
             self._constexprs[key] = hit
         return hit
 
@@ -411,9 +415,10 @@ class Partition:
         ftab = self._ftabs.table(self.device, (None if bias is None else tuple(bias),), build_ftab)
         return tab, ftab
 
-    def run(self, grad_ptrs: list[int], values: StepValues) -> Tensor:
+    def run(self, grad_ptrs: list[int], values: StepValues, stats: Tensor | None) -> Tensor:
         """Launch this partition's passes with this step's gradients (addresses of contiguous
-        tensors, in item order), keys and bias corrections (per prepared slot)."""
+        tensors, in item order), keys and bias corrections (per prepared slot); with step
+        statistics, add this partition's into ``stats`` (:data:`signopt.declaration.STEP_STATS`)."""
         device, cfg = self.device, self.cfg
         sc = values.scalars
         seeds = [0] * len(self.slots) if values.keys is None else [
@@ -443,12 +448,31 @@ class Partition:
         sega = scal if self.stage_a is None else reduce(self.stage_a, scal)
         segb = scal if self.cautious is None else reduce(self.cautious, sega)
         count = torch.zeros(1, dtype=torch.int64, device=device)
+        partials = scal64
+        if self.stats:
+            partials = torch.zeros((self.total_blocks, int(L.N_TCOLS)), dtype=torch.float64, device=device)
         passes.update_kernel[(self.total_blocks,)](
-            tab, ftab, self.blk, scal, scal64, inv_scale, found_inf, sega, segb, count,
+            tab, ftab, self.blk, scal, scal64, inv_scale, found_inf, sega, segb, count, partials,
             **update, num_warps=cfg.update_warps, enable_fp_fusion=False)
         for dst, work in self.writeback:
             dst.copy_(work)
+        if self.stats:
+            self._add_stats(stats, partials, count)
         return count
+
+    def _add_stats(self, stats: Tensor, partials: Tensor, count: Tensor) -> None:
+        """The update programs' partials (in program order) and the row/block/tensor envelope
+        cells into ``stats``."""
+        names = declaration.STEP_STATS
+        stats[names.index("update_sq_sum")] += partials[:, int(L.T_SQ)].sum()
+        stats[names.index("sign_flips")] += partials[:, int(L.T_FLIPS)].sum()
+        stats[names.index("nonfinite")] += count.reshape(()).double()
+        maxima = {"m": partials[:, int(L.T_M)], "v": partials[:, int(L.T_V)], "G": partials[:, int(L.T_G)]}
+        if self.rule.family == "stochastic" and self.rule.envelope != "element":
+            maxima["G"] = torch.cat([it.state["G"].double().abs() for it in self.items])
+        for name, values in maxima.items():
+            i = names.index(f"{name}_absmax")
+            stats[i] = torch.stack([stats[i], values.amax()]).amax()
 
 
 def _check_grad(g: Tensor | None, p: Tensor) -> None:
@@ -474,6 +498,7 @@ class Plan:
 
     def __init__(self, rule: UpdateRule, slots: list) -> None:
         self.rule, self.slots = rule, list(slots)
+        self.stats: Tensor | None = None  # step statistics of the last run (slots with signs)
         self.live = [i for i, s in enumerate(self.slots) if s.param.numel() > 0]
         for i in self.live:
             g = self.slots[i].grad
@@ -499,7 +524,7 @@ class Plan:
                 if scales is not None:
                     state[state_layout.scale_key(s.name)] = _contiguous(scales, writeback)
             items.append(Item(i, _contiguous(p, writeback), state, p.numel(), slot.index_offset,
-                              state_layout.segment(rule, tuple(p.shape))))
+                              state_layout.segment(rule, tuple(p.shape)), slot.sign))
         self.partitions = [Partition(rule, items, writeback, *key, cfg)
                            for key, (items, writeback) in parts.items()]
 
@@ -523,8 +548,14 @@ class Plan:
             ptrs[i] = g.data_ptr()
         if rebuild:
             self._build([grads[i].dtype if i in ptrs else s.param.dtype for i, s in enumerate(self.slots)])
-        counts = [part.run([ptrs[i] for i in part.slots], values)
+        stats = None
+        if self.slots and self.slots[0].sign is not None:
+            stats = torch.zeros(len(declaration.STEP_STATS), dtype=torch.float64, device=self.devices[0])
+        counts = [part.run([ptrs[i] for i in part.slots], values, stats)
                   for part in self.partitions]
+        if stats is not None:
+            found_inf = values.scalars.found_inf
+            self.stats = stats if found_inf is None else reference.skipped_statistics(stats, found_inf)
         if not counts:
             return None
         total = counts[0]

@@ -24,7 +24,17 @@ C_SEED = tl.constexpr(10)          # Philox key k0 | k1 << 32 (as a signed int64
 C_FIRST_BLOCK = tl.constexpr(11)   # first program of this tensor in the update pass
 C_SEG_BASE = tl.constexpr(12)      # first segment of this tensor in the stage-A buffer
 C_SEG_LEN = tl.constexpr(13)       # stage-A segment length (numel, row length or block)
-N_COLS = tl.constexpr(14)
+C_SIGN = tl.constexpr(14)          # step statistics: the previous update signs (int8), or 0
+N_COLS = tl.constexpr(15)
+
+# step statistics: per update program, its partials (fp64): the sum of squared updates, the
+# reversed signs, the NaN-propagating max of |new m|, |new v|, |new element G|
+T_SQ = tl.constexpr(0)
+T_FLIPS = tl.constexpr(1)
+T_M = tl.constexpr(2)
+T_V = tl.constexpr(3)
+T_G = tl.constexpr(4)
+N_TCOLS = tl.constexpr(5)
 
 # the columns of each state slot of signopt.declaration: (its tensor, its FP8 block scales)
 SLOT_COLUMNS = {M.name: (C_M, C_M_SCALE), V.name: (C_V, C_V_SCALE), G.name: (C_ENV, C_ENV_SCALE)}

@@ -19,10 +19,11 @@ import triton
 import triton.language as tl
 
 from .layout import (C_ENV, C_ENV_SCALE, C_FIRST_BLOCK, C_GRAD, C_INDEX_OFFSET, C_M, C_M_SCALE,
-                     C_NUMEL, C_PARAM, C_SEED, C_SEG_BASE, C_SEG_LEN, C_V, C_V_SCALE, D_LP_ROOT,
-                     D_LP_P, F_BIAS1, F_BIAS2, F_NUMEL, N_COLS, N_FCOLS, N_RCOLS, R_CHUNKS,
+                     C_NUMEL, C_PARAM, C_SEED, C_SEG_BASE, C_SEG_LEN, C_SIGN, C_V, C_V_SCALE, D_LP_ROOT,
+                     D_LP_P, F_BIAS1, F_BIAS2, F_NUMEL, N_COLS, N_FCOLS, N_RCOLS, N_TCOLS, R_CHUNKS,
                      R_SEG_BASE, R_SEG_LEN, R_UNIT_BASE, S_BETA1, S_BETA2, S_DECAY, S_ENVELOPE_DECAY,
-                     S_EPS, S_HUBER_DELTA, S_INV_QMAX, S_L2, S_LR, S_OMB1, S_OMB2, S_P_MINUS_1)
+                     S_EPS, S_HUBER_DELTA, S_INV_QMAX, S_L2, S_LR, S_OMB1, S_OMB2, S_P_MINUS_1,
+                     T_FLIPS, T_G, T_M, T_SQ, T_V)
 from .numerics import (PURPOSE_PARAM_ROUNDING, PURPOSE_SIGN, PURPOSE_STATE_ROUNDING, fmax, pow_f64,
                        row_words, sign, uniform_from_word)
 from .rules import (ENVELOPE_ELEMENT, ENVELOPE_TENSOR, FAMILY_LION, FAMILY_SIGN, FAMILY_SIGNUM,
@@ -141,20 +142,30 @@ def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr,
 
 
 @triton.jit
+def absmax_nan(x, mask):
+    """``max |x|`` over ``mask`` (0 when empty), NaN when any is NaN (``torch.amax``), in fp64."""
+    a = tl.where(mask, tl.abs(x), 0.0)
+    nan = tl.sum(((a != a) & mask).to(tl.int32))
+    return tl.where(nan > 0, float("nan"), tl.max(tl.where(a != a, 0.0, a))).to(tl.float64)
+
+
+@triton.jit
 def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, found_inf_ptr,
-                  sega_ptr, segb_ptr, count_ptr,
+                  sega_ptr, segb_ptr, count_ptr, stats_ptr,
                   FAMILY: tl.constexpr, KAPPA: tl.constexpr, BASE: tl.constexpr,
                   ENVELOPE: tl.constexpr, ENV_FROM_GRAD: tl.constexpr, CAUTIOUS: tl.constexpr,
                   MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr, HAS_INV_SCALE: tl.constexpr,
                   HAS_FOUND_INF: tl.constexpr, P_KIND: tl.constexpr, G_KIND: tl.constexpr,
                   S_KIND: tl.constexpr, HAS_M: tl.constexpr, HAS_V: tl.constexpr,
                   ELEMENT_G: tl.constexpr, STATE_SR: tl.constexpr, PARAM_SR: tl.constexpr,
-                  ROWS: tl.constexpr, COLS: tl.constexpr, SB: tl.constexpr):
+                  STATS: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr, SB: tl.constexpr):
     """Pass 3: the update of ``ROWS*SB`` consecutive elements of one tensor per program.
 
     The tile is ``[ROWS, COLS]`` with row stride ``SB``: for FP8 state ``SB`` is the FP8 block
     (``COLS`` its next power of two), so each row is one block and its absmax is a row max;
     otherwise ``ROWS = 1`` and ``SB = COLS``. ``blk_ptr[pid]`` names the tensor.
+    ``STATS``: step statistics — the previous signs (``C_SIGN``) compared and replaced, and the
+    program's partials (``layout.T_*``) into row ``pid`` of ``stats_ptr``.
     """
     pid = tl.program_id(0)
     t = tl.load(blk_ptr + pid).to(tl.int64)
@@ -179,8 +190,8 @@ def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, f
     if STATE_SR and (HAS_M or HAS_V or ELEMENT_G):
         state_word = row_words(tl.load(row + C_SEED), tl.load(row + C_INDEX_OFFSET) + row0,
                                PURPOSE_STATE_ROUNDING, COLS)
-    p_new = p * tl.load(sc_ptr + S_DECAY) - tl.load(sc_ptr + S_LR) * u
-    p_new = tl.where(bad, p, p_new)
+    q_new = p * tl.load(sc_ptr + S_DECAY) - tl.load(sc_ptr + S_LR) * u
+    p_new = tl.where(bad, p, q_new)
     row_start = start + r * SB
     row_mask = row_start < numel
     if HAS_FOUND_INF:
@@ -203,6 +214,23 @@ def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, f
                     block_row, row_mask, state_word, inv_qmax, S_KIND, STATE_SR)
     n_bad = tl.sum((bad & mask).to(tl.int32))
     tl.atomic_add(count_ptr, n_bad.to(tl.int64))
+    if STATS:
+        ok = (tl.where(bad, 0, 1) != 0) & mask  # finite gradient, in the tensor
+        d = tl.where(ok, q_new - p, 0.0).to(tl.float64)
+        s = tl.where(u > 0.0, 1, tl.where(u < 0.0, -1, 0))
+        sign_ptr = tl.load(row + C_SIGN).to(tl.pointer_type(tl.int8)) + offs
+        prev = tl.load(sign_ptr, mask=mask, other=0).to(tl.int32)
+        flips = tl.sum(((s * prev < 0) & ok).to(tl.int32))
+        tl.store(sign_ptr, s.to(tl.int8), mask=store_mask & ok)
+        out = stats_ptr + pid.to(tl.int64) * N_TCOLS
+        tl.store(out + T_SQ, tl.sum(d * d))
+        tl.store(out + T_FLIPS, flips.to(tl.float64))
+        if HAS_M:
+            tl.store(out + T_M, absmax_nan(m_new, mask))
+        if HAS_V:
+            tl.store(out + T_V, absmax_nan(v_new, mask))
+        if ELEMENT_G:
+            tl.store(out + T_G, absmax_nan(env_new, mask))
 
 
 @triton.jit

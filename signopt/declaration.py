@@ -118,6 +118,13 @@ TENSOR_SCALARS = ("lr", "decay")
 """Scalars that may be a 1-element tensor (a tensor lr): ``signopt::step`` takes such a value as
 its optional ``<name>_tensor`` argument."""
 
+STEP_STATS = ("update_sq_sum", "sign_flips", "nonfinite", "m_absmax", "v_absmax", "G_absmax")
+"""The per-call step statistics (``step_stats=True``), in the order of ``signopt::step``'s ``stats``
+buffer (one fp64 tensor of this many values that every call of a group's step accumulates into):
+the fp64 sum of the squared update, the count of reversed update signs, the count of non-finite
+gradient elements and the NaN-propagating max of |new value| of each state slot (see
+docs/optimizers.md, "Step statistics")."""
+
 FLAGS = ("maximize", "cautious", "envelope_from_grad", "state_stochastic_rounding",
          "param_stochastic_rounding")
 """Per-group booleans a kernel reads (besides the kind, formats, envelope and block)."""
@@ -230,7 +237,9 @@ _CPP_VALUE_TYPES = {"Tensor(a!)[]": "std::vector<at::Tensor>", "Tensor[]": "std:
 def step_arguments() -> tuple[tuple[str, str, bool], ...]:
     """``signopt::step``'s arguments as ``(schema type, name, keyword-only)``, in order.
 
-    The eight tensor lists come by position (a list the rule does not use is empty); everything
+    The ten tensor lists come by position (a list the rule does not use is empty; ``signs`` (one
+    int8 previous update sign per element of each tensor) and ``stats`` (one fp64 tensor of
+    :data:`STEP_STATS` values, accumulated into) are both empty unless step statistics are on); everything
     else by name: the kernel kind, formats and flags, the :data:`SCALARS`, per-tensor ``keys``
     (two uint32 Philox key words; empty when the call draws no random bits), ``offsets`` (index
     of element 0 in the full tensor), ``seglens`` (reduction segment, 0: none) and ``bias``
@@ -240,6 +249,7 @@ def step_arguments() -> tuple[tuple[str, str, bool], ...]:
     lists = [("Tensor(a!)[]", n, False) for n in ("params",)] + [("Tensor[]", "grads", False)]
     lists += [("Tensor(a!)[]", codes, False) for codes, _ in STEP_LISTS.values()]
     lists += [("Tensor(a!)[]", scales, False) for _, scales in STEP_LISTS.values()]
+    lists += [("Tensor(a!)[]", n, False) for n in ("signs", "stats")]
     named = [("int", n, True) for n in ("kind", "param_format", "state_format", "state_block", "envelope")]
     named += [("bool", f, True) for f in FLAGS]
     named += [("float", s.name, True) for s in SCALARS]
@@ -253,7 +263,7 @@ def step_arguments() -> tuple[tuple[str, str, bool], ...]:
 def step_schema() -> str:
     """The schema of ``signopt::step`` (see :func:`step_arguments`); returns the non-finite
     gradient count (0-dim int64)."""
-    alias = iter("abcdefg")
+    alias = iter("abcdefghi")
     parts, star = [], False
     for typ, name, kw in step_arguments():
         if kw and not star:
@@ -383,6 +393,7 @@ def cpp_header() -> str:
     lines += _cpp_enum("Family", "FAMILY_", FAMILIES)
     lines += _cpp_enum("Envelope", "ENV_", ENVELOPES)
     lines += _cpp_enum("Fmt", "FMT_", {f.name: f.id for f in FORMATS.values()})
+    lines += _cpp_enum("Stat", "STAT_", {n: i for i, n in enumerate(STEP_STATS)})
     kid = {k.name: f"K_{k.name.upper()}" for k in KINDS}
     lines.append("// per kind: its family, its state slots, its reduction, its random bits, its bias corrections")
     lines.append(_cpp_switch("int", "kind_family", "k", [(kid[k.name], f"FAMILY_{k.family.upper()}") for k in KINDS],

@@ -27,6 +27,7 @@ from .backends import Held, Prepared
 from .backends.slot import ParamSlot
 from .checkpoint import (CALLABLE_MARKER, RULE_KEY, SCHEMA_KEY, SCHEMA_VERSION, check_entry, check_identity,
                          restore_entry, saved_identity, schema_of)
+from .declaration import STEP_STATS
 from .rule import UpdateRule, rule_from_group, validate_group
 from .scalars import GroupScalars, StepCounters, group_scalars, step_values
 
@@ -202,10 +203,16 @@ class SignOptimizer(Optimizer):
     family: ClassVar[str]
     _step_supports_amp_scaling = True
 
-    def __init__(self, params: Iterable, defaults: dict[str, Any], backend: str = "auto") -> None:
+    def __init__(self, params: Iterable, defaults: dict[str, Any], backend: str = "auto",
+                 step_stats: bool = False) -> None:
         if backend not in backend_registry.CHOICES:
             raise ValueError(f"backend must be one of {backend_registry.CHOICES}, got {backend!r}")
+        if not isinstance(step_stats, bool):
+            raise ValueError(f"step_stats must be True or False, got {step_stats!r}")
         self._requested_backend = backend
+        self._step_stats = step_stats
+        self._signs: dict[Tensor, Tensor] = {}  # step_stats: per parameter, its previous update signs
+        self._last_stats: dict[int, tuple[Tensor, int, tuple[str, ...]]] = {}
         self._group_backends: list = []
         self._last_nonfinite: list[Tensor] = []
         self.last_step_backends: list[str] = []
@@ -239,6 +246,12 @@ class SignOptimizer(Optimizer):
                 raise ValueError(f"params[{i}]: {reason}")
         backend = backend_registry.resolve(self._requested_backend, rule,
                                            [sharding.local(t) for t in tensors])
+        if self._step_stats:
+            reason = getattr(backend, "stats_unsupported", lambda _: "it does not compute them")(
+                [sharding.local(t) for t in tensors])
+            if reason is not None:
+                raise ValueError(f"step_stats=True: backend {backend.name!r} cannot compute step statistics "
+                                 f"for this group ({reason}); use backend='torch' or step_stats=False")
         group["lr0"] = _initial_lr(merged["lr"])
         super().add_param_group(group)
         self._checked[len(self.param_groups) - 1] = _CheckedOptions.of(self.param_groups[-1], rule)
@@ -249,7 +262,7 @@ class SignOptimizer(Optimizer):
         """torch's state (defaults, state, param groups) plus the requested backend and each
         group's resolved one by name (copies and unpickled optimizers run the same backends)."""
         return {**super().__getstate__(), "_requested_backend": self._requested_backend,
-                "_group_backend_names": self.backends}
+                "_step_stats": self._step_stats, "_group_backend_names": self.backends}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state = dict(state)
@@ -257,6 +270,9 @@ class SignOptimizer(Optimizer):
         super().__setstate__(state)
         if names is not None:  # a copy or an unpickled optimizer (not load_state_dict's call)
             self._group_backends = [backend_registry.load(name) for name in names]
+            self._step_stats = state.get("_step_stats", False)
+            self._signs = {}
+            self._last_stats = {}
             self._last_nonfinite = []
             self.last_step_backends = []
             self._checked = {}
@@ -293,6 +309,31 @@ class SignOptimizer(Optimizer):
     def nonfinite_count(self) -> int:
         """Gradient elements that were not finite in the last step (their update was skipped)."""
         return int(sum(int(c.item()) for c in self._last_nonfinite))
+
+    def step_stats(self) -> list[dict[str, Any] | None]:
+        """The last step's statistics per param group (``step_stats=True``; docs/optimizers.md):
+        ``update_rms`` = sqrt(sum of (p_new - p)^2 / numel), the update including weight decay,
+        at fp32 before rounding into the parameter dtype, summed in fp64 (0 where the gradient was
+        not finite); ``sign_flip_fraction`` = elements whose update direction's sign reversed
+        since their previous update / numel; ``nonfinite`` = gradient elements that were NaN/inf;
+        ``state_absmax`` = per state slot, max |value| the step wrote (before encoding; NaN if
+        any is NaN); ``numel`` = the group's elements that had a gradient. None for a group the
+        last step did not update. Reads the values from the device (a synchronisation)."""
+        if not self._step_stats:
+            raise RuntimeError("step_stats() needs the optimizer built with step_stats=True")
+        out: list[dict[str, Any] | None] = []
+        for gi in range(len(self.param_groups)):
+            rec = self._last_stats.get(gi)
+            if rec is None:
+                out.append(None)
+                continue
+            buf, numel, slots = rec
+            v = dict(zip(STEP_STATS, buf.tolist()))
+            n = max(numel, 1)
+            out.append({"update_rms": math.sqrt(v["update_sq_sum"] / n), "sign_flip_fraction": v["sign_flips"] / n,
+                        "nonfinite": int(v["nonfinite"]), "state_absmax": {k: v[f"{k}_absmax"] for k in slots},
+                        "numel": numel})
+        return out
 
     # ------------------------------------------------------------------- step
     def _drop_plans(self) -> None:
@@ -372,8 +413,15 @@ class SignOptimizer(Optimizer):
         slots = []
         for p, index in w.work:
             st = self._init_state(rule, p)
-            slots.append(ParamSlot(param=sharding.local(p), grad=None, state=sharding.local_state(st),
-                                   index=index, index_offset=sharding.index_offset(p)))
+            local = sharding.local(p)
+            sign = None
+            if self._step_stats:
+                sign = self._signs.get(p)
+                if sign is None:
+                    sign = self._signs[p] = torch.zeros(local.numel() * (2 if local.is_complex() else 1),
+                                                        dtype=torch.int8, device=local.device)
+            slots.append(ParamSlot(param=local, grad=None, state=sharding.local_state(st),
+                                   index=index, index_offset=sharding.index_offset(p), sign=sign))
         w.grads = [sharding.local(p.grad) for p, _ in w.work]
         steps = StepCounters([slot.state[state_layout.STEP_KEY] for slot in slots] if rule.keeps_step() else [])
         prepared = w.backend.prepare(rule, slots)
@@ -402,6 +450,7 @@ class SignOptimizer(Optimizer):
         grad_scale = getattr(self, "grad_scale", None)
         found_inf = getattr(self, "found_inf", None)
         self._last_nonfinite = []
+        self._last_stats = {}
         self.last_step_backends = []
         built = False
         for gi, w in enumerate(works):
@@ -417,6 +466,10 @@ class SignOptimizer(Optimizer):
                 count = self._run(w, scalars, found_inf)
                 if count is not None:
                     self._last_nonfinite.append(count)
+                if self._step_stats:
+                    numel = sum(s.sign.numel() for s in w.plan.slots)
+                    names = tuple(s.name for s in state_layout.slots(w.rule))
+                    self._last_stats[gi] = (w.plan.prepared.stats, numel, names)
             self.last_step_backends.append(w.backend.name)
         if self._plans_state is None or built:
             self._plans_state = _StateSnapshot(self.state)  # (plans built: state may be new)
@@ -511,6 +564,7 @@ class SignOptimizer(Optimizer):
         # Nothing above changed the optimizer; torch's load sets the groups (the state it would
         # cast to the parameter dtype is set from ``restored`` instead).
         self._drop_plans()
+        self._signs = {}  # step statistics count sign reversals again from the next update
         super().load_state_dict({"state": {}, "param_groups": saved_groups})
         for group, loaded in zip(self.param_groups, loaded_groups):
             group.update({k: loaded[k] for k in LAYOUT_KEYS + ("kappa",) if k in loaded})

@@ -13,6 +13,10 @@
   is below half an ulp); ``seed`` keys every random bit (default: drawn from torch's generator).
 * Non-finite gradients: an element whose gradient is NaN/inf keeps its parameter and state
   for that step; ``opt.nonfinite_count()`` reports how many there were.
+* ``step_stats`` (default False; for the whole optimizer, like ``backend``): with True,
+  ``opt.step_stats()`` returns each group's update RMS, fraction of reversed update signs,
+  non-finite gradient count and state absmax of the last step, computed inside the step's own
+  pass (one int8 per parameter element of extra memory); see docs/optimizers.md.
 """
 from __future__ import annotations
 
@@ -32,16 +36,25 @@ SHARED_DEFAULTS: dict[str, Any] = dict(
 )
 
 
+OPTIMIZER_OPTIONS = {"backend": "auto", "step_stats": False}
+"""Options of the whole optimizer (not of a param group), with their defaults."""
+
+
 def _defaults(lr: LR, options: dict[str, Any], **rule_options: Any) -> dict[str, Any]:
     """Group defaults: ``lr``, the shared options (unknown names rejected) and the rule's own."""
-    unknown = sorted(set(options) - set(SHARED_DEFAULTS) - {"backend"})
+    unknown = sorted(set(options) - set(SHARED_DEFAULTS) - set(OPTIMIZER_OPTIONS))
     if unknown:
         raise TypeError(f"unexpected option(s) {unknown}; shared options are "
-                        f"{sorted(SHARED_DEFAULTS) + ['backend']}")
-    d = {**SHARED_DEFAULTS, **{k: v for k, v in options.items() if k != "backend"}}
+                        f"{sorted(SHARED_DEFAULTS) + sorted(OPTIMIZER_OPTIONS)}")
+    d = {**SHARED_DEFAULTS, **{k: v for k, v in options.items() if k not in OPTIMIZER_OPTIONS}}
     d["lr"] = lr
     d.update(rule_options)
     return d
+
+
+def _shell(options: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer-wide options of ``options`` (:data:`OPTIMIZER_OPTIONS`) for ``SignOptimizer``."""
+    return {k: options.get(k, default) for k, default in OPTIMIZER_OPTIONS.items()}
 
 
 class SignSGD(SignOptimizer):
@@ -50,7 +63,7 @@ class SignSGD(SignOptimizer):
     family = "sign"
 
     def __init__(self, params: Iterable, lr: LR = 1e-4, **options: Any) -> None:
-        super().__init__(params, _defaults(lr, options), options.get("backend", "auto"))
+        super().__init__(params, _defaults(lr, options), **_shell(options))
 
 
 class Signum(SignOptimizer):
@@ -60,7 +73,7 @@ class Signum(SignOptimizer):
 
     def __init__(self, params: Iterable, lr: LR = 1e-4, momentum: float = 0.9, **options: Any) -> None:
         super().__init__(params, _defaults(lr, options, momentum=momentum),
-                         options.get("backend", "auto"))
+                         **_shell(options))
 
 
 class LionKappa(SignOptimizer):
@@ -80,7 +93,7 @@ class LionKappa(SignOptimizer):
         super().__init__(params, _defaults(lr, {**options, "weight_decay": weight_decay},
                                            betas=tuple(betas), kappa=kappa,
                                            huber_delta=huber_delta, p=p),
-                         options.get("backend", "auto"))
+                         **_shell(options))
 
 
 class Lion(LionKappa):
@@ -115,7 +128,7 @@ class SignConversion(SignOptimizer):
                                            envelope=envelope, envelope_source=envelope_source,
                                            envelope_decay=envelope_decay,
                                            envelope_block=envelope_block),
-                         options.get("backend", "auto"))
+                         **_shell(options))
 
 
 class StoSignSGD(SignConversion):

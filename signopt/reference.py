@@ -35,14 +35,22 @@ epilogue::
 
 Reductions (reducing kappa, row/block/tensor envelopes, cautious counts) see 0 at bad
 elements; norms accumulate in fp64 (see :mod:`signopt.kappa`).
+
+step statistics (``step_stats=True``, :func:`step_statistics`)::
+
+    d = p_new - p (before rounding into p's dtype), 0 where bad;  sq = sum of d*d in fp64
+    s = sign(u) after cautious (+1, -1, 0; 0 for NaN);  flips = count(s * s_prev < 0 and not bad)
+    s_prev <- s where not bad;  absmax[slot] = max |new state| (NaN if any is NaN)
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
 
 from . import kappa as kappa_registry
-from .declaration import RANDOM_PURPOSES
+from .declaration import RANDOM_PURPOSES, STEP_STATS
 from .philox import element_word, uniform_from_word
 from .rule import UpdateRule
 from .scalars import GroupScalars
@@ -165,8 +173,9 @@ def cautious_mask(u: Tensor, g: Tensor) -> Tensor:
 
 def update(rule: UpdateRule, p: Tensor, grad: Tensor, st: dict[str, Tensor], sc: GroupScalars,
            bias: tuple[float, float] | None = None, key: tuple[int, int] | None = None,
-           indices: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor], Tensor]:
-    """One step of ``rule`` in ``p``'s dtype: returns ``(new p, new state, bad mask)``.
+           indices: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor], Tensor, Tensor]:
+    """One step of ``rule`` in ``p``'s dtype: returns ``(new p, new state, bad mask, u)``, ``u``
+    the direction after cautious masking.
 
     ``p`` is in its compute dtype (:func:`compute_dtype`), the values of ``st`` are fp32 tensors
     (state already decoded); ``grad`` has any floating dtype. Nothing is written: the caller
@@ -190,4 +199,27 @@ def update(rule: UpdateRule, p: Tensor, grad: Tensor, st: dict[str, Tensor], sc:
         skip = sc.found_inf.to(p.device) > 0
         p_new = torch.where(skip, p, p_new)
         new_state = {k: torch.where(skip.to(v.device), st[k], v) for k, v in new_state.items()}
-    return p_new, new_state, bad
+    return p_new, new_state, bad, u
+
+
+def step_statistics(p: Tensor, p_new: Tensor, u: Tensor, bad: Tensor, new_state: dict[str, Tensor],
+                    prev_sign: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor], Tensor]:
+    """One tensor's step statistics from :func:`update`'s results (``p`` and ``p_new`` in the
+    compute dtype, ``prev_sign`` int8 of ``p``'s shape): ``(sum of squared updates (fp64), sign
+    reversals (int64), {slot: max |new state|} (NaN-propagating), the new sign tensor)``."""
+    d = torch.where(bad, torch.zeros_like(p_new), p_new - p).double()
+    sign = (u > 0).to(torch.int8) - (u < 0).to(torch.int8)
+    flips = ((sign * prev_sign < 0) & ~bad).sum()
+    absmax = {k: v.abs().amax() for k, v in new_state.items()}
+    return (d * d).sum(), flips, absmax, torch.where(bad, prev_sign, sign)
+
+
+def skipped_statistics(stats: Tensor, found_inf: Tensor) -> Tensor:
+    """A group's :data:`~signopt.declaration.STEP_STATS` values where ``found_inf > 0`` skipped
+    the step (nothing changed): no update, no reversal, the non-finite count kept, NaN maxima
+    (the state is not read)."""
+    kept = torch.tensor([n == "nonfinite" for n in STEP_STATS], device=stats.device)
+    skipped = torch.tensor([math.nan if n.endswith("_absmax") else 0.0 for n in STEP_STATS],
+                           dtype=stats.dtype, device=stats.device)
+    skip = found_inf.to(stats.device).reshape(-1)[:1] > 0
+    return torch.where(skip & ~kept, skipped, stats)

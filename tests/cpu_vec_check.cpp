@@ -320,6 +320,7 @@ void check_loop(const Opts& o, const int64_t n, const int64_t B, const int64_t s
         if (elem) Gd = typename L::Dec(E.data() + c0, len, Gs[(size_t)(c0 / B)]);
       }
       typename L::Acc acc;
+      typename L::Stats st;  // the step statistics, off here (STATS = false)
       for (int64_t a0 = c0; a0 < c1;) {
         const int64_t a1 = seg ? std::min(c1, (a0 / seglen + 1) * seglen) : c1;
         const int64_t q = a0 - c0;
@@ -329,9 +330,9 @@ void check_loop(const Opts& o, const int64_t n, const int64_t B, const int64_t s
                                 W0 ? W0 + q : nullptr, W1 ? W1 + q : nullptr, W2 ? W2 + q : nullptr};
         const float sv = seg ? segv[(size_t)(a0 / seglen)] : 0.0f;
         if (pass == 0) {
-          vkept += loop.template run_acc<true>(P, a1 - a0, sv, md, vd, Gd, acc);
+          vkept += loop.template run_acc<true, false>(P, a1 - a0, sv, md, vd, Gd, acc, st);
         } else {
-          vbad += loop.template run_acc<false>(P, a1 - a0, sv, md, vd, Gd, acc);
+          vbad += loop.template run_acc<false, false>(P, a1 - a0, sv, md, vd, Gd, acc, st);
         }
         a0 = a1;
       }

@@ -140,13 +140,13 @@ def test_fp8_every_code_decodes_like_torch():
         assert torch.equal(dec, state_format.fp8_decode(ref_c, ref_s, 1))
 
 
-LISTS = ("params", "grads", "m", "v", "env", "m_scale", "v_scale", "env_scale")
+LISTS = ("params", "grads", "m", "v", "env", "m_scale", "v_scale", "env_scale", "signs", "stats")
 
 
 def _step_args(n=5, **over):
     """A Lion (l1) step of one fp32 tensor, as signopt::step's arguments by name."""
     p, g, m = torch.zeros(n), torch.ones(n), torch.zeros(n)
-    args = dict(params=[p], grads=[g], m=[m], v=[], env=[], m_scale=[], v_scale=[], env_scale=[],
+    args = dict(params=[p], grads=[g], m=[m], v=[], env=[], m_scale=[], v_scale=[], env_scale=[], signs=[], stats=[],
                 kind=KIND["lion_l1"], param_format=FMT["fp32"], state_format=FMT["fp32"], state_block=256,
                 envelope=declaration.ENVELOPES["element"], maximize=False, cautious=False,
                 envelope_from_grad=False, state_stochastic_rounding=False, param_stochastic_rounding=False,
@@ -185,6 +185,10 @@ def test_step_arguments_name_the_schema():
     (dict(state_block=0), "state_block must be >= 1"),
     (dict(envelope=len(declaration.ENVELOPES)), "unknown envelope"),
     (dict(grads=[torch.ones(4)]), r"grads\[0\] has 4 elements"),
+    (dict(signs=[torch.zeros(5, dtype=torch.int8)]), "signs and stats must both be given"),
+    (dict(signs=[torch.zeros(5)], stats=[torch.zeros(6, dtype=torch.float64)]), r"signs\[0\] has dtype Float"),
+    (dict(signs=[torch.zeros(5, dtype=torch.int8)], stats=[torch.zeros(5, dtype=torch.float64)]),
+     r"stats\[0\] has 5 elements"),
     (dict(m=[torch.zeros(5, dtype=torch.bfloat16)]), r"m\[0\] has dtype BFloat16"),
     (dict(params=[torch.zeros(10)[::2]]), r"params\[0\] must be contiguous"),
 ])
@@ -226,7 +230,7 @@ def test_torch_compile_traces_without_graph_breaks():
     _, named = _split(a)
 
     def f(p, g, m):
-        return torch.ops.signopt.step([p], [g], [m], [], [], [], [], [], **named)
+        return torch.ops.signopt.step([p], [g], [m], [], [], [], [], [], [], [], **named)
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     compiled(a["params"][0], a["grads"][0], a["m"][0])

@@ -97,4 +97,7 @@ def test_generated_header_and_schema_name_every_declared_item():
     schema = D.step_schema()
     for s in D.SCALARS:
         assert f"float {s.name}," in schema and f"{s.ctype} {s.name};" in header
-    assert schema.count("Tensor(") == 7 and ", *, " in schema
+    assert schema.count("Tensor(") == 9 and ", *, " in schema  # params, 5 state lists, signs, stats
+    assert "Tensor(h!)[] signs, Tensor(i!)[] stats, *," in schema
+    for i, name in enumerate(D.STEP_STATS):
+        assert f"STAT_{name.upper()} = {i}" in header

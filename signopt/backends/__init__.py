@@ -61,7 +61,10 @@ class Prepared(Protocol):
     plan. ``run`` updates the slots in place with this step's ``grads`` (per slot; ``contiguous``
     promises every one is) and returns the count of non-finite gradient elements (0-dim int64)
     or None when nothing was updated. ``hold`` (optional) returns a :class:`Held` over the same
-    slots, or None where it cannot."""
+    slots, or None where it cannot. When the slots carry ``sign`` tensors (``step_stats=True``),
+    ``stats`` is the last run's fp64 :data:`~signopt.declaration.STEP_STATS` values (filled by
+    the run, no host sync), and a backend that computes them has ``stats_unsupported(params) ->
+    str | None``."""
 
     def run(self, grads: list[Tensor], values: StepValues, contiguous: bool) -> Tensor | None: ...
 

@@ -95,6 +95,12 @@ class CppBackend:
                 return f"params[{i}] has dtype {p.dtype} but its gradient has dtype {p.grad.dtype}"
         return None
 
+    def stats_unsupported(self, params: list[Tensor]) -> str | None:
+        """Why this backend cannot compute step statistics for ``params``, or None."""
+        if any(p.device.type != "cpu" for p in params):
+            return "the CUDA kernels do not compute step statistics (the CPU kernels and the torch backend do)"
+        return None
+
     def prepare(self, rule: UpdateRule, slots: list[ParamSlot]) -> PreparedGroup:
         """The group's calls with everything that stays the same from step to step (params,
         state tensors, offsets, segment lengths, kind, formats, flags), for ``SignOptimizer`` to
@@ -106,7 +112,8 @@ class PreparedGroup:
     """One ``torch.ops.signopt.step`` call per (device, parameter format, state format) of a
     group's slots, in the order the slots first show each combination; zero-size tensors are
     left out. :meth:`run` runs one step; :meth:`hold` makes the :class:`HeldGroup` that reads
-    the gradients in C++."""
+    the gradients in C++. With step statistics (slots with ``sign`` tensors) every call
+    accumulates into the one ``stats`` buffer, which each step zeroes first."""
 
     def __init__(self, rule: UpdateRule, slots: list[ParamSlot]) -> None:
         kind = declaration.kind(rule.family, rule.kappa, rule.base)
@@ -120,13 +127,20 @@ class PreparedGroup:
             parts.setdefault((p.device, PARAM_FORMATS[p.dtype], state_fmt), []).append(i)
         whole = len(parts) == 1 and len(next(iter(parts.values()))) == len(slots)
         self.slots = slots
-        self.calls = [_Call(rule, kind, key, [slots[i] for i in pos], None if whole else pos)
+        # step statistics (slots with a sign buffer; CPU only, see stats_unsupported): one buffer
+        # that every call accumulates into, zeroed before each step
+        self.stats = None
+        if slots and slots[0].sign is not None:
+            self.stats = torch.zeros(len(declaration.STEP_STATS), dtype=torch.float64, device=slots[0].param.device)
+        self.calls = [_Call(rule, kind, key, [slots[i] for i in pos], None if whole else pos, self.stats)
                       for key, pos in parts.items()]
 
     def run(self, grads: list[Tensor], values: StepValues, contiguous: bool) -> Tensor | None:
         """One step with ``grads`` (per slot; ``contiguous`` promises every one is, otherwise
         non-contiguous ones are copied) and ``values``; the non-finite gradient count, or None
         when no tensor has elements."""
+        if self.stats is not None:
+            self.stats.zero_()
         counts = [call(grads, values, contiguous) for call in self.calls]
         if not counts:
             return None
@@ -146,7 +160,7 @@ class PreparedGroup:
         if rule.keeps_step():
             step.count([s.state[state_layout.STEP_KEY] for s in self.slots], [s.index for s in self.slots],
                        KEY_DOMAIN, rule.draws_random_bits, rule.uses_bias_correction)
-        return HeldGroup(step, calls[0].device, rule)
+        return HeldGroup(step, calls[0].device, rule, self.stats)
 
 
 class HeldGroup:
@@ -156,10 +170,12 @@ class HeldGroup:
     and derives the keys and bias corrections :func:`~signopt.scalars.step_values` would give, in
     C++ (``csrc/step_values.h``), so a step costs no Python per tensor."""
 
-    def __init__(self, step: torch.ScriptObject, device: torch.device, rule: UpdateRule) -> None:
+    def __init__(self, step: torch.ScriptObject, device: torch.device, rule: UpdateRule,
+                 stats: Tensor | None) -> None:
         self.step = step
         self.device = device
         self.rule = rule
+        self.stats = stats  # the PreparedGroup's step statistics buffer (None: off)
 
     def check(self) -> bool:
         return self.step.check()
@@ -168,6 +184,8 @@ class HeldGroup:
         self.step.release()
 
     def run(self, group: dict, scalars: GroupScalars) -> Tensor | None:
+        if self.stats is not None:
+            self.stats.zero_()
         if self.rule.keeps_step():
             seed = group["seed"]
             b1, b2 = bias_betas(group) if self.rule.uses_bias_correction else (0.0, 0.0)
@@ -212,7 +230,7 @@ class _Call:
     (``fixed``: kind, formats, block, envelope, flags, offsets, segment lengths)."""
 
     def __init__(self, rule: UpdateRule, kind: declaration.Kind, key: tuple[torch.device, Format, Format],
-                 slots: list[ParamSlot], pos: list[int] | None) -> None:
+                 slots: list[ParamSlot], pos: list[int] | None, stats: Tensor | None) -> None:
         self.device, param_fmt, state_fmt = key
         self.pos = pos
         self.complex = any(s.param.is_complex() for s in slots)  # real views taken per step
@@ -226,6 +244,9 @@ class _Call:
                 self.lists[codes_list].append(codes)
                 if scaled:
                     self.lists[scales_list].append(scales)
+        if stats is not None:
+            self.lists["signs"] = [s.sign for s in slots]
+            self.lists["stats"] = [stats]
         seglens = []
         for s in slots:
             seg = state_layout.segment(rule, tuple(real_view(s.param).shape))

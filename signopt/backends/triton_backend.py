@@ -41,6 +41,9 @@ class TritonBackend:
     def unsupported(self, rule: UpdateRule, params: list[Tensor]) -> str | None:
         return self._launch.unsupported(rule, params)
 
+    def stats_unsupported(self, params: list[Tensor]) -> str | None:
+        return None
+
     def prepare(self, rule: UpdateRule, slots: list[ParamSlot]) -> Prepared:
         """The step of ``slots`` with its tables built once (``signopt.kernels.launch.Plan``)."""
         return self._launch.prepare(rule, slots)

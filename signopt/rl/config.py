@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import signopt
-from signopt.optimizers import SHARED_DEFAULTS
+from signopt.optimizers import OPTIMIZER_OPTIONS, SHARED_DEFAULTS
 
 from .advantages import ADVANTAGES
 from .aggregation import check_choice, check_knobs
@@ -87,6 +87,7 @@ class RLConfig:
     save_every: int = 0
     resume: str | None = None
     progress: bool = True
+    step_stats: bool = False
 
     def validate(self) -> "RLConfig":
         """Check every field (names, ranges, knob names, paths) without loading anything heavy;
@@ -137,6 +138,10 @@ class RLConfig:
         if unknown:
             raise ValueError(f"optimizer_kwargs: optimizer={self.optimizer!r} does not take "
                              f"{', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        if "step_stats" in self.optimizer_kwargs:
+            raise ValueError("optimizer_kwargs: set step statistics with the step_stats field")
+        if self.step_stats and not issubclass(resolve_optimizer(self.optimizer), signopt.SignOptimizer):
+            raise ValueError(f"step_stats=True needs a signopt optimizer; optimizer={self.optimizer!r} is not one")
 
     def _validate_paths(self) -> None:
         for name in ("model", "data", "eval_data", "resume"):
@@ -163,7 +168,7 @@ def optimizer_arguments(cls: type) -> list[str] | None:
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return named
     if issubclass(cls, signopt.SignOptimizer):  # **options: signopt's shared options
-        return named + [n for n in (*SHARED_DEFAULTS, "backend") if n not in named and n != "weight_decay"]
+        return named + [n for n in (*SHARED_DEFAULTS, *OPTIMIZER_OPTIONS) if n not in named and n != "weight_decay"]
     return None
 
 
@@ -220,6 +225,9 @@ FIELD_HELP = {
     "save_every": "write checkpoint/ every this many steps (0: only at the end)",
     "resume": "a run's DIR/checkpoint: continue that run with its own config; flags that contradict it are errors",
     "progress": "show progress bars (warm start and RL)",
+    "step_stats": "signopt optimizers: log the last optimizer step's statistics of each RL step (update RMS, "
+                  "sign-flip fraction, non-finite gradients, state absmax per param group) to metrics.jsonl "
+                  "as opt/g<group>/<name> and plot them in curves.png",
 }
 
 

@@ -11,7 +11,7 @@ from .config import RLConfig, coerce_values
 
 STATE_FILE = "trainer_state.pt"
 # Fields that only say where and how a run reports; every other field comes from the checkpoint.
-RESUME_FREE = ("out", "progress", "resume", "threads", "save_every")
+RESUME_FREE = ("out", "progress", "resume", "threads", "save_every", "step_stats")
 
 
 def saved_config(checkpoint: str | Path) -> dict:

@@ -88,7 +88,8 @@ class Trainer:
         self.model, self.tokenizer = model, tokenizer
         self.ref = self._frozen_copy() if self._wants_reference() else None
         self.average = self._frozen_copy() if cfg.policy_ema else None
-        self.optimizer = build_optimizer(cfg.optimizer, model.parameters(), self.lr, cfg.weight_decay, **cfg.optimizer_kwargs)
+        self.optimizer = build_optimizer(cfg.optimizer, model.parameters(), self.lr, cfg.weight_decay,
+                                         **self._optimizer_kwargs())
         self.step = 0
         self.r2vpo_lam = float(cfg.knobs.get("lam", 0.0))
         self.accuracy_before = evaluate(model, tokenizer, self.task, cfg.max_new_tokens)
@@ -148,7 +149,7 @@ class Trainer:
             self.average = self._frozen_copy()
             self.average.load_state_dict(state["average"])
         self.optimizer = build_optimizer(self.cfg.optimizer, self.model.parameters(), self.lr, self.cfg.weight_decay,
-                                         **self.cfg.optimizer_kwargs)
+                                         **self._optimizer_kwargs())
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         random.setstate(state["python_rng"])
@@ -168,6 +169,23 @@ class Trainer:
     def _logprobs(self, model, ro: Rollouts, mask: torch.Tensor, rows: slice):
         return completion_logprobs(model, ro.sequences[rows], ro.attention_mask[rows], ro.prompt_len, mask[rows],
                                    temperature=self.cfg.temperature, chunked=self.cfg.chunked_logprobs)
+
+    def _optimizer_kwargs(self) -> dict:
+        """The optimizer's constructor arguments besides params, lr and weight decay."""
+        return {**self.cfg.optimizer_kwargs, **({"step_stats": True} if self.cfg.step_stats else {})}
+
+    def _step_stats(self) -> dict:
+        """The last optimizer step's statistics (``cfg.step_stats``) as flat metrics
+        ``opt/g<group>/<name>`` (``update_rms``, ``sign_flip_fraction``, ``nonfinite``,
+        ``absmax_<slot>``)."""
+        m = {}
+        for gi, st in enumerate(self.optimizer.step_stats()):
+            if st is None:
+                continue
+            for name in ("update_rms", "sign_flip_fraction", "nonfinite"):
+                m[f"opt/g{gi}/{name}"] = st[name]
+            m.update({f"opt/g{gi}/absmax_{slot}": v for slot, v in st["state_absmax"].items()})
+        return m
 
     def rl_step(self) -> dict:
         """One step: sample, score, update; returns its metrics (times in seconds)."""
@@ -259,6 +277,8 @@ class Trainer:
                                          1.0 - cfg.policy_ema)
             t["optimizer"] += time.perf_counter() - t0
         n_tok = norms["num_tokens"]
+        if cfg.step_stats:  # of the step's last optimizer step
+            m.update(self._step_stats())
         m.update({"loss": loss_sum, "entropy": ent_sum / n_tok, "tokens": int(ro.lengths.sum())})
         if ref_logp is not None:
             m["kl"] = kl_sum / n_tok

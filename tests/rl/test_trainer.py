@@ -6,6 +6,7 @@ import torch
 from signopt.rl.cli import main
 from signopt.rl.config import config_from
 from signopt.rl.modeling import tiny_model
+from signopt.rl.plotting import missing_dependency, plot_metrics
 from signopt.rl.tasks import AdditionTask
 from signopt.rl.tokenizer import char_tokenizer
 from signopt.rl.trainer import Trainer
@@ -248,3 +249,45 @@ def test_warm_start_shows_progress(capsys):
                eval_every=2, max_new_tokens=4, gen=torch.Generator().manual_seed(0), progress=True)
     err = capsys.readouterr().err
     assert "warm start" in err and "4/4" in err and "acc=" in err
+
+
+def test_step_stats_logged_and_plotted(tiny_path, tmp_path):
+    """step_stats=True: every updating RL step logs its optimizer step's statistics (the update
+    RMS equal to the parameters' own change), and curves.png gains their panels."""
+    out = tmp_path / "s"
+    tr = Trainer(small_config(tiny_path, steps=3, step_stats=True, weight_decay=0.1, out=str(out)))
+    before = [p.detach().clone() for p in tr.model.parameters()]
+    m = tr.rl_step()
+    assert not m.get("skipped")
+    delta = torch.cat([(p.detach() - b).reshape(-1).double() for p, b in zip(tr.model.parameters(), before)])
+    assert m["opt/g0/update_rms"] == pytest.approx(float(delta.square().mean().sqrt()), rel=1e-5)
+    assert m["opt/g0/nonfinite"] == 0 and 0.0 <= m["opt/g0/sign_flip_fraction"] <= 1.0
+    assert m["opt/g0/absmax_m"] > 0
+    tr.step += 1
+    tr.train()
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all("opt/g0/update_rms" in r for r in rows if not r.get("skipped"))
+    if not missing_dependency():
+        assert (out / "curves.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="step_stats=True needs a signopt optimizer"):
+        small_config(tiny_path, optimizer="adamw", step_stats=True)
+
+
+def test_plot_draws_step_stats_panels(tmp_path, monkeypatch):
+    """With opt/ metrics the figure has the four step-statistics panels, one curve per metric."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    rows = [{"step": i, "reward_mean": 0.1 * i, "opt/g0/update_rms": 1e-3, "opt/g0/sign_flip_fraction": 0.2,
+             "opt/g0/nonfinite": 0, "opt/g0/absmax_m": 0.5, "opt/g1/absmax_m": 0.25} for i in range(1, 4)]
+    drawn = {}
+    savefig = plt.Figure.savefig
+
+    def spy(fig, path, **kw):
+        drawn.update({ax.get_title(): len(ax.get_lines()) for ax in fig.axes})
+        savefig(fig, path, **kw)
+
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
+    plot_metrics(rows, tmp_path / "c.png")
+    assert drawn["update RMS"] == 1 and drawn["state absmax"] == 2 and drawn["reward"] == 1
+    assert (tmp_path / "c.png").stat().st_size > 1000
