@@ -49,7 +49,7 @@ class TorchStep:
             key = None if values.keys is None else values.keys[i]
             bias = None if values.bias is None else values.bias[i]
             slots = state_layout.slots(rule)
-            st = {s.name: state_layout.read(rule, slot.state, s) for s in slots}
+            st = {s.name: state_layout.read(rule, slot.state, s, tuple(p.shape)) for s in slots}
             indices = None
             if rule.draws_random_bits:
                 indices = torch.arange(p.numel(), device=p.device, dtype=torch.int64) + slot.index_offset
