@@ -86,7 +86,8 @@ def run(cfg: dict) -> dict:
                 for p in params:
                     g = p.grad.float()
                     st = opt.state.get(p, {})
-                    is_fp8 = "m" in st and declaration.FORMATS[state_layout.format_of(st["m"])].block_scaled
+                    is_fp8 = "m" in st and declaration.FORMATS[
+                        state_layout.format_of(st["m"], st.get("m_scale"))].block_scaled
                     if not st:
                         shadow[p] = torch.zeros_like(g)
                     if measure and is_fp8 and p in pending:
@@ -101,7 +102,7 @@ def run(cfg: dict) -> dict:
                         flips["accumulated"] += _signs_differ(c_shadow, c_stored)
                         flips["elements"] += g.numel()
                     if prep and is_fp8:
-                        m_dec = state_layout.read(opt.rule(), st, declaration.M)
+                        m_dec = state_layout.read(opt.rule(), st, declaration.M, tuple(p.shape))
                         pending[p] = (m_dec * b2 + g * (1 - b2), None)  # fresh value, as reference.ema
                     shadow[p] = shadow[p] * b2 + g * (1 - b2)
                 if measure:
@@ -110,7 +111,8 @@ def run(cfg: dict) -> dict:
         opt.zero_grad(set_to_none=True)
         if fp8 and pending and pending[next(iter(pending))][1] is None:
             for p in list(pending):
-                pending[p] = (pending[p][0], state_layout.read(opt.rule(), opt.state[p], declaration.M))
+                pending[p] = (pending[p][0], state_layout.read(opt.rule(), opt.state[p], declaration.M,
+                                                               tuple(p.shape)))
         if (step + 1) % cfg["log_every"] == 0 or step + 1 == cfg["steps"]:
             curve.append((step + 1, float(loss.detach())))
     final = evaluate(model, evals)

@@ -1,5 +1,6 @@
 """Optimizer-state memory per parameter, measured from the state tensors actually allocated,
-for every signopt optimizer that keeps state and every ``state_dtype``; FP8 block-size sweep
+for every signopt optimizer that keeps state and every ``state_dtype`` (the MX formats at their
+default block of 32, and an MX block table); FP8 and MX block-size sweep
 (bytes/param and how often quantising Lion's ``m`` flips the update sign, on real LM states).
 
 Two independent measurements are printed for each row: ``opt.state_bytes()`` and a sum of the
@@ -23,8 +24,16 @@ import signopt  # noqa: E402
 from signopt import declaration, state_format, state_layout  # noqa: E402
 from signopt.casting import E4M3, E5M2  # noqa: E402
 
-FORMATS = ("fp32", "bf16", "fp8_e4m3", "fp8_e5m2")
+FORMATS = ("fp32", "bf16", "fp8_e4m3", "fp8_e5m2", "mxfp8_e4m3", "mxfp8_e5m2", "fp4_e2m1", "fp4_e2m1/e4m3")
+"""state_dtype values measured; ``"fp4_e2m1/e4m3"`` is ``state_dtype="fp4_e2m1", state_scale="e4m3"``."""
 BLOCKS = (32, 64, 128, 256, 512)
+MX_BLOCKS = (32, 64, 128, 256)  # powers of two up to 256 (MX formats)
+
+
+def block_for(fmt: str, block: int | None) -> int | None:
+    """The block a table row uses: ``block`` for the fp32-scaled formats, the format's own
+    default (``None``: 32) for the MX formats, whose blocks are powers of two up to 256."""
+    return None if declaration.FORMATS[fmt.split("/")[0]].pow2_blocks else block
 TARGETS = {"Lion": 1.02, "Signum": 1.02, "StoSignSGD/row": 1.05, "StoSignSGD/block": 1.05}
 
 
@@ -78,11 +87,14 @@ def storage_bytes(opt: torch.optim.Optimizer) -> tuple[int, dict[str, int]]:
     return total, kinds
 
 
-def measure(shapes: list[tuple[int, ...]], cls: type, kw: dict, state_dtype: str, block: int,
+def measure(shapes: list[tuple[int, ...]], cls: type, kw: dict, state_dtype: str, block: int | None,
             steps: int) -> dict:
     """Step ``cls`` on fresh params of ``shapes`` with random grads; return the byte counts."""
     gen = torch.Generator().manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(s, generator=gen) * 0.02) for s in shapes]
+    if "/" in state_dtype:
+        state_dtype, scale = state_dtype.split("/")
+        kw = {**kw, "state_scale": scale}
     opt = cls(params, lr=1e-4, state_dtype=state_dtype, state_block=block, seed=0, backend="torch", **kw)
     for _ in range(steps):
         for p in params:
@@ -100,24 +112,25 @@ def table(label: str, shapes: list[tuple[int, ...]], steps: int, block: int,
     """Optimizers x formats on one parameter list (with ``subset``: those optimizers, no E5M2,
     StoSignSGD E4M3 only, as its reference step on 64M parameters is slow on this CPU)."""
     numel = sum(int(torch.Size(s).numel()) for s in shapes)
-    out = [f"## {label}: {len(shapes)} tensors, {numel} parameters; {steps} step(s); FP8 block {block}, "
-           f"fp8_min_numel 4096", "",
-           f"{'optimizer':<26} {'state':>9} {'state_bytes()':>14} {'B/param':>8} {'storage sum':>12} "
+    out = [f"## {label}: {len(shapes)} tensors, {numel} parameters; {steps} step(s); FP8 block {block} "
+           f"(MX formats: their default block, 32; fp4_e2m1/e4m3: 16), fp8_min_numel 4096", "",
+           f"{'optimizer':<26} {'state':>13} {'state_bytes()':>14} {'B/param':>8} {'storage sum':>12} "
            f"{'B/param':>8} {'scales B/p':>10} {'env B/p':>8} {'target':>7}"]
     print("\n".join(out), flush=True)
     for name, (cls, kw) in optimizer_zoo().items():
         if subset and name not in subset:
             continue
         for fmt in FORMATS:
-            if (name == "SignSGD" and fmt != "fp32") or (subset and fmt == "fp8_e5m2") or \
+            if (name == "SignSGD" and fmt != "fp32") or \
+                    (subset and fmt in ("fp8_e5m2", "mxfp8_e5m2", "fp4_e2m1", "fp4_e2m1/e4m3")) or \
                     (subset and name.startswith("StoSignSGD") and fmt != "fp8_e4m3"):
                 continue
             t0 = time.time()
-            r = measure(shapes, cls, kw, fmt, block, steps)
+            r = measure(shapes, cls, kw, fmt, block_for(fmt, block), steps)
             assert r["api_total"] == r["storage_total"], (name, fmt, r)
             target = TARGETS.get(name) if fmt == "fp8_e4m3" else None
             verdict = "" if target is None else (f"<={target} {'OK' if r['storage_per_param'] <= target else 'FAIL'}")
-            out.append(f"{name:<26} {fmt:>9} {int(r['api_total']):>14} {r['api_per_param']:>8.4f} "
+            out.append(f"{name:<26} {fmt:>13} {int(r['api_total']):>14} {r['api_per_param']:>8.4f} "
                        f"{r['storage_total']:>12} {r['storage_per_param']:>8.4f} "
                        f"{r['kinds']['scales'] / numel:>10.4f} {r['kinds']['envelope'] / numel:>8.4f} "
                        f"{verdict:>7}  ({time.time() - t0:.1f}s)")
@@ -158,9 +171,10 @@ def block_sweep(snaps: list, beta1: float = 0.9) -> list[str]:
     print("\n".join(out), flush=True)
     shapes = PARAM_LISTS["llama-1.9M (vocab 256, d 192, 4 layers, ff 512)"]()
     gen = torch.Generator().manual_seed(7)
-    for fmt_name, fmt in (("fp8_e4m3", E4M3), ("fp8_e5m2", E5M2)):
+    for fmt_name, fmt in (("fp8_e4m3", E4M3), ("fp8_e5m2", E5M2), ("mxfp8_e4m3", E4M3), ("mxfp8_e5m2", E5M2)):
+        scale_type = declaration.FORMATS[fmt_name].scale
         for rounding in ("nearest", "stochastic"):
-            for block in BLOCKS:
+            for block in (MX_BLOCKS if scale_type == "e8m0" else BLOCKS):
                 if rounding == "stochastic" and block not in (32, 256):
                     continue
                 flips = n = 0
@@ -169,7 +183,7 @@ def block_sweep(snaps: list, beta1: float = 0.9) -> list[str]:
                     for m, g in snap:
                         word = (torch.randint(0, 2**32, m.shape, generator=gen, dtype=torch.int64)
                                 if rounding == "stochastic" else None)
-                        codes, scale = state_format.fp8_encode(m, fmt, block, word)
+                        codes, scale = state_format.fp8_encode(m, fmt, block, word, scale_type)
                         q = state_format.fp8_decode(codes, scale, block)
                         c = m * beta1 + g * (1 - beta1)
                         cq = q * beta1 + g * (1 - beta1)
@@ -219,6 +233,16 @@ def main() -> None:
         lines.append(f"{block:>6} " + " ".join(f"{v:>18.4f}" for v in row))
         print(lines[-1], flush=True)
     lines.append("(StoSignSGD/block: envelope_block 256 whatever the FP8 block)")
+    lines.append("")
+    lines += ["## Lion / Signum / StoSignSGD with MXFP8 E4M3 state (E8M0 scales) vs MX block size (1.9M list)", "",
+              f"{'block':>6} " + " ".join(f"{n:>18}" for n in ("Lion", "Signum", "StoSignSGD/row",
+                                                             "StoSignSGD/block"))]
+    print("\n".join(lines[-3:]), flush=True)
+    for block in MX_BLOCKS:
+        row = [measure(shapes, *zoo[n], "mxfp8_e4m3", block, 1)["storage_per_param"]
+               for n in ("Lion", "Signum", "StoSignSGD/row", "StoSignSGD/block")]
+        lines.append(f"{block:>6} " + " ".join(f"{v:>18.4f}" for v in row))
+        print(lines[-1], flush=True)
     lines.append("")
     save()
     if not args.no_sweep:

@@ -8,8 +8,13 @@
 //       rn: rint(k);  sr: floor(k) + (U < k - floor(k));  result min(k*ulp, max) with x's sign
 //   FP8 block (state_format.py):  s = max(absmax*(1/Qmax), 2^-126), inv = 1/s,
 //       code = grid(clamp(x*inv, -Qmax, Qmax)), value = code*s
+//   MX block (E8M0 scale, state_format.e8m0_codes): byte E = max(exponent field of absmax - emax, 0),
+//       s = 2^(E-127) (2^-127, an fp32 subnormal, for E = 0; 0xFF decodes to NaN), then as FP8
 #pragma once
 #include <math.h>
+
+#include <type_traits>
+
 #include "config.h"
 #include "philox.h"
 #include "signopt_declaration.h"
@@ -126,6 +131,7 @@ SIGNOPT_HD float fp8_value(uint8_t c) {
 struct FmtF32 {
   using raw = float;
   static constexpr bool blocked = fmt_block_scaled(FMT_FP32);
+  static constexpr bool packed = false;
   static SIGNOPT_HD float load(raw x) { return x; }
   static SIGNOPT_HD raw store(float x, bool, uint32_t) { return x; }
 };
@@ -133,6 +139,7 @@ struct FmtF32 {
 struct FmtBF16 {
   using raw = uint16_t;
   static constexpr bool blocked = fmt_block_scaled(FMT_BF16);
+  static constexpr bool packed = false;
   static SIGNOPT_HD float load(raw x) { return bf16_to_f32(x); }
   static SIGNOPT_HD raw store(float x, bool sr, uint32_t w) {
     return sr ? f32_to_bf16_sr(x, w) : f32_to_bf16_rn(x);
@@ -142,6 +149,7 @@ struct FmtBF16 {
 struct FmtF16 {
   using raw = uint16_t;
   static constexpr bool blocked = fmt_block_scaled(FMT_FP16);
+  static constexpr bool packed = false;
   static SIGNOPT_HD float load(raw x) { return f16_to_f32(x); }
   static SIGNOPT_HD raw store(float x, bool sr, uint32_t w) {
     // sr: grid rounding (saturating at 65504), then an exact conversion
@@ -151,24 +159,52 @@ struct FmtF16 {
   }
 };
 
+// E8M0 block scales (MX): fp32 value of a scale byte, and the byte of a power-of-two scale.
+SIGNOPT_HD float e8m0_value(uint32_t e) {
+  return e == 0u ? u2f(0x00400000u) : (e == 0xFFu ? u2f(0x7FC00000u) : u2f(e << 23));
+}
+SIGNOPT_HD uint8_t e8m0_code(float s) { return (uint8_t)(f2u(s) >> 23); }  // 2^-127 (subnormal): 0
+
 // Block-scaled FP8 codes of format FMT (M mantissa bits, minimum normal exponent EMIN, exponent
 // bias 1 - EMIN, largest finite value Qmax: declared); HAS_INF: the all-ones exponent field holds
 // infinities and NaNs (E5M2), else only the all-ones code is NaN (E4M3fn).  value = code * scale[block].
+// The scale is fp32 (absmax/Qmax), or for the MX formats (fmt_scale_e8m0) a power of two stored as
+// an E8M0 byte: scale_raw is the stored type, get_scale/put_scale read and write one.
 template <int FMT, bool HAS_INF>
 struct FmtFP8 {
   using raw = uint8_t;
   static constexpr bool blocked = fmt_block_scaled(FMT);
+  static constexpr bool packed = false;
   static_assert(blocked, "FmtFP8: a block-scaled format");
   static constexpr int M = fmt_mantissa_bits(FMT), EMIN = fmt_emin(FMT), BIAS = 1 - EMIN;
   static constexpr bool has_inf = HAS_INF;
   static constexpr float qmax = fmt_max_finite(FMT);
+  static constexpr bool e8m0 = fmt_scale_e8m0(FMT);
+  static constexpr int EMAX = fmt_emax(FMT);
+  using scale_raw = typename std::conditional<e8m0, uint8_t, float>::type;
   // fp32(1/Qmax), as state_format._inv_qmax computes it
   static SIGNOPT_HD float inv_qmax() { return (float)(1.0 / (double)qmax); }
   static SIGNOPT_HD float load(raw c, float scale) { return fp8_value<M, EMIN, BIAS, HAS_INF>(c) * scale; }
   // scale from the block's absmax (non-finite values already excluded)
   static SIGNOPT_HD float scale_of(float absmax) {
+    if (e8m0) {  // MX: 2^(floor(log2(absmax)) - emax), at least 2^-127
+      const int e = (int)(f2u(absmax) >> 23) - EMAX;
+      return e8m0_value(e < 0 ? 0u : (uint32_t)e);
+    }
     const float s = absmax * inv_qmax();
     return s < 1.17549435e-38f ? 1.17549435e-38f : s;  // max(s, 2^-126)
+  }
+  // The fp32 scale of block b of stored scales p, and storing scale s (one of scale_of's) there.
+  static SIGNOPT_HD float get_scale(const void* p, int64_t b) {
+    if (e8m0) return e8m0_value(((const uint8_t*)p)[b]);
+    return ((const float*)p)[b];
+  }
+  static SIGNOPT_HD void put_scale(void* p, int64_t b, float s) {
+    if (e8m0) {
+      ((uint8_t*)p)[b] = e8m0_code(s);
+    } else {
+      ((float*)p)[b] = s;
+    }
   }
   // The code of x*inv: clamped to +-Qmax, rounded onto the format's grid (round_to_grid: nearest
   // even, or stochastic from w) and encoded, as straight-line integer/fp32 operations that
@@ -219,5 +255,64 @@ struct FmtFP8 {
 };
 using FmtE4M3 = FmtFP8<FMT_FP8_E4M3, false>;
 using FmtE5M2 = FmtFP8<FMT_FP8_E5M2, true>;
+using FmtMXE4M3 = FmtFP8<FMT_MXFP8_E4M3, false>;
+using FmtMXE5M2 = FmtFP8<FMT_MXFP8_E5M2, true>;
+
+// fp32 value of an E2M1 code (4 bits: sign, 2 exponent bits, 1 mantissa bit; bias 1, no inf/NaN):
+// 0, 0.5, 1, 1.5, 2, 3, 4, 6 (exact).
+SIGNOPT_HD float e2m1_value(uint32_t c) {
+  const uint32_t e = (c >> 1) & 3u, f = c & 1u;
+  const float v = e == 0u ? (f ? 0.5f : 0.0f) : u2f(((e + 126u) << 23) | (f << 22));
+  return (c & 8u) ? -v : v;
+}
+
+// Packed E2M1 codes with E8M0 block scales (MXFP4, state_format.fp4_encode): two codes a byte,
+// element 2j in the low nibble of byte j (0 past the end of an odd count); blocks are even, so
+// a block never splits a byte.  The scale rule is the MX one with emax 2; codes as FmtFP8's
+// (clamp to +-6, e = max(exponent, 0), k = |y|/2^(e-1) rounded, code (e << 1) + k), except that
+// E2M1 has no NaN: a NaN codes as +0.  No vector codec (VFmt) and no CUDA/Triton kernel: the CPU
+// runs its scalar tiles.
+template <int FMT>
+struct FmtFP4 {
+  using raw = uint8_t;  // a byte of two codes
+  using scale_raw = uint8_t;
+  static constexpr bool blocked = fmt_block_scaled(FMT);
+  static constexpr bool packed = fmt_packed(FMT);
+  static_assert(blocked && packed && fmt_scale_e8m0(FMT), "FmtFP4: packed, E8M0-scaled");
+  static constexpr int M = fmt_mantissa_bits(FMT), EMIN = fmt_emin(FMT), EMAX = fmt_emax(FMT);
+  static constexpr float qmax = fmt_max_finite(FMT);
+  static SIGNOPT_HD float scale_of(float absmax) {
+    const int e = (int)(f2u(absmax) >> 23) - EMAX;
+    return e8m0_value(e < 0 ? 0u : (uint32_t)e);
+  }
+  static SIGNOPT_HD float get_scale(const void* p, int64_t b) { return e8m0_value(((const uint8_t*)p)[b]); }
+  static SIGNOPT_HD void put_scale(void* p, int64_t b, float s) { ((uint8_t*)p)[b] = e8m0_code(s); }
+  // the code of element i of packed bytes r
+  static SIGNOPT_HD uint32_t code_at(const raw* r, int64_t i) { return ((uint32_t)r[i >> 1] >> ((i & 1) * 4)) & 0xFu; }
+  static SIGNOPT_HD float load_code(uint32_t c, float scale) { return e2m1_value(c) * scale; }
+  static SIGNOPT_HD uint32_t encode(float x, float inv, bool sr, uint32_t w) {
+    float y = x * inv;
+    y = y < -qmax ? -qmax : (y > qmax ? qmax : y);  // clamp (NaN stays NaN)
+    const uint32_t b = f2u(y);
+    const uint32_t a = b & 0x7FFFFFFFu;
+    int e = (int)(a >> 23) - 127;
+    e = e < EMIN ? EMIN : e;
+    const float k = u2f(a) * u2f((uint32_t)(127 - e + M) << 23);  // |y| / ulp, exact
+    int ki;
+    if (sr) {
+      const float lo = floorf(k);
+      ki = (int)lo + ((uniform_from_word(w) < k - lo) ? 1 : 0);
+    } else {
+      ki = (int)rintf(k);
+    }
+    const uint32_t code = ((uint32_t)(e - EMIN) << M) + (uint32_t)ki;
+    return a > 0x7F800000u ? 0u : (((b >> 28) & 8u) | code);  // NaN: +0
+  }
+  static SIGNOPT_HD uint32_t abs_bits(float x) {
+    const uint32_t a = f2u(x) & 0x7FFFFFFFu;
+    return a < 0x7F800000u ? a : 0u;
+  }
+};
+using FmtE2M1 = FmtFP4<FMT_FP4_E2M1>;
 
 }  // namespace signopt

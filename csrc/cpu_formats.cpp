@@ -21,7 +21,7 @@ void load_elems(const void* raw, int64_t a, int64_t n, float* out, bool simd) {
 }
 
 template <class F>
-void load_blocks(const void* raw, const float* scale, int64_t block, int64_t a, int64_t n, float* out, bool simd) {
+void load_blocks(const void* raw, const void* scale, int64_t block, int64_t a, int64_t n, float* out, bool simd) {
   const typename F::raw* r = (const typename F::raw*)raw;
   for (int64_t i = a; i < a + n;) {
     const int64_t b = i / block;
@@ -29,11 +29,11 @@ void load_blocks(const void* raw, const float* scale, int64_t block, int64_t a, 
     int64_t j = i;
     if constexpr (vec::VFmt<F>::ok) {
       if (simd) {
-        const typename vec::VFmt<F>::Dec d(r + i, e - i, scale[b]);
+        const typename vec::VFmt<F>::Dec d(r + i, e - i, F::get_scale(scale, b));
         for (; j + vec::W <= e; j += vec::W) vec::storeu(out + (j - a), vec::VFmt<F>::load(r + j, d));
       }
     }
-    load_block<F>(r + j, scale[b], e - j, out + (j - a));
+    load_block<F>(r + j, F::get_scale(scale, b), e - j, out + (j - a));
     i = e;
   }
 }
@@ -61,22 +61,57 @@ void store_elems(void* raw, int64_t a, int64_t n, const float* vals, bool sr, co
 
 // One FP8 block: scale from the absmax of the finite values, then codes.
 template <class F>
-void store_block(void* raw, float* scale, int64_t block, int64_t a, int64_t n, const float* vals, bool sr,
+void store_block(void* raw, void* scale, int64_t block, int64_t a, int64_t n, const float* vals, bool sr,
                  const uint32_t* words, bool simd) {
   typename F::raw* r = (typename F::raw*)raw + a;
   if constexpr (vec::VFmt<F>::ok) {
     if (simd) {
-      scale[a / block] = vec::VFmt<F>::encode_block(r, n, vals, sr ? words : nullptr);
+      F::put_scale(scale, a / block, vec::VFmt<F>::encode_block(r, n, vals, sr ? words : nullptr));
       return;
     }
   }
-  scale[a / block] = encode_block<F>(r, n, vals, sr, words);
+  F::put_scale(scale, a / block, encode_block<F>(r, n, vals, sr, words));
+}
+
+// Packed 4-bit codes (FmtFP4): any range [a, a+n) decoded with its blocks' scales.
+template <class F>
+void load_packed(const void* raw, const void* scale, int64_t block, int64_t a, int64_t n, float* out) {
+  const typename F::raw* r = (const typename F::raw*)raw;
+  for (int64_t i = a; i < a + n;) {
+    const int64_t b = i / block;
+    const int64_t e = std::min((b + 1) * block, a + n);
+    const float sc = F::get_scale(scale, b);
+    for (; i < e; ++i) out[i - a] = F::load_code(F::code_at(r, i), sc);
+  }
+}
+
+// One block [a, a+n) of packed 4-bit codes (a even): scale from the finite absmax, then the codes
+// two a byte (a pad nibble of 0 after an odd last element).
+template <class F>
+void store_packed(void* raw, void* scale, int64_t block, int64_t a, int64_t n, const float* vals, bool sr,
+                  const uint32_t* words) {
+  typename F::raw* r = (typename F::raw*)raw + (a >> 1);
+  uint32_t amax = 0u;
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t x = F::abs_bits(vals[j]);
+    amax = x > amax ? x : amax;
+  }
+  const float sc = F::scale_of(u2f(amax));
+  const float inv = 1.0f / sc;
+  for (int64_t j = 0; j < n; j += 2) {
+    const uint32_t lo = F::encode(vals[j], inv, sr, sr ? words[j] : 0u);
+    const uint32_t hi = j + 1 < n ? F::encode(vals[j + 1], inv, sr, sr ? words[j + 1] : 0u) : 0u;
+    r[j >> 1] = (uint8_t)(lo | (hi << 4));
+  }
+  F::put_scale(scale, a / block, sc);
 }
 
 template <class F>
-float* load_fmt(void* raw, const float* scale, int64_t block, int64_t a, int64_t n, float* out, bool simd) {
+float* load_fmt(void* raw, const void* scale, int64_t block, int64_t a, int64_t n, float* out, bool simd) {
   if constexpr (std::is_same<F, FmtF32>::value) {
     return (float*)raw + a;  // fp32: the tensor memory itself
+  } else if constexpr (F::packed) {
+    load_packed<F>(raw, scale, block, a, n, out);
   } else if constexpr (F::blocked) {
     load_blocks<F>(raw, scale, block, a, n, out, simd);
   } else {
@@ -86,10 +121,12 @@ float* load_fmt(void* raw, const float* scale, int64_t block, int64_t a, int64_t
 }
 
 template <class F>
-void store_fmt(void* raw, float* scale, int64_t block, int64_t a, int64_t n, const float* vals, bool sr,
+void store_fmt(void* raw, void* scale, int64_t block, int64_t a, int64_t n, const float* vals, bool sr,
                const uint32_t* words, bool simd) {
   if constexpr (std::is_same<F, FmtF32>::value) {
     return;  // computed in place
+  } else if constexpr (F::packed) {
+    store_packed<F>(raw, scale, block, a, n, vals, sr, words);
   } else if constexpr (F::blocked) {
     store_block<F>(raw, scale, block, a, n, vals, sr, words, simd);
   } else {
@@ -99,7 +136,7 @@ void store_fmt(void* raw, float* scale, int64_t block, int64_t a, int64_t n, con
 
 }  // namespace
 
-float* load_range(int fmt, void* raw, const float* scale, int64_t block, int64_t a, int64_t n, float* out,
+float* load_range(int fmt, void* raw, const void* scale, int64_t block, int64_t a, int64_t n, float* out,
                   bool simd) {
 #define SIGNOPT_LOAD_CASE(F, C) \
   case F:                       \
@@ -109,7 +146,7 @@ float* load_range(int fmt, void* raw, const float* scale, int64_t block, int64_t
   throw std::invalid_argument("signopt: load_range of an unknown format");
 }
 
-void store_range(int fmt, void* raw, float* scale, int64_t block, int64_t a, int64_t n, const float* vals,
+void store_range(int fmt, void* raw, void* scale, int64_t block, int64_t a, int64_t n, const float* vals,
                  bool sr, const uint32_t* words, bool simd) {
 #define SIGNOPT_STORE_CASE(F, C) \
   case F:                        \

@@ -75,14 +75,15 @@ struct ItemStats {
 inline int8_t sign8(const float u) { return u > 0.0f ? 1 : (u < 0.0f ? -1 : 0); }
 
 // Decoded fp32 values of elements [a, a+n) (fp32 storage: the tensor memory itself, so the
-// rule computes in place).  Blocked formats: scale[i / block] multiplies each code.  simd: the
+// rule computes in place).  Blocked formats: the scale of block i / block (fp32, or an E8M0 byte:
+// the codec's get_scale) multiplies each code.  simd: the
 // vector codecs (cpu_vformats.h) where the format has one.
-float* load_range(int fmt, void* raw, const float* scale, int64_t block, int64_t a, int64_t n, float* out,
+float* load_range(int fmt, void* raw, const void* scale, int64_t block, int64_t a, int64_t n, float* out,
                   bool simd);
 
 // Store fp32 values of [a, a+n) (nothing for fp32, computed in place); for FP8, [a, a+n) is
 // exactly one block and its new scale is written too.  sr: stochastic rounding with `words`.
-void store_range(int fmt, void* raw, float* scale, int64_t block, int64_t a, int64_t n, const float* vals,
+void store_range(int fmt, void* raw, void* scale, int64_t block, int64_t a, int64_t n, const float* vals,
                  bool sr, const uint32_t* words, bool simd);
 
 // ---------------------------------------------------------------- FP8 block kernels (scalar)
@@ -435,9 +436,9 @@ struct GroupKernel {
       const int64_t B = c.block;
       for (int64_t b0 = it.a; b0 < it.b; b0 += B) {
         const int64_t b1 = std::min(b0 + B, it.b), nb = b1 - b0, blk = b0 / B;
-        const Dec md = HAS_M ? Dec(m + b0, nb, t.m_scale[blk]) : Dec();
-        const Dec vd = HAS_V ? Dec(v + b0, nb, t.v_scale[blk]) : Dec();
-        const Dec Gd = E ? Dec(E + b0, nb, t.G_scale[blk]) : Dec();
+        const Dec md = HAS_M ? Dec(m + b0, nb, SF::get_scale(t.m_scale, blk)) : Dec();
+        const Dec vd = HAS_V ? Dec(v + b0, nb, SF::get_scale(t.v_scale, blk)) : Dec();
+        const Dec Gd = E ? Dec(E + b0, nb, SF::get_scale(t.G_scale, blk)) : Dec();
         draw(t, b0, nb, !COUNT, VB, w);
         typename L::Acc a;
         seg_pieces(t, it.t, b0, b1, [&](int64_t a0, int64_t a1, float sv) {
@@ -449,9 +450,9 @@ struct GroupKernel {
           acc += loop.template run_acc<COUNT, STATS>(P, a1 - a0, sv, md, vd, Gd, a, st);
         });
         if (COUNT) continue;
-        if (HAS_M) t.m_scale[blk] = VSF::encode_amax(m + b0, nb, VB.mo.data(), vec::hmax31(a.am), w[1]);
-        if (HAS_V) t.v_scale[blk] = VSF::encode_amax(v + b0, nb, VB.vo.data(), vec::hmax31(a.av), w[1]);
-        if (E) t.G_scale[blk] = VSF::encode_amax(E + b0, nb, VB.Go.data(), vec::hmax31(a.aG), w[1]);
+        if (HAS_M) SF::put_scale(t.m_scale, blk, VSF::encode_amax(m + b0, nb, VB.mo.data(), vec::hmax31(a.am), w[1]));
+        if (HAS_V) SF::put_scale(t.v_scale, blk, VSF::encode_amax(v + b0, nb, VB.vo.data(), vec::hmax31(a.av), w[1]));
+        if (E) SF::put_scale(t.G_scale, blk, VSF::encode_amax(E + b0, nb, VB.Go.data(), vec::hmax31(a.aG), w[1]));
       }
     }
     if constexpr (STATS) {  // the lanes in lane order

@@ -50,13 +50,15 @@ __device__ __forceinline__ Scalars live_scalars(const Launch& L) {
 
 __device__ __forceinline__ bool skipped(const Launch& L) { return L.sp.found_inf && *L.sp.found_inf > 0.0f; }
 
-__device__ __forceinline__ float load_elem(int fmt, const void* raw, int64_t i, const float* scale, int64_t block) {
+__device__ __forceinline__ float load_elem(int fmt, const void* raw, int64_t i, const void* scale, int64_t block) {
   switch (fmt) {
     case FMT_FP32: return ((const float*)raw)[i];
     case FMT_BF16: return bf16_to_f32(((const uint16_t*)raw)[i]);
     case FMT_FP16: return f16_to_f32(((const uint16_t*)raw)[i]);
-    case FMT_FP8_E4M3: return FmtE4M3::load(((const uint8_t*)raw)[i], scale[i / block]);
-    default: return FmtE5M2::load(((const uint8_t*)raw)[i], scale[i / block]);
+    case FMT_FP8_E4M3: return FmtE4M3::load(((const uint8_t*)raw)[i], FmtE4M3::get_scale(scale, i / block));
+    case FMT_MXFP8_E4M3: return FmtMXE4M3::load(((const uint8_t*)raw)[i], FmtMXE4M3::get_scale(scale, i / block));
+    case FMT_MXFP8_E5M2: return FmtMXE5M2::load(((const uint8_t*)raw)[i], FmtMXE5M2::get_scale(scale, i / block));
+    default: return FmtE5M2::load(((const uint8_t*)raw)[i], FmtE5M2::get_scale(scale, i / block));
   }
 }
 
@@ -107,7 +109,7 @@ struct BlockOf {
 // Eight consecutive FP8 codes [i, i+8) (tile-local e): one 64-bit load when aligned, one scale
 // when the eight share a block.
 template <class F>
-__device__ __forceinline__ void load8_fp8(const void* raw, int64_t i, int e, int cnt, bool vec, const float* scale,
+__device__ __forceinline__ void load8_fp8(const void* raw, int64_t i, int e, int cnt, bool vec, const void* scale,
                                           const BlockOf& blk, float* out) {
   uint8_t c[VEC];
   if (vec && cnt == VEC) {
@@ -122,17 +124,19 @@ __device__ __forceinline__ void load8_fp8(const void* raw, int64_t i, int e, int
     for (int k = 0; k < VEC; ++k) c[k] = k < cnt ? ((const uint8_t*)raw)[i + k] : (uint8_t)0;
   }
   const bool one_scale = blk.shift >= 3;  // a power-of-two block of >= 8 holds all eight
-  const float s0 = cnt > 0 ? scale[blk(e)] : 0.0f;
+  const float s0 = cnt > 0 ? F::get_scale(scale, blk(e)) : 0.0f;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
-    if (k < cnt) out[k] = F::load(c[k], one_scale ? s0 : scale[blk(e + k)]);
+    if (k < cnt) out[k] = F::load(c[k], one_scale ? s0 : F::get_scale(scale, blk(e + k)));
   }
 }
 
 __device__ __forceinline__ void load8_state(int fmt, const void* raw, int64_t i, int e, int cnt, bool vec,
-                                            const float* scale, const BlockOf& blk, float* out) {
+                                            const void* scale, const BlockOf& blk, float* out) {
   if (fmt == FMT_FP8_E4M3) load8_fp8<FmtE4M3>(raw, i, e, cnt, vec, scale, blk, out);
   else if (fmt == FMT_FP8_E5M2) load8_fp8<FmtE5M2>(raw, i, e, cnt, vec, scale, blk, out);
+  else if (fmt == FMT_MXFP8_E4M3) load8_fp8<FmtMXE4M3>(raw, i, e, cnt, vec, scale, blk, out);
+  else if (fmt == FMT_MXFP8_E5M2) load8_fp8<FmtMXE5M2>(raw, i, e, cnt, vec, scale, blk, out);
   else load8(fmt, raw, i, cnt, vec, out);
 }
 
@@ -301,7 +305,7 @@ __global__ void __launch_bounds__(THREADS) count_kernel(Launch L) {
 // from registers and the block's scale from the lane that starts it.
 template <class F, bool SR>
 __device__ __forceinline__ void encode_run_t(const float* x, const uint32_t* w, int cnt, int lanes, uint8_t* codes,
-                                             float* scale, int64_t i, int e, bool vec, const BlockOf& blk) {
+                                             void* scale, int64_t i, int e, bool vec, const BlockOf& blk) {
   float amax = 0.0f;
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
@@ -324,15 +328,21 @@ __device__ __forceinline__ void encode_run_t(const float* x, const uint32_t* w, 
       if (k < cnt) codes[i + k] = (uint8_t)c[k];
     }
   }
-  if ((e & (blk.block - 1)) == 0) scale[blk(e)] = sc;
+  if ((e & (blk.block - 1)) == 0) F::put_scale(scale, blk(e), sc);
 }
 
 __device__ __forceinline__ void encode_run(int sfmt, const float* x, const uint32_t* w, int cnt, int lanes,
-                                           bool sr, uint8_t* codes, float* scale, int64_t i, int e, bool vec,
+                                           bool sr, uint8_t* codes, void* scale, int64_t i, int e, bool vec,
                                            const BlockOf& blk) {
   if (sfmt == FMT_FP8_E4M3) {
     if (sr) encode_run_t<FmtE4M3, true>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
     else encode_run_t<FmtE4M3, false>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
+  } else if (sfmt == FMT_MXFP8_E4M3) {
+    if (sr) encode_run_t<FmtMXE4M3, true>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
+    else encode_run_t<FmtMXE4M3, false>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
+  } else if (sfmt == FMT_MXFP8_E5M2) {
+    if (sr) encode_run_t<FmtMXE5M2, true>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
+    else encode_run_t<FmtMXE5M2, false>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
   } else {
     if (sr) encode_run_t<FmtE5M2, true>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
     else encode_run_t<FmtE5M2, false>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
@@ -340,10 +350,11 @@ __device__ __forceinline__ void encode_run(int sfmt, const float* x, const uint3
 }
 
 // A tile's n staged new values of one FP8 state (vals, SR words w) in blocks of `block`, one warp
-// a block: absmax of the finite values by shuffles, scale, codes (tile-local codes and scales).
+// a block: absmax of the finite values by shuffles, scale, codes (tile-local codes; scales from
+// block `first` on).
 template <class F>
 __device__ __forceinline__ void encode_staged_t(const float* vals, const uint32_t* w, bool sr, int n, int block,
-                                                uint8_t* codes, float* scale) {
+                                                uint8_t* codes, void* scale, int64_t first) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int b = warp; b * block < n; b += THREADS / 32) {
     const int b0 = b * block, b1 = (b0 + block) < n ? b0 + block : n;
@@ -360,14 +371,16 @@ __device__ __forceinline__ void encode_staged_t(const float* vals, const uint32_
     } else {
       for (int j = b0 + lane; j < b1; j += 32) codes[j] = F::encode(vals[j], inv, false, 0u);
     }
-    if (lane == 0) scale[b] = sc;
+    if (lane == 0) F::put_scale(scale, first + b, sc);
   }
 }
 
 __device__ __forceinline__ void encode_staged(int sfmt, const float* vals, const uint32_t* w, bool sr, int n, int block,
-                                              uint8_t* codes, float* scale) {
-  if (sfmt == FMT_FP8_E4M3) encode_staged_t<FmtE4M3>(vals, w, sr, n, block, codes, scale);
-  else encode_staged_t<FmtE5M2>(vals, w, sr, n, block, codes, scale);
+                                              uint8_t* codes, void* scale, int64_t first) {
+  if (sfmt == FMT_FP8_E4M3) encode_staged_t<FmtE4M3>(vals, w, sr, n, block, codes, scale, first);
+  else if (sfmt == FMT_MXFP8_E4M3) encode_staged_t<FmtMXE4M3>(vals, w, sr, n, block, codes, scale, first);
+  else if (sfmt == FMT_MXFP8_E5M2) encode_staged_t<FmtMXE5M2>(vals, w, sr, n, block, codes, scale, first);
+  else encode_staged_t<FmtE5M2>(vals, w, sr, n, block, codes, scale, first);
 }
 
 // ------------------------------------------------------------------ apply
@@ -516,9 +529,9 @@ __global__ void __launch_bounds__(THREADS, kind_stochastic(K) ? 1 : 3) apply_ker
   __syncthreads();
   // FP8: one warp per state block: absmax of the finite new values -> scale -> codes.
   const bool sr = s.state_stochastic_rounding != 0;
-  if (kind_has_m(K)) encode_staged(L.sfmt, T.st_m, T.st_w, sr, n, (int)L.block, (uint8_t*)r.m + a, r.m_scale + T.blk.first);
-  if (kind_has_v(K)) encode_staged(L.sfmt, T.st_v, T.st_w, sr, n, (int)L.block, (uint8_t*)r.v + a, r.v_scale + T.blk.first);
-  if (T.elem_env) encode_staged(L.sfmt, T.st_G, T.st_w, sr, n, (int)L.block, (uint8_t*)r.G + a, r.G_scale + T.blk.first);
+  if (kind_has_m(K)) encode_staged(L.sfmt, T.st_m, T.st_w, sr, n, (int)L.block, (uint8_t*)r.m + a, r.m_scale, T.blk.first);
+  if (kind_has_v(K)) encode_staged(L.sfmt, T.st_v, T.st_w, sr, n, (int)L.block, (uint8_t*)r.v + a, r.v_scale, T.blk.first);
+  if (T.elem_env) encode_staged(L.sfmt, T.st_G, T.st_w, sr, n, (int)L.block, (uint8_t*)r.G + a, r.G_scale, T.blk.first);
 }
 
 template <int K>

@@ -13,9 +13,9 @@ struct TensorRef {
   void* m;            // state m / v / element envelope G (state format), or null
   void* v;
   void* G;            // element envelope (state format) or one fp32 value per cell
-  float* m_scale;     // FP8 block scales of m / v / G (null otherwise)
-  float* v_scale;
-  float* G_scale;
+  void* m_scale;      // FP8 block scales of m / v / G (null otherwise): fp32, or E8M0 bytes (MX)
+  void* v_scale;
+  void* G_scale;
   int8_t* sign;       // step statistics: the previous update sign per element (-1, 0, +1), or null
   int64_t numel;
   int64_t seglen;     // reduction segment: row length, envelope block or numel (0: none)

@@ -81,8 +81,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> encode_cpu(const at::Tensor& x, i
   at::Tensor xc = x.contiguous().clone();
   const int64_t n = xc.numel();
   const bool blocked = fmt_block_scaled((int)fmt);
-  at::Tensor out = fmt == FMT_FP32 ? xc : at::empty_like(xc, xc.options().dtype(fmt_dtype(fmt)));
-  at::Tensor scales = at::zeros({blocked ? (n + block - 1) / block : 0}, xc.options());
+  TORCH_CHECK(!fmt_packed((int)fmt) || block % 2 == 0, "encode: packed 4-bit codes need an even block");
+  at::Tensor out = fmt == FMT_FP32 ? xc
+                   : fmt_packed((int)fmt) ? at::zeros({(n + 1) / 2}, xc.options().dtype(fmt_dtype(fmt)))
+                                          : at::empty_like(xc, xc.options().dtype(fmt_dtype(fmt)));
+  at::Tensor scales = at::zeros({blocked ? (n + block - 1) / block : 0}, xc.options().dtype(fmt_scale_dtype(fmt)));
   std::vector<uint32_t> w(n, 0u);
   const bool sr = words.has_value();
   if (sr) {
@@ -94,12 +97,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> encode_cpu(const at::Tensor& x, i
   const bool simd = cpu::simd_here();
   for (int64_t a = 0; a < n; a += step) {
     const int64_t len = std::min(step, n - a);
-    cpu::store_range((int)fmt, out.data_ptr(), scales.data_ptr<float>(), block, a, len, xc.data_ptr<float>() + a,
+    cpu::store_range((int)fmt, out.data_ptr(), scales.data_ptr(), block, a, len, xc.data_ptr<float>() + a,
                      sr, w.data() + a, simd);
   }
   at::Tensor dec = at::empty_like(xc);
   if (n > 0) {
-    float* d = cpu::load_range((int)fmt, out.data_ptr(), scales.data_ptr<float>(), block, 0, n, dec.data_ptr<float>(),
+    float* d = cpu::load_range((int)fmt, out.data_ptr(), scales.data_ptr(), block, 0, n, dec.data_ptr<float>(),
                                simd);
     if (d != dec.data_ptr<float>()) std::memcpy(dec.data_ptr<float>(), d, sizeof(float) * n);
   }
@@ -123,7 +126,8 @@ std::string declared() {
   for (int f = 0; f < FMT_COUNT; ++f) {
     o << "format " << f << " bits=" << fmt_bits(f) << " block_scaled=" << fmt_block_scaled(f)
       << " param=" << fmt_param(f) << " state=" << fmt_state(f) << " mantissa_bits=" << fmt_mantissa_bits(f)
-      << " emin=" << fmt_emin(f) << " max_finite=" << f2u(fmt_max_finite(f)) << "\n";
+      << " emin=" << fmt_emin(f) << " max_finite=" << f2u(fmt_max_finite(f)) << " scale_e8m0=" << fmt_scale_e8m0(f)
+      << " emax=" << fmt_emax(f) << "\n";
   }
   o << "families=" << FAMILY_COUNT << " envelopes=" << ENV_COUNT << " element=" << ENV_ELEMENT << "\n";
   o << "purposes sign=" << PURPOSE_SIGN << " state_rounding=" << PURPOSE_STATE_ROUNDING

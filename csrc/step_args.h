@@ -21,9 +21,15 @@ inline at::ScalarType fmt_dtype(int64_t f) {
     case FMT_FP16: return at::kHalf;
     case FMT_FP8_E4M3: return at::kFloat8_e4m3fn;
     case FMT_FP8_E5M2: return at::kFloat8_e5m2;
+    case FMT_MXFP8_E4M3: return at::kFloat8_e4m3fn;
+    case FMT_MXFP8_E5M2: return at::kFloat8_e5m2;
+    case FMT_FP4_E2M1: return at::kByte;  // two codes a byte
     default: TORCH_CHECK(false, "signopt: storage format ", f, " has no dtype here");
   }
 }
+
+// The ATen dtype of a block-scaled format's stored scales: fp32, or E8M0 bytes (uint8).
+inline at::ScalarType fmt_scale_dtype(int64_t f) { return fmt_scale_e8m0((int)f) ? at::kByte : at::kFloat; }
 
 inline void check_list(const char* name, at::TensorList list, size_t n, bool required) {
   TORCH_CHECK(list.empty() ? !required : list.size() == n, "signopt::step: ", name, " must hold ",
@@ -47,6 +53,8 @@ inline void check_step_args(SIGNOPT_STEP_PARAMS, at::DeviceType dev) {
   TORCH_CHECK(state_format >= 0 && state_format < FMT_COUNT && fmt_state((int)state_format),
               "signopt::step: state_format ", state_format, " is not a state format");
   TORCH_CHECK(state_block >= 1, "signopt::step: state_block must be >= 1, got ", state_block);
+  TORCH_CHECK(!fmt_packed((int)state_format) || state_block % 2 == 0,
+              "signopt::step: packed 4-bit state needs an even state_block, got ", state_block);
   TORCH_CHECK(envelope >= 0 && envelope < ENV_COUNT, "signopt::step: unknown envelope ", envelope);
   const size_t n = params.size();
   TORCH_CHECK(n >= 1, "signopt::step: params must not be empty");
@@ -86,23 +94,25 @@ inline void check_step_args(SIGNOPT_STEP_PARAMS, at::DeviceType dev) {
   };
   const at::ScalarType pdt = fmt_dtype(param_format), sdt = fmt_dtype(state_format);
   if (!stats.empty()) same(stats[0], "stats", 0, at::kDouble, STAT_COUNT);
+  const at::ScalarType scdt = fmt_scale_dtype(state_format);
   for (size_t i = 0; i < n; ++i) {
     const int64_t numel = params[i].numel();
     same(params[i], "params", i, pdt, numel);
     same(grads[i], "grads", i, pdt, numel);
     const int64_t nblocks = (numel + state_block - 1) / state_block;
-    if (!m.empty()) same(m[i], "m", i, sdt, numel);
-    if (!v.empty()) same(v[i], "v", i, sdt, numel);
+    const int64_t ncodes = fmt_packed((int)state_format) ? (numel + 1) / 2 : numel;
+    if (!m.empty()) same(m[i], "m", i, sdt, ncodes);
+    if (!v.empty()) same(v[i], "v", i, sdt, ncodes);
     if (!signs.empty()) same(signs[i], "signs", i, at::kChar, numel);
-    if (!m_scale.empty()) same(m_scale[i], "m_scale", i, at::kFloat, nblocks);
-    if (!v_scale.empty()) same(v_scale[i], "v_scale", i, at::kFloat, nblocks);
-    if (!env_scale.empty()) same(env_scale[i], "env_scale", i, at::kFloat, nblocks);
+    if (!m_scale.empty()) same(m_scale[i], "m_scale", i, scdt, nblocks);
+    if (!v_scale.empty()) same(v_scale[i], "v_scale", i, scdt, nblocks);
+    if (!env_scale.empty()) same(env_scale[i], "env_scale", i, scdt, nblocks);
     if (needs_seg && numel > 0) {
       TORCH_CHECK(seglens[i] >= 1, "signopt::step: seglens[", i, "] must be >= 1 for this rule");
     }
     if (!env.empty()) {
       if (elem_env) {
-        same(env[i], "env", i, sdt, numel);
+        same(env[i], "env", i, sdt, ncodes);
       } else if (numel > 0) {
         const int64_t L = std::min(seglens[i], numel);
         same(env[i], "env", i, at::kFloat, (numel + L - 1) / L);
@@ -146,9 +156,9 @@ inline std::vector<TensorRef> tensor_refs(at::TensorList params, at::TensorList 
     r.m = ptr_or_null(m, i);
     r.v = ptr_or_null(v, i);
     r.G = ptr_or_null(env, i);
-    r.m_scale = (float*)ptr_or_null(m_scale, i);
-    r.v_scale = (float*)ptr_or_null(v_scale, i);
-    r.G_scale = (float*)ptr_or_null(env_scale, i);
+    r.m_scale = ptr_or_null(m_scale, i);
+    r.v_scale = ptr_or_null(v_scale, i);
+    r.G_scale = ptr_or_null(env_scale, i);
     r.sign = (int8_t*)ptr_or_null(signs, i);
     r.numel = numel;
     r.seglen = seglens[i] >= 1 ? seglens[i] : numel;

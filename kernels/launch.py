@@ -91,6 +91,9 @@ def unsupported(rule: UpdateRule, params: list[Tensor]) -> str | None:
     """Why these kernels cannot run ``rule`` on ``params`` (None if they can)."""
     if rule.kappa_fn is not None or rule.kappa == "callable":
         return "a callable kappa runs only on the torch backend"
+    if FORMATS[rule.state_dtype].codec is None:
+        return (f"{declaration.options_of(rule.state_dtype)} has no Triton kernel (E4M3 block scales with a tensor scale "
+                "need the whole tensor's absmax before any block is encoded); the torch backend runs it")
     if FORMATS[rule.state_dtype].block_scaled and not 1 <= rule.state_block <= MAX_FP8_BLOCK:
         return f"FP8 state_block must be in [1, {MAX_FP8_BLOCK}] for the Triton kernels, got {rule.state_block}"
     for i, p in enumerate(params):

@@ -35,6 +35,16 @@ KIND_BF16 = tl.constexpr(FORMATS["bf16"].id)
 KIND_FP16 = tl.constexpr(FORMATS["fp16"].id)
 KIND_E4M3 = tl.constexpr(FORMATS["fp8_e4m3"].id)
 KIND_E5M2 = tl.constexpr(FORMATS["fp8_e5m2"].id)
+KIND_MXE4M3 = tl.constexpr(FORMATS["mxfp8_e4m3"].id)  # E4M3 / E5M2 codes with E8M0 block scales (MX)
+KIND_MXE5M2 = tl.constexpr(FORMATS["mxfp8_e5m2"].id)
+KIND_FP4_E2M1 = tl.constexpr(FORMATS["fp4_e2m1"].id)  # packed E2M1 codes, two a byte, E8M0 scales
+KIND_FP4_E2M1_E4M3 = tl.constexpr(FORMATS["fp4_e2m1_e4m3"].id)  # NVFP4: no Triton codec (launch refuses it)
+FP4_M = tl.constexpr(FORMATS["fp4_e2m1"].mantissa_bits)
+FP4_EMIN = tl.constexpr(FORMATS["fp4_e2m1"].emin)
+FP4_MAX = tl.constexpr(FORMATS["fp4_e2m1"].max_finite)
+FP4_EMAX = tl.constexpr(FORMATS["fp4_e2m1"].emax)
+E4M3_EMAX = tl.constexpr(FORMATS["mxfp8_e4m3"].emax)  # largest normal exponent: the MX scale rule's emax
+E5M2_EMAX = tl.constexpr(FORMATS["mxfp8_e5m2"].emax)
 
 # grids of the small formats: mantissa bits, minimum normal exponent, exponent bias (1 - emin),
 # largest finite value (Qmax of a block-scaled format)
@@ -283,6 +293,47 @@ def fp8_value(code, M: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr,
     else:
         val = tl.where((e == E_ALL) & (m == M_ALL), bits_f32(c * 0 + 0x7FC00000), val)
     return val
+
+
+@triton.jit
+def e8m0_value(code):
+    """fp32 ``2**(code - 127)`` of E8M0 scale bytes (``state_format.e8m0_value``): 2**-127 (an fp32
+    subnormal) for 0, NaN for 0xFF."""
+    c = code.to(tl.uint32)
+    bits = tl.where(c == 0, c * 0 + 0x00400000, c << 23)
+    bits = tl.where(c == 0xFF, c * 0 + 0x7FC00000, bits)
+    return bits_f32(bits)
+
+
+@triton.jit
+def e8m0_scale(absmax, EMAX: tl.constexpr):
+    """The E8M0 byte (uint8) of a block's finite absmax (``state_format.e8m0_codes``):
+    ``max(exponent field - EMAX, 0)``."""
+    e = ((f32_bits(absmax) >> 23) & 0xFF).to(tl.int32) - EMAX
+    return tl.maximum(e, 0).to(tl.uint8)
+
+
+@triton.jit
+def e2m1_value(code):
+    """fp32 value of E2M1 codes (integers in [0, 16); ``state_format.fp4_values``)."""
+    c = code.to(tl.uint32)
+    e = (c >> 1) & 3
+    f = c & 1
+    normal = bits_f32(((e + 126) << 23) | (f << 22))
+    v = tl.where(e == 0, f.to(tl.float32) * 0.5, normal)
+    return tl.where((c & 8) != 0, -v, v)
+
+
+@triton.jit
+def e2m1_code(q):
+    """E2M1 code (uint32 in [0, 16)) of values on the E2M1 grid (``state_format.fp4_codes``):
+    sign bit 3; NaN codes as +0."""
+    qb = f32_bits(q)
+    qe = ((qb >> 23) & 0xFF).to(tl.int32) - 127
+    normal = ((qe + 1) * 2).to(tl.uint32) | ((qb & 0x7FFFFF) >> 22)
+    sub = tl.where(is_nan(q), 0.0, tl.abs(q) * 2.0).to(tl.uint32)
+    code = tl.where(qe >= 0, normal, sub) | ((qb >> 28) & 8)
+    return tl.where(is_nan(q), qb * 0, code)
 
 
 @triton.jit

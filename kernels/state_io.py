@@ -8,16 +8,21 @@ stochastic) or :func:`store_fp8_blocks` (block-scaled FP8, :mod:`signopt.state_f
     inv = 1 / s                                 correctly rounded
     q   = round(clamp(x * inv, -Qmax, Qmax))    nearest-even or stochastic (the state-rounding words)
 
+MX formats (E8M0 scales, stored as uint8): ``E = max(exponent field of absmax - emax, 0)``,
+``s = 2**(E - 127)``, the rest as above.
+
 Addresses arrive as int64 values from the tensor table and are cast to typed pointers here;
 bf16 is accessed as int16 bit patterns and FP8 as uint8 codes so that no float cast is used.
 """
 import triton
 import triton.language as tl
 
-from .numerics import (E4M3_BIAS, E4M3_EMIN, E4M3_HAS_INF, E4M3_M, E4M3_MAX, E5M2_BIAS,
-                       E5M2_EMIN, E5M2_HAS_INF, E5M2_M, E5M2_MAX, KIND_BF16, KIND_E4M3, KIND_E5M2,
-                       KIND_FP16, KIND_FP32, MIN_SCALE, bf16_decode, bf16_nearest, bf16_stochastic,
-                       fp8_code, fp8_value, fp16_round, is_finite, is_nan, round_to_format)
+from .numerics import (FP4_EMAX, FP4_EMIN, FP4_M, FP4_MAX, KIND_FP4_E2M1, e2m1_code, e2m1_value)
+from .numerics import (E4M3_BIAS, E4M3_EMAX, E4M3_EMIN, E4M3_HAS_INF, E4M3_M, E4M3_MAX, E5M2_BIAS,
+                       E5M2_EMAX, E5M2_EMIN, E5M2_HAS_INF, E5M2_M, E5M2_MAX, KIND_BF16, KIND_E4M3,
+                       KIND_E5M2, KIND_FP16, KIND_FP32, KIND_MXE4M3, KIND_MXE5M2, MIN_SCALE, bf16_decode,
+                       bf16_nearest, bf16_stochastic, e8m0_scale, e8m0_value, fp8_code, fp8_value,
+                       fp16_round, is_finite, is_nan, round_to_format)
 
 
 @triton.jit
@@ -45,6 +50,19 @@ def load_state(addr, scale_addr, offs, mask, block, KIND: tl.constexpr):
         code = tl.load(addr.to(tl.pointer_type(tl.uint8)) + offs, mask=mask, other=0)
         s = tl.load(scale_addr.to(tl.pointer_type(tl.float32)) + block, mask=mask, other=0.0)
         return fp8_value(code, E5M2_M, E5M2_EMIN, E5M2_BIAS, E5M2_HAS_INF) * s
+    elif KIND == KIND_MXE4M3:
+        code = tl.load(addr.to(tl.pointer_type(tl.uint8)) + offs, mask=mask, other=0)
+        s = e8m0_value(tl.load(scale_addr.to(tl.pointer_type(tl.uint8)) + block, mask=mask, other=0))
+        return fp8_value(code, E4M3_M, E4M3_EMIN, E4M3_BIAS, E4M3_HAS_INF) * s
+    elif KIND == KIND_MXE5M2:
+        code = tl.load(addr.to(tl.pointer_type(tl.uint8)) + offs, mask=mask, other=0)
+        s = e8m0_value(tl.load(scale_addr.to(tl.pointer_type(tl.uint8)) + block, mask=mask, other=0))
+        return fp8_value(code, E5M2_M, E5M2_EMIN, E5M2_BIAS, E5M2_HAS_INF) * s
+    elif KIND == KIND_FP4_E2M1:
+        byte = tl.load(addr.to(tl.pointer_type(tl.uint8)) + offs // 2, mask=mask, other=0).to(tl.uint32)
+        code = (byte >> ((offs % 2) * 4).to(tl.uint32)) & 0xF
+        s = e8m0_value(tl.load(scale_addr.to(tl.pointer_type(tl.uint8)) + block, mask=mask, other=0))
+        return e2m1_value(code) * s
     else:
         return load_values(addr, offs, mask, KIND)
 
@@ -68,17 +86,23 @@ def store_values(addr, offs, x, mask, word, KIND: tl.constexpr, STOCHASTIC: tl.c
 
 @triton.jit
 def _fp8_encode(x, mask, word, inv_qmax, QMAX: tl.constexpr, M: tl.constexpr, EMIN: tl.constexpr,
-                BIAS: tl.constexpr, STOCHASTIC: tl.constexpr):
-    """Codes and per-row scales of a ``[rows, cols]`` tile holding one FP8 block per row."""
+                BIAS: tl.constexpr, STOCHASTIC: tl.constexpr, EMAX: tl.constexpr):
+    """Codes and per-row scales of a ``[rows, cols]`` tile holding one FP8 block per row: fp32
+    scales, or (``EMAX > 0``: MX) E8M0 scale bytes."""
     mag = tl.where(mask & is_finite(x), tl.abs(x), 0.0)
     absmax = tl.max(mag, axis=1)
-    scale = absmax * inv_qmax
-    scale = tl.where(scale < MIN_SCALE, MIN_SCALE, scale)
+    if EMAX > 0:
+        stored = e8m0_scale(absmax, EMAX)
+        scale = e8m0_value(stored)
+    else:
+        scale = absmax * inv_qmax
+        scale = tl.where(scale < MIN_SCALE, MIN_SCALE, scale)
+        stored = scale
     inv = tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
     y = x * inv[:, None]
     y = tl.where(is_nan(y), y, tl.minimum(tl.maximum(y, -QMAX), QMAX))
     q = round_to_format(y, word, M, EMIN, QMAX, STOCHASTIC)
-    return fp8_code(q, M, EMIN, BIAS), scale
+    return fp8_code(q, M, EMIN, BIAS), stored
 
 
 @triton.jit
@@ -88,20 +112,55 @@ def store_fp8_blocks(addr, scale_addr, offs, x, mask, block_row, row_mask, word,
     and scales; lanes outside ``mask`` do not enter the absmax."""
     if KIND == KIND_E4M3:
         code, scale = _fp8_encode(x, mask, word, inv_qmax, E4M3_MAX, E4M3_M, E4M3_EMIN, E4M3_BIAS,
-                                   STOCHASTIC)
-    else:
-        tl.static_assert(KIND == KIND_E5M2, "store_fp8_blocks: kind must be E4M3 or E5M2")
+                                   STOCHASTIC, 0)
+        tl.store(scale_addr.to(tl.pointer_type(tl.float32)) + block_row, scale, mask=row_mask)
+    elif KIND == KIND_E5M2:
         code, scale = _fp8_encode(x, mask, word, inv_qmax, E5M2_MAX, E5M2_M, E5M2_EMIN, E5M2_BIAS,
-                                   STOCHASTIC)
+                                   STOCHASTIC, 0)
+        tl.store(scale_addr.to(tl.pointer_type(tl.float32)) + block_row, scale, mask=row_mask)
+    elif KIND == KIND_MXE4M3:
+        code, scale = _fp8_encode(x, mask, word, inv_qmax, E4M3_MAX, E4M3_M, E4M3_EMIN, E4M3_BIAS,
+                                   STOCHASTIC, E4M3_EMAX)
+        tl.store(scale_addr.to(tl.pointer_type(tl.uint8)) + block_row, scale, mask=row_mask)
+    else:
+        tl.static_assert(KIND == KIND_MXE5M2, "store_fp8_blocks: kind must be (MX) E4M3 or E5M2")
+        code, scale = _fp8_encode(x, mask, word, inv_qmax, E5M2_MAX, E5M2_M, E5M2_EMIN, E5M2_BIAS,
+                                   STOCHASTIC, E5M2_EMAX)
+        tl.store(scale_addr.to(tl.pointer_type(tl.uint8)) + block_row, scale, mask=row_mask)
     tl.store(addr.to(tl.pointer_type(tl.uint8)) + offs, code, mask=mask)
-    tl.store(scale_addr.to(tl.pointer_type(tl.float32)) + block_row, scale, mask=row_mask)
+
+
+@triton.jit
+def store_fp4_blocks(addr, scale_addr, offs, x, mask, block_row, row_mask, word, STOCHASTIC: tl.constexpr):
+    """Encode a ``[rows, cols]`` tile (row r = block ``block_row[r]``, an even number of columns)
+    as packed E2M1 codes with E8M0 scales (``state_format.fp4_encode``): adjacent columns 2j,
+    2j+1 share a byte (low, high nibble); a masked-off high element (past the end) codes as 0."""
+    mag = tl.where(mask & is_finite(x), tl.abs(x), 0.0)
+    absmax = tl.max(mag, axis=1)
+    stored = e8m0_scale(absmax, FP4_EMAX)
+    scale = e8m0_value(stored)
+    inv = tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
+    y = x * inv[:, None]
+    y = tl.where(is_nan(y), y, tl.minimum(tl.maximum(y, -FP4_MAX), FP4_MAX))
+    q = round_to_format(y, word, FP4_M, FP4_EMIN, FP4_MAX, STOCHASTIC)
+    code = tl.where(mask, e2m1_code(q), 0)
+    R: tl.constexpr = code.shape[0]
+    C: tl.constexpr = code.shape[1]
+    lo, hi = tl.split(tl.reshape(code, [R, C // 2, 2]))
+    off_lo, off_hi = tl.split(tl.reshape(offs, [R, C // 2, 2]))
+    m_lo, m_hi = tl.split(tl.reshape(mask.to(tl.int32), [R, C // 2, 2]))
+    byte = (lo | (hi << 4)).to(tl.uint8)
+    tl.store(addr.to(tl.pointer_type(tl.uint8)) + off_lo // 2, byte, mask=m_lo != 0)
+    tl.store(scale_addr.to(tl.pointer_type(tl.uint8)) + block_row, stored, mask=row_mask)
 
 
 @triton.jit
 def store_state(addr, scale_addr, offs, x, mask, block_row, row_mask, word, inv_qmax,
                 KIND: tl.constexpr, STOCHASTIC: tl.constexpr):
     """Store a state tile in its format (see the module docstring)."""
-    if KIND >= KIND_E4M3:
+    if KIND == KIND_FP4_E2M1:
+        store_fp4_blocks(addr, scale_addr, offs, x, mask, block_row, row_mask, word, STOCHASTIC)
+    elif KIND >= KIND_E4M3:
         store_fp8_blocks(addr, scale_addr, offs, x, mask, block_row, row_mask, word, inv_qmax,
                          KIND, STOCHASTIC)
     else:

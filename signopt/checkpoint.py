@@ -101,6 +101,7 @@ def check_entry(where: str, rule: UpdateRule, shape: tuple[int, ...], saved: dic
     ``ceil(numel/saved_block)`` scales)."""
     slots = state_layout.slots(rule)
     allowed = {s.name for s in slots} | {state_layout.scale_key(s.name) for s in state_layout.element_slots(rule)}
+    allowed |= {state_layout.tensor_scale_key(s.name) for s in state_layout.element_slots(rule)}
     step = state_layout.STEP_KEY
     if rule.keeps_step():
         allowed.add(step)
@@ -117,35 +118,49 @@ def check_entry(where: str, rule: UpdateRule, shape: tuple[int, ...], saved: dic
             check_cells(where, name, saved[name], state_layout.cell_shape(rule, slot, shape))
             continue
         t = _tensor(where, name, saved[name])
+        scale_name = state_layout.scale_key(name)
+        scales = saved.get(scale_name)
         try:
-            fmt = state_layout.format_of(t)
+            fmt = state_layout.format_of(t, scales if isinstance(scales, torch.Tensor) else None)
         except ValueError:
             raise ValueError(f"{where} state {name!r} has dtype {t.dtype}; state formats are stored as "
-                             f"{sorted(str(FORMATS[f].dtype) for f in STATE_FORMATS)}") from None
-        if tuple(t.shape) != tuple(shape):
+                             f"{sorted(set(str(FORMATS[f].dtype) for f in STATE_FORMATS))}") from None
+        need = ((numel + 1) // 2,) if FORMATS[fmt].packed else tuple(shape)
+        if tuple(t.shape) != need:
             raise ValueError(f"{where} state {name!r} has shape {tuple(t.shape)} ({t.numel()} elements); "
-                             f"the parameter needs {tuple(shape)} ({numel} elements)")
-        scale_name = state_layout.scale_key(name)
+                             f"the parameter needs {need} ({numel} elements"
+                             + (", two 4-bit codes a byte)" if FORMATS[fmt].packed else ")"))
         if FORMATS[fmt].block_scaled:
             scale = _tensor(where, scale_name, saved.get(scale_name))
             blocks = state_layout.blocks(numel, saved_block)
-            if not scale.is_floating_point() or scale.numel() != blocks:
-                raise ValueError(f"{where} state {scale_name!r} must hold {blocks} floating scales (blocks of "
+            e8m0 = FORMATS[fmt].scale == "e8m0"
+            if not (e8m0 or scale.is_floating_point()) or scale.numel() != blocks:
+                raise ValueError(f"{where} state {scale_name!r} must hold {blocks} "
+                                 f"{'E8M0 (uint8)' if e8m0 else 'floating'} scales (blocks of "
                                  f"{saved_block}), got {scale.numel()} of dtype {scale.dtype}")
         elif scale_name in saved:
             raise ValueError(f"{where} state {scale_name!r} is an FP8 scale, but {name!r} is stored as {fmt}")
+        tscale_name = state_layout.tensor_scale_key(name)
+        if FORMATS[fmt].tensor_scale:
+            ts = _tensor(where, tscale_name, saved.get(tscale_name))
+            if not ts.is_floating_point() or ts.numel() != 1:
+                raise ValueError(f"{where} state {tscale_name!r} must hold 1 floating tensor scale, got "
+                                 f"{ts.numel()} of dtype {ts.dtype}")
+        elif tscale_name in saved:
+            raise ValueError(f"{where} state {tscale_name!r} is a tensor scale, but {name!r} is stored as {fmt}")
     if step in saved:
         check_step(where, saved[step])
 
 
 def restore_entry(rule: UpdateRule, saved: dict[str, Tensor], saved_block: int, fmt: str,
-                  device: torch.device) -> dict[str, Tensor]:
+                  device: torch.device, shape: tuple[int, ...] | None = None) -> dict[str, Tensor]:
     """A checked full-size saved entry as new tensors on ``device``: element slots converted into
-    ``fmt`` with blocks of ``rule.state_block``, envelope cells fp32, the step int64 on the CPU."""
+    ``fmt`` with blocks of ``rule.state_block``, envelope cells fp32, the step int64 on the CPU
+    (``shape``: the parameter's real shape, which packed 4-bit codes need)."""
     restored = {}
     for slot in state_layout.slots(rule):
         if state_layout.per_element(rule, slot):
-            restored.update(state_layout.convert(rule, saved, slot, saved_block, fmt, device))
+            restored.update(state_layout.convert(rule, saved, slot, saved_block, fmt, device, shape))
         else:
             restored[slot.name] = saved[slot.name].detach().to(device=device, dtype=torch.float32).clone()
     step = state_layout.STEP_KEY

@@ -18,6 +18,7 @@ dicts record names).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -52,8 +53,11 @@ bits v2: see :mod:`signopt.philox`)."""
 class Format:
     """A storage format: of parameters (``param``) and/or optimizer state (``state``).
 
-    ``block_scaled`` formats store codes in ``dtype`` plus one fp32 scale per ``state_block``
-    consecutive elements of the flattened tensor (kept under :data:`SCALE_KEY` of the slot).
+    ``block_scaled`` formats store codes in ``dtype`` plus one scale per ``state_block``
+    consecutive elements of the flattened tensor (kept under :data:`SCALE_KEY` of the slot), of
+    scale type ``scale`` (:data:`SCALE_TYPES`): ``"fp32"`` (``absmax/Qmax``) or ``"e8m0"`` (OCP
+    Microscaling: a power of two ``2**(floor(log2(absmax)) - emax)``, stored as its biased
+    exponent byte). ``default_block`` is ``state_block``'s value when the option is left at None.
     """
 
     name: str
@@ -65,8 +69,37 @@ class Format:
     max_finite: float  # largest finite value (Qmax of a block-scaled format)
     param: bool
     state: bool
-    codec: str  # its C++ codec type (csrc/casts.h), named in the generated dispatch lists
+    codec: str | None  # its C++ codec type (csrc/casts.h), named in the generated dispatch lists
+    # (None: no C++ kernel -- the cpp backend refuses it)
     block_scaled: bool = False
+    scale: str = "fp32"
+    default_block: int = 256
+    packed: bool = False  # two 4-bit codes a byte: codes stored flat, ceil(numel/2) uint8 bytes
+    scale_options: tuple[str, ...] = ()  # the values the ``state_scale`` option may take (None always)
+    option_of: tuple[str, str] | None = None  # (state_dtype, state_scale) that select this format
+    # (an internal format: not a state_dtype value of its own)
+
+    @property
+    def tensor_scale(self) -> bool:
+        """Whether the format keeps one fp32 scale per tensor besides its block scales (NVFP4's
+        two-level scaling: E4M3 block scales relative to an fp32 tensor scale)."""
+        return self.scale == "e4m3"
+
+    @property
+    def emax(self) -> int:
+        """The exponent of the largest normal binade (``floor(log2(max_finite))``): 8 for E4M3,
+        15 for E5M2 -- the ``emax_elem`` of the MX scale rule."""
+        return math.frexp(self.max_finite)[1] - 1
+
+    @property
+    def pow2_blocks(self) -> bool:
+        """Whether ``state_block`` must be a power of two (at most :data:`MAX_POW2_BLOCK`)."""
+        return self.scale != "fp32"
+
+    @property
+    def min_block(self) -> int:
+        """The smallest ``state_block``: 2 for packed codes (a block never splits a byte)."""
+        return 2 if self.packed else 1
 
 
 FORMATS = {f.name: f for f in (
@@ -79,10 +112,58 @@ FORMATS = {f.name: f for f in (
            block_scaled=True),
     Format("fp8_e5m2", 4, torch.float8_e5m2, 8, 2, -14, 57344.0, param=False, state=True, codec="FmtE5M2",
            block_scaled=True),
+    Format("mxfp8_e4m3", 5, torch.float8_e4m3fn, 8, 3, -6, 448.0, param=False, state=True, codec="FmtMXE4M3",
+           block_scaled=True, scale="e8m0", default_block=32),
+    Format("mxfp8_e5m2", 6, torch.float8_e5m2, 8, 2, -14, 57344.0, param=False, state=True, codec="FmtMXE5M2",
+           block_scaled=True, scale="e8m0", default_block=32),
+    Format("fp4_e2m1", 7, torch.uint8, 4, 1, 0, 6.0, param=False, state=True, codec="FmtE2M1",
+           block_scaled=True, scale="e8m0", default_block=32, packed=True, scale_options=("e8m0", "e4m3")),
+    Format("fp4_e2m1_e4m3", 8, torch.uint8, 4, 1, 0, 6.0, param=False, state=True, codec=None,
+           block_scaled=True, scale="e4m3", default_block=16, packed=True, option_of=("fp4_e2m1", "e4m3")),
 )}
 STATE_FORMATS = tuple(n for n, f in FORMATS.items() if f.state)
+STATE_DTYPES = tuple(n for n in STATE_FORMATS if FORMATS[n].option_of is None)
+"""The ``state_dtype`` values (an internal format is chosen by ``state_dtype`` and ``state_scale``)."""
 PARAM_FORMATS = {f.dtype: f for f in FORMATS.values() if f.param}
 SCALE_DTYPE = torch.float32
+SCALE_TYPES = {"fp32": torch.float32, "e8m0": torch.uint8, "e4m3": torch.float8_e4m3fn}
+"""Block-scale types and the dtype their scales are stored in: fp32 values, or E8M0 (OCP MX v1.0:
+the biased exponent ``e + 127`` of the power of two ``2**e``, ``e`` in [-127, 127]; 0xFF, NaN,
+is never written), or E4M3 values relative to a per-tensor fp32 scale (NVFP4's two levels)."""
+TENSOR_SCALE_KEY = "{}_tensor_scale"
+"""State key of the per-tensor fp32 scale of a slot in a format with :attr:`Format.tensor_scale`."""
+
+
+def options_of(fmt: str) -> str:
+    """The options that select format ``fmt``, for messages (``"state_dtype='fp4_e2m1',
+    state_scale='e4m3'"``)."""
+    f = FORMATS.get(fmt)
+    if f is not None and f.option_of is not None:
+        return f"state_dtype={f.option_of[0]!r}, state_scale={f.option_of[1]!r}"
+    return f"state_dtype={fmt!r}"
+
+
+def format_for(state_dtype: str, state_scale: str | None) -> str:
+    """The storage format a group's ``state_dtype`` and ``state_scale`` select."""
+    for n, f in FORMATS.items():
+        if f.option_of == (state_dtype, state_scale):
+            return n
+    return state_dtype
+E8M0_BIAS = 127
+MAX_POW2_BLOCK = 256
+"""The largest ``state_block`` of a power-of-two-scaled (MX) format."""
+
+
+def block_of(fmt: str, state_block: int | None) -> int:
+    """``state_block`` as a group gives it (None: the default block of format ``fmt``)."""
+    if state_block is not None:
+        return state_block
+    return FORMATS[fmt].default_block if fmt in FORMATS else FORMATS["fp8_e4m3"].default_block
+
+
+def scale_dtype(fmt: str) -> torch.dtype:
+    """The dtype of block-scaled format ``fmt``'s stored scales."""
+    return SCALE_TYPES[FORMATS[fmt].scale]
 SCALE_KEY = "{}_scale"
 """State key of a block-scaled slot's scales (``SCALE_KEY.format("m") == "m_scale"``); used only
 through :mod:`signopt.state_layout`."""
@@ -361,10 +442,10 @@ def _cpp_dispatch_lists() -> list[str]:
     lines = ["// dispatch lists: SIGNOPT_KINDS(X) calls X(kind) for every kind, SIGNOPT_KINDS_<GROUP>(X)",
              "// for the kinds one kernel template runs, SIGNOPT_FORMATS(X) / SIGNOPT_STATE_FORMATS(X) /",
              "// SIGNOPT_PARAM_FORMATS(X) call X(format id, codec type) for every format / state format /",
-             "// parameter format"]
+             "// parameter format that has a C++ codec"]
     lines.append("#define SIGNOPT_KINDS(X) " + " ".join(f"X(K_{k.name.upper()})" for k in sorted(KINDS, key=lambda k: k.id)))
     lines += [f"#define SIGNOPT_KINDS_{g.upper()}(X) " + " ".join(ks) for g, ks in groups.items()]
-    fmts = sorted(FORMATS.values(), key=lambda f: f.id)
+    fmts = sorted((f for f in FORMATS.values() if f.codec is not None), key=lambda f: f.id)
     lines.append("#define SIGNOPT_FORMATS(X) " + " ".join(f"X(FMT_{f.name.upper()}, {f.codec})" for f in fmts))
     for what in ("state", "param"):
         lines.append(f"#define SIGNOPT_{what.upper()}_FORMATS(X) "
@@ -415,6 +496,12 @@ def cpp_header() -> str:
     lines.append(_cpp_switch("int", "fmt_emin", "f", [(fid[f.name], str(f.emin)) for f in fmts], "0"))
     lines.append(_cpp_switch("float", "fmt_max_finite", "f",
                              [(fid[f.name], _f32_literal(f.max_finite)) for f in fmts], "0.0f"))
+    lines.append("// block scales: E8M0 (a power of two, stored as its biased exponent byte) or fp32")
+    lines.append(_cpp_bool("fmt_scale_e8m0", "f", [fid[f.name] for f in fmts if f.scale == "e8m0"]))
+    lines.append("// packed 4-bit codes: two a byte, ceil(numel/2) bytes")
+    lines.append(_cpp_bool("fmt_packed", "f", [fid[f.name] for f in fmts if f.packed]))
+    lines.append(_cpp_switch("int", "fmt_emax", "f", [(fid[f.name], str(f.emax)) for f in fmts], "0"))
+    lines.append(f"constexpr int E8M0_BIAS = {E8M0_BIAS};")
     lines += [f"constexpr int PURPOSE_{p.upper()} = {w};  // third Philox counter word of the {p} draws"
               for p, w in RANDOM_PURPOSES.items()]
     lines += _cpp_dispatch_lists()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .declaration import FORMATS
+from .declaration import FORMATS, SCALE_TYPES
 
 _FORMATS_BY_ID = {f.id: f for f in FORMATS.values()}
 
@@ -30,5 +30,6 @@ def _philox_word0_fake(k0, k1, base, out) -> None:
 def _encode_fake(x, fmt, block, words):
     f = _FORMATS_BY_ID[fmt]
     n = x.numel()
-    scales = x.new_empty((-(-n // block) if f.block_scaled else 0,), dtype=torch.float32)
-    return x.new_empty(x.shape, dtype=f.dtype), scales, x.new_empty(x.shape, dtype=torch.float32)
+    scales = x.new_empty((-(-n // block) if f.block_scaled else 0,), dtype=SCALE_TYPES[f.scale])
+    codes = x.new_empty(((n + 1) // 2,) if f.packed else x.shape, dtype=f.dtype)
+    return codes, scales, x.new_empty(x.shape, dtype=torch.float32)

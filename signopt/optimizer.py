@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from . import backends as backend_registry
-from . import sharding, state_layout
+from . import declaration, sharding, state_layout
 from .backends import Held, Prepared
 from .backends.slot import ParamSlot
 from .checkpoint import (CALLABLE_MARKER, RULE_KEY, SCHEMA_KEY, SCHEMA_VERSION, check_entry, check_identity,
@@ -33,7 +33,7 @@ from .scalars import GroupScalars, StepCounters, group_scalars, step_values
 
 # Group keys that describe storage, not hyperparameters: a loaded checkpoint does not override
 # them; its state is converted into the format the optimizer was built with.
-LAYOUT_KEYS = ("state_dtype", "state_block", "fp8_min_numel")
+LAYOUT_KEYS = ("state_dtype", "state_block", "state_scale", "fp8_min_numel")
 
 log = logging.getLogger("signopt")
 
@@ -531,7 +531,7 @@ class SignOptimizer(Optimizer):
                 raise ValueError(f"state_dict param_groups[{i}] has {len(sg['params'])} parameters, "
                                  f"the optimizer's has {len(group['params'])}")
             check_identity(i, saved_identity(raw), self.rule(i).identity(), owner)
-            loaded = {**sg, **{k: group[k] for k in LAYOUT_KEYS}}
+            loaded = {**sg, **{k: group.get(k) for k in LAYOUT_KEYS}}
             if loaded.get("kappa") == CALLABLE_MARKER:
                 if not callable(group.get("kappa")):
                     raise ValueError(f"param_groups[{i}] was saved with a callable kappa; build the "
@@ -544,7 +544,9 @@ class SignOptimizer(Optimizer):
         owners = {}
         for gi, (sg, group, loaded) in enumerate(zip(saved_groups, self.param_groups, loaded_groups)):
             for j, (saved_id, p) in enumerate(zip(sg["params"], group["params"])):
-                owners[saved_id] = (p, loaded, sg["state_block"], f"param_groups[{gi}]['params'][{j}]")
+                saved_fmt = declaration.format_for(sg["state_dtype"], sg.get("state_scale"))
+                saved_block = declaration.block_of(saved_fmt, sg["state_block"])
+                owners[saved_id] = (p, loaded, saved_block, f"param_groups[{gi}]['params'][{j}]")
         restored = {}
         for key, saved in state_dict["state"].items():
             if key not in owners and isinstance(key, str) and key.isdigit():
@@ -559,7 +561,7 @@ class SignOptimizer(Optimizer):
             check_entry(where, rule, sharding.real_shape(p), saved, saved_block)
             numel = math.prod(sharding.real_shape(p))
             fmt = state_layout.effective_format(rule, numel)
-            entry = restore_entry(rule, saved, saved_block, fmt, p.device)
+            entry = restore_entry(rule, saved, saved_block, fmt, p.device, sharding.real_shape(p))
             restored[p] = sharding.shard_state(p, rule, entry)  # plain p: unchanged
         # Nothing above changed the optimizer; torch's load sets the groups (the state it would
         # cast to the parameter dtype is set from ``restored`` instead).

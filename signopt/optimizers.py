@@ -7,8 +7,12 @@
 * ``maximize``; ``cautious`` (keep coordinates whose update agrees in sign with ``g``,
   rescaled by ``numel/(kept+1)``); ``backend`` (``"auto"``, ``"torch"``, ``"cpp"``, ``"triton"``).
 * ``state_dtype``: ``"fp32"``, ``"bf16"``, ``"fp8_e4m3"``, ``"fp8_e5m2"`` (block-scaled with
-  ``state_block`` elements per fp32 scale; tensors under ``fp8_min_numel`` elements keep fp32),
-  see :mod:`signopt.state_format`; ``state_rounding`` and ``param_rounding``: ``"nearest"`` or
+  ``state_block`` elements per fp32 scale, default 256), ``"mxfp8_e4m3"``, ``"mxfp8_e5m2"`` (OCP
+  Microscaling: the same codes with one power-of-two E8M0 scale per ``state_block`` elements,
+  default 32, a power of two up to 256); tensors under ``fp8_min_numel`` elements keep fp32;
+  ``"fp4_e2m1"`` (MXFP4: E2M1 codes, two a byte, one E8M0 scale per block, default 32;
+  ``state_scale``: None or ``"e8m0"``); ``state_block=None`` is the format's default; see
+  :mod:`signopt.state_format`; ``state_rounding`` and ``param_rounding``: ``"nearest"`` or
   ``"stochastic"`` (the latter keeps the expected update of bf16/fp16 parameters when the step
   is below half an ulp); ``seed`` keys every random bit (default: drawn from torch's generator).
 * Non-finite gradients: an element whose gradient is NaN/inf keeps its parameter and state
@@ -31,7 +35,7 @@ LR = float | Tensor
 
 SHARED_DEFAULTS: dict[str, Any] = dict(
     weight_decay=0.0, wd_mode="decoupled", maximize=False, cautious=False, state_dtype="fp32",
-    state_rounding="nearest", param_rounding="nearest", state_block=256, fp8_min_numel=4096,
+    state_rounding="nearest", param_rounding="nearest", state_block=None, state_scale=None, fp8_min_numel=4096,
     seed=None,
 )
 

@@ -19,11 +19,13 @@ from . import declaration
 FAMILIES = tuple(declaration.FAMILIES)
 KAPPAS = tuple(declaration.KAPPAS)
 WD_MODES = declaration.WD_MODES
-STATE_DTYPES = declaration.STATE_FORMATS
+STATE_DTYPES = declaration.STATE_DTYPES
 ROUNDINGS = declaration.ROUNDINGS
 STOCHASTIC_BASES = tuple(declaration.BASES)
 ENVELOPES = tuple(declaration.ENVELOPES)
 ENVELOPE_SOURCES = declaration.ENVELOPE_SOURCES
+POW2_BLOCKS = tuple(2 ** i for i in range(declaration.MAX_POW2_BLOCK.bit_length()))
+"""The ``state_block`` values of a power-of-two-scaled (MX) state format."""
 
 
 @dataclass(frozen=True)
@@ -128,9 +130,23 @@ def validate_group(family: str, group: dict, trusted: tuple[torch.Tensor, ...] =
     _choice("param_rounding", group["param_rounding"], ROUNDINGS)
     for name in ("state_block", "fp8_min_numel"):
         value = group[name]
+        if name == "state_block" and value is None:
+            continue  # the state format's default block
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "state_block" else 0):
             raise ValueError(f"{name} must be a {'positive' if name == 'state_block' else 'non-negative'} "
-                             f"int, got {value!r}")
+                             f"int (or None for state_block: the format's default), got {value!r}")
+    fmt = declaration.FORMATS[group["state_dtype"]]
+    scale = group.get("state_scale")
+    if scale is not None and (isinstance(scale, bool) or scale not in fmt.scale_options):
+        takes = [n for n, f in declaration.FORMATS.items() if f.scale_options]
+        raise ValueError(f"state_scale must be one of {fmt.scale_options + (None,)} for "
+                         f"state_dtype={group['state_dtype']!r} (only {takes} take a state_scale), got {scale!r}")
+    fmt = declaration.FORMATS[declaration.format_for(group["state_dtype"], scale)]
+    allowed = tuple(b for b in POW2_BLOCKS if b >= fmt.min_block)
+    if fmt.pow2_blocks and group["state_block"] is not None and group["state_block"] not in allowed:
+        raise ValueError(f"state_block must be a power of two in {allowed} for "
+                         f"state_dtype={group['state_dtype']!r} (one {fmt.scale.upper()} scale per block; "
+                         f"default {fmt.default_block}), got {group['state_block']!r}")
     seed = group["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
@@ -170,11 +186,13 @@ def validate_group(family: str, group: dict, trusted: tuple[torch.Tensor, ...] =
 def rule_from_group(family: str, group: dict) -> UpdateRule:
     """The :class:`UpdateRule` of a validated group."""
     kappa = group.get("kappa", "l1")
+    fmt = declaration.format_for(group["state_dtype"], group.get("state_scale"))
     kw: dict[str, Any] = dict(
         family=family, wd_mode=group["wd_mode"], maximize=group["maximize"],
-        cautious=group["cautious"], state_dtype=group["state_dtype"],
+        cautious=group["cautious"], state_dtype=fmt,
         state_rounding=group["state_rounding"], param_rounding=group["param_rounding"],
-        state_block=group["state_block"], fp8_min_numel=group["fp8_min_numel"],
+        state_block=declaration.block_of(fmt, group["state_block"]),
+        fp8_min_numel=group["fp8_min_numel"],
         kappa="callable" if callable(kappa) else kappa,
         kappa_fn=kappa if callable(kappa) else None,
     )

@@ -14,8 +14,8 @@ through :class:`~signopt.backends.slot.ParamSlot` and never see a DTensor. For a
 * **state.** Element-wise state (moments, element envelopes, FP8 codes) is a DTensor with the
   parameter's placements, so ``torch.distributed.checkpoint`` saves and reshards it natively.
   Per-row envelopes are a ``(rows,)`` DTensor with the same placements (rows = dim 0 stay
-  whole on a ``Shard(0)`` shard). Per-block vectors -- FP8 scales (``state_block``) and block
-  envelopes (``envelope_block``) -- are defined over the **full** flattened tensor, exactly as
+  whole on a ``Shard(0)`` shard). Per-block vectors -- FP8 scales (``state_block``), block
+  envelopes (``envelope_block``) and packed 4-bit codes (two elements a byte) -- are defined over the **full** flattened tensor, exactly as
   unsharded, so sharded and unsharded runs quantise identically and a checkpoint does not
   depend on the world size. Under sharding each rank keeps the plain local tensor of its own
   blocks; this needs every shard boundary on a block boundary (checked at construction; FSDP2
@@ -208,6 +208,9 @@ def unsupported(rule: UpdateRule, p: Tensor) -> str | None:
                     f"{rule.state_block} elements of the full tensor and needs Shard(0) boundaries "
                     f"on block boundaries (boundaries at {list(lay.starts)}); pick a state_block "
                     f"dividing them or raise fp8_min_numel above {lay.numel} for this tensor")
+    if declaration.FORMATS[fmt].tensor_scale:
+        need.append(f"{declaration.options_of(rule.state_dtype)} keeps one fp32 scale per "
+                    "tensor, from the absmax of the whole tensor")
     if not need:
         return None
     return (f"{where} is sharded, and " + "; ".join(need)
@@ -223,7 +226,7 @@ def _global_state_shape(rule: UpdateRule, name: str, lay: ShardLayout) -> tuple[
 
 
 def _keeps_local(rule: UpdateRule, name: str, lay: ShardLayout) -> bool:
-    return name == state_layout.STEP_KEY or (lay.split and state_layout.vector_cell(rule, name) is not None)
+    return name == state_layout.STEP_KEY or (lay.split and state_layout.vector_cell(rule, name, lay.numel) is not None)
 
 
 def wrap_state(p: Tensor, rule: UpdateRule, st: dict) -> None:
@@ -269,7 +272,7 @@ def export_state(p: Tensor, rule: UpdateRule, st: dict) -> dict:
     out = dict(st)
     mesh, placements = p.device_mesh, tuple(p.placements)
     for name, t in st.items():
-        cell = state_layout.vector_cell(rule, name)
+        cell = state_layout.vector_cell(rule, name, lay.numel)
         if cell is None:
             continue
         total = -(-lay.numel // cell)
@@ -333,7 +336,7 @@ def shard_state(p: Tensor, rule: UpdateRule, restored: dict) -> dict:
         if name == state_layout.STEP_KEY:
             out[name] = t
             continue
-        cell = state_layout.vector_cell(rule, name)
+        cell = state_layout.vector_cell(rule, name, lay.numel)
         if lay.split and cell is not None:
             start, count = _cells(lay, cell)
             out[name] = t.reshape(-1)[start:start + count].clone()

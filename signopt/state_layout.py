@@ -7,7 +7,8 @@ allocate, read, write and walk state through this module only.
 
 A slot of cell ``"element"`` (``m``, ``v``, an element envelope ``G``) holds one value per element
 of the parameter's real view, stored in the group's state format (FP8: codes of the parameter's
-shape plus one fp32 scale per ``state_block`` flattened elements under :func:`scale_key`); an
+shape plus one scale per ``state_block`` flattened elements under :func:`scale_key`: fp32, or an
+E8M0 byte for the MX formats); an
 envelope ``G`` of a row, block or tensor envelope holds one fp32 value per cell. Tensors with fewer
 than ``fp8_min_numel`` elements keep fp32 state in an FP8 group.
 """
@@ -33,6 +34,15 @@ def scale_key(name: str) -> str:
 
 def is_scale_key(key: str) -> bool:
     return any(key == scale_key(s.name) for s in (declaration.M, declaration.V, declaration.G))
+
+
+def tensor_scale_key(name: str) -> str:
+    """The state key of slot ``name``'s per-tensor fp32 scale (NVFP4: ``state_scale="e4m3"``)."""
+    return declaration.TENSOR_SCALE_KEY.format(name)
+
+
+def is_tensor_scale_key(key: str) -> bool:
+    return any(key == tensor_scale_key(s.name) for s in (declaration.M, declaration.V, declaration.G))
 
 
 def slots(rule: UpdateRule) -> tuple[Slot, ...]:
@@ -100,18 +110,26 @@ def effective_format(rule: UpdateRule, numel: int) -> str:
     return fmt
 
 
-def format_of(stored: Tensor) -> str:
-    """The state format of a stored element-slot tensor (its codes when block-scaled)."""
+def format_of(stored: Tensor, scales: Tensor | None = None) -> str:
+    """The state format of a stored element-slot tensor (its codes when block-scaled) with its
+    block scales ``scales`` (None: not known, or none): FP8 codes with E8M0 (uint8) scales are
+    MX, with fp32 (or no) scales the fp32-scaled FP8 format."""
+    scale_type = "fp32"  # no scales, or fp32 (any floating dtype but E4M3) ones
+    for name, dtype in declaration.SCALE_TYPES.items():
+        if scales is not None and scales.dtype == dtype:
+            scale_type = name
     for f in FORMATS.values():
-        if f.state and stored.dtype == f.dtype:
+        if f.state and stored.dtype == f.dtype and (not f.block_scaled or f.scale == scale_type):
             return f.name
-    raise ValueError(f"state tensor of dtype {stored.dtype} is not a signopt state format")
+    raise ValueError(f"state tensor of dtype {stored.dtype}"
+                     + (f" with scales of dtype {scales.dtype}" if scales is not None else "")
+                     + " is not a signopt state format")
 
 
 def stored_format(rule: UpdateRule, state: dict) -> str:
     """The format a parameter's element slots are stored in (``"fp32"`` when it has none)."""
     for s in element_slots(rule):
-        return format_of(state[s.name])
+        return format_of(*stored(rule, state, s))
     return "fp32"
 
 
@@ -129,10 +147,13 @@ def allocate(rule: UpdateRule, shape: tuple[int, ...], numel: int, device: torch
         if not per_element(rule, s):
             st[s.name] = torch.zeros(cell_shape(rule, s, shape), dtype=torch.float32, device=device)
             continue
-        st[s.name] = torch.zeros(shape, dtype=fmt.dtype, device=device)
+        codes_shape = ((math.prod(shape) + 1) // 2,) if fmt.packed else shape
+        st[s.name] = torch.zeros(codes_shape, dtype=fmt.dtype, device=device)
         if fmt.block_scaled:
             st[scale_key(s.name)] = torch.zeros(blocks(math.prod(shape), rule.state_block),
-                                                dtype=declaration.SCALE_DTYPE, device=device)
+                                                dtype=declaration.scale_dtype(fmt.name), device=device)
+        if fmt.tensor_scale:
+            st[tensor_scale_key(s.name)] = torch.zeros(1, dtype=torch.float32, device=device)
     if rule.keeps_step():
         st[STEP_KEY] = torch.tensor(0, dtype=torch.int64)
     return st
@@ -143,11 +164,13 @@ def stored(rule: UpdateRule, state: dict, slot: Slot) -> tuple[Tensor, Tensor | 
     return state[slot.name], state.get(scale_key(slot.name))
 
 
-def read(rule: UpdateRule, state: dict, slot: Slot) -> Tensor:
-    """The fp32 value of ``slot``."""
+def read(rule: UpdateRule, state: dict, slot: Slot, shape: tuple[int, ...] | None = None) -> Tensor:
+    """The fp32 value of ``slot`` (``shape``: the parameter's real shape, which packed 4-bit
+    codes need)."""
     codes, scales = stored(rule, state, slot)
-    if scales is not None and FORMATS[format_of(codes)].block_scaled:
-        return state_format.fp8_decode(codes, scales, rule.state_block)
+    if scales is not None and FORMATS[format_of(codes, scales)].block_scaled:
+        return state_format.decode(codes, scales, rule.state_block, None if shape is None else tuple(shape),
+                                   state.get(tensor_scale_key(slot.name)))
     return codes.to(torch.float32)
 
 
@@ -162,8 +185,10 @@ def write(rule: UpdateRule, state: dict, slot: Slot, value: Tensor, word: Tensor
         target.copy_(new if skip is None else torch.where(skip.to(target.device), target, new))
         return
     codes, scales = stored(rule, state, slot)
-    new_codes, new_scales = state_format.encode(value, format_of(codes), rule.state_block, word)
-    for target, new in ((codes, new_codes), (scales, new_scales)):
+    tscale = state.get(tensor_scale_key(slot.name))
+    new_codes, new_scales, new_tscale = state_format.encode_state(value, format_of(codes, scales),
+                                                                  rule.state_block, word)
+    for target, new in ((codes, new_codes), (scales, new_scales), (tscale, new_tscale)):
         if target is None:
             continue
         if skip is not None:
@@ -172,31 +197,38 @@ def write(rule: UpdateRule, state: dict, slot: Slot, value: Tensor, word: Tensor
 
 
 def convert(rule: UpdateRule, saved: dict, slot: Slot, saved_block: int, fmt: str,
-            device: torch.device) -> dict[str, Tensor]:
+            device: torch.device, shape: tuple[int, ...] | None = None) -> dict[str, Tensor]:
     """Element slot ``slot`` of a loaded ``saved`` dict (FP8 blocks of ``saved_block``),
     re-encoded into ``fmt`` with blocks of ``rule.state_block`` (nearest) on ``device``, as the
     state entries it makes; the stored bits are copied unchanged when format and block match."""
     codes = saved[slot.name].to(device)
     scales = saved.get(scale_key(slot.name))
-    src = format_of(codes)
+    tscale = saved.get(tensor_scale_key(slot.name))
+    tscale = None if tscale is None else tscale.to(device, torch.float32)
+    src = format_of(codes, scales)
     block_scaled = FORMATS[fmt].block_scaled
     if src == fmt and (not block_scaled or saved_block == rule.state_block):
         out = {slot.name: codes.clone()}
         if block_scaled:
-            out[scale_key(slot.name)] = scales.to(device, torch.float32).clone()
+            out[scale_key(slot.name)] = scales.to(device, declaration.scale_dtype(fmt)).clone()
+        if FORMATS[fmt].tensor_scale:
+            out[tensor_scale_key(slot.name)] = tscale.reshape(1).clone()
         return out
     if FORMATS[src].block_scaled:
-        scales = scales.to(device, torch.float32)
-        if scales.numel() != blocks(codes.numel(), saved_block):
-            raise ValueError(f"state {slot.name!r}: {scales.numel()} scales do not fit {codes.numel()} "
+        scales = scales.to(device)
+        numel = math.prod(shape) if FORMATS[src].packed else codes.numel()
+        if scales.numel() != blocks(numel, saved_block):
+            raise ValueError(f"state {slot.name!r}: {scales.numel()} scales do not fit {numel} "
                              f"elements in blocks of {saved_block}")
-        value = state_format.fp8_decode(codes, scales, saved_block)
+        value = state_format.decode(codes, scales, saved_block, None if shape is None else tuple(shape), tscale)
     else:
         value = codes.to(torch.float32)
-    new_codes, new_scales = state_format.encode(value, fmt, rule.state_block)
+    new_codes, new_scales, new_tscale = state_format.encode_state(value, fmt, rule.state_block)
     out = {slot.name: new_codes}
     if new_scales is not None:
         out[scale_key(slot.name)] = new_scales
+    if new_tscale is not None:
+        out[tensor_scale_key(slot.name)] = new_tscale
     return out
 
 
@@ -204,7 +236,8 @@ def entries(rule: UpdateRule, state: dict) -> Iterator[tuple[str, Tensor, str]]:
     """Every state tensor with what it is: ``"slot"``, ``"scales"`` or ``"step"``."""
     for key, t in state.items():
         if isinstance(t, Tensor):
-            yield key, t, ("step" if key == STEP_KEY else "scales" if is_scale_key(key) else "slot")
+            yield key, t, ("step" if key == STEP_KEY else "scales" if is_scale_key(key) or is_tensor_scale_key(key)
+                           else "slot")
 
 
 def cell_of_key(rule: UpdateRule, key: str) -> str | None:
@@ -215,11 +248,14 @@ def cell_of_key(rule: UpdateRule, key: str) -> str | None:
     return None
 
 
-def vector_cell(rule: UpdateRule, key: str) -> int | None:
+def vector_cell(rule: UpdateRule, key: str, numel: int | None = None) -> int | None:
     """Elements of the flattened tensor per entry of a per-block state vector (FP8 scales, a
-    block envelope), else None."""
+    block envelope, packed 4-bit codes: 2), else None; ``numel`` (of the full tensor) tells
+    whether a packed format's element slot falls back to fp32."""
     if is_scale_key(key):
         return rule.state_block
+    if numel is not None and cell_of_key(rule, key) == "element" and FORMATS[effective_format(rule, numel)].packed:
+        return 2
     if key == declaration.G.name and rule.stochastic and rule.envelope == "block":
         return rule.envelope_block
     return None

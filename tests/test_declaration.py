@@ -15,13 +15,23 @@ from signopt import state_layout
 from signopt.scalars import GroupScalars
 
 
-@pytest.mark.parametrize("fmt", list(D.FORMATS.values()), ids=list(D.FORMATS))
+@pytest.mark.parametrize("fmt", [f for f in D.FORMATS.values() if not f.packed],
+                         ids=[n for n, f in D.FORMATS.items() if not f.packed])
 def test_formats_match_torch_dtypes(fmt):
     fi = torch.finfo(fmt.dtype)
     assert fmt.bits == fi.bits
     assert fmt.max_finite == fi.max
     assert fmt.emin == math.log2(fi.tiny)  # smallest normal = 2**emin
     assert 2.0 ** -fmt.mantissa_bits == fi.eps
+
+
+def test_packed_formats_are_e2m1():
+    """The packed 4-bit formats (no torch dtype) are OCP E2M1: 0.5 .. 6 with one mantissa bit,
+    stored as uint8 bytes of two codes."""
+    for f in D.FORMATS.values():
+        if f.packed:
+            assert (f.bits, f.mantissa_bits, f.emin, f.max_finite, f.emax) == (4, 1, 0, 6.0, 2)
+            assert f.dtype == torch.uint8 and f.block_scaled and f.min_block == 2
 
 
 def test_ids_are_dense_and_unique():
@@ -50,7 +60,9 @@ def test_every_rule_choice_has_exactly_one_kind():
 def test_rule_options_come_from_the_declaration():
     assert R.FAMILIES == tuple(D.FAMILIES) == tuple(cls.family for cls in (
         signopt.SignSGD, signopt.Signum, signopt.Lion, signopt.SignConversion))
-    assert R.STATE_DTYPES == tuple(n for n, f in D.FORMATS.items() if f.state)
+    assert R.STATE_DTYPES == tuple(n for n, f in D.FORMATS.items() if f.state and f.option_of is None)
+    assert all(D.FORMATS[f.option_of[0]].state and f.option_of[1] in D.FORMATS[f.option_of[0]].scale_options
+               for f in D.FORMATS.values() if f.option_of)
     assert set(D.KAPPA_SEGMENT) == set(D.KAPPAS)
 
 

@@ -143,7 +143,7 @@ def test_param_stochastic_rounding_keeps_expected_movement(dtype):
     assert abs(moved["stochastic"] - expected) < 0.05 * expected
 
 
-@pytest.mark.parametrize("state_dtype", ["fp8_e4m3", "fp8_e5m2", "bf16"])
+@pytest.mark.parametrize("state_dtype", ["fp8_e4m3", "fp8_e5m2", "bf16", "mxfp8_e4m3", "mxfp8_e5m2", "fp4_e2m1"])
 @pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
 def test_state_dict_round_trip_bit_identical(state_dtype, rounding):
     torch.manual_seed(0)
@@ -176,7 +176,7 @@ def test_state_dict_round_trip_bit_identical(state_dtype, rounding):
         pc.data.copy_(pb.data)
     opt_c.load_state_dict(torch.load(buf, weights_only=True))
     assert opt_c.state[ps_c[0]]["m"].dtype == declaration.FORMATS[state_dtype].dtype
-    assert opt_c.state[ps_c[2]]["m"].dtype == (torch.float32 if state_dtype.startswith("fp8")
+    assert opt_c.state[ps_c[2]]["m"].dtype == (torch.float32 if declaration.FORMATS[state_dtype].block_scaled
                                                 else torch.bfloat16)
     run(ps_c, opt_c, grads[3:])
     for pa, pc in zip(ps_a, ps_c):
@@ -214,7 +214,7 @@ def test_format_conversion_fp32_to_fp8_and_back(fmt_name, fmt):
     assert rebl.state[p]["m_scale"].numel() == -(-p.numel() // 64)
 
 
-@pytest.mark.parametrize("state_dtype", ["fp8_e4m3", "fp8_e5m2", "bf16"])
+@pytest.mark.parametrize("state_dtype", ["fp8_e4m3", "fp8_e5m2", "bf16", "mxfp8_e4m3", "mxfp8_e5m2", "fp4_e2m1"])
 @pytest.mark.parametrize("cls", [signopt.Lion, signopt.Signum])
 def test_update_uses_fresh_fp32_state(cls, state_dtype):
     """Quantisation only affects later steps: a low-precision step equals the fp32 one when
@@ -230,7 +230,7 @@ def test_update_uses_fresh_fp32_state(cls, state_dtype):
         o32.step()
         olp.step()
         # re-sync the fp32 optimizer to the decoded low-precision state
-        o32.state[p32]["m"].copy_(state_layout.read(olp.rule(), olp.state[plp], declaration.M))
+        o32.state[p32]["m"].copy_(state_layout.read(olp.rule(), olp.state[plp], declaration.M, tuple(plp.shape)))
         p32.data.copy_(plp.data)
     g = torch.randn(8192)
     p32.grad, plp.grad = g.clone(), g.clone()

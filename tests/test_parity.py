@@ -15,10 +15,11 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import signopt
 from signopt import backends as backend_registry
+from signopt import declaration, state_format
 
 BACKENDS = ["cpp"]
 
@@ -76,6 +77,18 @@ options = st.fixed_dictionaries({
     "cautious": st.booleans(),
     "state_dtype": st.sampled_from(["fp32", "bf16", "fp8_e4m3", "fp8_e5m2"]),
     "state_block": st.sampled_from([1, 3, 32, 256]),
+    "fp8_min_numel": st.sampled_from([0, 300]),
+    "state_rounding": st.sampled_from(["nearest", "stochastic"]),
+    "param_rounding": st.sampled_from(["nearest", "stochastic"]),
+})
+MX_FORMATS = [n for n, f in declaration.FORMATS.items() if f.scale == "e8m0"]
+mx_options = st.fixed_dictionaries({
+    "weight_decay": st.sampled_from([0.0, 0.1]),
+    "wd_mode": st.sampled_from(["decoupled", "l2"]),
+    "maximize": st.booleans(),
+    "cautious": st.booleans(),
+    "state_dtype": st.sampled_from(MX_FORMATS),
+    "state_block": st.sampled_from([None, 1, 2, 8, 32, 256]),
     "fp8_min_numel": st.sampled_from([0, 300]),
     "state_rounding": st.sampled_from(["nearest", "stochastic"]),
     "param_rounding": st.sampled_from(["nearest", "stochastic"]),
@@ -156,7 +169,7 @@ def assert_state_close(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor | N
     a32, b32 = as_real_f32(a).reshape(-1), as_real_f32(b).reshape(-1)
     unit = torch.ones_like(b32)
     if scale is not None:
-        unit = scale.repeat_interleave(block)[: b32.numel()]
+        unit = state_format.scale_values(scale).repeat_interleave(block)[: b32.numel()]
     mag = torch.maximum(b32.abs(), torch.full_like(b32, 2.0 ** emin))
     tol = 2 * torch.exp2(torch.floor(torch.log2(mag)) - mant) * unit
     tol = torch.maximum(tol, 2 * ulp(b32 * unit, torch.float32))
@@ -211,10 +224,18 @@ def run_and_compare(backend: str, rule: str, dtype: torch.dtype, shape_list, opt
                     assert int(state[name]) == int(value)
                 elif tol == EXACT:
                     assert_same(state[name], value, f"{where} state {name!r}")
+                elif name.endswith("_scale") and value.dtype == torch.uint8:  # E8M0: the exponent
+                    assert bool(((state[name].int() - value.int()).abs() <= 1).all()), f"{where} state {name!r}"
                 elif name.endswith("_scale"):
                     assert_ulp(state[name], value, torch.float32, f"{where} state {name!r}")
+                elif value.dtype == torch.uint8:  # packed 4-bit codes: decoded, within 2 E2M1 steps
+                    block, shape = ref.rule().state_block, tuple(as_real_f32(q).shape)
+                    got = state_format.decode(state[name], state[name + "_scale"], block, shape)
+                    want = state_format.decode(value, ref_state[name + "_scale"], block, shape)
+                    unit = state_format.scale_values(ref_state[name + "_scale"]).repeat_interleave(block)
+                    assert torch.all((got - want).abs().reshape(-1) <= 4 * unit[: want.numel()]), where
                 else:
-                    block = ref.param_groups[0]["state_block"]
+                    block = ref.rule().state_block
                     assert_state_close(state[name], value, None if value.dtype.itemsize != 1
                                        else state[name + "_scale"], block, f"{where} state {name!r}")
             if tol == ULP:  # continue both runs from the same values
@@ -233,6 +254,20 @@ def test_parity(backend, rule, dtype_name, shape_list, opts, ex):
     backend_or_skip(backend)
     if dtype_name == "complex64" and rule not in ("lion", "stosign_row", "lion_row_l2"):
         return  # complex goes through the same real-view path; a few rules cover it
+    run_and_compare(backend, rule, DTYPES[dtype_name], shape_list, opts, ex)
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=8)
+@given(shape_list=st.lists(shapes, min_size=1, max_size=3), opts=mx_options, ex=extras,
+       dtype_name=st.sampled_from(["fp32", "bf16", "fp16"]))
+def test_parity_mx_state(backend, rule, shape_list, opts, ex, dtype_name):
+    """MX state (E8M0 block scales: MXFP8, MXFP4) in every rule: the same harness, blocks of powers
+    of two (at least 2 for packed 4-bit codes)."""
+    backend_or_skip(backend)
+    if opts["state_block"] == 1 and declaration.FORMATS[opts["state_dtype"]].packed:
+        opts = {**opts, "state_block": 2}
     run_and_compare(backend, rule, DTYPES[dtype_name], shape_list, opts, ex)
 
 

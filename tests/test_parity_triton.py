@@ -72,6 +72,30 @@ def test_parity_triton(rule, dtype_name, scenario):
     tp.run_and_compare(BACKEND, rule, tp.DTYPES[dtype_name], SHAPES, dict(opts), dict(ex))
 
 
+MX_SCENARIOS = [
+    (dict(weight_decay=0.1, wd_mode="decoupled", maximize=False, cautious=False, state_dtype="mxfp8_e4m3",
+          state_block=None, fp8_min_numel=200, state_rounding="nearest", param_rounding="nearest"),
+     dict(tensor_lr=False, scaler=(8.0, 1.0), nonfinite=True, seed=5)),
+    (dict(weight_decay=0.1, wd_mode="l2", maximize=True, cautious=True, state_dtype="mxfp8_e5m2",
+          state_block=2, fp8_min_numel=0, state_rounding="stochastic", param_rounding="stochastic"),
+     dict(tensor_lr=True, scaler=None, nonfinite=True, seed=6)),
+    (dict(weight_decay=0.1, wd_mode="decoupled", maximize=False, cautious=False, state_dtype="fp4_e2m1",
+          state_block=4, fp8_min_numel=0, state_rounding="stochastic", param_rounding="nearest"),
+     dict(tensor_lr=False, scaler=(8.0, 1.0), nonfinite=True, seed=7)),
+]
+
+
+@pytest.mark.parametrize("rule,dtype_name,scenario", [("lion", "bf16", 0), ("lion", "fp32", 1),
+                                                      ("stosign_element", "fp32", 1), ("conv_adamw", "fp16", 0),
+                                                      ("signum", "bf16", 1), ("lion", "fp32", 2),
+                                                      ("stosign_element", "bf16", 2)])
+def test_parity_triton_mx(rule, dtype_name, scenario):
+    """MX state (E8M0 block scales): MXFP8 at the default block and a block of 2, MXFP4 (packed
+    codes, an odd-sized tensor) at a block of 4, both roundings."""
+    opts, ex = MX_SCENARIOS[scenario]
+    tp.run_and_compare(BACKEND, rule, tp.DTYPES[dtype_name], SHAPES, dict(opts), dict(ex))
+
+
 @pytest.mark.parametrize("rule", ["lion_row_l2", "stosign_block", "conv_adamw_tensor"])
 def test_parity_triton_large(rule, monkeypatch):
     """Tensors of thousands of elements at the shipped launch configuration."""

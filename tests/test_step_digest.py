@@ -63,7 +63,7 @@ def _cases() -> dict[str, dict]:
     for rule in ("signum", "lion_l1", "lion_l2", "conv_momentum_element_direction",
                  "conv_adamw_row_grad", "conv_lion_block_direction", "conv_sgd_element_grad"):
         for dtype in DTYPES:
-            for state in ("fp32", "bf16", "fp8_e4m3", "fp8_e5m2"):
+            for state in ("fp32", "bf16", "fp8_e4m3", "fp8_e5m2", "mxfp8_e4m3", "mxfp8_e5m2", "fp4_e2m1"):
                 if (dtype, state) != ("fp32", "fp32"):
                     cases[f"{rule}/{dtype}/{state}"] = {"rule": rule, "dtype": dtype,
                                                         "opts": {"state_dtype": state}}
@@ -76,6 +76,9 @@ def _cases() -> dict[str, dict]:
         "tensor_lr": {"tensor_lr": True, "weight_decay": 0.25},
         "state_sr_bf16": {"state_dtype": "bf16", "state_rounding": "stochastic"},
         "state_sr_e4m3": {"state_dtype": "fp8_e4m3", "state_rounding": "stochastic", "state_block": 7},
+        "state_sr_mxe4m3": {"state_dtype": "mxfp8_e4m3", "state_rounding": "stochastic", "state_block": 8},
+        "state_sr_mxe5m2": {"state_dtype": "mxfp8_e5m2", "state_rounding": "stochastic", "state_block": 64},
+        "state_sr_fp4": {"state_dtype": "fp4_e2m1", "state_rounding": "stochastic", "state_block": 4},
         "param_sr": {"param_rounding": "stochastic"},
         "scaler_skip": {"scaler": True},
     }
@@ -94,7 +97,9 @@ TRITON_CASES = ["sign/fp32/fp32", "signum/bf16/fp8_e4m3", "lion_l1/fp32/fp32", "
                 "lion_huber/fp32/cautious", "lion_l1/fp32/wd_independent", "lion_l1/bf16/param_sr",
                 "conv_momentum_element_direction/fp32/fp32", "conv_sgd_block_grad/fp32/fp32",
                 "conv_lion_row_direction/fp32/fp32", "conv_momentum_element_direction/fp32/state_sr_e4m3",
-                "conv_lion_tensor_direction/fp32/scaler_skip"]
+                "conv_lion_tensor_direction/fp32/scaler_skip", "signum/bf16/mxfp8_e4m3",
+                "lion_l1/fp16/mxfp8_e5m2", "conv_momentum_element_direction/fp32/state_sr_mxe4m3",
+                "signum/bf16/fp4_e2m1", "lion_l1/fp32/state_sr_fp4"]
 
 
 def _grads(params: list[torch.Tensor], gen: torch.Generator, step: int) -> list[torch.Tensor]:
@@ -192,13 +197,19 @@ def test_cases_differ():
                           for env in ("block", "element", "row", "tensor")]
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
+if __name__ == "__main__" and sys.argv[1:] in (["--record"], ["--record-new"]):
+    # --record: every case; --record-new: only the cases the fixture lacks (a new format or
+    # option), every recorded digest kept as it is
     import os
     os.environ.setdefault("TRITON_INTERPRET", "1")
     torch.set_num_threads(1)
-    out = {"cpp": {n: digest(c, "cpp") for n, c in CASES.items() if c["rule"] not in NO_CPP},
-           "torch": {n: digest(c, "torch") for n, c in CASES.items() if c["rule"] not in NOT_EXACT},
-           "triton": {n: digest(CASES[n], "triton") for n in TRITON_CASES}}
+    old = _recorded() if sys.argv[1] == "--record-new" else {"cpp": {}, "torch": {}, "triton": {}}
+    new = {"cpp": [n for n, c in CASES.items() if c["rule"] not in NO_CPP],
+           "torch": [n for n, c in CASES.items() if c["rule"] not in NOT_EXACT], "triton": TRITON_CASES}
+    out = {b: {n: old[b][n] if n in old[b] else digest(CASES[n], b) for n in names} for b, names in new.items()}
+    for b in old:
+        for n in set(old[b]) - set(out[b]):
+            raise SystemExit(f"{b} {n}: recorded but no longer a case; nothing recorded")
     for n in out["torch"]:
         if n in out["cpp"] and out["torch"][n] != out["cpp"][n]:
             raise SystemExit(f"{n}: torch and cpp differ; nothing recorded")

@@ -170,6 +170,8 @@ def test_kernel_ids_follow_the_declaration(kernels):
         assert (got["m"], got["emin"], got["max"]) == (f.mantissa_bits, f.emin, f.max_finite)
         if "bias" in got:
             assert got["bias"] == 1 - f.emin
+        if "emax" in got:
+            assert got["emax"] == f.emax
     assert _constants(numerics, "PURPOSE_") == declaration.RANDOM_PURPOSES
 
 

@@ -76,13 +76,17 @@ class CppBackend:
         except ValueError as exc:
             return str(exc)
         fmt = FORMATS.get(rule.state_dtype)
-        if fmt is None or not fmt.state:
-            return f"state_dtype {rule.state_dtype!r} has no fused kernel"
+        if fmt is None or not fmt.state or fmt.codec is None:
+            return (f"{declaration.options_of(rule.state_dtype)} has no fused kernel (E4M3 block scales with a tensor "
+                    "scale need the whole tensor's absmax before any block is encoded); the torch backend runs it")
         for i, p in enumerate(params):
             if p.device.type not in SUPPORTED_DEVICES:
                 return f"params[{i}] is on {p.device}; the cpp backend runs on CPU and CUDA"
             if p.device.type == "cuda" and not self.has_cuda:
                 return "the signopt extension was built without CUDA kernels"
+            if p.device.type == "cuda" and fmt.packed:
+                return (f"state_dtype {rule.state_dtype!r} (packed 4-bit codes) has no CUDA kernel; it runs "
+                        "on CPU tensors and on the torch backend")
             if p.device.type == "cuda" and fmt.block_scaled and rule.state_block > MAX_CUDA_FP8_BLOCK:
                 return f"FP8 state on CUDA needs state_block <= {MAX_CUDA_FP8_BLOCK}"
             if _real_dtype(p) not in PARAM_FORMATS:

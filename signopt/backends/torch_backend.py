@@ -53,7 +53,7 @@ class TorchStep:
             g = real_view(grads[i])
             key, bias = values.key(i), values.bias_of(i)
             slots = state_layout.slots(rule)
-            st = {s.name: state_layout.read(rule, slot.state, s) for s in slots}
+            st = {s.name: state_layout.read(rule, slot.state, s, tuple(p.shape)) for s in slots}
             indices = None
             if rule.draws_random_bits:
                 indices = torch.arange(p.numel(), device=p.device, dtype=torch.int64) + slot.index_offset

@@ -263,6 +263,10 @@ DCP_SPECS = {
     "conversion_block": {"optimizer": "SignConversion", "lr": 1e-2, "seed": 3, "base": "adamw",
                          "envelope": "block", "envelope_block": 64, "bias": False},
     "wrapper_adamw": {"optimizer": "wrapper", "envelope": "block", "envelope_block": 64, "bias": False},
+    "lion_mxfp8": {"optimizer": "Lion", "lr": 1e-2, "weight_decay": 0.1, "seed": 4,
+                   "state_dtype": "mxfp8_e4m3", "state_block": 64, "fp8_min_numel": 256},
+    "signum_mxfp4": {"optimizer": "Signum", "lr": 1e-2, "seed": 5, "state_dtype": "fp4_e2m1",
+                     "fp8_min_numel": 256, "state_rounding": "stochastic"},
 }
 
 

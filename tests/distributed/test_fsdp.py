@@ -25,7 +25,13 @@ EXACT = [
      "bias": False},
     {"optimizer": "SignConversion", "base": "lion", "maximize": True},
     {"optimizer": "wrapper", "envelope": "block", "envelope_block": 64, "bias": False},
+    {"optimizer": "Lion", "weight_decay": 0.1, "state_dtype": "mxfp8_e4m3", "state_block": 64,
+     "fp8_min_numel": 256},
+    {"optimizer": "StoSignSGD", "envelope": "row", "state_dtype": "mxfp8_e5m2", "fp8_min_numel": 256,
+     "state_rounding": "stochastic", "bias": False},
+    {"optimizer": "Signum", "state_dtype": "fp4_e2m1", "state_block": 64, "fp8_min_numel": 256},
 ]
+MX = [j for j, d in enumerate(EXACT) if d.get("state_dtype", "").startswith(("mx", "fp4"))]
 REFUSED = [
     ({"optimizer": "LionKappa", "kappa": "l2"}, "norm of the whole tensor"),
     ({"optimizer": "LionKappa", "kappa": "lp", "p": 3.0}, "norm of the whole tensor"),
@@ -37,6 +43,8 @@ REFUSED = [
     ({"optimizer": "Lion", "state_dtype": "fp8_e4m3", "state_block": 96, "fp8_min_numel": 256},
      "state_block=96"),
     ({"optimizer": "wrapper", "envelope": "tensor"}, "max over the whole tensor"),
+    ({"optimizer": "Lion", "state_dtype": "fp4_e2m1", "state_scale": "e4m3", "fp8_min_numel": 256},
+     "one fp32 scale per tensor"),
 ]
 
 
@@ -60,8 +68,9 @@ def _kernel_specs() -> list[tuple[str, dict]]:
     if build.is_built():  # the C++ kernels (never compiled here)
         out += [(f"cpp-{j}", _spec(d, "cpp")) for j, d in enumerate(EXACT[:10])
                 if d["optimizer"] != "wrapper" and d.get("kappa") != "callable:elementwise"]
+        out += [(f"cpp-{j}", _spec(EXACT[j], "cpp")) for j in MX]
     if _triton_runs_here():  # a few rules: the interpreter is slow
-        out += [(f"triton-{j}", _spec(EXACT[j], "triton")) for j in (2, 3, 7, 8)]
+        out += [(f"triton-{j}", _spec(EXACT[j], "triton")) for j in (2, 3, 7, 8, MX[0])]
     return out
 
 
