@@ -88,6 +88,8 @@ def compare(args: argparse.Namespace) -> None:
     flags = [f"--{k}={getattr(args, k)}" for k in ("tensors", "numel", "threads", "backend", "steps", "repeats",
                                                    "device")]
     best: dict[str, dict[str, float]] = {"other": {}, "this": {}}
+    from bench.provenance import provenance_line
+    print(provenance_line(args.device))
     print(f"step overhead, this checkout ({here.parents[1]}) against {other.parents[1]}: {args.rounds} alternating "
           f"rounds, {' '.join(flags)}, load average {os.getloadavg()[0]:.2f} at start")
     for _ in range(args.rounds):

@@ -12,13 +12,13 @@
 // bench/results/vec_primitives_cpu.txt, ns per element generic -> ISA, AVX2 | AVX-512):
 //   * mul32 (Philox's 32x32->64-bit products): g++ lowers a 64-bit lane product to three
 //     vpmuludq and shifts on AVX2, to vpmullq (3 uops) on AVX-512 and to scalar multiplies on
-//     aarch64; vpmuludq / umull are one instruction.  Random bits v2 of a run: 2.31 -> 0.86 |
-//     0.71 -> 0.35;
+//     aarch64; vpmuludq / umull are one instruction.  Random bits v2 of a run: 2.18 -> 0.83 |
+//     0.64 -> 0.35;
 //   * the lane conversions between bytes / 16-bit values and 32-bit lanes (FP8 codes, bf16) and
 //     max/min: g++ widens and narrows vectors of bytes lane by lane through general registers
 //     (movsbl, vpinsrb, ...) on AVX2, AVX-512 and NEON alike (16-bit ones on NEON), and keeps a
-//     compare and blend for `a > b ? a : b`.  FP8 block decode + encode: 1.69 -> 0.73 |
-//     1.01 -> 0.52; bf16 load + store: 0.24 -> 0.22 | 0.23 -> 0.18;
+//     compare and blend for `a > b ? a : b`.  FP8 block decode + encode: 1.54 -> 0.69 |
+//     1.00 -> 0.52; bf16 load + store: 0.23 -> 0.21 | 0.21 -> 0.18;
 //   * sqrt on AVX-512 (a lane loop over __builtin_sqrtf is split into halves and spilled): 0.40 ->
 //     0.22 (AVX2: the generic form is as fast, 0.22, and is kept); NEON's and its fp64 widening
 //     (fcvt and ins lane by lane) are read in the assembly only (tests/test_cpu_vec.py checks
