@@ -165,6 +165,27 @@ SIGNOPT_HD float e8m0_value(uint32_t e) {
 }
 SIGNOPT_HD uint8_t e8m0_code(float s) { return (uint8_t)(f2u(s) >> 23); }  // 2^-127 (subnormal): 0
 
+// The magnitude code of |y| = u2f(a) (at most the format's largest finite value) on the grid of
+// M mantissa bits and smallest exponent EMIN, rounded to nearest even or stochastically from w:
+// with e = max(exponent of y, EMIN) and k = |y|/2^(e-M) rounded (an integer <= 2^(M+1)), the code
+// is ((e - EMIN) << M) + k (k = 2^(M+1) carries into the exponent field; e = EMIN covers
+// subnormals and the smallest normal alike).  Straight-line integer/fp32 operations that
+// vectorise; the FP8 and FP4 codecs share it.
+template <int M, int EMIN>
+SIGNOPT_HD uint32_t grid_code(const uint32_t a, const bool sr, const uint32_t w) {
+  int e = (int)(a >> 23) - 127;
+  e = e < EMIN ? EMIN : e;
+  const float k = u2f(a) * u2f((uint32_t)(127 - e + M) << 23);  // |y| / ulp, exact
+  int ki;
+  if (sr) {
+    const float lo = floorf(k);
+    ki = (int)lo + ((uniform_from_word(w) < k - lo) ? 1 : 0);
+  } else {
+    ki = (int)rintf(k);
+  }
+  return ((uint32_t)(e - EMIN) << M) + (uint32_t)ki;
+}
+
 // Block-scaled FP8 codes of format FMT (M mantissa bits, minimum normal exponent EMIN, exponent
 // bias 1 - EMIN, largest finite value Qmax: declared); HAS_INF: the all-ones exponent field holds
 // infinities and NaNs (E5M2), else only the all-ones code is NaN (E4M3fn).  value = code * scale[block].
@@ -232,17 +253,7 @@ struct FmtFP8 {
     y = y < -qmax ? -qmax : (y > qmax ? qmax : y);  // clamp (NaN stays NaN)
     const uint32_t b = f2u(y);
     const uint32_t a = b & 0x7FFFFFFFu;
-    int e = (int)(a >> 23) - 127;
-    e = e < EMIN ? EMIN : e;
-    const float k = u2f(a) * u2f((uint32_t)(127 - e + M) << 23);  // |y| / ulp, exact
-    int ki;
-    if (sr) {
-      const float lo = floorf(k);
-      ki = (int)lo + ((uniform_from_word(w) < k - lo) ? 1 : 0);
-    } else {
-      ki = (int)rintf(k);
-    }
-    uint32_t code = ((uint32_t)(e - EMIN) << M) + (uint32_t)ki;
+    uint32_t code = grid_code<M, EMIN>(a, sr, w);
     code = a > 0x7F800000u ? 0x7Fu : code;  // NaN
     return (raw)(((b >> 24) & 0x80u) | code);
   }
@@ -295,17 +306,7 @@ struct FmtFP4 {
     y = y < -qmax ? -qmax : (y > qmax ? qmax : y);  // clamp (NaN stays NaN)
     const uint32_t b = f2u(y);
     const uint32_t a = b & 0x7FFFFFFFu;
-    int e = (int)(a >> 23) - 127;
-    e = e < EMIN ? EMIN : e;
-    const float k = u2f(a) * u2f((uint32_t)(127 - e + M) << 23);  // |y| / ulp, exact
-    int ki;
-    if (sr) {
-      const float lo = floorf(k);
-      ki = (int)lo + ((uniform_from_word(w) < k - lo) ? 1 : 0);
-    } else {
-      ki = (int)rintf(k);
-    }
-    const uint32_t code = ((uint32_t)(e - EMIN) << M) + (uint32_t)ki;
+    const uint32_t code = grid_code<M, EMIN>(a, sr, w);
     return a > 0x7F800000u ? 0u : (((b >> 28) & 8u) | code);  // NaN: +0
   }
   static SIGNOPT_HD uint32_t abs_bits(float x) {
