@@ -260,3 +260,21 @@ def assert_snapshot_equal(a: dict, b: dict) -> None:
 def build(info: OptimInfo, params: Any, inp: OptimInput, **override: Any) -> torch.optim.Optimizer:
     """Construct ``info``'s optimizer over ``params`` with ``inp``'s kwargs."""
     return info.ctor(params, **inp.make(**override))
+
+
+def run_lion_with_nan_grads(backend: str, state_dtype: str, shapes, steps: int = 3, **kw):
+    """Lion (weight decay 0.1, seed 9, FP8-size floor 16) over fresh parameters of ``shapes``
+    for ``steps`` steps of gradients 0.1*N(0, 1) with NaN at every 13th element in step 1: the
+    low-precision state formats' shared scenario. Returns ``(params, opt)``."""
+    gen = torch.Generator().manual_seed(11)
+    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    opt = signopt.Lion(params, lr=1e-2, weight_decay=0.1, state_dtype=state_dtype, fp8_min_numel=16, seed=9,
+                       backend=backend, **kw)
+    for step in range(steps):
+        for p in params:
+            g = torch.randn(p.shape, generator=gen) * 0.1
+            if step == 1:
+                g.view(-1)[::13] = float("nan")
+            p.grad = g
+        opt.step()
+    return params, opt

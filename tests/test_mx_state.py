@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import signopt
+from optim_infos import run_lion_with_nan_grads
 from signopt import backends as backend_registry
 from signopt import declaration, state_format, state_layout
 
@@ -237,19 +238,7 @@ def test_cpp_codec_matches_the_reference(fmt, block):
 
 # ---------------------------------------------------------------- optimizer level
 def _run(backend, fmt, steps=3, **kw):
-    gen = torch.Generator().manual_seed(11)
-    shapes = [(37, 29), (1000,), (7,)]
-    params = [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
-    opt = signopt.Lion(params, lr=1e-2, weight_decay=0.1, state_dtype=fmt, fp8_min_numel=16, seed=9,
-                       backend=backend, **kw)
-    for step in range(steps):
-        for p in params:
-            g = torch.randn(p.shape, generator=gen) * 0.1
-            if step == 1:
-                g.view(-1)[::13] = float("nan")
-            p.grad = g
-        opt.step()
-    return params, opt
+    return run_lion_with_nan_grads(backend, fmt, [(37, 29), (1000,), (7,)], steps, **kw)
 
 
 @pytest.mark.parametrize("fmt", MX)
