@@ -389,6 +389,17 @@ struct GroupKernel {
                                 : nullptr;
   }
 
+  // The first bytes of the next work item's parameter, gradient and state: on a list of small
+  // tensors the loads of an item otherwise wait for the cache one tensor after another.
+  template <class PF, class SF>
+  void prefetch_item(const Item& it) const {
+    const TensorRef& t = c.t[it.t];
+    __builtin_prefetch((const typename PF::raw*)t.p + it.a, 1);
+    __builtin_prefetch((const typename PF::raw*)t.g + it.a, 0);
+    if (HAS_M) __builtin_prefetch((const typename SF::raw*)t.m + it.a, 1);
+    if (HAS_V) __builtin_prefetch((const typename SF::raw*)t.v + it.a, 1);
+  }
+
   // Whether kind K over these formats has the vector loops (Lion-kappa lp does not: pow).
   template <class PF, class SF>
   static constexpr bool vec_covered() {
@@ -400,13 +411,13 @@ struct GroupKernel {
   // FP8 state: one block at a time (items start on a block boundary), its pieces writing the new
   // fp32 values to VB's block buffers, then the block encoded.
   template <bool COUNT, bool STATS, class PF, class SF>
-  int64_t vec_item(const Item& it, const vec::VScalars& VS, VecBuffers& VB, ItemStats* out) const {
+  int64_t vec_item(const Item& it, const vec::Loop<K, PF, SF>& loop, VecBuffers& VB, ItemStats* out) const {
     using L = vec::Loop<K, PF, SF>;
     using PR = typename PF::raw;
     using SR = typename SF::raw;
     using Dec = typename L::Dec;
     const TensorRef& t = c.t[it.t];
-    const L loop(VS, t.bc1, t.bc2, s.cautious ? cscale[it.t] : 1.0f, elem_env, s.cautious != 0);
+    const typename L::Tens T{t.bc1, t.bc2, s.cautious ? cscale[it.t] : 1.0f};
     PR* p = (PR*)t.p;
     const PR* g = (const PR*)t.g;
     SR* m = (SR*)t.m;
@@ -428,7 +439,7 @@ struct GroupKernel {
                                   E ? E + a0 : nullptr, nullptr, nullptr, nullptr,
                                   w[0] ? w[0] + o : nullptr, w[1] ? w[1] + o : nullptr, w[2] ? w[2] + o : nullptr,
                                   sg ? sg + a0 : nullptr};
-          acc += loop.template run_acc<COUNT, STATS>(P, a1 - a0, sv, none, none, none, a, st);
+          acc += loop.template run_acc<COUNT, STATS>(P, T, a1 - a0, sv, none, none, none, a, st);
         });
       }
     } else {
@@ -447,7 +458,7 @@ struct GroupKernel {
                                   E ? E + a0 : nullptr, VB.mo.data() + o, VB.vo.data() + o, VB.Go.data() + o,
                                   w[0] ? w[0] + o : nullptr, w[1] ? w[1] + o : nullptr, w[2] ? w[2] + o : nullptr,
                                   sg ? sg + a0 : nullptr};
-          acc += loop.template run_acc<COUNT, STATS>(P, a1 - a0, sv, md, vd, Gd, a, st);
+          acc += loop.template run_acc<COUNT, STATS>(P, T, a1 - a0, sv, md, vd, Gd, a, st);
         });
         if (COUNT) continue;
         if (HAS_M) SF::put_scale(t.m_scale, blk, VSF::encode_amax(m + b0, nb, VB.mo.data(), vec::hmax31(a.am), w[1]));
@@ -476,12 +487,18 @@ struct GroupKernel {
       std::unique_ptr<Buffers> B;
       if constexpr (vec_covered<PF, SF>()) {
         if (simd) {
-          const vec::VScalars VS(s);
+          const vec::Loop<K, PF, SF> loop(vec::VScalars(s), elem_env, s.cautious != 0);
           VecBuffers VB(fmt_block_scaled(sf) ? c.block : TILE, fmt_block_scaled(sf) ? c.block : 0);
           if (STORE && r.stats) {
-            for (int64_t k = ib; k < ie; ++k) r.out[k] = vec_item<false, true, PF, SF>(items[k], VS, VB, r.stats + k);
+            for (int64_t k = ib; k < ie; ++k) {
+              if (k + 1 < ie) prefetch_item<PF, SF>(items[k + 1]);
+              r.out[k] = vec_item<false, true, PF, SF>(items[k], loop, VB, r.stats + k);
+            }
           } else {
-            for (int64_t k = ib; k < ie; ++k) r.out[k] = vec_item<!STORE, false, PF, SF>(items[k], VS, VB, nullptr);
+            for (int64_t k = ib; k < ie; ++k) {
+              if (k + 1 < ie) prefetch_item<PF, SF>(items[k + 1]);
+              r.out[k] = vec_item<!STORE, false, PF, SF>(items[k], loop, VB, nullptr);
+            }
           }
           return;
         }

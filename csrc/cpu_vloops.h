@@ -180,12 +180,17 @@ struct Loop {
     vf xm{}, xv{}, xG{};
   };
 
+  // A tensor's own scalars: bias corrections and the cautious scale (splat where used).
+  struct Tens {
+    float bc1, bc2, cs;
+  };
+
+  // One Loop serves a call's work items (built once per thread's range: run_acc copies it into
+  // registers, and a copy of an object written just before would stall on store forwarding).
   const VScalars S;
-  const float bc1, bc2, cs;  // splat where used
   const bool elem_env, cautious;
 
-  Loop(const VScalars& vs, const float bc1f, const float bc2f, const float csf, const bool elem, const bool caut)
-      : S(vs), bc1(bc1f), bc2(bc2f), cs(csf), elem_env(elem), cautious(caut) {}
+  Loop(const VScalars& vs, const bool elem, const bool caut) : S(vs), elem_env(elem), cautious(caut) {}
 
   template <class D>
   static SIGNOPT_VI vf load_state(const SR* r, const D& d) {
@@ -218,8 +223,8 @@ struct Loop {
   // W lanes at element j.  COUNT: the cautious count (kept lanes into acc.n), nothing stored.
   // STATS: the step statistics of the lanes where live (all but a tail's padding) into st.
   template <bool COUNT, bool STATS, class SHORT>
-  SIGNOPT_VI void lanes(const Ptr& P, const int64_t j, const vf seg, const bool segpos, const Dec& md, const Dec& vd,
-                        const Dec& Gd, Acc& acc, Stats& st, const vi live) const {
+  SIGNOPT_VI void lanes(const Ptr& P, const Tens T, const int64_t j, const vf seg, const bool segpos, const Dec& md,
+                        const Dec& vd, const Dec& Gd, Acc& acc, Stats& st, const vi live) const {
     In in;
     in.p = VP::load(P.p + j);
     in.g = VP::load(P.g + j);
@@ -227,13 +232,13 @@ struct Loop {
     in.v = HV ? load_state_t(P.v + j, vd, SHORT{}) : splat(0.0f);
     in.G = STO && elem_env ? load_state_t(P.E + j, Gd, SHORT{}) : splat(0.0f);
     const vu w0 = kind_draws_sign(K) ? loadu<vu>(P.w0 + j) : vu{};
-    const Out o = rule<K>(S, in, seg, segpos, elem_env, w0, splat(bc1), splat(bc2));
+    const Out o = rule<K>(S, in, seg, segpos, elem_env, w0, splat(T.bc1), splat(T.bc2));
     if constexpr (COUNT) {
       acc.n += (vi)(o.u * o.gg > 0.0f);  // cautious_keep
       return;
     }
     vf u = o.u;
-    if (cautious) u = sel(u * o.gg > 0.0f, u * splat(cs), splat(0.0f));  // cautious_apply
+    if (cautious) u = sel(u * o.gg > 0.0f, u * splat(T.cs), splat(0.0f));  // cautious_apply
     const vf q = in.p * splat(S.decay) - splat(S.lr) * u;                         // epilogue
     const vf pn = sel(o.bad, in.p, q);
     if (P.w2) {
@@ -267,17 +272,16 @@ struct Loop {
   // Elements [0, n) of the piece; returns the non-finite count (apply) or the kept count (COUNT);
   // STATS: the step statistics into st.
   template <bool COUNT, bool STATS>
-  int64_t run_acc(const Ptr& P, const int64_t n, const float seg, const Dec& md, const Dec& vd, const Dec& Gd,
-                  Acc& acc, Stats& st) const {
+  int64_t run_acc(const Ptr P, const Tens T, const int64_t n, const float seg, const Dec& md, const Dec& vd,
+                  const Dec& Gd, Acc& acc, Stats& st) const {
     const vf segv = splat(seg);
     const bool segpos = seg > 0.0f;
     int64_t j = 0;
     bool short_all = false;
     if constexpr (BLK) short_all = (!HM || md.short_dec) && (!HV || vd.short_dec) && (!(STO && elem_env) || Gd.short_dec);
-    // local copies of the loop's scalars, pointers and accumulators: the stores through the
-    // tensors' pointers cannot alias them, so they stay in registers
+    // local copies of the loop's scalars and accumulators (P and T are values): the stores
+    // through the tensors' pointers cannot alias them, so they stay in registers
     const Loop L = *this;
-    const Ptr Q = P;
     Acc a = acc;
     Stats t = st;
     const vi all = splati(-1);
@@ -285,42 +289,42 @@ struct Loop {
     if (short_all) {
       if constexpr (BLK) {
         for (; j + W <= n; j += W)
-          L.template lanes<COUNT, STATS, std::true_type>(Q, j, segv, segpos, md, vd, Gd, a, t, all);
+          L.template lanes<COUNT, STATS, std::true_type>(P, T, j, segv, segpos, md, vd, Gd, a, t, all);
       }
     } else {
       for (; j + W <= n; j += W)
-        L.template lanes<COUNT, STATS, std::false_type>(Q, j, segv, segpos, md, vd, Gd, a, t, all);
+        L.template lanes<COUNT, STATS, std::false_type>(P, T, j, segv, segpos, md, vd, Gd, a, t, all);
     }
-    if (j < n) L.template tail<COUNT, STATS>(Q, j, n - j, segv, segpos, md, vd, Gd, a, t);
+    if (j < n) L.template tail<COUNT, STATS>(P, T, j, n - j, segv, segpos, md, vd, Gd, a, t);
     acc = a;
     st = t;
     return -hsum(a.n - n0);
   }
 
-  // The last n < W elements: copied into zero-padded lanes (a padded lane has p = g = 0 and
-  // state code 0: finite, not kept, new state 0, so it changes no count and no absmax), run,
-  // and the n results copied back.
+  // The last n < W elements: read into zero-padded lanes (a padded lane has p = g = 0 and state
+  // code 0: finite, not kept, new state 0, so it changes no count and no absmax), run, and the n
+  // results copied back.
   template <bool COUNT, bool STATS>
-  void tail(const Ptr& P, const int64_t j, const int64_t n, const vf segv, const bool segpos, const Dec& md,
-            const Dec& vd, const Dec& Gd, Acc& acc, Stats& st) const {
-    PR p[W] = {}, g[W] = {};
-    SR m[W] = {}, v[W] = {}, E[W] = {};
-    uint32_t w0[W] = {}, w1[W] = {}, w2[W] = {};
-    int8_t s[W] = {};
+  void tail(const Ptr& P, const Tens T, const int64_t j, const int64_t n, const vf segv, const bool segpos,
+            const Dec& md, const Dec& vd, const Dec& Gd, Acc& acc, Stats& st) const {
+    PR p[W], g[W];
+    SR m[W], v[W], E[W];
+    uint32_t w0[W], w1[W], w2[W];
+    int8_t s[W];
     float mo[W], vo[W], Go[W];
     vi live;
     for (int i = 0; i < W; ++i) live[i] = i < n ? -1 : 0;
-    copy_short(p, P.p + j, n);
-    copy_short(g, P.g + j, n);
-    if (HM) copy_short(m, P.m + j, n);
-    if (HV) copy_short(v, P.v + j, n);
-    if (STO && elem_env) copy_short(E, P.E + j, n);
-    if (P.w0) copy_short(w0, P.w0 + j, n);
-    if (P.w1) copy_short(w1, P.w1 + j, n);
-    if (P.w2) copy_short(w2, P.w2 + j, n);
-    if (STATS) copy_short(s, P.s + j, n);
-    const Ptr T{p, g, m, v, E, mo, vo, Go, P.w0 ? w0 : nullptr, P.w1 ? w1 : nullptr, P.w2 ? w2 : nullptr, s};
-    lanes<COUNT, STATS, std::false_type>(T, 0, segv, segpos, md, vd, Gd, acc, st, live);
+    fill_short(p, P.p + j, n);
+    fill_short(g, P.g + j, n);
+    if (HM) fill_short(m, P.m + j, n);
+    if (HV) fill_short(v, P.v + j, n);
+    if (STO && elem_env) fill_short(E, P.E + j, n);
+    if (P.w0) fill_short(w0, P.w0 + j, n);
+    if (P.w1) fill_short(w1, P.w1 + j, n);
+    if (P.w2) fill_short(w2, P.w2 + j, n);
+    if (STATS) fill_short(s, P.s + j, n);
+    const Ptr Q{p, g, m, v, E, mo, vo, Go, P.w0 ? w0 : nullptr, P.w1 ? w1 : nullptr, P.w2 ? w2 : nullptr, s};
+    lanes<COUNT, STATS, std::false_type>(Q, T, 0, segv, segpos, md, vd, Gd, acc, st, live);
     if (COUNT) return;
     copy_short(P.p + j, p, n);
     if (STATS) copy_short(P.s + j, s, n);

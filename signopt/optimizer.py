@@ -14,7 +14,7 @@ import logging
 import math
 import operator
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any, Callable, ClassVar, Iterable
 
 import torch
@@ -146,11 +146,14 @@ class _CheckedOptions:
 
     items: tuple
     rule: UpdateRule
+    keys: tuple  # the option names, in items' order
+    same: tuple  # the validated value objects, a list's replaced by a sentinel no value is
 
     @staticmethod
     def of(group: dict, rule: UpdateRule) -> _CheckedOptions:
-        return _CheckedOptions(tuple((k, tuple(v) if isinstance(v, list) else v)
-                                     for k, v in group.items() if k != "params"), rule)
+        items = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in group.items() if k != "params")
+        same = tuple(object() if isinstance(group[k], list) else group[k] for k, _ in items)
+        return _CheckedOptions(items, rule, tuple(k for k, _ in items), same)
 
     def tensors(self) -> tuple[Tensor, ...]:
         """The tensor options that were validated (their values are not read again)."""
@@ -160,6 +163,8 @@ class _CheckedOptions:
     def matches(self, group: dict) -> bool:
         if len(group) != len(self.items) + 1:
             return False
+        if all(map(operator.is_, map(group.get, self.keys, repeat(_MISSING)), self.same)):
+            return True  # the usual step: every option is the (immutable) object validated
         for key, value in self.items:
             now = group.get(key, _MISSING)
             if isinstance(now, list):

@@ -300,7 +300,8 @@ void check_loop(const Opts& o, const int64_t n, const int64_t B, const int64_t s
   }
   // ---- vector loops: chunks of one block (FP8) or of 512 elements, pieces of constant segment
   const vec::VScalars VS(s);
-  const L loop(VS, bc1, bc2, cs, elem, o.cautious);
+  const L loop(VS, elem, o.cautious);
+  const typename L::Tens T{bc1, bc2, cs};
   const int64_t chunk = BLK ? B : 512;
   std::vector<float> mo((size_t)(B + vec::W)), vo((size_t)(B + vec::W)), Go((size_t)(B + vec::W));
   std::vector<uint32_t> b0((size_t)(chunk + vec::WORD_SLACK)), b1((size_t)(chunk + vec::WORD_SLACK)),
@@ -330,9 +331,9 @@ void check_loop(const Opts& o, const int64_t n, const int64_t B, const int64_t s
                                 W0 ? W0 + q : nullptr, W1 ? W1 + q : nullptr, W2 ? W2 + q : nullptr};
         const float sv = seg ? segv[(size_t)(a0 / seglen)] : 0.0f;
         if (pass == 0) {
-          vkept += loop.template run_acc<true, false>(P, a1 - a0, sv, md, vd, Gd, acc, st);
+          vkept += loop.template run_acc<true, false>(P, T, a1 - a0, sv, md, vd, Gd, acc, st);
         } else {
-          vbad += loop.template run_acc<false, false>(P, a1 - a0, sv, md, vd, Gd, acc, st);
+          vbad += loop.template run_acc<false, false>(P, T, a1 - a0, sv, md, vd, Gd, acc, st);
         }
         a0 = a1;
       }

@@ -110,9 +110,10 @@ PROBE = r"""
 using namespace signopt; using namespace signopt::cpu;
 #define LOOP(NAME, K, PF, SF) \
   int64_t NAME(const vec::Loop<K, PF, SF>& l, const vec::Loop<K, PF, SF>::Ptr& P, int64_t n, \
-               const vec::Loop<K, PF, SF>::Dec& d, vec::Loop<K, PF, SF>::Acc& a) { \
+               const vec::Loop<K, PF, SF>::Tens T, const vec::Loop<K, PF, SF>::Dec& d, \
+               vec::Loop<K, PF, SF>::Acc& a) { \
     typename vec::Loop<K, PF, SF>::Stats st; /* statistics off (STATS = false) */ \
-    return l.run_acc<false, false>(P, n, 0.5f, d, d, d, a, st); }
+    return l.run_acc<false, false>(P, T, n, 0.5f, d, d, d, a, st); }
 LOOP(probe_lion_bf16_e4m3, K_LION_L1, FmtBF16, FmtE4M3)
 LOOP(probe_sto_f32_bf16, K_STO_MOMENTUM, FmtF32, FmtBF16)
 LOOP(probe_adamw_f32_e5m2, K_STO_ADAMW, FmtF32, FmtE5M2)

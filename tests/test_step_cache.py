@@ -188,6 +188,40 @@ def test_invalid_hyperparameter_between_steps_changes_nothing(bad, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("change", ["list_in_place", "renamed"])
+def test_options_changed_in_place_or_renamed_are_checked_again(change, backend):
+    """A kept plan's options are compared by identity first: a list option changed in place,
+    and an option replaced by another name (the same count of keys, the same value object),
+    must still be validated again before anything is touched."""
+    a, opt_a, b, opt_b = pair("conv_adamw", backend)
+    if change == "list_in_place":
+        for opt in (opt_a, opt_b):  # with a new lr value the options are validated (and kept) again
+            opt.param_groups[1]["betas"] = list(opt.param_groups[1]["betas"])
+            opt.param_groups[1]["lr"] *= 0.5
+    for t in range(2):
+        set_grads(a, t), set_grads(b, t)
+        opt_a.step(), opt_b.step()
+    set_grads(a, 2), set_grads(b, 2)
+    before = snapshot(opt_a, a)
+    group = opt_a.param_groups[1]
+    if change == "list_in_place":
+        good = group["betas"][0]
+        group["betas"][0] = 1.5
+        with pytest.raises(ValueError, match=r"betas\[0\]"):
+            opt_a.step()
+        group["betas"][0] = good
+    else:
+        assert group["state_block"] is None
+        group["state_blocks"] = group.pop("state_block")
+        with pytest.raises((KeyError, ValueError), match="state_block"):
+            opt_a.step()
+        group["state_block"] = group.pop("state_blocks")
+    assert_snapshot_equal(snapshot(opt_a, a), before)
+    opt_a.step(), opt_b.step()
+    assert_snapshot_equal(snapshot(opt_a, a), snapshot(opt_b, b))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_noncontiguous_gradient_after_steps(backend):
     """A non-contiguous gradient replacing a contiguous one on a kept plan: the step equals
     one with a contiguous copy of it (cpp copies it; torch reads it as it is)."""
