@@ -32,6 +32,7 @@
 #include "cpu_vloops.h"
 #include "group.h"
 #include "rules.h"
+#include "step_stats.h"
 
 namespace signopt {
 namespace cpu {
@@ -62,17 +63,6 @@ struct Call {
   bool skip;                // found_inf > 0
   double* stats = nullptr;  // step statistics (STAT_COUNT values accumulated into), or null: off
 };
-
-// One work item's step statistics (STAT_* of the generated header): the fp64 sum of the squared
-// update, the reversed update signs and the NaN-propagating max of |new state| per slot.
-struct ItemStats {
-  double sq = 0.0;
-  int64_t flips = 0;
-  float am = 0.0f, av = 0.0f, aG = 0.0f;
-};
-
-// The sign of an update direction as stored for step statistics: +1, -1, or 0 (0 and NaN).
-inline int8_t sign8(const float u) { return u > 0.0f ? 1 : (u < 0.0f ? -1 : 0); }
 
 // Decoded fp32 values of elements [a, a+n) (fp32 storage: the tensor memory itself, so the
 // rule computes in place).  Blocked formats: the scale of block i / block (fp32, or an E8M0 byte:
@@ -256,14 +246,10 @@ struct GroupKernel {
       if (STO) E[j] = bad ? in.G : o.G;
       nbad += bad ? 1 : 0;
       if (STATS) {
-        const double d = bad ? 0.0 : (double)(p[j] - in.p);
-        st->sq += d * d;
-        const int8_t s8 = sign8(u);
-        st->flips += (!bad && s8 * sgn[j] < 0) ? 1 : 0;
-        if (!bad) sgn[j] = s8;
-        if (HAS_M) st->am = nanmax(st->am, fabsf(m[j]));
-        if (HAS_V) st->av = nanmax(st->av, fabsf(v[j]));
-        if (STO && elem_env) st->aG = nanmax(st->aG, fabsf(E[j]));
+        stats_update(*st, in.p, p[j], u, bad, sgn[j]);
+        if (HAS_M) stats_absmax(st->am, m[j]);
+        if (HAS_V) stats_absmax(st->av, v[j]);
+        if (STO && elem_env) stats_absmax(st->aG, E[j]);
       }
     }
     return nbad;
@@ -720,10 +706,7 @@ struct GroupKernel {
   int64_t run() {
     if (c.skip) {  // nothing changes: the statistics say so (state not read: its absmax NaN)
       const int64_t n = count_nonfinite();
-      if (c.stats) {
-        c.stats[STAT_NONFINITE] += (double)n;
-        for (const int i : {STAT_M_ABSMAX, STAT_V_ABSMAX, STAT_G_ABSMAX}) c.stats[i] = NAN;
-      }
+      if (c.stats) stats_skipped(c.stats, n);
       return n;
     }
     const bool passes = needs_seg || s.cautious;
@@ -758,24 +741,11 @@ struct GroupKernel {
   // item order (so the fp64 sum does not depend on the thread count) and the segment envelopes'.
   void add_stats(const std::vector<ItemStats>& istats, const int64_t nonfinite) const {
     ItemStats all;
-    for (const ItemStats& x : istats) {
-      all.sq += x.sq;
-      all.flips += x.flips;
-      all.am = nanmax(all.am, x.am);
-      all.av = nanmax(all.av, x.av);
-      all.aG = nanmax(all.aG, x.aG);
-    }
+    for (const ItemStats& x : istats) stats_merge(all, x);
     if (STO && s.envelope != ENV_ELEMENT) {
-      for (const float x : segv) all.aG = nanmax(all.aG, fabsf(x));
+      for (const float x : segv) stats_absmax(all.aG, x);
     }
-    double* out = c.stats;
-    out[STAT_UPDATE_SQ_SUM] += all.sq;
-    out[STAT_SIGN_FLIPS] += (double)all.flips;
-    out[STAT_NONFINITE] += (double)nonfinite;
-    const auto mx = [](double& o, const float x) { o = (o != o || x != x) ? NAN : std::max(o, (double)x); };
-    mx(out[STAT_M_ABSMAX], all.am);
-    mx(out[STAT_V_ABSMAX], all.av);
-    mx(out[STAT_G_ABSMAX], all.aG);
+    stats_accumulate(c.stats, all, nonfinite);
   }
 
   int64_t count_nonfinite() const {

@@ -171,7 +171,7 @@ struct Loop {
     vu am{}, av{}, aG{};  // FP8: finite absmax bits of the new m, v, G
     vi n{};               // minus the non-finite (apply) or kept (count) lanes
   };
-  // Step statistics of the lanes (cpu_kernels.h's ItemStats per lane): the fp64 sum of the squared
+  // Step statistics of the lanes (step_stats.h's ItemStats per lane): the fp64 sum of the squared
   // update (lane pairs of to_double), minus the reversed signs, the NaN-propagating max of |new m|,
   // |new v|, |new element G|.
   struct Stats {

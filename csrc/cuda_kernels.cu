@@ -9,6 +9,12 @@
 //                   rounded down to whole state blocks); 8 consecutive elements per thread per
 //                   step with 128-bit loads when aligned (64-bit for FP8 codes); the FP8 block
 //                   absmax by warp shuffles (blocks of 8..256) or through shared memory.
+//                   STATS (step statistics; a separate instantiation, so that the kernels
+//                   without them are unchanged): each element's statistics (step_stats.h) in the
+//                   same pass, the previous update signs read and written there, the tile's
+//                   partial (ItemStats) into tile_stats
+//   stats_kernel    step statistics: one CUDA block folds the tiles' partials in a fixed order
+//                   into the call's stats values (no float atomics: the same bits every run)
 // found_inf, lr, decay and inv_scale are read from device memory inside the kernels (no host
 // synchronisation; capturable).  Random bits v2 through philox.h's element_word: runs of 4 or 8
 // consecutive elements (run_words) make one Philox call per four elements and purpose, each
@@ -185,6 +191,70 @@ __device__ __forceinline__ unsigned warp_sum(unsigned v) {
 }
 
 __device__ __forceinline__ bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
+__device__ __forceinline__ bool aligned8(const void* p) { return ((uintptr_t)p & 7u) == 0; }
+
+// ------------------------------------------------------------------ step statistics
+// Eight previous update signs [i, i+8) (0 past cnt): one 64-bit load when aligned (vec).
+__device__ __forceinline__ void load8_sign(const int8_t* sg, int64_t i, int cnt, bool vec, int8_t* out) {
+  if (vec && cnt == VEC) {
+    const uint2 x = *(const uint2*)(sg + i);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      out[k] = (int8_t)(uint8_t)(x.x >> (8 * k));
+      out[k + 4] = (int8_t)(uint8_t)(x.y >> (8 * k));
+    }
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) out[k] = k < cnt ? sg[i + k] : (int8_t)0;
+}
+
+__device__ __forceinline__ void store8_sign(int8_t* sg, int64_t i, int cnt, bool vec, const int8_t* x) {
+  if (vec && cnt == VEC) {
+    uint32_t lo = 0u, hi = 0u;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      lo |= (uint32_t)(uint8_t)x[k] << (8 * k);
+      hi |= (uint32_t)(uint8_t)x[k + 4] << (8 * k);
+    }
+    *(uint2*)(sg + i) = make_uint2(lo, hi);
+    return;
+  }
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    if (k < cnt) sg[i + k] = x[k];
+  }
+}
+
+// The statistics of lane + off of the warp (a lane past 31 gets its own).
+__device__ __forceinline__ ItemStats shfl_down_stats(const ItemStats& x, int off) {
+  ItemStats y;
+  y.sq = __shfl_down_sync(0xFFFFFFFFu, x.sq, off);
+  y.flips = __shfl_down_sync(0xFFFFFFFFu, (long long)x.flips, off);
+  y.am = __shfl_down_sync(0xFFFFFFFFu, x.am, off);
+  y.av = __shfl_down_sync(0xFFFFFFFFu, x.av, off);
+  y.aG = __shfl_down_sync(0xFFFFFFFFu, x.aG, off);
+  return y;
+}
+
+// The statistics of a CUDA block's threads (st: each thread's), valid on thread 0: each warp's
+// by a shuffle tree (lane 0 merges lane 16, then 8, 4, 2, 1), then the warps in order on thread
+// 0: a fixed order, so the fp64 sum has the same bits in every run.  Every thread of the block
+// calls it (once per kernel: it holds a __shared__ array).
+__device__ __forceinline__ ItemStats block_stats(ItemStats st) {
+  // raw storage: a __shared__ array of ItemStats would need its (non-empty) constructor run
+  __shared__ __align__(8) unsigned char raw[sizeof(ItemStats) * (THREADS / 32)];
+  ItemStats* warps = (ItemStats*)raw;
+#pragma unroll
+  for (int off = 16; off >= 1; off /= 2) stats_merge(st, shfl_down_stats(st, off));
+  if ((threadIdx.x & 31) == 0) warps[threadIdx.x / 32] = st;
+  __syncthreads();
+  ItemStats all;
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < THREADS / 32; ++w) stats_merge(all, warps[w]);
+  }
+  return all;
+}
 
 __device__ __forceinline__ float seg_value(const Launch& L, const TensorRef& r, int t, int64_t i) {
   const int64_t len = r.seglen < r.numel ? r.seglen : r.numel;
@@ -390,6 +460,7 @@ struct Tile {
   int t, n;
   int64_t a;          // first element of the tile in its tensor
   bool pvec, svec;    // 128-bit loads of p/g and of the element-format state
+  bool sgvec;         // STATS: 64-bit loads and stores of the previous update signs
   bool needs_seg, elem_env;
   bool sign_words, state_words, param_words;  // which purposes this kind and these formats draw
   float cs;           // cautious scale numel/(kept+1)
@@ -400,10 +471,10 @@ struct Tile {
 
 // The 8-element step at tile-local e with cnt elements (cnt <= 0 past the tensor's end).
 // apply_kernel calls it with the literal VEC for full steps, so that every `k < cnt` guard
-// folds away there.
-template <int K, bool REGS>
+// folds away there.  STATS: the elements' step statistics into st, their signs replaced.
+template <int K, bool REGS, bool STATS>
 __device__ __forceinline__ void apply_run(const Launch& L, const Scalars& s, const Tile& T, const int e, const int cnt,
-                                          unsigned& bad) {
+                                          unsigned& bad, ItemStats& st) {
   const TensorRef& r = T.r;
   const int64_t i = T.a + e;
   float p[VEC], g[VEC], m[VEC], v[VEC], G[VEC];
@@ -416,6 +487,8 @@ __device__ __forceinline__ void apply_run(const Launch& L, const Scalars& s, con
   if (T.sign_words) run_words(r.k0, r.k1, r.offset + (uint64_t)i, PURPOSE_SIGN, w0);
   if (T.state_words) run_words(r.k0, r.k1, r.offset + (uint64_t)i, PURPOSE_STATE_ROUNDING, w1);
   if (T.param_words) run_words(r.k0, r.k1, r.offset + (uint64_t)i, PURPOSE_PARAM_ROUNDING, w2);
+  int8_t sg[VEC];  // STATS: the previous update signs, then this step's
+  if constexpr (STATS) load8_sign(r.sign, i, cnt, T.sgvec, sg);
 #pragma unroll
   for (int k = 0; k < VEC; ++k) {
     if (k >= cnt) break;
@@ -433,7 +506,15 @@ __device__ __forceinline__ void apply_run(const Launch& L, const Scalars& s, con
     v[k] = o.v;
     G[k] = o.G;
     bad += o.bad ? 1u : 0u;
+    if constexpr (STATS) {
+      stats_update(st, in.p, p[k], u, o.bad, sg[k]);
+      if (kind_has_m(K)) stats_absmax(st.am, o.m);
+      if (kind_has_v(K)) stats_absmax(st.av, o.v);
+      // the new envelope: the element's, or its cell's (every cell has elements in some tile)
+      if (kind_stochastic(K)) stats_absmax(st.aG, T.elem_env ? o.G : seg);
+    }
   }
+  if constexpr (STATS) store8_sign(r.sign, i, cnt, T.sgvec, sg);
   store8(L.pfmt, r.p, i, cnt, T.pvec, p, s.param_stochastic_rounding != 0, w2);
   if (!fmt_block_scaled(L.sfmt)) {
     if (kind_has_m(K)) store8(L.sfmt, r.m, i, cnt, T.svec, m, s.state_stochastic_rounding != 0, w1);
@@ -463,7 +544,8 @@ __device__ __forceinline__ void apply_run(const Launch& L, const Scalars& s, con
 // Non-stochastic kinds fit 80 registers without spilling (three CUDA blocks an SM); measured on
 // an H100 at 1B parameters, that took Lion bf16/E4M3 from 35.8% to 47.3% of D2D copy and
 // fp32/E4M3 from 77.3% to 91.0%.  The stochastic kinds spill there and keep the default.
-template <int K, bool REGS>  // REGS: FP8 state with blocks of 8..256 (powers of two)
+// REGS: FP8 state with blocks of 8..256 (powers of two); STATS: with step statistics.
+template <int K, bool REGS, bool STATS>
 __global__ void __launch_bounds__(THREADS, kind_stochastic(K) ? 1 : 3) apply_kernel(Launch L) {
   extern __shared__ float stage[];
   const Scalars s = live_scalars(L);
@@ -513,6 +595,8 @@ __global__ void __launch_bounds__(THREADS, kind_stochastic(K) ? 1 : 3) apply_ker
   T.cs = s.cautious ? (float)r.numel / (float)(L.kept[T.t] + 1ull) : 1.0f;
   T.svec = ((a & (VEC - 1)) == 0) && (!kind_has_m(K) || aligned16(r.m)) && (!kind_has_v(K) || aligned16(r.v)) &&
            (!T.elem_env || aligned16(r.G));
+  T.sgvec = STATS && ((a & (VEC - 1)) == 0) && aligned8(r.sign);
+  ItemStats st;  // STATS: this thread's
   // REGS: every thread takes every 8-element step of the tile's used part (cnt <= 0 past the
   // tensor's end) because encode_run's shuffles need the whole warp; a step is full for the
   // whole warp or for none of it, so no shuffle sits in divergent code.
@@ -520,11 +604,15 @@ __global__ void __launch_bounds__(THREADS, kind_stochastic(K) ? 1 : 3) apply_ker
   for (int e = threadIdx.x * VEC; e < end; e += THREADS * VEC) {
     const int cnt = (n - e) < VEC ? n - e : VEC;
     const bool full = REGS ? __all_sync(0xFFFFFFFFu, cnt == VEC) : cnt == VEC;
-    if (full) apply_run<K, REGS>(L, s, T, e, VEC, bad);
-    else apply_run<K, REGS>(L, s, T, e, cnt, bad);
+    if (full) apply_run<K, REGS, STATS>(L, s, T, e, VEC, bad, st);
+    else apply_run<K, REGS, STATS>(L, s, T, e, cnt, bad, st);
   }
   bad = warp_sum(bad);
   if ((threadIdx.x & 31) == 0 && bad) atomicAdd(L.bad, (unsigned long long)bad);
+  if constexpr (STATS) {
+    const ItemStats all = block_stats(st);
+    if (threadIdx.x == 0) L.tile_stats[blockIdx.x] = all;
+  }
   if (!blocked || REGS) return;
   __syncthreads();
   // FP8: one warp per state block: absmax of the finite new values -> scale -> codes.
@@ -532,6 +620,31 @@ __global__ void __launch_bounds__(THREADS, kind_stochastic(K) ? 1 : 3) apply_ker
   if (kind_has_m(K)) encode_staged(L.sfmt, T.st_m, T.st_w, sr, n, (int)L.block, (uint8_t*)r.m + a, r.m_scale, T.blk.first);
   if (kind_has_v(K)) encode_staged(L.sfmt, T.st_v, T.st_w, sr, n, (int)L.block, (uint8_t*)r.v + a, r.v_scale, T.blk.first);
   if (T.elem_env) encode_staged(L.sfmt, T.st_G, T.st_w, sr, n, (int)L.block, (uint8_t*)r.G + a, r.G_scale, T.blk.first);
+}
+
+// Step statistics: the apply tiles' partials merged in a fixed order (thread j takes tiles j,
+// j + THREADS, ... in order, then block_stats) and added with the call's non-finite count into
+// its stats values; a step that found_inf skipped adds its count and NaN maxima.  One CUDA block,
+// after the apply pass (which wrote tile_stats and bad).
+__global__ void __launch_bounds__(THREADS) stats_kernel(Launch L) {
+  if (skipped(L)) {  // the apply pass wrote no partials
+    if (threadIdx.x == 0) stats_skipped(L.stats, (int64_t)*L.bad);
+    return;
+  }
+  ItemStats st;
+  for (int64_t k = threadIdx.x; k < L.ntiles; k += THREADS) stats_merge(st, L.tile_stats[k]);
+  const ItemStats all = block_stats(st);
+  if (threadIdx.x == 0) stats_accumulate(L.stats, all, (int64_t)*L.bad);
+}
+
+template <int K, bool STATS>
+void launch_apply(const Launch& L, cudaStream_t stream) {
+  if (fp8_in_registers(L.sfmt, L.block)) {
+    apply_kernel<K, true, STATS><<<(unsigned)L.ntiles, THREADS, 0, stream>>>(L);
+  } else {
+    const size_t stage_bytes = fmt_block_scaled(L.sfmt) ? (size_t)L.tile * 4 * sizeof(float) : 0;
+    apply_kernel<K, false, STATS><<<(unsigned)L.ntiles, THREADS, stage_bytes, stream>>>(L);
+  }
 }
 
 template <int K>
@@ -543,11 +656,11 @@ cudaError_t launch_kind(const Launch& L, cudaStream_t stream) {
     finalize_kernel<K><<<(unsigned)((L.nseg + THREADS - 1) / THREADS), THREADS, 0, stream>>>(L);
   }
   if (L.s.cautious) count_kernel<K><<<(unsigned)L.ntiles, THREADS, 0, stream>>>(L);
-  if (fp8_in_registers(L.sfmt, L.block)) {
-    apply_kernel<K, true><<<(unsigned)L.ntiles, THREADS, 0, stream>>>(L);
+  if (L.stats) {
+    launch_apply<K, true>(L, stream);
+    stats_kernel<<<1, THREADS, 0, stream>>>(L);
   } else {
-    const size_t stage_bytes = fmt_block_scaled(L.sfmt) ? (size_t)L.tile * 4 * sizeof(float) : 0;
-    apply_kernel<K, false><<<(unsigned)L.ntiles, THREADS, stage_bytes, stream>>>(L);
+    launch_apply<K, false>(L, stream);
   }
   return cudaGetLastError();
 }

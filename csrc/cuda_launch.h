@@ -5,6 +5,7 @@
 
 #include "group.h"
 #include "rules.h"
+#include "step_stats.h"
 
 namespace signopt {
 namespace cuda {
@@ -43,6 +44,8 @@ struct Launch {
   float* segv;                  // [nseg]
   unsigned long long* kept;     // [ntensors] cautious counts
   unsigned long long* bad;      // [1] non-finite count
+  double* stats;                // [STAT_COUNT] step statistics, accumulated into (null: off)
+  ItemStats* tile_stats;        // [ntiles] step statistics: each apply tile's (null: off)
 };
 
 // Enqueues every pass of one fused step on `stream` (no host synchronisation).

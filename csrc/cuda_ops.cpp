@@ -36,8 +36,6 @@ std::vector<at::Tensor> g_captured_meta;
 
 at::Tensor step_cuda(SIGNOPT_STEP_PARAMS) {
   check_step_args(SIGNOPT_STEP_ARGS, at::kCUDA);
-  TORCH_CHECK(stats.empty(), "signopt::step: step statistics (step_stats=True) are not implemented by the CUDA "
-              "kernels; use the torch backend for them");
   TORCH_CHECK(!fmt_block_scaled((int)state_format) || state_block <= cuda::MAX_FP8_BLOCK,
               "signopt::step: FP8 state on CUDA needs state_block <= ", cuda::MAX_FP8_BLOCK, ", got ", state_block);
   TORCH_CHECK(!fmt_packed((int)state_format), "signopt::step: packed 4-bit state (fp4_e2m1) has no CUDA kernel; "
@@ -110,6 +108,11 @@ at::Tensor step_cuda(SIGNOPT_STEP_PARAMS) {
   L.segv = segv.data_ptr<float>();
   L.kept = (unsigned long long*)kept.data_ptr<int64_t>();
   L.bad = (unsigned long long*)bad.data_ptr<int64_t>();
+  // step statistics: one ItemStats per apply tile, which stats_kernel adds into stats[0]
+  at::Tensor tile_stats = at::empty({stats.empty() ? 0 : L.ntiles * (int64_t)sizeof(ItemStats)},
+                                    params[0].options().dtype(at::kByte));
+  L.stats = stats.empty() ? nullptr : stats[0].data_ptr<double>();
+  L.tile_stats = stats.empty() ? nullptr : (ItemStats*)tile_stats.data_ptr();
   C10_CUDA_CHECK(cuda::launch_step(L, stream));
   return bad;
 }

@@ -1,8 +1,9 @@
 """Step statistics (``step_stats=True``, ``opt.step_stats()``): each statistic against an fp64
 computation written here (weight decay, NaN/inf gradients, sign reversals, several groups, bf16
-and FP8 state), on the torch, cpp and Triton (interpreter, ``TRITON_INTERPRET=1``) backends; the
-backends against each other over every rule; the option's checks; and that it changes nothing of
-the step itself."""
+and FP8 state), on the torch, cpp and Triton (interpreter, ``TRITON_INTERPRET=1``) backends with
+CPU tensors and on the cpp backend's CUDA kernels (marked ``cuda``: skipped without a GPU); the
+backends against the torch reference over every rule; the option's checks; and that it changes
+nothing of the step itself."""
 from __future__ import annotations
 
 import math
@@ -23,6 +24,16 @@ def _available(name: str) -> bool:
 
 
 BACKENDS = ("torch",) + tuple(b for b in ("cpp", "triton") if _available(b))  # triton: the interpreter
+# (backend, device) of each run: every backend on CPU tensors, and the cpp backend's CUDA kernels
+TARGETS = [pytest.param(b, "cpu", id=b) for b in BACKENDS] + (
+    [pytest.param("cpp", "cuda", id="cpp-cuda", marks=pytest.mark.cuda)] if "cpp" in BACKENDS else [])
+
+
+def _device(backend: str, device: str) -> torch.device:
+    """The device of a run (skips a CUDA run where the extension has no CUDA kernels)."""
+    if device == "cuda" and not backend_registry.load(backend).has_cuda:
+        pytest.skip("the signopt extension was built without CUDA kernels")
+    return torch.device(device)
 
 STEPS = 4
 
@@ -106,13 +117,14 @@ ORACLE_CASES = {
 SHAPES = ((7, 37), (1029,), (3,))  # vector-loop tails, several FP8 blocks, a tiny tensor
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend, device", TARGETS)
 @pytest.mark.parametrize("case", ORACLE_CASES)
-def test_statistics_match_fp64(case, backend):
+def test_statistics_match_fp64(case, backend, device):
+    dev = _device(backend, device)
     cls, family, dtype, options = ORACLE_CASES[case]
     gen = torch.Generator().manual_seed(1)
-    groups = [[torch.randn(s, generator=gen).to(dtype) for s in SHAPES[:2]],
-              [torch.randn(SHAPES[2], generator=gen).to(dtype)]]
+    groups = [[torch.randn(s, generator=gen).to(dev, dtype) for s in SHAPES[:2]],
+              [torch.randn(SHAPES[2], generator=gen).to(dev, dtype)]]
     opt = cls([{"params": groups[0], "weight_decay": 0.1},
                {"params": groups[1], "lr": 0.02, "weight_decay": 0.0}],
               lr=0.01, backend=backend, step_stats=True, seed=0, **options)
@@ -120,7 +132,7 @@ def test_statistics_match_fp64(case, backend):
     oracle = Oracle(family, betas, options.get("state_block", 256))
     flipped = 0
     for step in range(STEPS):
-        grads = [_grads([p.shape for p in ps], step, gen, dtype) for ps in groups]
+        grads = [[g.to(dev) for g in _grads([p.shape for p in ps], step, gen, dtype)] for ps in groups]
         for ps, gs in zip(groups, grads):
             for p, g in zip(ps, gs):
                 p.grad = g
@@ -139,12 +151,13 @@ def test_statistics_match_fp64(case, backend):
     assert flipped > 0  # the case reversed some signs
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_absmax_propagates_inf_and_nan(backend):
+@pytest.mark.parametrize("backend, device", TARGETS)
+def test_absmax_propagates_inf_and_nan(backend, device):
     """A state that holds inf or NaN shows in its absmax (as torch.amax of |m| would)."""
-    p = torch.zeros(10)
+    dev = _device(backend, device)
+    p = torch.zeros(10, device=dev)
     opt = signopt.Lion([p], lr=0.1, betas=(0.0, 0.0), backend=backend, step_stats=True)
-    p.grad = torch.full((10,), 3e38)
+    p.grad = torch.full((10,), 3e38, device=dev)
     p.grad[3] = -3.4e38
     opt.step()
     assert opt.step_stats()[0]["state_absmax"]["m"] == pytest.approx(3.4e38, rel=1e-6)
@@ -168,40 +181,46 @@ CROSS = {
     "lion_bf16_sr": (signopt.Lion, dict(state_dtype="bf16", state_rounding="stochastic",
                                         param_rounding="stochastic", weight_decay=0.1, wd_mode="independent")),
     "sto_momentum_elem_fp8": (signopt.StoSignSGD, dict(state_dtype="fp8_e5m2", state_block=16, fp8_min_numel=0)),
+    # an FP8 block that is no power of two (CUDA: staged in shared memory, not in registers)
+    "lion_fp8_block48": (signopt.Lion, dict(state_dtype="fp8_e4m3", state_block=48, fp8_min_numel=0,
+                                            weight_decay=0.1)),
     "sto_adamw_row": (signopt.SignConversion, dict(base="adamw", envelope="row", weight_decay=0.1)),
     "sto_sgd_tensor_grad": (signopt.SignConversion, dict(base="sgd", envelope="tensor", envelope_source="grad")),
     "sto_lion_block": (signopt.SignConversion, dict(base="lion", envelope="block", envelope_block=9,
                                                     envelope_decay=0.9, cautious=True)),
     "signum_fp16": (signopt.Signum, dict(weight_decay=0.1)),
 }
-EXACT_UPDATE = {"lion_l2sq_cautious", "lion_huber_l2", "lion_bf16_sr", "sto_momentum_elem_fp8",
+EXACT_UPDATE = {"lion_l2sq_cautious", "lion_huber_l2", "lion_bf16_sr", "sto_momentum_elem_fp8", "lion_fp8_block48",
                 "sto_sgd_tensor_grad", "sto_lion_block", "signum_fp16"}
 
 
-def _run(cls, options, backend, dtype, contiguous=True):
+def _run(cls, options, backend, dtype, contiguous=True, device=torch.device("cpu")):
     gen = torch.Generator().manual_seed(2)
-    params = [torch.randn(s, generator=gen).to(dtype) for s in ((9, 33), (517,), (5,))]
+    params = [torch.randn(s, generator=gen).to(device, dtype) for s in ((9, 33), (517,), (5,))]
     opt = cls([{"params": params[:2]}, {"params": params[2:], "lr": 0.003}], lr=0.01, backend=backend,
               step_stats=True, seed=3, **options)
     out = []
     for step in range(STEPS):
         for p, g in zip(params, _grads([p.shape for p in params], step, gen, dtype)):
+            g = g.to(device)
             p.grad = g if contiguous or g.dim() < 2 else g.t().contiguous().t()
         opt.step()
         out.append(opt.step_stats())
     return out, params
 
 
-@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "torch"])
+@pytest.mark.parametrize("backend, device", [t for t in TARGETS if t.values[0] != "torch"])
 @pytest.mark.parametrize("case", CROSS)
-def test_backends_agree(case, backend):
-    """Counts and maxima equal, the fp64 update sums equal to their summation order (sqrt/pow
-    rules: within the reference's 2-ulp class); the parameters themselves equal as always."""
+def test_backends_agree(case, backend, device):
+    """Against the torch reference (CPU): counts and maxima equal, the fp64 update sums equal to
+    their summation order (sqrt/pow rules: within the reference's 2-ulp class); the parameters
+    themselves equal as always."""
+    dev = _device(backend, device)
     cls, options = CROSS[case]
     dtype = torch.float16 if case.endswith("fp16") else torch.float32
     ref, _ = _run(cls, options, "torch", dtype)
     for contiguous in (True, False):  # the held C++ step (cpp) and the prepared call
-        got, _ = _run(cls, options, backend, dtype, contiguous)
+        got, _ = _run(cls, options, backend, dtype, contiguous, dev)
         rel = 1e-12 if case in EXACT_UPDATE else 1e-5
         for r_step, g_step in zip(ref, got):
             for r, g in zip(r_step, g_step):
@@ -215,52 +234,55 @@ def test_backends_agree(case, backend):
                 assert g["update_rms"] == pytest.approx(r["update_rms"], rel=rel)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_stats_change_nothing(backend):
+@pytest.mark.parametrize("backend, device", TARGETS)
+def test_stats_change_nothing(backend, device):
     """The step with statistics writes the same parameters and state as without."""
+    dev = _device(backend, device)
     cls, options = CROSS["sto_lion_block"]
-    _, with_stats = _run(cls, options, backend, torch.float32)
+    _, with_stats = _run(cls, options, backend, torch.float32, device=dev)
     gen = torch.Generator().manual_seed(2)
-    params = [torch.randn(s, generator=gen) for s in ((9, 33), (517,), (5,))]
+    params = [torch.randn(s, generator=gen).to(dev) for s in ((9, 33), (517,), (5,))]
     opt = cls([{"params": params[:2]}, {"params": params[2:], "lr": 0.003}], lr=0.01, backend=backend,
               seed=3, **options)
     for step in range(STEPS):
         for p, g in zip(params, _grads([p.shape for p in params], step, gen, torch.float32)):
-            p.grad = g
+            p.grad = g.to(dev)
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(params, with_stats))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_mixed_dtypes_in_one_group(backend):
+@pytest.mark.parametrize("backend, device", TARGETS)
+def test_mixed_dtypes_in_one_group(backend, device):
     """A group of fp32 and bf16 parameters (two kernel calls) reports one set of statistics."""
+    dev = _device(backend, device)
     gen = torch.Generator().manual_seed(4)
-    a, b = torch.randn(100, generator=gen), torch.randn(50, generator=gen).bfloat16()
+    a, b = torch.randn(100, generator=gen).to(dev), torch.randn(50, generator=gen).to(dev, torch.bfloat16)
     opt = signopt.Lion([a, b], lr=0.1, backend=backend, step_stats=True)
     oracle = Oracle("lion", (0.9, 0.99), 256)
-    a.grad, b.grad = torch.randn(100, generator=gen), torch.randn(50, generator=gen).bfloat16()
+    a.grad, b.grad = torch.randn(100, generator=gen).to(dev), torch.randn(50, generator=gen).to(dev, torch.bfloat16)
     want = oracle.group(opt, opt.param_groups[0], [a.grad, b.grad])
     opt.step()
     got = opt.step_stats()[0]
     assert got["numel"] == 150 and got["update_rms"] == pytest.approx(want["update_rms"], rel=1e-6)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_grad_scaler_skip(backend):
+@pytest.mark.parametrize("backend, device", TARGETS)
+def test_grad_scaler_skip(backend, device):
     """A step a GradScaler skips changes nothing: no update, no reversal, the non-finite count,
     NaN state maxima (not read); the signs it would have written are not kept."""
-    p = torch.ones(40)
+    dev = _device(backend, device)
+    p = torch.ones(40, device=dev)
     opt = signopt.Lion([p], lr=0.1, backend=backend, step_stats=True)
-    p.grad = torch.ones(40)
+    p.grad = torch.ones(40, device=dev)
     opt.step()
-    p.grad = -torch.ones(40)
+    p.grad = -torch.ones(40, device=dev)
     p.grad[0] = float("nan")
-    opt.grad_scale, opt.found_inf = torch.ones(()), torch.ones(())
+    opt.grad_scale, opt.found_inf = torch.ones((), device=dev), torch.ones((), device=dev)
     opt.step()
     s = opt.step_stats()[0]
     assert (s["update_rms"], s["sign_flip_fraction"], s["nonfinite"]) == (0.0, 0.0, 1)
     assert math.isnan(s["state_absmax"]["m"])
-    opt.found_inf = torch.zeros(())
+    opt.found_inf = torch.zeros((), device=dev)
     opt.step()
     assert opt.step_stats()[0]["sign_flip_fraction"] == 39 / 40  # against the first step's signs
 
@@ -293,15 +315,17 @@ def test_before_a_step_and_without_gradients():
 
 
 def test_backend_without_statistics_is_named(monkeypatch):
-    """A backend that cannot compute them (the cpp backend's CUDA kernels) is refused at
-    construction, naming it and why."""
+    """A backend that cannot compute them is refused at construction, naming it and why; the cpp
+    backend refuses a group whose parameters lie on several devices (one buffer per group)."""
     torch_backend = backend_registry.load("torch")
     monkeypatch.setattr(torch_backend, "stats_unsupported", lambda params: "no reason", raising=False)
     with pytest.raises(ValueError, match=r"step_stats=True: backend 'torch' cannot .*\(no reason\)"):
         signopt.Lion([torch.zeros(4)], backend="torch", step_stats=True)
     if "cpp" in BACKENDS:
-        reason = backend_registry.load("cpp").stats_unsupported([torch.empty(2, device="meta")])
-        assert "CUDA kernels do not compute step statistics" in reason
+        cpp = backend_registry.load("cpp")
+        assert cpp.stats_unsupported([torch.empty(2), torch.empty(3)]) is None
+        reason = cpp.stats_unsupported([torch.empty(2), torch.empty(2, device="meta")])
+        assert "2 devices (cpu, meta)" in reason
 
 
 def test_checkpoint_round_trip_keeps_no_signs():

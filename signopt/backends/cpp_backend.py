@@ -100,9 +100,12 @@ class CppBackend:
         return None
 
     def stats_unsupported(self, params: list[Tensor]) -> str | None:
-        """Why this backend cannot compute step statistics for ``params``, or None."""
-        if any(p.device.type != "cpu" for p in params):
-            return "the CUDA kernels do not compute step statistics (the CPU kernels and the torch backend do)"
+        """Why this backend cannot compute step statistics for ``params``, or None (the CPU and
+        the CUDA kernels compute them; a group's calls add into one buffer on one device)."""
+        devices = {p.device for p in params}
+        if len(devices) > 1:
+            return (f"the group's parameters lie on {len(devices)} devices ({', '.join(sorted(map(str, devices)))}); "
+                    "its statistics are added up in one buffer on one device")
         return None
 
     def prepare(self, rule: UpdateRule, slots: list[ParamSlot]) -> PreparedGroup:
@@ -131,7 +134,7 @@ class PreparedGroup:
             parts.setdefault((p.device, PARAM_FORMATS[p.dtype], state_fmt), []).append(i)
         whole = len(parts) == 1 and len(next(iter(parts.values()))) == len(slots)
         self.slots = slots
-        # step statistics (slots with a sign buffer; CPU only, see stats_unsupported): one buffer
+        # step statistics (slots with a sign buffer; one device, see stats_unsupported): one buffer
         # that every call accumulates into, zeroed before each step
         self.stats = None
         if slots and slots[0].sign is not None:
