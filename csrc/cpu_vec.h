@@ -201,14 +201,21 @@ SIGNOPT_VI int64_t hsum(const vi a) {
   for (int i = 0; i < W; ++i) s += a[i];
   return s;
 }
+// Whether any bit of m is set (g++ compiles a shuffle tree of lanes into one masked broadcast per
+// lane: a test instruction where the ISA has one, else an OR of the 64-bit lanes).
 SIGNOPT_VI bool any(const vi m) {
-  vi x = m;
-  for (int s = W / 2; s >= 1; s /= 2) {
-    vi y;
-    for (int i = 0; i < W; ++i) y[i] = i + s < W ? x[i + s] : 0;
-    x |= y;
-  }
-  return x[0] != 0;
+#if !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 64
+  return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0;
+#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_X86) && SIGNOPT_VEC_BYTES == 32
+  return !_mm256_testz_si256((__m256i)m, (__m256i)m);
+#elif !SIGNOPT_VEC_GENERIC && defined(SIGNOPT_VEC_NEON)
+  return vmaxvq_u32((uint32x4_t)m) != 0;
+#else
+  const vq x = (vq)m;
+  uint64_t r = 0;
+  for (int i = 0; i < Q; ++i) r |= x[i];
+  return r != 0;
+#endif
 }
 
 // fp32 of a lane integer (|x| < 2^31: exact when < 2^24).

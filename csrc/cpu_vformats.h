@@ -104,13 +104,12 @@ struct VFmt<FmtFP8<FMT, HAS_INF>> {
       const v8 mag = loadu<v8>(r + j) & (uint8_t)0x7F;
       acc |= HAS_INF ? (v8s)(mag >= (uint8_t)TOP) : (v8s)(mag == (uint8_t)0x7F);
     }
-    bool any = false;
-    for (int i = 0; i < BYTES; ++i) any |= acc[i] != 0;
+    bool found = any((vi)acc);  // (a loop over the bytes here compiles to a scalar loop)
     for (; j < n; ++j) {
       const uint32_t mag = r[j] & 0x7Fu;
-      any |= HAS_INF ? mag >= TOP : mag == 0x7Fu;
+      found |= HAS_INF ? mag >= TOP : mag == 0x7Fu;
     }
-    return any;
+    return found;
   }
 
   // A block's decoder: value = fp8_value(code) * scale, one rounding.  Short decode (no NaN/inf
