@@ -61,7 +61,7 @@ def bar_figure(labels: list[str], title: str, prov: dict[str, str | None], xlabe
         ax.set_yticks(list(range(len(labels))), labels, fontsize=7)
         ax.invert_yaxis()
         ax.set_xlabel(xlabel)
-        ax.set_title(f"{title}\n{provenance_caption(prov)}", fontsize=7)
+        ax.set_title(f"{textwrap.fill(title, 160)}\n{provenance_caption(prov)}", fontsize=7)
         ax.grid(axis="x", which="both", alpha=0.3)
         fig.tight_layout()
         fig.savefig(png, dpi=110)

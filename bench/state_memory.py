@@ -6,7 +6,10 @@ default block of 32, and an MX block table); FP8 and MX block-size sweep
 Two independent measurements are printed for each row: ``opt.state_bytes()`` and a sum of the
 untyped storage sizes of every tensor in ``opt.state`` (codes, fp32 scales, envelopes and the
 int64 step counter all count). Bytes/param divides by all parameter elements, including small
-tensors that keep fp32 state under ``fp8_min_numel``.
+tensors that keep fp32 state under ``fp8_min_numel``. The ``target`` column checks the rows that
+have a budget (:data:`TARGETS`): ``opt.state_bytes()`` per parameter at most the figure given
+(Lion with 4-bit state: 0.57). Rows run on ``backend="auto"`` (the state layout, and so every byte,
+is the same on every backend).
 
     PYTHONPATH=. python bench/state_memory.py            # Llama-shaped ~1.9M list + block sweep
     PYTHONPATH=. python bench/state_memory.py --large    # also the ~64M-param list
@@ -34,7 +37,9 @@ def block_for(fmt: str, block: int | None) -> int | None:
     """The block a table row uses: ``block`` for the fp32-scaled formats, the format's own
     default (``None``: 32) for the MX formats, whose blocks are powers of two up to 256."""
     return None if declaration.FORMATS[fmt.split("/")[0]].pow2_blocks else block
-TARGETS = {"Lion": 1.02, "Signum": 1.02, "StoSignSGD/row": 1.05, "StoSignSGD/block": 1.05}
+TARGETS = {("Lion", "fp8_e4m3"): 1.02, ("Signum", "fp8_e4m3"): 1.02, ("StoSignSGD/row", "fp8_e4m3"): 1.05,
+           ("StoSignSGD/block", "fp8_e4m3"): 1.05, ("Lion", "fp4_e2m1"): 0.57, ("Lion", "fp4_e2m1/e4m3"): 0.57}
+"""(optimizer, state) -> the largest ``opt.state_bytes()`` per parameter a row must show."""
 
 
 def llama_shapes(vocab: int, d: int, layers: int, d_ff: int) -> list[tuple[int, ...]]:
@@ -67,19 +72,30 @@ def optimizer_zoo() -> dict[str, tuple[type, dict]]:
     }
 
 
+def plain_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors holding ``t``'s data: ``t`` itself, or the inner tensors of a tensor
+    subclass (``__tensor_flatten__``, e.g. torchao's quantised optimizer state), recursively."""
+    if type(t) in (torch.Tensor, torch.nn.Parameter) or not hasattr(t, "__tensor_flatten__"):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    return [x for n in names for x in plain_tensors(getattr(t, n))]
+
+
 def storage_bytes(opt: torch.optim.Optimizer) -> tuple[int, dict[str, int]]:
-    """Independent count: untyped storage bytes of every state tensor, and a breakdown by kind."""
+    """Independent count: untyped storage bytes of every state tensor (each storage once; a tensor
+    subclass counts its inner tensors), and a breakdown by kind."""
     total, kinds = 0, {"codes/values": 0, "scales": 0, "envelope": 0, "step": 0}
     seen = set()
     for st in opt.state.values():
         for name, t in st.items():
             if not isinstance(t, torch.Tensor):
                 continue
-            ptr = t.untyped_storage().data_ptr()
-            if ptr in seen:
-                continue
-            seen.add(ptr)
-            b = t.untyped_storage().nbytes()
+            b = 0
+            for x in plain_tensors(t):
+                ptr = x.untyped_storage().data_ptr()
+                if ptr not in seen:
+                    seen.add(ptr)
+                    b += x.untyped_storage().nbytes()
             total += b
             kind = ("scales" if state_layout.is_scale_key(name) else "step" if name == state_layout.STEP_KEY
                     else "envelope" if name == declaration.G.name else "codes/values")
@@ -95,7 +111,7 @@ def measure(shapes: list[tuple[int, ...]], cls: type, kw: dict, state_dtype: str
     if "/" in state_dtype:
         state_dtype, scale = state_dtype.split("/")
         kw = {**kw, "state_scale": scale}
-    opt = cls(params, lr=1e-4, state_dtype=state_dtype, state_block=block, seed=0, backend="torch", **kw)
+    opt = cls(params, lr=1e-4, state_dtype=state_dtype, state_block=block, seed=0, backend="auto", **kw)
     for _ in range(steps):
         for p in params:
             p.grad = torch.randn(p.shape, generator=gen)
@@ -110,30 +126,30 @@ def measure(shapes: list[tuple[int, ...]], cls: type, kw: dict, state_dtype: str
 def table(label: str, shapes: list[tuple[int, ...]], steps: int, block: int,
           subset: tuple[str, ...] = ()) -> list[str]:
     """Optimizers x formats on one parameter list (with ``subset``: those optimizers, no E5M2,
-    StoSignSGD E4M3 only, as its reference step on 64M parameters is slow on this CPU)."""
+    StoSignSGD E4M3 only)."""
     numel = sum(int(torch.Size(s).numel()) for s in shapes)
     out = [f"## {label}: {len(shapes)} tensors, {numel} parameters; {steps} step(s); FP8 block {block} "
            f"(MX formats: their default block, 32; fp4_e2m1/e4m3: 16), fp8_min_numel 4096", "",
            f"{'optimizer':<26} {'state':>13} {'state_bytes()':>14} {'B/param':>8} {'storage sum':>12} "
-           f"{'B/param':>8} {'scales B/p':>10} {'env B/p':>8} {'target':>7}"]
+           f"{'B/param':>8} {'scales B/p':>10} {'env B/p':>8} {'target':>9}"]
     print("\n".join(out), flush=True)
     for name, (cls, kw) in optimizer_zoo().items():
         if subset and name not in subset:
             continue
         for fmt in FORMATS:
             if (name == "SignSGD" and fmt != "fp32") or \
-                    (subset and fmt in ("fp8_e5m2", "mxfp8_e5m2", "fp4_e2m1", "fp4_e2m1/e4m3")) or \
+                    (subset and fmt in ("fp8_e5m2", "mxfp8_e5m2")) or \
                     (subset and name.startswith("StoSignSGD") and fmt != "fp8_e4m3"):
                 continue
             t0 = time.time()
             r = measure(shapes, cls, kw, fmt, block_for(fmt, block), steps)
             assert r["api_total"] == r["storage_total"], (name, fmt, r)
-            target = TARGETS.get(name) if fmt == "fp8_e4m3" else None
-            verdict = "" if target is None else (f"<={target} {'OK' if r['storage_per_param'] <= target else 'FAIL'}")
+            target = TARGETS.get((name, fmt))
+            verdict = "" if target is None else (f"<={target} {'OK' if r['api_per_param'] <= target else 'FAIL'}")
             out.append(f"{name:<26} {fmt:>13} {int(r['api_total']):>14} {r['api_per_param']:>8.4f} "
                        f"{r['storage_total']:>12} {r['storage_per_param']:>8.4f} "
                        f"{r['kinds']['scales'] / numel:>10.4f} {r['kinds']['envelope'] / numel:>8.4f} "
-                       f"{verdict:>7}  ({time.time() - t0:.1f}s)")
+                       f"{verdict:>9}  ({time.time() - t0:.1f}s)")
             print(out[-1], flush=True)
     return out
 

@@ -1,8 +1,11 @@
 """Bytes per parameter of the optimizer state and of the whole training state (parameters +
 gradients + optimizer state; no activations, no fp32 master copy) for signopt's optimizers and
-the peers (torch AdamW and SGD, lion-pytorch, pytorch-optimizer, bitsandbytes), with fp32 and
-with bf16 parameters. Every figure is counted from the tensors allocated after one step (the
-untyped storage of each state tensor, once per storage), so it holds on any machine.
+the peers (torch AdamW and SGD, lion-pytorch, pytorch-optimizer, bitsandbytes, torchao), with
+fp32 and with bf16 parameters. Lion runs with every state format but E5M2 (fp32, bf16, E4M3,
+MXFP8, MXFP4, NVFP4-style), the other signopt optimizers with fp32, bf16 and E4M3. Every figure
+is counted from the tensors allocated after one step (the untyped storage of each state tensor,
+once per storage; a tensor subclass such as torchao's 4-bit state by its inner tensors), so it
+holds on any machine. A peer that does not import is named under "peer missing" and has no row.
 
     python bench/training_state_memory.py --out bench/results/training_state_memory.txt
     python bench/training_state_memory.py --large ...   # also the ~61M-parameter list
@@ -22,14 +25,21 @@ from bench.provenance import provenance_line  # noqa: E402
 from bench.state_memory import PARAM_LISTS, storage_bytes  # noqa: E402
 
 Make = Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer]
+LION_STATES = {"fp32": {"state_dtype": "fp32"}, "bf16": {"state_dtype": "bf16"},
+               "fp8_e4m3": {"state_dtype": "fp8_e4m3"}, "mxfp8_e4m3": {"state_dtype": "mxfp8_e4m3"},
+               "mxfp4": {"state_dtype": "fp4_e2m1"},
+               "nvfp4-style": {"state_dtype": "fp4_e2m1", "state_scale": "e4m3"}}
+"""Lion's state label -> its options (MXFP4: E8M0 scales per 32; NVFP4-style: E4M3 scales per 16
+and an fp32 tensor scale)."""
 
 
 def contenders() -> tuple[list[tuple[str, str, Make]], list[str]]:
     """(name, state label, factory) for signopt and every peer that imports here; missing peers."""
     rows: list[tuple[str, str, Make]] = [("signopt SignSGD", "none", lambda ps: signopt.SignSGD(ps))]
+    for label, kw in LION_STATES.items():
+        rows.append(("signopt Lion", label, lambda ps, k=kw: signopt.Lion(ps, **k)))
     for fmt in ("fp32", "bf16", "fp8_e4m3"):
         rows += [
-            ("signopt Lion", fmt, lambda ps, f=fmt: signopt.Lion(ps, state_dtype=f)),
             ("signopt Signum", fmt, lambda ps, f=fmt: signopt.Signum(ps, state_dtype=f)),
             ("signopt StoSignSGD/row", fmt, lambda ps, f=fmt: signopt.StoSignSGD(ps, envelope="row", state_dtype=f)),
             ("signopt SignConversion/adamw/row", fmt,
@@ -54,6 +64,11 @@ def contenders() -> tuple[list[tuple[str, str, Make]], list[str]]:
                  ("bitsandbytes AdamW8bit", "int8", lambda ps: bnb.optim.AdamW8bit(ps, lr=1e-4))]
     except ImportError as exc:
         missing.append(f"bitsandbytes: {exc}")
+    try:
+        from torchao.optim import AdamW4bit
+        rows.append(("torchao AdamW4bit", "4-bit", lambda ps: AdamW4bit(ps, lr=1e-4)))
+    except ImportError as exc:
+        missing.append(f"torchao: {exc}")
     return rows, missing
 
 
@@ -101,7 +116,10 @@ def main() -> None:
     lines = [provenance_line(),
              "# Optimizer state and whole training state (parameters + gradients + optimizer state; "
              "no activations, no fp32 master copy), bytes per parameter, counted from the allocated "
-             "tensors after one step", *(f"peer missing: {m}" for m in missing), ""]
+             "tensors after one step",
+             "signopt Lion state labels: mxfp4 = state_dtype='fp4_e2m1' (E8M0 scale per 32); nvfp4-style = "
+             "state_dtype='fp4_e2m1', state_scale='e4m3' (E4M3 scale per 16 + fp32 tensor scale); tensors under "
+             "fp8_min_numel (4096) keep fp32 state", *(f"peer missing: {m}" for m in missing), ""]
     print("\n".join(lines), flush=True)
     labels = list(PARAM_LISTS)[: 2 if args.large else 1]
     for label in labels:
