@@ -283,7 +283,8 @@ struct Loop {
     // through the tensors' pointers cannot alias them, so they stay in registers
     const Loop L = *this;
     Acc a = acc;
-    Stats t = st;
+    Stats t;
+    if constexpr (STATS) t = st;  // (off: not copied in and out, 5 vectors per piece)
     const vi all = splati(-1);
     const vi n0 = a.n;
     if (short_all) {
@@ -297,7 +298,7 @@ struct Loop {
     }
     if (j < n) L.template tail<COUNT, STATS>(P, T, j, n - j, segv, segpos, md, vd, Gd, a, t);
     acc = a;
-    st = t;
+    if constexpr (STATS) st = t;
     return -hsum(a.n - n0);
   }
 
