@@ -413,6 +413,7 @@ struct GroupKernel {
     int64_t acc = 0;
     const uint32_t* w[3];
     typename L::Stats st;
+    if constexpr (STATS) st = typename L::Stats{vec::vd{}, vec::vi{}, vec::vf{}, vec::vf{}, vec::vf{}};
     if constexpr (!SF::blocked) {
       const Dec none;
       typename L::Acc a;

@@ -174,10 +174,10 @@ struct Loop {
   // Step statistics of the lanes (step_stats.h's ItemStats per lane): the fp64 sum of the squared
   // update (lane pairs of to_double), minus the reversed signs, the NaN-propagating max of |new m|,
   // |new v|, |new element G|.
-  struct Stats {
-    vd sq{};
-    vi flips{};
-    vf xm{}, xv{}, xG{};
+  struct Stats {  // (no initialisers: with statistics off it is never read, and not zeroed per item)
+    vd sq;
+    vi flips;
+    vf xm, xv, xG;
   };
 
   // A tensor's own scalars: bias corrections and the cautious scale (splat where used).
