@@ -48,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import signopt  # noqa: E402
-from signopt import backends as backend_registry  # noqa: E402
+from signopt import backends as backend_registry, declaration  # noqa: E402
 from bench.provenance import provenance_line  # noqa: E402
 
 
@@ -78,10 +78,18 @@ def make_list(d: int, layers: int, dtype: torch.dtype) -> tuple[list[torch.Tenso
 
 
 # ------------------------------------------------------------------ contenders
-def state_bytes_per_param(fmt: str, n_states: int, block: int = 256) -> float:
-    """Read + write bytes of the state per parameter."""
-    per = {"fp32": 4.0, "bf16": 2.0, "fp8_e4m3": 1.0 + 4.0 / block}[fmt]
+def state_bytes_per_param(fmt: str, n_states: int) -> float:
+    """Read + write bytes of the state per parameter: the format's code bits and, for a
+    block-scaled format, its scale per default block (signopt.declaration.FORMATS)."""
+    f = declaration.FORMATS[fmt]
+    per = f.bits / 8
+    if f.block_scaled:
+        per += declaration.SCALE_TYPES[f.scale].itemsize / declaration.block_of(fmt, None)
     return 2 * per * n_states
+
+
+NEW_FORMATS = ("mxfp8_e4m3", "fp4_e2m1")  # MXFP8 and MXFP4 state: cpp rows only (the torch
+# reference of a block-scaled format runs minutes per step and is the oracle, not a contender)
 
 
 def signopt_rows(quick: bool) -> list[dict]:
@@ -99,7 +107,8 @@ def signopt_rows(quick: bool) -> list[dict]:
     two_pass = {"LionKappa-l2"}  # a reduction pass reads g and m before the update pass
     for name, cls, kw, n_states in specs:
         for backend in ("cpp", "torch"):
-            fmts = ["fp32"] if n_states == 0 else ["fp32", "bf16", "fp8_e4m3"]
+            fmts = ["fp32"] if n_states == 0 else ["fp32", "bf16", "fp8_e4m3"] + (
+                list(NEW_FORMATS) if backend == "cpp" else [])
             for fmt in fmts:
                 pdts = {"Lion": ("fp32", "bf16"), "Lion-psr": ("bf16",)}.get(name, ("fp32",))
                 for pdt in pdts:
@@ -152,7 +161,7 @@ def peer_rows() -> tuple[list[dict], list[str]]:
 
 
 def peer_bytes(row: dict) -> float:
-    if row["state"] == "int8":
+    if row["state"] == "int8":  # bitsandbytes Lion8bit: int8 codes, one fp32 scale per 256
         return 12.0 + 2 * (1.0 + 4.0 / 256)
     return 12.0 + state_bytes_per_param("fp32", row["n_states"])
 
@@ -251,7 +260,7 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
           f"({len(streams)} samples, {PAIRS} beside each contender's {PAIRS} timed steps a round) ==", file=out)
     print("%stream min / med: the row's bandwidth over the streaming bandwidth of the samples taken "
           "beside its own steps (min over min, median over median)", file=out)
-    print(f"{'optimizer':26s} {'backend':7s} {'param':5s} {'state':8s} {'B/param':>7s} {'n':>3s} "
+    print(f"{'optimizer':26s} {'backend':7s} {'param':5s} {'state':10s} {'B/param':>7s} {'n':>3s} "
           f"{'min ms':>9s} {'med ms':>9s} {'GB/s':>7s} {'%str min':>8s} {'%str med':>8s} {'peak MB':>8s} "
           f"{'peak/params':>11s}", file=out)
     results, results_med, results_rel = {}, {}, {}
@@ -268,7 +277,7 @@ def run_case(case: str, dims: tuple[int, int], rows: list[dict], repeats: int, o
         mem = mems.get(i)
         mem_s = f"{mem / 2**20:8.1f}" if mem is not None else "       -"
         rel = f"{mem / param_bytes:11.3f}" if mem is not None else "          -"
-        print(f"{row['name']:26s} {row['backend']:7s} {row['pdtype']:5s} {row['state']:8s} {bpp:7.2f} "
+        print(f"{row['name']:26s} {row['backend']:7s} {row['pdtype']:5s} {row['state']:10s} {bpp:7.2f} "
               f"{len(times[i]):3d} {tmin * 1e3:9.2f} {tmed * 1e3:9.2f} {bw / 1e9:7.2f} {pmin:7.1f}% {pmed:7.1f}% "
               f"{mem_s} {rel}", file=out)
         results[(row["name"], row["backend"], row["pdtype"], row["state"])] = tmin
@@ -325,17 +334,17 @@ def compute_bound_check(large: dict, rows: list[dict], repeats: int, out) -> Non
           f"rounds; ns/p cache = (min time big - min time small) / (n big - n small); ceiling = "
           f"bytes/(ns/p cache) over the large case's streaming bandwidth ({sbest / 1e9:.1f} GB/s best, "
           f"{smed / 1e9:.1f} GB/s median) ==", file=out)
-    print(f"{'optimizer':26s} {'backend':7s} {'param':5s} {'state':8s} {'ns/p DRAM':>9s} {'ns/p cache':>10s} "
+    print(f"{'optimizer':26s} {'backend':7s} {'param':5s} {'state':10s} {'ns/p DRAM':>9s} {'ns/p cache':>10s} "
           f"{'DRAM/cache':>10s} {'ceil best':>9s} {'ceil med':>8s}", file=out)
     for i, row in enumerate(rows):
         key = (row["name"], row["backend"], row["pdtype"], row["state"])
         tmin, _, bpp = large[key]
         cache = (min(steady[(i, 1)]) - min(steady[(i, 0)])) / (sizes[1] - sizes[0])
         if cache <= 0:
-            print(f"{key[0]:26s} {key[1]:7s} {key[2]:5s} {key[3]:8s} {tmin * 1e9:9.3f} (noise: the bigger list "
+            print(f"{key[0]:26s} {key[1]:7s} {key[2]:5s} {key[3]:10s} {tmin * 1e9:9.3f} (noise: the bigger list "
                   f"was not slower)", file=out)
             continue
-        print(f"{key[0]:26s} {key[1]:7s} {key[2]:5s} {key[3]:8s} {tmin * 1e9:9.3f} {cache * 1e9:10.3f} "
+        print(f"{key[0]:26s} {key[1]:7s} {key[2]:5s} {key[3]:10s} {tmin * 1e9:9.3f} {cache * 1e9:10.3f} "
               f"{tmin / cache:10.2f} {100 * bpp / cache / sbest:8.0f}% {100 * bpp / cache / smed:7.0f}%", file=out)
     philox_floor_table(large, rows, repeats, out)
 
@@ -372,12 +381,12 @@ def philox_floor_table(large: dict, rows: list[dict], repeats: int, out) -> None
           f"{smed / 1e9:.1f} GB/s median) ==", file=out)
     print("left best/med: ns/p that 85% of streaming (best / median) leaves for everything but the sign words "
           "(loads, the rule, stores); negative: 85% is out of reach", file=out)
-    print(f"{'optimizer':26s} {'param':5s} {'state':8s} {'B/param':>7s} {'ns/p DRAM':>9s} {'floor/DRAM':>10s} "
+    print(f"{'optimizer':26s} {'param':5s} {'state':10s} {'B/param':>7s} {'ns/p DRAM':>9s} {'floor/DRAM':>10s} "
           f"{'max best':>8s} {'max med':>7s} {'left best':>9s} {'left med':>8s}", file=out)
     for r in sto:
         tmin, _, bpp = large[(r["name"], r["backend"], r["pdtype"], r["state"])]
         left = [bpp / (0.85 * bw) - floor for bw in (sbest, smed)]
-        print(f"{r['name']:26s} {r['pdtype']:5s} {r['state']:8s} {bpp:7.2f} {tmin * 1e9:9.3f} "
+        print(f"{r['name']:26s} {r['pdtype']:5s} {r['state']:10s} {bpp:7.2f} {tmin * 1e9:9.3f} "
               f"{floor / tmin:9.0%} {100 * bpp / floor / sbest:7.0f}% {100 * bpp / floor / smed:6.0f}% "
               f"{left[0] * 1e9:9.3f} {left[1] * 1e9:8.3f}", file=out)
 
@@ -390,7 +399,8 @@ def targets_table(large: dict, rows: list[dict], out) -> None:
     of the streaming bandwidth sampled beside it, every row with random bits at >= 70%; Lion
     bf16/E4M3 at <= 0.55x the time of Lion fp32/fp32; stochastic parameter rounding (Lion-psr) at
     <= 1.2x the time of nearest (Lion, the same formats); StoSignSGD fp32/E4M3 at <= 1.2x Lion
-    fp32/E4M3.  Each from min times (min over min for %stream) and from median times."""
+    fp32/E4M3; Lion with MXFP4 state at <= 1.0x the time of E4M3 state.  Each from min times (min
+    over min for %stream) and from median times."""
     pct = large.get("pct", {})
     cpp = [r for r in rows if r["backend"] == "cpp" and (r["name"], "cpp", r["pdtype"], r["state"]) in pct]
     if not cpp:
@@ -409,7 +419,7 @@ def targets_table(large: dict, rows: list[dict], out) -> None:
         key = (r["name"], "cpp", r["pdtype"], r["state"])
         pmin, pmed = pct[key]
         goal = TARGETS[1] if r.get("random") else TARGETS[0]
-        print(f"{r['name']:26s} {r['pdtype']:5s} {r['state']:8s} {'random' if r.get('random') else '      '} "
+        print(f"{r['name']:26s} {r['pdtype']:5s} {r['state']:10s} {'random' if r.get('random') else '      '} "
               f"{pmin:6.1f}% min {pmed:6.1f}% med  >= {goal:.0f}%: {verdict(pmin >= goal, pmed >= goal)}", file=out)
 
     def ratio(label: str, a: tuple, b: tuple, limit: float) -> None:
@@ -426,6 +436,9 @@ def targets_table(large: dict, rows: list[dict], out) -> None:
               ("Lion", "cpp", "bf16", st), 1.2)
     ratio("StoSignSGD fp32/E4M3 over Lion fp32/E4M3", ("StoSignSGD", "cpp", "fp32", "fp8_e4m3"),
           ("Lion", "cpp", "fp32", "fp8_e4m3"), 1.2)
+    for pdt in ("fp32", "bf16"):  # 4-bit state moves fewer bytes than E4M3: it should not be slower
+        ratio(f"Lion {pdt}/MXFP4 over Lion {pdt}/E4M3", ("Lion", "cpp", pdt, "fp4_e2m1"), ("Lion", "cpp", pdt, "fp8_e4m3"),
+              1.0)
     print(f"all targets met: {'yes' if met_all else 'no'}", file=out)
 
 
