@@ -484,9 +484,10 @@ def main() -> None:
             for f in self.files:
                 f.flush()
 
+    provenance = provenance_line(args.device)  # before the output file (tracked) is truncated: not "dirty"
     fh = open(args.out, "w") if args.out else None
     out = Tee(sys.stdout, fh) if fh else sys.stdout
-    print(provenance_line(args.device), file=out)
+    print(provenance, file=out)
     if args.device == "cuda":  # CUDA events, triton rows, GPU peers: bench/step_cuda.py
         import step_cuda
         try:
