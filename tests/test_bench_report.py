@@ -36,8 +36,10 @@ def test_page_and_plots_are_written(built) -> None:
     page, written = built
     text = page.read_text()
     pngs = [p for p in written if p.suffix == ".png"]
-    devices = 1 + sum(1 for d in RESULTS.glob("gpu_*") if (d / "step_cuda.txt").exists())
-    assert len([p for p in pngs if p.name.startswith("step_")]) == 2 * devices  # large and small
+    # one step table per CPU build (step_cpu.txt, step_cpu_<arch>.txt) and per GPU folder
+    tables = len(list(RESULTS.glob("step_cpu*.txt"))) + sum(1 for d in RESULTS.glob("gpu_*")
+                                                             if (d / "step_cuda.txt").exists())
+    assert len([p for p in pngs if p.name.startswith("step_")]) == 2 * tables  # large and small
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000, png
         assert f"]({page.stem}/{png.name})" in text, f"{png.name} not linked from the page"
