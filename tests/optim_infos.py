@@ -9,6 +9,7 @@ compare snapshots bitwise.
 from __future__ import annotations
 
 import copy
+import io
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -260,6 +261,14 @@ def assert_snapshot_equal(a: dict, b: dict) -> None:
 def build(info: OptimInfo, params: Any, inp: OptimInput, **override: Any) -> torch.optim.Optimizer:
     """Construct ``info``'s optimizer over ``params`` with ``inp``'s kwargs."""
     return info.ctor(params, **inp.make(**override))
+
+
+def through_checkpoint(sd: dict) -> dict:
+    """``sd`` after ``torch.save`` and ``torch.load(weights_only=True)``, as a resume reads it."""
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
 
 
 def run_lion_with_nan_grads(backend: str, state_dtype: str, shapes, steps: int = 3, **kw):

@@ -1,7 +1,6 @@
 """The torch.optim contract, run over every optimizer and option set in ``optim_infos``."""
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
@@ -9,8 +8,8 @@ import torch
 from torch import Tensor, nn
 
 import signopt
-from optim_infos import (LR, OPTIM_INFOS, OptimInfo, OptimInput, assert_snapshot_equal, build,
-                         cases, grad_for, info_cases, make_params, run, set_grads, snapshot)
+from optim_infos import (LR, OPTIM_INFOS, OptimInfo, OptimInput, assert_snapshot_equal, build, cases, grad_for,
+                         info_cases, make_params, run, set_grads, snapshot, through_checkpoint)
 
 STEPS = 3
 
@@ -25,14 +24,6 @@ def _override(info: OptimInfo, inp: OptimInput) -> dict:
     if isinstance(inp.kwargs.get("lr"), Tensor) and "lr" in ov:
         ov["lr"] = torch.tensor(ov["lr"])
     return ov
-
-
-def _roundtrip(sd: dict) -> dict:
-    """``torch.save`` then ``torch.load(weights_only=True)``, as a HF Trainer resumes."""
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
 
 
 # ------------------------------------------------------------------ param groups
@@ -176,7 +167,7 @@ def test_state_dict_resume_is_bit_identical(info: OptimInfo, inp: OptimInput) ->
 
     opt = build(info, params, inp)
     run(opt, params, range(STEPS))
-    sd = _roundtrip(opt.state_dict())
+    sd = through_checkpoint(opt.state_dict())
     if info.signopt_options:
         assert sd["signopt_schema"] == signopt.optimizer.SCHEMA_VERSION
     fresh_p = _clone_params(params)
@@ -201,7 +192,7 @@ def test_state_format_survives_load(info: OptimInfo, param_dtype: torch.dtype, s
     run(opt, params, range(STEPS))
     before = snapshot(opt, params)
     fresh = build(info, _clone_params(params), inp, state_dtype=state_dtype)
-    fresh.load_state_dict(_roundtrip(opt.state_dict()))
+    fresh.load_state_dict(through_checkpoint(opt.state_dict()))
     after = snapshot(fresh, [p for p in fresh.param_groups[0]["params"]])
     assert_snapshot_equal(before, after)
     want = {"fp32": torch.float32, "bf16": torch.bfloat16}[state_dtype]
@@ -218,7 +209,7 @@ def test_load_converts_into_the_built_state_format(info: OptimInfo) -> None:
     opt = build(info, params, inp, state_dtype="bf16")
     run(opt, params, range(STEPS))
     fresh = build(info, _clone_params(params), inp, state_dtype="fp32")
-    fresh.load_state_dict(_roundtrip(opt.state_dict()))
+    fresh.load_state_dict(through_checkpoint(opt.state_dict()))
     assert fresh.param_groups[0]["state_dtype"] == "fp32"
     for p_old, p_new in zip(params, fresh.param_groups[0]["params"]):
         for k, v in opt.state[p_old].items():
@@ -403,7 +394,7 @@ def test_named_parameters(info: OptimInfo, inp: OptimInput) -> None:
     run(ref, ref_p, range(2 * STEPS))
     opt = build(info, list(zip(names, params)), inp)
     run(opt, params, range(STEPS))
-    sd = _roundtrip(opt.state_dict())
+    sd = through_checkpoint(opt.state_dict())
     assert sd["param_groups"][0]["param_names"] == names
     fresh_p = _clone_params(params)
     fresh = build(info, list(zip(names, fresh_p)), inp)

@@ -7,14 +7,13 @@ block (default 32). Expected bytes and values are worked out by hand: E2M1 holds
 """
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
 
 import signopt
-from optim_infos import run_lion_with_nan_grads
+from optim_infos import run_lion_with_nan_grads, through_checkpoint
 from signopt import backends as backend_registry
 from signopt import declaration, state_format, state_layout
 
@@ -125,10 +124,7 @@ def _run(backend, fmt=FMT, steps=3, **kw):
 def test_state_dict_round_trip_and_conversion():
     params, opt = _run("torch")
     assert opt.state[params[1]]["m"].shape == (501,)
-    buf = io.BytesIO()
-    torch.save(opt.state_dict(), buf)
-    buf.seek(0)
-    sd = torch.load(buf, weights_only=True)
+    sd = through_checkpoint(opt.state_dict())
     fresh = signopt.Lion(params, lr=1e-2, weight_decay=0.1, state_dtype=FMT, fp8_min_numel=16, seed=9)
     fresh.load_state_dict(sd)
     for p in params:
@@ -212,10 +208,7 @@ def test_nvfp4_optimizer_state_and_checkpoints():
     assert st["m_tensor_scale"].shape == (1,)
     assert opt.state_bytes()["per_param"] == pytest.approx(0.5 + 1 / 16 + 4 / 4160)
     value = state_layout.read(opt.rule(), st, declaration.M, tuple(p.shape))
-    buf = io.BytesIO()
-    torch.save(opt.state_dict(), buf)
-    buf.seek(0)
-    sd = torch.load(buf, weights_only=True)
+    sd = through_checkpoint(opt.state_dict())
     same = signopt.Lion([p], lr=1e-3, state_dtype=FMT, state_scale="e4m3", backend="torch")
     same.load_state_dict(sd)
     for k, v in st.items():

@@ -7,14 +7,13 @@ elements saturate at the format's largest finite value), not computed with the l
 """
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
 
 import signopt
-from optim_infos import run_lion_with_nan_grads
+from optim_infos import run_lion_with_nan_grads, through_checkpoint
 from signopt import backends as backend_registry
 from signopt import declaration, state_format, state_layout
 
@@ -277,10 +276,7 @@ def test_state_bytes(fmt):
 @pytest.mark.parametrize("fmt", MX)
 def test_state_dict_round_trip_with_weights_only(fmt):
     params, opt = _run("torch", fmt)
-    buf = io.BytesIO()
-    torch.save(opt.state_dict(), buf)
-    buf.seek(0)
-    sd = torch.load(buf, weights_only=True)
+    sd = through_checkpoint(opt.state_dict())
     fresh = signopt.Lion(params, lr=1e-2, weight_decay=0.1, state_dtype=fmt, fp8_min_numel=16, seed=9)
     fresh.load_state_dict(sd)
     for p in params:

@@ -1,13 +1,13 @@
 """SignConversionWrapper: unbiasedness against the base direction, checkpoints, validation."""
 from __future__ import annotations
 
-import io
 import math
 
 import pytest
 import torch
 
 import signopt
+from optim_infos import through_checkpoint
 
 LR = 2.0 ** -8
 
@@ -64,10 +64,7 @@ def test_state_dict_round_trip_with_bf16_params() -> None:
         p.grad, q.grad = g.clone(), g.clone()
         opt.step()
         ref.step()
-    buf = io.BytesIO()
-    torch.save(opt.state_dict(), buf)
-    buf.seek(0)
-    sd = torch.load(buf, weights_only=True)
+    sd = through_checkpoint(opt.state_dict())
     r = p.detach().clone().requires_grad_()
     fresh = signopt.SignConversionWrapper(torch.optim.AdamW([r], lr=1e-3), lr=LR, seed=99)
     fresh.load_state_dict(sd)
