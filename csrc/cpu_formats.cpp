@@ -85,18 +85,13 @@ void load_packed(const void* raw, const void* scale, int64_t block, int64_t a, i
   }
 }
 
-// One block [a, a+n) of packed 4-bit codes (a even): scale from the finite absmax, then the codes
+// One block [a, a+n) of packed 4-bit codes (a even): its block_scale, then the codes
 // two a byte (a pad nibble of 0 after an odd last element).
 template <class F>
 void store_packed(void* raw, void* scale, int64_t block, int64_t a, int64_t n, const float* vals, bool sr,
                   const uint32_t* words) {
   typename F::raw* r = (typename F::raw*)raw + (a >> 1);
-  uint32_t amax = 0u;
-  for (int64_t j = 0; j < n; ++j) {
-    const uint32_t x = F::abs_bits(vals[j]);
-    amax = x > amax ? x : amax;
-  }
-  const float sc = F::scale_of(u2f(amax));
+  const float sc = block_scale<F>(vals, n);
   const float inv = 1.0f / sc;
   for (int64_t j = 0; j < n; j += 2) {
     const uint32_t lo = F::encode(vals[j], inv, sr, sr ? words[j] : 0u);

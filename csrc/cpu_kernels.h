@@ -83,17 +83,22 @@ inline void load_block(const typename F::raw* __restrict r, const float sc, cons
   for (int64_t k = 0; k < n; ++k) out[k] = F::load(r[k], sc);
 }
 
-// Encode n values of one block: scale from the absmax of the finite values (an integer max
-// over the bits of |x|), codes by F::encode; returns the scale.
+// A block's scale from the absmax of its n finite values (an integer max over the bits of |x|).
 template <class F>
-inline float encode_block(typename F::raw* __restrict r, const int64_t n, const float* __restrict vals,
-                          const bool sr, const uint32_t* __restrict words) {
+inline float block_scale(const float* __restrict vals, const int64_t n) {
   uint32_t amax = 0u;
   for (int64_t j = 0; j < n; ++j) {
     const uint32_t x = F::abs_bits(vals[j]);
     amax = x > amax ? x : amax;
   }
-  const float sc = F::scale_of(u2f(amax));
+  return F::scale_of(u2f(amax));
+}
+
+// Encode n values of one block: its block_scale, codes by F::encode; returns the scale.
+template <class F>
+inline float encode_block(typename F::raw* __restrict r, const int64_t n, const float* __restrict vals,
+                          const bool sr, const uint32_t* __restrict words) {
+  const float sc = block_scale<F>(vals, n);
   const float inv = 1.0f / sc;
   if (sr) {
     for (int64_t j = 0; j < n; ++j) r[j] = F::encode(vals[j], inv, true, words[j]);
