@@ -237,29 +237,23 @@ def main() -> None:
     small = "llama-1.9M (vocab 256, d 192, 4 layers, ff 512)"
     lines += table(small, PARAM_LISTS[small](), 3, 256) + [""]
     save()
-    lines += ["## Lion / Signum / StoSignSGD with E4M3 state vs FP8 block size (1.9M list)", "",
-              f"{'block':>6} " + " ".join(f"{n:>18}" for n in ("Lion", "Signum", "StoSignSGD/row",
-                                                             "StoSignSGD/block"))]
-    print("\n".join(lines[-3:]), flush=True)
     shapes = PARAM_LISTS[small]()
     zoo = optimizer_zoo()
-    for block in BLOCKS:
-        row = [measure(shapes, *zoo[n], "fp8_e4m3", block, 1)["storage_per_param"]
-               for n in ("Lion", "Signum", "StoSignSGD/row", "StoSignSGD/block")]
-        lines.append(f"{block:>6} " + " ".join(f"{v:>18.4f}" for v in row))
-        print(lines[-1], flush=True)
-    lines.append("(StoSignSGD/block: envelope_block 256 whatever the FP8 block)")
-    lines.append("")
-    lines += ["## Lion / Signum / StoSignSGD with MXFP8 E4M3 state (E8M0 scales) vs MX block size (1.9M list)", "",
-              f"{'block':>6} " + " ".join(f"{n:>18}" for n in ("Lion", "Signum", "StoSignSGD/row",
-                                                             "StoSignSGD/block"))]
-    print("\n".join(lines[-3:]), flush=True)
-    for block in MX_BLOCKS:
-        row = [measure(shapes, *zoo[n], "mxfp8_e4m3", block, 1)["storage_per_param"]
-               for n in ("Lion", "Signum", "StoSignSGD/row", "StoSignSGD/block")]
-        lines.append(f"{block:>6} " + " ".join(f"{v:>18.4f}" for v in row))
-        print(lines[-1], flush=True)
-    lines.append("")
+    names = ("Lion", "Signum", "StoSignSGD/row", "StoSignSGD/block")
+    for title, fmt, blocks, note in (
+            ("E4M3 state vs FP8 block size", "fp8_e4m3", BLOCKS,
+             "(StoSignSGD/block: envelope_block 256 whatever the FP8 block)"),
+            ("MXFP8 E4M3 state (E8M0 scales) vs MX block size", "mxfp8_e4m3", MX_BLOCKS, None)):
+        lines += [f"## Lion / Signum / StoSignSGD with {title} (1.9M list)", "",
+                  f"{'block':>6} " + " ".join(f"{n:>18}" for n in names)]
+        print("\n".join(lines[-3:]), flush=True)
+        for block in blocks:
+            row = [measure(shapes, *zoo[n], fmt, block, 1)["storage_per_param"] for n in names]
+            lines.append(f"{block:>6} " + " ".join(f"{v:>18.4f}" for v in row))
+            print(lines[-1], flush=True)
+        if note:
+            lines.append(note)
+        lines.append("")
     save()
     if not args.no_sweep:
         snaps = lm_states(args.sweep_steps, (args.sweep_steps // 3, 2 * args.sweep_steps // 3,
