@@ -13,10 +13,12 @@ import io
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+import pytest
 import torch
 from torch import Tensor
 
 import signopt
+from signopt import backends
 
 LR = 0.01
 
@@ -261,6 +263,14 @@ def assert_snapshot_equal(a: dict, b: dict) -> None:
 def build(info: OptimInfo, params: Any, inp: OptimInput, **override: Any) -> torch.optim.Optimizer:
     """Construct ``info``'s optimizer over ``params`` with ``inp``'s kwargs."""
     return info.ctor(params, **inp.make(**override))
+
+
+def backend_or_skip(name: str) -> None:
+    """Skip the calling test, with the reason, where backend ``name`` cannot run here."""
+    try:
+        backends.load(name)
+    except backends.BackendUnavailable as exc:
+        pytest.skip(f"backend {name!r} unavailable: {exc}")
 
 
 def through_checkpoint(sd: dict) -> dict:

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from signopt import backends as backend_registry
 from signopt import declaration as D
+from optim_infos import backend_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
@@ -143,22 +143,15 @@ def test_generated_header_evaluates_as_declared(tmp_path):
     assert out.returncode == 0, out.stderr[-4000:]
 
 
-def _cpp_or_skip():
-    try:
-        backend_registry.load("cpp")
-    except backend_registry.BackendUnavailable as exc:
-        pytest.skip(f"the cpp backend cannot be built here: {exc}")
-
-
 def test_extension_was_built_from_the_declaration():
     """The ids and facts compiled into the extension (rendered by signopt::declared from the
     generated header) are the declaration's: a build from a stale header cannot load."""
-    _cpp_or_skip()
+    backend_or_skip("cpp")
     assert torch.ops.signopt.declared() == _render()
 
 
 def test_registered_step_schema_is_the_declaration():
-    _cpp_or_skip()
+    backend_or_skip("cpp")
     assert str(torch.ops.signopt.step.default._schema) == "signopt::" + D.step_schema()
 
 
@@ -167,7 +160,7 @@ def test_registered_step_schema_is_the_declaration():
 def test_every_declared_format_is_stored_in_its_dtype(fmt):
     """The C++ format -> dtype map (fmt_dtype) gives every declared format its declared dtype;
     block-scaled formats come with one scale per block."""
-    _cpp_or_skip()
+    backend_or_skip("cpp")
     x = torch.linspace(-2.0, 2.0, 37)
     codes, scales, dec = torch.ops.signopt.encode(x, fmt.id, 8, None)
     assert codes.dtype == fmt.dtype and dec.dtype == torch.float32

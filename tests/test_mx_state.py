@@ -13,19 +13,12 @@ import pytest
 import torch
 
 import signopt
-from optim_infos import run_lion_with_nan_grads, through_checkpoint
+from optim_infos import backend_or_skip, run_lion_with_nan_grads, through_checkpoint
 from signopt import backends as backend_registry
 from signopt import declaration, state_format, state_layout
 
 MX = ["mxfp8_e4m3", "mxfp8_e5m2"]
 ID = {n: declaration.FORMATS[n].id for n in declaration.FORMATS}
-
-
-def _cpp_or_skip():
-    try:
-        backend_registry.load("cpp")
-    except backend_registry.BackendUnavailable as exc:
-        pytest.skip(f"the cpp backend cannot be built here: {exc}")
 
 
 def _encoders():
@@ -215,7 +208,7 @@ def test_stochastic_rounding_is_unbiased(fmt):
 @pytest.mark.parametrize("fmt", MX)
 @pytest.mark.parametrize("block", [1, 4, 32, 256])
 def test_cpp_codec_matches_the_reference(fmt, block):
-    _cpp_or_skip()
+    backend_or_skip("cpp")
     gen = torch.Generator().manual_seed(block)
     x = torch.randn(1031, generator=gen) * torch.exp2(torch.randint(-40, 40, (1031,), generator=gen).float())
     x[::97] = float("nan")
@@ -243,7 +236,7 @@ def _run(backend, fmt, steps=3, **kw):
 @pytest.mark.parametrize("fmt", MX)
 @pytest.mark.parametrize("kw", [{}, {"state_block": 8, "state_rounding": "stochastic"}, {"state_block": 1}])
 def test_cpp_optimizer_is_bit_identical_to_the_reference(fmt, kw):
-    _cpp_or_skip()
+    backend_or_skip("cpp")
     pa, oa = _run("torch", fmt, **kw)
     pb, ob = _run("cpp", fmt, **kw)
     for a, b in zip(pa, pb):

@@ -20,6 +20,7 @@ from hypothesis import given, settings, strategies as st
 import signopt
 from signopt import backends as backend_registry
 from signopt import declaration, state_format
+from optim_infos import backend_or_skip
 
 BACKENDS = ["cpp"]
 
@@ -53,13 +54,6 @@ RULES = {
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
           "complex64": torch.complex64}
 STEPS = 3
-
-
-def backend_or_skip(name: str) -> None:
-    try:
-        backend_registry.load(name)
-    except backend_registry.BackendUnavailable as exc:
-        pytest.skip(f"backend {name!r} unavailable: {exc}")
 
 
 # ------------------------------------------------------------------ strategies

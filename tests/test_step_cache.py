@@ -16,10 +16,9 @@ import pytest
 import torch
 
 import signopt
-from signopt import backends as backend_registry
 from signopt.philox import VECTOR_MIN, derive_key, derive_keys
 
-from optim_infos import assert_snapshot_equal, make_params, set_grads, snapshot
+from optim_infos import assert_snapshot_equal, backend_or_skip, make_params, set_grads, snapshot
 
 SHAPES = ((6, 5), (5,), (0,), (3, 2, 4)) + ((3,),) * 14  # 18 tensors: > VECTOR_MIN keys a group
 RULES = {
@@ -30,13 +29,6 @@ RULES = {
     "conv_adamw": (signopt.SignConversion, dict(base="adamw", weight_decay=0.01)),
 }
 BACKENDS = ("cpp", "torch")
-
-
-def backend_or_skip(name: str) -> None:
-    try:
-        backend_registry.load(name)
-    except backend_registry.BackendUnavailable as exc:
-        pytest.skip(f"backend {name!r} unavailable: {exc}")
 
 
 def build(rule: str, backend: str, params: list, **override) -> torch.optim.Optimizer:

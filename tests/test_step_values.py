@@ -7,20 +7,13 @@ import random
 import pytest
 import torch
 
-from signopt import backends as backend_registry
 from signopt import philox
 from signopt.scalars import StepCounters
-
-
-def _cpp_or_skip() -> None:
-    try:
-        backend_registry.load("cpp")
-    except backend_registry.BackendUnavailable as exc:
-        pytest.skip(f"cpp backend unavailable: {exc}")
+from optim_infos import backend_or_skip
 
 
 def test_derive_keys_cpp_numpy_python_agree(monkeypatch):
-    _cpp_or_skip()
+    backend_or_skip("cpp")
     rng = random.Random(3)
     steps = [rng.randrange(0, 2**40) for _ in range(200)] + [0, 1, 2**32 - 1, 2**32, 2**62]
     indices = [rng.randrange(0, 2**40) for _ in range(200)] + [2**32 + 7, 0, 5, 2**32 - 1, 3]
@@ -35,7 +28,7 @@ def test_derive_keys_cpp_numpy_python_agree(monkeypatch):
 
 
 def test_step_counters_held_and_torch_agree():
-    _cpp_or_skip()
+    backend_or_skip("cpp")
     a = [torch.tensor(t, dtype=torch.int64) for t in (0, 5, 2**40)]
     b = [t.clone() for t in a]
     held = StepCounters(a)
