@@ -73,14 +73,19 @@ void store_block(void* raw, void* scale, int64_t block, int64_t a, int64_t n, co
   F::put_scale(scale, a / block, encode_block<F>(r, n, vals, sr, words));
 }
 
-// Packed 4-bit codes (FmtFP4): any range [a, a+n) decoded with its blocks' scales.
+// Packed 4-bit codes (FmtFP4): any range [a, a+n) decoded with its blocks' scales (the vector
+// decode from an even element, where simd).
 template <class F>
-void load_packed(const void* raw, const void* scale, int64_t block, int64_t a, int64_t n, float* out) {
+void load_packed(const void* raw, const void* scale, int64_t block, int64_t a, int64_t n, float* out, bool simd) {
   const typename F::raw* r = (const typename F::raw*)raw;
   for (int64_t i = a; i < a + n;) {
     const int64_t b = i / block;
     const int64_t e = std::min((b + 1) * block, a + n);
     const float sc = F::get_scale(scale, b);
+    if (simd && i % 2 == 0) {
+      vec::VFmt<F>::decode(r + (i >> 1), e - i, sc, out + (i - a));
+      i = e;
+    }
     for (; i < e; ++i) out[i - a] = F::load_code(F::code_at(r, i), sc);
   }
 }
@@ -89,8 +94,12 @@ void load_packed(const void* raw, const void* scale, int64_t block, int64_t a, i
 // two a byte (a pad nibble of 0 after an odd last element).
 template <class F>
 void store_packed(void* raw, void* scale, int64_t block, int64_t a, int64_t n, const float* vals, bool sr,
-                  const uint32_t* words) {
+                  const uint32_t* words, bool simd) {
   typename F::raw* r = (typename F::raw*)raw + (a >> 1);
+  if (simd) {
+    F::put_scale(scale, a / block, vec::VFmt<F>::encode_block(r, n, vals, sr ? words : nullptr));
+    return;
+  }
   const float sc = block_scale<F>(vals, n);
   const float inv = 1.0f / sc;
   for (int64_t j = 0; j < n; j += 2) {
@@ -106,7 +115,7 @@ float* load_fmt(void* raw, const void* scale, int64_t block, int64_t a, int64_t 
   if constexpr (std::is_same<F, FmtF32>::value) {
     return (float*)raw + a;  // fp32: the tensor memory itself
   } else if constexpr (F::packed) {
-    load_packed<F>(raw, scale, block, a, n, out);
+    load_packed<F>(raw, scale, block, a, n, out, simd);
   } else if constexpr (F::blocked) {
     load_blocks<F>(raw, scale, block, a, n, out, simd);
   } else {
@@ -121,7 +130,7 @@ void store_fmt(void* raw, void* scale, int64_t block, int64_t a, int64_t n, cons
   if constexpr (std::is_same<F, FmtF32>::value) {
     return;  // computed in place
   } else if constexpr (F::packed) {
-    store_packed<F>(raw, scale, block, a, n, vals, sr, words);
+    store_packed<F>(raw, scale, block, a, n, vals, sr, words, simd);
   } else if constexpr (F::blocked) {
     store_block<F>(raw, scale, block, a, n, vals, sr, words, simd);
   } else {

@@ -128,17 +128,15 @@ struct Buffers {
 };
 
 // A thread's buffers of the vector loops: the random words of a chunk per purpose (with the
-// slack of vec::philox_run) and FP8 blocks' new fp32 values (m, v, G; W floats of slack).
+// slack of vec::philox_run), block formats' new fp32 values (m, v, G; W floats of slack) and, for
+// packed 4-bit state, a block's decoded values.
 struct VecBuffers {
   std::vector<uint32_t> w[3];
-  std::vector<float> mo, vo, Go;
-  VecBuffers(int64_t chunk, int64_t block) {
+  std::vector<float> mo, vo, Go, mi, vi, Gi;
+  VecBuffers(int64_t chunk, int64_t block, bool packed) {
     for (auto& x : w) x.resize((size_t)(chunk + vec::WORD_SLACK));
-    if (block > 0) {
-      mo.resize((size_t)(block + vec::W));
-      vo.resize((size_t)(block + vec::W));
-      Go.resize((size_t)(block + vec::W));
-    }
+    for (auto* b : {&mo, &vo, &Go}) b->resize(block > 0 ? (size_t)(block + vec::W) : 0);
+    for (auto* b : {&mi, &vi, &Gi}) b->resize(packed ? (size_t)(block + vec::W) : 0);
   }
 };
 
@@ -387,8 +385,9 @@ struct GroupKernel {
     const TensorRef& t = c.t[it.t];
     __builtin_prefetch((const typename PF::raw*)t.p + it.a, 1);
     __builtin_prefetch((const typename PF::raw*)t.g + it.a, 0);
-    if (HAS_M) __builtin_prefetch((const typename SF::raw*)t.m + it.a, 1);
-    if (HAS_V) __builtin_prefetch((const typename SF::raw*)t.v + it.a, 1);
+    const int64_t i = SF::packed ? it.a >> 1 : it.a;  // (packed: two codes a byte)
+    if (HAS_M) __builtin_prefetch((const typename SF::raw*)t.m + i, 1);
+    if (HAS_V) __builtin_prefetch((const typename SF::raw*)t.v + i, 1);
   }
 
   // Whether kind K over these formats has the vector loops (Lion-kappa lp does not: pow).
@@ -436,26 +435,38 @@ struct GroupKernel {
       }
     } else {
       using VSF = vec::VFmt<SF>;
+      using LR = typename L::SR;  // the loop's state: the codes, or (packed) the block decoded to fp32
       const int64_t B = c.block;
+      // a block's first code: packed codes are two a byte (blocks are even)
+      auto at = [](SR* r, int64_t b0) { return SF::packed ? r + (b0 >> 1) : r + b0; };
       for (int64_t b0 = it.a; b0 < it.b; b0 += B) {
         const int64_t b1 = std::min(b0 + B, it.b), nb = b1 - b0, blk = b0 / B;
-        const Dec md = HAS_M ? Dec(m + b0, nb, SF::get_scale(t.m_scale, blk)) : Dec();
-        const Dec vd = HAS_V ? Dec(v + b0, nb, SF::get_scale(t.v_scale, blk)) : Dec();
-        const Dec Gd = E ? Dec(E + b0, nb, SF::get_scale(t.G_scale, blk)) : Dec();
+        LR *ml = nullptr, *vl = nullptr, *El = nullptr;
+        Dec md, vd, Gd;
+        if constexpr (SF::packed) {
+          if (HAS_M) VSF::decode(at(m, b0), nb, SF::get_scale(t.m_scale, blk), ml = VB.mi.data());
+          if (HAS_V) VSF::decode(at(v, b0), nb, SF::get_scale(t.v_scale, blk), vl = VB.vi.data());
+          if (E) VSF::decode(at(E, b0), nb, SF::get_scale(t.G_scale, blk), El = VB.Gi.data());
+        } else {
+          ml = m ? m + b0 : nullptr, vl = v ? v + b0 : nullptr, El = E ? E + b0 : nullptr;
+          if (HAS_M) md = Dec(ml, nb, SF::get_scale(t.m_scale, blk));
+          if (HAS_V) vd = Dec(vl, nb, SF::get_scale(t.v_scale, blk));
+          if (E) Gd = Dec(El, nb, SF::get_scale(t.G_scale, blk));
+        }
         draw(t, b0, nb, !COUNT, VB, w);
         typename L::Acc a;
         seg_pieces(t, it.t, b0, b1, [&](int64_t a0, int64_t a1, float sv) {
           const int64_t o = a0 - b0;
-          const typename L::Ptr P{p + a0, g + a0, HAS_M ? m + a0 : nullptr, HAS_V ? v + a0 : nullptr,
-                                  E ? E + a0 : nullptr, VB.mo.data() + o, VB.vo.data() + o, VB.Go.data() + o,
+          const typename L::Ptr P{p + a0, g + a0, HAS_M ? ml + o : nullptr, HAS_V ? vl + o : nullptr,
+                                  E ? El + o : nullptr, VB.mo.data() + o, VB.vo.data() + o, VB.Go.data() + o,
                                   w[0] ? w[0] + o : nullptr, w[1] ? w[1] + o : nullptr, w[2] ? w[2] + o : nullptr,
                                   sg ? sg + a0 : nullptr};
           acc += loop.template run_acc<COUNT, STATS>(P, T, a1 - a0, sv, md, vd, Gd, a, st);
         });
         if (COUNT) continue;
-        if (HAS_M) SF::put_scale(t.m_scale, blk, VSF::encode_amax(m + b0, nb, VB.mo.data(), vec::hmax31(a.am), w[1]));
-        if (HAS_V) SF::put_scale(t.v_scale, blk, VSF::encode_amax(v + b0, nb, VB.vo.data(), vec::hmax31(a.av), w[1]));
-        if (E) SF::put_scale(t.G_scale, blk, VSF::encode_amax(E + b0, nb, VB.Go.data(), vec::hmax31(a.aG), w[1]));
+        if (HAS_M) SF::put_scale(t.m_scale, blk, VSF::encode_amax(at(m, b0), nb, VB.mo.data(), vec::hmax31(a.am), w[1]));
+        if (HAS_V) SF::put_scale(t.v_scale, blk, VSF::encode_amax(at(v, b0), nb, VB.vo.data(), vec::hmax31(a.av), w[1]));
+        if (E) SF::put_scale(t.G_scale, blk, VSF::encode_amax(at(E, b0), nb, VB.Go.data(), vec::hmax31(a.aG), w[1]));
       }
     }
     if constexpr (STATS) {  // the lanes in lane order
@@ -480,7 +491,7 @@ struct GroupKernel {
       if constexpr (vec_covered<PF, SF>()) {
         if (simd) {
           const vec::Loop<K, PF, SF> loop(vec::VScalars(s), elem_env, s.cautious != 0);
-          VecBuffers VB(fmt_block_scaled(sf) ? c.block : TILE, fmt_block_scaled(sf) ? c.block : 0);
+          VecBuffers VB(fmt_block_scaled(sf) ? c.block : TILE, fmt_block_scaled(sf) ? c.block : 0, SF::packed);
           if (STORE && r.stats) {
             for (int64_t k = ib; k < ie; ++k) {
               if (k + 1 < ie) prefetch_item<PF, SF>(items[k + 1]);

@@ -7,8 +7,11 @@
 //   FP8 block formats: Dec (a block's decoder: its scale, and the short decode where the block
 //                      holds no NaN/inf code and |scale| < 2^BIAS), load(raw*, Dec);
 //                      codes(x, inv[, words]) -> the codes of x*inv; encode_block (absmax, scale, codes)
+//   packed 4-bit:      decode(bytes, n, scale, out) -> a block's fp32 values; encode_block as FP8
 #pragma once
 #include <math.h>
+
+#include <utility>
 
 #include "casts.h"
 #include "cpu_vec.h"
@@ -29,6 +32,33 @@ SIGNOPT_VI vf vabs(const vf x) { return fbits(bits(x) & 0x7FFFFFFFu); }
 SIGNOPT_VI vu abs_bits(const vf x) {
   const vu a = bits(x) & 0x7FFFFFFFu;
   return (vi)a < 0x7F800000 ? a : vu{};
+}
+
+// casts.h's grid_code on lanes, for |y| = fbits(a) finite and on the format's range (M mantissa
+// bits, minimum normal exponent EMIN): the magnitude code ((e - EMIN) << M) + k.
+//   grid_sr: e = max(exponent, EMIN), k = |y| / 2^(e-M) (exact), floor(k) + (U < k - floor(k));
+//   grid_rn: the same, nearest even, in integer form: a normal |y| (>= 2^EMIN) rounds at bit SH of
+//   its fp32 bits like bf16 (a carry moves into the exponent), the exponent rebiased by the same
+//   addition: code = (a + 2^(SH-1) - 1 + lsb - ((126 + EMIN) << 23)) >> SH; a subnormal one: a + C
+//   with C = 2^(EMIN-M+23) rounds a to a multiple of the subnormal ulp 2^(EMIN-M) (nearest even:
+//   C's last mantissa bit is k's parity) and bits(a + C) - bits(C) = k (k <= 2^M: the result
+//   stays in C's binade).  k = |y| / ulp as in the float form, so the same codes.
+template <int M, int EMIN>
+SIGNOPT_VI vu grid_sr(const vu a, const vu w) {
+  vi e = (vi)(a >> 23) - 127;
+  e = vmaxi(e, splati(EMIN));
+  const vf k = fbits(a) * fbits((vu)(127 + M - e) << 23);
+  const vi lo = trunc_int(k);
+  const vi ki = lo - (vi)(uniform(w) < k - to_float(lo));
+  return (vu)((e - EMIN) << M) + (vu)ki;
+}
+template <int M, int EMIN>
+SIGNOPT_VI vu grid_rn(const vu a) {
+  constexpr int SH = 23 - M;
+  constexpr uint32_t CB = (uint32_t)(EMIN - M + 23 + 127) << 23;
+  const vu code = (a + ((1u << (SH - 1)) - 1u - ((uint32_t)(126 + EMIN) << 23)) + ((a >> SH) & 1u)) >> SH;
+  const vu sub = bits(fbits(a) + fbits(splatu(CB))) - CB;
+  return selu((vi)a < (int32_t)((uint32_t)(127 + EMIN) << 23), sub, code);
 }
 
 template <class F>
@@ -70,8 +100,36 @@ struct VFmt<FmtBF16> {
 // 2^e (exact), for constants.
 constexpr float exp2i(int e) { return e > 0 ? 2.0f * exp2i(e - 1) : (e < 0 ? 0.5f * exp2i(e + 1) : 1.0f); }
 
+// A block format's encoder from its codes (VF::encode_codes(r, n, vals, inv, words)): the finite
+// absmax (its bits), the scale F::scale_of, the codes of vals * (1/scale) (casts.h's block_scale
+// and encode_block).
+template <class F, class VF>
+struct VBlockEncoder {
+  static inline uint32_t amax_of(const float* vals, const int64_t n) {
+    vu acc{};
+    int64_t j = 0;
+    for (; j + W <= n; j += W) acc = maxu31(acc, abs_bits(loadu<vf>(vals + j)));
+    uint32_t m = hmax31(acc);
+    for (; j < n; ++j) {
+      const uint32_t x = F::abs_bits(vals[j]);
+      m = x > m ? x : m;
+    }
+    return m;
+  }
+  // the codes with amax (the bits of the values' finite absmax); returns the scale
+  static inline float encode_amax(typename F::raw* r, const int64_t n, const float* vals, const uint32_t amax,
+                                  const uint32_t* words) {
+    const float sc = F::scale_of(u2f(amax));
+    VF::encode_codes(r, n, vals, 1.0f / sc, words);
+    return sc;
+  }
+  static inline float encode_block(typename F::raw* r, const int64_t n, const float* vals, const uint32_t* words) {
+    return encode_amax(r, n, vals, amax_of(vals, n), words);
+  }
+};
+
 template <int FMT, bool HAS_INF>
-struct VFmt<FmtFP8<FMT, HAS_INF>> {
+struct VFmt<FmtFP8<FMT, HAS_INF>> : VBlockEncoder<FmtFP8<FMT, HAS_INF>, VFmt<FmtFP8<FMT, HAS_INF>>> {
   static constexpr bool ok = true;
   using F = FmtFP8<FMT, HAS_INF>;
   using raw = uint8_t;
@@ -133,42 +191,21 @@ struct VFmt<FmtFP8<FMT, HAS_INF>> {
     return d.short_dec ? load_short(p, d.sfold) : load_long(p, d.scale);
   }
 
-  // FmtFP8::encode of x*inv, stochastic: clamp to +-Qmax, e = max(exponent, EMIN),
-  // k = |y| / 2^(e-M) (exact), floor(k) + (U < k - floor(k)), code = ((e - EMIN) << M) + k with
-  // the sign; NaN -> 0x7F with the sign.
+  // FmtFP8::encode of x*inv, stochastic (grid_sr) or nearest even (grid_rn): clamp to +-Qmax,
+  // the grid code of |y| with the sign; NaN -> 0x7F with the sign.
   static SIGNOPT_VI vu codes_sr(const vf x, const vf inv, const vu w) {
-    const float q = F::qmax;
-    vf y = x * inv;
-    y = vmin(splat(q), vmax(splat(-q), y));  // clamp (NaN stays NaN)
-    const vu b = bits(y);
+    const vu b = bits(clamp(x * inv));
     const vu a = b & 0x7FFFFFFFu;
-    vi e = (vi)(a >> 23) - 127;
-    e = vmaxi(e, splati(EMIN));
-    const vf k = fbits(a) * fbits((vu)(127 + M - e) << 23);
-    const vi lo = trunc_int(k);
-    const vi ki = lo - (vi)(uniform(w) < k - to_float(lo));
-    vu code = (vu)((e - EMIN) << M) + (vu)ki;
-    code = selu((vi)a > 0x7F800000, splatu(0x7Fu), code);
+    const vu code = selu((vi)a > 0x7F800000, splatu(0x7Fu), grid_sr<M, EMIN>(a, w));
     return ((b >> 24) & 0x80u) | code;
   }
-  // The same, nearest even, in integer form: a normal |y| (>= 2^EMIN) rounds at bit SH of its
-  // fp32 bits like bf16 (a carry moves into the exponent), the exponent rebiased by the same
-  // addition: code = (a + 2^(SH-1) - 1 + lsb - ((126 + EMIN) << 23)) >> SH; a subnormal one: a + C
-  // with C = 2^(EMIN-M+23) rounds a to a multiple of the subnormal ulp 2^(EMIN-M) (nearest even:
-  // C's last mantissa bit is k's parity) and bits(a + C) - bits(C) = k (k <= 2^M: the result
-  // stays in C's binade).  k = |y| / ulp as in the float form, so the same codes.
   static SIGNOPT_VI vu codes_rn(const vf x, const vf inv) {
-    constexpr uint32_t CB = (uint32_t)(EMIN - M + 23 + 127) << 23;
-    const float q = F::qmax;
-    const vf y = vmin(splat(q), vmax(splat(-q), x * inv));
-    const vu b = bits(y);
+    const vu b = bits(clamp(x * inv));
     const vu a = b & 0x7FFFFFFFu;
-    vu code = (a + ((1u << (SHIFT - 1)) - 1u - ((uint32_t)(126 + EMIN) << 23)) + ((a >> SHIFT) & 1u)) >> SHIFT;
-    const vu sub = bits(fbits(a) + fbits(splatu(CB))) - CB;
-    code = selu((vi)a < (int32_t)((uint32_t)(127 + EMIN) << 23), sub, code);
-    code = selu((vi)a > 0x7F800000, splatu(0x7Fu), code);
+    const vu code = selu((vi)a > 0x7F800000, splatu(0x7Fu), grid_rn<M, EMIN>(a));
     return ((b >> 24) & 0x80u) | code;
   }
+  static SIGNOPT_VI vf clamp(const vf y) { return vmin(splat(F::qmax), vmax(splat(-F::qmax), y)); }  // NaN stays NaN
 
   // The codes of n values (one block) with inv = 1/scale, nearest or stochastic (words).
   static inline void encode_codes(uint8_t* r, const int64_t n, const float* vals, const float inv,
@@ -196,29 +233,84 @@ struct VFmt<FmtFP8<FMT, HAS_INF>> {
       memcpy(r + j, c, (size_t)(n - j));
     }
   }
+};
 
-  // The bits of the finite absmax of n values.
-  static inline uint32_t amax_of(const float* vals, const int64_t n) {
-    vu acc{};
+// Lane shuffles of packed 4-bit codes (a vector of W bytes holds 2W codes: the low nibbles the even
+// elements, the high nibbles the odd ones): zip<OFF> interleaves lanes OFF.. of a and b (a0 b0 a1
+// b1 ...), unzip<ODD> takes the even (ODD = 0) or odd lanes of a then b.
+template <int OFF, size_t... I>
+SIGNOPT_VI vf zip(const vf a, const vf b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, (int)(I % 2 ? W + OFF + I / 2 : OFF + I / 2)...);
+}
+template <int ODD, size_t... I>
+SIGNOPT_VI vu unzip(const vu a, const vu b, std::index_sequence<I...>) {
+  return __builtin_shufflevector(a, b, (int)(2 * I + ODD)...);
+}
+
+// Packed E2M1 codes with E8M0 block scales (FmtFP4).  The vector loops run on a block's values
+// decoded to fp32 (decode) and encode its new values (encode_block), two codes a byte, element 2j
+// in the low nibble of byte j: W bytes a step, as 2W lanes.  Codes as FmtFP4::encode: clamp to
+// +-6, the grid code of |y| with the sign; NaN -> +0.
+template <int FMT>
+struct VFmt<FmtFP4<FMT>> : VBlockEncoder<FmtFP4<FMT>, VFmt<FmtFP4<FMT>>> {
+  static constexpr bool ok = true;
+  using F = FmtFP4<FMT>;
+  static constexpr int M = F::M, EMIN = F::EMIN;
+  using Lanes = std::make_index_sequence<W>;
+
+  // e2m1_value of codes c < 16 (exact): e = 0: 0.5 or +0; else 2^(e-1) * (1 + f/2); the sign bit
+  static SIGNOPT_VI vf value(const vu c) {
+    const vu e = (c >> 1) & 3u, f = c & 1u;
+    const vu mag = selu((vi)(e == 0u), f * 0x3F000000u, ((e + 126u) << 23) | (f << 22));
+    return fbits(mag | ((c & 8u) << 28));
+  }
+  // The n values (code * scale) of the packed codes at r (element 0 in the low nibble of r[0]).
+  static inline void decode(const uint8_t* r, const int64_t n, const float sc, float* out) {
+    const vf s = splat(sc);
     int64_t j = 0;
-    for (; j + W <= n; j += W) acc = maxu31(acc, abs_bits(loadu<vf>(vals + j)));
-    uint32_t m = hmax31(acc);
-    for (; j < n; ++j) {
-      const uint32_t x = F::abs_bits(vals[j]);
-      m = x > m ? x : m;
+    for (; j + 2 * W <= n; j += 2 * W) {
+      const vu b = load_u8(r + j / 2);
+      const vf lo = value(b & 0xFu) * s, hi = value(b >> 4) * s;
+      storeu(out + j, zip<0>(lo, hi, Lanes{}));
+      storeu(out + j + W, zip<W / 2>(lo, hi, Lanes{}));
     }
-    return m;
+    for (; j < n; ++j) out[j] = F::load_code(F::code_at(r, j), sc);
   }
 
-  // encode_block: scale from the finite absmax (its bits: amax), codes; returns the scale.
-  static inline float encode_amax(uint8_t* r, const int64_t n, const float* vals, const uint32_t amax,
-                                  const uint32_t* words) {
-    const float sc = F::scale_of(u2f(amax));
-    encode_codes(r, n, vals, 1.0f / sc, words);
-    return sc;
+  static SIGNOPT_VI vf clamp(const vf y) { return vmin(splat(F::qmax), vmax(splat(-F::qmax), y)); }  // NaN stays NaN
+  static SIGNOPT_VI vu codes_sr(const vf x, const vf inv, const vu w) {
+    const vu b = bits(clamp(x * inv));
+    const vu a = b & 0x7FFFFFFFu;
+    return selu((vi)a > 0x7F800000, vu{}, ((b >> 28) & 8u) | grid_sr<M, EMIN>(a, w));
   }
-  static inline float encode_block(uint8_t* r, const int64_t n, const float* vals, const uint32_t* words) {
-    return encode_amax(r, n, vals, amax_of(vals, n), words);
+  static SIGNOPT_VI vu codes_rn(const vf x, const vf inv) {
+    const vu b = bits(clamp(x * inv));
+    const vu a = b & 0x7FFFFFFFu;
+    return selu((vi)a > 0x7F800000, vu{}, ((b >> 28) & 8u) | grid_rn<M, EMIN>(a));
+  }
+  // two vectors of codes (elements j.. and j+W..) as W bytes
+  static SIGNOPT_VI void store_pairs(uint8_t* r, const vu c0, const vu c1) {
+    store_u8(r, unzip<0>(c0, c1, Lanes{}) | (unzip<1>(c0, c1, Lanes{}) << 4));
+  }
+  // The packed codes of n values (one block) with inv = 1/scale, nearest or stochastic (words);
+  // an odd n's last byte has a 0 high nibble.
+  static inline void encode_codes(uint8_t* r, const int64_t n, const float* vals, const float inv,
+                                  const uint32_t* words) {
+    const vf iv = splat(inv);
+    int64_t j = 0;
+    if (words) {
+      for (; j + 2 * W <= n; j += 2 * W)
+        store_pairs(r + j / 2, codes_sr(loadu<vf>(vals + j), iv, loadu<vu>(words + j)),
+                    codes_sr(loadu<vf>(vals + j + W), iv, loadu<vu>(words + j + W)));
+    } else {
+      for (; j + 2 * W <= n; j += 2 * W)
+        store_pairs(r + j / 2, codes_rn(loadu<vf>(vals + j), iv), codes_rn(loadu<vf>(vals + j + W), iv));
+    }
+    for (; j < n; j += 2) {
+      const uint32_t lo = F::encode(vals[j], inv, words != nullptr, words ? words[j] : 0u);
+      const uint32_t hi = j + 1 < n ? F::encode(vals[j + 1], inv, words != nullptr, words ? words[j + 1] : 0u) : 0u;
+      r[j >> 1] = (uint8_t)(lo | (hi << 4));
+    }
   }
 };
 

@@ -9,6 +9,8 @@
 //   * the update p*decay - lr*u, the EMAs and the envelope are the scalar expressions;
 //   * the stores are the codecs of casts.h (cpu_vformats.h).
 #pragma once
+#include <type_traits>
+
 #include "cpu_philox.h"
 #include "cpu_vformats.h"
 #include "rules.h"
@@ -143,7 +145,7 @@ struct DecOf {
   using type = NoDec;
 };
 template <class SF>
-struct DecOf<SF, true> {
+struct DecOf<SF, true> {  // FP8 (a packed format's block is decoded to fp32 before the loop)
   using type = typename VFmt<SF>::Dec;
 };
 
@@ -152,11 +154,11 @@ struct Loop {
   using VP = VFmt<PF>;
   using VS = VFmt<SF>;
   using PR = typename PF::raw;
-  using SR = typename SF::raw;
   static constexpr bool HM = kind_has_m(K), HV = kind_has_v(K), STO = kind_stochastic(K);
-  static constexpr bool BLK = SF::blocked;
+  static constexpr bool BLK = SF::blocked, PK = SF::packed;
+  using SR = std::conditional_t<PK, float, typename SF::raw>;  // packed: the block decoded to fp32
   static_assert(VP::ok && VS::ok, "formats with a vector codec");
-  using Dec = typename DecOf<SF, BLK>::type;
+  using Dec = typename DecOf<SF, BLK && !PK>::type;
 
   // The pointers of a piece: element j at [j].
   struct Ptr {
@@ -194,7 +196,9 @@ struct Loop {
 
   template <class D>
   static SIGNOPT_VI vf load_state(const SR* r, const D& d) {
-    if constexpr (BLK) {
+    if constexpr (PK) {
+      return loadu<vf>(r);
+    } else if constexpr (BLK) {
       return VS::load(r, d);
     } else {
       return VS::load(r);
@@ -278,7 +282,7 @@ struct Loop {
     const bool segpos = seg > 0.0f;
     int64_t j = 0;
     bool short_all = false;
-    if constexpr (BLK) short_all = (!HM || md.short_dec) && (!HV || vd.short_dec) && (!(STO && elem_env) || Gd.short_dec);
+    if constexpr (BLK && !PK) short_all = (!HM || md.short_dec) && (!HV || vd.short_dec) && (!(STO && elem_env) || Gd.short_dec);
     // local copies of the loop's scalars and accumulators (P and T are values): the stores
     // through the tensors' pointers cannot alias them, so they stay in registers
     const Loop L = *this;
@@ -288,7 +292,7 @@ struct Loop {
     const vi all = splati(-1);
     const vi n0 = a.n;
     if (short_all) {
-      if constexpr (BLK) {
+      if constexpr (BLK && !PK) {
         for (; j + W <= n; j += W)
           L.template lanes<COUNT, STATS, std::true_type>(P, T, j, segv, segpos, md, vd, Gd, a, t, all);
       }

@@ -6,7 +6,8 @@
 //     and the test op's philox_indices against philox4x32_10;
 //   * the vector codecs (cpu_vformats.h) against casts.h: bf16 nearest/stochastic, FP8 block
 //     decode (short and long form, NaN/inf codes, negative and huge scales) and encode
-//     (nearest and stochastic, subnormal codes, NaN, inf);
+//     (nearest and stochastic, subnormal codes, NaN, inf); packed 4-bit (MXFP4) block encode and
+//     decode (two codes a byte, odd counts);
 //   * vec::Loop (apply and cautious count) of every kind but Lion-kappa lp over fp32/bf16
 //     parameters and every state format, with each option (maximize, GradScaler, l2, cautious,
 //     stochastic parameter and state rounding, element and segment envelopes), against rules.h
@@ -166,6 +167,59 @@ void check_fp8() {
           const float want = F::load(cs[j + k], sc);
           if (f2u(got[k]) != f2u(want) && !(want != want && got[k] != got[k])) fail("fp8 decode", (long)(j + k), f2u(got[k]), f2u(want));
         }
+      }
+    }
+}
+
+// Packed 4-bit (MXFP4) codec: encode_block against casts.h's codes two a byte (blocks of even and
+// odd counts, nearest and stochastic, values tiny to huge with NaN/inf/zeros), and decode of every
+// byte (two codes) at every scale kind, from the first element of a block.
+void check_fp4() {
+  using F = FmtE2M1;
+  using V = vec::VFmt<F>;
+  const int64_t blocks[] = {2, 3, 16, 32, 33, 64, 256};
+  for (const int64_t B : blocks) {
+    const int64_t n = 40 * B;
+    std::vector<float> x((size_t)n);
+    std::vector<uint32_t> w((size_t)n);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t blk = i / B;
+      x[(size_t)i] = blk % 5 == 4 ? special((uint32_t)i, -40, 40) : rndf(blk % 5 == 0 ? -140 : -20, blk % 5 == 1 ? 120 : 10);
+      if (blk % 7 == 3 && rnd() % 4 == 0) x[(size_t)i] = 0.0f;
+      w[(size_t)i] = rnd();
+    }
+    for (int sr = 0; sr < 2; ++sr) {
+      const int64_t bytes = (B + 1) / 2;
+      std::vector<uint8_t> got((size_t)(40 * bytes)), want((size_t)(40 * bytes));
+      for (int64_t k = 0; k < 40; ++k) {
+        const float* vals = x.data() + k * B;
+        const uint32_t* words = sr ? w.data() + k * B : nullptr;
+        const float sg = V::encode_block(got.data() + k * bytes, B, vals, words);
+        uint32_t amax = 0u;
+        for (int64_t j = 0; j < B; ++j) amax = F::abs_bits(vals[j]) > amax ? F::abs_bits(vals[j]) : amax;
+        const float sw = F::scale_of(u2f(amax));
+        for (int64_t j = 0; j < B; j += 2) {
+          const uint32_t lo = F::encode(vals[j], 1.0f / sw, sr != 0, sr ? words[j] : 0u);
+          const uint32_t hi = j + 1 < B ? F::encode(vals[j + 1], 1.0f / sw, sr != 0, sr ? words[j + 1] : 0u) : 0u;
+          want[(size_t)(k * bytes + j / 2)] = (uint8_t)(lo | (hi << 4));
+        }
+        ++checks;
+        if (f2u(sg) != f2u(sw)) fail("fp4 scale", (long)k, f2u(sg), f2u(sw));
+      }
+      for (size_t i = 0; i < got.size(); ++i, ++checks)
+        if (got[i] != want[i]) fail(sr ? "fp4 encode stochastic" : "fp4 encode", (long)i, got[i], want[i]);
+    }
+  }
+  const float scales[] = {1.0f, 0.125f, 1.7014118e38f, 1.17549435e-38f, 5.877472e-39f};  // E8M0 values
+  std::vector<uint8_t> bytes(256);
+  for (int c = 0; c < 256; ++c) bytes[(size_t)c] = (uint8_t)c;
+  for (const float sc : scales)
+    for (const int64_t n : {512L, 511L, 37L}) {
+      std::vector<float> got((size_t)n);
+      V::decode(bytes.data(), n, sc, got.data());
+      for (int64_t i = 0; i < n; ++i, ++checks) {
+        const float want = F::load_code(F::code_at(bytes.data(), i), sc);
+        if (f2u(got[(size_t)i]) != f2u(want)) fail("fp4 decode", (long)i, f2u(got[(size_t)i]), f2u(want));
       }
     }
 }
@@ -477,6 +531,7 @@ int main() {
   check_bf16();
   check_fp8<FmtE4M3>();
   check_fp8<FmtE5M2>();
+  check_fp4();
   check_kind<K_SIGN>();
   check_kind<K_SIGNUM>();
   check_kind<K_LION_L1>();
