@@ -152,17 +152,33 @@ struct VFmt<FmtFP8<FMT, HAS_INF>> : VBlockEncoder<FmtFP8<FMT, HAS_INF>, VFmt<Fmt
     return fbits(bits(v) | sign);
   }
 
-  // Whether the n codes at r hold a NaN code (or an infinity, where the format has them).
-  static inline bool has_special(const uint8_t* r, const int64_t n) {
-    typedef uint8_t v8 __attribute__((vector_size(BYTES)));
-    typedef int8_t v8s __attribute__((vector_size(BYTES)));
-    v8s acc{};
-    int64_t j = 0;
-    for (; j + BYTES <= n; j += BYTES) {
-      const v8 mag = loadu<v8>(r + j) & (uint8_t)0x7F;
-      acc |= HAS_INF ? (v8s)(mag >= (uint8_t)TOP) : (v8s)(mag == (uint8_t)0x7F);
+  // Whether the n codes at r hold a NaN code (or an infinity, where the format has them): vectors
+  // of BYTES, then of 16 bytes (an MX block of 32 is shorter than an AVX-512 vector), then bytes.
+  template <class V8, class V8S>  // byte vectors, unsigned and signed
+  static SIGNOPT_VI bool special_in(const uint8_t* r) {
+    const V8 mag = loadu<V8>(r) & (uint8_t)0x7F;
+    const V8S hit = HAS_INF ? (V8S)(mag >= (uint8_t)TOP) : (V8S)(mag == (uint8_t)0x7F);
+    if constexpr (sizeof(V8) == BYTES) {
+      return any((vi)hit);
+    } else {
+      uint64_t h[sizeof(V8) / 8];
+      memcpy(h, &hit, sizeof(V8));
+      uint64_t o = 0;
+      for (size_t i = 0; i < sizeof(V8) / 8; ++i) o |= h[i];
+      return o != 0;
     }
-    bool found = any((vi)acc);  // (a loop over the bytes here compiles to a scalar loop)
+  }
+  static inline bool has_special(const uint8_t* r, const int64_t n) {
+    int64_t j = 0;
+    typedef uint8_t vB __attribute__((vector_size(BYTES)));
+    typedef int8_t vBs __attribute__((vector_size(BYTES)));
+    typedef uint8_t v16 __attribute__((vector_size(16)));
+    typedef int8_t v16s __attribute__((vector_size(16)));
+    for (; j + BYTES <= n; j += BYTES)
+      if (special_in<vB, vBs>(r + j)) return true;
+    for (; j + 16 <= n; j += 16)
+      if (special_in<v16, v16s>(r + j)) return true;
+    bool found = false;
     for (; j < n; ++j) {
       const uint32_t mag = r[j] & 0x7Fu;
       found |= HAS_INF ? mag >= TOP : mag == 0x7Fu;

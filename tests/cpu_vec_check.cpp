@@ -133,6 +133,7 @@ void check_fp8() {
       const int64_t blk = i / B;  // blocks of tiny, ordinary and huge values, some with NaN/inf
       x[(size_t)i] = blk % 5 == 4 ? special((uint32_t)i, -40, 40) : rndf(blk % 5 == 0 ? -140 : -20, blk % 5 == 1 ? 120 : 10);
       if (blk % 7 == 3 && rnd() % 4 == 0) x[(size_t)i] = 0.0f;
+      if (blk % 11 == 5) x[(size_t)i] = (rnd() & 1) ? 0.0f : u2f(rnd() & 0xFFu);  // zero/subnormal blocks
       w[(size_t)i] = rnd();
     }
     for (int sr = 0; sr < 2; ++sr) {
@@ -186,6 +187,7 @@ void check_fp4() {
       const int64_t blk = i / B;
       x[(size_t)i] = blk % 5 == 4 ? special((uint32_t)i, -40, 40) : rndf(blk % 5 == 0 ? -140 : -20, blk % 5 == 1 ? 120 : 10);
       if (blk % 7 == 3 && rnd() % 4 == 0) x[(size_t)i] = 0.0f;
+      if (blk % 11 == 5) x[(size_t)i] = (rnd() & 1) ? 0.0f : u2f(rnd() & 0xFFu);  // zero/subnormal blocks
       w[(size_t)i] = rnd();
     }
     for (int sr = 0; sr < 2; ++sr) {
@@ -531,6 +533,8 @@ int main() {
   check_bf16();
   check_fp8<FmtE4M3>();
   check_fp8<FmtE5M2>();
+  check_fp8<FmtMXE4M3>();
+  check_fp8<FmtMXE5M2>();
   check_fp4();
   check_kind<K_SIGN>();
   check_kind<K_SIGNUM>();
