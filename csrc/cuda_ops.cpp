@@ -43,7 +43,8 @@ at::Tensor step_cuda(SIGNOPT_STEP_PARAMS) {
   const at::Device device = params[0].device();
   c10::cuda::CUDAGuard guard(device);
   const std::vector<TensorRef> refs =
-      tensor_refs(params, grads, m, v, env, m_scale, v_scale, env_scale, signs, keys, offsets, seglens, bias);
+      tensor_refs(params, grads, m, v, env, m_scale, v_scale, env_scale, m_tensor_scale, v_tensor_scale,
+                  env_tensor_scale, signs, keys, offsets, seglens, bias);
   at::Tensor bad = at::zeros({}, params[0].options().dtype(at::kLong));
   if (refs.empty()) return bad;
   const int64_t nt = (int64_t)refs.size();
