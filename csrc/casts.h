@@ -288,8 +288,9 @@ SIGNOPT_HD float e2m1_value(uint32_t c) {
 //     block an E4M3 scale sb = max(e4m3_nearest(min((a_b * fp32(1/6)) / S, 448)), 2^-9) (a_b: the
 //     block's finite absmax; FmtE4M3's rounding and codes); the multiplier is eff = sb * S.
 // Codes as FmtFP8's (x * fp32(1/multiplier), clamp to +-6, e = max(exponent, 0), k = |y|/2^(e-1)
-// rounded, code (e << 1) + k), except that E2M1 has no NaN: a NaN codes as +0.  No vector codec
-// (VFmt): the CPU runs its scalar tiles.
+// rounded, code (e << 1) + k), except that E2M1 has no NaN: a NaN codes as +0.  Where each runs:
+// the CPU scalar tiles (no vector codec, VFmt); no CUDA kernel (cuda_ops.cpp and cpp_backend refuse
+// packed state on CUDA); Triton has its own MXFP4 codec (kernels/state_io.py) and no NVFP4 one.
 template <int FMT>
 struct FmtFP4 {
   using raw = uint8_t;  // a byte of two codes

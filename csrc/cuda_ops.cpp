@@ -38,8 +38,8 @@ at::Tensor step_cuda(SIGNOPT_STEP_PARAMS) {
   check_step_args(SIGNOPT_STEP_ARGS, at::kCUDA);
   TORCH_CHECK(!fmt_block_scaled((int)state_format) || state_block <= cuda::MAX_FP8_BLOCK,
               "signopt::step: FP8 state on CUDA needs state_block <= ", cuda::MAX_FP8_BLOCK, ", got ", state_block);
-  TORCH_CHECK(!fmt_packed((int)state_format), "signopt::step: packed 4-bit state (fp4_e2m1) has no CUDA kernel; "
-              "it runs on the CPU kernels and the torch backend");
+  TORCH_CHECK(!fmt_packed((int)state_format), "signopt::step: packed 4-bit state (fp4_e2m1, MXFP4 or NVFP4-style) "
+              "has no CUDA kernel; it runs on the CPU kernels and the torch backend");
   const at::Device device = params[0].device();
   c10::cuda::CUDAGuard guard(device);
   const std::vector<TensorRef> refs =
