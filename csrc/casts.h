@@ -10,6 +10,8 @@
 //       code = grid(clamp(x*inv, -Qmax, Qmax)), value = code*s
 //   MX block (E8M0 scale, state_format.e8m0_codes): byte E = max(exponent field of absmax - emax, 0),
 //       s = 2^(E-127) (2^-127, an fp32 subnormal, for E = 0; 0xFF decodes to NaN), then as FP8
+//   FP4 (E2M1, packed two a byte): MX scales (MXFP4) or E4M3 block scales times an fp32 tensor
+//       scale (NVFP4; state_format.nvfp4_encode): FmtFP4
 #pragma once
 #include <math.h>
 
@@ -277,30 +279,59 @@ SIGNOPT_HD float e2m1_value(uint32_t c) {
   return (c & 8u) ? -v : v;
 }
 
-// Packed E2M1 codes with E8M0 block scales (MXFP4, state_format.fp4_encode): two codes a byte,
-// element 2j in the low nibble of byte j (0 past the end of an odd count); blocks are even, so
-// a block never splits a byte.  The scale rule is the MX one with emax 2; codes as FmtFP8's
-// (clamp to +-6, e = max(exponent, 0), k = |y|/2^(e-1) rounded, code (e << 1) + k), except that
-// E2M1 has no NaN: a NaN codes as +0.  No vector codec (VFmt) and no CUDA/Triton kernel: the CPU
-// runs its scalar tiles.
+// Packed E2M1 codes (two a byte, element 2j in the low nibble of byte j, 0 past the end of an odd
+// count; blocks are even, so a block never splits a byte) with one scale per block, of either kind:
+//   MXFP4 (fmt_scale_e8m0, state_format.fp4_encode): the MX scale rule with emax 2, stored as an
+//     E8M0 byte; the block's multiplier is that power of two.
+//   NVFP4 (fmt_tensor_scale, state_format.nvfp4_encode): one fp32 tensor scale
+//     S = max(T * fp32(1/2688), 2^-126) (T: finite absmax of the whole tensor, 6*448 = 2688) and per
+//     block an E4M3 scale sb = max(e4m3_nearest(min((a_b * fp32(1/6)) / S, 448)), 2^-9) (a_b: the
+//     block's finite absmax; FmtE4M3's rounding and codes); the multiplier is eff = sb * S.
+// Codes as FmtFP8's (x * fp32(1/multiplier), clamp to +-6, e = max(exponent, 0), k = |y|/2^(e-1)
+// rounded, code (e << 1) + k), except that E2M1 has no NaN: a NaN codes as +0.  Where each runs:
+// on the CPU, MXFP4 in the vector loops (cpu_vformats.h's VFmt<FmtE2M1>) and NVFP4 in the scalar
+// tiles; no CUDA kernel (cuda_ops.cpp and cpp_backend refuse packed state on CUDA); Triton has its
+// own codecs (kernels/state_io.py).
 template <int FMT>
 struct FmtFP4 {
   using raw = uint8_t;  // a byte of two codes
-  using scale_raw = uint8_t;
+  using scale_raw = uint8_t;  // an E8M0 byte, or an E4M3 code
   static constexpr bool blocked = fmt_block_scaled(FMT);
   static constexpr bool packed = fmt_packed(FMT);
-  static_assert(blocked && packed && fmt_scale_e8m0(FMT), "FmtFP4: packed, E8M0-scaled");
+  static constexpr bool tensor_scaled = fmt_tensor_scale(FMT);
+  static_assert(blocked && packed && (fmt_scale_e8m0(FMT) != tensor_scaled), "FmtFP4: packed, E8M0 or E4M3 scales");
   static constexpr int M = fmt_mantissa_bits(FMT), EMIN = fmt_emin(FMT), EMAX = fmt_emax(FMT);
   static constexpr float qmax = fmt_max_finite(FMT);
-  static SIGNOPT_HD float scale_of(float absmax) {
+  // NVFP4: the tensor scale of a tensor of finite absmax T
+  static SIGNOPT_HD float tensor_scale_of(float T) {
+    const float s = T * (float)(1.0 / (6.0 * 448.0));
+    return s < 1.17549435e-38f ? 1.17549435e-38f : s;  // max(s, 2^-126)
+  }
+  // The block scale (fp32 value of what put_scale stores) of a block of finite absmax a: MX
+  // 2^(floor(log2(a)) - emax), at least 2^-127; NVFP4 sb under tensor scale S (S unused by MX).
+  static SIGNOPT_HD float scale_of(float absmax, float S) {
+    if (tensor_scaled) return FmtE4M3::load((uint8_t)e4m3_block_code(absmax, S), 1.0f);
     const int e = (int)(f2u(absmax) >> 23) - EMAX;
     return e8m0_value(e < 0 ? 0u : (uint32_t)e);
   }
-  static SIGNOPT_HD float get_scale(const void* p, int64_t b) { return e8m0_value(((const uint8_t*)p)[b]); }
-  static SIGNOPT_HD void put_scale(void* p, int64_t b, float s) { ((uint8_t*)p)[b] = e8m0_code(s); }
+  // NVFP4: the E4M3 code of sb: nearest even of min((a * fp32(1/6)) / S, 448), at least the
+  // smallest subnormal 2^-9 (code 1; the quotient is >= 0)
+  static SIGNOPT_HD uint32_t e4m3_block_code(float absmax, float S) {
+    const uint32_t c = FmtE4M3::encode((absmax * (float)(1.0 / 6.0)) / S, 1.0f, false, 0u);
+    return c < 1u ? 1u : c;
+  }
+  static SIGNOPT_HD float get_scale(const void* p, int64_t b) {
+    const uint8_t c = ((const uint8_t*)p)[b];
+    return tensor_scaled ? FmtE4M3::load(c, 1.0f) : e8m0_value(c);
+  }
+  static SIGNOPT_HD void put_scale(void* p, int64_t b, float s) {  // s: one of scale_of's (exact)
+    ((uint8_t*)p)[b] = tensor_scaled ? FmtE4M3::encode(s, 1.0f, false, 0u) : e8m0_code(s);
+  }
+  // The multiplier of a block of stored scale s under tensor scale S: s * S (NVFP4), s (MX).
+  static SIGNOPT_HD float multiplier(float s, float S) { return tensor_scaled ? s * S : s; }
   // the code of element i of packed bytes r
   static SIGNOPT_HD uint32_t code_at(const raw* r, int64_t i) { return ((uint32_t)r[i >> 1] >> ((i & 1) * 4)) & 0xFu; }
-  static SIGNOPT_HD float load_code(uint32_t c, float scale) { return e2m1_value(c) * scale; }
+  static SIGNOPT_HD float load_code(uint32_t c, float mult) { return e2m1_value(c) * mult; }
   static SIGNOPT_HD uint32_t encode(float x, float inv, bool sr, uint32_t w) {
     float y = x * inv;
     y = y < -qmax ? -qmax : (y > qmax ? qmax : y);  // clamp (NaN stays NaN)
@@ -315,5 +346,6 @@ struct FmtFP4 {
   }
 };
 using FmtE2M1 = FmtFP4<FMT_FP4_E2M1>;
+using FmtNVFP4 = FmtFP4<FMT_FP4_E2M1_E4M3>;
 
 }  // namespace signopt

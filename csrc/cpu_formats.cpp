@@ -73,35 +73,42 @@ void store_block(void* raw, void* scale, int64_t block, int64_t a, int64_t n, co
   F::put_scale(scale, a / block, encode_block<F>(r, n, vals, sr, words));
 }
 
-// Packed 4-bit codes (FmtFP4): any range [a, a+n) decoded with its blocks' scales (the vector
-// decode from an even element, where simd).
+// Packed 4-bit codes (FmtFP4): any range [a, a+n) decoded with its blocks' multipliers (the block
+// scale, times the tensor scale ts for NVFP4); the vector decode from an even element, where the
+// format has one (MXFP4) and simd.
 template <class F>
-void load_packed(const void* raw, const void* scale, int64_t block, int64_t a, int64_t n, float* out, bool simd) {
+void load_packed(const void* raw, const void* scale, int64_t block, int64_t a, int64_t n, float* out, float ts,
+                 bool simd) {
   const typename F::raw* r = (const typename F::raw*)raw;
   for (int64_t i = a; i < a + n;) {
     const int64_t b = i / block;
     const int64_t e = std::min((b + 1) * block, a + n);
-    const float sc = F::get_scale(scale, b);
-    if (simd && i % 2 == 0) {
-      vec::VFmt<F>::decode(r + (i >> 1), e - i, sc, out + (i - a));
-      i = e;
+    const float mult = F::multiplier(F::get_scale(scale, b), ts);
+    if constexpr (vec::VFmt<F>::ok) {
+      if (simd && i % 2 == 0) {
+        vec::VFmt<F>::decode(r + (i >> 1), e - i, mult, out + (i - a));
+        i = e;
+      }
     }
-    for (; i < e; ++i) out[i - a] = F::load_code(F::code_at(r, i), sc);
+    for (; i < e; ++i) out[i - a] = F::load_code(F::code_at(r, i), mult);
   }
 }
 
-// One block [a, a+n) of packed 4-bit codes (a even): its block_scale, then the codes
-// two a byte (a pad nibble of 0 after an odd last element).
+// One block [a, a+n) of packed 4-bit codes (a even): its block_scale (under tensor scale ts for
+// NVFP4), then the codes of x * (1/multiplier) two a byte (a pad nibble of 0 after an odd last
+// element).
 template <class F>
 void store_packed(void* raw, void* scale, int64_t block, int64_t a, int64_t n, const float* vals, bool sr,
-                  const uint32_t* words, bool simd) {
+                  const uint32_t* words, float ts, bool simd) {
   typename F::raw* r = (typename F::raw*)raw + (a >> 1);
-  if (simd) {
-    F::put_scale(scale, a / block, vec::VFmt<F>::encode_block(r, n, vals, sr ? words : nullptr));
-    return;
+  if constexpr (vec::VFmt<F>::ok) {
+    if (simd) {
+      F::put_scale(scale, a / block, vec::VFmt<F>::encode_block(r, n, vals, sr ? words : nullptr));
+      return;
+    }
   }
-  const float sc = block_scale<F>(vals, n);
-  const float inv = 1.0f / sc;
+  const float sc = block_scale<F>(vals, n, ts);
+  const float inv = 1.0f / F::multiplier(sc, ts);
   for (int64_t j = 0; j < n; j += 2) {
     const uint32_t lo = F::encode(vals[j], inv, sr, sr ? words[j] : 0u);
     const uint32_t hi = j + 1 < n ? F::encode(vals[j + 1], inv, sr, sr ? words[j + 1] : 0u) : 0u;
@@ -111,11 +118,12 @@ void store_packed(void* raw, void* scale, int64_t block, int64_t a, int64_t n, c
 }
 
 template <class F>
-float* load_fmt(void* raw, const void* scale, int64_t block, int64_t a, int64_t n, float* out, bool simd) {
+float* load_fmt(void* raw, const void* scale, int64_t block, int64_t a, int64_t n, float* out, bool simd,
+                float ts) {
   if constexpr (std::is_same<F, FmtF32>::value) {
     return (float*)raw + a;  // fp32: the tensor memory itself
   } else if constexpr (F::packed) {
-    load_packed<F>(raw, scale, block, a, n, out, simd);
+    load_packed<F>(raw, scale, block, a, n, out, ts, simd);
   } else if constexpr (F::blocked) {
     load_blocks<F>(raw, scale, block, a, n, out, simd);
   } else {
@@ -126,11 +134,11 @@ float* load_fmt(void* raw, const void* scale, int64_t block, int64_t a, int64_t 
 
 template <class F>
 void store_fmt(void* raw, void* scale, int64_t block, int64_t a, int64_t n, const float* vals, bool sr,
-               const uint32_t* words, bool simd) {
+               const uint32_t* words, bool simd, float ts) {
   if constexpr (std::is_same<F, FmtF32>::value) {
     return;  // computed in place
   } else if constexpr (F::packed) {
-    store_packed<F>(raw, scale, block, a, n, vals, sr, words, simd);
+    store_packed<F>(raw, scale, block, a, n, vals, sr, words, ts, simd);
   } else if constexpr (F::blocked) {
     store_block<F>(raw, scale, block, a, n, vals, sr, words, simd);
   } else {
@@ -141,20 +149,20 @@ void store_fmt(void* raw, void* scale, int64_t block, int64_t a, int64_t n, cons
 }  // namespace
 
 float* load_range(int fmt, void* raw, const void* scale, int64_t block, int64_t a, int64_t n, float* out,
-                  bool simd) {
+                  bool simd, float ts) {
 #define SIGNOPT_LOAD_CASE(F, C) \
   case F:                       \
-    return load_fmt<C>(raw, scale, block, a, n, out, simd);
+    return load_fmt<C>(raw, scale, block, a, n, out, simd, ts);
   switch (fmt) { SIGNOPT_FORMATS(SIGNOPT_LOAD_CASE) }
 #undef SIGNOPT_LOAD_CASE
   throw std::invalid_argument("signopt: load_range of an unknown format");
 }
 
 void store_range(int fmt, void* raw, void* scale, int64_t block, int64_t a, int64_t n, const float* vals,
-                 bool sr, const uint32_t* words, bool simd) {
+                 bool sr, const uint32_t* words, bool simd, float ts) {
 #define SIGNOPT_STORE_CASE(F, C) \
   case F:                        \
-    return store_fmt<C>(raw, scale, block, a, n, vals, sr, words, simd);
+    return store_fmt<C>(raw, scale, block, a, n, vals, sr, words, simd, ts);
   switch (fmt) { SIGNOPT_FORMATS(SIGNOPT_STORE_CASE) }
 #undef SIGNOPT_STORE_CASE
   throw std::invalid_argument("signopt: store_range of an unknown format");

@@ -1,12 +1,14 @@
 // CPU kernels: one call runs a rule over a whole list of tensors of one (param dtype, state
 // format) combination, multi-threaded with at::parallel_for over fixed work items.
 //
-// Passes (group by group: the first two over a group of tensors of at most GROUP_BYTES, then the
+// Passes (group by group: the first three over a group of tensors of at most GROUP_BYTES, then the
 // group's apply pass, so that it finds g and the state in L3; see GroupKernel::run):
 //   reduce  (lion l2/row_l2/lp norms, row/block/tensor envelopes): fixed chunks of each segment,
 //           fp64 sums in the lane order of rules.h (or NaN-propagating max), folded in chunk order
 //   count   (cautious): exact integer count of kept coordinates per tensor
-//   apply   : every element once: decode, rule, encode (FP8: one block at a time)
+//   scan    (NVFP4 state): the rule evaluated, nothing written: the finite absmax of each new state
+//           per tensor, whose tensor scale the apply pass encodes against (scalar tiles)
+//   apply   : every element once: decode, rule, encode (FP8/FP4: one block at a time)
 // Two implementations of each pass, the same bits:
 //   * the vector loops (cpu_vloops.h on the portable vector layer cpu_vec.h: AVX-512, AVX2, SSE,
 //     NEON, ... whatever the build targets), one fused loop from the stored values to the stored
@@ -66,15 +68,20 @@ struct Call {
 
 // Decoded fp32 values of elements [a, a+n) (fp32 storage: the tensor memory itself, so the
 // rule computes in place).  Blocked formats: the scale of block i / block (fp32, or an E8M0 byte:
-// the codec's get_scale) multiplies each code.  simd: the
-// vector codecs (cpu_vformats.h) where the format has one.
+// the codec's get_scale) multiplies each code; NVFP4 (fmt_tensor_scale): times the tensor scale ts
+// (every other format ignores ts).  simd: the vector codecs (cpu_vformats.h) where the format has one.
 float* load_range(int fmt, void* raw, const void* scale, int64_t block, int64_t a, int64_t n, float* out,
-                  bool simd);
+                  bool simd, float ts);
 
-// Store fp32 values of [a, a+n) (nothing for fp32, computed in place); for FP8, [a, a+n) is
-// exactly one block and its new scale is written too.  sr: stochastic rounding with `words`.
+// Store fp32 values of [a, a+n) (nothing for fp32, computed in place); for FP8/FP4, [a, a+n) is
+// exactly one block and its new scale is written too (NVFP4: relative to the new tensor scale ts).
+// sr: stochastic rounding with `words`.
 void store_range(int fmt, void* raw, void* scale, int64_t block, int64_t a, int64_t n, const float* vals,
-                 bool sr, const uint32_t* words, bool simd);
+                 bool sr, const uint32_t* words, bool simd, float ts);
+
+// The stored tensor scale (NVFP4) of a state whose pointer p is null for every other format, whose
+// loads and stores ignore it: 1 then.
+inline float tensor_scale_at(const float* p) { return p != nullptr ? *p : 1.0f; }
 
 // ---------------------------------------------------------------- FP8 block kernels (scalar)
 // Decode n codes of one block with its scale.
@@ -83,15 +90,16 @@ inline void load_block(const typename F::raw* __restrict r, const float sc, cons
   for (int64_t k = 0; k < n; ++k) out[k] = F::load(r[k], sc);
 }
 
-// A block's scale from the absmax of its n finite values (an integer max over the bits of |x|).
-template <class F>
-inline float block_scale(const float* __restrict vals, const int64_t n) {
+// A block's scale from the absmax of its n finite values (an integer max over the bits of |x|);
+// `extra` goes on to F::scale_of (FP4: the tensor scale).
+template <class F, class... Extra>
+inline float block_scale(const float* __restrict vals, const int64_t n, const Extra... extra) {
   uint32_t amax = 0u;
   for (int64_t j = 0; j < n; ++j) {
     const uint32_t x = F::abs_bits(vals[j]);
     amax = x > amax ? x : amax;
   }
-  return F::scale_of(u2f(amax));
+  return F::scale_of(u2f(amax), extra...);
 }
 
 // Encode n values of one block: its block_scale, codes by F::encode; returns the scale.
@@ -169,6 +177,7 @@ struct GroupKernel {
   std::vector<int64_t> seg_base;  // first segment of each tensor in segv
   std::vector<float> segv;        // per segment: fp32 norm, or new envelope value
   std::vector<float> cscale;      // per tensor: cautious scale
+  std::vector<float> new_tscale;  // per tensor: this step's tensor scales of m, v, G (NVFP4; else empty)
 
   GroupKernel(const Call& call, int pfmt, int sfmt) : c(call), s(call.s), pf(pfmt), sf(sfmt) {
     needs_seg = kind_kappa_norm(K) || (STO && s.envelope != ENV_ELEMENT);
@@ -286,12 +295,17 @@ struct GroupKernel {
     return kept;
   }
 
-  // Decodes the tile, evaluates the rule and (STORE) writes the results, or (COUNT) returns
-  // the number of kept cautious coordinates.  Returns the non-finite count when STORE.
-  template <bool STORE>
-  int64_t tile_eval(const TensorRef& t, int64_t tix, int64_t a, int64_t n, Buffers& B, const bool simd,
-                    ItemStats* st) const {
-    float* seg = B.seg.data();
+  // The decoded inputs of a tile: p, the gradient after the prologue (gp) and its bad flags, the
+  // states (old tensor scales), the segment values and the words of the purposes this pass draws
+  // (ROUNDING: the state and parameter rounding words too).
+  struct TileIn {
+    float *p, *gp, *m, *v, *E, *seg;
+    uint32_t *W0, *W1, *W2, *badv;
+  };
+  template <bool ROUNDING>
+  TileIn tile_in(const TensorRef& t, int64_t tix, int64_t a, int64_t n, Buffers& B, const bool simd) const {
+    TileIn in{nullptr, B.gp.data(), B.m.data(), B.v.data(), B.e.data(), B.seg.data(),
+              B.w0.data(), B.w1.data(), B.w2.data(), B.bad.data()};
     if (needs_seg) {
       const int64_t L = seg_len(t);
       const float* sv = segv.data() + seg_base[tix];
@@ -300,39 +314,100 @@ struct GroupKernel {
         const int64_t sidx = i / L;
         const int64_t e = std::min((sidx + 1) * L, a + n);
         const float val = sv[sidx];
-        for (int64_t k = i; k < e; ++k) seg[k - a] = val;
+        for (int64_t k = i; k < e; ++k) in.seg[k - a] = val;
         i = e;
       }
     }
-    uint32_t* W0 = B.w0.data();
-    uint32_t* W1 = B.w1.data();
-    uint32_t* W2 = B.w2.data();
     const uint64_t i0 = t.offset + (uint64_t)a;  // the full-tensor index of element a
-    if (sign_words) philox_words(t.k0, t.k1, PURPOSE_SIGN, i0, n, W0, simd);
-    if (STORE && state_words) philox_words(t.k0, t.k1, PURPOSE_STATE_ROUNDING, i0, n, W1, simd);
-    if (STORE && param_words) philox_words(t.k0, t.k1, PURPOSE_PARAM_ROUNDING, i0, n, W2, simd);
-    float* p = load_range(pf, t.p, nullptr, 0, a, n, B.p.data(), simd);
-    const float* g = load_range(pf, const_cast<void*>(t.g), nullptr, 0, a, n, B.g.data(), simd);
-    float* m = B.m.data();
-    float* v = B.v.data();
-    float* E = B.e.data();
-    if (HAS_M) m = load_range(sf, t.m, t.m_scale, c.block, a, n, B.m.data(), simd);
-    if (HAS_V) v = load_range(sf, t.v, t.v_scale, c.block, a, n, B.v.data(), simd);
-    if (elem_env) E = load_range(sf, t.G, t.G_scale, c.block, a, n, B.e.data(), simd);
-    float* gp = B.gp.data();
-    uint32_t* badv = B.bad.data();
-    prologue_loop(s, n, p, g, gp, badv);
+    if (sign_words) philox_words(t.k0, t.k1, PURPOSE_SIGN, i0, n, in.W0, simd);
+    if (ROUNDING && state_words) philox_words(t.k0, t.k1, PURPOSE_STATE_ROUNDING, i0, n, in.W1, simd);
+    if (ROUNDING && param_words) philox_words(t.k0, t.k1, PURPOSE_PARAM_ROUNDING, i0, n, in.W2, simd);
+    in.p = load_range(pf, t.p, nullptr, 0, a, n, B.p.data(), simd, 1.0f);
+    const float* g = load_range(pf, const_cast<void*>(t.g), nullptr, 0, a, n, B.g.data(), simd, 1.0f);
+    if (HAS_M) in.m = load_range(sf, t.m, t.m_scale, c.block, a, n, B.m.data(), simd, tensor_scale_at(t.m_tscale));
+    if (HAS_V) in.v = load_range(sf, t.v, t.v_scale, c.block, a, n, B.v.data(), simd, tensor_scale_at(t.v_tscale));
+    if (elem_env) in.E = load_range(sf, t.G, t.G_scale, c.block, a, n, B.e.data(), simd, tensor_scale_at(t.G_tscale));
+    prologue_loop(s, n, in.p, g, in.gp, in.badv);
+    return in;
+  }
+
+  // Decodes the tile, evaluates the rule and (STORE) writes the results, or (COUNT) returns
+  // the number of kept cautious coordinates.  Returns the non-finite count when STORE.
+  template <bool STORE>
+  int64_t tile_eval(const TensorRef& t, int64_t tix, int64_t a, int64_t n, Buffers& B, const bool simd,
+                    ItemStats* st) const {
+    const TileIn in = tile_in<STORE>(t, tix, a, n, B, simd);
     const float cs = s.cautious ? cscale[tix] : 1.0f;
-    const int64_t acc = STORE ? apply_loop(s, cs, t.bc1, t.bc2, n, p, gp, m, v, E, seg, W0, badv,
-                                           st ? t.sign + a : nullptr, st)
-                              : count_loop(s, t.bc1, t.bc2, n, p, gp, m, v, E, seg, W0, badv);
+    const int64_t acc = STORE ? apply_loop(s, cs, t.bc1, t.bc2, n, in.p, in.gp, in.m, in.v, in.E, in.seg, in.W0,
+                                           in.badv, st ? t.sign + a : nullptr, st)
+                              : count_loop(s, t.bc1, t.bc2, n, in.p, in.gp, in.m, in.v, in.E, in.seg, in.W0, in.badv);
     if (STORE) {
-      store_range(pf, t.p, nullptr, 0, a, n, p, param_words, W2, simd);
-      if (HAS_M) store_range(sf, t.m, t.m_scale, c.block, a, n, m, state_words, W1, simd);
-      if (HAS_V) store_range(sf, t.v, t.v_scale, c.block, a, n, v, state_words, W1, simd);
-      if (elem_env) store_range(sf, t.G, t.G_scale, c.block, a, n, E, state_words, W1, simd);
+      const float* ts = new_tscale.empty() ? nullptr : new_tscale.data() + 3 * tix;  // NVFP4: this step's
+      store_range(pf, t.p, nullptr, 0, a, n, in.p, param_words, in.W2, simd, 1.0f);
+      if (HAS_M) store_range(sf, t.m, t.m_scale, c.block, a, n, in.m, state_words, in.W1, simd, ts ? ts[0] : 1.0f);
+      if (HAS_V) store_range(sf, t.v, t.v_scale, c.block, a, n, in.v, state_words, in.W1, simd, ts ? ts[1] : 1.0f);
+      if (elem_env) store_range(sf, t.G, t.G_scale, c.block, a, n, in.E, state_words, in.W1, simd, ts ? ts[2] : 1.0f);
     }
     return acc;
+  }
+
+  // ================================================================ tensor scales (NVFP4)
+  // The finite absmax (as integer bits, FmtNVFP4::abs_bits) of the new m, v and element G of n
+  // elements -- the value the apply pass stores, the old one where bad -- maxed into am[0..2].
+  __attribute__((noipa)) static void scan_loop(const Scalars sc, const float bc1, const float bc2, const int64_t n,
+                                               const float* __restrict p, const float* __restrict g,
+                                               const float* __restrict m, const float* __restrict v,
+                                               const float* __restrict E, const float* __restrict seg,
+                                               const uint32_t* __restrict W0, const uint32_t* __restrict badv,
+                                               uint32_t* __restrict am) {
+    for (int64_t j = 0; j < n; ++j) {
+      const ElemIn in = elem_in(p, g, m, v, E, j);
+      const bool bad = badv[j] != 0;
+      const ElemOut o = direction_after_prologue<K>(sc, in, g[j], bad, seg[j], W0[j], bc1, bc2);
+      if (HAS_M) am[0] = std::max(am[0], FmtNVFP4::abs_bits(bad ? in.m : o.m));
+      if (HAS_V) am[1] = std::max(am[1], FmtNVFP4::abs_bits(bad ? in.v : o.v));
+      if (STO && sc.envelope == ENV_ELEMENT) am[2] = std::max(am[2], FmtNVFP4::abs_bits(bad ? in.G : o.G));
+    }
+  }
+
+  // The tensor scales of this step's new state of tensors [t0, t1) into new_tscale (three per
+  // tensor: m, v, G): a pass over their work items that evaluates the rule and writes nothing,
+  // then per tensor S = FmtNVFP4::tensor_scale_of(T), T the max of its items' absmax (an integer
+  // max: independent of the thread count).  The apply pass encodes against them.
+  void scan_tensor_scales(const int64_t t0, const int64_t t1) {
+    const int64_t k0 = item_base[t0], k1 = item_base[t1];
+    std::vector<uint32_t> am(3 * (size_t)(k1 - k0), 0u);
+    at::parallel_for(k0, k1, 1, [&](int64_t ib, int64_t ie) {
+      Buffers B(tile);
+      const bool simd = simd_here();
+      for (int64_t k = ib; k < ie; ++k) {
+        const Item& it = items[k];
+        const TensorRef& t = c.t[it.t];
+        uint32_t* out = am.data() + 3 * (k - k0);
+        for (int64_t a = it.a; a < it.b; a += tile) {
+          const int64_t n = std::min(tile, it.b - a);
+          const TileIn in = tile_in<false>(t, it.t, a, n, B, simd);
+          scan_loop(s, t.bc1, t.bc2, n, in.p, in.gp, in.m, in.v, in.E, in.seg, in.W0, in.badv, out);
+        }
+      }
+    });
+    for (int64_t i = t0; i < t1; ++i) {
+      for (int slot = 0; slot < 3; ++slot) {
+        uint32_t T = 0u;
+        for (int64_t k = item_base[i]; k < item_base[i + 1]; ++k) T = std::max(T, am[3 * (k - k0) + slot]);
+        new_tscale[3 * i + slot] = FmtNVFP4::tensor_scale_of(u2f(T));
+      }
+    }
+  }
+
+  // Store the tensor scales of tensors [t0, t1) (after their apply pass, which decodes the old ones).
+  void put_tensor_scales(const int64_t t0, const int64_t t1) const {
+    for (int64_t i = t0; i < t1; ++i) {
+      const TensorRef& t = c.t[i];
+      float* const dst[3] = {t.m_tscale, t.v_tscale, t.G_tscale};
+      for (int slot = 0; slot < 3; ++slot)
+        if (dst[slot] != nullptr) *dst[slot] = new_tscale[3 * i + slot];
+    }
   }
 
   // The tiles of work items [ib, ie) (STORE: apply, else the cautious count) into out[k].
@@ -613,10 +688,12 @@ struct GroupKernel {
       return 0.0;  // no reduction
     }
     // without l2 weight decay the values do not depend on p: do not stream it in
-    const float* p = s.l2 != 0.0f ? load_range(pf, t.p, nullptr, 0, a, n, B.p.data(), simd) : nullptr;
-    const float* g = load_range(pf, const_cast<void*>(t.g), nullptr, 0, a, n, B.g.data(), simd);
-    const float* m = HAS_M ? load_range(sf, t.m, t.m_scale, c.block, a, n, B.m.data(), simd) : nullptr;
-    const float* v = HAS_V ? load_range(sf, t.v, t.v_scale, c.block, a, n, B.v.data(), simd) : nullptr;
+    const float* p = s.l2 != 0.0f ? load_range(pf, t.p, nullptr, 0, a, n, B.p.data(), simd, 1.0f) : nullptr;
+    const float* g = load_range(pf, const_cast<void*>(t.g), nullptr, 0, a, n, B.g.data(), simd, 1.0f);
+    const float* m =
+        HAS_M ? load_range(sf, t.m, t.m_scale, c.block, a, n, B.m.data(), simd, tensor_scale_at(t.m_tscale)) : nullptr;
+    const float* v =
+        HAS_V ? load_range(sf, t.v, t.v_scale, c.block, a, n, B.v.data(), simd, tensor_scale_at(t.v_tscale)) : nullptr;
     if constexpr (K != K_LION_LP) {
       if (simd) {
         if constexpr (STO) {
@@ -726,9 +803,11 @@ struct GroupKernel {
       if (c.stats) stats_skipped(c.stats, n);
       return n;
     }
-    const bool passes = needs_seg || s.cautious;
+    const bool tscaled = fmt_tensor_scale(sf) && (HAS_M || HAS_V || elem_env);
+    const bool passes = needs_seg || s.cautious || tscaled;
     if (needs_seg) reduce_layout();
     if (s.cautious) cscale.resize(c.t.size());
+    if (tscaled) new_tscale.resize(3 * c.t.size());
     std::vector<int64_t> bad(items.size(), 0), kept(s.cautious ? items.size() : 0, 0);
     std::vector<ItemStats> istats(c.stats ? items.size() : 0);
     for (int64_t t0 = 0, t1; t0 < (int64_t)c.t.size(); t0 = t1) {
@@ -742,7 +821,9 @@ struct GroupKernel {
           cscale[i] = (float)c.t[i].numel / (float)(per + 1);
         }
       }
+      if (tscaled) scan_tensor_scales(t0, t1);
       run_items<true>(Span{item_base[t0], item_base[t1], bad.data(), c.stats ? istats.data() : nullptr});
+      if (tscaled) put_tensor_scales(t0, t1);
     }
     if (STO && s.envelope != ENV_ELEMENT) {
       for (size_t i = 0; i < c.t.size(); ++i)
@@ -775,7 +856,7 @@ struct GroupKernel {
         int64_t acc = 0;
         for (int64_t a = it.a; a < it.b; a += TILE) {
           const int64_t n = std::min(TILE, it.b - a);
-          const float* g = load_range(pf, const_cast<void*>(c.t[it.t].g), nullptr, 0, a, n, gb.data(), simd);
+          const float* g = load_range(pf, const_cast<void*>(c.t[it.t].g), nullptr, 0, a, n, gb.data(), simd, 1.0f);
           for (int64_t j = 0; j < n; ++j) {
             bool bad;
             prologue(s, 0.0f, g[j], bad);

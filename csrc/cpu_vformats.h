@@ -101,7 +101,7 @@ struct VFmt<FmtBF16> {
 constexpr float exp2i(int e) { return e > 0 ? 2.0f * exp2i(e - 1) : (e < 0 ? 0.5f * exp2i(e + 1) : 1.0f); }
 
 // A block format's encoder from its codes (VF::encode_codes(r, n, vals, inv, words)): the finite
-// absmax (its bits), the scale F::scale_of, the codes of vals * (1/scale) (casts.h's block_scale
+// absmax (its bits), the scale VF::scale_of, the codes of vals * (1/scale) (casts.h's block_scale
 // and encode_block).
 template <class F, class VF>
 struct VBlockEncoder {
@@ -119,7 +119,7 @@ struct VBlockEncoder {
   // the codes with amax (the bits of the values' finite absmax); returns the scale
   static inline float encode_amax(typename F::raw* r, const int64_t n, const float* vals, const uint32_t amax,
                                   const uint32_t* words) {
-    const float sc = F::scale_of(u2f(amax));
+    const float sc = VF::scale_of(u2f(amax));
     VF::encode_codes(r, n, vals, 1.0f / sc, words);
     return sc;
   }
@@ -132,6 +132,7 @@ template <int FMT, bool HAS_INF>
 struct VFmt<FmtFP8<FMT, HAS_INF>> : VBlockEncoder<FmtFP8<FMT, HAS_INF>, VFmt<FmtFP8<FMT, HAS_INF>>> {
   static constexpr bool ok = true;
   using F = FmtFP8<FMT, HAS_INF>;
+  static SIGNOPT_VI float scale_of(const float absmax) { return F::scale_of(absmax); }
   using raw = uint8_t;
   static constexpr int M = F::M, EMIN = F::EMIN, BIAS = F::BIAS, SHIFT = 23 - M;
   static constexpr float POW = exp2i(127 - BIAS);  // fp8_value's 2^(127-BIAS)
@@ -263,14 +264,16 @@ SIGNOPT_VI vu unzip(const vu a, const vu b, std::index_sequence<I...>) {
   return __builtin_shufflevector(a, b, (int)(2 * I + ODD)...);
 }
 
-// Packed E2M1 codes with E8M0 block scales (FmtFP4).  The vector loops run on a block's values
+// Packed E2M1 codes with E8M0 block scales (MXFP4; NVFP4's tensor scale has no vector form: it
+// runs the scalar tiles).  The vector loops run on a block's values
 // decoded to fp32 (decode) and encode its new values (encode_block), two codes a byte, element 2j
 // in the low nibble of byte j: W bytes a step, as 2W lanes.  Codes as FmtFP4::encode: clamp to
 // +-6, the grid code of |y| with the sign; NaN -> +0.
-template <int FMT>
-struct VFmt<FmtFP4<FMT>> : VBlockEncoder<FmtFP4<FMT>, VFmt<FmtFP4<FMT>>> {
+template <>
+struct VFmt<FmtE2M1> : VBlockEncoder<FmtE2M1, VFmt<FmtE2M1>> {
   static constexpr bool ok = true;
-  using F = FmtFP4<FMT>;
+  using F = FmtE2M1;
+  static SIGNOPT_VI float scale_of(const float absmax) { return F::scale_of(absmax, 1.0f); }  // (MX: no tensor scale)
   static constexpr int M = F::M, EMIN = F::EMIN;
   using Lanes = std::make_index_sequence<W>;
 

@@ -38,12 +38,13 @@ at::Tensor step_cuda(SIGNOPT_STEP_PARAMS) {
   check_step_args(SIGNOPT_STEP_ARGS, at::kCUDA);
   TORCH_CHECK(!fmt_block_scaled((int)state_format) || state_block <= cuda::MAX_FP8_BLOCK,
               "signopt::step: FP8 state on CUDA needs state_block <= ", cuda::MAX_FP8_BLOCK, ", got ", state_block);
-  TORCH_CHECK(!fmt_packed((int)state_format), "signopt::step: packed 4-bit state (fp4_e2m1) has no CUDA kernel; "
-              "it runs on the CPU kernels and the torch backend");
+  TORCH_CHECK(!fmt_packed((int)state_format), "signopt::step: packed 4-bit state (fp4_e2m1, MXFP4 or NVFP4-style) "
+              "has no CUDA kernel; it runs on the CPU kernels and the torch backend");
   const at::Device device = params[0].device();
   c10::cuda::CUDAGuard guard(device);
   const std::vector<TensorRef> refs =
-      tensor_refs(params, grads, m, v, env, m_scale, v_scale, env_scale, signs, keys, offsets, seglens, bias);
+      tensor_refs(params, grads, m, v, env, m_scale, v_scale, env_scale, m_tensor_scale, v_tensor_scale,
+                  env_tensor_scale, signs, keys, offsets, seglens, bias);
   at::Tensor bad = at::zeros({}, params[0].options().dtype(at::kLong));
   if (refs.empty()) return bad;
   const int64_t nt = (int64_t)refs.size();

@@ -16,6 +16,9 @@ struct TensorRef {
   void* m_scale;      // FP8 block scales of m / v / G (null otherwise): fp32, or E8M0 bytes (MX)
   void* v_scale;
   void* G_scale;
+  float* m_tscale;    // per-tensor fp32 scales of m / v / G (one float each; NVFP4, null otherwise)
+  float* v_tscale;
+  float* G_tscale;
   int8_t* sign;       // step statistics: the previous update sign per element (-1, 0, +1), or null
   int64_t numel;
   int64_t seglen;     // reduction segment: row length, envelope block or numel (0: none)

@@ -1,8 +1,9 @@
 // Operator schemas of torch.ops.signopt.* (TORCH_LIBRARY) and their CPU implementations.
 // The CUDA implementations are registered by cuda_ops.cpp when torch has CUDA.
 //
-// step: the schema is SIGNOPT_STEP_SCHEMA (signopt.declaration.step_schema()): the ten tensor
-//   lists by position (params, grads, m, v, env, m_scale, v_scale, env_scale, signs, stats: lists a
+// step: the schema is SIGNOPT_STEP_SCHEMA (signopt.declaration.step_schema()): the thirteen tensor
+//   lists by position (params, grads, m, v, env, m_scale, v_scale, env_scale, m_tensor_scale,
+//   v_tensor_scale, env_tensor_scale (NVFP4), signs, stats: lists a
 //   rule does not use are empty, signs and stats unless step statistics are on), everything else by name (kind, formats, state_block, envelope, the flags,
 //   the per-step scalars, per-tensor keys/offsets/seglens/bias, the optional tensors);
 //   returns the non-finite gradient count (0-dim int64).  One call = one param group's tensors
@@ -72,7 +73,8 @@ void philox_word0_cpu(int64_t k0, int64_t k1, int64_t base, const at::Tensor& ou
 }
 
 // Encode fp32 x into storage format fmt (casts.h) and decode it back:
-// returns (stored tensor, scales (FP8; else empty), decoded fp32).
+// returns (stored tensor, scales (FP8/FP4; else empty), decoded fp32).  NVFP4: the tensor scale
+// is that of x's finite absmax (FmtNVFP4::tensor_scale_of), as the kernels' scan pass finds it.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> encode_cpu(const at::Tensor& x, int64_t fmt, int64_t block,
                                                           const c10::optional<at::Tensor>& words) {
   TORCH_CHECK(x.scalar_type() == at::kFloat, "encode: x must be float32");
@@ -95,15 +97,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> encode_cpu(const at::Tensor& x, i
   }
   const int64_t step = blocked ? block : std::max<int64_t>(n, 1);
   const bool simd = cpu::simd_here();
+  float ts = 1.0f;  // the tensor scale (NVFP4; every other format ignores it)
+  if (fmt_tensor_scale((int)fmt)) {
+    uint32_t T = 0u;
+    for (int64_t i = 0; i < n; ++i) T = std::max(T, FmtNVFP4::abs_bits(xc.data_ptr<float>()[i]));
+    ts = FmtNVFP4::tensor_scale_of(u2f(T));
+  }
   for (int64_t a = 0; a < n; a += step) {
     const int64_t len = std::min(step, n - a);
     cpu::store_range((int)fmt, out.data_ptr(), scales.data_ptr(), block, a, len, xc.data_ptr<float>() + a,
-                     sr, w.data() + a, simd);
+                     sr, w.data() + a, simd, ts);
   }
   at::Tensor dec = at::empty_like(xc);
   if (n > 0) {
     float* d = cpu::load_range((int)fmt, out.data_ptr(), scales.data_ptr(), block, 0, n, dec.data_ptr<float>(),
-                               simd);
+                               simd, ts);
     if (d != dec.data_ptr<float>()) std::memcpy(dec.data_ptr<float>(), d, sizeof(float) * n);
   }
   return {out, scales, dec};
@@ -149,7 +157,8 @@ at::Tensor step_cpu(SIGNOPT_STEP_PARAMS) {
   }
   call.skip = found_inf.has_value() && read_scalar(found_inf) > 0.0f;
   call.block = state_block;
-  call.t = tensor_refs(params, grads, m, v, env, m_scale, v_scale, env_scale, signs, keys, offsets, seglens, bias);
+  call.t = tensor_refs(params, grads, m, v, env, m_scale, v_scale, env_scale, m_tensor_scale, v_tensor_scale,
+                  env_tensor_scale, signs, keys, offsets, seglens, bias);
   call.stats = stats.empty() ? nullptr : stats[0].data_ptr<double>();
   const int64_t count = run_cpu((int)kind, (int)param_format, (int)state_format, call);
   return at::scalar_tensor(count, at::TensorOptions().dtype(at::kLong));

@@ -24,12 +24,16 @@ inline at::ScalarType fmt_dtype(int64_t f) {
     case FMT_MXFP8_E4M3: return at::kFloat8_e4m3fn;
     case FMT_MXFP8_E5M2: return at::kFloat8_e5m2;
     case FMT_FP4_E2M1: return at::kByte;  // two codes a byte
+    case FMT_FP4_E2M1_E4M3: return at::kByte;
     default: TORCH_CHECK(false, "signopt: storage format ", f, " has no dtype here");
   }
 }
 
-// The ATen dtype of a block-scaled format's stored scales: fp32, or E8M0 bytes (uint8).
-inline at::ScalarType fmt_scale_dtype(int64_t f) { return fmt_scale_e8m0((int)f) ? at::kByte : at::kFloat; }
+// The ATen dtype of a block-scaled format's stored scales: fp32, E8M0 bytes (uint8), or E4M3
+// values (NVFP4, relative to the fp32 tensor scale).
+inline at::ScalarType fmt_scale_dtype(int64_t f) {
+  return fmt_scale_e8m0((int)f) ? at::kByte : (fmt_tensor_scale((int)f) ? at::kFloat8_e4m3fn : at::kFloat);
+}
 
 inline void check_list(const char* name, at::TensorList list, size_t n, bool required) {
   TORCH_CHECK(list.empty() ? !required : list.size() == n, "signopt::step: ", name, " must hold ",
@@ -68,6 +72,10 @@ inline void check_step_args(SIGNOPT_STEP_PARAMS, at::DeviceType dev) {
   check_list("m_scale", m_scale, n, blocked && kind_has_m(k));
   check_list("v_scale", v_scale, n, blocked && kind_has_v(k));
   check_list("env_scale", env_scale, n, blocked && elem_env);
+  const bool tscaled = fmt_tensor_scale((int)state_format);
+  check_list("m_tensor_scale", m_tensor_scale, n, tscaled && kind_has_m(k));
+  check_list("v_tensor_scale", v_tensor_scale, n, tscaled && kind_has_v(k));
+  check_list("env_tensor_scale", env_tensor_scale, n, tscaled && elem_env);
   check_list("signs", signs, n, false);
   TORCH_CHECK(signs.empty() == stats.empty(), "signopt::step: signs and stats must both be given (step statistics) "
               "or both be empty, got ", signs.size(), " and ", stats.size(), " tensors");
@@ -107,6 +115,9 @@ inline void check_step_args(SIGNOPT_STEP_PARAMS, at::DeviceType dev) {
     if (!m_scale.empty()) same(m_scale[i], "m_scale", i, scdt, nblocks);
     if (!v_scale.empty()) same(v_scale[i], "v_scale", i, scdt, nblocks);
     if (!env_scale.empty()) same(env_scale[i], "env_scale", i, scdt, nblocks);
+    if (!m_tensor_scale.empty()) same(m_tensor_scale[i], "m_tensor_scale", i, at::kFloat, 1);
+    if (!v_tensor_scale.empty()) same(v_tensor_scale[i], "v_tensor_scale", i, at::kFloat, 1);
+    if (!env_tensor_scale.empty()) same(env_tensor_scale[i], "env_tensor_scale", i, at::kFloat, 1);
     if (needs_seg && numel > 0) {
       TORCH_CHECK(seglens[i] >= 1, "signopt::step: seglens[", i, "] must be >= 1 for this rule");
     }
@@ -142,8 +153,9 @@ inline void* ptr_or_null(at::TensorList l, size_t i) { return l.empty() ? nullpt
 // statistics: sign null).
 inline std::vector<TensorRef> tensor_refs(at::TensorList params, at::TensorList grads, at::TensorList m,
                                           at::TensorList v, at::TensorList env, at::TensorList m_scale,
-                                          at::TensorList v_scale, at::TensorList env_scale, at::TensorList signs,
-                                          at::IntArrayRef keys,
+                                          at::TensorList v_scale, at::TensorList env_scale,
+                                          at::TensorList m_tensor_scale, at::TensorList v_tensor_scale,
+                                          at::TensorList env_tensor_scale, at::TensorList signs, at::IntArrayRef keys,
                                           at::IntArrayRef offsets, at::IntArrayRef seglens,
                                           at::ArrayRef<double> bias) {
   std::vector<TensorRef> out;
@@ -159,6 +171,9 @@ inline std::vector<TensorRef> tensor_refs(at::TensorList params, at::TensorList 
     r.m_scale = ptr_or_null(m_scale, i);
     r.v_scale = ptr_or_null(v_scale, i);
     r.G_scale = ptr_or_null(env_scale, i);
+    r.m_tscale = (float*)ptr_or_null(m_tensor_scale, i);
+    r.v_tscale = (float*)ptr_or_null(v_tensor_scale, i);
+    r.G_tscale = (float*)ptr_or_null(env_tensor_scale, i);
     r.sign = (int8_t*)ptr_or_null(signs, i);
     r.numel = numel;
     r.seglen = seglens[i] >= 1 ? seglens[i] : numel;

@@ -71,6 +71,7 @@ class Format:
     state: bool
     codec: str | None  # its C++ codec type (csrc/casts.h), named in the generated dispatch lists
     # (None: no C++ kernel -- the cpp backend refuses it)
+    triton: bool = True  # whether the Triton kernels store it (False: the registry refuses it there)
     block_scaled: bool = False
     scale: str = "fp32"
     default_block: int = 256
@@ -118,8 +119,9 @@ FORMATS = {f.name: f for f in (
            block_scaled=True, scale="e8m0", default_block=32),
     Format("fp4_e2m1", 7, torch.uint8, 4, 1, 0, 6.0, param=False, state=True, codec="FmtE2M1",
            block_scaled=True, scale="e8m0", default_block=32, packed=True, scale_options=("e8m0", "e4m3")),
-    Format("fp4_e2m1_e4m3", 8, torch.uint8, 4, 1, 0, 6.0, param=False, state=True, codec=None,
-           block_scaled=True, scale="e4m3", default_block=16, packed=True, option_of=("fp4_e2m1", "e4m3")),
+    Format("fp4_e2m1_e4m3", 8, torch.uint8, 4, 1, 0, 6.0, param=False, state=True, codec="FmtNVFP4",
+           triton=False, block_scaled=True, scale="e4m3", default_block=16, packed=True,
+           option_of=("fp4_e2m1", "e4m3")),
 )}
 STATE_FORMATS = tuple(n for n, f in FORMATS.items() if f.state)
 STATE_DTYPES = tuple(n for n in STATE_FORMATS if FORMATS[n].option_of is None)
@@ -222,8 +224,10 @@ class Slot:
 
 
 M, V, G = Slot("m", "element"), Slot("v", "element"), Slot("G", "envelope")
-STEP_LISTS = {M.name: ("m", "m_scale"), V.name: ("v", "v_scale"), G.name: ("env", "env_scale")}
-"""``signopt::step``'s tensor lists of each slot: its stored tensors and their FP8 scales."""
+STEP_LISTS = {M.name: ("m", "m_scale", "m_tensor_scale"), V.name: ("v", "v_scale", "v_tensor_scale"),
+              G.name: ("env", "env_scale", "env_tensor_scale")}
+"""``signopt::step``'s tensor lists of each slot: its stored tensors, their block scales and their
+per-tensor fp32 scales (formats with :attr:`Format.tensor_scale`: NVFP4)."""
 
 
 @dataclass(frozen=True)
@@ -318,7 +322,7 @@ _CPP_VALUE_TYPES = {"Tensor(a!)[]": "std::vector<at::Tensor>", "Tensor[]": "std:
 def step_arguments() -> tuple[tuple[str, str, bool], ...]:
     """``signopt::step``'s arguments as ``(schema type, name, keyword-only)``, in order.
 
-    The ten tensor lists come by position (a list the rule does not use is empty; ``signs`` (one
+    The thirteen tensor lists come by position (a list the rule does not use is empty; ``signs`` (one
     int8 previous update sign per element of each tensor) and ``stats`` (one fp64 tensor of
     :data:`STEP_STATS` values, accumulated into) are both empty unless step statistics are on); everything
     else by name: the kernel kind, formats and flags, the :data:`SCALARS`, per-tensor ``keys``
@@ -328,8 +332,9 @@ def step_arguments() -> tuple[tuple[str, str, bool], ...]:
     ``lr_tensor``/``decay_tensor`` replace ``lr``/``decay`` (a tensor lr), ``inv_scale`` and
     ``found_inf`` come from a GradScaler."""
     lists = [("Tensor(a!)[]", n, False) for n in ("params",)] + [("Tensor[]", "grads", False)]
-    lists += [("Tensor(a!)[]", codes, False) for codes, _ in STEP_LISTS.values()]
-    lists += [("Tensor(a!)[]", scales, False) for _, scales in STEP_LISTS.values()]
+    lists += [("Tensor(a!)[]", codes, False) for codes, _, _ in STEP_LISTS.values()]
+    lists += [("Tensor(a!)[]", scales, False) for _, scales, _ in STEP_LISTS.values()]
+    lists += [("Tensor(a!)[]", tscales, False) for _, _, tscales in STEP_LISTS.values()]
     lists += [("Tensor(a!)[]", n, False) for n in ("signs", "stats")]
     named = [("int", n, True) for n in ("kind", "param_format", "state_format", "state_block", "envelope")]
     named += [("bool", f, True) for f in FLAGS]
@@ -344,7 +349,7 @@ def step_arguments() -> tuple[tuple[str, str, bool], ...]:
 def step_schema() -> str:
     """The schema of ``signopt::step`` (see :func:`step_arguments`); returns the non-finite
     gradient count (0-dim int64)."""
-    alias = iter("abcdefghi")
+    alias = iter("abcdefghijkl")
     parts, star = [], False
     for typ, name, kw in step_arguments():
         if kw and not star:
@@ -498,6 +503,8 @@ def cpp_header() -> str:
                              [(fid[f.name], _f32_literal(f.max_finite)) for f in fmts], "0.0f"))
     lines.append("// block scales: E8M0 (a power of two, stored as its biased exponent byte) or fp32")
     lines.append(_cpp_bool("fmt_scale_e8m0", "f", [fid[f.name] for f in fmts if f.scale == "e8m0"]))
+    lines.append("// E4M3 block scales relative to one fp32 scale per tensor (NVFP4)")
+    lines.append(_cpp_bool("fmt_tensor_scale", "f", [fid[f.name] for f in fmts if f.tensor_scale]))
     lines.append("// packed 4-bit codes: two a byte, ceil(numel/2) bytes")
     lines.append(_cpp_bool("fmt_packed", "f", [fid[f.name] for f in fmts if f.packed]))
     lines.append(_cpp_switch("int", "fmt_emax", "f", [(fid[f.name], str(f.emax)) for f in fmts], "0"))

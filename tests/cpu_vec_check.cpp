@@ -199,7 +199,7 @@ void check_fp4() {
         const float sg = V::encode_block(got.data() + k * bytes, B, vals, words);
         uint32_t amax = 0u;
         for (int64_t j = 0; j < B; ++j) amax = F::abs_bits(vals[j]) > amax ? F::abs_bits(vals[j]) : amax;
-        const float sw = F::scale_of(u2f(amax));
+        const float sw = F::scale_of(u2f(amax), 1.0f);  // (MX: no tensor scale)
         for (int64_t j = 0; j < B; j += 2) {
           const uint32_t lo = F::encode(vals[j], 1.0f / sw, sr != 0, sr ? words[j] : 0u);
           const uint32_t hi = j + 1 < B ? F::encode(vals[j + 1], 1.0f / sw, sr != 0, sr ? words[j + 1] : 0u) : 0u;

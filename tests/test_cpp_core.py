@@ -140,13 +140,15 @@ def test_fp8_every_code_decodes_like_torch():
         assert torch.equal(dec, state_format.fp8_decode(ref_c, ref_s, 1))
 
 
-LISTS = ("params", "grads", "m", "v", "env", "m_scale", "v_scale", "env_scale", "signs", "stats")
+LISTS = ("params", "grads", "m", "v", "env", "m_scale", "v_scale", "env_scale", "m_tensor_scale", "v_tensor_scale",
+         "env_tensor_scale", "signs", "stats")
 
 
 def _step_args(n=5, **over):
     """A Lion (l1) step of one fp32 tensor, as signopt::step's arguments by name."""
     p, g, m = torch.zeros(n), torch.ones(n), torch.zeros(n)
-    args = dict(params=[p], grads=[g], m=[m], v=[], env=[], m_scale=[], v_scale=[], env_scale=[], signs=[], stats=[],
+    args = dict(params=[p], grads=[g], m=[m], v=[], env=[], m_scale=[], v_scale=[], env_scale=[], m_tensor_scale=[],
+                v_tensor_scale=[], env_tensor_scale=[], signs=[], stats=[],
                 kind=KIND["lion_l1"], param_format=FMT["fp32"], state_format=FMT["fp32"], state_block=256,
                 envelope=declaration.ENVELOPES["element"], maximize=False, cautious=False,
                 envelope_from_grad=False, state_stochastic_rounding=False, param_stochastic_rounding=False,
@@ -156,6 +158,11 @@ def _step_args(n=5, **over):
                 inv_scale=None, found_inf=None)
     args.update(over)
     return args
+
+
+# NVFP4 m of _step_args' 5 elements in blocks of 2 (3 code bytes, 3 E4M3 scales), its tensor scale left out
+NVFP4_M = dict(state_format=FMT["fp4_e2m1_e4m3"], state_block=2, m=[torch.zeros(3, dtype=torch.uint8)],
+               m_scale=[torch.zeros(3, dtype=torch.float8_e4m3fn)])
 
 
 def _split(a):
@@ -191,6 +198,11 @@ def test_step_arguments_name_the_schema():
      r"stats\[0\] has 5 elements"),
     (dict(m=[torch.zeros(5, dtype=torch.bfloat16)]), r"m\[0\] has dtype BFloat16"),
     (dict(params=[torch.zeros(10)[::2]]), r"params\[0\] must be contiguous"),
+    (dict(NVFP4_M), "m_tensor_scale must hold 1 tensors"),
+    (dict(NVFP4_M, m_tensor_scale=[torch.zeros(2)]), r"m_tensor_scale\[0\] has 2 elements"),
+    (dict(NVFP4_M, m_tensor_scale=[torch.zeros(1, dtype=torch.float64)]), r"m_tensor_scale\[0\] has dtype Double"),
+    (dict(NVFP4_M, m_tensor_scale=[torch.ones(1)], m_scale=[torch.zeros(3, dtype=torch.uint8)]),
+     r"m_scale\[0\] has dtype Byte, expected Float8_e4m3fn"),
 ])
 def test_step_checks_arguments_before_touching_tensors(override, message):
     a = _step_args(**override)
@@ -230,7 +242,7 @@ def test_torch_compile_traces_without_graph_breaks():
     _, named = _split(a)
 
     def f(p, g, m):
-        return torch.ops.signopt.step([p], [g], [m], [], [], [], [], [], [], [], **named)
+        return torch.ops.signopt.step([p], [g], [m], [], [], [], [], [], [], [], [], [], [], **named)
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     compiled(a["params"][0], a["grads"][0], a["m"][0])

@@ -109,7 +109,9 @@ def test_generated_header_and_schema_name_every_declared_item():
     schema = D.step_schema()
     for s in D.SCALARS:
         assert f"float {s.name}," in schema and f"{s.ctype} {s.name};" in header
-    assert schema.count("Tensor(") == 9 and ", *, " in schema  # params, 5 state lists, signs, stats
-    assert "Tensor(h!)[] signs, Tensor(i!)[] stats, *," in schema
+    # params, the 9 state lists (codes, block scales, tensor scales of m, v, env), signs, stats
+    assert schema.count("Tensor(") == 12 and ", *, " in schema
+    assert ("Tensor(h!)[] m_tensor_scale, Tensor(i!)[] v_tensor_scale, Tensor(j!)[] env_tensor_scale, "
+            "Tensor(k!)[] signs, Tensor(l!)[] stats, *,") in schema
     for i, name in enumerate(D.STEP_STATS):
         assert f"STAT_{name.upper()} = {i}" in header

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import signopt
-from optim_infos import run_lion_with_nan_grads, through_checkpoint
+from optim_infos import backend_or_skip, run_lion_with_nan_grads, through_checkpoint
 from signopt import backends as backend_registry
 from signopt import declaration, state_format, state_layout
 
@@ -231,14 +231,69 @@ def test_nvfp4_optimizer_state_and_checkpoints():
         same.load_state_dict(bad)
 
 
-def test_nvfp4_kernel_backends_refuse_naming_the_options():
+def test_nvfp4_triton_refuses_naming_the_options():
+    """Triton has no NVFP4 codec: it refuses, naming the options; ``auto`` on CPU takes the cpp
+    backend where it builds (it runs NVFP4, below), else the torch one."""
     p = torch.nn.Parameter(torch.randn(64, 64))
-    for backend in ("cpp", "triton"):
-        try:
-            backend_registry.load(backend)
-        except backend_registry.BackendUnavailable:
-            continue
-        with pytest.raises(ValueError, match="state_scale='e4m3'"):
-            signopt.Lion([p], lr=1e-3, state_dtype=FMT, state_scale="e4m3", backend=backend)
-    opt = signopt.Lion([p], lr=1e-3, state_dtype=FMT, state_scale="e4m3")  # auto: the torch backend
-    assert opt.backends == ["torch"]
+    try:
+        backend_registry.load("triton")
+    except backend_registry.BackendUnavailable:
+        pass
+    else:
+        with pytest.raises(ValueError, match="state_scale='e4m3'.*no Triton kernel"):
+            signopt.Lion([p], lr=1e-3, state_dtype=FMT, state_scale="e4m3", backend="triton")
+    opt = signopt.Lion([p], lr=1e-3, state_dtype=FMT, state_scale="e4m3")
+    try:
+        backend_registry.load("cpp")
+        assert opt.backends == ["cpp"]
+    except backend_registry.BackendUnavailable:
+        assert opt.backends == ["torch"]
+
+
+def _nvfp4_run(backend, shapes, steps=4, **kw):
+    """Lion over ``shapes`` with NVFP4 state: non-default betas, weight decay 0.1, NaN gradients in
+    step 1 (run_lion_with_nan_grads)."""
+    return run_lion_with_nan_grads(backend, FMT, shapes, steps, state_scale="e4m3", betas=(0.8, 0.95), **kw)
+
+
+@pytest.mark.parametrize("kw", [{}, {"state_rounding": "stochastic"}, {"state_block": 2},
+                                {"state_block": 64, "state_rounding": "stochastic"}])
+def test_nvfp4_cpp_matches_the_reference_bit_for_bit(kw):
+    """The cpp CPU kernels store NVFP4 state (codes, E4M3 block scales, the fp32 tensor scale) with
+    the bits of ``state_format.nvfp4_encode``: odd sizes, tensors not a multiple of the block, one
+    below ``fp8_min_numel`` (fp32 state), NaN gradients, nearest and stochastic state rounding."""
+    backend_or_skip("cpp")
+    shapes = [(37, 29), (1001,), (7,), (3, 5, 11)]
+    pa, oa = _nvfp4_run("torch", shapes, **kw)
+    pb, ob = _nvfp4_run("cpp", shapes, **kw)
+    assert ob.last_step_backends == ["cpp"]
+    for a, b in zip(pa, pb):
+        assert torch.equal(a, b)
+        assert set(oa.state[a]) == set(ob.state[b])
+        for k, v in oa.state[a].items():
+            w = ob.state[b][k]
+            assert v.dtype == w.dtype, k
+            assert torch.equal(v.view(torch.uint8) if v.dtype.itemsize == 1 else v,
+                               w.view(torch.uint8) if w.dtype.itemsize == 1 else w), k
+    assert "m_tensor_scale" in ob.state[pb[0]] and "m_tensor_scale" not in ob.state[pb[2]]
+
+
+def test_nvfp4_cpp_encode_op_is_the_reference_codec():
+    """signopt::encode (the kernels' load/store layer) of NVFP4: the codes, E4M3 scales and decoded
+    values of ``state_format.nvfp4_encode`` (tensor scale from the finite absmax), NaN/inf included."""
+    backend_or_skip("cpp")
+    gen = torch.Generator().manual_seed(4)
+    fid = declaration.FORMATS["fp4_e2m1_e4m3"].id
+    cases = [torch.randn(101, generator=gen) * 10.0 ** torch.randint(-30, 30, (101,), generator=gen),
+             torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 3e-40, 2.0 ** -140, 5.0]),
+             torch.zeros(6), torch.full((8,), 1e38), torch.tensor([2.0 ** -126, 2.0 ** -149, 0.0, 1e-45])]
+    for x in cases:
+        for block in (2, 4, 16):
+            words = torch.randint(0, 2 ** 32, (x.numel(),), generator=gen, dtype=torch.int64)
+            for w in (None, words):
+                codes, sb, dec = torch.ops.signopt.encode(x, fid, block, w)
+                ref_codes, ref_sb, ref_ts = state_format.encode_state(x, "fp4_e2m1_e4m3", block, w)
+                assert torch.equal(codes, ref_codes) and sb.dtype == torch.float8_e4m3fn
+                assert torch.equal(sb.view(torch.uint8), ref_sb.view(torch.uint8))
+                want = state_format.decode(ref_codes, ref_sb, block, (x.numel(),), ref_ts)
+                assert torch.equal(dec.view(torch.int32), want.view(torch.int32))

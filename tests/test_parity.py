@@ -220,13 +220,18 @@ def run_and_compare(backend: str, rule: str, dtype: torch.dtype, shape_list, opt
                     assert_same(state[name], value, f"{where} state {name!r}")
                 elif name.endswith("_scale") and value.dtype == torch.uint8:  # E8M0: the exponent
                     assert bool(((state[name].int() - value.int()).abs() <= 1).all()), f"{where} state {name!r}"
+                elif name.endswith("_scale") and value.dtype == torch.float8_e4m3fn:  # NVFP4 blocks: one E4M3 step
+                    d = state[name].view(torch.uint8).int() - value.view(torch.uint8).int()
+                    assert bool((d.abs() <= 1).all()), f"{where} state {name!r}"
                 elif name.endswith("_scale"):
                     assert_ulp(state[name], value, torch.float32, f"{where} state {name!r}")
                 elif value.dtype == torch.uint8:  # packed 4-bit codes: decoded, within 2 E2M1 steps
                     block, shape = ref.rule().state_block, tuple(as_real_f32(q).shape)
-                    got = state_format.decode(state[name], state[name + "_scale"], block, shape)
-                    want = state_format.decode(value, ref_state[name + "_scale"], block, shape)
+                    ts = name + "_tensor_scale"  # NVFP4: the block multipliers are sb * S
+                    got = state_format.decode(state[name], state[name + "_scale"], block, shape, state.get(ts))
+                    want = state_format.decode(value, ref_state[name + "_scale"], block, shape, ref_state.get(ts))
                     unit = state_format.scale_values(ref_state[name + "_scale"]).repeat_interleave(block)
+                    unit = unit * ref_state[ts] if ts in ref_state else unit
                     assert torch.all((got - want).abs().reshape(-1) <= 4 * unit[: want.numel()]), where
                 else:
                     block = ref.rule().state_block
@@ -262,6 +267,33 @@ def test_parity_mx_state(backend, rule, shape_list, opts, ex, dtype_name):
     backend_or_skip(backend)
     if opts["state_block"] == 1 and declaration.FORMATS[opts["state_dtype"]].packed:
         opts = {**opts, "state_block": 2}
+    run_and_compare(backend, rule, DTYPES[dtype_name], shape_list, opts, ex)
+
+
+nvfp4_options = st.fixed_dictionaries({
+    "weight_decay": st.sampled_from([0.0, 0.1]),
+    "wd_mode": st.sampled_from(["decoupled", "independent", "l2"]),
+    "maximize": st.booleans(),
+    "cautious": st.booleans(),
+    "state_dtype": st.just("fp4_e2m1"),
+    "state_scale": st.just("e4m3"),
+    "state_block": st.sampled_from([None, 2, 8, 16, 64, 256]),
+    "fp8_min_numel": st.sampled_from([0, 300]),
+    "state_rounding": st.sampled_from(["nearest", "stochastic"]),
+    "param_rounding": st.sampled_from(["nearest", "stochastic"]),
+})
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=8)
+@given(shape_list=st.lists(shapes, min_size=1, max_size=3), opts=nvfp4_options, ex=extras,
+       dtype_name=st.sampled_from(["fp32", "bf16", "fp16"]))
+def test_parity_nvfp4_state(backend, rule, shape_list, opts, ex, dtype_name):
+    """NVFP4-style state (``state_scale="e4m3"``: E4M3 block scales and an fp32 tensor scale from the
+    new state's whole-tensor absmax) in every rule: the same harness, the exact rules bit for bit
+    (codes, block scales, tensor scale)."""
+    backend_or_skip(backend)
     run_and_compare(backend, rule, DTYPES[dtype_name], shape_list, opts, ex)
 
 
@@ -312,7 +344,7 @@ def test_reductions_thread_independent(backend, rule):
 GROUPED_SHAPES = [(1100, 1000), (7,), (300, 700), (300, 700), (64, 4100), (300, 700), (5, 3), (900, 1000)]
 
 
-@pytest.mark.parametrize("state_dtype", ["bf16", "fp8_e4m3"])
+@pytest.mark.parametrize("state_dtype", ["bf16", "fp8_e4m3", "nvfp4"])
 @pytest.mark.parametrize("rule", ["lion_l2", "lion_row_l2", "stosign_tensor_grad"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_grouped_passes(backend, rule, state_dtype):
@@ -323,6 +355,8 @@ def test_grouped_passes(backend, rule, state_dtype):
     opts = dict(weight_decay=0.1, wd_mode="decoupled", maximize=False, cautious=rule.startswith("stosign"),
                 state_dtype=state_dtype, state_block=256, fp8_min_numel=0, state_rounding="nearest",
                 param_rounding="nearest")
+    if state_dtype == "nvfp4":  # the tensor scales' scan pass runs group by group too
+        opts.update(state_dtype="fp4_e2m1", state_scale="e4m3", state_block=16)
     ex = dict(tensor_lr=False, scaler=None, nonfinite=True, seed=11)
     threads = torch.get_num_threads()
     results = []

@@ -53,6 +53,7 @@ NOT_EXACT = {"lion_l2", "lion_row_l2", "lion_lp"} | {r for r in RULES if r.start
 NO_CPP = {"lion_lp"}
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+NVFP4 = {"state_dtype": "fp4_e2m1", "state_scale": "e4m3"}
 
 
 def _cases() -> dict[str, dict]:
@@ -67,6 +68,7 @@ def _cases() -> dict[str, dict]:
                 if (dtype, state) != ("fp32", "fp32"):
                     cases[f"{rule}/{dtype}/{state}"] = {"rule": rule, "dtype": dtype,
                                                         "opts": {"state_dtype": state}}
+            cases[f"{rule}/{dtype}/nvfp4"] = {"rule": rule, "dtype": dtype, "opts": NVFP4}
     variants = {
         "wd_decoupled": {"weight_decay": 0.5},
         "wd_independent": {"weight_decay": 0.5, "wd_mode": "independent"},
@@ -79,6 +81,7 @@ def _cases() -> dict[str, dict]:
         "state_sr_mxe4m3": {"state_dtype": "mxfp8_e4m3", "state_rounding": "stochastic", "state_block": 8},
         "state_sr_mxe5m2": {"state_dtype": "mxfp8_e5m2", "state_rounding": "stochastic", "state_block": 64},
         "state_sr_fp4": {"state_dtype": "fp4_e2m1", "state_rounding": "stochastic", "state_block": 4},
+        "state_sr_nvfp4": {**NVFP4, "state_rounding": "stochastic", "state_block": 8},
         "param_sr": {"param_rounding": "stochastic"},
         "scaler_skip": {"scaler": True},
     }

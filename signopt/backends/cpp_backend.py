@@ -77,16 +77,15 @@ class CppBackend:
             return str(exc)
         fmt = FORMATS.get(rule.state_dtype)
         if fmt is None or not fmt.state or fmt.codec is None:
-            return (f"{declaration.options_of(rule.state_dtype)} has no fused kernel (E4M3 block scales with a tensor "
-                    "scale need the whole tensor's absmax before any block is encoded); the torch backend runs it")
+            return f"{declaration.options_of(rule.state_dtype)} has no C++ kernel; the torch backend runs it"
         for i, p in enumerate(params):
             if p.device.type not in SUPPORTED_DEVICES:
                 return f"params[{i}] is on {p.device}; the cpp backend runs on CPU and CUDA"
             if p.device.type == "cuda" and not self.has_cuda:
                 return "the signopt extension was built without CUDA kernels"
             if p.device.type == "cuda" and fmt.packed:
-                return (f"state_dtype {rule.state_dtype!r} (packed 4-bit codes) has no CUDA kernel; it runs "
-                        "on CPU tensors and on the torch backend")
+                return (f"{declaration.options_of(rule.state_dtype)} (packed 4-bit codes) has no CUDA kernel; it "
+                        "runs on CPU tensors and on the torch backend")
             if p.device.type == "cuda" and fmt.block_scaled and rule.state_block > MAX_CUDA_FP8_BLOCK:
                 return f"FP8 state on CUDA needs state_block <= {MAX_CUDA_FP8_BLOCK}"
             if _real_dtype(p) not in PARAM_FORMATS:
@@ -233,7 +232,8 @@ def scalar_arguments(sc: GroupScalars, device: torch.device) -> dict:
 
 class _Call:
     """One kernel call of a :class:`PreparedGroup`: slots ``pos`` of the group (``None``: all),
-    their state lists (``lists``, by argument name, in the op's order) and fixed arguments
+    their state lists (``lists``, by argument name, in the op's order: codes, block scales, tensor
+    scales) and fixed arguments
     (``fixed``: kind, formats, block, envelope, flags, offsets, segment lengths)."""
 
     def __init__(self, rule: UpdateRule, kind: declaration.Kind, key: tuple[torch.device, Format, Format],
@@ -244,13 +244,16 @@ class _Call:
         self.params = [s.param for s in slots]
         self.lists: dict[str, list[Tensor]] = {n: [] for n in _LIST_NAMES}
         for slot in state_layout.slots(rule):
-            codes_list, scales_list = STEP_LISTS[slot.name]
+            codes_list, scales_list, tscales_list = STEP_LISTS[slot.name]
             scaled = state_fmt.block_scaled and state_layout.per_element(rule, slot)
+            tscaled = state_fmt.tensor_scale and state_layout.per_element(rule, slot)
             for s in slots:
                 codes, scales = state_layout.stored(rule, s.state, slot)
                 self.lists[codes_list].append(codes)
                 if scaled:
                     self.lists[scales_list].append(scales)
+                if tscaled:
+                    self.lists[tscales_list].append(s.state[state_layout.tensor_scale_key(slot.name)])
         if stats is not None:
             self.lists["signs"] = [s.sign for s in slots]
             self.lists["stats"] = [stats]
