@@ -10,8 +10,9 @@
 # line, and a stage that fails or times out does not stop the next one.
 #
 #   build      python -m signopt.build: the C++/CUDA extension, built here, inside the budget
-#   tests      the CUDA-marked tests (cpp CUDA kernels; backend='auto' measuring on CUDA; the cpp
-#              CUDA kernels' step statistics against the torch reference)
+#   tests      the CUDA-marked tests (cpp CUDA kernels, their packed 4-bit state against the torch
+#              reference bit for bit; backend='auto' measuring on CUDA; the cpp CUDA kernels' step
+#              statistics against the torch reference)
 #   step_gpu   bench/step_gpu.py: cpp CPU-vs-GPU bit identity, launches per group, 1B bandwidth
 #   overhead   bench/step_overhead.py --device cuda: host cost of a step over 300 tiny tensors
 #   triton_gpu bench/triton_gpu.py: Triton-vs-reference bit identity, GPT-2 list vs lion-pytorch's
@@ -99,7 +100,7 @@ stage() {  # stage NAME LIMIT_S CMD...
 }
 
 stage build      240 $PY -m signopt.build
-stage tests      150 $PY -m pytest -q -p no:cacheprovider -m cuda tests/test_cpp_cuda.py tests/test_backend_auto.py \
+stage tests      210 $PY -m pytest -q -p no:cacheprovider -m cuda tests/test_cpp_cuda.py tests/test_backend_auto.py \
   tests/test_step_stats.py
 stage step_gpu    90 $PY bench/step_gpu.py
 stage overhead    30 $PY bench/step_overhead.py --device cuda --repeats 3 --steps 50

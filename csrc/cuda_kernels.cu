@@ -7,8 +7,10 @@
 //   count_kernel    cautious: exact per-tensor counts (integer atomics)
 //   apply_kernel    one CUDA block per tile (apply_tile: ELEM_TILE elements, or FP8_TILE
 //                   rounded down to whole state blocks); 8 consecutive elements per thread per
-//                   step with 128-bit loads when aligned (64-bit for FP8 codes); the FP8 block
-//                   absmax by warp shuffles (blocks of 8..256) or through shared memory.
+//                   step with 128-bit loads when aligned (64-bit for FP8 codes, 32-bit for packed
+//                   4-bit codes: the 8 elements are 4 whole bytes, never shared with another
+//                   thread); the block absmax of FP8/FP4 state by warp shuffles (blocks of
+//                   8..256) or through shared memory (a lane encodes whole bytes there).
 //                   STATS (step statistics; a separate instantiation, so that the kernels
 //                   without them are unchanged): each element's statistics (step_stats.h) in the
 //                   same pass, the previous update signs read and written there, the tile's
@@ -56,7 +58,36 @@ __device__ __forceinline__ Scalars live_scalars(const Launch& L) {
 
 __device__ __forceinline__ bool skipped(const Launch& L) { return L.sp.found_inf && *L.sp.found_inf > 0.0f; }
 
-__device__ __forceinline__ float load_elem(int fmt, const void* raw, int64_t i, const void* scale, int64_t block) {
+// Calls fn(F()) with the codec F (casts.h) of block-scaled state format fmt: one instantiation of
+// the caller's code per format, so that no per-element code computes several formats and selects.
+template <class Fn>
+__device__ __forceinline__ void with_block_fmt(int fmt, Fn&& fn) {
+  switch (fmt) {
+    case FMT_FP8_E4M3: fn(FmtE4M3()); break;
+    case FMT_MXFP8_E4M3: fn(FmtMXE4M3()); break;
+    case FMT_MXFP8_E5M2: fn(FmtMXE5M2()); break;
+    case FMT_FP4_E2M1: fn(FmtE2M1()); break;
+    default: fn(FmtE5M2()); break;
+  }
+}
+
+// The stored tensor scale *ts of a state of codec F (NVFP4); 1 (unused) for every other codec.
+template <class F>
+__device__ __forceinline__ float tscale_of(const float* ts) {
+  return F::tensor_scaled ? *ts : 1.0f;
+}
+
+// Element i of packed 4-bit state: e2m1(code) * multiplier(block scale, tensor scale).
+template <class F>
+__device__ __forceinline__ float load_fp4_elem(const void* raw, int64_t i, const void* scale, int64_t block,
+                                               const float* ts) {
+  const float mult = F::multiplier(F::get_scale(scale, i / block), tscale_of<F>(ts));
+  return F::load_code(F::code_at((const uint8_t*)raw, i), mult);
+}
+
+// Element i of state or parameter format fmt (ts: the stored tensor scale, NVFP4 only).
+__device__ __forceinline__ float load_elem(int fmt, const void* raw, int64_t i, const void* scale, int64_t block,
+                                           const float* ts) {
   switch (fmt) {
     case FMT_FP32: return ((const float*)raw)[i];
     case FMT_BF16: return bf16_to_f32(((const uint16_t*)raw)[i]);
@@ -64,6 +95,7 @@ __device__ __forceinline__ float load_elem(int fmt, const void* raw, int64_t i, 
     case FMT_FP8_E4M3: return FmtE4M3::load(((const uint8_t*)raw)[i], FmtE4M3::get_scale(scale, i / block));
     case FMT_MXFP8_E4M3: return FmtMXE4M3::load(((const uint8_t*)raw)[i], FmtMXE4M3::get_scale(scale, i / block));
     case FMT_MXFP8_E5M2: return FmtMXE5M2::load(((const uint8_t*)raw)[i], FmtMXE5M2::get_scale(scale, i / block));
+    case FMT_FP4_E2M1: return load_fp4_elem<FmtE2M1>(raw, i, scale, block, ts);
     default: return FmtE5M2::load(((const uint8_t*)raw)[i], FmtE5M2::get_scale(scale, i / block));
   }
 }
@@ -137,13 +169,40 @@ __device__ __forceinline__ void load8_fp8(const void* raw, int64_t i, int e, int
   }
 }
 
+// Eight consecutive packed 4-bit codes [i, i+8) (tile-local e; i is even, tiles and blocks being
+// even, so they are bytes [i/2, i/2 + ceil(cnt/2)), element i+2j in the low nibble of byte j): one
+// 32-bit load when aligned, value = e2m1(code) * multiplier(block scale, tensor scale ts).
+template <class F>
+__device__ __forceinline__ void load8_fp4(const void* raw, int64_t i, int e, int cnt, bool vec, const void* scale,
+                                          const BlockOf& blk, float ts, float* out) {
+  const uint8_t* r = (const uint8_t*)raw + (i >> 1);
+  uint32_t x = 0u;  // code of element i+k in bits [4k, 4k+4)
+  if (vec && cnt == VEC) {
+    x = *(const uint32_t*)r;
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC / 2; ++k) x |= (2 * k < cnt ? (uint32_t)r[k] : 0u) << (8 * k);
+  }
+  const bool one_scale = blk.shift >= 3;  // a power-of-two block of >= 8 holds all eight
+  const float m0 = cnt > 0 ? F::multiplier(F::get_scale(scale, blk(e)), ts) : 0.0f;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    if (k < cnt) {
+      const float mult = one_scale ? m0 : F::multiplier(F::get_scale(scale, blk(e + k)), ts);
+      out[k] = F::load_code((x >> (4 * k)) & 0xFu, mult);
+    }
+  }
+}
+
+// Eight state values [i, i+8) of format fmt (ts: the stored tensor scale, NVFP4 only).
 __device__ __forceinline__ void load8_state(int fmt, const void* raw, int64_t i, int e, int cnt, bool vec,
-                                            const void* scale, const BlockOf& blk, float* out) {
-  if (fmt == FMT_FP8_E4M3) load8_fp8<FmtE4M3>(raw, i, e, cnt, vec, scale, blk, out);
-  else if (fmt == FMT_FP8_E5M2) load8_fp8<FmtE5M2>(raw, i, e, cnt, vec, scale, blk, out);
-  else if (fmt == FMT_MXFP8_E4M3) load8_fp8<FmtMXE4M3>(raw, i, e, cnt, vec, scale, blk, out);
-  else if (fmt == FMT_MXFP8_E5M2) load8_fp8<FmtMXE5M2>(raw, i, e, cnt, vec, scale, blk, out);
-  else load8(fmt, raw, i, cnt, vec, out);
+                                            const void* scale, const BlockOf& blk, const float* ts, float* out) {
+  if (!fmt_block_scaled(fmt)) return load8(fmt, raw, i, cnt, vec, out);
+  with_block_fmt(fmt, [&](auto f) {
+    using F = decltype(f);
+    if constexpr (F::packed) load8_fp4<F>(raw, i, e, cnt, vec, scale, blk, tscale_of<F>(ts), out);
+    else load8_fp8<F>(raw, i, e, cnt, vec, scale, blk, out);
+  });
 }
 
 // Element formats only (FP8 goes through encode_run or shared memory).
@@ -265,11 +324,11 @@ template <int K>
 __device__ __forceinline__ ElemOut eval_elem(const Launch& L, const Scalars& s, const TensorRef& r, int t, int64_t i,
                                              bool needs_seg, bool elem_env, uint32_t w0) {
   ElemIn in;
-  in.p = load_elem(L.pfmt, r.p, i, nullptr, 1);
-  in.g = load_elem(L.pfmt, r.g, i, nullptr, 1);
-  in.m = kind_has_m(K) ? load_elem(L.sfmt, r.m, i, r.m_scale, L.block) : 0.0f;
-  in.v = kind_has_v(K) ? load_elem(L.sfmt, r.v, i, r.v_scale, L.block) : 0.0f;
-  in.G = elem_env ? load_elem(L.sfmt, r.G, i, r.G_scale, L.block) : 0.0f;
+  in.p = load_elem(L.pfmt, r.p, i, nullptr, 1, nullptr);
+  in.g = load_elem(L.pfmt, r.g, i, nullptr, 1, nullptr);
+  in.m = kind_has_m(K) ? load_elem(L.sfmt, r.m, i, r.m_scale, L.block, r.m_tscale) : 0.0f;
+  in.v = kind_has_v(K) ? load_elem(L.sfmt, r.v, i, r.v_scale, L.block, r.v_tscale) : 0.0f;
+  in.G = elem_env ? load_elem(L.sfmt, r.G, i, r.G_scale, L.block, r.G_tscale) : 0.0f;
   const float seg = needs_seg ? seg_value(L, r, t, i) : 1.0f;
   return element_direction<K>(s, in, seg, w0, r.bc1, r.bc2);
 }
@@ -369,27 +428,40 @@ __global__ void __launch_bounds__(THREADS) count_kernel(Launch L) {
   if (threadIdx.x == 0 && sh[0]) atomicAdd(L.kept + t, sh[0]);
 }
 
-// One thread's run of <= 8 new FP8 state values (tile-local e, global i) when an FP8 block
-// spans `lanes` consecutive lanes of a warp (8 <= block <= 256, a power of two): the block's
-// absmax by shuffles (every lane of the warp takes part, runs of cnt <= 0 too), then the codes
-// from registers and the block's scale from the lane that starts it.
-template <class F, bool SR>
-__device__ __forceinline__ void encode_run_t(const float* x, const uint32_t* w, int cnt, int lanes, uint8_t* codes,
-                                             void* scale, int64_t i, int e, bool vec, const BlockOf& blk) {
-  float amax = 0.0f;
-#pragma unroll
-  for (int k = 0; k < VEC; ++k) {
-    const float ax = (k < cnt && finite32(x[k])) ? fabsf(x[k]) : 0.0f;
-    amax = ax > amax ? ax : amax;
+// The scale of a block of new state values of finite absmax u2f(amax) (integer bits: F::abs_bits)
+// and the reciprocal of its multiplier, as the CPU's encode: FP8 s = scale_of(absmax), inv = 1/s;
+// packed 4-bit s = scale_of(absmax, ts), inv = 1/multiplier(s, ts) (ts: the new tensor scale).
+template <class F>
+__device__ __forceinline__ float block_scale(uint32_t amax, float ts, float& inv) {
+  if constexpr (F::packed) {
+    const float s = F::scale_of(u2f(amax), ts);
+    inv = 1.0f / F::multiplier(s, ts);
+    return s;
+  } else {
+    const float s = F::scale_of(u2f(amax));
+    inv = 1.0f / s;
+    return s;
   }
-  for (int off = 1; off < lanes; off <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
-  if (cnt <= 0) return;
-  const float sc = F::scale_of(amax);
-  const float inv = 1.0f / sc;
-  uint32_t c[VEC];
+}
+
+// Eight codes c of elements [i, i+8) (cnt of them; c[k] = 0 past cnt): FP8 a byte each (one 64-bit
+// store when vec); packed 4-bit two a byte, element i+2j in the low nibble of byte i/2 + j (i is
+// even; one 32-bit store when vec; an odd cnt leaves a pad nibble of 0).  The bytes are this
+// thread's alone.
+template <class F>
+__device__ __forceinline__ void store8_codes(uint8_t* codes, int64_t i, int cnt, bool vec, const uint32_t* c) {
+  if constexpr (F::packed) {
+    uint8_t* r = codes + (i >> 1);
+    if (vec && cnt == VEC) {
+      *(uint32_t*)r = c[0] | (c[1] << 4) | (c[2] << 8) | (c[3] << 12) | (c[4] << 16) | (c[5] << 20) |
+                      (c[6] << 24) | (c[7] << 28);
+    } else {
 #pragma unroll
-  for (int k = 0; k < VEC; ++k) c[k] = k < cnt ? F::encode(x[k], inv, SR, SR ? w[k] : 0u) : 0u;
-  if (vec && cnt == VEC) {
+      for (int k = 0; k < VEC / 2; ++k) {
+        if (2 * k < cnt) r[k] = (uint8_t)(c[2 * k] | (c[2 * k + 1] << 4));
+      }
+    }
+  } else if (vec && cnt == VEC) {
     *(uint2*)(codes + i) = make_uint2(c[0] | (c[1] << 8) | (c[2] << 16) | (c[3] << 24),
                                       c[4] | (c[5] << 8) | (c[6] << 16) | (c[7] << 24));
   } else {
@@ -398,59 +470,95 @@ __device__ __forceinline__ void encode_run_t(const float* x, const uint32_t* w, 
       if (k < cnt) codes[i + k] = (uint8_t)c[k];
     }
   }
+}
+
+// One thread's run of <= 8 new block-scaled state values (tile-local e, global i) when a block
+// spans `lanes` consecutive lanes of a warp (8 <= block <= 256, a power of two): the block's
+// finite absmax by shuffles (an integer max of F::abs_bits; every lane of the warp takes part,
+// runs of cnt <= 0 too), then the codes from registers and the block's scale from the lane that
+// starts it.  ts: the new tensor scale (NVFP4).
+template <class F, bool SR>
+__device__ __forceinline__ void encode_run_t(const float* x, const uint32_t* w, int cnt, int lanes, uint8_t* codes,
+                                             void* scale, int64_t i, int e, bool vec, const BlockOf& blk, float ts) {
+  uint32_t amax = 0u;
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) {
+    const uint32_t ax = k < cnt ? F::abs_bits(x[k]) : 0u;
+    amax = ax > amax ? ax : amax;
+  }
+  for (int off = 1; off < lanes; off <<= 1) amax = max(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
+  if (cnt <= 0) return;
+  float inv;
+  const float sc = block_scale<F>(amax, ts, inv);
+  uint32_t c[VEC];
+#pragma unroll
+  for (int k = 0; k < VEC; ++k) c[k] = k < cnt ? (uint32_t)F::encode(x[k], inv, SR, SR ? w[k] : 0u) : 0u;
+  store8_codes<F>(codes, i, cnt, vec, c);
   if ((e & (blk.block - 1)) == 0) F::put_scale(scale, blk(e), sc);
+}
+
+// This step's tensor scale of a state of codec F (NVFP4): tensor_scale_of the finite absmax (bits
+// *amax) that the scan pass found for the state's new values; 1 (unused) for every other codec.
+template <class F>
+__device__ __forceinline__ float new_tscale(const uint32_t* amax) {
+  if constexpr (F::tensor_scaled) {
+    return F::tensor_scale_of(u2f(*amax));
+  } else {
+    return 1.0f;
+  }
 }
 
 __device__ __forceinline__ void encode_run(int sfmt, const float* x, const uint32_t* w, int cnt, int lanes,
                                            bool sr, uint8_t* codes, void* scale, int64_t i, int e, bool vec,
-                                           const BlockOf& blk) {
-  if (sfmt == FMT_FP8_E4M3) {
-    if (sr) encode_run_t<FmtE4M3, true>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
-    else encode_run_t<FmtE4M3, false>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
-  } else if (sfmt == FMT_MXFP8_E4M3) {
-    if (sr) encode_run_t<FmtMXE4M3, true>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
-    else encode_run_t<FmtMXE4M3, false>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
-  } else if (sfmt == FMT_MXFP8_E5M2) {
-    if (sr) encode_run_t<FmtMXE5M2, true>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
-    else encode_run_t<FmtMXE5M2, false>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
-  } else {
-    if (sr) encode_run_t<FmtE5M2, true>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
-    else encode_run_t<FmtE5M2, false>(x, w, cnt, lanes, codes, scale, i, e, vec, blk);
-  }
+                                           const BlockOf& blk, const uint32_t* ts) {
+  with_block_fmt(sfmt, [&](auto f) {
+    using F = decltype(f);
+    if (sr) encode_run_t<F, true>(x, w, cnt, lanes, codes, scale, i, e, vec, blk, new_tscale<F>(ts));
+    else encode_run_t<F, false>(x, w, cnt, lanes, codes, scale, i, e, vec, blk, new_tscale<F>(ts));
+  });
 }
 
-// A tile's n staged new values of one FP8 state (vals, SR words w) in blocks of `block`, one warp
-// a block: absmax of the finite values by shuffles, scale, codes (tile-local codes; scales from
-// block `first` on).
+// A tile's n staged new values of one block-scaled state (vals, SR words w) in blocks of `block`,
+// one warp a block: the finite absmax (integer max of F::abs_bits) by shuffles, scale, codes
+// (tile-local codes, two a byte for packed 4-bit state: a lane encodes a whole byte, elements
+// j and j+1, so no two lanes write the same byte; scales from block `first` on).
 template <class F>
 __device__ __forceinline__ void encode_staged_t(const float* vals, const uint32_t* w, bool sr, int n, int block,
-                                                uint8_t* codes, void* scale, int64_t first) {
+                                                uint8_t* codes, void* scale, int64_t first, float ts) {
+  constexpr int P = F::packed ? 2 : 1;  // elements a lane encodes at a time
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int b = warp; b * block < n; b += THREADS / 32) {
     const int b0 = b * block, b1 = (b0 + block) < n ? b0 + block : n;
-    float amax = 0.0f;
-    for (int j = b0 + lane; j < b1; j += 32) {
-      const float x = finite32(vals[j]) ? fabsf(vals[j]) : 0.0f;
-      amax = x > amax ? x : amax;
-    }
-    for (int off = 16; off >= 1; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
-    const float sc = F::scale_of(amax);
-    const float inv = 1.0f / sc;
-    if (sr) {
-      for (int j = b0 + lane; j < b1; j += 32) codes[j] = F::encode(vals[j], inv, true, w[j]);
-    } else {
-      for (int j = b0 + lane; j < b1; j += 32) codes[j] = F::encode(vals[j], inv, false, 0u);
+    uint32_t amax = 0u;
+    for (int j = b0 + lane; j < b1; j += 32) amax = max(amax, F::abs_bits(vals[j]));
+    for (int off = 16; off >= 1; off /= 2) amax = max(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
+    float inv;
+    const float sc = block_scale<F>(amax, ts, inv);
+    auto code = [&](int j) -> uint32_t {
+      return sr ? (uint32_t)F::encode(vals[j], inv, true, w[j]) : (uint32_t)F::encode(vals[j], inv, false, 0u);
+    };
+    for (int j = b0 + P * lane; j < b1; j += 32 * P) {
+      if constexpr (F::packed) {  // j even: element j low nibble, j+1 (0 past the end) high
+        codes[j >> 1] = (uint8_t)(code(j) | ((j + 1 < b1 ? code(j + 1) : 0u) << 4));
+      } else {
+        codes[j] = (uint8_t)code(j);
+      }
     }
     if (lane == 0) F::put_scale(scale, first + b, sc);
   }
 }
 
 __device__ __forceinline__ void encode_staged(int sfmt, const float* vals, const uint32_t* w, bool sr, int n, int block,
-                                              uint8_t* codes, void* scale, int64_t first) {
-  if (sfmt == FMT_FP8_E4M3) encode_staged_t<FmtE4M3>(vals, w, sr, n, block, codes, scale, first);
-  else if (sfmt == FMT_MXFP8_E4M3) encode_staged_t<FmtMXE4M3>(vals, w, sr, n, block, codes, scale, first);
-  else if (sfmt == FMT_MXFP8_E5M2) encode_staged_t<FmtMXE5M2>(vals, w, sr, n, block, codes, scale, first);
-  else encode_staged_t<FmtE5M2>(vals, w, sr, n, block, codes, scale, first);
+                                              uint8_t* codes, void* scale, int64_t first, const uint32_t* ts) {
+  with_block_fmt(sfmt, [&](auto f) {
+    using F = decltype(f);
+    encode_staged_t<F>(vals, w, sr, n, block, codes, scale, first, new_tscale<F>(ts));
+  });
+}
+
+// The code bytes of block-scaled state from element i on (packed 4-bit: two a byte, i even).
+__device__ __forceinline__ uint8_t* codes_at(int sfmt, void* raw, int64_t i) {
+  return (uint8_t*)raw + (fmt_packed(sfmt) ? i >> 1 : i);
 }
 
 // ------------------------------------------------------------------ apply
@@ -464,8 +572,8 @@ struct Tile {
   bool needs_seg, elem_env;
   bool sign_words, state_words, param_words;  // which purposes this kind and these formats draw
   float cs;           // cautious scale numel/(kept+1)
-  BlockOf blk;        // FP8 block of a tile-local element
-  float *st_m, *st_v, *st_G;  // FP8 state staged in shared memory (non-REGS)
+  BlockOf blk;        // state block of a tile-local element (block-scaled state)
+  float *st_m, *st_v, *st_G;  // block-scaled state staged in shared memory (non-REGS)
   uint32_t* st_w;
 };
 
@@ -481,9 +589,9 @@ __device__ __forceinline__ void apply_run(const Launch& L, const Scalars& s, con
   uint32_t w0[VEC] = {}, w1[VEC] = {}, w2[VEC] = {};  // random words: sign, state / parameter rounding
   load8(L.pfmt, r.g, i, cnt, T.pvec, g);
   load8(L.pfmt, r.p, i, cnt, T.pvec, p);
-  if (kind_has_m(K)) load8_state(L.sfmt, r.m, i, e, cnt, T.svec, r.m_scale, T.blk, m);
-  if (kind_has_v(K)) load8_state(L.sfmt, r.v, i, e, cnt, T.svec, r.v_scale, T.blk, v);
-  if (T.elem_env) load8_state(L.sfmt, r.G, i, e, cnt, T.svec, r.G_scale, T.blk, G);
+  if (kind_has_m(K)) load8_state(L.sfmt, r.m, i, e, cnt, T.svec, r.m_scale, T.blk, r.m_tscale, m);
+  if (kind_has_v(K)) load8_state(L.sfmt, r.v, i, e, cnt, T.svec, r.v_scale, T.blk, r.v_tscale, v);
+  if (T.elem_env) load8_state(L.sfmt, r.G, i, e, cnt, T.svec, r.G_scale, T.blk, r.G_tscale, G);
   if (T.sign_words) run_words(r.k0, r.k1, r.offset + (uint64_t)i, PURPOSE_SIGN, w0);
   if (T.state_words) run_words(r.k0, r.k1, r.offset + (uint64_t)i, PURPOSE_STATE_ROUNDING, w1);
   if (T.param_words) run_words(r.k0, r.k1, r.offset + (uint64_t)i, PURPOSE_PARAM_ROUNDING, w2);
@@ -523,9 +631,9 @@ __device__ __forceinline__ void apply_run(const Launch& L, const Scalars& s, con
   } else if (REGS) {
     const int lanes = (int)L.block / VEC;
     const bool sr = s.state_stochastic_rounding != 0;
-    if (kind_has_m(K)) encode_run(L.sfmt, m, w1, cnt, lanes, sr, (uint8_t*)r.m, r.m_scale, i, e, T.svec, T.blk);
-    if (kind_has_v(K)) encode_run(L.sfmt, v, w1, cnt, lanes, sr, (uint8_t*)r.v, r.v_scale, i, e, T.svec, T.blk);
-    if (T.elem_env) encode_run(L.sfmt, G, w1, cnt, lanes, sr, (uint8_t*)r.G, r.G_scale, i, e, T.svec, T.blk);
+    if (kind_has_m(K)) encode_run(L.sfmt, m, w1, cnt, lanes, sr, (uint8_t*)r.m, r.m_scale, i, e, T.svec, T.blk, nullptr);
+    if (kind_has_v(K)) encode_run(L.sfmt, v, w1, cnt, lanes, sr, (uint8_t*)r.v, r.v_scale, i, e, T.svec, T.blk, nullptr);
+    if (T.elem_env) encode_run(L.sfmt, G, w1, cnt, lanes, sr, (uint8_t*)r.G, r.G_scale, i, e, T.svec, T.blk, nullptr);
   } else {
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
@@ -538,13 +646,13 @@ __device__ __forceinline__ void apply_run(const Launch& L, const Scalars& s, con
   }
 }
 
-// FP8 state: blocks of 8..256 (powers of two) are encoded from registers (encode_run) over
-// ELEM_TILE tiles; other blocks are staged in dynamic shared memory (the tile's new m, v, G
+// Block-scaled state (FP8, packed 4-bit): blocks of 8..256 (powers of two) are encoded from
+// registers (encode_run) over ELEM_TILE tiles; other blocks are staged in dynamic shared memory (the tile's new m, v, G
 // values and SR words) over FP8_TILE tiles.
 // Non-stochastic kinds fit 80 registers without spilling (three CUDA blocks an SM); measured on
 // an H100 at 1B parameters, that took Lion bf16/E4M3 from 35.8% to 47.3% of D2D copy and
 // fp32/E4M3 from 77.3% to 91.0%.  The stochastic kinds spill there and keep the default.
-// REGS: FP8 state with blocks of 8..256 (powers of two); STATS: with step statistics.
+// REGS: block-scaled state with blocks of 8..256 (powers of two); STATS: with step statistics.
 template <int K, bool REGS, bool STATS>
 __global__ void __launch_bounds__(THREADS, kind_stochastic(K) ? 1 : 3) apply_kernel(Launch L) {
   extern __shared__ float stage[];
@@ -615,11 +723,12 @@ __global__ void __launch_bounds__(THREADS, kind_stochastic(K) ? 1 : 3) apply_ker
   }
   if (!blocked || REGS) return;
   __syncthreads();
-  // FP8: one warp per state block: absmax of the finite new values -> scale -> codes.
+  // block-scaled state: one warp per state block: finite absmax -> scale -> codes
   const bool sr = s.state_stochastic_rounding != 0;
-  if (kind_has_m(K)) encode_staged(L.sfmt, T.st_m, T.st_w, sr, n, (int)L.block, (uint8_t*)r.m + a, r.m_scale, T.blk.first);
-  if (kind_has_v(K)) encode_staged(L.sfmt, T.st_v, T.st_w, sr, n, (int)L.block, (uint8_t*)r.v + a, r.v_scale, T.blk.first);
-  if (T.elem_env) encode_staged(L.sfmt, T.st_G, T.st_w, sr, n, (int)L.block, (uint8_t*)r.G + a, r.G_scale, T.blk.first);
+  const int nb = (int)L.block;
+  if (kind_has_m(K)) encode_staged(L.sfmt, T.st_m, T.st_w, sr, n, nb, codes_at(L.sfmt, r.m, a), r.m_scale, T.blk.first, nullptr);
+  if (kind_has_v(K)) encode_staged(L.sfmt, T.st_v, T.st_w, sr, n, nb, codes_at(L.sfmt, r.v, a), r.v_scale, T.blk.first, nullptr);
+  if (T.elem_env) encode_staged(L.sfmt, T.st_G, T.st_w, sr, n, nb, codes_at(L.sfmt, r.G, a), r.G_scale, T.blk.first, nullptr);
 }
 
 // Step statistics: the apply tiles' partials merged in a fixed order (thread j takes tiles j,

@@ -13,16 +13,16 @@ namespace cuda {
 constexpr int THREADS = 256;
 constexpr int VEC = 8;                          // elements per thread per step (128-bit loads)
 constexpr int64_t ELEM_TILE = THREADS * VEC * 4;  // elements per CUDA block (apply_tile)
-constexpr int64_t FP8_TILE = THREADS * VEC;       // at most, FP8 state staged in shared memory
-constexpr int64_t MAX_FP8_BLOCK = FP8_TILE;       // FP8 state_block limit
+constexpr int64_t FP8_TILE = THREADS * VEC;       // at most, block-scaled state staged in shared memory
+constexpr int64_t MAX_FP8_BLOCK = FP8_TILE;       // block-scaled (FP8, packed 4-bit) state_block limit
 
-// FP8 state whose blocks (8..256, powers of two) each lie within one warp's eight-element run:
-// encoded from registers, over ELEM_TILE tiles.
+// Block-scaled state (FP8, packed 4-bit) whose blocks (8..256, powers of two) each lie within one
+// warp's eight-element runs: encoded from registers, over ELEM_TILE tiles.
 inline __host__ __device__ bool fp8_in_registers(int sfmt, int64_t block) {
   return fmt_block_scaled(sfmt) && (block & (block - 1)) == 0 && block >= 8 && block <= 256;
 }
 
-// Elements per apply tile (a multiple of the FP8 block).
+// Elements per apply tile (a multiple of the state block: even for packed 4-bit state).
 inline int64_t apply_tile(int sfmt, int64_t block) {
   if (!fmt_block_scaled(sfmt) || fp8_in_registers(sfmt, block)) return ELEM_TILE;
   return block * (FP8_TILE / block > 1 ? FP8_TILE / block : 1);
@@ -35,8 +35,8 @@ struct Launch {
   const int64_t* seg_base;      // [ntensors + 1] first segment of each tensor
   int ntensors;
   int64_t ntiles, nred, nseg;
-  int64_t tile;                 // elements per apply tile (multiple of the FP8 block)
-  int64_t block;                // FP8 state block
+  int64_t tile;                 // elements per apply tile (multiple of the state block)
+  int64_t block;                // state block of block-scaled (FP8, packed 4-bit) state
   int kind, pfmt, sfmt;
   Scalars s;
   ScalarPtrs sp;

@@ -37,8 +37,9 @@ std::vector<at::Tensor> g_captured_meta;
 at::Tensor step_cuda(SIGNOPT_STEP_PARAMS) {
   check_step_args(SIGNOPT_STEP_ARGS, at::kCUDA);
   TORCH_CHECK(!fmt_block_scaled((int)state_format) || state_block <= cuda::MAX_FP8_BLOCK,
-              "signopt::step: FP8 state on CUDA needs state_block <= ", cuda::MAX_FP8_BLOCK, ", got ", state_block);
-  TORCH_CHECK(!fmt_packed((int)state_format), "signopt::step: packed 4-bit state (fp4_e2m1, MXFP4 or NVFP4-style) "
+              "signopt::step: block-scaled (FP8/FP4) state on CUDA needs state_block <= ", cuda::MAX_FP8_BLOCK,
+              ", got ", state_block);
+  TORCH_CHECK(!fmt_tensor_scale((int)state_format), "signopt::step: NVFP4-style state (fp4_e2m1, state_scale='e4m3') "
               "has no CUDA kernel; it runs on the CPU kernels and the torch backend");
   const at::Device device = params[0].device();
   c10::cuda::CUDAGuard guard(device);

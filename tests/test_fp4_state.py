@@ -297,3 +297,31 @@ def test_nvfp4_cpp_encode_op_is_the_reference_codec():
                 assert torch.equal(sb.view(torch.uint8), ref_sb.view(torch.uint8))
                 want = state_format.decode(ref_codes, ref_sb, block, (x.numel(),), ref_ts)
                 assert torch.equal(dec.view(torch.int32), want.view(torch.int32))
+
+
+class _CudaParam:
+    """What CppBackend.unsupported reads of a parameter, for a CUDA one on a machine without a GPU."""
+    device = torch.device("cuda")
+    dtype = torch.float32
+    grad = None
+
+    def is_complex(self):
+        return False
+
+    def is_contiguous(self):
+        return True
+
+
+@pytest.mark.parametrize("state_scale,refused", [(None, False), ("e4m3", True)])
+def test_cpp_cuda_kernels_take_mxfp4_and_refuse_nvfp4(state_scale, refused):
+    """The cpp backend's CUDA kernels run MXFP4 state (tests/test_cpp_cuda.py checks their bits on a
+    GPU) and refuse NVFP4-style state, naming the options."""
+    from signopt.backends.cpp_backend import CppBackend
+
+    rule = signopt.Lion([torch.nn.Parameter(torch.randn(8))], lr=1e-3, state_dtype=FMT, state_scale=state_scale,
+                        backend="torch").rule()
+    reason = CppBackend(has_cuda=True).unsupported(rule, [_CudaParam()])
+    if refused:
+        assert reason is not None and "state_scale='e4m3'" in reason and "no CUDA kernel" in reason
+    else:
+        assert reason is None

@@ -31,7 +31,7 @@ from .torch_backend import real_view
 log = logging.getLogger("signopt")
 
 SUPPORTED_DEVICES = ("cpu", "cuda")
-MAX_CUDA_FP8_BLOCK = 2048  # csrc/cuda_launch.h: FP8 blocks are staged in shared memory
+MAX_CUDA_FP8_BLOCK = 2048  # csrc/cuda_launch.h: FP8/FP4 blocks are staged in shared memory
 
 # signopt::step's state lists (after params and grads), in the schema's order.
 _LIST_NAMES = tuple(n for t, n, kw in declaration.step_arguments() if t.endswith("[]") and t.startswith("Tensor")
@@ -83,11 +83,11 @@ class CppBackend:
                 return f"params[{i}] is on {p.device}; the cpp backend runs on CPU and CUDA"
             if p.device.type == "cuda" and not self.has_cuda:
                 return "the signopt extension was built without CUDA kernels"
-            if p.device.type == "cuda" and fmt.packed:
-                return (f"{declaration.options_of(rule.state_dtype)} (packed 4-bit codes) has no CUDA kernel; it "
-                        "runs on CPU tensors and on the torch backend")
+            if p.device.type == "cuda" and fmt.tensor_scale:
+                return (f"{declaration.options_of(rule.state_dtype)} (NVFP4-style tensor scales) has no CUDA "
+                        "kernel; it runs on CPU tensors and on the torch backend")
             if p.device.type == "cuda" and fmt.block_scaled and rule.state_block > MAX_CUDA_FP8_BLOCK:
-                return f"FP8 state on CUDA needs state_block <= {MAX_CUDA_FP8_BLOCK}"
+                return f"block-scaled (FP8/FP4) state on CUDA needs state_block <= {MAX_CUDA_FP8_BLOCK}"
             if _real_dtype(p) not in PARAM_FORMATS:
                 return (f"params[{i}] has dtype {p.dtype}; the cpp backend supports "
                         f"{', '.join(str(d).removeprefix('torch.') for d in PARAM_FORMATS)} "
