@@ -5,6 +5,9 @@
 //   reduce_kernel   one CUDA block per fixed reduction chunk (same lane order as the CPU)
 //   finalize_kernel one thread per segment: folds chunk partials in order -> norm / envelope
 //   count_kernel    cautious: exact per-tensor counts (integer atomics)
+//   scan_kernel     NVFP4 state: the rule evaluated, nothing written: each tensor's finite absmax
+//                   of its new m, v, G (integer atomicMax), whose tensor scales the apply pass
+//                   encodes against; tscale_kernel stores them after the apply pass
 //   apply_kernel    one CUDA block per tile (apply_tile: ELEM_TILE elements, or FP8_TILE
 //                   rounded down to whole state blocks); 8 consecutive elements per thread per
 //                   step with 128-bit loads when aligned (64-bit for FP8 codes, 32-bit for packed
@@ -67,6 +70,7 @@ __device__ __forceinline__ void with_block_fmt(int fmt, Fn&& fn) {
     case FMT_MXFP8_E4M3: fn(FmtMXE4M3()); break;
     case FMT_MXFP8_E5M2: fn(FmtMXE5M2()); break;
     case FMT_FP4_E2M1: fn(FmtE2M1()); break;
+    case FMT_FP4_E2M1_E4M3: fn(FmtNVFP4()); break;
     default: fn(FmtE5M2()); break;
   }
 }
@@ -96,6 +100,7 @@ __device__ __forceinline__ float load_elem(int fmt, const void* raw, int64_t i, 
     case FMT_MXFP8_E4M3: return FmtMXE4M3::load(((const uint8_t*)raw)[i], FmtMXE4M3::get_scale(scale, i / block));
     case FMT_MXFP8_E5M2: return FmtMXE5M2::load(((const uint8_t*)raw)[i], FmtMXE5M2::get_scale(scale, i / block));
     case FMT_FP4_E2M1: return load_fp4_elem<FmtE2M1>(raw, i, scale, block, ts);
+    case FMT_FP4_E2M1_E4M3: return load_fp4_elem<FmtNVFP4>(raw, i, scale, block, ts);
     default: return FmtE5M2::load(((const uint8_t*)raw)[i], FmtE5M2::get_scale(scale, i / block));
   }
 }
@@ -428,6 +433,58 @@ __global__ void __launch_bounds__(THREADS) count_kernel(Launch L) {
   if (threadIdx.x == 0 && sh[0]) atomicAdd(L.kept + t, sh[0]);
 }
 
+// ------------------------------------------------------------------ tensor scales (NVFP4)
+// scan_kernel: one CUDA block per apply tile evaluates the rule and writes no state: the finite
+// absmax of the tile's new m, v and element G -- the values the apply pass stores (the old ones
+// where the gradient is not finite: element_direction keeps them) -- as integer bits
+// (FmtNVFP4::abs_bits), max-reduced over the block and atomicMax'ed into L.tamax[3t + slot]: an
+// integer max, the same bits in any order (cpu_kernels.h's scan_tensor_scales).  The new state
+// depends on neither the segment values nor the sign words (only the update does), so neither
+// is read.
+template <int K>
+__global__ void __launch_bounds__(THREADS) scan_kernel(Launch L) {
+  __shared__ uint32_t sh[3][THREADS / 32];
+  if (skipped(L)) return;
+  const Scalars s = live_scalars(L);
+  const int t = find_tensor(L.tile_start, L.ntensors, blockIdx.x);
+  const TensorRef r = L.refs[t];
+  const int64_t a = (blockIdx.x - L.tile_start[t]) * L.tile;
+  const int64_t n = (r.numel - a) < L.tile ? (r.numel - a) : L.tile;
+  const bool elem_env = kind_stochastic(K) && s.envelope == ENV_ELEMENT;
+  uint32_t am[3] = {0u, 0u, 0u};
+  for (int64_t j = threadIdx.x; j < n; j += THREADS) {
+    const ElemOut o = eval_elem<K>(L, s, r, t, a + j, false, elem_env, 0u);
+    if (kind_has_m(K)) am[0] = max(am[0], FmtNVFP4::abs_bits(o.m));
+    if (kind_has_v(K)) am[1] = max(am[1], FmtNVFP4::abs_bits(o.v));
+    if (elem_env) am[2] = max(am[2], FmtNVFP4::abs_bits(o.G));
+  }
+#pragma unroll
+  for (int slot = 0; slot < 3; ++slot) {
+    for (int off = 16; off >= 1; off /= 2) am[slot] = max(am[slot], __shfl_xor_sync(0xFFFFFFFFu, am[slot], off));
+    if ((threadIdx.x & 31) == 0) sh[slot][threadIdx.x / 32] = am[slot];
+  }
+  __syncthreads();
+  if (threadIdx.x < 3) {
+    uint32_t x = 0u;
+    for (int w = 0; w < THREADS / 32; ++w) x = max(x, sh[threadIdx.x][w]);
+    if (x) atomicMax(L.tamax + 3 * t + threadIdx.x, x);
+  }
+}
+
+// tscale_kernel: after the apply pass (which decoded with the stored tensor scales and encoded
+// with this step's), one thread per tensor stores this step's, S = tensor_scale_of(absmax), unless
+// found_inf skipped the step (nothing changes then: cpu_kernels.h's put_tensor_scales).
+__global__ void tscale_kernel(Launch L) {
+  const int t = (int)(blockIdx.x * blockDim.x + threadIdx.x);
+  if (t >= L.ntensors || skipped(L)) return;
+  const TensorRef& r = L.refs[t];
+  float* const dst[3] = {r.m_tscale, r.v_tscale, r.G_tscale};
+#pragma unroll
+  for (int slot = 0; slot < 3; ++slot) {
+    if (dst[slot] != nullptr) *dst[slot] = FmtNVFP4::tensor_scale_of(u2f(L.tamax[3 * t + slot]));
+  }
+}
+
 // The scale of a block of new state values of finite absmax u2f(amax) (integer bits: F::abs_bits)
 // and the reciprocal of its multiplier, as the CPU's encode: FP8 s = scale_of(absmax), inv = 1/s;
 // packed 4-bit s = scale_of(absmax, ts), inv = 1/multiplier(s, ts) (ts: the new tensor scale).
@@ -498,7 +555,7 @@ __device__ __forceinline__ void encode_run_t(const float* x, const uint32_t* w, 
 }
 
 // This step's tensor scale of a state of codec F (NVFP4): tensor_scale_of the finite absmax (bits
-// *amax) that the scan pass found for the state's new values; 1 (unused) for every other codec.
+// *amax) that scan_kernel found for the state's new values; 1 (unused) for every other codec.
 template <class F>
 __device__ __forceinline__ float new_tscale(const uint32_t* amax) {
   if constexpr (F::tensor_scaled) {
@@ -554,6 +611,11 @@ __device__ __forceinline__ void encode_staged(int sfmt, const float* vals, const
     using F = decltype(f);
     encode_staged_t<F>(vals, w, sr, n, block, codes, scale, first, new_tscale<F>(ts));
   });
+}
+
+// The scan maxima of state `slot` (0 m, 1 v, 2 G) of tensor t (NVFP4; null for other formats).
+__device__ __forceinline__ const uint32_t* tensor_amax(const Launch& L, int t, int slot) {
+  return L.tamax != nullptr ? L.tamax + 3 * t + slot : nullptr;
 }
 
 // The code bytes of block-scaled state from element i on (packed 4-bit: two a byte, i even).
@@ -631,9 +693,15 @@ __device__ __forceinline__ void apply_run(const Launch& L, const Scalars& s, con
   } else if (REGS) {
     const int lanes = (int)L.block / VEC;
     const bool sr = s.state_stochastic_rounding != 0;
-    if (kind_has_m(K)) encode_run(L.sfmt, m, w1, cnt, lanes, sr, (uint8_t*)r.m, r.m_scale, i, e, T.svec, T.blk, nullptr);
-    if (kind_has_v(K)) encode_run(L.sfmt, v, w1, cnt, lanes, sr, (uint8_t*)r.v, r.v_scale, i, e, T.svec, T.blk, nullptr);
-    if (T.elem_env) encode_run(L.sfmt, G, w1, cnt, lanes, sr, (uint8_t*)r.G, r.G_scale, i, e, T.svec, T.blk, nullptr);
+    if (kind_has_m(K)) {
+      encode_run(L.sfmt, m, w1, cnt, lanes, sr, (uint8_t*)r.m, r.m_scale, i, e, T.svec, T.blk, tensor_amax(L, T.t, 0));
+    }
+    if (kind_has_v(K)) {
+      encode_run(L.sfmt, v, w1, cnt, lanes, sr, (uint8_t*)r.v, r.v_scale, i, e, T.svec, T.blk, tensor_amax(L, T.t, 1));
+    }
+    if (T.elem_env) {
+      encode_run(L.sfmt, G, w1, cnt, lanes, sr, (uint8_t*)r.G, r.G_scale, i, e, T.svec, T.blk, tensor_amax(L, T.t, 2));
+    }
   } else {
 #pragma unroll
     for (int k = 0; k < VEC; ++k) {
@@ -726,9 +794,18 @@ __global__ void __launch_bounds__(THREADS, kind_stochastic(K) ? 1 : 3) apply_ker
   // block-scaled state: one warp per state block: finite absmax -> scale -> codes
   const bool sr = s.state_stochastic_rounding != 0;
   const int nb = (int)L.block;
-  if (kind_has_m(K)) encode_staged(L.sfmt, T.st_m, T.st_w, sr, n, nb, codes_at(L.sfmt, r.m, a), r.m_scale, T.blk.first, nullptr);
-  if (kind_has_v(K)) encode_staged(L.sfmt, T.st_v, T.st_w, sr, n, nb, codes_at(L.sfmt, r.v, a), r.v_scale, T.blk.first, nullptr);
-  if (T.elem_env) encode_staged(L.sfmt, T.st_G, T.st_w, sr, n, nb, codes_at(L.sfmt, r.G, a), r.G_scale, T.blk.first, nullptr);
+  if (kind_has_m(K)) {
+    encode_staged(L.sfmt, T.st_m, T.st_w, sr, n, nb, codes_at(L.sfmt, r.m, a), r.m_scale, T.blk.first,
+                  tensor_amax(L, T.t, 0));
+  }
+  if (kind_has_v(K)) {
+    encode_staged(L.sfmt, T.st_v, T.st_w, sr, n, nb, codes_at(L.sfmt, r.v, a), r.v_scale, T.blk.first,
+                  tensor_amax(L, T.t, 1));
+  }
+  if (T.elem_env) {
+    encode_staged(L.sfmt, T.st_G, T.st_w, sr, n, nb, codes_at(L.sfmt, r.G, a), r.G_scale, T.blk.first,
+                  tensor_amax(L, T.t, 2));
+  }
 }
 
 // Step statistics: the apply tiles' partials merged in a fixed order (thread j takes tiles j,
@@ -765,12 +842,14 @@ cudaError_t launch_kind(const Launch& L, cudaStream_t stream) {
     finalize_kernel<K><<<(unsigned)((L.nseg + THREADS - 1) / THREADS), THREADS, 0, stream>>>(L);
   }
   if (L.s.cautious) count_kernel<K><<<(unsigned)L.ntiles, THREADS, 0, stream>>>(L);
+  if (L.tamax) scan_kernel<K><<<(unsigned)L.ntiles, THREADS, 0, stream>>>(L);
   if (L.stats) {
     launch_apply<K, true>(L, stream);
     stats_kernel<<<1, THREADS, 0, stream>>>(L);
   } else {
     launch_apply<K, false>(L, stream);
   }
+  if (L.tamax) tscale_kernel<<<(unsigned)((L.ntensors + THREADS - 1) / THREADS), THREADS, 0, stream>>>(L);
   return cudaGetLastError();
 }
 

@@ -46,6 +46,8 @@ struct Launch {
   unsigned long long* bad;      // [1] non-finite count
   double* stats;                // [STAT_COUNT] step statistics, accumulated into (null: off)
   ItemStats* tile_stats;        // [ntiles] step statistics: each apply tile's (null: off)
+  uint32_t* tamax;              // [3 * ntensors] NVFP4 state (else null): the bits of the finite absmax
+                                // of each tensor's new m, v, G (scan_kernel; zeroed by the host)
 };
 
 // Enqueues every pass of one fused step on `stream` (no host synchronisation).

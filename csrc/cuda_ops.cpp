@@ -39,8 +39,6 @@ at::Tensor step_cuda(SIGNOPT_STEP_PARAMS) {
   TORCH_CHECK(!fmt_block_scaled((int)state_format) || state_block <= cuda::MAX_FP8_BLOCK,
               "signopt::step: block-scaled (FP8/FP4) state on CUDA needs state_block <= ", cuda::MAX_FP8_BLOCK,
               ", got ", state_block);
-  TORCH_CHECK(!fmt_tensor_scale((int)state_format), "signopt::step: NVFP4-style state (fp4_e2m1, state_scale='e4m3') "
-              "has no CUDA kernel; it runs on the CPU kernels and the torch backend");
   const at::Device device = params[0].device();
   c10::cuda::CUDAGuard guard(device);
   const std::vector<TensorRef> refs =
@@ -115,6 +113,12 @@ at::Tensor step_cuda(SIGNOPT_STEP_PARAMS) {
                                     params[0].options().dtype(at::kByte));
   L.stats = stats.empty() ? nullptr : stats[0].data_ptr<double>();
   L.tile_stats = stats.empty() ? nullptr : (ItemStats*)tile_stats.data_ptr();
+  // NVFP4 state: the scan pass's per-tensor maxima (m, v, G), which it atomicMax'es into zeros
+  at::Tensor tamax;
+  if (!m_tensor_scale.empty() || !v_tensor_scale.empty() || !env_tensor_scale.empty()) {
+    tamax = at::zeros({3 * nt}, params[0].options().dtype(at::kInt));
+    L.tamax = (uint32_t*)tamax.data_ptr<int32_t>();
+  }
   C10_CUDA_CHECK(cuda::launch_step(L, stream));
   return bad;
 }

@@ -1,7 +1,7 @@
 """CUDA kernels of the cpp backend (need a GPU; skipped elsewhere, see conftest.py).
 
-CPU-vs-GPU bit identity for the exact rules, packed 4-bit state (MXFP4) against the torch reference
-bit for bit, one kernel launch per pass for a whole param group, no host synchronisation inside
+CPU-vs-GPU bit identity for the exact rules, packed 4-bit state (MXFP4 and NVFP4-style) against the
+torch reference bit for bit, one kernel launch per pass for a whole param group, no host synchronisation inside
 step, and CUDA-graph capture with a tensor lr.
 """
 from __future__ import annotations
@@ -82,16 +82,22 @@ def test_cuda_bit_identical_to_cpu(rule, opts, dtype):
 
 
 # Packed 4-bit state on the CUDA kernels against the torch reference (on the CPU), bit for bit:
-# parameters, codes, block scales. Blocks of 32 and 256 are encoded from registers, 2 and 6
-# (not a power of two) through shared memory (a lane encodes whole bytes there); the shapes give
-# odd element counts (a pad nibble), tensors that are not a multiple of the block, one element,
-# and several apply tiles (3 x 4099).
+# parameters, codes, block scales and (NVFP4-style) tensor scales. MXFP4 blocks of 32 and 256 and
+# NVFP4 blocks of 16 and 64 are encoded from registers, blocks of 2 through shared memory (a lane
+# encodes whole bytes there); the shapes give odd element counts (a pad nibble), tensors that are
+# not a multiple of the block, one element, and several apply tiles (3 x 4099). Each set names
+# its parameter dtype.
 FP4_OPTION_SETS = [
-    dict(state_dtype="fp4_e2m1", weight_decay=0.1, wd_mode="decoupled", state_rounding="nearest"),
-    dict(state_dtype="fp4_e2m1", state_block=2, weight_decay=0.1, wd_mode="l2", maximize=True, cautious=True,
-         state_rounding="stochastic", param_rounding="stochastic"),
-    dict(state_dtype="fp4_e2m1", state_block=256, cautious=True, state_rounding="stochastic"),
-    dict(state_dtype="fp4_e2m1", state_block=8, weight_decay=0.1, wd_mode="independent", state_rounding="nearest"),
+    (torch.float32, dict(state_dtype="fp4_e2m1", weight_decay=0.1, wd_mode="decoupled")),
+    (torch.bfloat16, dict(state_dtype="fp4_e2m1", state_block=2, weight_decay=0.1, wd_mode="l2", maximize=True,
+                          cautious=True, state_rounding="stochastic", param_rounding="stochastic")),
+    (torch.float32, dict(state_dtype="fp4_e2m1", state_block=256, cautious=True, state_rounding="stochastic")),
+    (torch.bfloat16, dict(state_dtype="fp4_e2m1", state_block=8, weight_decay=0.1, wd_mode="independent")),
+    (torch.float32, dict(state_dtype="fp4_e2m1", state_scale="e4m3", weight_decay=0.1)),
+    (torch.bfloat16, dict(state_dtype="fp4_e2m1", state_scale="e4m3", state_block=2, cautious=True,
+                          state_rounding="stochastic")),
+    (torch.float32, dict(state_dtype="fp4_e2m1", state_scale="e4m3", state_block=64, maximize=True, wd_mode="l2",
+                         weight_decay=0.1, state_rounding="stochastic")),
 ]
 FP4_SHAPES = [(7, 31), (1031,), (), (3, 4099), (0, 5), (2, 9)]
 
@@ -133,12 +139,45 @@ def run_cuda_against_reference(rule: str, opts: dict, dtype: torch.dtype, shapes
                     assert_same_bits(o_gpu.state[q][name].cpu(), value, f"{rule} step {step} param {i} {name}")
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("opts", range(len(FP4_OPTION_SETS)))
 @pytest.mark.parametrize("rule", EXACT_RULES)
-def test_cuda_fp4_state_bit_identical_to_reference(rule, opts, dtype):
+def test_cuda_fp4_state_bit_identical_to_reference(rule, opts):
     cpp_cuda_or_skip()
-    run_cuda_against_reference(rule, FP4_OPTION_SETS[opts], dtype, FP4_SHAPES)
+    dtype, options = FP4_OPTION_SETS[opts]
+    run_cuda_against_reference(rule, options, dtype, FP4_SHAPES)
+
+
+@pytest.mark.parametrize("state_scale", [None, "e4m3"])
+def test_cuda_fp4_found_inf_changes_nothing_without_host_sync(state_scale):
+    """A step that found_inf skips leaves parameters, codes, block scales and (NVFP4) the tensor
+    scale as they were, and the packed-state passes (NVFP4's scan and tensor-scale store too)
+    do not synchronise with the host."""
+    cpp_cuda_or_skip()
+    params = [torch.randn(1000, device="cuda"), torch.randn(31, 7, device="cuda")]
+    opt = signopt.Lion(params, lr=1e-2, backend="cpp", state_dtype="fp4_e2m1", state_scale=state_scale,
+                       fp8_min_numel=0)
+    opt.grad_scale = torch.tensor(1024.0, device="cuda")
+    opt.found_inf = torch.tensor(0.0, device="cuda")
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    before = [(p.clone(), {k: v.clone() for k, v in opt.state[p].items()}) for p in params]
+    assert (state_scale == "e4m3") == ("m_tensor_scale" in opt.state[params[0]])
+    for p in params:
+        p.grad = torch.randn_like(p) * 10
+    opt.found_inf.fill_(1.0)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for i, (p, (q, st)) in enumerate(zip(params, before)):
+        assert_same_bits(p, q, f"param {i}")
+        for name, value in st.items():
+            assert_same_bits(opt.state[p][name], value, f"param {i} {name}")
+    opt.found_inf.fill_(0.0)
+    opt.step()  # and the next step moves them
+    assert not torch.equal(opt.state[params[0]]["m"], before[0][1]["m"])
 
 
 def test_cuda_fp4_block_of_six():

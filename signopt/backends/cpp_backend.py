@@ -83,9 +83,6 @@ class CppBackend:
                 return f"params[{i}] is on {p.device}; the cpp backend runs on CPU and CUDA"
             if p.device.type == "cuda" and not self.has_cuda:
                 return "the signopt extension was built without CUDA kernels"
-            if p.device.type == "cuda" and fmt.tensor_scale:
-                return (f"{declaration.options_of(rule.state_dtype)} (NVFP4-style tensor scales) has no CUDA "
-                        "kernel; it runs on CPU tensors and on the torch backend")
             if p.device.type == "cuda" and fmt.block_scaled and rule.state_block > MAX_CUDA_FP8_BLOCK:
                 return f"block-scaled (FP8/FP4) state on CUDA needs state_block <= {MAX_CUDA_FP8_BLOCK}"
             if _real_dtype(p) not in PARAM_FORMATS:
