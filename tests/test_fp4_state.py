@@ -233,7 +233,7 @@ def test_nvfp4_optimizer_state_and_checkpoints():
 
 def test_nvfp4_kernel_backends_refuse_naming_the_options():
     p = torch.nn.Parameter(torch.randn(64, 64))
-    for backend in ("cpp", "triton"):
+    for backend in ("cpp",):  # (triton runs it: tests/test_parity_triton.py::test_parity_triton_nvfp4)
         try:
             backend_registry.load(backend)
         except backend_registry.BackendUnavailable:

@@ -224,9 +224,11 @@ def run_and_compare(backend: str, rule: str, dtype: torch.dtype, shape_list, opt
                     assert_ulp(state[name], value, torch.float32, f"{where} state {name!r}")
                 elif value.dtype == torch.uint8:  # packed 4-bit codes: decoded, within 2 E2M1 steps
                     block, shape = ref.rule().state_block, tuple(as_real_f32(q).shape)
-                    got = state_format.decode(state[name], state[name + "_scale"], block, shape)
-                    want = state_format.decode(value, ref_state[name + "_scale"], block, shape)
+                    ts, ref_ts = state.get(name + "_tensor_scale"), ref_state.get(name + "_tensor_scale")
+                    got = state_format.decode(state[name], state[name + "_scale"], block, shape, ts)
+                    want = state_format.decode(value, ref_state[name + "_scale"], block, shape, ref_ts)
                     unit = state_format.scale_values(ref_state[name + "_scale"]).repeat_interleave(block)
+                    unit = unit if ref_ts is None else unit * ref_ts
                     assert torch.all((got - want).abs().reshape(-1) <= 4 * unit[: want.numel()]), where
                 else:
                     block = ref.rule().state_block
