@@ -90,6 +90,7 @@ def state_bytes_per_param(fmt: str, n_states: int) -> float:
 
 NEW_FORMATS = ("mxfp8_e4m3", "fp4_e2m1")  # MXFP8 and MXFP4 state: cpp rows only (the torch
 # reference of a block-scaled format runs minutes per step and is the oracle, not a contender)
+NVFP4 = "fp4_e2m1_e4m3"  # NVFP4-style state (state_scale="e4m3"; scalar tiles and a scan pass): Lion's cpp rows
 
 
 def signopt_rows(quick: bool) -> list[dict]:
@@ -108,7 +109,7 @@ def signopt_rows(quick: bool) -> list[dict]:
     for name, cls, kw, n_states in specs:
         for backend in ("cpp", "torch"):
             fmts = ["fp32"] if n_states == 0 else ["fp32", "bf16", "fp8_e4m3"] + (
-                list(NEW_FORMATS) if backend == "cpp" else [])
+                list(NEW_FORMATS) + ([NVFP4] if name == "Lion" else []) if backend == "cpp" else [])
             for fmt in fmts:
                 pdts = {"Lion": ("fp32", "bf16"), "Lion-psr": ("bf16",)}.get(name, ("fp32",))
                 for pdt in pdts:
@@ -202,7 +203,8 @@ def make_opt(row: dict, params: list[torch.Tensor]) -> torch.optim.Optimizer:
         return row["make"](params)
     kw = dict(row["kw"])
     if row["n_states"]:
-        kw["state_dtype"] = row["state"]
+        option_of = declaration.FORMATS[row["state"]].option_of  # (state_dtype, state_scale)
+        kw.update(zip(("state_dtype", "state_scale"), option_of) if option_of else [("state_dtype", row["state"])])
     opt = row["cls"](params, lr=1e-4, backend=row["backend"], **kw)
     assert opt.backends == [row["backend"]]
     return opt

@@ -304,6 +304,7 @@ struct FmtFP4 {
   static_assert(blocked && packed && (fmt_scale_e8m0(FMT) != tensor_scaled), "FmtFP4: packed, E8M0 or E4M3 scales");
   static constexpr int M = fmt_mantissa_bits(FMT), EMIN = fmt_emin(FMT), EMAX = fmt_emax(FMT);
   static constexpr float qmax = fmt_max_finite(FMT);
+  static constexpr bool e8m0 = fmt_scale_e8m0(FMT);
   // NVFP4: the tensor scale of a tensor of finite absmax T
   static SIGNOPT_HD float tensor_scale_of(float T) {
     const float s = T * (float)(1.0 / (6.0 * 448.0));

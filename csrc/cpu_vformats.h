@@ -120,8 +120,14 @@ struct VBlockEncoder {
   static inline float encode_amax(typename F::raw* r, const int64_t n, const float* vals, const uint32_t amax,
                                   const uint32_t* words) {
     const float sc = VF::scale_of(u2f(amax));
-    VF::encode_codes(r, n, vals, 1.0f / sc, words);
+    VF::encode_codes(r, n, vals, F::e8m0 ? pow2_inverse(sc) : 1.0f / sc, words);
     return sc;
+  }
+  // 1/s of an E8M0 scale s = 2^(E-127) (E = e8m0_code(s) < 255): 2^(127-E), exact as the
+  // division (whose latency, after the absmax reduction, stalled every MX block's encode)
+  static SIGNOPT_VI float pow2_inverse(const float s) {
+    const uint32_t E = e8m0_code(s);
+    return u2f(E == 254u ? 0x00400000u : (254u - E) << 23);  // (E = 254: 2^-127, an fp32 subnormal)
   }
   static inline float encode_block(typename F::raw* r, const int64_t n, const float* vals, const uint32_t* words) {
     return encode_amax(r, n, vals, amax_of(vals, n), words);

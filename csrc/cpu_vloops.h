@@ -71,17 +71,18 @@ struct Out {
 
 // rules.h's prologue and direction_after_prologue<K> on W lanes.  seg: the segment's value
 // (Lion-kappa norm, or the envelope of a row/block/tensor cell), segpos: seg > 0; elem_env:
-// the element envelope (G from in.G) or a segment one (seg); w0: the sign words.
-template <int K>
+// the element envelope (G from in.G) or a segment one (seg); w0: the sign words.  PLAIN: the
+// call has no prologue and no l2 term (tested once per piece, not per vector).
+template <int K, bool PLAIN = false>
 SIGNOPT_VI Out rule(const VScalars& S, const In& in, const vf seg, const bool segpos, const bool elem_env,
                     const vu w0, const vf bc1, const vf bc2) {
   static_assert(K != K_LION_LP, "Lion-kappa lp has no vector form (pow)");
   Out o;
   vf x = in.g;
-  if (S.prol) x = (x * splat(S.mul)) * splat(S.sg);
+  if (!PLAIN && S.prol) x = (x * splat(S.mul)) * splat(S.sg);
   o.bad = ~finite(x);
   vf g = sel(o.bad, splat(0.0f), x);
-  if (S.has_l2) g = g + splat(S.l2) * in.p;
+  if (!PLAIN && S.has_l2) g = g + splat(S.l2) * in.p;
   o.gg = g;
   o.m = in.m;
   o.v = in.v;
@@ -191,8 +192,11 @@ struct Loop {
   // registers, and a copy of an object written just before would stall on store forwarding).
   const VScalars S;
   const bool elem_env, cautious;
+  const bool plain;  // no prologue, l2 term or cautious masking: run_acc's PLAIN loops where no
+                     // stochastic rounding either (the runtime tests in every vector cost ~20%)
 
-  Loop(const VScalars& vs, const bool elem, const bool caut) : S(vs), elem_env(elem), cautious(caut) {}
+  Loop(const VScalars& vs, const bool elem, const bool caut)
+      : S(vs), elem_env(elem), cautious(caut), plain(!vs.prol && !vs.has_l2 && !caut) {}
 
   template <class D>
   static SIGNOPT_VI vf load_state(const SR* r, const D& d) {
@@ -213,11 +217,12 @@ struct Loop {
     return load_state(r, d);
   }
 
+  template <bool PLAIN>
   static SIGNOPT_VI void store_state(SR* r, float* o, const int64_t j, const vf x, vu& amax, const uint32_t* w) {
     if constexpr (BLK) {
       storeu(o + j, x);
       amax = maxu31(amax, abs_bits(x));
-    } else if (w) {
+    } else if (!PLAIN && w) {
       VS::store_sr(r + j, x, loadu<vu>(w + j));
     } else {
       VS::store(r + j, x);
@@ -226,7 +231,8 @@ struct Loop {
 
   // W lanes at element j.  COUNT: the cautious count (kept lanes into acc.n), nothing stored.
   // STATS: the step statistics of the lanes where live (all but a tail's padding) into st.
-  template <bool COUNT, bool STATS, class SHORT>
+  // PLAIN: plain holds and the piece draws no rounding words (P.w1, P.w2 null).
+  template <bool COUNT, bool STATS, class SHORT, bool PLAIN>
   SIGNOPT_VI void lanes(const Ptr& P, const Tens T, const int64_t j, const vf seg, const bool segpos, const Dec& md,
                         const Dec& vd, const Dec& Gd, Acc& acc, Stats& st, const vi live) const {
     In in;
@@ -236,24 +242,24 @@ struct Loop {
     in.v = HV ? load_state_t(P.v + j, vd, SHORT{}) : splat(0.0f);
     in.G = STO && elem_env ? load_state_t(P.E + j, Gd, SHORT{}) : splat(0.0f);
     const vu w0 = kind_draws_sign(K) ? loadu<vu>(P.w0 + j) : vu{};
-    const Out o = rule<K>(S, in, seg, segpos, elem_env, w0, splat(T.bc1), splat(T.bc2));
+    const Out o = rule<K, PLAIN>(S, in, seg, segpos, elem_env, w0, splat(T.bc1), splat(T.bc2));
     if constexpr (COUNT) {
       acc.n += (vi)(o.u * o.gg > 0.0f);  // cautious_keep
       return;
     }
     vf u = o.u;
-    if (cautious) u = sel(u * o.gg > 0.0f, u * splat(T.cs), splat(0.0f));  // cautious_apply
+    if (!PLAIN && cautious) u = sel(u * o.gg > 0.0f, u * splat(T.cs), splat(0.0f));  // cautious_apply
     const vf q = in.p * splat(S.decay) - splat(S.lr) * u;                         // epilogue
     const vf pn = sel(o.bad, in.p, q);
-    if (P.w2) {
+    if (!PLAIN && P.w2) {
       VP::store_sr(P.p + j, pn, loadu<vu>(P.w2 + j));
     } else {
       VP::store(P.p + j, pn);
     }
-    if constexpr (HM) store_state(P.m, P.mo, j, o.m, acc.am, P.w1);
-    if constexpr (HV) store_state(P.v, P.vo, j, o.v, acc.av, P.w1);
+    if constexpr (HM) store_state<PLAIN>(P.m, P.mo, j, o.m, acc.am, P.w1);
+    if constexpr (HV) store_state<PLAIN>(P.v, P.vo, j, o.v, acc.av, P.w1);
     if constexpr (STO) {
-      if (elem_env) store_state(P.E, P.Go, j, o.G, acc.aG, P.w1);
+      if (elem_env) store_state<PLAIN>(P.E, P.Go, j, o.G, acc.aG, P.w1);
     }
     acc.n += o.bad;
     if constexpr (STATS) {
@@ -293,14 +299,24 @@ struct Loop {
     if constexpr (STATS) t = st;  // (off: not copied in and out, 5 vectors per piece)
     const vi all = splati(-1);
     const vi n0 = a.n;
+    auto body = [&](auto shrt, auto plain) {
+      for (; j + W <= n; j += W)
+        L.template lanes<COUNT, STATS, decltype(shrt), decltype(plain)::value>(P, T, j, segv, segpos, md, vd, Gd, a,
+                                                                                t, all);
+    };
+    const bool plain = L.plain && !P.w1 && !P.w2;
     if (short_all) {
       if constexpr (BLK && !PK) {
-        for (; j + W <= n; j += W)
-          L.template lanes<COUNT, STATS, std::true_type>(P, T, j, segv, segpos, md, vd, Gd, a, t, all);
+        if (plain) {
+          body(std::true_type{}, std::true_type{});
+        } else {
+          body(std::true_type{}, std::false_type{});
+        }
       }
+    } else if (plain) {
+      body(std::false_type{}, std::true_type{});
     } else {
-      for (; j + W <= n; j += W)
-        L.template lanes<COUNT, STATS, std::false_type>(P, T, j, segv, segpos, md, vd, Gd, a, t, all);
+      body(std::false_type{}, std::false_type{});
     }
     if (j < n) L.template tail<COUNT, STATS>(P, T, j, n - j, segv, segpos, md, vd, Gd, a, t);
     acc = a;
@@ -331,7 +347,7 @@ struct Loop {
     if (P.w2) fill_short(w2, P.w2 + j, n);
     if (STATS) fill_short(s, P.s + j, n);
     const Ptr Q{p, g, m, v, E, mo, vo, Go, P.w0 ? w0 : nullptr, P.w1 ? w1 : nullptr, P.w2 ? w2 : nullptr, s};
-    lanes<COUNT, STATS, std::false_type>(Q, T, 0, segv, segpos, md, vd, Gd, acc, st, live);
+    lanes<COUNT, STATS, std::false_type, false>(Q, T, 0, segv, segpos, md, vd, Gd, acc, st, live);
     if (COUNT) return;
     copy_short(P.p + j, p, n);
     if (STATS) copy_short(P.s + j, s, n);

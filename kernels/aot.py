@@ -23,13 +23,17 @@ from . import launch, passes
 
 UPDATE_SIG = {"tab_ptr": "*i64", "ftab_ptr": "*fp32", "blk_ptr": "*i32", "sc_ptr": "*fp32",
               "sc64_ptr": "*fp64", "inv_scale_ptr": "*fp32", "found_inf_ptr": "*fp32",
-              "sega_ptr": "*fp32", "segb_ptr": "*fp32", "count_ptr": "*i64", "stats_ptr": "*fp64"}
+              "sega_ptr": "*fp32", "segb_ptr": "*fp32", "tso_ptr": "*fp32", "count_ptr": "*i64",
+              "stats_ptr": "*fp64"}
 CHUNKS_SIG = {"tab_ptr": "*i64", "ftab_ptr": "*fp32", "unit_ptr": "*i32", "rtab_ptr": "*i64",
               "sc_ptr": "*fp32", "sc64_ptr": "*fp64", "inv_scale_ptr": "*fp32", "sega_ptr": "*fp32",
               "partial_ptr": "*fp64", "n_units": "i64"}
 FINALIZE_SIG = {"tab_ptr": "*i64", "ftab_ptr": "*fp32", "seg_ptr": "*i32", "rtab_ptr": "*i64",
                 "sc_ptr": "*fp32", "sc64_ptr": "*fp64", "found_inf_ptr": "*fp32",
                 "partial_ptr": "*fp64", "out_ptr": "*fp32", "n_segs": "i64"}
+
+# the reduction stage of a pass named ``chunks_<stage>`` / ``finalize_<stage>``
+PASS_WANTS = {"a": passes.WANT_STAGE_A, "count": passes.WANT_CAUTIOUS_COUNT, "ts": passes.WANT_STATE_ABSMAX}
 
 # PTX that an exact rule must not contain: contracted multiply-adds, approximate division /
 # reciprocal / square root of fp32, and fp32 arithmetic flushing subnormals to zero.
@@ -82,6 +86,10 @@ def variants() -> list[Variant]:
                                                 envelope_source="grad"),
                 passes=("update", "chunks_a", "finalize_a"), extra=dict(segment=256)),
         Variant("stochastic-sgd-tensor", R("stochastic", base="sgd", envelope="tensor")),
+        Variant("stochastic-adamw-nvfp4-sr", R("stochastic", base="adamw", state_dtype="fp4_e2m1_e4m3",
+                                               state_block=16, state_rounding="stochastic"),
+                state_kind="fp4_e2m1_e4m3", passes=("update", "chunks_ts", "finalize_ts"),
+                extra=dict(has_found_inf=True)),
     ]
 
 
@@ -107,19 +115,19 @@ def compile_variant(v: Variant, target=None) -> dict[str, str]:
     flags = launch.rule_flags(v.rule, v.p_dtype, v.p_dtype, v.state_kind, has_l2=v.rule.wd_mode == "l2",
                               has_inv_scale=v.extra.get("has_inv_scale", False))
     found_inf = v.extra.get("has_found_inf", False)
-    sblk = v.rule.state_block if v.state_kind.startswith("fp8") else 1
+    sblk = launch.state_sblk(v.rule, v.state_kind)
     out = {}
     for p in v.passes:
         if p == "update":
             ce = launch.update_constexprs(v.rule, flags, v.state_kind, found_inf, cfg)
             out[p] = _compile(passes.update_kernel, UPDATE_SIG, ce, target, cfg.update_warps)
-        elif p.startswith("chunks"):
-            want = int(passes.WANT_STAGE_A) if p.endswith("_a") else int(passes.WANT_CAUTIOUS_COUNT)
+            continue
+        want = int(PASS_WANTS[p.rsplit("_", 1)[1]])
+        if p.startswith("chunks"):
             units, rblock = launch.reduce_tile(v.extra.get("segment", cfg.reduce_block), cfg)
             ce = launch.reduce_constexprs(flags, want, sblk, units, rblock)
             out[p] = _compile(passes.reduce_chunks_kernel, CHUNKS_SIG, ce, target, cfg.reduce_warps)
         else:
-            want = int(passes.WANT_STAGE_A) if p.endswith("_a") else int(passes.WANT_CAUTIOUS_COUNT)
             ce = launch.finalize_constexprs(flags, want, found_inf, cfg)
             out[p] = _compile(passes.reduce_finalize_kernel, FINALIZE_SIG, ce, target, cfg.reduce_warps)
     return out

@@ -16,7 +16,8 @@ uncached scalar loads per program, negligible next to ``UPDATE_BLOCK`` x 16+ byt
 Launches: one per pass per (param group, param dtype, grad dtype, state format) partition,
 whatever the number of tensors: the update pass, plus two passes (chunk partials, segment
 finalize) for each reduction stage a rule needs (reducing kappa or a row/block/tensor envelope;
-cautious counts), plus one ``zeros`` for the non-finite counter.
+cautious counts; NVFP4 state's per-tensor absmax of the new state, for its tensor scales), plus
+one ``zeros`` for the non-finite counter.
 
 Prepared steps: :func:`prepare` builds a :class:`Plan` for a group's slots once — partitions,
 the tensor tables less this step's gradient addresses and Philox keys, block ids, reduction
@@ -91,9 +92,6 @@ def unsupported(rule: UpdateRule, params: list[Tensor]) -> str | None:
     """Why these kernels cannot run ``rule`` on ``params`` (None if they can)."""
     if rule.kappa_fn is not None or rule.kappa == "callable":
         return "a callable kappa runs only on the torch backend"
-    if FORMATS[rule.state_dtype].codec is None:
-        return (f"{declaration.options_of(rule.state_dtype)} has no Triton kernel (E4M3 block scales with a tensor scale "
-                "need the whole tensor's absmax before any block is encoded); the torch backend runs it")
     if FORMATS[rule.state_dtype].block_scaled and not 1 <= rule.state_block <= MAX_FP8_BLOCK:
         return f"FP8 state_block must be in [1, {MAX_FP8_BLOCK}] for the Triton kernels, got {rule.state_block}"
     for i, p in enumerate(params):
@@ -223,6 +221,17 @@ def reduce_tile(longest_segment: int, cfg: LaunchConfig) -> tuple[int, int]:
     return max(1, cfg.reduce_block // rblock), rblock
 
 
+def state_sblk(rule: UpdateRule, state_kind: str) -> int:
+    """The state block the kernels index scales by (1 for a format without block scales)."""
+    return rule.state_block if FORMATS[state_kind].block_scaled else 1
+
+
+def partials_per_chunk(want: int) -> int:
+    """Partials a reduction chunk writes (and outputs a segment has): one per state slot for the
+    NVFP4 state absmax, else one."""
+    return int(L.N_TSCALES) if want == int(passes.WANT_STATE_ABSMAX) else 1
+
+
 def reduce_constexprs(flags: dict, want: int, sblk: int, units: int, rblock: int) -> dict:
     """All constexprs of ``reduce_chunks_kernel``."""
     return dict(flags, WANT=want, SBLK=sblk, UNITS=units, RBLOCK=rblock)
@@ -231,7 +240,7 @@ def reduce_constexprs(flags: dict, want: int, sblk: int, units: int, rblock: int
 def finalize_constexprs(flags: dict, want: int, has_found_inf: bool, cfg: LaunchConfig) -> dict:
     """All constexprs of ``reduce_finalize_kernel``."""
     return dict(FAMILY=flags["FAMILY"], KAPPA=flags["KAPPA"], HAS_FOUND_INF=has_found_inf,
-                WANT=want, FSEGS=cfg.finalize_segments)
+                WANT=want, FSEGS=cfg.finalize_segments, NP=partials_per_chunk(want))
 
 
 # ----------------------------------------------------------------------------- per-step values
@@ -349,9 +358,10 @@ class Partition:
         for it, nb, base in zip(items, n_blocks, seg_base):
             row = [0] * int(L.N_COLS)
             row[int(L.C_PARAM)] = it.param.data_ptr()
-            for name, (col, scale_col) in L.SLOT_COLUMNS.items():
+            for name, (col, scale_col, tscale_col) in L.SLOT_COLUMNS.items():
                 row[int(col)] = _addr(it.state.get(name))
                 row[int(scale_col)] = _addr(it.state.get(state_layout.scale_key(name)))
+                row[int(tscale_col)] = _addr(it.state.get(state_layout.tensor_scale_key(name)))
             row[int(L.C_NUMEL)] = it.numel
             row[int(L.C_INDEX_OFFSET)] = it.index_offset
             row[int(L.C_FIRST_BLOCK)] = first
@@ -366,7 +376,7 @@ class Partition:
         self._tabs = DeviceTableCache(PLAN_TABLES)
         self._ftabs = DeviceTableCache(PLAN_TABLES)
 
-        self.sblk = rule.state_block if FORMATS[state_kind].block_scaled else 1
+        self.sblk = state_sblk(rule, state_kind)
         self.stage_a = None
         if has_a:
             self.stage_a = _reduction([it.segment for it in items], seg_base, int(passes.WANT_STAGE_A),
@@ -375,6 +385,10 @@ class Partition:
         if rule.cautious:
             self.cautious = _reduction([(it.numel, 1) for it in items], list(range(len(items))),
                                        int(passes.WANT_CAUTIOUS_COUNT), device, cfg)
+        self.tensor_scales = None  # NVFP4: segment t is tensor t (the update pass relies on it)
+        if FORMATS[state_kind].tensor_scale:
+            self.tensor_scales = _reduction([(it.numel, 1) for it in items], list(range(len(items))),
+                                            int(passes.WANT_STATE_ABSMAX), device, cfg)
         self._constexprs: dict[tuple[bool, bool, bool], tuple[dict, dict, dict]] = {}
 
     def constexprs(self, has_l2: bool, has_inv_scale: bool, has_found_inf: bool
@@ -388,7 +402,7 @@ class Partition:
             flags = rule_flags(rule, self.p_dtype, self.g_dtype, self.state_kind, has_l2=has_l2,
                                has_inv_scale=has_inv_scale)
             chunks = {}
-            for red in (self.stage_a, self.cautious):
+            for red in (self.stage_a, self.cautious, self.tensor_scales):
                 if red is not None:
                     chunks[red.want] = reduce_constexprs(flags, red.want, self.sblk, red.units_per_prog,
                                                          red.rblock)
@@ -438,24 +452,27 @@ class Partition:
 
         def reduce(red: Reduction, sega: Tensor) -> Tensor:
             """Chunk partials then per-segment finalize; returns the fp32 segment buffer."""
-            partial = torch.empty(red.n_units, dtype=torch.float64, device=device)
-            out = torch.empty(max(red.n_segs, 1), dtype=torch.float32, device=device)
+            width = partials_per_chunk(red.want)
+            partial = torch.empty(red.n_units * width, dtype=torch.float64, device=device)
+            out = torch.empty(max(red.n_segs, 1) * width, dtype=torch.float32, device=device)
             passes.reduce_chunks_kernel[(-(-red.n_units // red.units_per_prog),)](
                 tab, ftab, red.units, red.rtab, scal, scal64, inv_scale, sega, partial, red.n_units,
                 **chunks[red.want], num_warps=cfg.reduce_warps, enable_fp_fusion=False)
-            passes.reduce_finalize_kernel[(-(-red.n_segs // cfg.finalize_segments),)](
+            passes.reduce_finalize_kernel[(-(-(red.n_segs * width) // cfg.finalize_segments),)](
                 tab, ftab, red.seg_ids, red.rtab, scal, scal64, found_inf, partial, out, red.n_segs,
                 **finalize[red.want], num_warps=cfg.reduce_warps, enable_fp_fusion=False)
             return out
 
         sega = scal if self.stage_a is None else reduce(self.stage_a, scal)
         segb = scal if self.cautious is None else reduce(self.cautious, sega)
+        # last: its finalize replaces the tensor scales the other passes decode the state with
+        tso = scal if self.tensor_scales is None else reduce(self.tensor_scales, scal)
         count = torch.zeros(1, dtype=torch.int64, device=device)
         partials = scal64
         if self.stats:
             partials = torch.zeros((self.total_blocks, int(L.N_TCOLS)), dtype=torch.float64, device=device)
         passes.update_kernel[(self.total_blocks,)](
-            tab, ftab, self.blk, scal, scal64, inv_scale, found_inf, sega, segb, count, partials,
+            tab, ftab, self.blk, scal, scal64, inv_scale, found_inf, sega, segb, tso, count, partials,
             **update, num_warps=cfg.update_warps, enable_fp_fusion=False)
         for dst, work in self.writeback:
             dst.copy_(work)
@@ -526,6 +543,9 @@ class Plan:
                 state[s.name] = _contiguous(codes, writeback)
                 if scales is not None:
                     state[state_layout.scale_key(s.name)] = _contiguous(scales, writeback)
+                tscale = slot.state.get(state_layout.tensor_scale_key(s.name))
+                if tscale is not None:
+                    state[state_layout.tensor_scale_key(s.name)] = _contiguous(tscale, writeback)
             items.append(Item(i, _contiguous(p, writeback), state, p.numel(), slot.index_offset,
                               state_layout.segment(rule, tuple(p.shape)), slot.sign))
         self.partitions = [Partition(rule, items, writeback, *key, cfg)

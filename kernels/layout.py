@@ -25,7 +25,10 @@ C_FIRST_BLOCK = tl.constexpr(11)   # first program of this tensor in the update 
 C_SEG_BASE = tl.constexpr(12)      # first segment of this tensor in the stage-A buffer
 C_SEG_LEN = tl.constexpr(13)       # stage-A segment length (numel, row length or block)
 C_SIGN = tl.constexpr(14)          # step statistics: the previous update signs (int8), or 0
-N_COLS = tl.constexpr(15)
+C_M_TSCALE = tl.constexpr(15)      # NVFP4: the fp32 tensor scale of m / v / G (consecutive), or 0
+C_V_TSCALE = tl.constexpr(16)
+C_ENV_TSCALE = tl.constexpr(17)
+N_COLS = tl.constexpr(18)
 
 # step statistics: per update program, its partials (fp64): the sum of squared updates, the
 # reversed signs, the NaN-propagating max of |new m|, |new v|, |new element G|
@@ -36,8 +39,13 @@ T_V = tl.constexpr(3)
 T_G = tl.constexpr(4)
 N_TCOLS = tl.constexpr(5)
 
-# the columns of each state slot of signopt.declaration: (its tensor, its FP8 block scales)
-SLOT_COLUMNS = {M.name: (C_M, C_M_SCALE), V.name: (C_V, C_V_SCALE), G.name: (C_ENV, C_ENV_SCALE)}
+# the columns of each state slot of signopt.declaration: (its tensor, its block scales, its tensor
+# scale); a slot's position here is its column in the NVFP4 tensor-scale buffers (N_TSCALES per tensor)
+SLOT_COLUMNS = {M.name: (C_M, C_M_SCALE, C_M_TSCALE), V.name: (C_V, C_V_SCALE, C_V_TSCALE),
+                G.name: (C_ENV, C_ENV_SCALE, C_ENV_TSCALE)}
+N_TSCALES = tl.constexpr(len(SLOT_COLUMNS))
+if [c[2].value for c in SLOT_COLUMNS.values()] != list(range(C_M_TSCALE.value, C_M_TSCALE.value + N_TSCALES.value)):
+    raise TypeError("the kernels address slot K's tensor scale as column C_M_TSCALE + K")
 
 # fp32 tensor scalar table, one row per tensor
 F_BIAS1 = tl.constexpr(0)          # AdamW 1 - beta1**t

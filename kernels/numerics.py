@@ -29,6 +29,7 @@ import triton.language as tl
 from signopt.casting import BF16_MAX_BITS as _BF16_MAX_BITS, BF16_QNAN as _BF16_QNAN
 from signopt.declaration import FORMATS, RANDOM_PURPOSES
 from signopt.state_format import MIN_SCALE as _MIN_SCALE
+from signopt.state_format import _E4M3_MIN, _INV_6, _INV_2688
 
 KIND_FP32 = tl.constexpr(FORMATS["fp32"].id)
 KIND_BF16 = tl.constexpr(FORMATS["bf16"].id)
@@ -38,7 +39,7 @@ KIND_E5M2 = tl.constexpr(FORMATS["fp8_e5m2"].id)
 KIND_MXE4M3 = tl.constexpr(FORMATS["mxfp8_e4m3"].id)  # E4M3 / E5M2 codes with E8M0 block scales (MX)
 KIND_MXE5M2 = tl.constexpr(FORMATS["mxfp8_e5m2"].id)
 KIND_FP4_E2M1 = tl.constexpr(FORMATS["fp4_e2m1"].id)  # packed E2M1 codes, two a byte, E8M0 scales
-KIND_FP4_E2M1_E4M3 = tl.constexpr(FORMATS["fp4_e2m1_e4m3"].id)  # NVFP4: no Triton codec (launch refuses it)
+KIND_FP4_E2M1_E4M3 = tl.constexpr(FORMATS["fp4_e2m1_e4m3"].id)  # NVFP4: E2M1 codes, E4M3 block scales, fp32 tensor scale
 FP4_M = tl.constexpr(FORMATS["fp4_e2m1"].mantissa_bits)
 FP4_EMIN = tl.constexpr(FORMATS["fp4_e2m1"].emin)
 FP4_MAX = tl.constexpr(FORMATS["fp4_e2m1"].max_finite)
@@ -68,7 +69,11 @@ PURPOSE_STATE_ROUNDING = tl.constexpr(RANDOM_PURPOSES["state_rounding"])
 PURPOSE_PARAM_ROUNDING = tl.constexpr(RANDOM_PURPOSES["param_rounding"])
 
 TWO_POW_M24 = tl.constexpr(5.9604644775390625e-08)  # 2**-24
-MIN_SCALE = tl.constexpr(_MIN_SCALE)  # 2**-126, smallest FP8 block scale
+MIN_SCALE = tl.constexpr(_MIN_SCALE)  # 2**-126, smallest FP8 block scale (and NVFP4 tensor scale)
+# NVFP4's two-level scaling (state_format.nvfp4_encode): fp32(1/6), fp32(1/(6*448)), smallest block scale
+NVFP4_INV_6 = tl.constexpr(_INV_6)
+NVFP4_INV_2688 = tl.constexpr(_INV_2688)
+NVFP4_MIN_BLOCK_SCALE = tl.constexpr(_E4M3_MIN)  # 2**-9, the smallest E4M3 subnormal
 BF16_QNAN = tl.constexpr(_BF16_QNAN)
 BF16_MAX_BITS = tl.constexpr(_BF16_MAX_BITS)
 
@@ -311,6 +316,24 @@ def e8m0_scale(absmax, EMAX: tl.constexpr):
     ``max(exponent field - EMAX, 0)``."""
     e = ((f32_bits(absmax) >> 23) & 0xFF).to(tl.int32) - EMAX
     return tl.maximum(e, 0).to(tl.uint8)
+
+
+@triton.jit
+def nvfp4_tensor_scale(absmax):
+    """NVFP4's fp32 tensor scale of the tensor's finite absmax ``T`` (``state_format.nvfp4_encode``):
+    ``max(T * fp32(1/2688), 2**-126)``."""
+    s = absmax * NVFP4_INV_2688
+    return tl.where(s < MIN_SCALE, MIN_SCALE, s)
+
+
+@triton.jit
+def nvfp4_block_scale(absmax, tscale):
+    """NVFP4's E4M3 block scale (its fp32 value) of a block's finite absmax ``a`` under tensor
+    scale ``S`` (``state_format.nvfp4_encode``): ``max(e4m3_nearest(min((a * fp32(1/6)) / S, 448)),
+    2**-9)``, the division correctly rounded."""
+    u = tl.minimum(tl.math.div_rn(absmax * NVFP4_INV_6, tscale), E4M3_MAX)
+    sb = round_to_format(u, 0, E4M3_M, E4M3_EMIN, E4M3_MAX, False)  # (no word: nearest)
+    return tl.maximum(sb, NVFP4_MIN_BLOCK_SCALE)
 
 
 @triton.jit

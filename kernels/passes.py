@@ -8,8 +8,15 @@ Passes of one step (host side: :mod:`signopt.kernels.launch`):
    max |src|)`` written to the state ``G`` in place, unless ``found_inf``);
 2. the same two kernels with ``WANT_CAUTIOUS_COUNT`` — only for cautious rules: the per-tensor
    ``numel / (kept + 1)`` rescale;
-3. ``update_kernel`` — every element: prologue, rule, cautious mask, ``p*decay - lr*u``,
-   rounding of the parameter and state writes, non-finite count.
+3. the same two kernels with ``WANT_STATE_ABSMAX`` — only for NVFP4 state
+   (``fp4_e2m1_e4m3``): the rule evaluated without writes, the finite absmax ``T`` of each new
+   state slot over the whole tensor, and its new fp32 tensor scale ``S = max(T*fp32(1/2688),
+   2**-126)``, which the finalize writes into the state (unless ``found_inf``) after saving the
+   old one, which the codes still need for decoding, into its output buffer. It runs after the
+   other reductions (which decode the state with the tensor scale kept in it);
+4. ``update_kernel`` — every element: prologue, rule, cautious mask, ``p*decay - lr*u``,
+   rounding of the parameter and state writes (NVFP4: decoded with the saved old tensor scale,
+   encoded with the new one), non-finite count.
 
 Reductions run in a fixed order that does not depend on the launch: a segment (tensor, row or
 block) is cut into chunks of the fixed ``RBLOCK``; each chunk program writes one partial, and
@@ -19,26 +26,57 @@ import triton
 import triton.language as tl
 
 from .layout import (C_ENV, C_ENV_SCALE, C_FIRST_BLOCK, C_GRAD, C_INDEX_OFFSET, C_M, C_M_SCALE,
-                     C_NUMEL, C_PARAM, C_SEED, C_SEG_BASE, C_SEG_LEN, C_SIGN, C_V, C_V_SCALE, D_LP_ROOT,
-                     D_LP_P, F_BIAS1, F_BIAS2, F_NUMEL, N_COLS, N_FCOLS, N_RCOLS, N_TCOLS, R_CHUNKS,
-                     R_SEG_BASE, R_SEG_LEN, R_UNIT_BASE, S_BETA1, S_BETA2, S_DECAY, S_ENVELOPE_DECAY,
-                     S_EPS, S_HUBER_DELTA, S_INV_QMAX, S_L2, S_LR, S_OMB1, S_OMB2, S_P_MINUS_1,
-                     T_FLIPS, T_G, T_M, T_SQ, T_V)
-from .numerics import (PURPOSE_PARAM_ROUNDING, PURPOSE_SIGN, PURPOSE_STATE_ROUNDING, fmax, pow_f64,
-                       row_words, sign, uniform_from_word)
+                     C_M_TSCALE, C_NUMEL, C_PARAM, C_SEED, C_SEG_BASE, C_SEG_LEN, C_SIGN, C_V, C_V_SCALE,
+                     D_LP_ROOT, D_LP_P, F_BIAS1, F_BIAS2, F_NUMEL, N_COLS, N_FCOLS, N_RCOLS, N_TCOLS,
+                     N_TSCALES, R_CHUNKS, R_SEG_BASE, R_SEG_LEN, R_UNIT_BASE, S_BETA1, S_BETA2, S_DECAY,
+                     S_ENVELOPE_DECAY, S_EPS, S_HUBER_DELTA, S_INV_QMAX, S_L2, S_LR, S_OMB1, S_OMB2,
+                     S_P_MINUS_1, T_FLIPS, T_G, T_M, T_SQ, T_V)
+from .numerics import (KIND_FP4_E2M1_E4M3, PURPOSE_PARAM_ROUNDING, PURPOSE_SIGN, PURPOSE_STATE_ROUNDING,
+                       fmax, nvfp4_tensor_scale, pow_f64, row_words, sign, uniform_from_word)
 from .rules import (ENVELOPE_ELEMENT, ENVELOPE_TENSOR, FAMILY_LION, FAMILY_SIGN, FAMILY_SIGNUM,
                     FAMILY_STOCHASTIC, KAPPA_L2, KAPPA_LP, KAPPA_ROW_L2,
                     cautious, kappa_direction, kappa_norm_term, lion_rule, prologue,
                     signum_rule, stochastic_base, stochastic_sign)
-from .state_io import load_state, load_values, store_state, store_values
+from .state_io import finite_absmax, load_state, load_values, store_state, store_values
 
 WANT_STAGE_A = tl.constexpr(0)        # the kappa-norm summand or the envelope source
 WANT_CAUTIOUS_COUNT = tl.constexpr(1)  # 1.0 where u*g > 0
 WANT_UPDATE = tl.constexpr(2)          # the direction u and the new state
+WANT_STATE_ABSMAX = tl.constexpr(3)    # NVFP4: the finite absmax of each new state slot
 
 
 @triton.jit
-def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr, t, offs, row0, mask,
+def tensor_scale_ptr(row, K: tl.constexpr):
+    """The fp32 pointer to the NVFP4 tensor scale of state slot ``K`` (its position in
+    ``layout.SLOT_COLUMNS``) of the tensor whose table row is ``row``."""
+    return tl.load(row + C_M_TSCALE + K).to(tl.pointer_type(tl.float32))
+
+
+@triton.jit
+def old_tensor_scale(row, tso_ptr, t, K: tl.constexpr, S_KIND: tl.constexpr, WANT: tl.constexpr):
+    """The fp32 tensor scale slot ``K``'s stored NVFP4 codes were encoded with (1.0 for any other
+    state kind): in the state, until the ``WANT_STATE_ABSMAX`` finalize replaces it there and
+    saves it at ``tso_ptr[t*N_TSCALES + K]``, where the update pass reads it."""
+    if S_KIND != KIND_FP4_E2M1_E4M3:
+        return 1.0
+    elif WANT == WANT_UPDATE:
+        return tl.load(tso_ptr + t * N_TSCALES + K)
+    else:
+        return tl.load(tensor_scale_ptr(row, K))
+
+
+@triton.jit
+def new_tensor_scale(row, K: tl.constexpr, S_KIND: tl.constexpr):
+    """The fp32 tensor scale slot ``K``'s new NVFP4 codes are encoded with: the state's, which the
+    ``WANT_STATE_ABSMAX`` finalize has set (1.0 for any other state kind)."""
+    if S_KIND != KIND_FP4_E2M1_E4M3:
+        return 1.0
+    else:
+        return tl.load(tensor_scale_ptr(row, K))
+
+
+@triton.jit
+def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr, tso_ptr, t, offs, row0, mask,
                  FAMILY: tl.constexpr, KAPPA: tl.constexpr, BASE: tl.constexpr,
                  ENVELOPE: tl.constexpr, ENV_FROM_GRAD: tl.constexpr, CAUTIOUS: tl.constexpr,
                  MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr, HAS_INV_SCALE: tl.constexpr,
@@ -51,11 +89,12 @@ def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr,
 
     ``HAS_M``, ``HAS_V``, ``ELEMENT_G``: which per-element state slots the rule's kernel kind
     keeps (``signopt.declaration``; ``ELEMENT_G``: an element envelope), loaded here in the
-    state format.
+    state format (NVFP4 with the tensor scales of :func:`old_tensor_scale`).
 
     Returns ``(p, g, bad, q, u, m_new, v_new, env_new)``: fp32 parameter, prologue-processed
-    gradient, non-finite mask, the reduction quantity ``q`` (``WANT`` < ``WANT_UPDATE``), the
-    direction ``u`` (after the cautious mask) and the new fp32 state. The stochastic sign's
+    gradient, non-finite mask, the reduction quantity ``q`` (``WANT_STAGE_A``,
+    ``WANT_CAUTIOUS_COUNT``), the direction ``u`` (after the cautious mask; not computed for
+    ``WANT_STATE_ABSMAX``) and the new fp32 state. The stochastic sign's
     words are drawn here (only the passes that need ``u`` of the stochastic family); the
     rounding words by :func:`update_kernel`.
     """
@@ -71,12 +110,14 @@ def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr,
     v = zero
     env_el = zero
     if HAS_M:
-        m = load_state(tl.load(row + C_M), tl.load(row + C_M_SCALE), offs, mask, block, S_KIND)
+        m = load_state(tl.load(row + C_M), tl.load(row + C_M_SCALE), offs, mask, block,
+                       old_tensor_scale(row, tso_ptr, t, 0, S_KIND, WANT), S_KIND)
     if HAS_V:
-        v = load_state(tl.load(row + C_V), tl.load(row + C_V_SCALE), offs, mask, block, S_KIND)
+        v = load_state(tl.load(row + C_V), tl.load(row + C_V_SCALE), offs, mask, block,
+                       old_tensor_scale(row, tso_ptr, t, 1, S_KIND, WANT), S_KIND)
     if ELEMENT_G:
         env_el = load_state(tl.load(row + C_ENV), tl.load(row + C_ENV_SCALE), offs, mask, block,
-                            S_KIND)
+                            old_tensor_scale(row, tso_ptr, t, 2, S_KIND, WANT), S_KIND)
     beta1 = tl.load(sc_ptr + S_BETA1)
     omb1 = tl.load(sc_ptr + S_OMB1)
     beta2 = tl.load(sc_ptr + S_BETA2)
@@ -96,6 +137,12 @@ def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr,
         x, m_new, v_new = stochastic_base(m, v, g, bad, beta1, omb1, beta2, omb2,
                                           tl.load(sc_ptr + S_EPS), tl.load(frow + F_BIAS1),
                                           tl.load(frow + F_BIAS2), BASE)
+    if ELEMENT_G:  # an element envelope: G <- fmax(G*decay, |src|), kept at bad elements
+        if ENV_FROM_GRAD:
+            src = tl.abs(g)
+        else:
+            src = tl.abs(x)
+        env_new = tl.where(bad, env_el, fmax(env_el * tl.load(sc_ptr + S_ENVELOPE_DECAY), src))
     q = zero.to(tl.float64)
     u = zero
     if WANT == WANT_STAGE_A:
@@ -106,7 +153,7 @@ def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr,
                 q = tl.abs(g).to(tl.float64)
             else:
                 q = tl.abs(x).to(tl.float64)
-    else:
+    elif WANT != WANT_STATE_ABSMAX:
         if FAMILY == FAMILY_SIGN or FAMILY == FAMILY_SIGNUM:
             u = sign(x)
         elif FAMILY == FAMILY_LION:
@@ -121,11 +168,6 @@ def element_rule(row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr,
         else:
             env_ptr = tl.load(row + C_ENV).to(tl.pointer_type(tl.float32))
             if ENVELOPE == ENVELOPE_ELEMENT:
-                if ENV_FROM_GRAD:
-                    src = tl.abs(g)
-                else:
-                    src = tl.abs(x)
-                env_new = tl.where(bad, env_el, fmax(env_el * tl.load(sc_ptr + S_ENVELOPE_DECAY), src))
                 env = env_new
             elif ENVELOPE == ENVELOPE_TENSOR:
                 env = zero + tl.load(env_ptr)
@@ -151,7 +193,7 @@ def absmax_nan(x, mask):
 
 @triton.jit
 def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, found_inf_ptr,
-                  sega_ptr, segb_ptr, count_ptr, stats_ptr,
+                  sega_ptr, segb_ptr, tso_ptr, count_ptr, stats_ptr,
                   FAMILY: tl.constexpr, KAPPA: tl.constexpr, BASE: tl.constexpr,
                   ENVELOPE: tl.constexpr, ENV_FROM_GRAD: tl.constexpr, CAUTIOUS: tl.constexpr,
                   MAXIMIZE: tl.constexpr, HAS_L2: tl.constexpr, HAS_INV_SCALE: tl.constexpr,
@@ -163,7 +205,9 @@ def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, f
 
     The tile is ``[ROWS, COLS]`` with row stride ``SB``: for FP8 state ``SB`` is the FP8 block
     (``COLS`` its next power of two), so each row is one block and its absmax is a row max;
-    otherwise ``ROWS = 1`` and ``SB = COLS``. ``blk_ptr[pid]`` names the tensor.
+    otherwise ``ROWS = 1`` and ``SB = COLS``. ``blk_ptr[pid]`` names the tensor. NVFP4 state is
+    decoded with the old tensor scales saved at ``tso_ptr`` and encoded with the new ones in the
+    state (:data:`WANT_STATE_ABSMAX`).
     ``STATS``: step statistics — the previous signs (``C_SIGN``) compared and replaced, and the
     program's partials (``layout.T_*``) into row ``pid`` of ``stats_ptr``.
     """
@@ -179,7 +223,7 @@ def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, f
     offs = row0 + c[None, :]
     mask = (c[None, :] < SB) & (offs < numel)
     p, g, bad, q, u, m_new, v_new, env_new = element_rule(
-        row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr, t, offs, row0, mask,
+        row, frow, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, segb_ptr, tso_ptr, t, offs, row0, mask,
         FAMILY, KAPPA, BASE, ENVELOPE, ENV_FROM_GRAD, CAUTIOUS, MAXIMIZE, HAS_L2, HAS_INV_SCALE,
         P_KIND, G_KIND, S_KIND, HAS_M, HAS_V, ELEMENT_G, SB, COLS, WANT_UPDATE)
     param_word = tl.zeros_like(offs).to(tl.uint32)
@@ -205,13 +249,16 @@ def update_kernel(tab_ptr, ftab_ptr, blk_ptr, sc_ptr, sc64_ptr, inv_scale_ptr, f
     store_values(tl.load(row + C_PARAM), offs, p_new, store_mask, param_word, P_KIND, PARAM_SR)
     if HAS_M:
         store_state(tl.load(row + C_M), tl.load(row + C_M_SCALE), offs, m_new, store_mask,
-                    block_row, row_mask, state_word, inv_qmax, S_KIND, STATE_SR)
+                    block_row, row_mask, state_word, inv_qmax, new_tensor_scale(row, 0, S_KIND),
+                    S_KIND, STATE_SR)
     if HAS_V:
         store_state(tl.load(row + C_V), tl.load(row + C_V_SCALE), offs, v_new, store_mask,
-                    block_row, row_mask, state_word, inv_qmax, S_KIND, STATE_SR)
+                    block_row, row_mask, state_word, inv_qmax, new_tensor_scale(row, 1, S_KIND),
+                    S_KIND, STATE_SR)
     if ELEMENT_G:
         store_state(tl.load(row + C_ENV), tl.load(row + C_ENV_SCALE), offs, env_new, store_mask,
-                    block_row, row_mask, state_word, inv_qmax, S_KIND, STATE_SR)
+                    block_row, row_mask, state_word, inv_qmax, new_tensor_scale(row, 2, S_KIND),
+                    S_KIND, STATE_SR)
     n_bad = tl.sum((bad & mask).to(tl.int32))
     tl.atomic_add(count_ptr, n_bad.to(tl.int64))
     if STATS:
@@ -244,10 +291,11 @@ def reduce_chunks_kernel(tab_ptr, ftab_ptr, unit_ptr, rtab_ptr, sc_ptr, sc64_ptr
                          HAS_V: tl.constexpr, ELEMENT_G: tl.constexpr,
                          SBLK: tl.constexpr, WANT: tl.constexpr, UNITS: tl.constexpr,
                          RBLOCK: tl.constexpr):
-    """Passes 1a/2a: one partial per chunk (``RBLOCK`` elements of one segment): an fp64 sum,
-    or an fp64 max for envelopes, written to ``partial_ptr[unit]``. A program takes ``UNITS``
-    consecutive chunks as the rows of its tile, so short segments (blocks, short rows) share
-    a program; every row still reduces its own chunk."""
+    """Passes 1a/2a/3a: one partial per chunk (``RBLOCK`` elements of one segment): an fp64 sum,
+    or an fp64 max for envelopes, written to ``partial_ptr[unit]``; for ``WANT_STATE_ABSMAX``
+    the finite absmax of each new state slot ``K``, written to ``partial_ptr[unit*N_TSCALES + K]``.
+    A program takes ``UNITS`` consecutive chunks as the rows of its tile, so short segments
+    (blocks, short rows) share a program; every row still reduces its own chunk."""
     unit = tl.program_id(0) * UNITS + tl.arange(0, UNITS)[:, None].to(tl.int64)
     live = unit < n_units
     t = tl.load(unit_ptr + unit, mask=live, other=0).to(tl.int64)
@@ -263,16 +311,26 @@ def reduce_chunks_kernel(tab_ptr, ftab_ptr, unit_ptr, rtab_ptr, sc_ptr, sc64_ptr
     end = tl.minimum(seg_start + seg_len, tl.load(row + C_NUMEL))
     mask = (offs < end) & live
     p, g, bad, q, u, m_new, v_new, env_new = element_rule(
-        row, ftab_ptr + t * N_FCOLS, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, sega_ptr, t, offs,
-        row0, mask, FAMILY, KAPPA, BASE, ENVELOPE, ENV_FROM_GRAD, False, MAXIMIZE, HAS_L2,
+        row, ftab_ptr + t * N_FCOLS, sc_ptr, sc64_ptr, inv_scale_ptr, sega_ptr, sega_ptr, sega_ptr, t,
+        offs, row0, mask, FAMILY, KAPPA, BASE, ENVELOPE, ENV_FROM_GRAD, False, MAXIMIZE, HAS_L2,
         HAS_INV_SCALE, P_KIND, G_KIND, S_KIND, HAS_M, HAS_V, ELEMENT_G, SBLK, RBLOCK, WANT)
-    q = tl.where(mask, q, 0.0)
-    if WANT == WANT_STAGE_A and FAMILY == FAMILY_STOCHASTIC:
-        partial = tl.max(q, axis=1)
-    else:
-        partial = tl.sum(q, axis=1)
     unit1 = tl.program_id(0) * UNITS + tl.arange(0, UNITS).to(tl.int64)
-    tl.store(partial_ptr + unit1, partial, mask=unit1 < n_units)
+    live1 = unit1 < n_units
+    if WANT == WANT_STATE_ABSMAX:
+        out = partial_ptr + unit1 * N_TSCALES
+        if HAS_M:
+            tl.store(out + 0, finite_absmax(m_new, mask).to(tl.float64), mask=live1)
+        if HAS_V:
+            tl.store(out + 1, finite_absmax(v_new, mask).to(tl.float64), mask=live1)
+        if ELEMENT_G:
+            tl.store(out + 2, finite_absmax(env_new, mask).to(tl.float64), mask=live1)
+    else:
+        q = tl.where(mask, q, 0.0)
+        if WANT == WANT_STAGE_A and FAMILY == FAMILY_STOCHASTIC:
+            partial = tl.max(q, axis=1)
+        else:
+            partial = tl.sum(q, axis=1)
+        tl.store(partial_ptr + unit1, partial, mask=live1)
 
 
 @triton.jit
@@ -280,15 +338,21 @@ def reduce_finalize_kernel(tab_ptr, ftab_ptr, seg_ptr, rtab_ptr, sc_ptr, sc64_pt
                            partial_ptr, out_ptr, n_segs,
                            FAMILY: tl.constexpr, KAPPA: tl.constexpr,
                            HAS_FOUND_INF: tl.constexpr, WANT: tl.constexpr,
-                           FSEGS: tl.constexpr):
-    """Passes 1b/2b: each of ``FSEGS`` lanes finalizes one segment, adding (or max-ing) its
-    chunk partials one at a time in chunk order, then
+                           FSEGS: tl.constexpr, NP: tl.constexpr):
+    """Passes 1b/2b/3b: each of ``FSEGS`` lanes finalizes column ``k`` of one segment ``s``
+    (lane ``s*NP + k``; ``NP`` partials per chunk: ``N_TSCALES`` for ``WANT_STATE_ABSMAX``, else 1),
+    adding (or max-ing) its chunk partials one at a time in chunk order, then
 
     * kappa norms: ``out[s] = fp32(sqrt(sum))`` (l2, row_l2) or ``fp32(sum**((p-1)/p))`` (lp);
     * envelopes: ``G[s] <- fmax(G[s]*envelope_decay, fp32(max))`` in the state, unless found_inf;
-    * cautious: ``out[s] = numel / fp32(kept + 1)`` (correctly rounded).
+    * cautious: ``out[s] = numel / fp32(kept + 1)`` (correctly rounded);
+    * NVFP4 state absmax (segment = tensor, ``k`` = slot): ``out[s*NP + k]`` <- the slot's old
+      tensor scale, then ``S <- max(fp32(T)*fp32(1/2688), 2**-126)`` in the state, unless
+      found_inf (lanes of slots the tensor does not keep do nothing).
     """
-    s = tl.program_id(0) * FSEGS + tl.arange(0, FSEGS).to(tl.int64)
+    lane = tl.program_id(0) * FSEGS + tl.arange(0, FSEGS).to(tl.int64)
+    s = lane // NP
+    col = lane % NP
     live = s < n_segs
     t = tl.load(seg_ptr + s, mask=live, other=0).to(tl.int64)
     row = tab_ptr + t * N_COLS
@@ -298,12 +362,21 @@ def reduce_finalize_kernel(tab_ptr, ftab_ptr, seg_ptr, rtab_ptr, sc_ptr, sc64_pt
     first = tl.load(rrow + R_UNIT_BASE) + local * chunks
     acc = tl.zeros([FSEGS], tl.float64)
     for k in range(0, tl.max(tl.where(live, chunks, 0))):
-        vals = tl.load(partial_ptr + first + k, mask=live & (k < chunks), other=0.0)
-        if WANT == WANT_STAGE_A and FAMILY == FAMILY_STOCHASTIC:
+        vals = tl.load(partial_ptr + (first + k) * NP + col, mask=live & (k < chunks), other=0.0)
+        if (WANT == WANT_STAGE_A and FAMILY == FAMILY_STOCHASTIC) or WANT == WANT_STATE_ABSMAX:
             acc = tl.maximum(acc, vals)
         else:
             acc = acc + vals
-    if WANT == WANT_STAGE_A:
+    if WANT == WANT_STATE_ABSMAX:
+        ts_addr = tl.load(row + C_M_TSCALE + col, mask=live, other=0)
+        keeps = live & (ts_addr != 0)
+        ts_ptr = ts_addr.to(tl.pointer_type(tl.float32))
+        tl.store(out_ptr + lane, tl.load(ts_ptr, mask=keeps, other=0.0), mask=keeps)
+        store = keeps
+        if HAS_FOUND_INF:
+            store = keeps & (tl.where(tl.load(found_inf_ptr) > 0.0, 0, 1) != 0)
+        tl.store(ts_ptr, nvfp4_tensor_scale(acc.to(tl.float32)), mask=store)
+    elif WANT == WANT_STAGE_A:
         if FAMILY == FAMILY_LION:
             if KAPPA == KAPPA_LP:
                 norm = pow_f64(acc, tl.load(sc64_ptr + D_LP_ROOT))

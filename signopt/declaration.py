@@ -71,7 +71,6 @@ class Format:
     state: bool
     codec: str | None  # its C++ codec type (csrc/casts.h), named in the generated dispatch lists
     # (None: no C++ kernel -- the cpp backend refuses it)
-    triton: bool = True  # whether the Triton kernels store it (False: the registry refuses it there)
     block_scaled: bool = False
     scale: str = "fp32"
     default_block: int = 256
@@ -120,7 +119,7 @@ FORMATS = {f.name: f for f in (
     Format("fp4_e2m1", 7, torch.uint8, 4, 1, 0, 6.0, param=False, state=True, codec="FmtE2M1",
            block_scaled=True, scale="e8m0", default_block=32, packed=True, scale_options=("e8m0", "e4m3")),
     Format("fp4_e2m1_e4m3", 8, torch.uint8, 4, 1, 0, 6.0, param=False, state=True, codec="FmtNVFP4",
-           triton=False, block_scaled=True, scale="e4m3", default_block=16, packed=True,
+           block_scaled=True, scale="e4m3", default_block=16, packed=True,
            option_of=("fp4_e2m1", "e4m3")),
 )}
 STATE_FORMATS = tuple(n for n, f in FORMATS.items() if f.state)

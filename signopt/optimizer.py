@@ -406,7 +406,7 @@ class SignOptimizer(Optimizer):
                     w.work.append((p, index))
                     w.keep = w.keep and _regular(p, p.grad)
                 index += 1
-            reason = backend_registry.unsupported(backend, rule, [sharding.local(p) for p, _ in w.work])
+            reason = backend.unsupported(rule, [sharding.local(p) for p, _ in w.work])
             if reason is not None:
                 raise ValueError(f"backend {backend.name!r} cannot run param_groups[{gi}]: {reason}")
             works.append(w)

@@ -96,6 +96,50 @@ def test_parity_triton_mx(rule, dtype_name, scenario):
     tp.run_and_compare(BACKEND, rule, tp.DTYPES[dtype_name], SHAPES, dict(opts), dict(ex))
 
 
+NVFP4 = dict(state_dtype="fp4_e2m1", state_scale="e4m3")
+NVFP4_SCENARIOS = [
+    (dict(weight_decay=0.1, wd_mode="decoupled", maximize=False, cautious=True, state_block=None,
+          fp8_min_numel=200, state_rounding="nearest", param_rounding="nearest", **NVFP4),
+     dict(tensor_lr=False, scaler=(8.0, 1.0), nonfinite=True, seed=8)),
+    (dict(weight_decay=0.1, wd_mode="l2", maximize=True, cautious=False, state_block=2,
+          fp8_min_numel=0, state_rounding="stochastic", param_rounding="stochastic", **NVFP4),
+     dict(tensor_lr=True, scaler=None, nonfinite=True, seed=9)),
+    (dict(weight_decay=0.05, wd_mode="independent", maximize=False, cautious=False, state_block=32,
+          fp8_min_numel=0, state_rounding="stochastic", param_rounding="nearest", **NVFP4),
+     dict(tensor_lr=False, scaler=(1024.0, 0.0), nonfinite=False, seed=10)),
+]
+
+
+def _off_default_betas(rule: str) -> dict:
+    """EMA coefficients away from each optimizer's defaults (none for SignSGD)."""
+    import signopt
+
+    cls = tp.RULES[rule][0]
+    if issubclass(cls, signopt.StoSignSGD):
+        return {"beta": 0.8}
+    if issubclass(cls, signopt.SignConversion):
+        return {"betas": (0.8, 0.95)}
+    if issubclass(cls, signopt.LionKappa):
+        return {"betas": (0.85, 0.97)}
+    if issubclass(cls, signopt.Signum):
+        return {"momentum": 0.8}
+    return {}
+
+
+@pytest.mark.parametrize("scenario", range(len(NVFP4_SCENARIOS)))
+@pytest.mark.parametrize("rule", list(tp.RULES))
+def test_parity_triton_nvfp4(rule, scenario):
+    """NVFP4 state (``state_dtype="fp4_e2m1", state_scale="e4m3"``: packed E2M1 codes, E4M3 block
+    scales, an fp32 tensor scale from the new state's whole-tensor absmax) in every rule, bit for
+    bit with the torch reference (within the harness's ulp bounds for sqrt/pow rules): the default
+    block of 16 (with a tensor kept fp32 under ``fp8_min_numel``), blocks of 2 and 32, odd sizes,
+    nearest and stochastic state rounding, off-default EMA coefficients, GradScaler with
+    ``found_inf``, non-finite gradients, every parameter dtype."""
+    opts, ex = NVFP4_SCENARIOS[scenario]
+    dtype = ["fp32", "bf16", "fp16"][(list(tp.RULES).index(rule) + scenario) % 3]
+    tp.run_and_compare(BACKEND, rule, tp.DTYPES[dtype], SHAPES, dict(opts, **_off_default_betas(rule)), dict(ex))
+
+
 @pytest.mark.parametrize("rule", ["lion_row_l2", "stosign_block", "conv_adamw_tensor"])
 def test_parity_triton_large(rule, monkeypatch):
     """Tensors of thousands of elements at the shipped launch configuration."""

@@ -104,6 +104,50 @@ def test_fp8_codes_and_values(kernels, fmt):
     assert torch.equal(values[keep], want[keep])
 
 
+def nvfp4_inputs(case: str) -> torch.Tensor:
+    """Flat fp32 tensors for the NVFP4 codec: ``edge`` (blocks of 16 holding the tensor's absmax,
+    so a block scale of 448; all zeros and far below the absmax, so the 2**-9 floor; E4M3-subnormal
+    block scales; NaN and +-inf; E2M1 grid points and midpoints of the block's own scale; wide random
+    magnitudes; 1029 elements, an odd count and no multiple of any block), ``zero`` and ``tiny`` (a tensor scale clamped at 2**-126)."""
+    if case == "zero":
+        return torch.zeros(37)
+    if case == "tiny":
+        return torch.tensor([1e-36, -3e-37, 2.0 ** -140, 0.0, 5e-38, -1e-36, 2.0 ** -149], dtype=torch.float32)
+    t = 96.0
+    ties = torch.tensor([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -0.25, -2.5, -5.0, 6.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    blocks = [
+        torch.full((16,), t) * torch.linspace(-1, 1, 16),
+        torch.zeros(16),
+        torch.full((16,), 1e-9),                                        # u rounds below 2**-9
+        torch.linspace(0, 1, 16) * t * 2.0 ** -14,                      # E4M3-subnormal block scale
+        torch.tensor([1.0, float("nan"), float("inf"), -float("inf")] + [0.5] * 12),
+        ties * 0.125,                                                   # E2M1 points and midpoints, absmax -> 6
+    ]
+    gen = torch.Generator().manual_seed(3)
+    rnd = torch.randn(1029 - 16 * len(blocks), generator=gen)
+    rnd = rnd * torch.exp2(torch.randint(-20, 6, rnd.shape, generator=gen).float())
+    return torch.cat(blocks + [rnd]).to(torch.float32)
+
+
+@pytest.mark.parametrize("case", ["edge", "zero", "tiny"])
+@pytest.mark.parametrize("block", [2, 16, 32])
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_nvfp4_codec_bits(kernels, case, block, stochastic):
+    """The Triton NVFP4 store (tensor scale, E4M3 block scales, packed E2M1 codes) and load equal
+    ``state_format.nvfp4_encode`` / ``nvfp4_decode`` bit for bit."""
+    from signopt import state_format
+
+    x = nvfp4_inputs(case)
+    w = words_for(x.numel())
+    codes, sb, ts, dec = kernels.nvfp4(x, w, block, stochastic)
+    want_codes, want_sb, want_ts = state_format.nvfp4_encode(x, state_format.FP4["fp4_e2m1_e4m3"], block,
+                                                             w if stochastic else None)
+    assert torch.equal(ts, want_ts)
+    assert torch.equal(sb.view(torch.uint8), want_sb.view(torch.uint8))
+    assert torch.equal(codes, want_codes)
+    assert torch.equal(dec, state_format.nvfp4_decode(want_codes, want_sb, want_ts, block, x.numel()))
+
+
 def _triton_seed(key):
     from signopt import philox
 

@@ -76,7 +76,10 @@ def test_every_kernel_compiles_for_sm90(compiled):
     assert len(from_variants) >= 25
     assert all(r["has_ptx"] for r in results)
     passes = {r["pass"] for r in results}
-    assert passes >= {"update", "chunks_a", "finalize_a", "chunks_count", "finalize_count"}
+    assert passes >= {"update", "chunks_a", "finalize_a", "chunks_count", "finalize_count", "chunks_ts",
+                      "finalize_ts"}
+    # NVFP4 state: its codec in the update pass, its tensor-scale reduction in the other two
+    assert {r["pass"] for r in results if "nvfp4" in r["variant"]} == {"update", "chunks_ts", "finalize_ts"}
 
 
 def test_exact_rules_have_exact_ptx(compiled):

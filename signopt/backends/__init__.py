@@ -19,7 +19,6 @@ from typing import Protocol
 
 from torch import Tensor
 
-from ..declaration import FORMATS, options_of
 from ..rule import UpdateRule
 from ..scalars import GroupScalars, StepValues
 from .slot import ParamSlot
@@ -101,15 +100,6 @@ def load(name: str) -> Backend:
     return _loaded[name]
 
 
-def unsupported(backend: Backend, rule: UpdateRule, params: list[Tensor]) -> str | None:
-    """Why ``backend`` cannot run ``rule`` on ``params`` (None: it can): a state format the Triton
-    kernels do not store (``Format.triton`` false: NVFP4), else the backend's own reason."""
-    if backend.name == "triton" and not FORMATS[rule.state_dtype].triton:
-        return (f"{options_of(rule.state_dtype)} has no Triton kernel; the cpp (CPU) and torch "
-                "backends run it")
-    return backend.unsupported(rule, params)
-
-
 def resolve(requested: str, rule: UpdateRule, params: list[Tensor]) -> Backend:
     """The backend that will run a group; ``ValueError`` if an explicit choice cannot."""
     if requested not in CHOICES:
@@ -119,7 +109,7 @@ def resolve(requested: str, rule: UpdateRule, params: list[Tensor]) -> Backend:
             backend = load(requested)
         except BackendUnavailable as exc:
             raise ValueError(f"backend={requested!r} is not available: {exc}") from exc
-        reason = unsupported(backend, rule, params)
+        reason = backend.unsupported(rule, params)
         if reason is not None:
             raise ValueError(f"backend={requested!r} cannot run this group: {reason}")
         return backend
@@ -154,7 +144,7 @@ def _runnable(name: str, rule: UpdateRule, params: list[Tensor]) -> Backend | No
     an optional backend that fails to load or check is skipped with a warning, never raised)."""
     try:
         backend = load(name)
-        return backend if unsupported(backend, rule, params) is None else None
+        return backend if backend.unsupported(rule, params) is None else None
     except BackendUnavailable as exc:
         log.debug("signopt: backend %s skipped: %s", name, exc)
     except Exception as exc:  # noqa: BLE001 - e.g. a Triton version whose API differs

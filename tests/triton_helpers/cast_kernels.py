@@ -4,6 +4,7 @@ import triton
 import triton.language as tl
 
 from signopt.kernels import numerics as nm
+from signopt.kernels import state_io as sio
 
 N = 1024
 
@@ -123,3 +124,36 @@ def row_words(seed, bases, purpose, cols):
     out = torch.empty(bases.numel(), cols, dtype=torch.int64)
     _row_words_kernel[(1,)](seed, bases, out, PURPOSE=purpose, ROWS=bases.numel(), COLS=cols)
     return out
+
+
+@triton.jit
+def _nvfp4_kernel(x_ptr, w_ptr, addr_ptr, dec_ptr, ts_ptr, n, STOCHASTIC: tl.constexpr,
+                  ROWS: tl.constexpr, COLS: tl.constexpr):
+    r = tl.arange(0, ROWS).to(tl.int64)
+    offs = r[:, None] * COLS + tl.arange(0, COLS)[None, :]
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    w = tl.load(w_ptr + offs, mask=mask, other=0).to(tl.uint32)
+    ts = nm.nvfp4_tensor_scale(tl.max(sio.finite_absmax(x, mask), axis=0))
+    codes, scales = tl.load(addr_ptr), tl.load(addr_ptr + 1)
+    sio.store_nvfp4_blocks(codes, scales, offs, x, mask, r, r * COLS < n, w, ts, STOCHASTIC)
+    tl.store(ts_ptr, ts)
+    tl.debug_barrier()
+    dec = sio.load_state(codes, scales, offs, mask, offs // COLS, ts, nm.KIND_FP4_E2M1_E4M3)
+    tl.store(dec_ptr + offs, dec, mask=mask)
+
+
+def nvfp4(x, words, block, stochastic):
+    """``state_io.store_nvfp4_blocks`` of flat fp32 ``x`` in blocks of ``block`` under the tensor
+    scale of its whole finite absmax (``numerics.nvfp4_tensor_scale``), then ``load_state`` of
+    what it stored: (packed codes, E4M3 block scales, tensor scale, decoded values)."""
+    n = x.numel()
+    rows = 1 << max(0, (-(-n // block) - 1).bit_length())
+    codes = torch.zeros((n + 1) // 2, dtype=torch.uint8)
+    scales = torch.zeros(-(-n // block), dtype=torch.float8_e4m3fn)
+    ts = torch.zeros(1, dtype=torch.float32)
+    dec = torch.empty(n, dtype=torch.float32)
+    addrs = torch.tensor([codes.data_ptr(), scales.data_ptr()], dtype=torch.int64)
+    _nvfp4_kernel[(1,)](x, words.to(torch.int64), addrs, dec, ts, n, STOCHASTIC=stochastic,
+                        ROWS=rows, COLS=block)
+    return codes, scales, ts, dec
