@@ -61,6 +61,20 @@ __device__ __forceinline__ Scalars live_scalars(const Launch& L) {
 
 __device__ __forceinline__ bool skipped(const Launch& L) { return L.sp.found_inf && *L.sp.found_inf > 0.0f; }
 
+// The tile of this CUDA block: tensor t (of the launch's tile_start table), its ref, the tile's
+// first element a in the tensor and its element count n (a tensor's last tile may be short).
+struct TileSpan {
+  int t;
+  TensorRef r;
+  int64_t a, n;
+};
+__device__ __forceinline__ TileSpan tile_span(const Launch& L) {
+  const int t = find_tensor(L.tile_start, L.ntensors, blockIdx.x);
+  const TensorRef r = L.refs[t];
+  const int64_t a = (blockIdx.x - L.tile_start[t]) * L.tile;
+  return {t, r, a, (r.numel - a) < L.tile ? (r.numel - a) : L.tile};
+}
+
 // Calls fn(F()) with the codec F (casts.h) of block-scaled state format fmt: one instantiation of
 // the caller's code per format, so that no per-element code computes several formats and selects.
 template <class Fn>
@@ -406,10 +420,10 @@ __global__ void __launch_bounds__(THREADS) count_kernel(Launch L) {
   __shared__ unsigned long long sh[THREADS];
   if (skipped(L)) return;
   const Scalars s = live_scalars(L);
-  const int t = find_tensor(L.tile_start, L.ntensors, blockIdx.x);
-  const TensorRef r = L.refs[t];
-  const int64_t a = (blockIdx.x - L.tile_start[t]) * L.tile;
-  const int64_t n = (r.numel - a) < L.tile ? (r.numel - a) : L.tile;
+  const TileSpan span = tile_span(L);
+  const int t = span.t;
+  const TensorRef& r = span.r;
+  const int64_t a = span.a, n = span.n;
   const bool needs_seg = kind_kappa_norm(K) || (kind_stochastic(K) && s.envelope != ENV_ELEMENT);
   const bool elem_env = kind_stochastic(K) && s.envelope == ENV_ELEMENT;
   unsigned long long kept = 0;
@@ -446,10 +460,10 @@ __global__ void __launch_bounds__(THREADS) scan_kernel(Launch L) {
   __shared__ uint32_t sh[3][THREADS / 32];
   if (skipped(L)) return;
   const Scalars s = live_scalars(L);
-  const int t = find_tensor(L.tile_start, L.ntensors, blockIdx.x);
-  const TensorRef r = L.refs[t];
-  const int64_t a = (blockIdx.x - L.tile_start[t]) * L.tile;
-  const int64_t n = (r.numel - a) < L.tile ? (r.numel - a) : L.tile;
+  const TileSpan span = tile_span(L);
+  const int t = span.t;
+  const TensorRef& r = span.r;
+  const int64_t a = span.a, n = span.n;
   const bool elem_env = kind_stochastic(K) && s.envelope == ENV_ELEMENT;
   uint32_t am[3] = {0u, 0u, 0u};
   for (int64_t j = threadIdx.x; j < n; j += THREADS) {
@@ -726,11 +740,12 @@ __global__ void __launch_bounds__(THREADS, kind_stochastic(K) ? 1 : 3) apply_ker
   extern __shared__ float stage[];
   const Scalars s = live_scalars(L);
   Tile T;
-  T.t = find_tensor(L.tile_start, L.ntensors, blockIdx.x);
-  T.r = L.refs[T.t];
+  const TileSpan span = tile_span(L);
+  T.t = span.t;
+  T.r = span.r;
   const TensorRef& r = T.r;
-  const int64_t a = (blockIdx.x - L.tile_start[T.t]) * L.tile;
-  const int n = (int)((r.numel - a) < L.tile ? (r.numel - a) : L.tile);
+  const int64_t a = span.a;
+  const int n = (int)span.n;
   T.a = a;
   T.n = n;
   T.pvec = ((a & (VEC - 1)) == 0) && aligned16(r.p) && aligned16(r.g);
