@@ -420,10 +420,7 @@ __global__ void __launch_bounds__(THREADS) count_kernel(Launch L) {
   __shared__ unsigned long long sh[THREADS];
   if (skipped(L)) return;
   const Scalars s = live_scalars(L);
-  const TileSpan span = tile_span(L);
-  const int t = span.t;
-  const TensorRef& r = span.r;
-  const int64_t a = span.a, n = span.n;
+  const auto [t, r, a, n] = tile_span(L);
   const bool needs_seg = kind_kappa_norm(K) || (kind_stochastic(K) && s.envelope != ENV_ELEMENT);
   const bool elem_env = kind_stochastic(K) && s.envelope == ENV_ELEMENT;
   unsigned long long kept = 0;
@@ -460,10 +457,7 @@ __global__ void __launch_bounds__(THREADS) scan_kernel(Launch L) {
   __shared__ uint32_t sh[3][THREADS / 32];
   if (skipped(L)) return;
   const Scalars s = live_scalars(L);
-  const TileSpan span = tile_span(L);
-  const int t = span.t;
-  const TensorRef& r = span.r;
-  const int64_t a = span.a, n = span.n;
+  const auto [t, r, a, n] = tile_span(L);
   const bool elem_env = kind_stochastic(K) && s.envelope == ENV_ELEMENT;
   uint32_t am[3] = {0u, 0u, 0u};
   for (int64_t j = threadIdx.x; j < n; j += THREADS) {
