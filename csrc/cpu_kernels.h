@@ -442,6 +442,16 @@ struct GroupKernel {
     }
   }
 
+  // Whether elements [a, e) of tensor t lie in one segment, whose value goes to sv (0 without).
+  bool one_segment(const TensorRef& t, const int64_t tix, const int64_t a, const int64_t e, float& sv) const {
+    sv = 0.0f;
+    if (!needs_seg) return true;
+    const int64_t L = seg_len(t);
+    if (a / L != (e - 1) / L) return false;
+    sv = segv[seg_base[tix] + a / L];
+    return true;
+  }
+
   // The words of elements [a, a+n) of tensor t for the purposes this pass draws (null: none).
   void draw(const TensorRef& t, const int64_t a, const int64_t n, const bool store, VecBuffers& VB,
             const uint32_t* (&w)[3]) const {
@@ -516,6 +526,25 @@ struct GroupKernel {
       auto at = [](SR* r, int64_t b0) { return SF::packed ? r + (b0 >> 1) : r + b0; };
       for (int64_t b0 = it.a; b0 < it.b; b0 += B) {
         const int64_t b1 = std::min(b0 + B, it.b), nb = b1 - b0, blk = b0 / B;
+        if constexpr (!COUNT && !STATS) {  // a whole block of 32 in registers (vec::BlockRegs)
+          constexpr int R = 32 / vec::W;
+          float sv;
+          if (nb == 32 && B == 32 && !fmt_tensor_scale(sf) && one_segment(t, it.t, b0, b1, sv)) {
+            draw(t, b0, nb, true, VB, w);
+            const typename L::Ptr P{p + b0, g + b0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                    w[0], w[1], w[2], nullptr};
+            SR* const st[3] = {HAS_M ? at(m, b0) : nullptr, HAS_V ? at(v, b0) : nullptr, E ? at(E, b0) : nullptr};
+            void* const sp[3] = {t.m_scale, t.v_scale, t.G_scale};
+            float sc[3];
+            for (int i = 0; i < 3; ++i) sc[i] = st[i] ? SF::get_scale(sp[i], blk) : 0.0f;
+            loop.with_form(P, [&](auto form) {
+              acc += vec::BlockRegs<K, PF, SF, R>::template run<decltype(form)>(loop, P, T, sv, st, sc);
+            });
+            for (int i = 0; i < 3; ++i)
+              if (st[i]) SF::put_scale(sp[i], blk, sc[i]);
+            continue;
+          }
+        }
         LR *ml = nullptr, *vl = nullptr, *El = nullptr;
         Dec md, vd, Gd;
         if constexpr (SF::packed) {

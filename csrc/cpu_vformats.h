@@ -120,9 +120,22 @@ struct VBlockEncoder {
   static inline float encode_amax(typename F::raw* r, const int64_t n, const float* vals, const uint32_t amax,
                                   const uint32_t* words) {
     const float sc = VF::scale_of(u2f(amax));
-    VF::encode_codes(r, n, vals, F::e8m0 ? pow2_inverse(sc) : 1.0f / sc, words);
+    VF::encode_codes(r, n, vals, inverse(sc), words);
     return sc;
   }
+  // The same for a block of R vectors x in registers (BlockRegs): VF::put_codes stores their codes.
+  template <int R>
+  static SIGNOPT_VI float encode_regs(typename F::raw* r, const vf (&x)[R], const uint32_t amax,
+                                      const uint32_t* words) {
+    const float sc = VF::scale_of(u2f(amax));
+    const vf iv = splat(inverse(sc));
+    vu c[R];
+    for (int k = 0; k < R; ++k) c[k] = words ? VF::codes_sr(x[k], iv, loadu<vu>(words + k * W)) : VF::codes_rn(x[k], iv);
+    VF::template put_codes<R>(r, c);
+    return sc;
+  }
+  // 1/s: pow2_inverse for an E8M0 scale, else the division
+  static SIGNOPT_VI float inverse(const float s) { return F::e8m0 ? pow2_inverse(s) : 1.0f / s; }
   // 1/s of an E8M0 scale s = 2^(E-127) (E = e8m0_code(s) < 255): 2^(127-E), exact as the
   // division (whose latency, after the absmax reduction, stalled every MX block's encode)
   static SIGNOPT_VI float pow2_inverse(const float s) {
@@ -230,6 +243,12 @@ struct VFmt<FmtFP8<FMT, HAS_INF>> : VBlockEncoder<FmtFP8<FMT, HAS_INF>, VFmt<Fmt
   }
   static SIGNOPT_VI vf clamp(const vf y) { return vmin(splat(F::qmax), vmax(splat(-F::qmax), y)); }  // NaN stays NaN
 
+  // R vectors of codes at r
+  template <int R>
+  static SIGNOPT_VI void put_codes(uint8_t* r, const vu (&c)[R]) {
+    for (int k = 0; k < R; ++k) store_u8(r + k * W, c[k]);
+  }
+
   // The codes of n values (one block) with inv = 1/scale, nearest or stochastic (words).
   static inline void encode_codes(uint8_t* r, const int64_t n, const float* vals, const float inv,
                                   const uint32_t* words) {
@@ -289,15 +308,22 @@ struct VFmt<FmtE2M1> : VBlockEncoder<FmtE2M1, VFmt<FmtE2M1>> {
     const vu mag = selu((vi)(e == 0u), f * 0x3F000000u, ((e + 126u) << 23) | (f << 22));
     return fbits(mag | ((c & 8u) << 28));
   }
+  // The 2W values (code * s) of the W bytes at r: elements 0..W-1 in a, W..2W-1 in b.
+  static SIGNOPT_VI void decode2(const uint8_t* r, const vf s, vf& a, vf& b) {
+    const vu x = load_u8(r);
+    const vf lo = value(x & 0xFu) * s, hi = value(x >> 4) * s;
+    a = zip<0>(lo, hi, Lanes{});
+    b = zip<W / 2>(lo, hi, Lanes{});
+  }
   // The n values (code * scale) of the packed codes at r (element 0 in the low nibble of r[0]).
   static inline void decode(const uint8_t* r, const int64_t n, const float sc, float* out) {
     const vf s = splat(sc);
     int64_t j = 0;
     for (; j + 2 * W <= n; j += 2 * W) {
-      const vu b = load_u8(r + j / 2);
-      const vf lo = value(b & 0xFu) * s, hi = value(b >> 4) * s;
-      storeu(out + j, zip<0>(lo, hi, Lanes{}));
-      storeu(out + j + W, zip<W / 2>(lo, hi, Lanes{}));
+      vf a, b;
+      decode2(r + j / 2, s, a, b);
+      storeu(out + j, a);
+      storeu(out + j + W, b);
     }
     for (; j < n; ++j) out[j] = F::load_code(F::code_at(r, j), sc);
   }
@@ -316,6 +342,11 @@ struct VFmt<FmtE2M1> : VBlockEncoder<FmtE2M1, VFmt<FmtE2M1>> {
   // two vectors of codes (elements j.. and j+W..) as W bytes
   static SIGNOPT_VI void store_pairs(uint8_t* r, const vu c0, const vu c1) {
     store_u8(r, unzip<0>(c0, c1, Lanes{}) | (unzip<1>(c0, c1, Lanes{}) << 4));
+  }
+  // R (even) vectors of codes at r, two a byte
+  template <int R>
+  static SIGNOPT_VI void put_codes(uint8_t* r, const vu (&c)[R]) {
+    for (int k = 0; k < R; k += 2) store_pairs(r + k * W / 2, c[k], c[k + 1]);
   }
   // The packed codes of n values (one block) with inv = 1/scale, nearest or stochastic (words);
   // an odd n's last byte has a 0 high nibble.

@@ -150,6 +150,16 @@ struct DecOf<SF, true> {  // FP8 (a packed format's block is decoded to fp32 bef
   using type = typename VFmt<SF>::Dec;
 };
 
+// What a piece's loop knows at compile time (run_acc picks one per piece: a runtime test in every
+// vector costs ~20%, as g++ then rematerialises the loop's constants each iteration).  PLAIN: no
+// prologue, l2 term or cautious masking, and the piece draws state rounding words iff W1 and
+// parameter rounding words iff W2.  Not PLAIN: every one of these tested at run time.
+template <bool PLAIN, bool W1 = false, bool W2 = false>
+struct Form {
+  static constexpr bool plain = PLAIN, w1 = W1, w2 = W2;
+};
+using General = Form<false>;
+
 template <int K, class PF, class SF>
 struct Loop {
   using VP = VFmt<PF>;
@@ -192,8 +202,7 @@ struct Loop {
   // registers, and a copy of an object written just before would stall on store forwarding).
   const VScalars S;
   const bool elem_env, cautious;
-  const bool plain;  // no prologue, l2 term or cautious masking: run_acc's PLAIN loops where no
-                     // stochastic rounding either (the runtime tests in every vector cost ~20%)
+  const bool plain;  // no prologue, l2 term or cautious masking: run_acc's PLAIN forms
 
   Loop(const VScalars& vs, const bool elem, const bool caut)
       : S(vs), elem_env(elem), cautious(caut), plain(!vs.prol && !vs.has_l2 && !caut) {}
@@ -217,49 +226,62 @@ struct Loop {
     return load_state(r, d);
   }
 
-  template <bool PLAIN>
+  template <class FORM>
   static SIGNOPT_VI void store_state(SR* r, float* o, const int64_t j, const vf x, vu& amax, const uint32_t* w) {
     if constexpr (BLK) {
       storeu(o + j, x);
       amax = maxu31(amax, abs_bits(x));
-    } else if (!PLAIN && w) {
+    } else if (FORM::plain ? FORM::w1 : w != nullptr) {
       VS::store_sr(r + j, x, loadu<vu>(w + j));
     } else {
       VS::store(r + j, x);
     }
   }
 
+  // The rule on the W lanes at element j whose decoded state in.m, in.v, in.G the caller set: loads
+  // p, g and the sign words into in, evaluates; APPLY: the new parameter stored, u after cautious
+  // masking and q the epilogue's value (the update's target where the gradient is finite).
+  template <bool APPLY, class FORM>
+  SIGNOPT_VI Out eval(const Ptr& P, const Tens T, const int64_t j, const vf seg, const bool segpos, In& in, vf& u,
+                      vf& q) const {
+    in.p = VP::load(P.p + j);
+    in.g = VP::load(P.g + j);
+    const vu w0 = kind_draws_sign(K) ? loadu<vu>(P.w0 + j) : vu{};
+    const Out o = rule<K, FORM::plain>(S, in, seg, segpos, elem_env, w0, splat(T.bc1), splat(T.bc2));
+    if constexpr (APPLY) {
+      u = o.u;
+      if (!FORM::plain && cautious) u = sel(u * o.gg > 0.0f, u * splat(T.cs), splat(0.0f));  // cautious_apply
+      q = in.p * splat(S.decay) - splat(S.lr) * u;                                           // epilogue
+      const vf pn = sel(o.bad, in.p, q);
+      if (FORM::plain ? FORM::w2 : P.w2 != nullptr) {
+        VP::store_sr(P.p + j, pn, loadu<vu>(P.w2 + j));
+      } else {
+        VP::store(P.p + j, pn);
+      }
+    }
+    return o;
+  }
+
   // W lanes at element j.  COUNT: the cautious count (kept lanes into acc.n), nothing stored.
   // STATS: the step statistics of the lanes where live (all but a tail's padding) into st.
-  // PLAIN: plain holds and the piece draws no rounding words (P.w1, P.w2 null).
-  template <bool COUNT, bool STATS, class SHORT, bool PLAIN>
+  // FORM: what the piece's loop knows at compile time (Form).
+  template <bool COUNT, bool STATS, class SHORT, class FORM>
   SIGNOPT_VI void lanes(const Ptr& P, const Tens T, const int64_t j, const vf seg, const bool segpos, const Dec& md,
                         const Dec& vd, const Dec& Gd, Acc& acc, Stats& st, const vi live) const {
     In in;
-    in.p = VP::load(P.p + j);
-    in.g = VP::load(P.g + j);
     in.m = HM ? load_state_t(P.m + j, md, SHORT{}) : splat(0.0f);
     in.v = HV ? load_state_t(P.v + j, vd, SHORT{}) : splat(0.0f);
     in.G = STO && elem_env ? load_state_t(P.E + j, Gd, SHORT{}) : splat(0.0f);
-    const vu w0 = kind_draws_sign(K) ? loadu<vu>(P.w0 + j) : vu{};
-    const Out o = rule<K, PLAIN>(S, in, seg, segpos, elem_env, w0, splat(T.bc1), splat(T.bc2));
+    vf u, q;
+    const Out o = eval<!COUNT, FORM>(P, T, j, seg, segpos, in, u, q);
     if constexpr (COUNT) {
       acc.n += (vi)(o.u * o.gg > 0.0f);  // cautious_keep
       return;
     }
-    vf u = o.u;
-    if (!PLAIN && cautious) u = sel(u * o.gg > 0.0f, u * splat(T.cs), splat(0.0f));  // cautious_apply
-    const vf q = in.p * splat(S.decay) - splat(S.lr) * u;                         // epilogue
-    const vf pn = sel(o.bad, in.p, q);
-    if (!PLAIN && P.w2) {
-      VP::store_sr(P.p + j, pn, loadu<vu>(P.w2 + j));
-    } else {
-      VP::store(P.p + j, pn);
-    }
-    if constexpr (HM) store_state<PLAIN>(P.m, P.mo, j, o.m, acc.am, P.w1);
-    if constexpr (HV) store_state<PLAIN>(P.v, P.vo, j, o.v, acc.av, P.w1);
+    if constexpr (HM) store_state<FORM>(P.m, P.mo, j, o.m, acc.am, P.w1);
+    if constexpr (HV) store_state<FORM>(P.v, P.vo, j, o.v, acc.av, P.w1);
     if constexpr (STO) {
-      if (elem_env) store_state<PLAIN>(P.E, P.Go, j, o.G, acc.aG, P.w1);
+      if (elem_env) store_state<FORM>(P.E, P.Go, j, o.G, acc.aG, P.w1);
     }
     acc.n += o.bad;
     if constexpr (STATS) {
@@ -277,6 +299,25 @@ struct Loop {
         if (elem_env) st.xG = vnanmax(st.xG, vabs(o.G));
       }
     }
+  }
+
+  // f(Form) with the Form of piece P: rounding words matter to the loop where it rounds (parameters
+  // that are not fp32; element-format state that is not fp32: a block format's go to its encoder).
+  template <class Fn>
+  SIGNOPT_VI void with_form(const Ptr& P, Fn&& f) const {
+    constexpr bool RP = !std::is_same<PF, FmtF32>::value, RS = !BLK && !std::is_same<SF, FmtF32>::value;
+    const bool w1 = RS && P.w1, w2 = RP && P.w2;
+    if (plain && !w1 && !w2) return f(Form<true>{});
+    if constexpr (RP) {
+      if (plain && !w1) return f(Form<true, false, true>{});
+    }
+    if constexpr (RS) {
+      if (plain && !w2) return f(Form<true, true, false>{});
+    }
+    if constexpr (RP && RS) {
+      if (plain) return f(Form<true, true, true>{});
+    }
+    f(General{});
   }
 
   // Elements [0, n) of the piece; returns the non-finite count (apply) or the kept count (COUNT);
@@ -299,24 +340,14 @@ struct Loop {
     if constexpr (STATS) t = st;  // (off: not copied in and out, 5 vectors per piece)
     const vi all = splati(-1);
     const vi n0 = a.n;
-    auto body = [&](auto shrt, auto plain) {
+    auto body = [&](auto shrt, auto form) {
       for (; j + W <= n; j += W)
-        L.template lanes<COUNT, STATS, decltype(shrt), decltype(plain)::value>(P, T, j, segv, segpos, md, vd, Gd, a,
-                                                                                t, all);
+        L.template lanes<COUNT, STATS, decltype(shrt), decltype(form)>(P, T, j, segv, segpos, md, vd, Gd, a, t, all);
     };
-    const bool plain = L.plain && !P.w1 && !P.w2;
     if (short_all) {
-      if constexpr (BLK && !PK) {
-        if (plain) {
-          body(std::true_type{}, std::true_type{});
-        } else {
-          body(std::true_type{}, std::false_type{});
-        }
-      }
-    } else if (plain) {
-      body(std::false_type{}, std::true_type{});
+      if constexpr (BLK && !PK) L.with_form(P, [&](auto form) { body(std::true_type{}, form); });
     } else {
-      body(std::false_type{}, std::false_type{});
+      L.with_form(P, [&](auto form) { body(std::false_type{}, form); });
     }
     if (j < n) L.template tail<COUNT, STATS>(P, T, j, n - j, segv, segpos, md, vd, Gd, a, t);
     acc = a;
@@ -347,7 +378,7 @@ struct Loop {
     if (P.w2) fill_short(w2, P.w2 + j, n);
     if (STATS) fill_short(s, P.s + j, n);
     const Ptr Q{p, g, m, v, E, mo, vo, Go, P.w0 ? w0 : nullptr, P.w1 ? w1 : nullptr, P.w2 ? w2 : nullptr, s};
-    lanes<COUNT, STATS, std::false_type, false>(Q, T, 0, segv, segpos, md, vd, Gd, acc, st, live);
+    lanes<COUNT, STATS, std::false_type, General>(Q, T, 0, segv, segpos, md, vd, Gd, acc, st, live);
     if (COUNT) return;
     copy_short(P.p + j, p, n);
     if (STATS) copy_short(P.s + j, s, n);
@@ -360,6 +391,63 @@ struct Loop {
       if (HV) copy_short(P.v + j, v, n);
       if (STO && elem_env) copy_short(P.E + j, E, n);
     }
+  }
+};
+
+// ---------------------------------------------------------------- whole blocks in registers
+// A block-scaled SF's block of R vectors (R*W elements: an MX block of 32 on 8- and 16-lane
+// vectors) held in registers from its codes to its codes: decoded, the rule, the parameters
+// stored, the new state's finite absmax, scale and codes, without Loop's block buffers and their
+// separate decode and encode loops (the per-block costs that made a 32-element block slower than a
+// 256-element one).  The apply pass without statistics; the same operations as lanes + encode_amax.
+template <int K, class PF, class SF, int R>
+struct BlockRegs {
+  using L = Loop<K, PF, SF>;
+  using VS = VFmt<SF>;
+  using raw = typename SF::raw;
+  static_assert(SF::blocked && (!SF::packed || R % 2 == 0), "block formats; packed: pairs of vectors");
+  static constexpr bool STO = L::STO;
+
+  // The state codes at r (scale sc) into x.
+  static SIGNOPT_VI void decode(const raw* r, const float sc, vf (&x)[R]) {
+    if constexpr (SF::packed) {
+      for (int k = 0; k < R; k += 2) VS::decode2(r + k * W / 2, splat(sc), x[k], x[k + 1]);
+    } else {
+      const typename VS::Dec d(r, R * W, sc);
+      for (int k = 0; k < R; ++k) x[k] = VS::load(r + k * W, d);
+    }
+  }
+
+  // The block at P (its parameter, gradient and words) whose m, v, G codes are at st (null: none)
+  // with scales sc, replaced by the new ones; returns its non-finite count.
+  template <class FORM>
+  static SIGNOPT_VI int64_t run(const L& loop, const typename L::Ptr& P, const typename L::Tens T, const float seg,
+                                raw* const (&st)[3], float (&sc)[3]) {
+    constexpr bool HM = L::HM, HV = L::HV;
+    const bool HG = STO && st[2] != nullptr;
+    vf xm[R], xv[R], xG[R];
+    if (HM) decode(st[0], sc[0], xm);
+    if (HV) decode(st[1], sc[1], xv);
+    if (HG) decode(st[2], sc[2], xG);
+    vu am{}, av{}, aG{};
+    vi bad{};
+    const vf segv = splat(seg);
+#pragma GCC unroll 8
+    for (int k = 0; k < R; ++k) {
+      In in;
+      in.m = HM ? xm[k] : splat(0.0f);
+      in.v = HV ? xv[k] : splat(0.0f);
+      in.G = HG ? xG[k] : splat(0.0f);
+      vf u, q;
+      const Out o = loop.template eval<true, FORM>(P, T, k * W, segv, seg > 0.0f, in, u, q);
+      xm[k] = o.m, xv[k] = o.v, xG[k] = o.G;
+      am = maxu31(am, abs_bits(o.m)), av = maxu31(av, abs_bits(o.v)), aG = maxu31(aG, abs_bits(o.G));
+      bad += o.bad;
+    }
+    if (HM) sc[0] = VS::template encode_regs<R>(st[0], xm, hmax31(am), P.w1);
+    if (HV) sc[1] = VS::template encode_regs<R>(st[1], xv, hmax31(av), P.w1);
+    if (HG) sc[2] = VS::template encode_regs<R>(st[2], xG, hmax31(aG), P.w1);
+    return -hsum(bad);
   }
 };
 
