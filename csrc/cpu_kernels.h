@@ -452,6 +452,11 @@ struct GroupKernel {
     return true;
   }
 
+  // Elements whose random words the vector loops draw at once: a chunk of TILE, or for block
+  // formats whole blocks, TILE elements' worth where a block is shorter (a draw computes whole
+  // groups of Philox calls: vec::GROUP elements, 128 on AVX-512, 4x an MX block of 32).
+  int64_t words_span() const { return fmt_block_scaled(sf) ? std::max(c.block, (TILE / c.block) * c.block) : TILE; }
+
   // The words of elements [a, a+n) of tensor t for the purposes this pass draws (null: none).
   void draw(const TensorRef& t, const int64_t a, const int64_t n, const bool store, VecBuffers& VB,
             const uint32_t* (&w)[3]) const {
@@ -524,13 +529,17 @@ struct GroupKernel {
       const int64_t B = c.block;
       // a block's first code: packed codes are two a byte (blocks are even)
       auto at = [](SR* r, int64_t b0) { return SF::packed ? r + (b0 >> 1) : r + b0; };
+      const int64_t D = words_span();
+      const uint32_t* wd[3] = {};  // the words of [d0, d0 + D)
+      int64_t d0 = it.a;
       for (int64_t b0 = it.a; b0 < it.b; b0 += B) {
         const int64_t b1 = std::min(b0 + B, it.b), nb = b1 - b0, blk = b0 / B;
+        if ((b0 - it.a) % D == 0) draw(t, d0 = b0, std::min(D, it.b - b0), !COUNT, VB, wd);
+        for (int i = 0; i < 3; ++i) w[i] = wd[i] ? wd[i] + (b0 - d0) : nullptr;
         if constexpr (!COUNT && !STATS) {  // a whole block of 32 in registers (vec::BlockRegs)
           constexpr int R = 32 / vec::W;
           float sv;
           if (nb == 32 && B == 32 && !fmt_tensor_scale(sf) && one_segment(t, it.t, b0, b1, sv)) {
-            draw(t, b0, nb, true, VB, w);
             const typename L::Ptr P{p + b0, g + b0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                                     w[0], w[1], w[2], nullptr};
             SR* const st[3] = {HAS_M ? at(m, b0) : nullptr, HAS_V ? at(v, b0) : nullptr, E ? at(E, b0) : nullptr};
@@ -557,7 +566,6 @@ struct GroupKernel {
           if (HAS_V) vd = Dec(vl, nb, SF::get_scale(t.v_scale, blk));
           if (E) Gd = Dec(El, nb, SF::get_scale(t.G_scale, blk));
         }
-        draw(t, b0, nb, !COUNT, VB, w);
         typename L::Acc a;
         seg_pieces(t, it.t, b0, b1, [&](int64_t a0, int64_t a1, float sv) {
           const int64_t o = a0 - b0;
@@ -595,7 +603,7 @@ struct GroupKernel {
       if constexpr (vec_covered<PF, SF>()) {
         if (simd) {
           const vec::Loop<K, PF, SF> loop(vec::VScalars(s), elem_env, s.cautious != 0);
-          VecBuffers VB(fmt_block_scaled(sf) ? c.block : TILE, fmt_block_scaled(sf) ? c.block : 0, SF::packed);
+          VecBuffers VB(words_span(), fmt_block_scaled(sf) ? c.block : 0, SF::packed);
           if (STORE && r.stats) {
             for (int64_t k = ib; k < ie; ++k) {
               if (k + 1 < ie) prefetch_item<PF, SF>(items[k + 1]);
