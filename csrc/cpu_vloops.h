@@ -2,9 +2,10 @@
 // format codecs (cpu_vformats.h): rules.h's per-element rule on W lanes (every kind but Lion-kappa
 // lp, whose pow has no exact vector form), with the prologue, cautious masking and the epilogue,
 // stochastic signs and roundings from the random bits v2 of cpu_philox.h, fp32/bf16 parameters
-// and every state format with a vector codec; the cautious count; the reductions (the Lion-kappa
-// norm's fp64 lane sums, the envelopes' maxima).  The same fp32 operations in the same order as
-// the scalar loops of cpu_kernels.h (SIGNOPT_CPU_SIMD=0 runs those), so the same bits:
+// and every state format with a vector codec; the cautious count; the scan of NVFP4's tensor
+// scales; the reductions (the Lion-kappa norm's fp64 lane sums, the envelopes' maxima).  The same
+// fp32 operations in the same order as the scalar loops of cpu_kernels.h (SIGNOPT_CPU_SIMD=0 runs
+// those), so the same bits:
 //   * a select `m ? a : b` computes both sides and picks per lane, as the scalar ternaries do;
 //   * the update p*decay - lr*u, the EMAs and the envelope are the scalar expressions;
 //   * the stores are the codecs of casts.h (cpu_vformats.h).
@@ -150,6 +151,13 @@ struct DecOf<SF, true> {  // FP8 (a packed format's block is decoded to fp32 bef
   using type = typename VFmt<SF>::Dec;
 };
 
+// What a pass of the loops does with the rule's results: APPLY stores them (and counts the
+// non-finite lanes), COUNT counts the kept cautious lanes, SCAN maxes the finite absmax bits of
+// the new m, v, G into the accumulators (NVFP4's tensor scales; block-scaled state).  COUNT and
+// SCAN store nothing and read no rounding words; SCAN no sign words either (the new state does
+// not depend on them).
+enum Pass { APPLY, COUNT, SCAN };
+
 template <int K, class PF, class SF>
 struct Loop {
   using VP = VFmt<PF>;
@@ -171,7 +179,7 @@ struct Loop {
     int8_t* s;                       // step statistics: previous update signs (null: off)
   };
   struct Acc {
-    vu am{}, av{}, aG{};  // FP8: finite absmax bits of the new m, v, G
+    vu am{}, av{}, aG{};  // FP8/FP4: finite absmax bits of the new m, v, G
     vi n{};               // minus the non-finite (apply) or kept (count) lanes
   };
   // Step statistics of the lanes (step_stats.h's ItemStats per lane): the fp64 sum of the squared
@@ -217,10 +225,10 @@ struct Loop {
     return load_state(r, d);
   }
 
-  template <bool PLAIN>
+  template <Pass PASS, bool PLAIN>
   static SIGNOPT_VI void store_state(SR* r, float* o, const int64_t j, const vf x, vu& amax, const uint32_t* w) {
     if constexpr (BLK) {
-      storeu(o + j, x);
+      if constexpr (PASS == APPLY) storeu(o + j, x);
       amax = maxu31(amax, abs_bits(x));
     } else if (!PLAIN && w) {
       VS::store_sr(r + j, x, loadu<vu>(w + j));
@@ -229,38 +237,43 @@ struct Loop {
     }
   }
 
-  // W lanes at element j.  COUNT: the cautious count (kept lanes into acc.n), nothing stored.
-  // STATS: the step statistics of the lanes where live (all but a tail's padding) into st.
-  // PLAIN: plain holds and the piece draws no rounding words (P.w1, P.w2 null).
-  template <bool COUNT, bool STATS, class SHORT, bool PLAIN>
+  // W lanes at element j of pass PASS (COUNT: kept lanes into acc.n; SCAN: the new states'
+  // absmax bits into acc.am/av/aG).  STATS: the step statistics of the lanes where live (all but a
+  // tail's padding) into st.  PLAIN: plain holds and the piece draws no rounding words (P.w1,
+  // P.w2 null).
+  template <Pass PASS, bool STATS, class SHORT, bool PLAIN>
   SIGNOPT_VI void lanes(const Ptr& P, const Tens T, const int64_t j, const vf seg, const bool segpos, const Dec& md,
                         const Dec& vd, const Dec& Gd, Acc& acc, Stats& st, const vi live) const {
+    static_assert(PASS != SCAN || (BLK && !STATS), "the scan: block-scaled state, no statistics");
     In in;
     in.p = VP::load(P.p + j);
     in.g = VP::load(P.g + j);
     in.m = HM ? load_state_t(P.m + j, md, SHORT{}) : splat(0.0f);
     in.v = HV ? load_state_t(P.v + j, vd, SHORT{}) : splat(0.0f);
     in.G = STO && elem_env ? load_state_t(P.E + j, Gd, SHORT{}) : splat(0.0f);
-    const vu w0 = kind_draws_sign(K) ? loadu<vu>(P.w0 + j) : vu{};
+    const vu w0 = kind_draws_sign(K) && PASS != SCAN ? loadu<vu>(P.w0 + j) : vu{};
     const Out o = rule<K, PLAIN>(S, in, seg, segpos, elem_env, w0, splat(T.bc1), splat(T.bc2));
-    if constexpr (COUNT) {
+    if constexpr (PASS == COUNT) {
       acc.n += (vi)(o.u * o.gg > 0.0f);  // cautious_keep
       return;
     }
-    vf u = o.u;
+    vf u = o.u;  // (SCAN: the update is not used)
     if (!PLAIN && cautious) u = sel(u * o.gg > 0.0f, u * splat(T.cs), splat(0.0f));  // cautious_apply
     const vf q = in.p * splat(S.decay) - splat(S.lr) * u;                         // epilogue
     const vf pn = sel(o.bad, in.p, q);
-    if (!PLAIN && P.w2) {
-      VP::store_sr(P.p + j, pn, loadu<vu>(P.w2 + j));
-    } else {
-      VP::store(P.p + j, pn);
+    if constexpr (PASS == APPLY) {
+      if (!PLAIN && P.w2) {
+        VP::store_sr(P.p + j, pn, loadu<vu>(P.w2 + j));
+      } else {
+        VP::store(P.p + j, pn);
+      }
     }
-    if constexpr (HM) store_state<PLAIN>(P.m, P.mo, j, o.m, acc.am, P.w1);
-    if constexpr (HV) store_state<PLAIN>(P.v, P.vo, j, o.v, acc.av, P.w1);
+    if constexpr (HM) store_state<PASS, PLAIN>(P.m, P.mo, j, o.m, acc.am, P.w1);
+    if constexpr (HV) store_state<PASS, PLAIN>(P.v, P.vo, j, o.v, acc.av, P.w1);
     if constexpr (STO) {
-      if (elem_env) store_state<PLAIN>(P.E, P.Go, j, o.G, acc.aG, P.w1);
+      if (elem_env) store_state<PASS, PLAIN>(P.E, P.Go, j, o.G, acc.aG, P.w1);
     }
+    if constexpr (PASS == SCAN) return;
     acc.n += o.bad;
     if constexpr (STATS) {
       vec::vd lo, hi;  // (vd: the v decoder here)
@@ -279,11 +292,11 @@ struct Loop {
     }
   }
 
-  // Elements [0, n) of the piece; returns the non-finite count (apply) or the kept count (COUNT);
-  // STATS: the step statistics into st.  Inlined into the caller's piece loop: a call passes P in
+  // Elements [0, n) of the piece; returns the non-finite count (APPLY) or the kept count (COUNT;
+  // SCAN: 0, the absmax in acc); STATS: the step statistics into st.  Inlined into the caller's piece loop: a call passes P in
   // memory, a copy of the pointers just stored one by one, which stalls on store forwarding (27%
   // of Lion fp32/MXFP8's samples, where a piece is a 32-element block).
-  template <bool COUNT, bool STATS>
+  template <Pass PASS, bool STATS>
   SIGNOPT_VI int64_t run_acc(const Ptr P, const Tens T, const int64_t n, const float seg, const Dec& md, const Dec& vd,
                   const Dec& Gd, Acc& acc, Stats& st) const {
     const vf segv = splat(seg);
@@ -301,8 +314,8 @@ struct Loop {
     const vi n0 = a.n;
     auto body = [&](auto shrt, auto plain) {
       for (; j + W <= n; j += W)
-        L.template lanes<COUNT, STATS, decltype(shrt), decltype(plain)::value>(P, T, j, segv, segpos, md, vd, Gd, a,
-                                                                                t, all);
+        L.template lanes<PASS, STATS, decltype(shrt), decltype(plain)::value>(P, T, j, segv, segpos, md, vd, Gd, a,
+                                                                               t, all);
     };
     const bool plain = L.plain && !P.w1 && !P.w2;
     if (short_all) {
@@ -318,7 +331,7 @@ struct Loop {
     } else {
       body(std::false_type{}, std::false_type{});
     }
-    if (j < n) L.template tail<COUNT, STATS>(P, T, j, n - j, segv, segpos, md, vd, Gd, a, t);
+    if (j < n) L.template tail<PASS, STATS>(P, T, j, n - j, segv, segpos, md, vd, Gd, a, t);
     acc = a;
     if constexpr (STATS) st = t;
     return -hsum(a.n - n0);
@@ -327,7 +340,7 @@ struct Loop {
   // The last n < W elements: read into zero-padded lanes (a padded lane has p = g = 0 and state
   // code 0: finite, not kept, new state 0, so it changes no count and no absmax), run, and the n
   // results copied back.
-  template <bool COUNT, bool STATS>
+  template <Pass PASS, bool STATS>
   void tail(const Ptr& P, const Tens T, const int64_t j, const int64_t n, const vf segv, const bool segpos,
             const Dec& md, const Dec& vd, const Dec& Gd, Acc& acc, Stats& st) const {
     PR p[W], g[W];
@@ -347,8 +360,8 @@ struct Loop {
     if (P.w2) fill_short(w2, P.w2 + j, n);
     if (STATS) fill_short(s, P.s + j, n);
     const Ptr Q{p, g, m, v, E, mo, vo, Go, P.w0 ? w0 : nullptr, P.w1 ? w1 : nullptr, P.w2 ? w2 : nullptr, s};
-    lanes<COUNT, STATS, std::false_type, false>(Q, T, 0, segv, segpos, md, vd, Gd, acc, st, live);
-    if (COUNT) return;
+    lanes<PASS, STATS, std::false_type, false>(Q, T, 0, segv, segpos, md, vd, Gd, acc, st, live);
+    if (PASS != APPLY) return;
     copy_short(P.p + j, p, n);
     if (STATS) copy_short(P.s + j, s, n);
     if (BLK) {
