@@ -832,7 +832,10 @@ struct GroupKernel {
     const bool passes = needs_seg || s.cautious || tscaled;
     if (needs_seg) reduce_layout();
     if (s.cautious) cscale.resize(c.t.size());
-    if (tscaled) new_tscale.resize(3 * c.t.size()), item_amax.assign(3 * items.size(), 0u);
+    if (tscaled) {
+      new_tscale.resize(3 * c.t.size());
+      item_amax.assign(3 * items.size(), 0u);
+    }
     std::vector<int64_t> bad(items.size(), 0), kept(s.cautious ? items.size() : 0, 0);
     std::vector<ItemStats> istats(c.stats ? items.size() : 0);
     for (int64_t t0 = 0, t1; t0 < (int64_t)c.t.size(); t0 = t1) {

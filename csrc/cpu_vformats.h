@@ -375,7 +375,8 @@ struct VFmt<FmtFP4<FMT>> : VBlockEncoder<FmtFP4<FMT>, VFmt<FmtFP4<FMT>>> {
   template <bool SR>
   static inline void encode_run(uint8_t* r, const int64_t n, const float* vals, const vf iv, const uint32_t* w) {
     int64_t j = 0;
-    for (; j + 2 * W <= n; j += 2 * W) store_u8(r + j / 2, pairs(codes<SR>(vals, w, j, iv), codes<SR>(vals, w, j + W, iv)));
+    for (; j + 2 * W <= n; j += 2 * W)
+      store_u8(r + j / 2, pairs(codes<SR>(vals, w, j, iv), codes<SR>(vals, w, j + W, iv)));
     if (j + W <= n) {
       store_u8_half(r + j / 2, pairs(codes<SR>(vals, w, j, iv), vu{}));
       j += W;
