@@ -90,7 +90,7 @@ def state_bytes_per_param(fmt: str, n_states: int) -> float:
 
 NEW_FORMATS = ("mxfp8_e4m3", "fp4_e2m1")  # MXFP8 and MXFP4 state: cpp rows only (the torch
 # reference of a block-scaled format runs minutes per step and is the oracle, not a contender)
-NVFP4 = "fp4_e2m1_e4m3"  # NVFP4-style state (state_scale="e4m3"; scalar tiles and a scan pass): Lion's cpp rows
+NVFP4 = "fp4_e2m1_e4m3"  # NVFP4-style state (state_scale="e4m3"; vector loops and a scan pass): Lion's cpp rows
 
 
 def signopt_rows(quick: bool) -> list[dict]:

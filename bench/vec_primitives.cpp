@@ -43,7 +43,7 @@ int main() {
   using E4 = vec::VFmt<FmtE4M3>;
   const double fp8 = best_ns(n, [&] {
     for (int64_t a = 0; a < n; a += 256) {
-      E4::encode_block(codes.data() + a, 256, vals.data() + a, nullptr);
+      E4::encode_block(codes.data() + a, 256, vals.data() + a, nullptr, 1.0f);
       const E4::Dec d(codes.data() + a, 256, 0.01f);
       for (int64_t j = a; j < a + 256; j += vec::W) vec::storeu(out.data() + j, E4::load(codes.data() + j, d));
     }

@@ -290,8 +290,9 @@ SIGNOPT_HD float e2m1_value(uint32_t c) {
 //     block's finite absmax; FmtE4M3's rounding and codes); the multiplier is eff = sb * S.
 // Codes as FmtFP8's (x * fp32(1/multiplier), clamp to +-6, e = max(exponent, 0), k = |y|/2^(e-1)
 // rounded, code (e << 1) + k), except that E2M1 has no NaN: a NaN codes as +0.  Where each runs:
-// on the CPU, MXFP4 in the vector loops (cpu_vformats.h's VFmt<FmtE2M1>) and NVFP4 in the scalar
-// tiles; both in the CUDA kernels (cuda_kernels.cu, NVFP4 with a scan kernel for the tensor
+// on the CPU, both in the vector loops (cpu_vformats.h's VFmt<FmtFP4<FMT>>; NVFP4 with a scan
+// pass for the tensor scales) and in the scalar tiles (SIGNOPT_CPU_SIMD=0, and what has no vector
+// form); both in the CUDA kernels (cuda_kernels.cu, NVFP4 with a scan kernel for the tensor
 // scales: compiled for sm_80/sm_90, not yet run on a GPU); Triton has its own codecs
 // (kernels/state_io.py).
 template <int FMT>

@@ -66,7 +66,7 @@ void store_block(void* raw, void* scale, int64_t block, int64_t a, int64_t n, co
   typename F::raw* r = (typename F::raw*)raw + a;
   if constexpr (vec::VFmt<F>::ok) {
     if (simd) {
-      F::put_scale(scale, a / block, vec::VFmt<F>::encode_block(r, n, vals, sr ? words : nullptr));
+      F::put_scale(scale, a / block, vec::VFmt<F>::encode_block(r, n, vals, sr ? words : nullptr, 1.0f));
       return;
     }
   }
@@ -74,8 +74,7 @@ void store_block(void* raw, void* scale, int64_t block, int64_t a, int64_t n, co
 }
 
 // Packed 4-bit codes (FmtFP4): any range [a, a+n) decoded with its blocks' multipliers (the block
-// scale, times the tensor scale ts for NVFP4); the vector decode from an even element, where the
-// format has one (MXFP4) and simd.
+// scale, times the tensor scale ts for NVFP4); the vector decode from an even element where simd.
 template <class F>
 void load_packed(const void* raw, const void* scale, int64_t block, int64_t a, int64_t n, float* out, float ts,
                  bool simd) {
@@ -103,7 +102,7 @@ void store_packed(void* raw, void* scale, int64_t block, int64_t a, int64_t n, c
   typename F::raw* r = (typename F::raw*)raw + (a >> 1);
   if constexpr (vec::VFmt<F>::ok) {
     if (simd) {
-      F::put_scale(scale, a / block, vec::VFmt<F>::encode_block(r, n, vals, sr ? words : nullptr));
+      F::put_scale(scale, a / block, vec::VFmt<F>::encode_block(r, n, vals, sr ? words : nullptr, ts));
       return;
     }
   }

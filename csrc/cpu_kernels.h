@@ -7,12 +7,13 @@
 //           fp64 sums in the lane order of rules.h (or NaN-propagating max), folded in chunk order
 //   count   (cautious): exact integer count of kept coordinates per tensor
 //   scan    (NVFP4 state): the rule evaluated, nothing written: the finite absmax of each new state
-//           per tensor, whose tensor scale the apply pass encodes against (scalar tiles)
+//           per tensor, whose tensor scale the apply pass encodes against
 //   apply   : every element once: decode, rule, encode (FP8/FP4: one block at a time)
 // Two implementations of each pass, the same bits:
 //   * the vector loops (cpu_vloops.h on the portable vector layer cpu_vec.h: AVX-512, AVX2, SSE,
 //     NEON, ... whatever the build targets), one fused loop from the stored values to the stored
-//     results, random bits v2 drawn a run at a time (cpu_philox.h);
+//     results, random bits v2 drawn a run at a time (cpu_philox.h); packed 4-bit state (MXFP4,
+//     NVFP4) one block at a time, decoded to fp32 first;
 //   * the scalar tiles below (the readable oracle: decode a tile into fp32 buffers, the rules.h
 //     rule element by element, encode), which SIGNOPT_CPU_SIMD=0 selects everywhere and which run
 //     what has no vector form (Lion-kappa lp; fp16 parameters).
@@ -120,11 +121,13 @@ struct Item {
   int64_t t, a, b;
 };
 
-// Work items [k0, k1) of one pass; results go to out[k] (per item: non-finite or kept count).
+// Work items [k0, k1) of one pass; results go to out[k] (per item: non-finite or kept count), or
+// for the scan to amax[3k..3k+2].
 struct Span {
   int64_t k0, k1;
   int64_t* out;
   ItemStats* stats = nullptr;  // apply pass with step statistics: per item (else null)
+  uint32_t* amax = nullptr;    // scan pass: per item the finite absmax bits of the new m, v, G
 };
 
 struct Buffers {
@@ -178,6 +181,7 @@ struct GroupKernel {
   std::vector<float> segv;        // per segment: fp32 norm, or new envelope value
   std::vector<float> cscale;      // per tensor: cautious scale
   std::vector<float> new_tscale;  // per tensor: this step's tensor scales of m, v, G (NVFP4; else empty)
+  std::vector<uint32_t> item_amax;  // per work item: the finite absmax bits of its new m, v, G (the scan)
 
   GroupKernel(const Call& call, int pfmt, int sfmt) : c(call), s(call.s), pf(pfmt), sf(sfmt) {
     needs_seg = kind_kappa_norm(K) || (STO && s.envelope != ENV_ELEMENT);
@@ -342,13 +346,18 @@ struct GroupKernel {
                                            in.badv, st ? t.sign + a : nullptr, st)
                               : count_loop(s, t.bc1, t.bc2, n, in.p, in.gp, in.m, in.v, in.E, in.seg, in.W0, in.badv);
     if (STORE) {
-      const float* ts = new_tscale.empty() ? nullptr : new_tscale.data() + 3 * tix;  // NVFP4: this step's
       store_range(pf, t.p, nullptr, 0, a, n, in.p, param_words, in.W2, simd, 1.0f);
-      if (HAS_M) store_range(sf, t.m, t.m_scale, c.block, a, n, in.m, state_words, in.W1, simd, ts ? ts[0] : 1.0f);
-      if (HAS_V) store_range(sf, t.v, t.v_scale, c.block, a, n, in.v, state_words, in.W1, simd, ts ? ts[1] : 1.0f);
-      if (elem_env) store_range(sf, t.G, t.G_scale, c.block, a, n, in.E, state_words, in.W1, simd, ts ? ts[2] : 1.0f);
+      if (HAS_M) store_range(sf, t.m, t.m_scale, c.block, a, n, in.m, state_words, in.W1, simd, new_ts(tix, 0));
+      if (HAS_V) store_range(sf, t.v, t.v_scale, c.block, a, n, in.v, state_words, in.W1, simd, new_ts(tix, 1));
+      if (elem_env) store_range(sf, t.G, t.G_scale, c.block, a, n, in.E, state_words, in.W1, simd, new_ts(tix, 2));
     }
     return acc;
+  }
+
+  // This step's tensor scale of state slot (0: m, 1: v, 2: G) of tensor tix, which its encode is
+  // relative to (NVFP4; 1 for every other format, which ignores it).
+  float new_ts(const int64_t tix, const int slot) const {
+    return new_tscale.empty() ? 1.0f : new_tscale[3 * (size_t)tix + slot];
   }
 
   // ================================================================ tensor scales (NVFP4)
@@ -371,30 +380,16 @@ struct GroupKernel {
   }
 
   // The tensor scales of this step's new state of tensors [t0, t1) into new_tscale (three per
-  // tensor: m, v, G): a pass over their work items that evaluates the rule and writes nothing,
-  // then per tensor S = FmtNVFP4::tensor_scale_of(T), T the max of its items' absmax (an integer
-  // max: independent of the thread count).  The apply pass encodes against them.
+  // tensor: m, v, G): the scan pass over their work items (item_amax: each item's finite absmax
+  // bits, from the vector loops or scan_loop's tiles), then per tensor
+  // S = FmtNVFP4::tensor_scale_of(T), T the max of its items' absmax (an integer max: independent
+  // of the thread count).  The apply pass encodes against them.
   void scan_tensor_scales(const int64_t t0, const int64_t t1) {
-    const int64_t k0 = item_base[t0], k1 = item_base[t1];
-    std::vector<uint32_t> am(3 * (size_t)(k1 - k0), 0u);
-    at::parallel_for(k0, k1, 1, [&](int64_t ib, int64_t ie) {
-      Buffers B(tile);
-      const bool simd = simd_here();
-      for (int64_t k = ib; k < ie; ++k) {
-        const Item& it = items[k];
-        const TensorRef& t = c.t[it.t];
-        uint32_t* out = am.data() + 3 * (k - k0);
-        for (int64_t a = it.a; a < it.b; a += tile) {
-          const int64_t n = std::min(tile, it.b - a);
-          const TileIn in = tile_in<false>(t, it.t, a, n, B, simd);
-          scan_loop(s, t.bc1, t.bc2, n, in.p, in.gp, in.m, in.v, in.E, in.seg, in.W0, in.badv, out);
-        }
-      }
-    });
+    run_items<vec::SCAN>(Span{item_base[t0], item_base[t1], nullptr, nullptr, item_amax.data()});
     for (int64_t i = t0; i < t1; ++i) {
       for (int slot = 0; slot < 3; ++slot) {
         uint32_t T = 0u;
-        for (int64_t k = item_base[i]; k < item_base[i + 1]; ++k) T = std::max(T, am[3 * (k - k0) + slot]);
+        for (int64_t k = item_base[i]; k < item_base[i + 1]; ++k) T = std::max(T, item_amax[3 * k + slot]);
         new_tscale[3 * i + slot] = FmtNVFP4::tensor_scale_of(u2f(T));
       }
     }
@@ -410,17 +405,25 @@ struct GroupKernel {
     }
   }
 
-  // The tiles of work items [ib, ie) (STORE: apply, else the cautious count) into out[k].
-  template <bool STORE>
-  void tile_items(const int64_t ib, const int64_t ie, int64_t* out, ItemStats* stats, std::unique_ptr<Buffers>& B,
+  // The tiles of work items [ib, ie) of span r (pass PASS) into r.out[k] (the scan: r.amax).
+  template <vec::Pass PASS>
+  void tile_items(const int64_t ib, const int64_t ie, const Span& r, std::unique_ptr<Buffers>& B,
                   const bool simd) const {
     if (!B) B.reset(new Buffers(tile));
     for (int64_t k = ib; k < ie; ++k) {
       const Item& it = items[k];
+      const TensorRef& t = c.t[it.t];
       int64_t acc = 0;
-      for (int64_t a = it.a; a < it.b; a += tile)
-        acc += tile_eval<STORE>(c.t[it.t], it.t, a, std::min(tile, it.b - a), *B, simd, stats ? stats + k : nullptr);
-      out[k] = acc;
+      for (int64_t a = it.a; a < it.b; a += tile) {
+        const int64_t n = std::min(tile, it.b - a);
+        if constexpr (PASS == vec::SCAN) {
+          const TileIn in = tile_in<false>(t, it.t, a, n, *B, simd);
+          scan_loop(s, t.bc1, t.bc2, n, in.p, in.gp, in.m, in.v, in.E, in.seg, in.W0, in.badv, r.amax + 3 * k);
+        } else {
+          acc += tile_eval<PASS == vec::APPLY>(t, it.t, a, n, *B, simd, r.stats ? r.stats + k : nullptr);
+        }
+      }
+      if (PASS != vec::SCAN) r.out[k] = acc;
     }
   }
 
@@ -457,11 +460,13 @@ struct GroupKernel {
   // groups of Philox calls: vec::GROUP elements, 128 on AVX-512, 4x an MX block of 32).
   int64_t words_span() const { return fmt_block_scaled(sf) ? std::max(c.block, (TILE / c.block) * c.block) : TILE; }
 
-  // The words of elements [a, a+n) of tensor t for the purposes this pass draws (null: none).
-  void draw(const TensorRef& t, const int64_t a, const int64_t n, const bool store, VecBuffers& VB,
+  // The words of elements [a, a+n) of tensor t for the purposes pass `pass` draws (null: none).
+  void draw(const TensorRef& t, const int64_t a, const int64_t n, const vec::Pass pass, VecBuffers& VB,
             const uint32_t* (&w)[3]) const {
     const uint64_t i0 = t.offset + (uint64_t)a;
-    w[0] = sign_words ? vec::philox_run(t.k0, t.k1, PURPOSE_SIGN, i0, n, VB.w[0].data()) : nullptr;
+    const bool store = pass == vec::APPLY;
+    w[0] = sign_words && pass != vec::SCAN ? vec::philox_run(t.k0, t.k1, PURPOSE_SIGN, i0, n, VB.w[0].data())
+                                           : nullptr;
     w[1] = store && state_words ? vec::philox_run(t.k0, t.k1, PURPOSE_STATE_ROUNDING, i0, n, VB.w[1].data())
                                 : nullptr;
     w[2] = store && param_words ? vec::philox_run(t.k0, t.k1, PURPOSE_PARAM_ROUNDING, i0, n, VB.w[2].data())
@@ -486,12 +491,15 @@ struct GroupKernel {
     return K != K_LION_LP && vec::VFmt<PF>::ok && vec::VFmt<SF>::ok;
   }
 
-  // One work item through the vector loops (COUNT: the cautious count).  Element formats: chunks
-  // of TILE elements (their random words drawn first) split into pieces of constant segment;
-  // FP8 state: one block at a time (items start on a block boundary), its pieces writing the new
-  // fp32 values to VB's block buffers, then the block encoded.
-  template <bool COUNT, bool STATS, class PF, class SF>
-  int64_t vec_item(const Item& it, const vec::Loop<K, PF, SF>& loop, VecBuffers& VB, ItemStats* out) const {
+  // One work item through the vector loops in pass PASS (COUNT: the cautious count; SCAN: the
+  // finite absmax bits of the new m, v, G maxed into amax[0..2]).  Element formats: chunks of TILE
+  // elements (their random words drawn first) split into pieces of constant segment; FP8/FP4
+  // state: one block at a time (items start on a block boundary; packed codes decoded to fp32
+  // with the block's multiplier under the old tensor scale), its pieces writing the new fp32
+  // values to VB's block buffers, then the block encoded (NVFP4: under this step's tensor scale).
+  template <vec::Pass PASS, bool STATS, class PF, class SF>
+  int64_t vec_item(const Item& it, const vec::Loop<K, PF, SF>& loop, VecBuffers& VB, ItemStats* out,
+                   uint32_t* amax) const {
     using L = vec::Loop<K, PF, SF>;
     using PR = typename PF::raw;
     using SR = typename SF::raw;
@@ -513,14 +521,14 @@ struct GroupKernel {
       typename L::Acc a;
       for (int64_t c0 = it.a; c0 < it.b; c0 += TILE) {
         const int64_t c1 = std::min(c0 + TILE, it.b);
-        draw(t, c0, c1 - c0, !COUNT, VB, w);
+        draw(t, c0, c1 - c0, PASS, VB, w);
         seg_pieces(t, it.t, c0, c1, [&](int64_t a0, int64_t a1, float sv) {
           const int64_t o = a0 - c0;
           const typename L::Ptr P{p + a0, g + a0, HAS_M ? m + a0 : nullptr, HAS_V ? v + a0 : nullptr,
                                   E ? E + a0 : nullptr, nullptr, nullptr, nullptr,
                                   w[0] ? w[0] + o : nullptr, w[1] ? w[1] + o : nullptr, w[2] ? w[2] + o : nullptr,
                                   sg ? sg + a0 : nullptr};
-          acc += loop.template run_acc<COUNT, STATS>(P, T, a1 - a0, sv, none, none, none, a, st);
+          acc += loop.template run_acc<PASS, STATS>(P, T, a1 - a0, sv, none, none, none, a, st);
         });
       }
     } else {
@@ -529,14 +537,19 @@ struct GroupKernel {
       const int64_t B = c.block;
       // a block's first code: packed codes are two a byte (blocks are even)
       auto at = [](SR* r, int64_t b0) { return SF::packed ? r + (b0 >> 1) : r + b0; };
+      // a packed block's multiplier under the stored (old) tensor scale
+      auto mult = [](const void* sc, int64_t blk, const float* ts) {
+        return VSF::multiplier(SF::get_scale(sc, blk), tensor_scale_at(ts));
+      };
+      typename L::Acc scan;  // SCAN: the lanes' absmax over the item's blocks
       const int64_t D = words_span();
       const uint32_t* wd[3] = {};  // the words of [d0, d0 + D)
       int64_t d0 = it.a;
       for (int64_t b0 = it.a; b0 < it.b; b0 += B) {
         const int64_t b1 = std::min(b0 + B, it.b), nb = b1 - b0, blk = b0 / B;
-        if ((b0 - it.a) % D == 0) draw(t, d0 = b0, std::min(D, it.b - b0), !COUNT, VB, wd);
+        if ((b0 - it.a) % D == 0) draw(t, d0 = b0, std::min(D, it.b - b0), PASS, VB, wd);
         for (int i = 0; i < 3; ++i) w[i] = wd[i] ? wd[i] + (b0 - d0) : nullptr;
-        if constexpr (!COUNT && !STATS) {  // a whole block of 32 in registers (vec::BlockRegs)
+        if constexpr (PASS == vec::APPLY && !STATS) {  // a whole block of 32 in registers (vec::BlockRegs)
           constexpr int R = 32 / vec::W;
           float sv;
           if (nb == 32 && B == 32 && !fmt_tensor_scale(sf) && one_segment(t, it.t, b0, b1, sv)) {
@@ -557,28 +570,36 @@ struct GroupKernel {
         LR *ml = nullptr, *vl = nullptr, *El = nullptr;
         Dec md, vd, Gd;
         if constexpr (SF::packed) {
-          if (HAS_M) VSF::decode(at(m, b0), nb, SF::get_scale(t.m_scale, blk), ml = VB.mi.data());
-          if (HAS_V) VSF::decode(at(v, b0), nb, SF::get_scale(t.v_scale, blk), vl = VB.vi.data());
-          if (E) VSF::decode(at(E, b0), nb, SF::get_scale(t.G_scale, blk), El = VB.Gi.data());
+          if (HAS_M) VSF::decode(at(m, b0), nb, mult(t.m_scale, blk, t.m_tscale), ml = VB.mi.data());
+          if (HAS_V) VSF::decode(at(v, b0), nb, mult(t.v_scale, blk, t.v_tscale), vl = VB.vi.data());
+          if (E) VSF::decode(at(E, b0), nb, mult(t.G_scale, blk, t.G_tscale), El = VB.Gi.data());
         } else {
           ml = m ? m + b0 : nullptr, vl = v ? v + b0 : nullptr, El = E ? E + b0 : nullptr;
           if (HAS_M) md = Dec(ml, nb, SF::get_scale(t.m_scale, blk));
           if (HAS_V) vd = Dec(vl, nb, SF::get_scale(t.v_scale, blk));
           if (E) Gd = Dec(El, nb, SF::get_scale(t.G_scale, blk));
         }
-        typename L::Acc a;
+        typename L::Acc blk_acc;
+        typename L::Acc& a = PASS == vec::SCAN ? scan : blk_acc;
         seg_pieces(t, it.t, b0, b1, [&](int64_t a0, int64_t a1, float sv) {
           const int64_t o = a0 - b0;
           const typename L::Ptr P{p + a0, g + a0, HAS_M ? ml + o : nullptr, HAS_V ? vl + o : nullptr,
                                   E ? El + o : nullptr, VB.mo.data() + o, VB.vo.data() + o, VB.Go.data() + o,
                                   w[0] ? w[0] + o : nullptr, w[1] ? w[1] + o : nullptr, w[2] ? w[2] + o : nullptr,
                                   sg ? sg + a0 : nullptr};
-          acc += loop.template run_acc<COUNT, STATS>(P, T, a1 - a0, sv, md, vd, Gd, a, st);
+          acc += loop.template run_acc<PASS, STATS>(P, T, a1 - a0, sv, md, vd, Gd, a, st);
         });
-        if (COUNT) continue;
-        if (HAS_M) SF::put_scale(t.m_scale, blk, VSF::encode_amax(at(m, b0), nb, VB.mo.data(), vec::hmax31(a.am), w[1]));
-        if (HAS_V) SF::put_scale(t.v_scale, blk, VSF::encode_amax(at(v, b0), nb, VB.vo.data(), vec::hmax31(a.av), w[1]));
-        if (E) SF::put_scale(t.G_scale, blk, VSF::encode_amax(at(E, b0), nb, VB.Go.data(), vec::hmax31(a.aG), w[1]));
+        if (PASS != vec::APPLY) continue;
+        auto enc = [&](SR* r, const float* vals, const vec::vu am, const int slot) {  // (NVFP4: this step's S)
+          return VSF::encode_amax(at(r, b0), nb, vals, vec::hmax31(am), w[1], new_ts(it.t, slot));
+        };
+        if (HAS_M) SF::put_scale(t.m_scale, blk, enc(m, VB.mo.data(), a.am, 0));
+        if (HAS_V) SF::put_scale(t.v_scale, blk, enc(v, VB.vo.data(), a.av, 1));
+        if (E) SF::put_scale(t.G_scale, blk, enc(E, VB.Go.data(), a.aG, 2));
+      }
+      if constexpr (PASS == vec::SCAN) {
+        const uint32_t got[3] = {vec::hmax31(scan.am), vec::hmax31(scan.av), vec::hmax31(scan.aG)};
+        for (int slot = 0; slot < 3; ++slot) amax[slot] = std::max(amax[slot], got[slot]);
       }
     }
     if constexpr (STATS) {  // the lanes in lane order
@@ -593,9 +614,9 @@ struct GroupKernel {
     return acc;
   }
 
-  // Work items of span r (STORE: apply, else the cautious count), by the vector loops where this
-  // thread may run them (simd_here) and the formats have them, else by the tiles.
-  template <bool STORE, class PF, class SF>
+  // Work items of span r in pass PASS, by the vector loops where this thread may run them
+  // (simd_here) and the formats have them, else by the tiles.
+  template <vec::Pass PASS, class PF, class SF>
   void items_pf(const Span r) const {
     at::parallel_for(r.k0, r.k1, 1, [&](int64_t ib, int64_t ie) {
       const bool simd = simd_here();
@@ -604,44 +625,48 @@ struct GroupKernel {
         if (simd) {
           const vec::Loop<K, PF, SF> loop(vec::VScalars(s), elem_env, s.cautious != 0);
           VecBuffers VB(words_span(), fmt_block_scaled(sf) ? c.block : 0, SF::packed);
-          if (STORE && r.stats) {
+          if (PASS == vec::APPLY && r.stats) {
             for (int64_t k = ib; k < ie; ++k) {
               if (k + 1 < ie) prefetch_item<PF, SF>(items[k + 1]);
-              r.out[k] = vec_item<false, true, PF, SF>(items[k], loop, VB, r.stats + k);
+              r.out[k] = vec_item<vec::APPLY, true, PF, SF>(items[k], loop, VB, r.stats + k, nullptr);
             }
           } else {
             for (int64_t k = ib; k < ie; ++k) {
               if (k + 1 < ie) prefetch_item<PF, SF>(items[k + 1]);
-              r.out[k] = vec_item<!STORE, false, PF, SF>(items[k], loop, VB, nullptr);
+              const int64_t n = vec_item<PASS, false, PF, SF>(items[k], loop, VB, nullptr,
+                                                              PASS == vec::SCAN ? r.amax + 3 * k : nullptr);
+              if (PASS != vec::SCAN) r.out[k] = n;
             }
           }
           return;
         }
       }
-      tile_items<STORE>(ib, ie, r.out, r.stats, B, simd);
+      tile_items<PASS>(ib, ie, r, B, simd);
     });
   }
 
-  template <bool STORE, class PF>
+  template <vec::Pass PASS, class PF>
   void items_p(const Span r) const {
-    if constexpr (!HAS_M && !HAS_V && !STO) {
-      return items_pf<STORE, PF, FmtF32>(r);  // no state: the state format plays no part
+    if constexpr (PASS == vec::SCAN) {
+      if constexpr (HAS_M || HAS_V || STO) items_pf<PASS, PF, FmtNVFP4>(r);  // (the tensor-scaled format)
+    } else if constexpr (!HAS_M && !HAS_V && !STO) {
+      return items_pf<PASS, PF, FmtF32>(r);  // no state: the state format plays no part
     } else {
 #define SIGNOPT_ITEMS_CASE(F, SF) \
   case F:                         \
-    return items_pf<STORE, PF, SF>(r);
+    return items_pf<PASS, PF, SF>(r);
       switch (sf) { SIGNOPT_STATE_FORMATS(SIGNOPT_ITEMS_CASE) }
 #undef SIGNOPT_ITEMS_CASE
       throw std::invalid_argument("signopt: unknown state format");
     }
   }
 
-  // The apply (STORE) or cautious count pass over the work items of span r.
-  template <bool STORE>
+  // Pass PASS (apply, cautious count, or NVFP4's scan) over the work items of span r.
+  template <vec::Pass PASS>
   void run_items(const Span r) const {
 #define SIGNOPT_ITEMS_CASE(F, PF) \
   case F:                         \
-    return items_p<STORE, PF>(r);
+    return items_p<PASS, PF>(r);
     switch (pf) { SIGNOPT_PARAM_FORMATS(SIGNOPT_ITEMS_CASE) }
 #undef SIGNOPT_ITEMS_CASE
     throw std::invalid_argument("signopt: unknown parameter format");
@@ -844,14 +869,17 @@ struct GroupKernel {
     const bool passes = needs_seg || s.cautious || tscaled;
     if (needs_seg) reduce_layout();
     if (s.cautious) cscale.resize(c.t.size());
-    if (tscaled) new_tscale.resize(3 * c.t.size());
+    if (tscaled) {
+      new_tscale.resize(3 * c.t.size());
+      item_amax.assign(3 * items.size(), 0u);
+    }
     std::vector<int64_t> bad(items.size(), 0), kept(s.cautious ? items.size() : 0, 0);
     std::vector<ItemStats> istats(c.stats ? items.size() : 0);
     for (int64_t t0 = 0, t1; t0 < (int64_t)c.t.size(); t0 = t1) {
       t1 = passes ? group_end(t0) : (int64_t)c.t.size();
       if (needs_seg) reduce(t0, t1);
       if (s.cautious) {
-        run_items<false>(Span{item_base[t0], item_base[t1], kept.data()});
+        run_items<vec::COUNT>(Span{item_base[t0], item_base[t1], kept.data()});
         for (int64_t i = t0; i < t1; ++i) {
           int64_t per = 0;
           for (int64_t k = item_base[i]; k < item_base[i + 1]; ++k) per += kept[k];
@@ -859,7 +887,7 @@ struct GroupKernel {
         }
       }
       if (tscaled) scan_tensor_scales(t0, t1);
-      run_items<true>(Span{item_base[t0], item_base[t1], bad.data(), c.stats ? istats.data() : nullptr});
+      run_items<vec::APPLY>(Span{item_base[t0], item_base[t1], bad.data(), c.stats ? istats.data() : nullptr});
       if (tscaled) put_tensor_scales(t0, t1);
     }
     if (STO && s.envelope != ENV_ELEMENT) {

@@ -7,7 +7,8 @@
 //   FP8 block formats: Dec (a block's decoder: its scale, and the short decode where the block
 //                      holds no NaN/inf code and |scale| < 2^BIAS), load(raw*, Dec);
 //                      codes(x, inv[, words]) -> the codes of x*inv; encode_block (absmax, scale, codes)
-//   packed 4-bit:      decode(bytes, n, scale, out) -> a block's fp32 values; encode_block as FP8
+//   packed 4-bit:      decode(bytes, n, multiplier, out) -> a block's fp32 values; encode_block as
+//                      FP8, under the tensor scale (NVFP4; the other formats ignore it)
 #pragma once
 #include <math.h>
 
@@ -101,8 +102,9 @@ struct VFmt<FmtBF16> {
 constexpr float exp2i(int e) { return e > 0 ? 2.0f * exp2i(e - 1) : (e < 0 ? 0.5f * exp2i(e + 1) : 1.0f); }
 
 // A block format's encoder from its codes (VF::encode_codes(r, n, vals, inv, words)): the finite
-// absmax (its bits), the scale VF::scale_of, the codes of vals * (1/scale) (casts.h's block_scale
-// and encode_block).
+// absmax (its bits), the scale VF::scale_of under the tensor scale ts, the codes of
+// vals * (1/multiplier) (casts.h's block_scale and encode_block; cpu_formats.cpp's store_packed).
+// ts: NVFP4's tensor scale S (multiplier sb * S); every other format ignores it (multiplier: the scale).
 template <class F, class VF>
 struct VBlockEncoder {
   static inline uint32_t amax_of(const float* vals, const int64_t n) {
@@ -118,32 +120,36 @@ struct VBlockEncoder {
   }
   // the codes with amax (the bits of the values' finite absmax); returns the scale
   static inline float encode_amax(typename F::raw* r, const int64_t n, const float* vals, const uint32_t amax,
-                                  const uint32_t* words) {
-    const float sc = VF::scale_of(u2f(amax));
-    VF::encode_codes(r, n, vals, inverse(sc), words);
+                                  const uint32_t* words, const float ts) {
+    const float sc = VF::scale_of(u2f(amax), ts);
+    VF::encode_codes(r, n, vals, inverse(sc, ts), words);
     return sc;
   }
   // The same for a block of R vectors x in registers (BlockRegs): VF::put_codes stores their codes.
   template <int R>
   static SIGNOPT_VI float encode_regs(typename F::raw* r, const vf (&x)[R], const uint32_t amax,
-                                      const uint32_t* words) {
-    const float sc = VF::scale_of(u2f(amax));
-    const vf iv = splat(inverse(sc));
+                                      const uint32_t* words, const float ts) {
+    const float sc = VF::scale_of(u2f(amax), ts);
+    const vf iv = splat(inverse(sc, ts));
     vu c[R];
     for (int k = 0; k < R; ++k) c[k] = words ? VF::codes_sr(x[k], iv, loadu<vu>(words + k * W)) : VF::codes_rn(x[k], iv);
     VF::template put_codes<R>(r, c);
     return sc;
   }
-  // 1/s: pow2_inverse for an E8M0 scale, else the division
-  static SIGNOPT_VI float inverse(const float s) { return F::e8m0 ? pow2_inverse(s) : 1.0f / s; }
+  // 1/multiplier of a block of scale s under tensor scale ts: pow2_inverse for an E8M0 scale, else
+  // the division
+  static SIGNOPT_VI float inverse(const float s, const float ts) {
+    return F::e8m0 ? pow2_inverse(s) : 1.0f / VF::multiplier(s, ts);
+  }
   // 1/s of an E8M0 scale s = 2^(E-127) (E = e8m0_code(s) < 255): 2^(127-E), exact as the
   // division (whose latency, after the absmax reduction, stalled every MX block's encode)
   static SIGNOPT_VI float pow2_inverse(const float s) {
     const uint32_t E = e8m0_code(s);
     return u2f(E == 254u ? 0x00400000u : (254u - E) << 23);  // (E = 254: 2^-127, an fp32 subnormal)
   }
-  static inline float encode_block(typename F::raw* r, const int64_t n, const float* vals, const uint32_t* words) {
-    return encode_amax(r, n, vals, amax_of(vals, n), words);
+  static inline float encode_block(typename F::raw* r, const int64_t n, const float* vals, const uint32_t* words,
+                                   const float ts) {
+    return encode_amax(r, n, vals, amax_of(vals, n), words, ts);
   }
 };
 
@@ -151,7 +157,8 @@ template <int FMT, bool HAS_INF>
 struct VFmt<FmtFP8<FMT, HAS_INF>> : VBlockEncoder<FmtFP8<FMT, HAS_INF>, VFmt<FmtFP8<FMT, HAS_INF>>> {
   static constexpr bool ok = true;
   using F = FmtFP8<FMT, HAS_INF>;
-  static SIGNOPT_VI float scale_of(const float absmax) { return F::scale_of(absmax); }
+  static SIGNOPT_VI float scale_of(const float absmax, const float) { return F::scale_of(absmax); }  // (no tensor scale)
+  static SIGNOPT_VI float multiplier(const float s, const float) { return s; }
   using raw = uint8_t;
   static constexpr int M = F::M, EMIN = F::EMIN, BIAS = F::BIAS, SHIFT = 23 - M;
   static constexpr float POW = exp2i(127 - BIAS);  // fp8_value's 2^(127-BIAS)
@@ -288,17 +295,42 @@ template <int ODD, size_t... I>
 SIGNOPT_VI vu unzip(const vu a, const vu b, std::index_sequence<I...>) {
   return __builtin_shufflevector(a, b, (int)(2 * I + ODD)...);
 }
+// Half a vector of bytes (W packed codes: the last W of a run whose count is not a multiple of 2W,
+// as an NVFP4 block of 16 on AVX-512): load_u8_half, the W/2 bytes at p zero-extended into the
+// low W/2 lanes (the rest 0); store_u8_half, the low W/2 lanes (each < 256) as W/2 bytes.
+typedef uint8_t vbh __attribute__((vector_size(W / 2)));
+typedef uint32_t vuh __attribute__((vector_size(BYTES / 2)));
+template <size_t... I>
+SIGNOPT_VI vu widen(const vuh h, std::index_sequence<I...>) {
+  return __builtin_shufflevector(h, vuh{}, (int)I...);
+}
+template <size_t... I>
+SIGNOPT_VI vuh low_half(const vu x, std::index_sequence<I...>) {
+  return __builtin_shufflevector(x, x, (int)I...);
+}
+SIGNOPT_VI vu load_u8_half(const uint8_t* p) {
+  vbh h;
+  memcpy(&h, p, sizeof h);
+  return widen(__builtin_convertvector(h, vuh), std::make_index_sequence<W>{});
+}
+SIGNOPT_VI void store_u8_half(uint8_t* p, const vu x) {
+  const vbh h = __builtin_convertvector(low_half(x, std::make_index_sequence<W / 2>{}), vbh);
+  memcpy(p, &h, sizeof h);
+}
 
-// Packed E2M1 codes with E8M0 block scales (MXFP4; NVFP4's tensor scale has no vector form: it
-// runs the scalar tiles).  The vector loops run on a block's values
-// decoded to fp32 (decode) and encode its new values (encode_block), two codes a byte, element 2j
-// in the low nibble of byte j: W bytes a step, as 2W lanes.  Codes as FmtFP4::encode: clamp to
-// +-6, the grid code of |y| with the sign; NaN -> +0.
-template <>
-struct VFmt<FmtE2M1> : VBlockEncoder<FmtE2M1, VFmt<FmtE2M1>> {
+// Packed E2M1 codes (FmtFP4) with either kind of block scale: E8M0 (MXFP4) or E4M3 under an fp32
+// tensor scale S (NVFP4: multiplier sb * S, the encode's inverse a true division; casts.h).  The
+// codes are the same; the scale, multiplier and inverse come from FmtFP4 and VBlockEncoder.  The
+// vector loops run on a block's values decoded to fp32 (decode, with the block's multiplier) and
+// encode its new values (encode_block), two codes a byte, element 2j in the low nibble of byte j:
+// W bytes a step, as 2W lanes.  Codes as FmtFP4::encode: clamp to +-6, the grid code of |y| with
+// the sign; NaN -> +0.
+template <int FMT>
+struct VFmt<FmtFP4<FMT>> : VBlockEncoder<FmtFP4<FMT>, VFmt<FmtFP4<FMT>>> {
   static constexpr bool ok = true;
-  using F = FmtE2M1;
-  static SIGNOPT_VI float scale_of(const float absmax) { return F::scale_of(absmax, 1.0f); }  // (MX: no tensor scale)
+  using F = FmtFP4<FMT>;
+  static SIGNOPT_VI float scale_of(const float absmax, const float S) { return F::scale_of(absmax, S); }
+  static SIGNOPT_VI float multiplier(const float s, const float S) { return F::multiplier(s, S); }
   static constexpr int M = F::M, EMIN = F::EMIN;
   using Lanes = std::make_index_sequence<W>;
 
@@ -308,24 +340,38 @@ struct VFmt<FmtE2M1> : VBlockEncoder<FmtE2M1, VFmt<FmtE2M1>> {
     const vu mag = selu((vi)(e == 0u), f * 0x3F000000u, ((e + 126u) << 23) | (f << 22));
     return fbits(mag | ((c & 8u) << 28));
   }
-  // The 2W values (code * s) of the W bytes at r: elements 0..W-1 in a, W..2W-1 in b.
-  static SIGNOPT_VI void decode2(const uint8_t* r, const vf s, vf& a, vf& b) {
-    const vu x = load_u8(r);
-    const vf lo = value(x & 0xFu) * s, hi = value(x >> 4) * s;
+  // The 2W values (code * s) of bytes b (lane i: elements 2i, 2i+1): elements 0..W-1 in a, the
+  // next W in c.
+  static SIGNOPT_VI void decode2(const vu b, const vf s, vf& a, vf& c) {
+    const vf lo = value(b & 0xFu) * s, hi = value(b >> 4) * s;
     a = zip<0>(lo, hi, Lanes{});
-    b = zip<W / 2>(lo, hi, Lanes{});
+    c = zip<W / 2>(lo, hi, Lanes{});
   }
-  // The n values (code * scale) of the packed codes at r (element 0 in the low nibble of r[0]).
-  static inline void decode(const uint8_t* r, const int64_t n, const float sc, float* out) {
-    const vf s = splat(sc);
+  // The same to out; the next W only where FULL.
+  template <bool FULL>
+  static SIGNOPT_VI void decode_pairs(const vu b, const vf s, float* out) {
+    vf a, c;
+    decode2(b, s, a, c);
+    storeu(out, a);
+    if (FULL) storeu(out + W, c);
+  }
+  // The n values (code * multiplier) of the packed codes at r (element 0 in the low nibble of r[0]):
+  // 2W a step, then W (half a vector of bytes), the last n mod W through a zero-padded copy.
+  static inline void decode(const uint8_t* r, const int64_t n, const float mult, float* out) {
+    const vf s = splat(mult);
     int64_t j = 0;
-    for (; j + 2 * W <= n; j += 2 * W) {
-      vf a, b;
-      decode2(r + j / 2, s, a, b);
-      storeu(out + j, a);
-      storeu(out + j + W, b);
+    for (; j + 2 * W <= n; j += 2 * W) decode_pairs<true>(load_u8(r + j / 2), s, out + j);
+    if (j + W <= n) {
+      decode_pairs<false>(load_u8_half(r + j / 2), s, out + j);
+      j += W;
     }
-    for (; j < n; ++j) out[j] = F::load_code(F::code_at(r, j), sc);
+    if (j < n) {
+      uint8_t b[W / 2] = {};
+      float o[W];
+      memcpy(b, r + j / 2, (size_t)(n - j + 1) / 2);
+      decode_pairs<false>(load_u8_half(b), s, o);
+      memcpy(out + j, o, sizeof(float) * (size_t)(n - j));
+    }
   }
 
   static SIGNOPT_VI vf clamp(const vf y) { return vmin(splat(F::qmax), vmax(splat(-F::qmax), y)); }  // NaN stays NaN
@@ -339,33 +385,52 @@ struct VFmt<FmtE2M1> : VBlockEncoder<FmtE2M1, VFmt<FmtE2M1>> {
     const vu a = b & 0x7FFFFFFFu;
     return selu((vi)a > 0x7F800000, vu{}, ((b >> 28) & 8u) | grid_rn<M, EMIN>(a));
   }
-  // two vectors of codes (elements j.. and j+W..) as W bytes
-  static SIGNOPT_VI void store_pairs(uint8_t* r, const vu c0, const vu c1) {
-    store_u8(r, unzip<0>(c0, c1, Lanes{}) | (unzip<1>(c0, c1, Lanes{}) << 4));
+  // the codes of the W values x[j..] (stochastic from the words w[j..] where SR, else nearest)
+  template <bool SR>
+  static SIGNOPT_VI vu codes(const float* x, const uint32_t* w, const int64_t j, const vf iv) {
+    if constexpr (SR) {
+      return codes_sr(loadu<vf>(x + j), iv, loadu<vu>(w + j));
+    } else {
+      return codes_rn(loadu<vf>(x + j), iv);
+    }
+  }
+  // the bytes of codes c0 (elements 0..W-1) and c1 (W..2W-1): lane i holds elements 2i, 2i+1
+  static SIGNOPT_VI vu pairs(const vu c0, const vu c1) {
+    return unzip<0>(c0, c1, Lanes{}) | (unzip<1>(c0, c1, Lanes{}) << 4);
+  }
+  // The packed codes of n values (one block) with inv = 1/multiplier, stochastic from the words w
+  // (SR) or nearest: 2W a step, then W (half a vector of bytes), the last n mod W through
+  // zero-padded copies (a pad codes as +0, so an odd n's last byte has a 0 high nibble).
+  template <bool SR>
+  static inline void encode_run(uint8_t* r, const int64_t n, const float* vals, const vf iv, const uint32_t* w) {
+    int64_t j = 0;
+    for (; j + 2 * W <= n; j += 2 * W)
+      store_u8(r + j / 2, pairs(codes<SR>(vals, w, j, iv), codes<SR>(vals, w, j + W, iv)));
+    if (j + W <= n) {
+      store_u8_half(r + j / 2, pairs(codes<SR>(vals, w, j, iv), vu{}));
+      j += W;
+    }
+    if (j < n) {
+      float x[W] = {};
+      uint32_t xw[W] = {};
+      uint8_t c[W / 2];
+      memcpy(x, vals + j, sizeof(float) * (size_t)(n - j));
+      if constexpr (SR) memcpy(xw, w + j, sizeof(uint32_t) * (size_t)(n - j));
+      store_u8_half(c, pairs(codes<SR>(x, xw, 0, iv), vu{}));
+      memcpy(r + j / 2, c, (size_t)(n - j + 1) / 2);
+    }
   }
   // R (even) vectors of codes at r, two a byte
   template <int R>
   static SIGNOPT_VI void put_codes(uint8_t* r, const vu (&c)[R]) {
-    for (int k = 0; k < R; k += 2) store_pairs(r + k * W / 2, c[k], c[k + 1]);
+    for (int k = 0; k < R; k += 2) store_u8(r + k * W / 2, pairs(c[k], c[k + 1]));
   }
-  // The packed codes of n values (one block) with inv = 1/scale, nearest or stochastic (words);
-  // an odd n's last byte has a 0 high nibble.
   static inline void encode_codes(uint8_t* r, const int64_t n, const float* vals, const float inv,
                                   const uint32_t* words) {
-    const vf iv = splat(inv);
-    int64_t j = 0;
     if (words) {
-      for (; j + 2 * W <= n; j += 2 * W)
-        store_pairs(r + j / 2, codes_sr(loadu<vf>(vals + j), iv, loadu<vu>(words + j)),
-                    codes_sr(loadu<vf>(vals + j + W), iv, loadu<vu>(words + j + W)));
+      encode_run<true>(r, n, vals, splat(inv), words);
     } else {
-      for (; j + 2 * W <= n; j += 2 * W)
-        store_pairs(r + j / 2, codes_rn(loadu<vf>(vals + j), iv), codes_rn(loadu<vf>(vals + j + W), iv));
-    }
-    for (; j < n; j += 2) {
-      const uint32_t lo = F::encode(vals[j], inv, words != nullptr, words ? words[j] : 0u);
-      const uint32_t hi = j + 1 < n ? F::encode(vals[j + 1], inv, words != nullptr, words ? words[j + 1] : 0u) : 0u;
-      r[j >> 1] = (uint8_t)(lo | (hi << 4));
+      encode_run<false>(r, n, vals, splat(inv), nullptr);
     }
   }
 };

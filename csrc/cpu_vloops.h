@@ -2,9 +2,10 @@
 // format codecs (cpu_vformats.h): rules.h's per-element rule on W lanes (every kind but Lion-kappa
 // lp, whose pow has no exact vector form), with the prologue, cautious masking and the epilogue,
 // stochastic signs and roundings from the random bits v2 of cpu_philox.h, fp32/bf16 parameters
-// and every state format with a vector codec; the cautious count; the reductions (the Lion-kappa
-// norm's fp64 lane sums, the envelopes' maxima).  The same fp32 operations in the same order as
-// the scalar loops of cpu_kernels.h (SIGNOPT_CPU_SIMD=0 runs those), so the same bits:
+// and every state format with a vector codec; the cautious count; the scan of NVFP4's tensor
+// scales; the reductions (the Lion-kappa norm's fp64 lane sums, the envelopes' maxima).  The same
+// fp32 operations in the same order as the scalar loops of cpu_kernels.h (SIGNOPT_CPU_SIMD=0 runs
+// those), so the same bits:
 //   * a select `m ? a : b` computes both sides and picks per lane, as the scalar ternaries do;
 //   * the update p*decay - lr*u, the EMAs and the envelope are the scalar expressions;
 //   * the stores are the codecs of casts.h (cpu_vformats.h).
@@ -160,6 +161,13 @@ struct Form {
 };
 using General = Form<false>;
 
+// What a pass of the loops does with the rule's results: APPLY stores them (and counts the
+// non-finite lanes), COUNT counts the kept cautious lanes, SCAN maxes the finite absmax bits of
+// the new m, v, G into the accumulators (NVFP4's tensor scales; block-scaled state).  COUNT and
+// SCAN store nothing and read no rounding words; SCAN no sign words either (the new state does
+// not depend on them).
+enum Pass { APPLY, COUNT, SCAN };
+
 template <int K, class PF, class SF>
 struct Loop {
   using VP = VFmt<PF>;
@@ -181,7 +189,7 @@ struct Loop {
     int8_t* s;                       // step statistics: previous update signs (null: off)
   };
   struct Acc {
-    vu am{}, av{}, aG{};  // FP8: finite absmax bits of the new m, v, G
+    vu am{}, av{}, aG{};  // FP8/FP4: finite absmax bits of the new m, v, G
     vi n{};               // minus the non-finite (apply) or kept (count) lanes
   };
   // Step statistics of the lanes (step_stats.h's ItemStats per lane): the fp64 sum of the squared
@@ -226,10 +234,10 @@ struct Loop {
     return load_state(r, d);
   }
 
-  template <class FORM>
+  template <Pass PASS, class FORM>
   static SIGNOPT_VI void store_state(SR* r, float* o, const int64_t j, const vf x, vu& amax, const uint32_t* w) {
     if constexpr (BLK) {
-      storeu(o + j, x);
+      if constexpr (PASS == APPLY) storeu(o + j, x);
       amax = maxu31(amax, abs_bits(x));
     } else if (FORM::plain ? FORM::w1 : w != nullptr) {
       VS::store_sr(r + j, x, loadu<vu>(w + j));
@@ -239,16 +247,17 @@ struct Loop {
   }
 
   // The rule on the W lanes at element j whose decoded state in.m, in.v, in.G the caller set: loads
-  // p, g and the sign words into in, evaluates; APPLY: the new parameter stored, u after cautious
-  // masking and q the epilogue's value (the update's target where the gradient is finite).
-  template <bool APPLY, class FORM>
+  // p, g and (but for SCAN) the sign words into in, evaluates; APPLY: the new parameter stored, u
+  // after cautious masking and q the epilogue's value (the update's target where the gradient is
+  // finite).
+  template <Pass PASS, class FORM>
   SIGNOPT_VI Out eval(const Ptr& P, const Tens T, const int64_t j, const vf seg, const bool segpos, In& in, vf& u,
                       vf& q) const {
     in.p = VP::load(P.p + j);
     in.g = VP::load(P.g + j);
-    const vu w0 = kind_draws_sign(K) ? loadu<vu>(P.w0 + j) : vu{};
+    const vu w0 = kind_draws_sign(K) && PASS != SCAN ? loadu<vu>(P.w0 + j) : vu{};
     const Out o = rule<K, FORM::plain>(S, in, seg, segpos, elem_env, w0, splat(T.bc1), splat(T.bc2));
-    if constexpr (APPLY) {
+    if constexpr (PASS == APPLY) {
       u = o.u;
       if (!FORM::plain && cautious) u = sel(u * o.gg > 0.0f, u * splat(T.cs), splat(0.0f));  // cautious_apply
       q = in.p * splat(S.decay) - splat(S.lr) * u;                                           // epilogue
@@ -262,27 +271,29 @@ struct Loop {
     return o;
   }
 
-  // W lanes at element j.  COUNT: the cautious count (kept lanes into acc.n), nothing stored.
-  // STATS: the step statistics of the lanes where live (all but a tail's padding) into st.
-  // FORM: what the piece's loop knows at compile time (Form).
-  template <bool COUNT, bool STATS, class SHORT, class FORM>
+  // W lanes at element j of pass PASS (COUNT: kept lanes into acc.n; SCAN: the new states'
+  // absmax bits into acc.am/av/aG).  STATS: the step statistics of the lanes where live (all but a
+  // tail's padding) into st.  FORM: what the piece's loop knows at compile time (Form).
+  template <Pass PASS, bool STATS, class SHORT, class FORM>
   SIGNOPT_VI void lanes(const Ptr& P, const Tens T, const int64_t j, const vf seg, const bool segpos, const Dec& md,
                         const Dec& vd, const Dec& Gd, Acc& acc, Stats& st, const vi live) const {
+    static_assert(PASS != SCAN || (BLK && !STATS), "the scan: block-scaled state, no statistics");
     In in;
     in.m = HM ? load_state_t(P.m + j, md, SHORT{}) : splat(0.0f);
     in.v = HV ? load_state_t(P.v + j, vd, SHORT{}) : splat(0.0f);
     in.G = STO && elem_env ? load_state_t(P.E + j, Gd, SHORT{}) : splat(0.0f);
     vf u, q;
-    const Out o = eval<!COUNT, FORM>(P, T, j, seg, segpos, in, u, q);
-    if constexpr (COUNT) {
+    const Out o = eval<PASS, FORM>(P, T, j, seg, segpos, in, u, q);
+    if constexpr (PASS == COUNT) {
       acc.n += (vi)(o.u * o.gg > 0.0f);  // cautious_keep
       return;
     }
-    if constexpr (HM) store_state<FORM>(P.m, P.mo, j, o.m, acc.am, P.w1);
-    if constexpr (HV) store_state<FORM>(P.v, P.vo, j, o.v, acc.av, P.w1);
+    if constexpr (HM) store_state<PASS, FORM>(P.m, P.mo, j, o.m, acc.am, P.w1);
+    if constexpr (HV) store_state<PASS, FORM>(P.v, P.vo, j, o.v, acc.av, P.w1);
     if constexpr (STO) {
-      if (elem_env) store_state<FORM>(P.E, P.Go, j, o.G, acc.aG, P.w1);
+      if (elem_env) store_state<PASS, FORM>(P.E, P.Go, j, o.G, acc.aG, P.w1);
     }
+    if constexpr (PASS == SCAN) return;
     acc.n += o.bad;
     if constexpr (STATS) {
       vec::vd lo, hi;  // (vd: the v decoder here)
@@ -320,11 +331,11 @@ struct Loop {
     f(General{});
   }
 
-  // Elements [0, n) of the piece; returns the non-finite count (apply) or the kept count (COUNT);
-  // STATS: the step statistics into st.  Inlined into the caller's piece loop: a call passes P in
+  // Elements [0, n) of the piece; returns the non-finite count (APPLY) or the kept count (COUNT;
+  // SCAN: 0, the absmax in acc); STATS: the step statistics into st.  Inlined into the caller's piece loop: a call passes P in
   // memory, a copy of the pointers just stored one by one, which stalls on store forwarding (27%
   // of Lion fp32/MXFP8's samples, where a piece is a 32-element block).
-  template <bool COUNT, bool STATS>
+  template <Pass PASS, bool STATS>
   SIGNOPT_VI int64_t run_acc(const Ptr P, const Tens T, const int64_t n, const float seg, const Dec& md, const Dec& vd,
                   const Dec& Gd, Acc& acc, Stats& st) const {
     const vf segv = splat(seg);
@@ -342,14 +353,14 @@ struct Loop {
     const vi n0 = a.n;
     auto body = [&](auto shrt, auto form) {
       for (; j + W <= n; j += W)
-        L.template lanes<COUNT, STATS, decltype(shrt), decltype(form)>(P, T, j, segv, segpos, md, vd, Gd, a, t, all);
+        L.template lanes<PASS, STATS, decltype(shrt), decltype(form)>(P, T, j, segv, segpos, md, vd, Gd, a, t, all);
     };
     if (short_all) {
       if constexpr (BLK && !PK) L.with_form(P, [&](auto form) { body(std::true_type{}, form); });
     } else {
       L.with_form(P, [&](auto form) { body(std::false_type{}, form); });
     }
-    if (j < n) L.template tail<COUNT, STATS>(P, T, j, n - j, segv, segpos, md, vd, Gd, a, t);
+    if (j < n) L.template tail<PASS, STATS>(P, T, j, n - j, segv, segpos, md, vd, Gd, a, t);
     acc = a;
     if constexpr (STATS) st = t;
     return -hsum(a.n - n0);
@@ -358,7 +369,7 @@ struct Loop {
   // The last n < W elements: read into zero-padded lanes (a padded lane has p = g = 0 and state
   // code 0: finite, not kept, new state 0, so it changes no count and no absmax), run, and the n
   // results copied back.
-  template <bool COUNT, bool STATS>
+  template <Pass PASS, bool STATS>
   void tail(const Ptr& P, const Tens T, const int64_t j, const int64_t n, const vf segv, const bool segpos,
             const Dec& md, const Dec& vd, const Dec& Gd, Acc& acc, Stats& st) const {
     PR p[W], g[W];
@@ -378,8 +389,8 @@ struct Loop {
     if (P.w2) fill_short(w2, P.w2 + j, n);
     if (STATS) fill_short(s, P.s + j, n);
     const Ptr Q{p, g, m, v, E, mo, vo, Go, P.w0 ? w0 : nullptr, P.w1 ? w1 : nullptr, P.w2 ? w2 : nullptr, s};
-    lanes<COUNT, STATS, std::false_type, General>(Q, T, 0, segv, segpos, md, vd, Gd, acc, st, live);
-    if (COUNT) return;
+    lanes<PASS, STATS, std::false_type, General>(Q, T, 0, segv, segpos, md, vd, Gd, acc, st, live);
+    if (PASS != APPLY) return;
     copy_short(P.p + j, p, n);
     if (STATS) copy_short(P.s + j, s, n);
     if (BLK) {
@@ -411,7 +422,7 @@ struct BlockRegs {
   // The state codes at r (scale sc) into x.
   static SIGNOPT_VI void decode(const raw* r, const float sc, vf (&x)[R]) {
     if constexpr (SF::packed) {
-      for (int k = 0; k < R; k += 2) VS::decode2(r + k * W / 2, splat(sc), x[k], x[k + 1]);
+      for (int k = 0; k < R; k += 2) VS::decode2(load_u8(r + k * W / 2), splat(sc), x[k], x[k + 1]);
     } else {
       const typename VS::Dec d(r, R * W, sc);
       for (int k = 0; k < R; ++k) x[k] = VS::load(r + k * W, d);
@@ -439,14 +450,14 @@ struct BlockRegs {
       in.v = HV ? xv[k] : splat(0.0f);
       in.G = HG ? xG[k] : splat(0.0f);
       vf u, q;
-      const Out o = loop.template eval<true, FORM>(P, T, k * W, segv, seg > 0.0f, in, u, q);
+      const Out o = loop.template eval<APPLY, FORM>(P, T, k * W, segv, seg > 0.0f, in, u, q);
       xm[k] = o.m, xv[k] = o.v, xG[k] = o.G;
       am = maxu31(am, abs_bits(o.m)), av = maxu31(av, abs_bits(o.v)), aG = maxu31(aG, abs_bits(o.G));
       bad += o.bad;
     }
-    if (HM) sc[0] = VS::template encode_regs<R>(st[0], xm, hmax31(am), P.w1);
-    if (HV) sc[1] = VS::template encode_regs<R>(st[1], xv, hmax31(av), P.w1);
-    if (HG) sc[2] = VS::template encode_regs<R>(st[2], xG, hmax31(aG), P.w1);
+    if (HM) sc[0] = VS::template encode_regs<R>(st[0], xm, hmax31(am), P.w1, 1.0f);
+    if (HV) sc[1] = VS::template encode_regs<R>(st[1], xv, hmax31(av), P.w1, 1.0f);
+    if (HG) sc[2] = VS::template encode_regs<R>(st[2], xG, hmax31(aG), P.w1, 1.0f);
     return -hsum(bad);
   }
 };

@@ -6,9 +6,9 @@
 //     and the test op's philox_indices against philox4x32_10;
 //   * the vector codecs (cpu_vformats.h) against casts.h: bf16 nearest/stochastic, FP8 block
 //     decode (short and long form, NaN/inf codes, negative and huge scales) and encode
-//     (nearest and stochastic, subnormal codes, NaN, inf); packed 4-bit (MXFP4) block encode and
-//     decode (two codes a byte, odd counts);
-//   * vec::Loop (apply and cautious count) of every kind but Lion-kappa lp over fp32/bf16
+//     (nearest and stochastic, subnormal codes, NaN, inf); packed 4-bit (MXFP4, NVFP4 under
+//     tensor scales) block encode and decode (two codes a byte, odd counts);
+//   * vec::Loop (apply, cautious count, scan) of every kind but Lion-kappa lp over fp32/bf16
 //     parameters and every state format, with each option (maximize, GradScaler, l2, cautious,
 //     stochastic parameter and state rounding, element and segment envelopes), against rules.h
 //     element by element (GroupKernel::apply_tile's order) with the scalar codecs;
@@ -139,7 +139,7 @@ void check_fp8() {
     for (int sr = 0; sr < 2; ++sr) {
       std::vector<uint8_t> got((size_t)n), want((size_t)n);
       for (int64_t a = 0; a < n; a += B) {
-        const float sg = V::encode_block(got.data() + a, B, x.data() + a, sr ? w.data() + a : nullptr);
+        const float sg = V::encode_block(got.data() + a, B, x.data() + a, sr ? w.data() + a : nullptr, 1.0f);
         const float sw = scalar_encode_block<F>(want.data() + a, B, x.data() + a, sr ? w.data() + a : nullptr);
         ++checks;
         if (f2u(sg) != f2u(sw)) fail("fp8 scale", (long)a, f2u(sg), f2u(sw));
@@ -172,58 +172,74 @@ void check_fp8() {
     }
 }
 
-// Packed 4-bit (MXFP4) codec: encode_block against casts.h's codes two a byte (blocks of even and
-// odd counts, nearest and stochastic, values tiny to huge with NaN/inf/zeros), and decode of every
-// byte (two codes) at every scale kind, from the first element of a block.
-void check_fp4() {
-  using F = FmtE2M1;
+// Packed 4-bit codecs F (MXFP4; NVFP4 under each tensor scale S of tscales, and under the tensor
+// scale of the values' finite absmax): encode_block against casts.h's codes two a byte as
+// cpu_formats.cpp's scalar store_packed takes them (scale_of(absmax, S), inv = 1/multiplier), over
+// blocks of even and odd counts, nearest and stochastic, values tiny to huge with NaN/inf/zeros;
+// decode of every byte (two codes) with the multipliers scale * S of each scale of `scales`, from
+// the first element of a block.  NVFP4: the block scales must reach their floor 2^-9 and the
+// clamp 448 somewhere (counted).
+template <class F>
+void check_fp4(std::vector<float> tscales, const std::vector<float>& scales) {
   using V = vec::VFmt<F>;
-  const int64_t blocks[] = {2, 3, 16, 32, 33, 64, 256};
+  const int64_t blocks[] = {2, 3, 12, 16, 24, 32, 33, 50, 64, 256};  // 2W steps, W steps (half vectors), tails
+  long floors = 0, clamps = 0;
   for (const int64_t B : blocks) {
     const int64_t n = 40 * B;
     std::vector<float> x((size_t)n);
     std::vector<uint32_t> w((size_t)n);
+    uint32_t T = 0u;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t blk = i / B;
       x[(size_t)i] = blk % 5 == 4 ? special((uint32_t)i, -40, 40) : rndf(blk % 5 == 0 ? -140 : -20, blk % 5 == 1 ? 120 : 10);
       if (blk % 7 == 3 && rnd() % 4 == 0) x[(size_t)i] = 0.0f;
       if (blk % 11 == 5) x[(size_t)i] = (rnd() & 1) ? 0.0f : u2f(rnd() & 0xFFu);  // zero/subnormal blocks
       w[(size_t)i] = rnd();
+      T = F::abs_bits(x[(size_t)i]) > T ? F::abs_bits(x[(size_t)i]) : T;
     }
-    for (int sr = 0; sr < 2; ++sr) {
-      const int64_t bytes = (B + 1) / 2;
-      std::vector<uint8_t> got((size_t)(40 * bytes)), want((size_t)(40 * bytes));
-      for (int64_t k = 0; k < 40; ++k) {
-        const float* vals = x.data() + k * B;
-        const uint32_t* words = sr ? w.data() + k * B : nullptr;
-        const float sg = V::encode_block(got.data() + k * bytes, B, vals, words);
-        uint32_t amax = 0u;
-        for (int64_t j = 0; j < B; ++j) amax = F::abs_bits(vals[j]) > amax ? F::abs_bits(vals[j]) : amax;
-        const float sw = F::scale_of(u2f(amax), 1.0f);  // (MX: no tensor scale)
-        for (int64_t j = 0; j < B; j += 2) {
-          const uint32_t lo = F::encode(vals[j], 1.0f / sw, sr != 0, sr ? words[j] : 0u);
-          const uint32_t hi = j + 1 < B ? F::encode(vals[j + 1], 1.0f / sw, sr != 0, sr ? words[j + 1] : 0u) : 0u;
-          want[(size_t)(k * bytes + j / 2)] = (uint8_t)(lo | (hi << 4));
+    std::vector<float> ts = tscales;
+    if (F::tensor_scaled) ts.push_back(F::tensor_scale_of(u2f(T)));
+    for (const float S : ts)
+      for (int sr = 0; sr < 2; ++sr) {
+        const int64_t bytes = (B + 1) / 2;
+        std::vector<uint8_t> got((size_t)(40 * bytes)), want((size_t)(40 * bytes));
+        for (int64_t k = 0; k < 40; ++k) {
+          const float* vals = x.data() + k * B;
+          const uint32_t* words = sr ? w.data() + k * B : nullptr;
+          const float sg = V::encode_block(got.data() + k * bytes, B, vals, words, S);
+          uint32_t amax = 0u;
+          for (int64_t j = 0; j < B; ++j) amax = F::abs_bits(vals[j]) > amax ? F::abs_bits(vals[j]) : amax;
+          const float sw = F::scale_of(u2f(amax), S);
+          const float inv = 1.0f / F::multiplier(sw, S);
+          for (int64_t j = 0; j < B; j += 2) {
+            const uint32_t lo = F::encode(vals[j], inv, sr != 0, sr ? words[j] : 0u);
+            const uint32_t hi = j + 1 < B ? F::encode(vals[j + 1], inv, sr != 0, sr ? words[j + 1] : 0u) : 0u;
+            want[(size_t)(k * bytes + j / 2)] = (uint8_t)(lo | (hi << 4));
+          }
+          ++checks;
+          if (f2u(sg) != f2u(sw)) fail("fp4 scale", (long)k, f2u(sg), f2u(sw));
+          floors += sw == 0.001953125f;
+          clamps += sw == 448.0f;
         }
-        ++checks;
-        if (f2u(sg) != f2u(sw)) fail("fp4 scale", (long)k, f2u(sg), f2u(sw));
+        for (size_t i = 0; i < got.size(); ++i, ++checks)
+          if (got[i] != want[i]) fail(sr ? "fp4 encode stochastic" : "fp4 encode", (long)i, got[i], want[i]);
       }
-      for (size_t i = 0; i < got.size(); ++i, ++checks)
-        if (got[i] != want[i]) fail(sr ? "fp4 encode stochastic" : "fp4 encode", (long)i, got[i], want[i]);
-    }
   }
-  const float scales[] = {1.0f, 0.125f, 1.7014118e38f, 1.17549435e-38f, 5.877472e-39f};  // E8M0 values
+  ++checks;
+  if (F::tensor_scaled && (floors == 0 || clamps == 0)) fail("nvfp4 block scales at 2^-9 / 448", 0, (uint32_t)floors, (uint32_t)clamps);
   std::vector<uint8_t> bytes(256);
   for (int c = 0; c < 256; ++c) bytes[(size_t)c] = (uint8_t)c;
   for (const float sc : scales)
-    for (const int64_t n : {512L, 511L, 37L}) {
-      std::vector<float> got((size_t)n);
-      V::decode(bytes.data(), n, sc, got.data());
-      for (int64_t i = 0; i < n; ++i, ++checks) {
-        const float want = F::load_code(F::code_at(bytes.data(), i), sc);
-        if (f2u(got[(size_t)i]) != f2u(want)) fail("fp4 decode", (long)i, f2u(got[(size_t)i]), f2u(want));
+    for (const float S : tscales)
+      for (const int64_t n : {512L, 511L, 37L}) {
+        const float mult = F::multiplier(sc, S);
+        std::vector<float> got((size_t)n);
+        V::decode(bytes.data(), n, mult, got.data());
+        for (int64_t i = 0; i < n; ++i, ++checks) {
+          const float want = F::load_code(F::code_at(bytes.data(), i), mult);
+          if (f2u(got[(size_t)i]) != f2u(want)) fail("fp4 decode", (long)i, f2u(got[(size_t)i]), f2u(want));
+        }
       }
-    }
 }
 
 // ---------------------------------------------------------------- the rule loops
@@ -363,13 +379,16 @@ void check_loop(const Opts& o, const int64_t n, const int64_t B, const int64_t s
   std::vector<uint32_t> b0((size_t)(chunk + vec::WORD_SLACK)), b1((size_t)(chunk + vec::WORD_SLACK)),
       b2((size_t)(chunk + vec::WORD_SLACK));
   int64_t vbad = 0, vkept = 0;
-  for (int pass = 0; pass < 2; ++pass) {  // 0: cautious count, 1: apply
+  typename L::Acc scanned;  // the scan pass's absmax lanes over the whole tensor (block-scaled state)
+  for (int pass = 0; pass < 3; ++pass) {  // 0: cautious count, 1: scan (block-scaled state), 2: apply
+    if (pass == 1 && !BLK) continue;
     for (int64_t c0 = 0; c0 < n; c0 += chunk) {
       const int64_t c1 = std::min(c0 + chunk, n), len = c1 - c0;
       const uint64_t i0 = offset + (uint64_t)c0;
-      const uint32_t* W0 = kind_draws_sign(K) ? vec::philox_run(7u, 9u, PURPOSE_SIGN, i0, len, b0.data()) : nullptr;
-      const uint32_t* W1 = pass && state_words ? vec::philox_run(7u, 9u, PURPOSE_STATE_ROUNDING, i0, len, b1.data()) : nullptr;
-      const uint32_t* W2 = pass && param_words ? vec::philox_run(7u, 9u, PURPOSE_PARAM_ROUNDING, i0, len, b2.data()) : nullptr;
+      const bool sign = kind_draws_sign(K) && pass != 1, store = pass == 2;
+      const uint32_t* W0 = sign ? vec::philox_run(7u, 9u, PURPOSE_SIGN, i0, len, b0.data()) : nullptr;
+      const uint32_t* W1 = store && state_words ? vec::philox_run(7u, 9u, PURPOSE_STATE_ROUNDING, i0, len, b1.data()) : nullptr;
+      const uint32_t* W2 = store && param_words ? vec::philox_run(7u, 9u, PURPOSE_PARAM_ROUNDING, i0, len, b2.data()) : nullptr;
       typename L::Dec md, vd, Gd;
       if constexpr (BLK) {
         if (HM) md = typename L::Dec(m.data() + c0, len, ms[(size_t)(c0 / B)]);
@@ -387,19 +406,21 @@ void check_loop(const Opts& o, const int64_t n, const int64_t B, const int64_t s
                                 W0 ? W0 + q : nullptr, W1 ? W1 + q : nullptr, W2 ? W2 + q : nullptr};
         const float sv = seg ? segv[(size_t)(a0 / seglen)] : 0.0f;
         if (pass == 0) {
-          vkept += loop.template run_acc<true, false>(P, T, a1 - a0, sv, md, vd, Gd, acc, st);
-        } else {
-          vbad += loop.template run_acc<false, false>(P, T, a1 - a0, sv, md, vd, Gd, acc, st);
+          vkept += loop.template run_acc<vec::COUNT, false>(P, T, a1 - a0, sv, md, vd, Gd, acc, st);
+        } else if (pass == 2) {
+          vbad += loop.template run_acc<vec::APPLY, false>(P, T, a1 - a0, sv, md, vd, Gd, acc, st);
+        } else if constexpr (BLK) {
+          loop.template run_acc<vec::SCAN, false>(P, T, a1 - a0, sv, md, vd, Gd, scanned, st);
         }
         a0 = a1;
       }
       if constexpr (BLK) {
-        if (pass == 1) {
+        if (pass == 2) {
           using VSF = vec::VFmt<SF>;
           const size_t blk = (size_t)(c0 / B);
-          if (HM) ms[blk] = VSF::encode_amax(m.data() + c0, len, mo.data(), vec::hmax31(acc.am), W1);
-          if (HV) vs[blk] = VSF::encode_amax(v.data() + c0, len, vo.data(), vec::hmax31(acc.av), W1);
-          if (elem) Gs[blk] = VSF::encode_amax(E.data() + c0, len, Go.data(), vec::hmax31(acc.aG), W1);
+          if (HM) ms[blk] = VSF::encode_amax(m.data() + c0, len, mo.data(), vec::hmax31(acc.am), W1, 1.0f);
+          if (HV) vs[blk] = VSF::encode_amax(v.data() + c0, len, vo.data(), vec::hmax31(acc.av), W1, 1.0f);
+          if (elem) Gs[blk] = VSF::encode_amax(E.data() + c0, len, Go.data(), vec::hmax31(acc.aG), W1, 1.0f);
         }
       }
     }
@@ -438,6 +459,17 @@ void check_loop(const Opts& o, const int64_t n, const int64_t B, const int64_t s
     if (HM) cmp("m_scale", ms.data(), rms.data(), 4 * ms.size(), 4);
     if (HV) cmp("v_scale", vs.data(), rvs.data(), 4 * vs.size(), 4);
     if (elem) cmp("G_scale", Gs.data(), rGs.data(), 4 * Gs.size(), 4);
+  }
+  if constexpr (BLK) {  // the scan: the finite absmax bits of the new (old where bad) states
+    auto amax = [](const std::vector<float>& x) {
+      uint32_t a = 0u;
+      for (const float y : x) a = SF::abs_bits(y) > a ? SF::abs_bits(y) : a;
+      return a;
+    };
+    checks += 3;
+    if (HM && vec::hmax31(scanned.am) != amax(fm)) fail("scan m", K, vec::hmax31(scanned.am), amax(fm));
+    if (HV && vec::hmax31(scanned.av) != amax(fv)) fail("scan v", K, vec::hmax31(scanned.av), amax(fv));
+    if (elem && vec::hmax31(scanned.aG) != amax(fE)) fail("scan G", K, vec::hmax31(scanned.aG), amax(fE));
   }
   checks += 2;
   if (vbad != rbad) fail("non-finite count", K, (uint32_t)vbad, (uint32_t)rbad);
@@ -535,7 +567,10 @@ int main() {
   check_fp8<FmtE5M2>();
   check_fp8<FmtMXE4M3>();
   check_fp8<FmtMXE5M2>();
-  check_fp4();
+  check_fp4<FmtE2M1>({1.0f}, {1.0f, 0.125f, 1.7014118e38f, 1.17549435e-38f, 5.877472e-39f});  // E8M0 values
+  // NVFP4: tensor scales 1, 2^-126 (the least), small and huge; E4M3 block scales 2^-9 (the least,
+  // subnormal), 7*2^-9, 0.8125, 1, 448 (the largest)
+  check_fp4<FmtNVFP4>({1.0f, 1.17549435e-38f, 3.0e-5f, 1e30f}, {0.001953125f, 0.013671875f, 0.8125f, 1.0f, 448.0f});
   check_kind<K_SIGN>();
   check_kind<K_SIGNUM>();
   check_kind<K_LION_L1>();

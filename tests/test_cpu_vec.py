@@ -113,14 +113,14 @@ using namespace signopt; using namespace signopt::cpu;
                const vec::Loop<K, PF, SF>::Tens T, const vec::Loop<K, PF, SF>::Dec& d, \
                vec::Loop<K, PF, SF>::Acc& a) { \
     typename vec::Loop<K, PF, SF>::Stats st; /* statistics off (STATS = false) */ \
-    return l.run_acc<false, false>(P, T, n, 0.5f, d, d, d, a, st); }
+    return l.run_acc<vec::APPLY, false>(P, T, n, 0.5f, d, d, d, a, st); }
 LOOP(probe_lion_bf16_e4m3, K_LION_L1, FmtBF16, FmtE4M3)
 LOOP(probe_sto_f32_bf16, K_STO_MOMENTUM, FmtF32, FmtBF16)
 LOOP(probe_adamw_f32_e5m2, K_STO_ADAMW, FmtF32, FmtE5M2)
 LOOP(probe_norm_bf16_f32, K_LION_NORM, FmtBF16, FmtF32)
 void probe_philox(uint32_t k0, uint32_t k1, uint64_t j, uint32_t* out) { vec::philox_group(k0, k1, 1u, j, out); }
 float probe_encode_e4m3(uint8_t* r, int64_t n, const float* v, const uint32_t* w) {
-  return vec::VFmt<FmtE4M3>::encode_block(r, n, v, w);
+  return vec::VFmt<FmtE4M3>::encode_block(r, n, v, w, 1.0f);
 }
 double probe_norm_sum(const vec::VScalars& s, int64_t n, const float* p, const float* g, const float* m) {
   return vec::norm_sum<K_LION_NORM>(s, n, p, g, m);
