@@ -549,21 +549,32 @@ struct GroupKernel {
         const int64_t b1 = std::min(b0 + B, it.b), nb = b1 - b0, blk = b0 / B;
         if ((b0 - it.a) % D == 0) draw(t, d0 = b0, std::min(D, it.b - b0), PASS, VB, wd);
         for (int i = 0; i < 3; ++i) w[i] = wd[i] ? wd[i] + (b0 - d0) : nullptr;
-        if constexpr (PASS == vec::APPLY && !STATS) {  // a whole block of 32 in registers (vec::BlockRegs)
-          constexpr int R = 32 / vec::W;
+        if constexpr (PASS != vec::COUNT && !STATS) {  // a whole default block in registers (vec::BlockRegs)
+          constexpr int RB = VSF::regs_block, R = RB / vec::W;
           float sv;
-          if (nb == 32 && B == 32 && !fmt_tensor_scale(sf) && one_segment(t, it.t, b0, b1, sv)) {
+          if (nb == RB && B == RB && one_segment(t, it.t, b0, b1, sv)) {
+            using BR = vec::BlockRegs<K, PF, SF, R>;
             const typename L::Ptr P{p + b0, g + b0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                                     w[0], w[1], w[2], nullptr};
             SR* const st[3] = {HAS_M ? at(m, b0) : nullptr, HAS_V ? at(v, b0) : nullptr, E ? at(E, b0) : nullptr};
             void* const sp[3] = {t.m_scale, t.v_scale, t.G_scale};
-            float sc[3];
-            for (int i = 0; i < 3; ++i) sc[i] = st[i] ? SF::get_scale(sp[i], blk) : 0.0f;
+            const float* const tsp[3] = {t.m_tscale, t.v_tscale, t.G_tscale};
+            float mu[3], sc[3];
+            for (int i = 0; i < 3; ++i) mu[i] = st[i] ? mult(sp[i], blk, tsp[i]) : 0.0f;
             loop.with_form(P, [&](auto form) {
-              acc += vec::BlockRegs<K, PF, SF, R>::template run<decltype(form)>(loop, P, T, sv, st, sc);
+              if constexpr (PASS == vec::SCAN) {
+                vec::vf x[3][R];
+                BR::template eval<PASS, decltype(form)>(loop, P, T, sv, st, mu, x[0], x[1], x[2], scan.am, scan.av,
+                                                        scan.aG);
+              } else {
+                const float ts[3] = {new_ts(it.t, 0), new_ts(it.t, 1), new_ts(it.t, 2)};
+                acc += BR::template apply<decltype(form)>(loop, P, T, sv, st, mu, ts, sc);
+              }
             });
-            for (int i = 0; i < 3; ++i)
-              if (st[i]) SF::put_scale(sp[i], blk, sc[i]);
+            if constexpr (PASS == vec::APPLY) {
+              for (int i = 0; i < 3; ++i)
+                if (st[i]) SF::put_scale(sp[i], blk, sc[i]);
+            }
             continue;
           }
         }

@@ -157,6 +157,7 @@ template <int FMT, bool HAS_INF>
 struct VFmt<FmtFP8<FMT, HAS_INF>> : VBlockEncoder<FmtFP8<FMT, HAS_INF>, VFmt<FmtFP8<FMT, HAS_INF>>> {
   static constexpr bool ok = true;
   using F = FmtFP8<FMT, HAS_INF>;
+  static constexpr int regs_block = 32;  // the MX block (BlockRegs)
   static SIGNOPT_VI float scale_of(const float absmax, const float) { return F::scale_of(absmax); }  // (no tensor scale)
   static SIGNOPT_VI float multiplier(const float s, const float) { return s; }
   using raw = uint8_t;
@@ -329,6 +330,7 @@ template <int FMT>
 struct VFmt<FmtFP4<FMT>> : VBlockEncoder<FmtFP4<FMT>, VFmt<FmtFP4<FMT>>> {
   static constexpr bool ok = true;
   using F = FmtFP4<FMT>;
+  static constexpr int regs_block = F::tensor_scaled ? 16 : 32;  // the default block (BlockRegs)
   static SIGNOPT_VI float scale_of(const float absmax, const float S) { return F::scale_of(absmax, S); }
   static SIGNOPT_VI float multiplier(const float s, const float S) { return F::multiplier(s, S); }
   static constexpr int M = F::M, EMIN = F::EMIN;
@@ -420,10 +422,11 @@ struct VFmt<FmtFP4<FMT>> : VBlockEncoder<FmtFP4<FMT>, VFmt<FmtFP4<FMT>>> {
       memcpy(r + j / 2, c, (size_t)(n - j + 1) / 2);
     }
   }
-  // R (even) vectors of codes at r, two a byte
+  // R vectors of codes at r, two a byte (an odd last one: half a vector of bytes)
   template <int R>
   static SIGNOPT_VI void put_codes(uint8_t* r, const vu (&c)[R]) {
-    for (int k = 0; k < R; k += 2) store_u8(r + k * W / 2, pairs(c[k], c[k + 1]));
+    for (int k = 0; k + 1 < R; k += 2) store_u8(r + k * W / 2, pairs(c[k], c[k + 1]));
+    if constexpr (R % 2 == 1) store_u8_half(r + (R - 1) * W / 2, pairs(c[R - 1], vu{}));
   }
   static inline void encode_codes(uint8_t* r, const int64_t n, const float* vals, const float inv,
                                   const uint32_t* words) {

@@ -406,8 +406,8 @@ struct Loop {
 };
 
 // ---------------------------------------------------------------- whole blocks in registers
-// A block-scaled SF's block of R vectors (R*W elements: an MX block of 32 on 8- and 16-lane
-// vectors) held in registers from its codes to its codes: decoded, the rule, the parameters
+// A block-scaled SF's block of R vectors (R*W elements: VFmt<SF>::regs_block, an MX block of 32
+// or an NVFP4 block of 16) held in registers from its codes to its codes: decoded, the rule, the parameters
 // stored, the new state's finite absmax, scale and codes, without Loop's block buffers and their
 // separate decode and encode loops (the per-block costs that made a 32-element block slower than a
 // 256-element one).  The apply pass without statistics; the same operations as lanes + encode_amax.
@@ -416,31 +416,36 @@ struct BlockRegs {
   using L = Loop<K, PF, SF>;
   using VS = VFmt<SF>;
   using raw = typename SF::raw;
-  static_assert(SF::blocked && (!SF::packed || R % 2 == 0), "block formats; packed: pairs of vectors");
+  static_assert(SF::blocked, "block formats");
   static constexpr bool STO = L::STO;
 
-  // The state codes at r (scale sc) into x.
-  static SIGNOPT_VI void decode(const raw* r, const float sc, vf (&x)[R]) {
+  // The state codes at r (block multiplier mult) into x (packed: two vectors a vector of bytes, an
+  // odd last one from half a vector).
+  static SIGNOPT_VI void decode(const raw* r, const float mult, vf (&x)[R]) {
     if constexpr (SF::packed) {
-      for (int k = 0; k < R; k += 2) VS::decode2(load_u8(r + k * W / 2), splat(sc), x[k], x[k + 1]);
+      for (int k = 0; k + 1 < R; k += 2) VS::decode2(load_u8(r + k * W / 2), splat(mult), x[k], x[k + 1]);
+      if constexpr (R % 2 == 1) {
+        vf unused;
+        VS::decode2(load_u8_half(r + (R - 1) * W / 2), splat(mult), x[R - 1], unused);
+      }
     } else {
-      const typename VS::Dec d(r, R * W, sc);
+      const typename VS::Dec d(r, R * W, mult);
       for (int k = 0; k < R; ++k) x[k] = VS::load(r + k * W, d);
     }
   }
 
-  // The block at P (its parameter, gradient and words) whose m, v, G codes are at st (null: none)
-  // with scales sc, replaced by the new ones; returns its non-finite count.
-  template <class FORM>
-  static SIGNOPT_VI int64_t run(const L& loop, const typename L::Ptr& P, const typename L::Tens T, const float seg,
-                                raw* const (&st)[3], float (&sc)[3]) {
+  // The rule over the block at P (its parameter, gradient and words) whose m, v, G codes are at st
+  // (null: none) with multipliers mult: the new state to xm, xv, xG, its finite absmax bits maxed
+  // into am, av, aG; APPLY: the parameters stored.  Returns the non-finite count.
+  template <Pass PASS, class FORM>
+  static SIGNOPT_VI int64_t eval(const L& loop, const typename L::Ptr& P, const typename L::Tens T, const float seg,
+                                 raw* const (&st)[3], const float (&mult)[3], vf (&xm)[R], vf (&xv)[R], vf (&xG)[R],
+                                 vu& am, vu& av, vu& aG) {
     constexpr bool HM = L::HM, HV = L::HV;
     const bool HG = STO && st[2] != nullptr;
-    vf xm[R], xv[R], xG[R];
-    if (HM) decode(st[0], sc[0], xm);
-    if (HV) decode(st[1], sc[1], xv);
-    if (HG) decode(st[2], sc[2], xG);
-    vu am{}, av{}, aG{};
+    if (HM) decode(st[0], mult[0], xm);
+    if (HV) decode(st[1], mult[1], xv);
+    if (HG) decode(st[2], mult[2], xG);
     vi bad{};
     const vf segv = splat(seg);
 #pragma GCC unroll 8
@@ -450,15 +455,26 @@ struct BlockRegs {
       in.v = HV ? xv[k] : splat(0.0f);
       in.G = HG ? xG[k] : splat(0.0f);
       vf u, q;
-      const Out o = loop.template eval<APPLY, FORM>(P, T, k * W, segv, seg > 0.0f, in, u, q);
+      const Out o = loop.template eval<PASS, FORM>(P, T, k * W, segv, seg > 0.0f, in, u, q);
       xm[k] = o.m, xv[k] = o.v, xG[k] = o.G;
       am = maxu31(am, abs_bits(o.m)), av = maxu31(av, abs_bits(o.v)), aG = maxu31(aG, abs_bits(o.G));
       bad += o.bad;
     }
-    if (HM) sc[0] = VS::template encode_regs<R>(st[0], xm, hmax31(am), P.w1, 1.0f);
-    if (HV) sc[1] = VS::template encode_regs<R>(st[1], xv, hmax31(av), P.w1, 1.0f);
-    if (HG) sc[2] = VS::template encode_regs<R>(st[2], xG, hmax31(aG), P.w1, 1.0f);
     return -hsum(bad);
+  }
+
+  // The apply pass over the block: eval, then the new codes and block scales sc under this step's
+  // tensor scales ts (NVFP4; ignored by the other formats).  Returns the non-finite count.
+  template <class FORM>
+  static SIGNOPT_VI int64_t apply(const L& loop, const typename L::Ptr& P, const typename L::Tens T, const float seg,
+                                  raw* const (&st)[3], const float (&mult)[3], const float (&ts)[3], float (&sc)[3]) {
+    vf xm[R], xv[R], xG[R];
+    vu am{}, av{}, aG{};
+    const int64_t bad = eval<APPLY, FORM>(loop, P, T, seg, st, mult, xm, xv, xG, am, av, aG);
+    if (L::HM) sc[0] = VS::template encode_regs<R>(st[0], xm, hmax31(am), P.w1, ts[0]);
+    if (L::HV) sc[1] = VS::template encode_regs<R>(st[1], xv, hmax31(av), P.w1, ts[1]);
+    if (STO && st[2]) sc[2] = VS::template encode_regs<R>(st[2], xG, hmax31(aG), P.w1, ts[2]);
+    return bad;
   }
 };
 
