@@ -496,7 +496,8 @@ struct GroupKernel {
   // elements (their random words drawn first) split into pieces of constant segment; FP8/FP4
   // state: one block at a time (items start on a block boundary; packed codes decoded to fp32
   // with the block's multiplier under the old tensor scale), its pieces writing the new fp32
-  // values to VB's block buffers, then the block encoded (NVFP4: under this step's tensor scale).
+  // values to VB's block buffers, then the block encoded (NVFP4: under this step's tensor scale);
+  // a whole block of the format's default size (VFmt::regs_block) in registers (vec::BlockRegs).
   template <vec::Pass PASS, bool STATS, class PF, class SF>
   int64_t vec_item(const Item& it, const vec::Loop<K, PF, SF>& loop, VecBuffers& VB, ItemStats* out,
                    uint32_t* amax) const {
@@ -537,7 +538,7 @@ struct GroupKernel {
       const int64_t B = c.block;
       // a block's first code: packed codes are two a byte (blocks are even)
       auto at = [](SR* r, int64_t b0) { return SF::packed ? r + (b0 >> 1) : r + b0; };
-      // a packed block's multiplier under the stored (old) tensor scale
+      // a block's multiplier under the stored (old) tensor scale (its scale but for NVFP4)
       auto mult = [](const void* sc, int64_t blk, const float* ts) {
         return VSF::multiplier(SF::get_scale(sc, blk), tensor_scale_at(ts));
       };
