@@ -497,7 +497,8 @@ struct GroupKernel {
   // state: one block at a time (items start on a block boundary; packed codes decoded to fp32
   // with the block's multiplier under the old tensor scale), its pieces writing the new fp32
   // values to VB's block buffers, then the block encoded (NVFP4: under this step's tensor scale);
-  // a whole block of the format's default size (VFmt::regs_block) in registers (vec::BlockRegs).
+  // whole blocks of the format's default size (VFmt::regs_block) in registers (vec::BlockRegs),
+  // W of them at once (BlockRegs::group) where they lie in one draw and one segment.
   template <vec::Pass PASS, bool STATS, class PF, class SF>
   int64_t vec_item(const Item& it, const vec::Loop<K, PF, SF>& loop, VecBuffers& VB, ItemStats* out,
                    uint32_t* amax) const {
@@ -550,25 +551,42 @@ struct GroupKernel {
         const int64_t b1 = std::min(b0 + B, it.b), nb = b1 - b0, blk = b0 / B;
         if ((b0 - it.a) % D == 0) draw(t, d0 = b0, std::min(D, it.b - b0), PASS, VB, wd);
         for (int i = 0; i < 3; ++i) w[i] = wd[i] ? wd[i] + (b0 - d0) : nullptr;
-        if constexpr (PASS != vec::COUNT && !STATS) {  // a whole default block in registers (vec::BlockRegs)
+        if constexpr (PASS != vec::COUNT && !STATS) {  // whole default blocks in registers (vec::BlockRegs)
           constexpr int RB = VSF::regs_block, R = RB / vec::W;
+          using BR = vec::BlockRegs<K, PF, SF, R>;
+          constexpr int64_t GN = BR::G * RB;  // a group's elements (it divides D)
           float sv;
-          if (nb == RB && B == RB && one_segment(t, it.t, b0, b1, sv)) {
-            using BR = vec::BlockRegs<K, PF, SF, R>;
+          const bool grp = B == RB && b0 + GN <= it.b && b0 - d0 + GN <= D && one_segment(t, it.t, b0, b0 + GN, sv);
+          if (grp || (nb == RB && B == RB && one_segment(t, it.t, b0, b1, sv))) {
             const typename L::Ptr P{p + b0, g + b0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
                                     w[0], w[1], w[2], nullptr};
             SR* const st[3] = {HAS_M ? at(m, b0) : nullptr, HAS_V ? at(v, b0) : nullptr, E ? at(E, b0) : nullptr};
             void* const sp[3] = {t.m_scale, t.v_scale, t.G_scale};
             const float* const tsp[3] = {t.m_tscale, t.v_tscale, t.G_tscale};
-            float mu[3], sc[3];
-            for (int i = 0; i < 3; ++i) mu[i] = st[i] ? mult(sp[i], blk, tsp[i]) : 0.0f;
+            const float ts[3] = {new_ts(it.t, 0), new_ts(it.t, 1), new_ts(it.t, 2)};
+            float mu[3] = {}, sc[3];
+            if (grp) {
+              const float ots[3] = {tensor_scale_at(tsp[0]), tensor_scale_at(tsp[1]), tensor_scale_at(tsp[2])};
+              vec::vu ga[3] = {};
+              loop.with_form(P, [&](auto form) {
+                const int64_t bad = BR::template group<PASS, decltype(form)>(loop, P, T, sv, st, sp, blk, ots, ts, ga);
+                if constexpr (PASS == vec::APPLY) acc += bad;
+              });
+              if constexpr (PASS == vec::SCAN)
+                scan.am = vec::maxu31(scan.am, ga[0]), scan.av = vec::maxu31(scan.av, ga[1]),
+                scan.aG = vec::maxu31(scan.aG, ga[2]);
+              b0 += GN - B;
+              continue;
+            }
+            for (int i = 0; i < 3; ++i)
+              if (st[i]) mu[i] = mult(sp[i], blk, tsp[i]);
             loop.with_form(P, [&](auto form) {
               if constexpr (PASS == vec::SCAN) {
                 vec::vf x[3][R];
-                BR::template eval<PASS, decltype(form)>(loop, P, T, sv, st, mu, x[0], x[1], x[2], scan.am, scan.av,
-                                                        scan.aG);
+                vec::vi bad{};
+                BR::template eval<PASS, decltype(form)>(loop, P, 0, T, sv, st, mu, x[0], x[1], x[2], scan.am, scan.av,
+                                                        scan.aG, bad);
               } else {
-                const float ts[3] = {new_ts(it.t, 0), new_ts(it.t, 1), new_ts(it.t, 2)};
                 acc += BR::template apply<decltype(form)>(loop, P, T, sv, st, mu, ts, sc);
               }
             });

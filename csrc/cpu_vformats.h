@@ -101,6 +101,10 @@ struct VFmt<FmtBF16> {
 // 2^e (exact), for constants.
 constexpr float exp2i(int e) { return e > 0 ? 2.0f * exp2i(e - 1) : (e < 0 ? 0.5f * exp2i(e + 1) : 1.0f); }
 
+// The E4M3 codec (NVFP4's block scales), named through F so that it is looked up where used.
+template <class F>
+using E4 = VFmt<typename std::conditional<F::tensor_scaled, FmtE4M3, F>::type>;
+
 // A block format's encoder from its codes (VF::encode_codes(r, n, vals, inv, words)): the finite
 // absmax (its bits), the scale VF::scale_of under the tensor scale ts, the codes of
 // vals * (1/multiplier) (casts.h's block_scale and encode_block; cpu_formats.cpp's store_packed).
@@ -125,16 +129,52 @@ struct VBlockEncoder {
     VF::encode_codes(r, n, vals, inverse(sc, ts), words);
     return sc;
   }
-  // The same for a block of R vectors x in registers (BlockRegs): VF::put_codes stores their codes.
+  // The same for a block of R vectors x in registers (BlockRegs).
   template <int R>
   static SIGNOPT_VI float encode_regs(typename F::raw* r, const vf (&x)[R], const uint32_t amax,
                                       const uint32_t* words, const float ts) {
     const float sc = VF::scale_of(u2f(amax), ts);
-    const vf iv = splat(inverse(sc, ts));
+    put_regs<R>(r, x, splat(inverse(sc, ts)), words);
+    return sc;
+  }
+  // The codes of R vectors x times iv (1/multiplier), stochastic from words (null: nearest), stored
+  // at r by VF::put_codes.
+  template <int R>
+  static SIGNOPT_VI void put_regs(typename F::raw* r, const vf (&x)[R], const vf iv, const uint32_t* words) {
     vu c[R];
     for (int k = 0; k < R; ++k) c[k] = words ? VF::codes_sr(x[k], iv, loadu<vu>(words + k * W)) : VF::codes_rn(x[k], iv);
     VF::template put_codes<R>(r, c);
-    return sc;
+  }
+
+  // W blocks' scales at once (BlockRegs::group), lane i for block blk + i of the stored scales p.
+  // multipliers: get_scale then multiplier under the tensor scale S (NVFP4; the others ignore it).
+  static SIGNOPT_VI vf multipliers(const void* p, const int64_t blk, const float S) {
+    if constexpr (F::e8m0) {  // e8m0_value: code 0 is 2^-127 (subnormal), 0xFF NaN
+      const vu c = load_u8((const uint8_t*)p + blk);
+      return fbits(selu((vi)(c == 0u), splatu(0x00400000u), selu((vi)(c == 0xFFu), splatu(0x7FC00000u), c << 23)));
+    } else if constexpr (F::tensor_scaled) {  // the E4M3 value of the code, times S
+      return E4<F>::value(load_u8((const uint8_t*)p + blk)) * S;
+    } else {
+      return loadu<vf>((const float*)p + blk);
+    }
+  }
+  // put_scales: scale_of the blocks' finite absmax bits A under this step's tensor scale ts, stored
+  // as put_scale stores it; returns the blocks' inverses (inverse).
+  static SIGNOPT_VI vf put_scales(void* p, const int64_t blk, const vu A, const float ts) {
+    if constexpr (F::e8m0) {  // code E = max(exponent - emax, 0); pow2_inverse
+      const vu E = (vu)vmaxi((vi)(A >> 23) - F::EMAX, vi{});
+      store_u8((uint8_t*)p + blk, E);
+      return fbits(selu((vi)(E == 254u), splatu(0x00400000u), (254u - E) << 23));
+    } else if constexpr (F::tensor_scaled) {  // FmtFP4::e4m3_block_code, its E4M3 value sb; 1/(sb*ts)
+      const vu c = (vu)vmaxi((vi)E4<F>::codes_rn(fbits(A) * (float)(1.0 / 6.0) / splat(ts), splat(1.0f)), splati(1));
+      store_u8((uint8_t*)p + blk, c);
+      return 1.0f / (E4<F>::value(c) * ts);
+    } else {  // max(absmax * fp32(1/Qmax), 2^-126), an fp32 scale; its reciprocal
+      const vf s0 = fbits(A) * F::inv_qmax();
+      const vf s = sel(s0 < 1.17549435e-38f, splat(1.17549435e-38f), s0);
+      storeu((float*)p + blk, s);
+      return 1.0f / s;
+    }
   }
   // 1/multiplier of a block of scale s under tensor scale ts: pow2_inverse for an E8M0 scale, else
   // the division
@@ -295,6 +335,19 @@ SIGNOPT_VI vf zip(const vf a, const vf b, std::index_sequence<I...>) {
 template <int ODD, size_t... I>
 SIGNOPT_VI vu unzip(const vu a, const vu b, std::index_sequence<I...>) {
   return __builtin_shufflevector(a, b, (int)(2 * I + ODD)...);
+}
+// Lane i: the largest lane of a[i] (lanes < 2^31).  W - 1 steps, each the larger of neighbouring
+// lanes of two vectors (their even and odd lanes, unzip), in log2(W) rounds: round r leaves W/2^r
+// vectors, vector k holding 2^r of the inputs reduced to W/2^r lanes each, in order.
+SIGNOPT_VI vu lane_max(const vu (&a)[W]) {
+  using Lanes = std::make_index_sequence<W>;
+  vu x[W];
+  for (int i = 0; i < W; ++i) x[i] = a[i];
+#pragma GCC unroll 16
+  for (int n = W; n > 1; n /= 2)
+#pragma GCC unroll 16
+    for (int i = 0; i < n / 2; ++i) x[i] = maxu31(unzip<0>(x[2 * i], x[2 * i + 1], Lanes{}), unzip<1>(x[2 * i], x[2 * i + 1], Lanes{}));
+  return x[0];
 }
 // Half a vector of bytes (W packed codes: the last W of a run whose count is not a multiple of 2W,
 // as an NVFP4 block of 16 on AVX-512): load_u8_half, the W/2 bytes at p zero-extended into the

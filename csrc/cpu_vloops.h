@@ -434,19 +434,19 @@ struct BlockRegs {
     }
   }
 
-  // The rule over the block at P (its parameter, gradient and words) whose m, v, G codes are at st
-  // (null: none) with multipliers mult: the new state to xm, xv, xG, its finite absmax bits maxed
-  // into am, av, aG; APPLY: the parameters stored.  Returns the non-finite count.
+  // The rule over the block at element j0 of P (its parameter, gradient and words) whose m, v, G
+  // codes are at st (null: none) with multipliers mult: the new state to xm, xv, xG, its finite
+  // absmax bits maxed into am, av, aG, its non-finite lanes counted (-1 each) into bad; APPLY: the
+  // parameters stored.
   template <Pass PASS, class FORM>
-  static SIGNOPT_VI int64_t eval(const L& loop, const typename L::Ptr& P, const typename L::Tens T, const float seg,
-                                 raw* const (&st)[3], const float (&mult)[3], vf (&xm)[R], vf (&xv)[R], vf (&xG)[R],
-                                 vu& am, vu& av, vu& aG) {
+  static SIGNOPT_VI void eval(const L& loop, const typename L::Ptr& P, const int64_t j0, const typename L::Tens T,
+                              const float seg, raw* const (&st)[3], const float (&mult)[3], vf (&xm)[R], vf (&xv)[R],
+                              vf (&xG)[R], vu& am, vu& av, vu& aG, vi& bad) {
     constexpr bool HM = L::HM, HV = L::HV;
     const bool HG = STO && st[2] != nullptr;
     if (HM) decode(st[0], mult[0], xm);
     if (HV) decode(st[1], mult[1], xv);
     if (HG) decode(st[2], mult[2], xG);
-    vi bad{};
     const vf segv = splat(seg);
 #pragma GCC unroll 8
     for (int k = 0; k < R; ++k) {
@@ -455,12 +455,11 @@ struct BlockRegs {
       in.v = HV ? xv[k] : splat(0.0f);
       in.G = HG ? xG[k] : splat(0.0f);
       vf u, q;
-      const Out o = loop.template eval<PASS, FORM>(P, T, k * W, segv, seg > 0.0f, in, u, q);
+      const Out o = loop.template eval<PASS, FORM>(P, T, j0 + k * W, segv, seg > 0.0f, in, u, q);
       xm[k] = o.m, xv[k] = o.v, xG[k] = o.G;
       am = maxu31(am, abs_bits(o.m)), av = maxu31(av, abs_bits(o.v)), aG = maxu31(aG, abs_bits(o.G));
       bad += o.bad;
     }
-    return -hsum(bad);
   }
 
   // The apply pass over the block: eval, then the new codes and block scales sc under this step's
@@ -470,11 +469,51 @@ struct BlockRegs {
                                   raw* const (&st)[3], const float (&mult)[3], const float (&ts)[3], float (&sc)[3]) {
     vf xm[R], xv[R], xG[R];
     vu am{}, av{}, aG{};
-    const int64_t bad = eval<APPLY, FORM>(loop, P, T, seg, st, mult, xm, xv, xG, am, av, aG);
+    vi bad{};
+    eval<APPLY, FORM>(loop, P, 0, T, seg, st, mult, xm, xv, xG, am, av, aG, bad);
     if (L::HM) sc[0] = VS::template encode_regs<R>(st[0], xm, hmax31(am), P.w1, ts[0]);
     if (L::HV) sc[1] = VS::template encode_regs<R>(st[1], xv, hmax31(av), P.w1, ts[1]);
     if (STO && st[2]) sc[2] = VS::template encode_regs<R>(st[2], xG, hmax31(aG), P.w1, ts[2]);
-    return bad;
+    return -hsum(bad);
+  }
+
+  // G = W blocks in a row from block blk (scales at sp, old tensor scales ots, this step's ts):
+  // their multipliers from the stored scales at once (VFmt::multipliers), each block's rule in
+  // registers (eval), then SCAN: the absmax bits maxed into acc; APPLY: the W scales from the blocks'
+  // absmax lanes at once (lane_max, VFmt::put_scales; no per-block horizontal reduction, scalar
+  // scale or latency chain from a block's absmax to its codes) and the codes.  Returns the
+  // non-finite count.
+  static constexpr int G = W, N = R * W;  // blocks of a group, elements of a block
+  template <Pass PASS, class FORM>
+  static SIGNOPT_VI int64_t group(const L& loop, const typename L::Ptr& P, const typename L::Tens T, const float seg,
+                                  raw* const (&st)[3], void* const (&sp)[3], const int64_t blk, const float (&ots)[3],
+                                  const float (&ts)[3], vu (&acc)[3]) {
+    alignas(BYTES) float mu[3][G] = {};
+    for (int i = 0; i < 3; ++i)
+      if (st[i]) storeu(mu[i], VS::multipliers(sp[i], blk, ots[i]));
+    vf x[3][G][R];
+    vu am[3][G];
+    vi bad{};
+    auto codes_at = [&](const int i, const int b) { return SF::packed ? st[i] + b * N / 2 : st[i] + b * N; };
+    for (int b = 0; b < G; ++b) {
+      raw* const sb[3] = {st[0] ? codes_at(0, b) : nullptr, st[1] ? codes_at(1, b) : nullptr,
+                          st[2] ? codes_at(2, b) : nullptr};
+      const float mb[3] = {mu[0][b], mu[1][b], mu[2][b]};
+      for (int i = 0; i < 3; ++i) am[i][b] = vu{};
+      eval<PASS, FORM>(loop, P, b * N, T, seg, sb, mb, x[0][b], x[1][b], x[2][b], am[0][b], am[1][b], am[2][b], bad);
+    }
+    for (int i = 0; i < 3; ++i) {
+      if (!st[i]) continue;
+      if constexpr (PASS == SCAN) {
+        for (int b = 0; b < G; ++b) acc[i] = maxu31(acc[i], am[i][b]);
+      } else {
+        alignas(BYTES) float iv[G];
+        storeu(iv, VS::put_scales(sp[i], blk, lane_max(am[i]), ts[i]));
+        for (int b = 0; b < G; ++b)
+          VS::template put_regs<R>(codes_at(i, b), x[i][b], splat(iv[b]), P.w1 ? P.w1 + b * N : nullptr);
+      }
+    }
+    return -hsum(bad);
   }
 };
 

@@ -12,6 +12,8 @@
 //     parameters and every state format, with each option (maximize, GradScaler, l2, cautious,
 //     stochastic parameter and state rounding, element and segment envelopes), against rules.h
 //     element by element (GroupKernel::apply_tile's order) with the scalar codecs;
+//   * the scales of W blocks at once (vec::lane_max, VFmt::multipliers and put_scales) against
+//     the per-block scalar scale path;
 //   * the reductions (vec::norm_sum, vec::env_max) against the scalar lane sums and maxima.
 // Prints "OK <checks> <target>" or the first mismatch (exit status 1).
 #include <stdio.h>
@@ -240,6 +242,69 @@ void check_fp4(std::vector<float> tscales, const std::vector<float>& scales) {
           if (f2u(got[(size_t)i]) != f2u(want)) fail("fp4 decode", (long)i, f2u(got[(size_t)i]), f2u(want));
         }
       }
+}
+
+// The scales of W blocks at once (BlockRegs::group) against the per-block scalar path:
+// vec::lane_max against each vector's largest lane; VFmt::multipliers of every stored scale byte
+// (e8m0, E4M3 codes; NaN codes included) or of fp32 scales against get_scale then multiplier;
+// VFmt::put_scales of finite absmax bits (0, subnormal, ordinary, the largest finite) against
+// scale_of, put_scale and inverse, under each tensor scale S of tscales.
+template <class F>
+void check_group_scales(const std::vector<float>& tscales) {
+  using V = vec::VFmt<F>;
+  using SR = typename F::scale_raw;
+  constexpr int W = vec::W;
+  for (int rep = 0; rep < 200; ++rep) {
+    vec::vu a[W];
+    uint32_t want[W];
+    for (int i = 0; i < W; ++i) {
+      want[i] = 0u;
+      for (int k = 0; k < W; ++k) {
+        a[i][k] = rnd() >> (1 + rnd() % 31);  // < 2^31, spread over magnitudes
+        want[i] = a[i][k] > want[i] ? a[i][k] : want[i];
+      }
+    }
+    const vec::vu got = vec::lane_max(a);
+    for (int i = 0; i < W; ++i, ++checks)
+      if (got[i] != want[i]) fail("lane_max", (long)i, got[i], want[i]);
+  }
+  std::vector<SR> stored(256);
+  for (int c = 0; c < 256; ++c) {
+    if constexpr (sizeof(SR) == 1) {
+      stored[(size_t)c] = (SR)c;
+    } else {
+      stored[(size_t)c] = c % 17 == 0 ? 1.17549435e-38f : fabsf(rndf(-126, 100));
+    }
+  }
+  for (const float S : tscales)
+    for (int b = 0; b < 256; b += W) {
+      float got[W];
+      vec::storeu(got, V::multipliers(stored.data(), b, S));
+      for (int i = 0; i < W; ++i, ++checks) {
+        const float want = V::multiplier(F::get_scale(stored.data(), b + i), S);
+        if (f2u(got[i]) != f2u(want) && !(want != want && got[i] != got[i])) fail("group multipliers", (long)(b + i), f2u(got[i]), f2u(want));
+      }
+    }
+  std::vector<uint32_t> amax;
+  for (uint32_t x : {0u, 1u, 0x007FFFFFu, 0x00800000u, 0x3F800000u, 0x43E00000u, 0x7F7FFFFFu}) amax.push_back(x);
+  for (int i = 0; i < 40 * W; ++i) amax.push_back(rnd() % 0x7F800000u);
+  for (int i = 0; i < 40 * W; ++i) amax.push_back(f2u(fabsf(rndf(-30, 12))));
+  while (amax.size() % W) amax.push_back(rnd() % 0x7F800000u);
+  for (const float S : tscales)
+    for (size_t b = 0; b < amax.size(); b += W) {
+      vec::vu A;
+      for (int i = 0; i < W; ++i) A[i] = amax[b + (size_t)i];
+      SR got_sc[W], want_sc[W];
+      float got_iv[W];
+      vec::storeu(got_iv, V::put_scales(got_sc, 0, A, S));
+      for (int i = 0; i < W; ++i, checks += 2) {
+        const float sc = V::scale_of(u2f(A[i]), S);
+        F::put_scale(want_sc, i, sc);
+        const float iv = V::inverse(sc, S);
+        if (memcmp(&got_sc[i], &want_sc[i], sizeof(SR)) != 0) fail("group put_scales", (long)(b + (size_t)i), (uint32_t)got_sc[i], (uint32_t)want_sc[i]);
+        if (f2u(got_iv[i]) != f2u(iv)) fail("group inverses", (long)(b + (size_t)i), f2u(got_iv[i]), f2u(iv));
+      }
+    }
 }
 
 // ---------------------------------------------------------------- the rule loops
@@ -571,6 +636,11 @@ int main() {
   // NVFP4: tensor scales 1, 2^-126 (the least), small and huge; E4M3 block scales 2^-9 (the least,
   // subnormal), 7*2^-9, 0.8125, 1, 448 (the largest)
   check_fp4<FmtNVFP4>({1.0f, 1.17549435e-38f, 3.0e-5f, 1e30f}, {0.001953125f, 0.013671875f, 0.8125f, 1.0f, 448.0f});
+  check_group_scales<FmtE4M3>({1.0f});
+  check_group_scales<FmtMXE4M3>({1.0f});
+  check_group_scales<FmtMXE5M2>({1.0f});
+  check_group_scales<FmtE2M1>({1.0f});
+  check_group_scales<FmtNVFP4>({1.0f, 1.17549435e-38f, 3.0e-5f, 1e30f});
   check_kind<K_SIGN>();
   check_kind<K_SIGNUM>();
   check_kind<K_LION_L1>();
