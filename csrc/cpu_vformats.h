@@ -389,11 +389,21 @@ struct VFmt<FmtFP4<FMT>> : VBlockEncoder<FmtFP4<FMT>, VFmt<FmtFP4<FMT>>> {
   static constexpr int M = F::M, EMIN = F::EMIN;
   using Lanes = std::make_index_sequence<W>;
 
-  // e2m1_value of codes c < 16 (exact): e = 0: 0.5 or +0; else 2^(e-1) * (1 + f/2); the sign bit
+  // e2m1_value of codes c < 16 (exact).  16 lanes: the 16 values as a table indexed by the codes
+  // (one vpermps); 8 lanes: the 8 magnitudes so, with the sign bit; otherwise (or without g++'s
+  // variable __builtin_shuffle) e = 0: 0.5 or +0; else 2^(e-1) * (1 + f/2); the sign bit.
   static SIGNOPT_VI vf value(const vu c) {
+#if defined(__GNUC__) && !defined(__clang__) && SIGNOPT_VEC_BYTES == 64
+    const vf T = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+    return __builtin_shuffle(T, (vi)c);
+#elif defined(__GNUC__) && !defined(__clang__) && SIGNOPT_VEC_BYTES == 32
+    const vf T = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+    return fbits(bits(__builtin_shuffle(T, (vi)c)) | ((c & 8u) << 28));
+#else
     const vu e = (c >> 1) & 3u, f = c & 1u;
     const vu mag = selu((vi)(e == 0u), f * 0x3F000000u, ((e + 126u) << 23) | (f << 22));
     return fbits(mag | ((c & 8u) << 28));
+#endif
   }
   // The 2W values (code * s) of bytes b (lane i: elements 2i, 2i+1): elements 0..W-1 in a, the
   // next W in c.

@@ -247,13 +247,14 @@ struct Loop {
   }
 
   // The rule on the W lanes at element j whose decoded state in.m, in.v, in.G the caller set: loads
-  // p, g and (but for SCAN) the sign words into in, evaluates; APPLY: the new parameter stored, u
+  // p (APPLY, or for the L2 term; else 0), g and (but for SCAN) the sign words into in, evaluates;
+  // APPLY: the new parameter stored, u
   // after cautious masking and q the epilogue's value (the update's target where the gradient is
   // finite).
   template <Pass PASS, class FORM>
   SIGNOPT_VI Out eval(const Ptr& P, const Tens T, const int64_t j, const vf seg, const bool segpos, In& in, vf& u,
                       vf& q) const {
-    in.p = VP::load(P.p + j);
+    in.p = PASS != APPLY && (FORM::plain || !S.has_l2) ? splat(0.0f) : VP::load(P.p + j);
     in.g = VP::load(P.g + j);
     const vu w0 = kind_draws_sign(K) && PASS != SCAN ? loadu<vu>(P.w0 + j) : vu{};
     const Out o = rule<K, FORM::plain>(S, in, seg, segpos, elem_env, w0, splat(T.bc1), splat(T.bc2));
@@ -438,15 +439,16 @@ struct BlockRegs {
   // codes are at st (null: none) with multipliers mult: the new state to xm, xv, xG, its finite
   // absmax bits maxed into am, av, aG, its non-finite lanes counted (-1 each) into bad; APPLY: the
   // parameters stored.
-  template <Pass PASS, class FORM>
+  // DECODED: the caller decoded the state into xm, xv, xG already.
+  template <Pass PASS, class FORM, bool DECODED = false>
   static SIGNOPT_VI void eval(const L& loop, const typename L::Ptr& P, const int64_t j0, const typename L::Tens T,
                               const float seg, raw* const (&st)[3], const float (&mult)[3], vf (&xm)[R], vf (&xv)[R],
                               vf (&xG)[R], vu& am, vu& av, vu& aG, vi& bad) {
     constexpr bool HM = L::HM, HV = L::HV;
     const bool HG = STO && st[2] != nullptr;
-    if (HM) decode(st[0], mult[0], xm);
-    if (HV) decode(st[1], mult[1], xv);
-    if (HG) decode(st[2], mult[2], xG);
+    if (HM && !DECODED) decode(st[0], mult[0], xm);
+    if (HV && !DECODED) decode(st[1], mult[1], xv);
+    if (HG && !DECODED) decode(st[2], mult[2], xG);
     const vf segv = splat(seg);
 #pragma GCC unroll 8
     for (int k = 0; k < R; ++k) {
@@ -481,9 +483,11 @@ struct BlockRegs {
   // their multipliers from the stored scales at once (VFmt::multipliers), each block's rule in
   // registers (eval), then SCAN: the absmax bits maxed into acc; APPLY: the W scales from the blocks'
   // absmax lanes at once (lane_max, VFmt::put_scales; no per-block horizontal reduction, scalar
-  // scale or latency chain from a block's absmax to its codes) and the codes.  Returns the
-  // non-finite count.
+  // scale or latency chain from a block's absmax to its codes) and the codes.  Packed blocks of
+  // one vector (NVFP4 on AVX-512) go two at a time: one vector of bytes holds both blocks' codes.
+  // Returns the non-finite count.
   static constexpr int G = W, N = R * W;  // blocks of a group, elements of a block
+  static constexpr bool PAIR = SF::packed && R == 1;  // a block's codes: half a vector of bytes
   template <Pass PASS, class FORM>
   static SIGNOPT_VI int64_t group(const L& loop, const typename L::Ptr& P, const typename L::Tens T, const float seg,
                                   raw* const (&st)[3], void* const (&sp)[3], const int64_t blk, const float (&ots)[3],
@@ -495,12 +499,27 @@ struct BlockRegs {
     vu am[3][G];
     vi bad{};
     auto codes_at = [&](const int i, const int b) { return SF::packed ? st[i] + b * N / 2 : st[i] + b * N; };
-    for (int b = 0; b < G; ++b) {
+    auto block = [&](const int b, auto decoded) {
       raw* const sb[3] = {st[0] ? codes_at(0, b) : nullptr, st[1] ? codes_at(1, b) : nullptr,
                           st[2] ? codes_at(2, b) : nullptr};
       const float mb[3] = {mu[0][b], mu[1][b], mu[2][b]};
       for (int i = 0; i < 3; ++i) am[i][b] = vu{};
-      eval<PASS, FORM>(loop, P, b * N, T, seg, sb, mb, x[0][b], x[1][b], x[2][b], am[0][b], am[1][b], am[2][b], bad);
+      eval<PASS, FORM, decltype(decoded)::value>(loop, P, b * N, T, seg, sb, mb, x[0][b], x[1][b], x[2][b], am[0][b],
+                                                 am[1][b], am[2][b], bad);
+    };
+    for (int b = 0; b < G; b += PAIR ? 2 : 1) {
+      if constexpr (PAIR) {  // blocks b and b + 1 from one vector of bytes, each times its multiplier
+        for (int i = 0; i < 3; ++i) {
+          if (!st[i]) continue;
+          vf lo, hi;
+          VS::decode2(load_u8(codes_at(i, b)), splat(1.0f), lo, hi);
+          x[i][b][0] = lo * mu[i][b], x[i][b + 1][0] = hi * mu[i][b + 1];
+        }
+        block(b, std::true_type{});
+        block(b + 1, std::true_type{});
+      } else {
+        block(b, std::false_type{});
+      }
     }
     for (int i = 0; i < 3; ++i) {
       if (!st[i]) continue;
@@ -509,8 +528,16 @@ struct BlockRegs {
       } else {
         alignas(BYTES) float iv[G];
         storeu(iv, VS::put_scales(sp[i], blk, lane_max(am[i]), ts[i]));
-        for (int b = 0; b < G; ++b)
-          VS::template put_regs<R>(codes_at(i, b), x[i][b], splat(iv[b]), P.w1 ? P.w1 + b * N : nullptr);
+        if constexpr (PAIR) {  // blocks b and b + 1 to one vector of bytes
+          auto codes = [&](const int b) {
+            return P.w1 ? VS::codes_sr(x[i][b][0], splat(iv[b]), loadu<vu>(P.w1 + b * N))
+                        : VS::codes_rn(x[i][b][0], splat(iv[b]));
+          };
+          for (int b = 0; b < G; b += 2) store_u8(codes_at(i, b), VS::pairs(codes(b), codes(b + 1)));
+        } else {
+          for (int b = 0; b < G; ++b)
+            VS::template put_regs<R>(codes_at(i, b), x[i][b], splat(iv[b]), P.w1 ? P.w1 + b * N : nullptr);
+        }
       }
     }
     return -hsum(bad);
