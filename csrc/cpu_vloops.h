@@ -458,8 +458,9 @@ struct BlockRegs {
       in.G = HG ? xG[k] : splat(0.0f);
       vf u, q;
       const Out o = loop.template eval<PASS, FORM>(P, T, j0 + k * W, segv, seg > 0.0f, in, u, q);
-      xm[k] = o.m, xv[k] = o.v, xG[k] = o.G;
-      am = maxu31(am, abs_bits(o.m)), av = maxu31(av, abs_bits(o.v)), aG = maxu31(aG, abs_bits(o.G));
+      if (HM) xm[k] = o.m, am = maxu31(am, abs_bits(o.m));
+      if (HV) xv[k] = o.v, av = maxu31(av, abs_bits(o.v));
+      if (HG) xG[k] = o.G, aG = maxu31(aG, abs_bits(o.G));
       bad += o.bad;
     }
   }
@@ -492,25 +493,27 @@ struct BlockRegs {
   static SIGNOPT_VI int64_t group(const L& loop, const typename L::Ptr& P, const typename L::Tens T, const float seg,
                                   raw* const (&st)[3], void* const (&sp)[3], const int64_t blk, const float (&ots)[3],
                                   const float (&ts)[3], vu (&acc)[3]) {
-    alignas(BYTES) float mu[3][G] = {};
+    const L lp = loop;  // a local copy: the parameter stores cannot alias its scalars (Loop::run_acc)
+    const bool has[3] = {L::HM, L::HV, STO && st[2] != nullptr};  // (the first two known at compile time)
+    alignas(BYTES) float mu[3][G];
     for (int i = 0; i < 3; ++i)
-      if (st[i]) storeu(mu[i], VS::multipliers(sp[i], blk, ots[i]));
+      if (has[i]) storeu(mu[i], VS::multipliers(sp[i], blk, ots[i]));
     vf x[3][G][R];
     vu am[3][G];
     vi bad{};
     auto codes_at = [&](const int i, const int b) { return SF::packed ? st[i] + b * N / 2 : st[i] + b * N; };
     auto block = [&](const int b, auto decoded) {
-      raw* const sb[3] = {st[0] ? codes_at(0, b) : nullptr, st[1] ? codes_at(1, b) : nullptr,
-                          st[2] ? codes_at(2, b) : nullptr};
-      const float mb[3] = {mu[0][b], mu[1][b], mu[2][b]};
+      raw* const sb[3] = {has[0] ? codes_at(0, b) : nullptr, has[1] ? codes_at(1, b) : nullptr,
+                          has[2] ? codes_at(2, b) : nullptr};
+      const float mb[3] = {has[0] ? mu[0][b] : 0.0f, has[1] ? mu[1][b] : 0.0f, has[2] ? mu[2][b] : 0.0f};
       for (int i = 0; i < 3; ++i) am[i][b] = vu{};
-      eval<PASS, FORM, decltype(decoded)::value>(loop, P, b * N, T, seg, sb, mb, x[0][b], x[1][b], x[2][b], am[0][b],
+      eval<PASS, FORM, decltype(decoded)::value>(lp, P, b * N, T, seg, sb, mb, x[0][b], x[1][b], x[2][b], am[0][b],
                                                  am[1][b], am[2][b], bad);
     };
     for (int b = 0; b < G; b += PAIR ? 2 : 1) {
       if constexpr (PAIR) {  // blocks b and b + 1 from one vector of bytes, each times its multiplier
         for (int i = 0; i < 3; ++i) {
-          if (!st[i]) continue;
+          if (!has[i]) continue;
           vf lo, hi;
           VS::decode2(load_u8(codes_at(i, b)), splat(1.0f), lo, hi);
           x[i][b][0] = lo * mu[i][b], x[i][b + 1][0] = hi * mu[i][b + 1];
@@ -522,7 +525,7 @@ struct BlockRegs {
       }
     }
     for (int i = 0; i < 3; ++i) {
-      if (!st[i]) continue;
+      if (!has[i]) continue;
       if constexpr (PASS == SCAN) {
         for (int b = 0; b < G; ++b) acc[i] = maxu31(acc[i], am[i][b]);
       } else {
