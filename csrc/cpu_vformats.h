@@ -142,8 +142,12 @@ struct VBlockEncoder {
   template <int R>
   static SIGNOPT_VI void put_regs(typename F::raw* r, const vf (&x)[R], const vf iv, const uint32_t* words) {
     vu c[R];
-    for (int k = 0; k < R; ++k) c[k] = words ? VF::codes_sr(x[k], iv, loadu<vu>(words + k * W)) : VF::codes_rn(x[k], iv);
+    for (int k = 0; k < R; ++k) c[k] = codes_of(x[k], iv, words ? words + k * W : nullptr);
     VF::template put_codes<R>(r, c);
+  }
+  // the codes of one vector x times iv, stochastic from words (null: nearest)
+  static SIGNOPT_VI vu codes_of(const vf x, const vf iv, const uint32_t* words) {
+    return words ? VF::codes_sr(x, iv, loadu<vu>(words)) : VF::codes_rn(x, iv);
   }
 
   // W blocks' scales at once (BlockRegs::group), lane i for block blk + i of the stored scales p.

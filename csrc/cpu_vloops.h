@@ -532,10 +532,7 @@ struct BlockRegs {
         alignas(BYTES) float iv[G];
         storeu(iv, VS::put_scales(sp[i], blk, lane_max(am[i]), ts[i]));
         if constexpr (PAIR) {  // blocks b and b + 1 to one vector of bytes
-          auto codes = [&](const int b) {
-            return P.w1 ? VS::codes_sr(x[i][b][0], splat(iv[b]), loadu<vu>(P.w1 + b * N))
-                        : VS::codes_rn(x[i][b][0], splat(iv[b]));
-          };
+          auto codes = [&](const int b) { return VS::codes_of(x[i][b][0], splat(iv[b]), P.w1 ? P.w1 + b * N : nullptr); };
           for (int b = 0; b < G; b += 2) store_u8(codes_at(i, b), VS::pairs(codes(b), codes(b + 1)));
         } else {
           for (int b = 0; b < G; ++b)
